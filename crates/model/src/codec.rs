@@ -1,0 +1,229 @@
+//! Avro single-object encoding: `C3 01`, the 8-byte little-endian CRC-64-AVRO fingerprint of the
+//! writer schema, then the Avro binary body. Any consumer, in any language, can tell from the
+//! header which schema wrote a record; we resolve that writer schema to our newest version of the
+//! same record type.
+//!
+//! Decoding never panics: every failure is a typed [`CodecError`] that maps onto a dead-letter
+//! reason.
+
+use std::io::Cursor;
+
+use apache_avro::types::Value;
+use apache_avro::{from_avro_datum, from_value, write_avro_datum_ref};
+
+use crate::records::{AvroRecord, DeadLetterReason};
+use crate::schema_store::{store, SchemaEntry};
+
+/// The two marker bytes of the single-object encoding.
+pub const MAGIC: [u8; 2] = [0xC3, 0x01];
+/// Header length: marker and fingerprint.
+pub const HEADER_LEN: usize = 10;
+
+/// Why bytes could not be turned into a record, or a record into bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// Fewer bytes than a header.
+    #[error("record is {0} bytes, shorter than the 10-byte single-object header")]
+    TooShort(usize),
+    /// The first two bytes are not `C3 01`.
+    #[error("record does not start with the Avro single-object marker C3 01")]
+    BadMagic,
+    /// The fingerprint names no schema we know.
+    #[error("writer schema fingerprint {0} is not in the schema store")]
+    UnknownSchema(String),
+    /// A known schema, but of another record type than the topic carries.
+    #[error("record was written with schema {found}, expected {expected}")]
+    WrongSchema { expected: &'static str, found: String },
+    /// The Avro body does not decode with the writer schema, or does not resolve.
+    #[error("Avro body does not decode with writer schema {schema}: {message}")]
+    Body { schema: String, message: String },
+    /// Bytes left over after the record.
+    #[error("{0} bytes left after the record")]
+    Trailing(usize),
+    /// A value does not fit the schema when encoding. An internal error: our own types and
+    /// schemas disagree.
+    #[error("cannot encode {schema}: {message}")]
+    Encode { schema: &'static str, message: String },
+}
+
+impl CodecError {
+    /// The dead-letter reason for a record that failed to decode.
+    pub fn reason(&self) -> DeadLetterReason {
+        match self {
+            CodecError::TooShort(_) | CodecError::BadMagic | CodecError::Body { .. } | CodecError::Trailing(_) => {
+                DeadLetterReason::UNDECODABLE
+            }
+            CodecError::UnknownSchema(_) => DeadLetterReason::UNKNOWN_SCHEMA,
+            CodecError::WrongSchema { .. } => DeadLetterReason::WRONG_SCHEMA,
+            CodecError::Encode { .. } => DeadLetterReason::UNKNOWN,
+        }
+    }
+}
+
+/// The header for a schema version.
+pub fn header(entry: &SchemaEntry) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..2].copy_from_slice(&MAGIC);
+    h[2..].copy_from_slice(&entry.fingerprint);
+    h
+}
+
+/// Encodes `record` with the newest version of its schema.
+pub fn encode<T: AvroRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
+    encode_with(store().latest(T::SCHEMA_NAME), record)
+}
+
+/// Encodes `record` with a given schema version (the simulator writes old versions this way).
+pub fn encode_with<T: serde::Serialize>(entry: &SchemaEntry, record: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&header(entry));
+    write_avro_datum_ref(&entry.schema, record, &mut out)
+        .map_err(|e| CodecError::Encode { schema: entry.name, message: e.to_string() })?;
+    Ok(out)
+}
+
+/// Splits the header off and finds the writer schema.
+pub fn writer_schema(bytes: &[u8]) -> Result<(&'static SchemaEntry, &[u8]), CodecError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(CodecError::TooShort(bytes.len()));
+    }
+    if bytes[..2] != MAGIC {
+        return Err(CodecError::BadMagic);
+    }
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+    let entry = store()
+        .by_fingerprint(&fp)
+        .ok_or_else(|| CodecError::UnknownSchema(format!("{:016x}", u64::from_le_bytes(fp))))?;
+    Ok((entry, &bytes[HEADER_LEN..]))
+}
+
+/// Decodes bytes into the generic Avro value of the newest version of `expected`, resolving
+/// from whichever version wrote them. Returns the writer's entry too.
+pub fn decode_value(bytes: &[u8], expected: &'static str) -> Result<(&'static SchemaEntry, Value), CodecError> {
+    let (writer, body) = writer_schema(bytes)?;
+    if writer.name != expected {
+        return Err(CodecError::WrongSchema { expected, found: format!("{} v{}", writer.name, writer.version) });
+    }
+    let reader = store().latest(expected);
+    let reader_schema = (reader.version != writer.version).then_some(&reader.schema);
+    let mut cursor = Cursor::new(body);
+    let value = from_avro_datum(&writer.schema, &mut cursor, reader_schema).map_err(|e| CodecError::Body {
+        schema: format!("{} v{}", writer.name, writer.version),
+        message: e.to_string(),
+    })?;
+    let left = body.len() - cursor.position() as usize;
+    if left != 0 {
+        return Err(CodecError::Trailing(left));
+    }
+    Ok((writer, value))
+}
+
+/// Decodes bytes into `T`, resolving from the writer's schema version to the newest one.
+pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (writer, value) = decode_value(bytes, T::SCHEMA_NAME)?;
+    from_value::<T>(&value).map_err(|e| CodecError::Body {
+        schema: format!("{} v{}", writer.name, writer.version),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::*;
+
+    pub(crate) fn sample_telemetry() -> Telemetry {
+        Telemetry {
+            message_id: "6f1c0d3e-0000-4000-8000-000000000001".into(),
+            instrument_serial: "A00123".into(),
+            instrument_model: InstrumentModel::NOVASEQ_6000,
+            event_time_ms: 1_767_225_600_000,
+            sent_time_ms: 1_767_225_600_500,
+            kind: TelemetryKind::SENSOR_READINGS,
+            run_id: Some("261129_A00123_0042_BHXYZ".into()),
+            sensors: Some(SensorReadings { laser_power_mw: Some(498.5), flowcell_temp_c: Some(60.1), ..Default::default() }),
+            log_event: None,
+            run_performance: None,
+            instrument_configuration: None,
+            run_configuration: None,
+            attributes: [("application_version".to_string(), "1.7.5".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_every_record_type() {
+        let t = sample_telemetry();
+        let bytes = encode(&t).expect("encode");
+        assert_eq!(&bytes[..2], &MAGIC);
+        assert_eq!(&bytes[2..10], &store().latest("telemetry").fingerprint);
+        assert_eq!(decode::<Telemetry>(&bytes).expect("decode"), t);
+
+        let dl = DeadLetter {
+            stage: "validator".into(),
+            reason: DeadLetterReason::OUT_OF_RANGE,
+            detail: "sensors.laser_power_mw".into(),
+            source_topic: "telemetry.raw".into(),
+            source_partition: 2,
+            source_offset: 77,
+            source_key: Some(b"A00123".to_vec()),
+            source_timestamp_ms: Some(5),
+            original_bytes: vec![0, 1, 2, 255],
+        };
+        assert_eq!(decode::<DeadLetter>(&encode(&dl).expect("encode")).expect("decode"), dl);
+        let alert = Alert {
+            alert_id: "a".into(),
+            instrument_serial: "A00123".into(),
+            instrument_model: InstrumentModel::MISEQ,
+            subsystem: Subsystem::THERMAL,
+            action: AlertAction::UPDATE,
+            severity: AnomalySeverity::HIGH,
+            metric: "flowcell_temp_c".into(),
+            score: 7.5,
+            title: "t".into(),
+            suspected_part: "p".into(),
+            opened_at_ms: 1,
+            event_time_ms: 2,
+            anomaly_count: 3,
+        };
+        assert_eq!(decode::<Alert>(&encode(&alert).expect("encode")).expect("decode"), alert);
+    }
+
+    #[test]
+    fn reads_a_v1_record_with_the_v2_schema() {
+        let v1 = store().version("telemetry", 1).expect("v1");
+        let mut t = sample_telemetry();
+        t.attributes.clear();
+        // v1 has no `attributes` field: serialize the v1 shape.
+        let mut json = serde_json::to_value(&t).expect("json");
+        json.as_object_mut().expect("object").remove("attributes");
+        let value = crate::json::json_to_avro(&v1.schema, &json).expect("fits v1");
+        let mut bytes = header(v1).to_vec();
+        bytes.extend(apache_avro::to_avro_datum(&v1.schema, value).expect("encode v1"));
+        assert_eq!(&bytes[2..10], &v1.fingerprint);
+        let read: Telemetry = decode(&bytes).expect("v1 resolves to v2");
+        assert_eq!(read, t, "attributes defaults to empty");
+    }
+
+    #[test]
+    fn bad_bytes_give_typed_errors() {
+        assert_eq!(decode::<Telemetry>(b"short").unwrap_err().reason(), DeadLetterReason::UNDECODABLE);
+        assert!(matches!(decode::<Telemetry>(b"not avro at all!").unwrap_err(), CodecError::BadMagic));
+        let mut unknown = vec![0xC3, 0x01];
+        unknown.extend([9u8; 8]);
+        unknown.extend([0u8; 4]);
+        assert_eq!(decode::<Telemetry>(&unknown).unwrap_err().reason(), DeadLetterReason::UNKNOWN_SCHEMA);
+        let alert_bytes = {
+            let mut b = header(store().latest("alert")).to_vec();
+            b.extend([0u8; 3]);
+            b
+        };
+        assert_eq!(decode::<Telemetry>(&alert_bytes).unwrap_err().reason(), DeadLetterReason::WRONG_SCHEMA);
+        let mut truncated = encode(&sample_telemetry()).expect("encode");
+        truncated.truncate(truncated.len() - 5);
+        assert_eq!(decode::<Telemetry>(&truncated).unwrap_err().reason(), DeadLetterReason::UNDECODABLE);
+        let mut trailing = encode(&sample_telemetry()).expect("encode");
+        trailing.extend([1, 2, 3]);
+        assert!(matches!(decode::<Telemetry>(&trailing).unwrap_err(), CodecError::Trailing(3)));
+    }
+}

@@ -1,0 +1,21 @@
+//! Shared data model of the sequencer-monitoring backbone.
+//!
+//! - [`records`]: Rust types for every Avro record in `schemas/`.
+//! - [`schema_store`]: every released schema version, addressed by CRC-64-AVRO fingerprint.
+//! - [`codec`]: Avro single-object encoding (`C3 01` + fingerprint + Avro binary) with
+//!   writer→reader schema resolution, and the JSON-lines form used by file mode.
+//! - [`topics`]: the topic catalogue (names, keys, schemas, partitions, retention).
+//! - [`specs`]: plausible ranges (validation) and operating specs (features) per metric and model.
+//!
+//! Nothing here does I/O; every function is pure and unit-tested without a broker.
+
+pub mod codec;
+pub mod json;
+pub mod records;
+pub mod schema_store;
+pub mod specs;
+pub mod topics;
+
+pub use codec::{decode, decode_value, encode, CodecError};
+pub use records::*;
+pub use schema_store::{store, SchemaEntry, SchemaStore};

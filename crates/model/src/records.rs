@@ -1,0 +1,479 @@
+//! Rust types of the Avro records in `schemas/`, newest version of each.
+//!
+//! Field names and order follow the schemas exactly; the codec's round-trip tests keep them in
+//! step. Enum variants are spelled as the schema symbols.
+
+// Enum variants are the schema symbols, spelled as Avro spells them.
+#![allow(non_camel_case_types, clippy::upper_case_acronyms)]
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A Rust type stored as one Avro record type of the schema store.
+pub trait AvroRecord: Serialize + for<'de> Deserialize<'de> {
+    /// Record-type name: the folder under `schemas/`.
+    const SCHEMA_NAME: &'static str;
+}
+
+macro_rules! avro_record {
+    ($t:ty, $name:literal) => {
+        impl AvroRecord for $t {
+            const SCHEMA_NAME: &'static str = $name;
+        }
+    };
+}
+
+/// Sequencer model.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum InstrumentModel {
+    UNKNOWN,
+    NOVASEQ_6000,
+    NEXTSEQ_2000,
+    MISEQ,
+    ISEQ_100,
+}
+
+/// Instrument subsystem.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Subsystem {
+    OTHER,
+    OPTICAL,
+    MECHANICAL,
+    THERMAL,
+    FLUIDICS,
+    CHEMISTRY,
+    SOFTWARE,
+}
+
+impl Subsystem {
+    /// Lower-case label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Subsystem::OTHER => "other",
+            Subsystem::OPTICAL => "optical",
+            Subsystem::MECHANICAL => "mechanical",
+            Subsystem::THERMAL => "thermal",
+            Subsystem::FLUIDICS => "fluidics",
+            Subsystem::CHEMISTRY => "chemistry",
+            Subsystem::SOFTWARE => "software",
+        }
+    }
+}
+
+/// Which telemetry category a message carries.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TelemetryKind {
+    SENSOR_READINGS,
+    OPERATION_LOG,
+    RUN_PERFORMANCE,
+    INSTRUMENT_CONFIGURATION,
+    RUN_CONFIGURATION,
+}
+
+/// Operation-log severity.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Severity {
+    DEBUG,
+    INFO,
+    WARNING,
+    ERROR,
+    CRITICAL,
+}
+
+/// Optical, mechanical, thermal and fluidics sensor sample.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SensorReadings {
+    pub laser_power_mw: Option<f64>,
+    pub focus_fwhm_px: Option<f64>,
+    pub focus_z_offset_um: Option<f64>,
+    pub stage_position_error_um: Option<f64>,
+    pub stage_motor_current_a: Option<f64>,
+    pub flowcell_temp_c: Option<f64>,
+    pub flowcell_temp_setpoint_c: Option<f64>,
+    pub chiller_temp_c: Option<f64>,
+    pub ambient_temp_c: Option<f64>,
+    pub fluidics_pressure_kpa: Option<f64>,
+    pub flow_rate_ul_min: Option<f64>,
+}
+
+impl SensorReadings {
+    /// Every sensor as (field name, value), in schema order.
+    pub fn fields(&self) -> [(&'static str, Option<f64>); 11] {
+        [
+            ("laser_power_mw", self.laser_power_mw),
+            ("focus_fwhm_px", self.focus_fwhm_px),
+            ("focus_z_offset_um", self.focus_z_offset_um),
+            ("stage_position_error_um", self.stage_position_error_um),
+            ("stage_motor_current_a", self.stage_motor_current_a),
+            ("flowcell_temp_c", self.flowcell_temp_c),
+            ("flowcell_temp_setpoint_c", self.flowcell_temp_setpoint_c),
+            ("chiller_temp_c", self.chiller_temp_c),
+            ("ambient_temp_c", self.ambient_temp_c),
+            ("fluidics_pressure_kpa", self.fluidics_pressure_kpa),
+            ("flow_rate_ul_min", self.flow_rate_ul_min),
+        ]
+    }
+}
+
+/// One operation-log event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationLogEvent {
+    pub code: String,
+    pub severity: Severity,
+    pub subsystem: Subsystem,
+    pub message: String,
+}
+
+/// Run performance of one lane at one cycle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunPerformance {
+    pub lane: i32,
+    pub read_number: i32,
+    pub cycle: i32,
+    pub total_cycles: i32,
+    pub cluster_density_k_per_mm2: Option<f64>,
+    pub pct_pf: Option<f64>,
+    pub pct_q30: Option<f64>,
+    pub mean_qscore: Option<f64>,
+    pub error_rate_pct: Option<f64>,
+    pub phasing_pct: Option<f64>,
+    pub prephasing_pct: Option<f64>,
+    pub intensity_a: Option<f64>,
+    pub intensity_c: Option<f64>,
+    pub intensity_g: Option<f64>,
+    pub intensity_t: Option<f64>,
+}
+
+impl RunPerformance {
+    /// Every optional metric as (field name, value), in schema order.
+    pub fn metrics(&self) -> [(&'static str, Option<f64>); 11] {
+        [
+            ("cluster_density_k_per_mm2", self.cluster_density_k_per_mm2),
+            ("pct_pf", self.pct_pf),
+            ("pct_q30", self.pct_q30),
+            ("mean_qscore", self.mean_qscore),
+            ("error_rate_pct", self.error_rate_pct),
+            ("phasing_pct", self.phasing_pct),
+            ("prephasing_pct", self.prephasing_pct),
+            ("intensity_a", self.intensity_a),
+            ("intensity_c", self.intensity_c),
+            ("intensity_g", self.intensity_g),
+            ("intensity_t", self.intensity_t),
+        ]
+    }
+}
+
+/// Instrument identity and versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstrumentConfiguration {
+    pub control_software_version: String,
+    pub rta_version: String,
+    pub firmware_version: String,
+}
+
+/// Run parameters and consumable lots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfiguration {
+    pub read1_cycles: i32,
+    pub index1_cycles: i32,
+    pub index2_cycles: i32,
+    pub read2_cycles: i32,
+    pub chemistry: String,
+    pub flowcell_serial: String,
+    pub flowcell_lot: String,
+    pub reagent_kit_lot: String,
+    pub reagent_kit_expiry_date: i32,
+    pub buffer_lot: String,
+    pub buffer_expiry_date: i32,
+}
+
+/// Raw and validated telemetry (schema `telemetry`, newest version).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Telemetry {
+    pub message_id: String,
+    pub instrument_serial: String,
+    pub instrument_model: InstrumentModel,
+    pub event_time_ms: i64,
+    pub sent_time_ms: i64,
+    pub kind: TelemetryKind,
+    pub run_id: Option<String>,
+    pub sensors: Option<SensorReadings>,
+    pub log_event: Option<OperationLogEvent>,
+    pub run_performance: Option<RunPerformance>,
+    pub instrument_configuration: Option<InstrumentConfiguration>,
+    pub run_configuration: Option<RunConfiguration>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+avro_record!(Telemetry, "telemetry");
+
+/// Telemetry that passed the privacy boundary (schema `sanitized_telemetry`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SanitizedTelemetry {
+    pub message_id: String,
+    pub instrument_serial: String,
+    pub instrument_model: InstrumentModel,
+    pub event_time_ms: i64,
+    pub sent_time_ms: i64,
+    pub kind: TelemetryKind,
+    pub privacy_policy_version: i32,
+    pub run_id: Option<String>,
+    pub sensors: Option<SensorReadings>,
+    pub log_event: Option<OperationLogEvent>,
+    pub run_performance: Option<RunPerformance>,
+    pub instrument_configuration: Option<InstrumentConfiguration>,
+    pub run_configuration: Option<RunConfiguration>,
+    pub attributes: BTreeMap<String, String>,
+}
+avro_record!(SanitizedTelemetry, "sanitized_telemetry");
+
+/// Window statistics of one metric (schema `feature`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Feature {
+    pub feature_id: String,
+    pub instrument_serial: String,
+    pub instrument_model: InstrumentModel,
+    pub subsystem: Subsystem,
+    pub metric: String,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub sample_count: i32,
+    pub level: f64,
+    pub slope_per_hour: f64,
+    pub variability: f64,
+    pub min: f64,
+    pub max: f64,
+    pub fraction_out_of_spec: f64,
+    pub spec_low: Option<f64>,
+    pub spec_high: Option<f64>,
+    pub run_id: Option<String>,
+    pub software_version: Option<String>,
+    pub reagent_kit_lot: Option<String>,
+}
+avro_record!(Feature, "feature");
+
+/// Anomaly episode state.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AnomalyState {
+    ACTIVE,
+    CLEARED,
+}
+
+/// Anomaly and alert severity.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AnomalySeverity {
+    LOW,
+    MEDIUM,
+    HIGH,
+    CRITICAL,
+}
+
+/// A metric departing from, or returning to, its instrument's baseline (schema `anomaly`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub anomaly_id: String,
+    pub instrument_serial: String,
+    pub instrument_model: InstrumentModel,
+    pub subsystem: Subsystem,
+    pub metric: String,
+    pub state: AnomalyState,
+    pub score: f64,
+    pub severity: AnomalySeverity,
+    pub rule: String,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub observed_level: f64,
+    pub baseline_level: f64,
+    pub baseline_stddev: f64,
+    pub slope_per_hour: f64,
+    pub fraction_out_of_spec: f64,
+    pub spec_low: Option<f64>,
+    pub spec_high: Option<f64>,
+    pub software_version: Option<String>,
+    pub reagent_kit_lot: Option<String>,
+}
+avro_record!(Anomaly, "anomaly");
+
+/// Alert lifecycle step.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AlertAction {
+    OPEN,
+    UPDATE,
+    RESOLVE,
+}
+
+/// Alert for the service team (schema `alert`). Severity symbols are those of [`AnomalySeverity`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub alert_id: String,
+    pub instrument_serial: String,
+    pub instrument_model: InstrumentModel,
+    pub subsystem: Subsystem,
+    pub action: AlertAction,
+    pub severity: AnomalySeverity,
+    pub metric: String,
+    pub score: f64,
+    pub title: String,
+    pub suspected_part: String,
+    pub opened_at_ms: i64,
+    pub event_time_ms: i64,
+    pub anomaly_count: i32,
+}
+avro_record!(Alert, "alert");
+
+/// Maintenance priority.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MaintenancePriority {
+    P1,
+    P2,
+    P3,
+}
+
+/// Maintenance schedule entry (schema `maintenance_entry`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceEntry {
+    pub entry_id: String,
+    pub alert_id: String,
+    pub instrument_serial: String,
+    pub instrument_model: InstrumentModel,
+    pub subsystem: Subsystem,
+    pub suspected_part: String,
+    pub priority: MaintenancePriority,
+    pub due_by_ms: i64,
+    pub reason: String,
+    pub created_at_ms: i64,
+}
+avro_record!(MaintenanceEntry, "maintenance_entry");
+
+/// Fixed list of dead-letter reasons.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DeadLetterReason {
+    UNDECODABLE,
+    UNKNOWN_SCHEMA,
+    WRONG_SCHEMA,
+    MISSING_FIELD,
+    INCONSISTENT_PAYLOAD,
+    OUT_OF_RANGE,
+    TIMESTAMP_FUTURE,
+    TIMESTAMP_STALE,
+    CLOCK_SKEW,
+    DUPLICATE_MESSAGE,
+    PRIVACY_VIOLATION,
+    LATE_EVENT,
+    UNKNOWN,
+}
+
+impl DeadLetterReason {
+    /// Every reason, for metrics pre-registration and summaries.
+    pub const ALL: [DeadLetterReason; 13] = [
+        Self::UNDECODABLE,
+        Self::UNKNOWN_SCHEMA,
+        Self::WRONG_SCHEMA,
+        Self::MISSING_FIELD,
+        Self::INCONSISTENT_PAYLOAD,
+        Self::OUT_OF_RANGE,
+        Self::TIMESTAMP_FUTURE,
+        Self::TIMESTAMP_STALE,
+        Self::CLOCK_SKEW,
+        Self::DUPLICATE_MESSAGE,
+        Self::PRIVACY_VIOLATION,
+        Self::LATE_EVENT,
+        Self::UNKNOWN,
+    ];
+
+    /// The schema symbol, e.g. `OUT_OF_RANGE`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::UNDECODABLE => "UNDECODABLE",
+            Self::UNKNOWN_SCHEMA => "UNKNOWN_SCHEMA",
+            Self::WRONG_SCHEMA => "WRONG_SCHEMA",
+            Self::MISSING_FIELD => "MISSING_FIELD",
+            Self::INCONSISTENT_PAYLOAD => "INCONSISTENT_PAYLOAD",
+            Self::OUT_OF_RANGE => "OUT_OF_RANGE",
+            Self::TIMESTAMP_FUTURE => "TIMESTAMP_FUTURE",
+            Self::TIMESTAMP_STALE => "TIMESTAMP_STALE",
+            Self::CLOCK_SKEW => "CLOCK_SKEW",
+            Self::DUPLICATE_MESSAGE => "DUPLICATE_MESSAGE",
+            Self::PRIVACY_VIOLATION => "PRIVACY_VIOLATION",
+            Self::LATE_EVENT => "LATE_EVENT",
+            Self::UNKNOWN => "UNKNOWN",
+        }
+    }
+}
+
+/// A refused input record (schema `dead_letter`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub stage: String,
+    pub reason: DeadLetterReason,
+    pub detail: String,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt")]
+    pub source_key: Option<Vec<u8>>,
+    pub source_timestamp_ms: Option<i64>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub original_bytes: Vec<u8>,
+}
+avro_record!(DeadLetter, "dead_letter");
+
+/// Privacy rule that removed a field.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PrivacyRule {
+    FIELD_NOT_ALLOWLISTED,
+    TEXT_NOT_ALLOWLISTED,
+    SEQUENCE_DATA,
+    EMAIL_ADDRESS,
+    PERSON_NAME,
+    PATIENT_IDENTIFIER,
+    SAMPLE_IDENTIFIER,
+    PHONE_NUMBER,
+    DATE_OF_BIRTH,
+    IDENTIFIER_FORMAT,
+}
+
+/// What the privacy enforcer did.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PrivacyAction {
+    FIELD_REMOVED,
+    RECORD_REJECTED,
+}
+
+/// One removal at the privacy boundary (schema `privacy_audit`): rule and field, never the value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyAudit {
+    pub message_id: String,
+    pub instrument_serial: String,
+    pub event_time_ms: i64,
+    pub field: String,
+    pub rule: PrivacyRule,
+    pub action: PrivacyAction,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+avro_record!(PrivacyAudit, "privacy_audit");
+
+/// One key's state in a stage's changelog topic (schema `state_snapshot`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateSnapshot {
+    pub stage: String,
+    pub key: String,
+    pub format_version: i32,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub state_json: Vec<u8>,
+}
+avro_record!(StateSnapshot, "state_snapshot");

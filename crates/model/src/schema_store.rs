@@ -1,0 +1,232 @@
+//! Every released schema version, compiled into the binary from `schemas/<name>/v<N>.avsc`.
+//!
+//! Readers look up the writer's schema by the fingerprint in the single-object header and resolve
+//! it to the newest version of the same record type, so an old instrument's v1 telemetry is read
+//! as v2 with defaults filled in.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::Schema;
+
+/// Source text of every schema file, with its record-type name and version.
+pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
+    ("telemetry", 1, include_str!("../../../schemas/telemetry/v1.avsc")),
+    ("telemetry", 2, include_str!("../../../schemas/telemetry/v2.avsc")),
+    ("sanitized_telemetry", 1, include_str!("../../../schemas/sanitized_telemetry/v1.avsc")),
+    ("feature", 1, include_str!("../../../schemas/feature/v1.avsc")),
+    ("anomaly", 1, include_str!("../../../schemas/anomaly/v1.avsc")),
+    ("alert", 1, include_str!("../../../schemas/alert/v1.avsc")),
+    ("maintenance_entry", 1, include_str!("../../../schemas/maintenance_entry/v1.avsc")),
+    ("dead_letter", 1, include_str!("../../../schemas/dead_letter/v1.avsc")),
+    ("privacy_audit", 1, include_str!("../../../schemas/privacy_audit/v1.avsc")),
+    ("state_snapshot", 1, include_str!("../../../schemas/state_snapshot/v1.avsc")),
+];
+
+/// One parsed schema version.
+#[derive(Debug)]
+pub struct SchemaEntry {
+    /// Record-type name, the folder under `schemas/` (e.g. `telemetry`).
+    pub name: &'static str,
+    /// Version, the file name `v<N>.avsc`.
+    pub version: u32,
+    /// Parsed schema.
+    pub schema: Schema,
+    /// CRC-64-AVRO fingerprint of the canonical form, little-endian as in the wire header.
+    pub fingerprint: [u8; 8],
+}
+
+/// All schema versions, by fingerprint and by name.
+#[derive(Debug)]
+pub struct SchemaStore {
+    entries: Vec<SchemaEntry>,
+    by_fingerprint: HashMap<[u8; 8], usize>,
+    latest: HashMap<&'static str, usize>,
+}
+
+impl SchemaStore {
+    /// Parses every schema in [`SCHEMA_FILES`]. Panics only on a schema file that does not parse,
+    /// which the unit tests rule out before anything ships.
+    fn load() -> Self {
+        let mut entries = Vec::new();
+        for (name, version, text) in SCHEMA_FILES {
+            let schema = Schema::parse_str(text)
+                .unwrap_or_else(|e| panic!("schemas/{name}/v{version}.avsc does not parse: {e}"));
+            entries.push(SchemaEntry { name, version: *version, fingerprint: fingerprint(&schema), schema });
+        }
+        let mut by_fingerprint = HashMap::new();
+        let mut latest: HashMap<&'static str, usize> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            by_fingerprint.insert(e.fingerprint, i);
+            let newer = latest.get(e.name).is_none_or(|&j| entries[j].version < e.version);
+            if newer {
+                latest.insert(e.name, i);
+            }
+        }
+        SchemaStore { entries, by_fingerprint, latest }
+    }
+
+    /// The schema version whose fingerprint is `fp`, if it is one of ours.
+    pub fn by_fingerprint(&self, fp: &[u8; 8]) -> Option<&SchemaEntry> {
+        self.by_fingerprint.get(fp).map(|&i| &self.entries[i])
+    }
+
+    /// The newest version of record type `name`. Panics on a name that is not in the store: names
+    /// are compile-time constants of [`crate::records::AvroRecord`] implementations.
+    pub fn latest(&self, name: &str) -> &SchemaEntry {
+        let i = self.latest.get(name).unwrap_or_else(|| panic!("no schema named {name}"));
+        &self.entries[*i]
+    }
+
+    /// A specific version of record type `name`.
+    pub fn version(&self, name: &str, version: u32) -> Option<&SchemaEntry> {
+        self.entries.iter().find(|e| e.name == name && e.version == version)
+    }
+
+    /// Every entry, in file order.
+    pub fn entries(&self) -> &[SchemaEntry] {
+        &self.entries
+    }
+}
+
+/// CRC-64-AVRO (Rabin) fingerprint of a schema's parsing canonical form, little-endian.
+pub fn fingerprint(schema: &Schema) -> [u8; 8] {
+    let fp = schema.fingerprint::<Rabin>();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&fp.bytes[..8]);
+    out
+}
+
+/// The process-wide schema store.
+pub fn store() -> &'static SchemaStore {
+    static STORE: OnceLock<SchemaStore> = OnceLock::new();
+    STORE.get_or_init(SchemaStore::load)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apache_avro::schema_compatibility::SchemaCompatibility;
+
+    /// The CRC-64-AVRO reference algorithm from the Avro specification, to check the library's.
+    fn reference_crc64_avro(data: &[u8]) -> u64 {
+        const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
+        let mut table = [0u64; 256];
+        for (i, slot) in table.iter_mut().enumerate() {
+            let mut fp = i as u64;
+            for _ in 0..8 {
+                fp = (fp >> 1) ^ (EMPTY & 0u64.wrapping_sub(fp & 1));
+            }
+            *slot = fp;
+        }
+        let mut fp = EMPTY;
+        for &b in data {
+            fp = (fp >> 8) ^ table[((fp ^ b as u64) & 0xff) as usize];
+        }
+        fp
+    }
+
+    #[test]
+    fn every_schema_parses_and_has_docs_on_every_field() {
+        let store = store();
+        assert_eq!(store.entries().len(), SCHEMA_FILES.len());
+        for (name, version, text) in SCHEMA_FILES {
+            let json: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+            assert!(json["namespace"].as_str().is_some_and(|n| n.starts_with("io.seqmon.")), "{name} v{version} namespaced");
+            assert!(json["doc"].as_str().is_some_and(|d| d.contains(&format!("version {version}"))), "{name} v{version} doc names its version");
+            let mut missing = Vec::new();
+            collect_undocumented(&json, &mut missing);
+            assert!(missing.is_empty(), "{name} v{version}: fields without doc: {missing:?}");
+        }
+    }
+
+    fn collect_undocumented(v: &serde_json::Value, missing: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if let Some(fields) = o.get("fields").and_then(|f| f.as_array()) {
+                    for f in fields {
+                        if f.get("doc").and_then(|d| d.as_str()).is_none_or(str::is_empty) {
+                            missing.push(f["name"].to_string());
+                        }
+                    }
+                }
+                o.values().for_each(|c| collect_undocumented(c, missing));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|c| collect_undocumented(c, missing)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn fingerprints_match_the_specification_and_are_unique() {
+        let store = store();
+        for e in store.entries() {
+            let reference = reference_crc64_avro(e.schema.canonical_form().as_bytes());
+            assert_eq!(e.fingerprint, reference.to_le_bytes(), "{} v{}", e.name, e.version);
+        }
+        let mut fps: Vec<_> = store.entries().iter().map(|e| e.fingerprint).collect();
+        fps.sort();
+        fps.dedup();
+        assert_eq!(fps.len(), store.entries().len());
+        // Specification test vector: the fingerprint of the schema "int".
+        assert_eq!(reference_crc64_avro(br#""int""#), 0x7275_d51a_3f39_5c8f);
+    }
+
+    /// Every version of a record type must be readable by every later version (backward
+    /// compatibility). This test refuses a schema change that breaks it; released versions are
+    /// never edited, only new `v<N+1>.avsc` files added.
+    #[test]
+    fn every_version_is_readable_by_every_later_version() {
+        let store = store();
+        let mut checked = 0;
+        for old in store.entries() {
+            for new in store.entries().iter().filter(|e| e.name == old.name && e.version > old.version) {
+                SchemaCompatibility::can_read(&old.schema, &new.schema).unwrap_or_else(|e| {
+                    panic!("{} v{} cannot read data written with v{}: {e}", new.name, new.version, old.version)
+                });
+                checked += 1;
+            }
+        }
+        assert!(checked >= 1, "at least telemetry v1 -> v2 is checked");
+    }
+
+    #[test]
+    fn compatibility_check_refuses_a_breaking_change() {
+        // A new required field without a default cannot read old data: the check must say so.
+        let old = &store().latest("alert").schema;
+        let mut json: serde_json::Value = serde_json::from_str(SCHEMA_FILES.iter().find(|f| f.0 == "alert").map(|f| f.2).expect("alert")).expect("json");
+        json["fields"].as_array_mut().expect("fields").push(serde_json::json!({"name": "ticket", "type": "string", "doc": "x"}));
+        let broken = Schema::parse_str(&json.to_string()).expect("parses");
+        assert!(SchemaCompatibility::can_read(old, &broken).is_err());
+    }
+}
+
+#[cfg(test)]
+mod released {
+    use super::*;
+    use apache_avro::schema_compatibility::SchemaCompatibility;
+
+    /// `schemas/RELEASED`: one line per released version, `name version fingerprint-hex`.
+    const RELEASED: &str = include_str!("../../../schemas/RELEASED");
+
+    /// A released schema is immutable (same fingerprint as when released), and the newest
+    /// version of each record type reads every released version. Editing a released file in
+    /// place, or adding a version that cannot read the last release, fails here.
+    #[test]
+    fn released_versions_are_unchanged_and_readable_by_the_newest() {
+        let mut seen = 0;
+        for line in RELEASED.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let [name, version, fp] = parts[..] else { panic!("bad RELEASED line {line:?}") };
+            let version: u32 = version.parse().expect("version");
+            let entry = store().version(name, version).unwrap_or_else(|| panic!("released {name} v{version} was removed"));
+            assert_eq!(crate::json::to_hex(&entry.fingerprint), fp, "released {name} v{version} was edited in place; add v{} instead", version + 1);
+            let newest = store().latest(name);
+            SchemaCompatibility::can_read(&entry.schema, &newest.schema)
+                .unwrap_or_else(|e| panic!("{name} v{} cannot read released v{version}: {e}", newest.version));
+            seen += 1;
+        }
+        assert!(seen >= store().entries().len() - 1, "every schema version but at most one draft is released");
+    }
+}

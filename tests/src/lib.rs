@@ -1,0 +1,1 @@
+//! Helpers shared by the real-broker integration tests in `tests/tests/`.
