@@ -33,7 +33,10 @@ pub enum CodecError {
     UnknownSchema(String),
     /// A known schema, but of another record type than the topic carries.
     #[error("record was written with schema {found}, expected {expected}")]
-    WrongSchema { expected: &'static str, found: String },
+    WrongSchema {
+        expected: &'static str,
+        found: String,
+    },
     /// The Avro body does not decode with the writer schema, or does not resolve.
     #[error("Avro body does not decode with writer schema {schema}: {message}")]
     Body { schema: String, message: String },
@@ -43,16 +46,20 @@ pub enum CodecError {
     /// A value does not fit the schema when encoding. An internal error: our own types and
     /// schemas disagree.
     #[error("cannot encode {schema}: {message}")]
-    Encode { schema: &'static str, message: String },
+    Encode {
+        schema: &'static str,
+        message: String,
+    },
 }
 
 impl CodecError {
     /// The dead-letter reason for a record that failed to decode.
     pub fn reason(&self) -> DeadLetterReason {
         match self {
-            CodecError::TooShort(_) | CodecError::BadMagic | CodecError::Body { .. } | CodecError::Trailing(_) => {
-                DeadLetterReason::UNDECODABLE
-            }
+            CodecError::TooShort(_)
+            | CodecError::BadMagic
+            | CodecError::Body { .. }
+            | CodecError::Trailing(_) => DeadLetterReason::UNDECODABLE,
             CodecError::UnknownSchema(_) => DeadLetterReason::UNKNOWN_SCHEMA,
             CodecError::WrongSchema { .. } => DeadLetterReason::WRONG_SCHEMA,
             CodecError::Encode { .. } => DeadLetterReason::UNKNOWN,
@@ -74,11 +81,29 @@ pub fn encode<T: AvroRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
 }
 
 /// Encodes `record` with a given schema version (the simulator writes old versions this way).
-pub fn encode_with<T: serde::Serialize>(entry: &SchemaEntry, record: &T) -> Result<Vec<u8>, CodecError> {
+pub fn encode_with<T: serde::Serialize>(
+    entry: &SchemaEntry,
+    record: &T,
+) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&header(entry));
-    write_avro_datum_ref(&entry.schema, record, &mut out)
-        .map_err(|e| CodecError::Encode { schema: entry.name, message: e.to_string() })?;
+    write_avro_datum_ref(&entry.schema, record, &mut out).map_err(|e| CodecError::Encode {
+        schema: entry.name,
+        message: e.to_string(),
+    })?;
+    Ok(out)
+}
+
+/// Encodes a generic Avro value (file mode builds these from JSON) with a schema version.
+pub fn encode_value(entry: &SchemaEntry, value: Value) -> Result<Vec<u8>, CodecError> {
+    let body =
+        apache_avro::to_avro_datum(&entry.schema, value).map_err(|e| CodecError::Encode {
+            schema: entry.name,
+            message: e.to_string(),
+        })?;
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&header(entry));
+    out.extend_from_slice(&body);
     Ok(out)
 }
 
@@ -100,17 +125,25 @@ pub fn writer_schema(bytes: &[u8]) -> Result<(&'static SchemaEntry, &[u8]), Code
 
 /// Decodes bytes into the generic Avro value of the newest version of `expected`, resolving
 /// from whichever version wrote them. Returns the writer's entry too.
-pub fn decode_value(bytes: &[u8], expected: &'static str) -> Result<(&'static SchemaEntry, Value), CodecError> {
+pub fn decode_value(
+    bytes: &[u8],
+    expected: &'static str,
+) -> Result<(&'static SchemaEntry, Value), CodecError> {
     let (writer, body) = writer_schema(bytes)?;
     if writer.name != expected {
-        return Err(CodecError::WrongSchema { expected, found: format!("{} v{}", writer.name, writer.version) });
+        return Err(CodecError::WrongSchema {
+            expected,
+            found: format!("{} v{}", writer.name, writer.version),
+        });
     }
     let reader = store().latest(expected);
     let reader_schema = (reader.version != writer.version).then_some(&reader.schema);
     let mut cursor = Cursor::new(body);
-    let value = from_avro_datum(&writer.schema, &mut cursor, reader_schema).map_err(|e| CodecError::Body {
-        schema: format!("{} v{}", writer.name, writer.version),
-        message: e.to_string(),
+    let value = from_avro_datum(&writer.schema, &mut cursor, reader_schema).map_err(|e| {
+        CodecError::Body {
+            schema: format!("{} v{}", writer.name, writer.version),
+            message: e.to_string(),
+        }
     })?;
     let left = body.len() - cursor.position() as usize;
     if left != 0 {
@@ -142,7 +175,11 @@ mod tests {
             sent_time_ms: 1_767_225_600_500,
             kind: TelemetryKind::SENSOR_READINGS,
             run_id: Some("261129_A00123_0042_BHXYZ".into()),
-            sensors: Some(SensorReadings { laser_power_mw: Some(498.5), flowcell_temp_c: Some(60.1), ..Default::default() }),
+            sensors: Some(SensorReadings {
+                laser_power_mw: Some(498.5),
+                flowcell_temp_c: Some(60.1),
+                ..Default::default()
+            }),
             log_event: None,
             run_performance: None,
             instrument_configuration: None,
@@ -170,7 +207,10 @@ mod tests {
             source_timestamp_ms: Some(5),
             original_bytes: vec![0, 1, 2, 255],
         };
-        assert_eq!(decode::<DeadLetter>(&encode(&dl).expect("encode")).expect("decode"), dl);
+        assert_eq!(
+            decode::<DeadLetter>(&encode(&dl).expect("encode")).expect("decode"),
+            dl
+        );
         let alert = Alert {
             alert_id: "a".into(),
             instrument_serial: "A00123".into(),
@@ -186,7 +226,10 @@ mod tests {
             event_time_ms: 2,
             anomaly_count: 3,
         };
-        assert_eq!(decode::<Alert>(&encode(&alert).expect("encode")).expect("decode"), alert);
+        assert_eq!(
+            decode::<Alert>(&encode(&alert).expect("encode")).expect("decode"),
+            alert
+        );
     }
 
     #[test]
@@ -207,23 +250,41 @@ mod tests {
 
     #[test]
     fn bad_bytes_give_typed_errors() {
-        assert_eq!(decode::<Telemetry>(b"short").unwrap_err().reason(), DeadLetterReason::UNDECODABLE);
-        assert!(matches!(decode::<Telemetry>(b"not avro at all!").unwrap_err(), CodecError::BadMagic));
+        assert_eq!(
+            decode::<Telemetry>(b"short").unwrap_err().reason(),
+            DeadLetterReason::UNDECODABLE
+        );
+        assert!(matches!(
+            decode::<Telemetry>(b"not avro at all!").unwrap_err(),
+            CodecError::BadMagic
+        ));
         let mut unknown = vec![0xC3, 0x01];
         unknown.extend([9u8; 8]);
         unknown.extend([0u8; 4]);
-        assert_eq!(decode::<Telemetry>(&unknown).unwrap_err().reason(), DeadLetterReason::UNKNOWN_SCHEMA);
+        assert_eq!(
+            decode::<Telemetry>(&unknown).unwrap_err().reason(),
+            DeadLetterReason::UNKNOWN_SCHEMA
+        );
         let alert_bytes = {
             let mut b = header(store().latest("alert")).to_vec();
             b.extend([0u8; 3]);
             b
         };
-        assert_eq!(decode::<Telemetry>(&alert_bytes).unwrap_err().reason(), DeadLetterReason::WRONG_SCHEMA);
+        assert_eq!(
+            decode::<Telemetry>(&alert_bytes).unwrap_err().reason(),
+            DeadLetterReason::WRONG_SCHEMA
+        );
         let mut truncated = encode(&sample_telemetry()).expect("encode");
         truncated.truncate(truncated.len() - 5);
-        assert_eq!(decode::<Telemetry>(&truncated).unwrap_err().reason(), DeadLetterReason::UNDECODABLE);
+        assert_eq!(
+            decode::<Telemetry>(&truncated).unwrap_err().reason(),
+            DeadLetterReason::UNDECODABLE
+        );
         let mut trailing = encode(&sample_telemetry()).expect("encode");
         trailing.extend([1, 2, 3]);
-        assert!(matches!(decode::<Telemetry>(&trailing).unwrap_err(), CodecError::Trailing(3)));
+        assert!(matches!(
+            decode::<Telemetry>(&trailing).unwrap_err(),
+            CodecError::Trailing(3)
+        ));
     }
 }

@@ -13,16 +13,33 @@ use serde_json::{Map, Number, Value as Json};
 /// Converts a JSON object to the Avro value of `schema`. The error names the offending field.
 pub fn json_to_avro(schema: &Schema, json: &Json) -> Result<Value, String> {
     let resolved = ResolvedSchema::try_from(schema).map_err(|e| e.to_string())?;
-    let names: HashMap<Name, &Schema> = resolved.get_names().iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let names: HashMap<Name, &Schema> = resolved
+        .get_names()
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     convert(schema, json, &names, "")
 }
 
-fn convert(schema: &Schema, json: &Json, names: &HashMap<Name, &Schema>, path: &str) -> Result<Value, String> {
-    let here = || if path.is_empty() { "record".to_string() } else { path.to_string() };
+fn convert(
+    schema: &Schema,
+    json: &Json,
+    names: &HashMap<Name, &Schema>,
+    path: &str,
+) -> Result<Value, String> {
+    let here = || {
+        if path.is_empty() {
+            "record".to_string()
+        } else {
+            path.to_string()
+        }
+    };
     let mismatch = |want: &str| format!("field {} must be {want}", here());
     Ok(match schema {
         Schema::Ref { name } => {
-            let target = names.get(name).ok_or_else(|| format!("unresolved schema reference {name}"))?;
+            let target = names
+                .get(name)
+                .ok_or_else(|| format!("unresolved schema reference {name}"))?;
             return convert(target, json, names, path);
         }
         Schema::Null => match json {
@@ -31,7 +48,10 @@ fn convert(schema: &Schema, json: &Json, names: &HashMap<Name, &Schema>, path: &
         },
         Schema::Boolean => Value::Boolean(json.as_bool().ok_or_else(|| mismatch("a boolean"))?),
         Schema::Int | Schema::Date | Schema::TimeMillis => {
-            let i = json.as_i64().and_then(|i| i32::try_from(i).ok()).ok_or_else(|| mismatch("a 32-bit integer"))?;
+            let i = json
+                .as_i64()
+                .and_then(|i| i32::try_from(i).ok())
+                .ok_or_else(|| mismatch("a 32-bit integer"))?;
             match schema {
                 Schema::Date => Value::Date(i),
                 Schema::TimeMillis => Value::TimeMillis(i),
@@ -49,11 +69,22 @@ fn convert(schema: &Schema, json: &Json, names: &HashMap<Name, &Schema>, path: &
         }
         Schema::Float => Value::Float(json.as_f64().ok_or_else(|| mismatch("a number"))? as f32),
         Schema::Double => Value::Double(json.as_f64().ok_or_else(|| mismatch("a number"))?),
-        Schema::String => Value::String(json.as_str().ok_or_else(|| mismatch("a string"))?.to_string()),
-        Schema::Bytes => Value::Bytes(from_hex(json.as_str().ok_or_else(|| mismatch("a hex string"))?).ok_or_else(|| mismatch("a hex string"))?),
+        Schema::String => Value::String(
+            json.as_str()
+                .ok_or_else(|| mismatch("a string"))?
+                .to_string(),
+        ),
+        Schema::Bytes => Value::Bytes(
+            from_hex(json.as_str().ok_or_else(|| mismatch("a hex string"))?)
+                .ok_or_else(|| mismatch("a hex string"))?,
+        ),
         Schema::Enum(e) => {
             let s = json.as_str().ok_or_else(|| mismatch("an enum symbol"))?;
-            let idx = e.symbols.iter().position(|x| x == s).ok_or_else(|| format!("field {} has unknown symbol {s:?}", here()))?;
+            let idx = e
+                .symbols
+                .iter()
+                .position(|x| x == s)
+                .ok_or_else(|| format!("field {} has unknown symbol {s:?}", here()))?;
             Value::Enum(idx as u32, s.to_string())
         }
         Schema::Array(a) => {
@@ -68,19 +99,29 @@ fn convert(schema: &Schema, json: &Json, names: &HashMap<Name, &Schema>, path: &
             let obj = json.as_object().ok_or_else(|| mismatch("an object"))?;
             let mut out = HashMap::with_capacity(obj.len());
             for (k, v) in obj {
-                out.insert(k.clone(), convert(&m.types, v, names, &format!("{}.{k}", here()))?);
+                out.insert(
+                    k.clone(),
+                    convert(&m.types, v, names, &format!("{}.{k}", here()))?,
+                );
             }
             Value::Map(out)
         }
         Schema::Union(u) => {
             let variants = u.variants();
             if json.is_null() {
-                let idx = variants.iter().position(|v| matches!(v, Schema::Null)).ok_or_else(|| format!("field {} is required", here()))?;
+                let idx = variants
+                    .iter()
+                    .position(|v| matches!(v, Schema::Null))
+                    .ok_or_else(|| format!("field {} is required", here()))?;
                 Value::Union(idx as u32, Box::new(Value::Null))
             } else {
                 let mut last = String::new();
                 let mut found = None;
-                for (idx, v) in variants.iter().enumerate().filter(|(_, v)| !matches!(v, Schema::Null)) {
+                for (idx, v) in variants
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !matches!(v, Schema::Null))
+                {
                     match convert(v, json, names, path) {
                         Ok(val) => {
                             found = Some(Value::Union(idx as u32, Box::new(val)));
@@ -96,13 +137,21 @@ fn convert(schema: &Schema, json: &Json, names: &HashMap<Name, &Schema>, path: &
             let obj = json.as_object().ok_or_else(|| mismatch("an object"))?;
             for key in obj.keys() {
                 if !r.fields.iter().any(|f| &f.name == key) {
-                    let p = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                    let p = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
                     return Err(format!("field {p} is not in schema {}", r.name));
                 }
             }
             let mut fields = Vec::with_capacity(r.fields.len());
             for f in &r.fields {
-                let p = if path.is_empty() { f.name.clone() } else { format!("{path}.{}", f.name) };
+                let p = if path.is_empty() {
+                    f.name.clone()
+                } else {
+                    format!("{path}.{}", f.name)
+                };
                 let value = match obj.get(&f.name) {
                     Some(v) => convert(&f.schema, v, names, &p)?,
                     None => match &f.default {
@@ -114,7 +163,12 @@ fn convert(schema: &Schema, json: &Json, names: &HashMap<Name, &Schema>, path: &
             }
             Value::Record(fields)
         }
-        other => return Err(format!("field {} has unsupported schema type {other:?}", here())),
+        other => {
+            return Err(format!(
+                "field {} has unsupported schema type {other:?}",
+                here()
+            ))
+        }
     })
 }
 
@@ -124,7 +178,10 @@ pub fn avro_to_json(value: &Value) -> Json {
         Value::Null => Json::Null,
         Value::Boolean(b) => Json::Bool(*b),
         Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => Json::from(*i),
-        Value::Long(l) | Value::TimestampMillis(l) | Value::TimestampMicros(l) | Value::TimeMicros(l) => Json::from(*l),
+        Value::Long(l)
+        | Value::TimestampMillis(l)
+        | Value::TimestampMicros(l)
+        | Value::TimeMicros(l) => Json::from(*l),
         Value::Float(f) => Number::from_f64(*f as f64).map_or(Json::Null, Json::Number),
         Value::Double(d) => Number::from_f64(*d).map_or(Json::Null, Json::Number),
         Value::String(s) | Value::Enum(_, s) => Json::String(s.clone()),
@@ -134,7 +191,11 @@ pub fn avro_to_json(value: &Value) -> Json {
         Value::Map(m) => {
             let mut keys: Vec<_> = m.keys().collect();
             keys.sort();
-            Json::Object(keys.into_iter().map(|k| (k.clone(), avro_to_json(&m[k]))).collect())
+            Json::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), avro_to_json(&m[k])))
+                    .collect(),
+            )
         }
         Value::Record(fields) => {
             let mut obj = Map::with_capacity(fields.len());
@@ -163,7 +224,10 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -186,7 +250,8 @@ mod tests {
             source_timestamp_ms: None,
             original_bytes: vec![0xc3, 0x01, 0xff],
         };
-        let (_, value) = decode_value(&encode(&dl).expect("encode"), "dead_letter").expect("decode");
+        let (_, value) =
+            decode_value(&encode(&dl).expect("encode"), "dead_letter").expect("decode");
         let json = avro_to_json(&value);
         assert_eq!(json["original_bytes"], "c301ff");
         assert_eq!(json["reason"], "MISSING_FIELD");

@@ -12,16 +12,52 @@ use apache_avro::Schema;
 
 /// Source text of every schema file, with its record-type name and version.
 pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
-    ("telemetry", 1, include_str!("../../../schemas/telemetry/v1.avsc")),
-    ("telemetry", 2, include_str!("../../../schemas/telemetry/v2.avsc")),
-    ("sanitized_telemetry", 1, include_str!("../../../schemas/sanitized_telemetry/v1.avsc")),
-    ("feature", 1, include_str!("../../../schemas/feature/v1.avsc")),
-    ("anomaly", 1, include_str!("../../../schemas/anomaly/v1.avsc")),
+    (
+        "telemetry",
+        1,
+        include_str!("../../../schemas/telemetry/v1.avsc"),
+    ),
+    (
+        "telemetry",
+        2,
+        include_str!("../../../schemas/telemetry/v2.avsc"),
+    ),
+    (
+        "sanitized_telemetry",
+        1,
+        include_str!("../../../schemas/sanitized_telemetry/v1.avsc"),
+    ),
+    (
+        "feature",
+        1,
+        include_str!("../../../schemas/feature/v1.avsc"),
+    ),
+    (
+        "anomaly",
+        1,
+        include_str!("../../../schemas/anomaly/v1.avsc"),
+    ),
     ("alert", 1, include_str!("../../../schemas/alert/v1.avsc")),
-    ("maintenance_entry", 1, include_str!("../../../schemas/maintenance_entry/v1.avsc")),
-    ("dead_letter", 1, include_str!("../../../schemas/dead_letter/v1.avsc")),
-    ("privacy_audit", 1, include_str!("../../../schemas/privacy_audit/v1.avsc")),
-    ("state_snapshot", 1, include_str!("../../../schemas/state_snapshot/v1.avsc")),
+    (
+        "maintenance_entry",
+        1,
+        include_str!("../../../schemas/maintenance_entry/v1.avsc"),
+    ),
+    (
+        "dead_letter",
+        1,
+        include_str!("../../../schemas/dead_letter/v1.avsc"),
+    ),
+    (
+        "privacy_audit",
+        1,
+        include_str!("../../../schemas/privacy_audit/v1.avsc"),
+    ),
+    (
+        "state_snapshot",
+        1,
+        include_str!("../../../schemas/state_snapshot/v1.avsc"),
+    ),
 ];
 
 /// One parsed schema version.
@@ -53,18 +89,29 @@ impl SchemaStore {
         for (name, version, text) in SCHEMA_FILES {
             let schema = Schema::parse_str(text)
                 .unwrap_or_else(|e| panic!("schemas/{name}/v{version}.avsc does not parse: {e}"));
-            entries.push(SchemaEntry { name, version: *version, fingerprint: fingerprint(&schema), schema });
+            entries.push(SchemaEntry {
+                name,
+                version: *version,
+                fingerprint: fingerprint(&schema),
+                schema,
+            });
         }
         let mut by_fingerprint = HashMap::new();
         let mut latest: HashMap<&'static str, usize> = HashMap::new();
         for (i, e) in entries.iter().enumerate() {
             by_fingerprint.insert(e.fingerprint, i);
-            let newer = latest.get(e.name).is_none_or(|&j| entries[j].version < e.version);
+            let newer = latest
+                .get(e.name)
+                .is_none_or(|&j| entries[j].version < e.version);
             if newer {
                 latest.insert(e.name, i);
             }
         }
-        SchemaStore { entries, by_fingerprint, latest }
+        SchemaStore {
+            entries,
+            by_fingerprint,
+            latest,
+        }
     }
 
     /// The schema version whose fingerprint is `fp`, if it is one of ours.
@@ -75,13 +122,18 @@ impl SchemaStore {
     /// The newest version of record type `name`. Panics on a name that is not in the store: names
     /// are compile-time constants of [`crate::records::AvroRecord`] implementations.
     pub fn latest(&self, name: &str) -> &SchemaEntry {
-        let i = self.latest.get(name).unwrap_or_else(|| panic!("no schema named {name}"));
+        let i = self
+            .latest
+            .get(name)
+            .unwrap_or_else(|| panic!("no schema named {name}"));
         &self.entries[*i]
     }
 
     /// A specific version of record type `name`.
     pub fn version(&self, name: &str, version: u32) -> Option<&SchemaEntry> {
-        self.entries.iter().find(|e| e.name == name && e.version == version)
+        self.entries
+            .iter()
+            .find(|e| e.name == name && e.version == version)
     }
 
     /// Every entry, in file order.
@@ -133,11 +185,24 @@ mod tests {
         assert_eq!(store.entries().len(), SCHEMA_FILES.len());
         for (name, version, text) in SCHEMA_FILES {
             let json: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
-            assert!(json["namespace"].as_str().is_some_and(|n| n.starts_with("io.seqmon.")), "{name} v{version} namespaced");
-            assert!(json["doc"].as_str().is_some_and(|d| d.contains(&format!("version {version}"))), "{name} v{version} doc names its version");
+            assert!(
+                json["namespace"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("io.seqmon.")),
+                "{name} v{version} namespaced"
+            );
+            assert!(
+                json["doc"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&format!("version {version}"))),
+                "{name} v{version} doc names its version"
+            );
             let mut missing = Vec::new();
             collect_undocumented(&json, &mut missing);
-            assert!(missing.is_empty(), "{name} v{version}: fields without doc: {missing:?}");
+            assert!(
+                missing.is_empty(),
+                "{name} v{version}: fields without doc: {missing:?}"
+            );
         }
     }
 
@@ -146,7 +211,10 @@ mod tests {
             serde_json::Value::Object(o) => {
                 if let Some(fields) = o.get("fields").and_then(|f| f.as_array()) {
                     for f in fields {
-                        if f.get("doc").and_then(|d| d.as_str()).is_none_or(str::is_empty) {
+                        if f.get("doc")
+                            .and_then(|d| d.as_str())
+                            .is_none_or(str::is_empty)
+                        {
                             missing.push(f["name"].to_string());
                         }
                     }
@@ -163,7 +231,13 @@ mod tests {
         let store = store();
         for e in store.entries() {
             let reference = reference_crc64_avro(e.schema.canonical_form().as_bytes());
-            assert_eq!(e.fingerprint, reference.to_le_bytes(), "{} v{}", e.name, e.version);
+            assert_eq!(
+                e.fingerprint,
+                reference.to_le_bytes(),
+                "{} v{}",
+                e.name,
+                e.version
+            );
         }
         let mut fps: Vec<_> = store.entries().iter().map(|e| e.fingerprint).collect();
         fps.sort();
@@ -181,9 +255,16 @@ mod tests {
         let store = store();
         let mut checked = 0;
         for old in store.entries() {
-            for new in store.entries().iter().filter(|e| e.name == old.name && e.version > old.version) {
+            for new in store
+                .entries()
+                .iter()
+                .filter(|e| e.name == old.name && e.version > old.version)
+            {
                 SchemaCompatibility::can_read(&old.schema, &new.schema).unwrap_or_else(|e| {
-                    panic!("{} v{} cannot read data written with v{}: {e}", new.name, new.version, old.version)
+                    panic!(
+                        "{} v{} cannot read data written with v{}: {e}",
+                        new.name, new.version, old.version
+                    )
                 });
                 checked += 1;
             }
@@ -195,8 +276,18 @@ mod tests {
     fn compatibility_check_refuses_a_breaking_change() {
         // A new required field without a default cannot read old data: the check must say so.
         let old = &store().latest("alert").schema;
-        let mut json: serde_json::Value = serde_json::from_str(SCHEMA_FILES.iter().find(|f| f.0 == "alert").map(|f| f.2).expect("alert")).expect("json");
-        json["fields"].as_array_mut().expect("fields").push(serde_json::json!({"name": "ticket", "type": "string", "doc": "x"}));
+        let mut json: serde_json::Value = serde_json::from_str(
+            SCHEMA_FILES
+                .iter()
+                .find(|f| f.0 == "alert")
+                .map(|f| f.2)
+                .expect("alert"),
+        )
+        .expect("json");
+        json["fields"]
+            .as_array_mut()
+            .expect("fields")
+            .push(serde_json::json!({"name": "ticket", "type": "string", "doc": "x"}));
         let broken = Schema::parse_str(&json.to_string()).expect("parses");
         assert!(SchemaCompatibility::can_read(old, &broken).is_err());
     }
@@ -216,17 +307,36 @@ mod released {
     #[test]
     fn released_versions_are_unchanged_and_readable_by_the_newest() {
         let mut seen = 0;
-        for line in RELEASED.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in RELEASED
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let parts: Vec<&str> = line.split_whitespace().collect();
-            let [name, version, fp] = parts[..] else { panic!("bad RELEASED line {line:?}") };
+            let [name, version, fp] = parts[..] else {
+                panic!("bad RELEASED line {line:?}")
+            };
             let version: u32 = version.parse().expect("version");
-            let entry = store().version(name, version).unwrap_or_else(|| panic!("released {name} v{version} was removed"));
-            assert_eq!(crate::json::to_hex(&entry.fingerprint), fp, "released {name} v{version} was edited in place; add v{} instead", version + 1);
+            let entry = store()
+                .version(name, version)
+                .unwrap_or_else(|| panic!("released {name} v{version} was removed"));
+            assert_eq!(
+                crate::json::to_hex(&entry.fingerprint),
+                fp,
+                "released {name} v{version} was edited in place; add v{} instead",
+                version + 1
+            );
             let newest = store().latest(name);
-            SchemaCompatibility::can_read(&entry.schema, &newest.schema)
-                .unwrap_or_else(|e| panic!("{name} v{} cannot read released v{version}: {e}", newest.version));
+            SchemaCompatibility::can_read(&entry.schema, &newest.schema).unwrap_or_else(|e| {
+                panic!(
+                    "{name} v{} cannot read released v{version}: {e}",
+                    newest.version
+                )
+            });
             seen += 1;
         }
-        assert!(seen >= store().entries().len() - 1, "every schema version but at most one draft is released");
+        assert!(
+            seen >= store().entries().len() - 1,
+            "every schema version but at most one draft is released"
+        );
     }
 }

@@ -16,30 +16,126 @@ pub struct MetricSpec {
 
 /// Sensor metrics, as in [`crate::records::SensorReadings`], plus derived ones.
 pub const METRICS: &[MetricSpec] = &[
-    MetricSpec { name: "laser_power_mw", subsystem: Subsystem::OPTICAL, plausible: (0.0, 5000.0) },
-    MetricSpec { name: "focus_fwhm_px", subsystem: Subsystem::OPTICAL, plausible: (0.0, 50.0) },
-    MetricSpec { name: "focus_z_offset_um", subsystem: Subsystem::OPTICAL, plausible: (-1000.0, 1000.0) },
-    MetricSpec { name: "stage_position_error_um", subsystem: Subsystem::MECHANICAL, plausible: (0.0, 5000.0) },
-    MetricSpec { name: "stage_motor_current_a", subsystem: Subsystem::MECHANICAL, plausible: (0.0, 30.0) },
-    MetricSpec { name: "flowcell_temp_c", subsystem: Subsystem::THERMAL, plausible: (-20.0, 130.0) },
-    MetricSpec { name: "flowcell_temp_setpoint_c", subsystem: Subsystem::THERMAL, plausible: (0.0, 100.0) },
-    MetricSpec { name: "flowcell_temp_deviation_c", subsystem: Subsystem::THERMAL, plausible: (-150.0, 150.0) },
-    MetricSpec { name: "chiller_temp_c", subsystem: Subsystem::THERMAL, plausible: (-30.0, 60.0) },
-    MetricSpec { name: "ambient_temp_c", subsystem: Subsystem::THERMAL, plausible: (-20.0, 70.0) },
-    MetricSpec { name: "fluidics_pressure_kpa", subsystem: Subsystem::FLUIDICS, plausible: (-101.0, 2000.0) },
-    MetricSpec { name: "flow_rate_ul_min", subsystem: Subsystem::FLUIDICS, plausible: (0.0, 20000.0) },
-    MetricSpec { name: "cluster_density_k_per_mm2", subsystem: Subsystem::CHEMISTRY, plausible: (0.0, 20000.0) },
-    MetricSpec { name: "pct_pf", subsystem: Subsystem::CHEMISTRY, plausible: (0.0, 100.0) },
-    MetricSpec { name: "pct_q30", subsystem: Subsystem::CHEMISTRY, plausible: (0.0, 100.0) },
-    MetricSpec { name: "mean_qscore", subsystem: Subsystem::CHEMISTRY, plausible: (0.0, 60.0) },
-    MetricSpec { name: "error_rate_pct", subsystem: Subsystem::CHEMISTRY, plausible: (0.0, 100.0) },
-    MetricSpec { name: "phasing_pct", subsystem: Subsystem::CHEMISTRY, plausible: (0.0, 100.0) },
-    MetricSpec { name: "prephasing_pct", subsystem: Subsystem::CHEMISTRY, plausible: (0.0, 100.0) },
-    MetricSpec { name: "intensity_a", subsystem: Subsystem::CHEMISTRY, plausible: (0.0, 1.0e6) },
-    MetricSpec { name: "intensity_c", subsystem: Subsystem::CHEMISTRY, plausible: (0.0, 1.0e6) },
-    MetricSpec { name: "intensity_g", subsystem: Subsystem::CHEMISTRY, plausible: (0.0, 1.0e6) },
-    MetricSpec { name: "intensity_t", subsystem: Subsystem::CHEMISTRY, plausible: (0.0, 1.0e6) },
-    MetricSpec { name: "error_events_per_window", subsystem: Subsystem::SOFTWARE, plausible: (0.0, 1.0e6) },
+    MetricSpec {
+        name: "laser_power_mw",
+        subsystem: Subsystem::OPTICAL,
+        plausible: (0.0, 5000.0),
+    },
+    MetricSpec {
+        name: "focus_fwhm_px",
+        subsystem: Subsystem::OPTICAL,
+        plausible: (0.0, 50.0),
+    },
+    MetricSpec {
+        name: "focus_z_offset_um",
+        subsystem: Subsystem::OPTICAL,
+        plausible: (-1000.0, 1000.0),
+    },
+    MetricSpec {
+        name: "stage_position_error_um",
+        subsystem: Subsystem::MECHANICAL,
+        plausible: (0.0, 5000.0),
+    },
+    MetricSpec {
+        name: "stage_motor_current_a",
+        subsystem: Subsystem::MECHANICAL,
+        plausible: (0.0, 30.0),
+    },
+    MetricSpec {
+        name: "flowcell_temp_c",
+        subsystem: Subsystem::THERMAL,
+        plausible: (-20.0, 130.0),
+    },
+    MetricSpec {
+        name: "flowcell_temp_setpoint_c",
+        subsystem: Subsystem::THERMAL,
+        plausible: (0.0, 100.0),
+    },
+    MetricSpec {
+        name: "flowcell_temp_deviation_c",
+        subsystem: Subsystem::THERMAL,
+        plausible: (-150.0, 150.0),
+    },
+    MetricSpec {
+        name: "chiller_temp_c",
+        subsystem: Subsystem::THERMAL,
+        plausible: (-30.0, 60.0),
+    },
+    MetricSpec {
+        name: "ambient_temp_c",
+        subsystem: Subsystem::THERMAL,
+        plausible: (-20.0, 70.0),
+    },
+    MetricSpec {
+        name: "fluidics_pressure_kpa",
+        subsystem: Subsystem::FLUIDICS,
+        plausible: (-101.0, 2000.0),
+    },
+    MetricSpec {
+        name: "flow_rate_ul_min",
+        subsystem: Subsystem::FLUIDICS,
+        plausible: (0.0, 20000.0),
+    },
+    MetricSpec {
+        name: "cluster_density_k_per_mm2",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 20000.0),
+    },
+    MetricSpec {
+        name: "pct_pf",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 100.0),
+    },
+    MetricSpec {
+        name: "pct_q30",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 100.0),
+    },
+    MetricSpec {
+        name: "mean_qscore",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 60.0),
+    },
+    MetricSpec {
+        name: "error_rate_pct",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 100.0),
+    },
+    MetricSpec {
+        name: "phasing_pct",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 100.0),
+    },
+    MetricSpec {
+        name: "prephasing_pct",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 100.0),
+    },
+    MetricSpec {
+        name: "intensity_a",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 1.0e6),
+    },
+    MetricSpec {
+        name: "intensity_c",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 1.0e6),
+    },
+    MetricSpec {
+        name: "intensity_g",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 1.0e6),
+    },
+    MetricSpec {
+        name: "intensity_t",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 1.0e6),
+    },
+    MetricSpec {
+        name: "error_events_per_window",
+        subsystem: Subsystem::SOFTWARE,
+        plausible: (0.0, 1.0e6),
+    },
 ];
 
 /// The definition of a metric, if it is one of ours.
@@ -108,12 +204,25 @@ mod tests {
 
     #[test]
     fn nominal_levels_are_plausible_and_in_spec() {
-        for model in [InstrumentModel::NOVASEQ_6000, InstrumentModel::NEXTSEQ_2000, InstrumentModel::MISEQ, InstrumentModel::ISEQ_100] {
+        for model in [
+            InstrumentModel::NOVASEQ_6000,
+            InstrumentModel::NEXTSEQ_2000,
+            InstrumentModel::MISEQ,
+            InstrumentModel::ISEQ_100,
+        ] {
             for m in METRICS {
                 if let Some(n) = nominal(model, m.name) {
-                    assert!(n >= m.plausible.0 && n <= m.plausible.1, "{} on {model:?}", m.name);
+                    assert!(
+                        n >= m.plausible.0 && n <= m.plausible.1,
+                        "{} on {model:?}",
+                        m.name
+                    );
                     let (lo, hi) = operating_spec(model, m.name);
-                    assert!(lo.is_none_or(|l| n >= l) && hi.is_none_or(|h| n <= h), "{} nominal in spec", m.name);
+                    assert!(
+                        lo.is_none_or(|l| n >= l) && hi.is_none_or(|h| n <= h),
+                        "{} nominal in spec",
+                        m.name
+                    );
                 }
             }
         }

@@ -65,7 +65,10 @@ pub const CATALOGUE: &[TopicSpec] = &[
 
 /// The catalogue entry with logical role `role`. Panics on an unknown role: roles are constants.
 pub fn spec(role: &str) -> &'static TopicSpec {
-    CATALOGUE.iter().find(|t| t.role == role).unwrap_or_else(|| panic!("no topic with role {role}"))
+    CATALOGUE
+        .iter()
+        .find(|t| t.role == role)
+        .unwrap_or_else(|| panic!("no topic with role {role}"))
 }
 
 /// Full topic name of `role` under a deployment prefix (`""` for none, or e.g. `"staging."`).
@@ -76,8 +79,14 @@ pub fn topic_name(prefix: &str, role: &str) -> String {
 /// Kafka topic configuration entries for a topic.
 pub fn topic_config(spec: &TopicSpec) -> Vec<(&'static str, String)> {
     match spec.cleanup {
-        Cleanup::DeleteAfterHours(h) => vec![("cleanup.policy", "delete".into()), ("retention.ms", (h as u64 * 3_600_000).to_string())],
-        Cleanup::Compact => vec![("cleanup.policy", "compact".into()), ("min.compaction.lag.ms", "60000".into())],
+        Cleanup::DeleteAfterHours(h) => vec![
+            ("cleanup.policy", "delete".into()),
+            ("retention.ms", (h as u64 * 3_600_000).to_string()),
+        ],
+        Cleanup::Compact => vec![
+            ("cleanup.policy", "compact".into()),
+            ("min.compaction.lag.ms", "60000".into()),
+        ],
     }
 }
 
@@ -92,7 +101,14 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), CATALOGUE.len(), "topic names are unique");
         for t in CATALOGUE {
-            assert!(crate::schema_store::store().entries().iter().any(|e| e.name == t.schema), "{} has a schema", t.name);
+            assert!(
+                crate::schema_store::store()
+                    .entries()
+                    .iter()
+                    .any(|e| e.name == t.schema),
+                "{} has a schema",
+                t.name
+            );
         }
         assert_eq!(topic_name("t1.", "raw"), "t1.telemetry.raw");
         assert_eq!(topic_config(spec("changelog_notifier"))[0].1, "compact");

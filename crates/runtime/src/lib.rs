@@ -1,1 +1,17 @@
-//! placeholder
+//! The shared runtime: runs any [`Processor`] as an exactly-once Kafka service ([`kafka`]), over
+//! JSON-lines files ([`file`]), or chained with other stages in one process ([`embedded`]).
+//! All I/O lives here; stage crates hold pure logic only.
+
+pub mod config;
+pub mod driver;
+pub mod embedded;
+pub mod error;
+pub mod file;
+pub mod kafka;
+pub mod metrics;
+pub mod processor;
+pub mod service;
+
+pub use driver::Driver;
+pub use error::{ErrorClass, RuntimeError};
+pub use processor::{key_str, Emitted, Emitter, Envelope, Processor, StageError};

@@ -1,0 +1,398 @@
+//! Service configuration from flags and environment, validated before any I/O.
+//!
+//! Every field has a flag and an environment variable; `validate()` is pure and runs before a
+//! socket is opened, so a bad setting stops the service at start-up with a message naming it.
+//! Secrets are wrapped in [`Secret`], whose `Debug` never prints them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use clap::{Args, ValueEnum};
+use rdkafka::ClientConfig;
+
+use crate::error::RuntimeError;
+
+/// A secret setting. `Debug` and `Display` print `***`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for handing to the Kafka client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Kafka security protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication (local tests only).
+    Plaintext,
+    /// TLS, optionally with a client certificate.
+    Ssl,
+    /// SASL authentication without TLS.
+    SaslPlaintext,
+    /// SASL authentication over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+    fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+    fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// Connection settings shared by every Kafka client of the project.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaConnection {
+    /// Kafka bootstrap servers, host:port[,host:port...].
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:19092"
+    )]
+    pub bootstrap_servers: String,
+    /// Prefix of every topic name, e.g. `prod.` (empty for none).
+    #[arg(long, env = "SEQMON_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Security protocol.
+    #[arg(
+        long,
+        env = "KAFKA_SECURITY_PROTOCOL",
+        value_enum,
+        default_value = "plaintext"
+    )]
+    pub security_protocol: SecurityProtocol,
+    /// CA certificate file (PEM) to verify brokers with.
+    #[arg(long, env = "KAFKA_SSL_CA_LOCATION")]
+    pub ssl_ca_location: Option<String>,
+    /// Client certificate file (PEM), for mutual TLS.
+    #[arg(long, env = "KAFKA_SSL_CERTIFICATE_LOCATION")]
+    pub ssl_certificate_location: Option<String>,
+    /// Client private key file (PEM), for mutual TLS.
+    #[arg(long, env = "KAFKA_SSL_KEY_LOCATION")]
+    pub ssl_key_location: Option<String>,
+    /// Password of the client private key.
+    #[arg(long, env = "KAFKA_SSL_KEY_PASSWORD", hide_env_values = true)]
+    pub ssl_key_password: Option<Secret>,
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, env = "KAFKA_SASL_MECHANISM")]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name.
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+    /// SASL password.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<Secret>,
+    /// Extra librdkafka settings, key=value, comma-separated; applied last.
+    #[arg(long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',')]
+    pub kafka_options: Vec<String>,
+}
+
+impl KafkaConnection {
+    /// Checks the settings without touching the network or the file system.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let bad = |setting, message: String| Err(RuntimeError::Config { setting, message });
+        if self.bootstrap_servers.trim().is_empty() {
+            return bad(
+                "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS",
+                "is empty".into(),
+            );
+        }
+        for server in self.bootstrap_servers.split(',') {
+            let server = server.trim();
+            let port = server
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            match port {
+                Some((host, Ok(p))) if !host.is_empty() && p > 0 => {}
+                _ => {
+                    return bad(
+                        "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS",
+                        format!("{server:?} is not host:port"),
+                    )
+                }
+            }
+        }
+        if self
+            .topic_prefix
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return bad(
+                "--topic-prefix / SEQMON_TOPIC_PREFIX",
+                "may hold only letters, digits, '.', '_' and '-'".into(),
+            );
+        }
+        let tls_files = [
+            &self.ssl_ca_location,
+            &self.ssl_certificate_location,
+            &self.ssl_key_location,
+        ];
+        if !self.security_protocol.uses_tls() && tls_files.iter().any(|f| f.is_some()) {
+            return bad(
+                "--security-protocol / KAFKA_SECURITY_PROTOCOL",
+                "TLS files are set but the protocol does not use TLS (use ssl or sasl_ssl)".into(),
+            );
+        }
+        if self.ssl_certificate_location.is_some() != self.ssl_key_location.is_some() {
+            return bad(
+                "--ssl-key-location / KAFKA_SSL_KEY_LOCATION",
+                "a client certificate and its key go together".into(),
+            );
+        }
+        if self.security_protocol.uses_sasl() {
+            match self.sasl_mechanism.as_deref() {
+                Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") => {}
+                other => {
+                    return bad(
+                        "--sasl-mechanism / KAFKA_SASL_MECHANISM",
+                        format!("{other:?} is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+                    )
+                }
+            }
+            if self.sasl_username.as_deref().is_none_or(str::is_empty)
+                || self.sasl_password.is_none()
+            {
+                return bad(
+                    "--sasl-username / KAFKA_SASL_USERNAME",
+                    "SASL needs a user name and a password".into(),
+                );
+            }
+        } else if self.sasl_mechanism.is_some() {
+            return bad(
+                "--security-protocol / KAFKA_SECURITY_PROTOCOL",
+                "a SASL mechanism is set but the protocol does not use SASL".into(),
+            );
+        }
+        for opt in &self.kafka_options {
+            if !opt.contains('=') {
+                return bad(
+                    "--kafka-option / KAFKA_OPTIONS",
+                    format!("{opt:?} is not key=value"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Full topic name of a catalogue role.
+    pub fn topic(&self, role: &str) -> String {
+        seqmon_model::topics::topic_name(&self.topic_prefix, role)
+    }
+
+    /// A librdkafka configuration with connection and security settings applied.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        c.set("security.protocol", self.security_protocol.as_librdkafka());
+        let optional = [
+            ("ssl.ca.location", self.ssl_ca_location.as_deref()),
+            (
+                "ssl.certificate.location",
+                self.ssl_certificate_location.as_deref(),
+            ),
+            ("ssl.key.location", self.ssl_key_location.as_deref()),
+            (
+                "ssl.key.password",
+                self.ssl_key_password.as_ref().map(Secret::expose),
+            ),
+            ("sasl.mechanisms", self.sasl_mechanism.as_deref()),
+            ("sasl.username", self.sasl_username.as_deref()),
+            (
+                "sasl.password",
+                self.sasl_password.as_ref().map(Secret::expose),
+            ),
+        ];
+        for (k, v) in optional {
+            if let Some(v) = v {
+                c.set(k, v);
+            }
+        }
+        for opt in &self.kafka_options {
+            if let Some((k, v)) = opt.split_once('=') {
+                c.set(k.trim(), v.trim());
+            }
+        }
+        c
+    }
+}
+
+/// Settings of the exactly-once Kafka runner.
+#[derive(Debug, Clone, Args)]
+pub struct RunnerConfig {
+    #[command(flatten)]
+    pub kafka: KafkaConnection,
+    /// Consumer group id (default: the stage name).
+    #[arg(long, env = "SEQMON_GROUP_ID")]
+    pub group_id: Option<String>,
+    /// Transactional id of this instance; keep it stable across restarts of the same instance
+    /// (default: stage name and host name) so a restart fences its predecessor.
+    #[arg(long, env = "SEQMON_TRANSACTIONAL_ID")]
+    pub transactional_id: Option<String>,
+    /// Most input records per transaction (bounds in-flight work).
+    #[arg(long, env = "SEQMON_BATCH_MAX_RECORDS", default_value_t = 500)]
+    pub batch_max_records: usize,
+    /// Longest wait to fill a batch, milliseconds.
+    #[arg(long, env = "SEQMON_BATCH_MAX_WAIT_MS", default_value_t = 100)]
+    pub batch_max_wait_ms: u64,
+    /// Transaction timeout, milliseconds (the broker caps it at transaction.max.timeout.ms).
+    #[arg(long, env = "SEQMON_TRANSACTION_TIMEOUT_MS", default_value_t = 60_000)]
+    pub transaction_timeout_ms: u64,
+    /// Address of the Prometheus /metrics and /healthz endpoint; empty to disable.
+    #[arg(long, env = "SEQMON_METRICS_ADDR", default_value = "0.0.0.0:9100")]
+    pub metrics_addr: String,
+}
+
+impl RunnerConfig {
+    /// Checks the settings without touching the network.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        self.kafka.validate()?;
+        let bad = |setting, message: &str| {
+            Err(RuntimeError::Config {
+                setting,
+                message: message.to_string(),
+            })
+        };
+        if self.batch_max_records == 0 || self.batch_max_records > 100_000 {
+            return bad(
+                "--batch-max-records / SEQMON_BATCH_MAX_RECORDS",
+                "must be 1..=100000",
+            );
+        }
+        if self.batch_max_wait_ms == 0 || self.batch_max_wait_ms > 60_000 {
+            return bad(
+                "--batch-max-wait-ms / SEQMON_BATCH_MAX_WAIT_MS",
+                "must be 1..=60000",
+            );
+        }
+        if !(1_000..=900_000).contains(&self.transaction_timeout_ms) {
+            return bad(
+                "--transaction-timeout-ms / SEQMON_TRANSACTION_TIMEOUT_MS",
+                "must be 1000..=900000",
+            );
+        }
+        if self.group_id.as_deref().is_some_and(str::is_empty) {
+            return bad("--group-id / SEQMON_GROUP_ID", "is empty");
+        }
+        if !self.metrics_addr.is_empty()
+            && self.metrics_addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad("--metrics-addr / SEQMON_METRICS_ADDR", "is not ip:port");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        runner: RunnerConfig,
+    }
+
+    fn parse(args: &[&str]) -> RunnerConfig {
+        let mut all = vec!["x"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("parses").runner
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        parse(&[]).validate().expect("valid");
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--bootstrap-servers", "localhost"],
+                "KAFKA_BOOTSTRAP_SERVERS",
+            ),
+            (&["--batch-max-records", "0"], "SEQMON_BATCH_MAX_RECORDS"),
+            (&["--ssl-ca-location", "/ca.pem"], "KAFKA_SECURITY_PROTOCOL"),
+            (
+                &[
+                    "--security-protocol",
+                    "sasl-ssl",
+                    "--sasl-mechanism",
+                    "PLAIN",
+                ],
+                "KAFKA_SASL_USERNAME",
+            ),
+            (
+                &[
+                    "--security-protocol",
+                    "ssl",
+                    "--ssl-certificate-location",
+                    "/c.pem",
+                ],
+                "KAFKA_SSL_KEY_LOCATION",
+            ),
+            (&["--kafka-option", "acks"], "KAFKA_OPTIONS"),
+            (&["--metrics-addr", "nowhere"], "SEQMON_METRICS_ADDR"),
+            (&["--topic-prefix", "a b"], "SEQMON_TOPIC_PREFIX"),
+        ];
+        for (args, setting) in cases {
+            let err = parse(args).validate().expect_err("invalid").to_string();
+            assert!(err.contains(setting), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = parse(&[
+            "--security-protocol",
+            "sasl-ssl",
+            "--sasl-mechanism",
+            "PLAIN",
+            "--sasl-username",
+            "u",
+            "--sasl-password",
+            "hunter2",
+        ]);
+        c.validate().expect("valid");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(
+            c.kafka.client_config().get("sasl.password"),
+            Some("hunter2")
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The part every runtime shares: hand a record to the processor, count it, and turn a
+//! rejection into a dead letter with the record's provenance and original bytes.
+
+use seqmon_model::{encode, DeadLetter, DeadLetterReason};
+
+use crate::metrics::StageMetrics;
+use crate::processor::{Emitted, Emitter, Envelope, Processor, StageError};
+
+/// A processor with its metrics.
+pub struct Driver {
+    processor: Box<dyn Processor>,
+    emitter: Emitter,
+    /// The stage's metrics.
+    pub metrics: StageMetrics,
+}
+
+impl Driver {
+    /// Wraps a processor.
+    pub fn new(processor: Box<dyn Processor>) -> Self {
+        let metrics = StageMetrics::new(processor.stage());
+        Driver {
+            processor,
+            emitter: Emitter::default(),
+            metrics,
+        }
+    }
+
+    /// The processor.
+    pub fn processor(&self) -> &dyn Processor {
+        self.processor.as_ref()
+    }
+
+    /// The processor, mutably (restore, clear).
+    pub fn processor_mut(&mut self) -> &mut dyn Processor {
+        self.processor.as_mut()
+    }
+
+    /// Processes one record. Outputs (dead letter included) are appended to `out`; keys whose
+    /// state changed are passed to `changed`.
+    pub fn handle(
+        &mut self,
+        input: &Envelope<'_>,
+        out: &mut Vec<Emitted>,
+        mut changed: impl FnMut(String),
+    ) -> Result<(), StageError> {
+        self.metrics.input_records.inc();
+        self.processor.process(input, &mut self.emitter)?;
+        let (records, rejection, keys) = self.emitter.take();
+        keys.into_iter().for_each(&mut changed);
+        match rejection {
+            Some(r) => {
+                // A rejected input forwards nothing; outputs about the rejection itself (the
+                // privacy audit) are kept.
+                for e in records.into_iter().filter(|e| e.role == "privacy_audit") {
+                    self.count_output(&e);
+                    out.push(e);
+                }
+                out.push(self.dead_letter(input, r.reason, &r.detail)?);
+            }
+            None => {
+                self.metrics.accepted_records.inc();
+                for e in records {
+                    self.count_output(&e);
+                    out.push(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dead-letters an input the runtime itself could not hand over (file mode: a line that is
+    /// not JSON or does not fit the schema).
+    pub fn reject_unreadable(
+        &mut self,
+        input: &Envelope<'_>,
+        reason: DeadLetterReason,
+        detail: &str,
+        out: &mut Vec<Emitted>,
+    ) -> Result<(), StageError> {
+        self.metrics.input_records.inc();
+        out.push(self.dead_letter(input, reason, detail)?);
+        Ok(())
+    }
+
+    /// Input ended: flush what the processor holds back.
+    pub fn finish(&mut self, out: &mut Vec<Emitted>) -> Result<(), StageError> {
+        self.processor.on_end_of_input(&mut self.emitter)?;
+        let (records, _, _) = self.emitter.take();
+        for e in records {
+            self.count_output(&e);
+            out.push(e);
+        }
+        Ok(())
+    }
+
+    fn count_output(&self, e: &Emitted) {
+        self.metrics
+            .output_records
+            .with_label_values(&[e.role])
+            .inc();
+    }
+
+    fn dead_letter(
+        &self,
+        input: &Envelope<'_>,
+        reason: DeadLetterReason,
+        detail: &str,
+    ) -> Result<Emitted, StageError> {
+        self.metrics
+            .dead_letter_records
+            .with_label_values(&[reason.code()])
+            .inc();
+        let stage = self.processor.stage();
+        tracing::debug!(
+            stage,
+            reason = reason.code(),
+            detail,
+            topic = input.topic,
+            partition = input.partition,
+            offset = input.offset,
+            "dead letter"
+        );
+        let record = DeadLetter {
+            stage: stage.to_string(),
+            reason,
+            detail: detail.to_string(),
+            source_topic: input.topic.to_string(),
+            source_partition: input.partition,
+            source_offset: input.offset,
+            source_key: input.key.map(<[u8]>::to_vec),
+            source_timestamp_ms: input.timestamp_ms,
+            original_bytes: input.value.to_vec(),
+        };
+        let key = input
+            .key
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        Ok(Emitted {
+            role: self.processor.dead_letter_role(),
+            key,
+            value: encode(&record)?,
+        })
+    }
+}

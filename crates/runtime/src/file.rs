@@ -1,0 +1,211 @@
+//! File mode: the same processor over JSON lines, for replays and backtests without a cluster.
+//!
+//! Input: one JSON object a line with the input schema's field names (stdin or a file). The main
+//! output (first output role) goes to `--output` (stdout by default); every other output, dead
+//! letters included, goes to `<side-output-dir>/<topic>.jsonl`. A line that is not JSON is a
+//! dead letter `UNDECODABLE`; one that does not fit the schema is `WRONG_SCHEMA`; the offset of a
+//! dead letter is the 1-based line number. Guarantee: every input line is either accepted or
+//! dead-lettered; nothing is dropped. A write failure stops the run with an error.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use seqmon_model::codec::{decode_value, encode_value};
+use seqmon_model::json::{avro_to_json, json_to_avro};
+use seqmon_model::{store, topics, DeadLetterReason};
+
+use crate::driver::Driver;
+use crate::error::RuntimeError;
+use crate::processor::{Emitted, Envelope};
+
+/// File-mode settings.
+#[derive(Debug, Clone, Args)]
+pub struct FileArgs {
+    /// Input file of JSON lines, or `-` for stdin.
+    #[arg(long, default_value = "-")]
+    pub input: String,
+    /// File for the main output, or `-` for stdout.
+    #[arg(long, default_value = "-")]
+    pub output: String,
+    /// Folder for the other outputs (dead letters, audit, ...), one `<topic>.jsonl` each.
+    #[arg(long, default_value = "out")]
+    pub side_output_dir: PathBuf,
+}
+
+/// Counts of a file-mode run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FileSummary {
+    /// Lines read.
+    pub lines: u64,
+    /// Records written, by topic.
+    pub written: HashMap<String, u64>,
+}
+
+/// Encodes one JSON line as the single-object Avro bytes of `schema_name`.
+pub fn json_line_to_avro(
+    line: &str,
+    schema_name: &str,
+) -> Result<Vec<u8>, (DeadLetterReason, String)> {
+    let json: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| (DeadLetterReason::UNDECODABLE, format!("not JSON: {e}")))?;
+    let entry = store().latest(schema_name);
+    let value =
+        json_to_avro(&entry.schema, &json).map_err(|e| (DeadLetterReason::WRONG_SCHEMA, e))?;
+    encode_value(entry, value).map_err(|e| (DeadLetterReason::WRONG_SCHEMA, e.to_string()))
+}
+
+/// Decodes an output record to its JSON line, using the catalogue's schema for its role.
+pub fn avro_to_json_line(role: &str, value: &[u8]) -> Result<String, RuntimeError> {
+    let schema = topics::spec(role).schema;
+    let (_, v) = decode_value(value, schema).map_err(|e| {
+        RuntimeError::Internal(format!("output of role {role} does not decode: {e}"))
+    })?;
+    Ok(avro_to_json(&v).to_string())
+}
+
+/// Runs `driver` over a JSON-lines input.
+pub fn run_file(driver: &mut Driver, args: &FileArgs) -> Result<FileSummary, RuntimeError> {
+    let io = |context: String| move |source| RuntimeError::Io { context, source };
+    let input: Box<dyn BufRead> = if args.input == "-" {
+        Box::new(BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(BufReader::new(
+            File::open(&args.input).map_err(io(format!("cannot open --input {}", args.input)))?,
+        ))
+    };
+    let source_name = if args.input == "-" {
+        "stdin".to_string()
+    } else {
+        args.input.clone()
+    };
+    let roles = driver.processor().output_roles();
+    let input_schema = topics::spec(driver.processor().input_role()).schema;
+    let mut writers = Writers::new(roles[0], &args.output, &args.side_output_dir);
+    let mut summary = FileSummary::default();
+    let mut out = Vec::new();
+    for (i, line) in input.lines().enumerate() {
+        let line = line.map_err(io(format!("cannot read {source_name}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        summary.lines += 1;
+        let offset = i as i64 + 1;
+        let raw = line.as_bytes();
+        match json_line_to_avro(&line, input_schema) {
+            Ok(bytes) => {
+                let key = key_of(&line);
+                let env = Envelope {
+                    key: key.as_deref().map(str::as_bytes),
+                    value: &bytes,
+                    topic: &source_name,
+                    partition: 0,
+                    offset,
+                    timestamp_ms: None,
+                };
+                driver.handle(&env, &mut out, |_| {})?;
+            }
+            Err((reason, detail)) => {
+                let env = Envelope {
+                    key: None,
+                    value: raw,
+                    topic: &source_name,
+                    partition: 0,
+                    offset,
+                    timestamp_ms: None,
+                };
+                driver.reject_unreadable(&env, reason, &detail, &mut out)?;
+            }
+        }
+        writers.write_all(&mut out, &mut summary)?;
+    }
+    driver.finish(&mut out)?;
+    writers.write_all(&mut out, &mut summary)?;
+    writers.flush()?;
+    Ok(summary)
+}
+
+/// The instrument serial of a JSON line, used as its key.
+fn key_of(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v.get("instrument_serial")?.as_str().map(str::to_string)
+}
+
+struct Writers {
+    main_role: &'static str,
+    main_path: String,
+    side_dir: PathBuf,
+    open: HashMap<&'static str, Box<dyn Write>>,
+}
+
+impl Writers {
+    fn new(main_role: &'static str, main_path: &str, side_dir: &Path) -> Self {
+        Writers {
+            main_role,
+            main_path: main_path.to_string(),
+            side_dir: side_dir.to_path_buf(),
+            open: HashMap::new(),
+        }
+    }
+
+    fn writer(&mut self, role: &'static str) -> Result<&mut Box<dyn Write>, RuntimeError> {
+        if !self.open.contains_key(role) {
+            let w: Box<dyn Write> = if role == self.main_role && self.main_path == "-" {
+                Box::new(BufWriter::new(std::io::stdout()))
+            } else {
+                let path = if role == self.main_role {
+                    PathBuf::from(&self.main_path)
+                } else {
+                    self.side_dir
+                        .join(format!("{}.jsonl", topics::spec(role).name))
+                };
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
+                        context: format!("cannot create {}", dir.display()),
+                        source,
+                    })?;
+                }
+                Box::new(BufWriter::new(File::create(&path).map_err(|source| {
+                    RuntimeError::Io {
+                        context: format!("cannot create {}", path.display()),
+                        source,
+                    }
+                })?))
+            };
+            self.open.insert(role, w);
+        }
+        Ok(self.open.get_mut(role).expect("inserted above"))
+    }
+
+    fn write_all(
+        &mut self,
+        out: &mut Vec<Emitted>,
+        summary: &mut FileSummary,
+    ) -> Result<(), RuntimeError> {
+        for e in out.drain(..) {
+            let line = avro_to_json_line(e.role, &e.value)?;
+            let w = self.writer(e.role)?;
+            writeln!(w, "{line}").map_err(|source| RuntimeError::Io {
+                context: format!("cannot write output {}", e.role),
+                source,
+            })?;
+            *summary
+                .written
+                .entry(topics::spec(e.role).name.to_string())
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), RuntimeError> {
+        for w in self.open.values_mut() {
+            w.flush().map_err(|source| RuntimeError::Io {
+                context: "cannot flush output".into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! Prometheus metrics of a stage, and a small HTTP endpoint serving `/metrics` and `/healthz`.
+//!
+//! Names follow `<service>_<noun>_<unit>_total` with small fixed label sets: the dead-letter
+//! reason (a fixed enum), the output role and the transaction outcome.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use seqmon_model::DeadLetterReason;
+
+/// Counters of one stage.
+#[derive(Clone)]
+pub struct StageMetrics {
+    /// Registry holding this stage's metrics.
+    pub registry: Registry,
+    /// Input records handed to the processor.
+    pub input_records: IntCounter,
+    /// Input records the processor accepted (not dead-lettered).
+    pub accepted_records: IntCounter,
+    /// Dead letters, by reason.
+    pub dead_letter_records: IntCounterVec,
+    /// Records produced, by output role.
+    pub output_records: IntCounterVec,
+    /// Transactions, by outcome (committed, aborted).
+    pub transactions: IntCounterVec,
+    /// State keys restored from the changelog.
+    pub restored_state_keys: IntCounter,
+    /// Input partitions currently assigned.
+    pub assigned_partitions: IntGauge,
+    /// Unix seconds of the last loop iteration, for liveness.
+    pub heartbeat: Arc<AtomicI64>,
+}
+
+impl StageMetrics {
+    /// Registers the metrics of `stage` in a fresh registry.
+    pub fn new(stage: &str) -> Self {
+        let prefix = stage.replace('-', "_");
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(Opts::new(format!("{prefix}_{name}"), help))
+                .expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(format!("{prefix}_{name}"), help), &[label])
+                .expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let input_records = counter(
+            "input_records_total",
+            "Input records handed to the processor.",
+        );
+        let accepted_records = counter(
+            "accepted_records_total",
+            "Input records accepted (not dead-lettered).",
+        );
+        let dead_letter_records = vec(
+            "dead_letter_records_total",
+            "Input records sent to the dead-letter topic, by reason.",
+            "reason",
+        );
+        let output_records = vec(
+            "output_records_total",
+            "Records produced, by output.",
+            "output",
+        );
+        let transactions = vec(
+            "transactions_total",
+            "Kafka transactions, by outcome.",
+            "outcome",
+        );
+        let restored_state_keys = counter(
+            "restored_state_keys_total",
+            "State keys restored from the changelog.",
+        );
+        let assigned_partitions = IntGauge::with_opts(Opts::new(
+            format!("{prefix}_assigned_partitions"),
+            "Input partitions assigned to this instance.",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(assigned_partitions.clone()))
+            .expect("unique metric");
+        for r in DeadLetterReason::ALL {
+            dead_letter_records.with_label_values(&[r.code()]);
+        }
+        StageMetrics {
+            registry,
+            input_records,
+            accepted_records,
+            dead_letter_records,
+            output_records,
+            transactions,
+            restored_state_keys,
+            assigned_partitions,
+            heartbeat: Arc::new(AtomicI64::new(now_secs())),
+        }
+    }
+
+    /// Records that the loop is alive.
+    pub fn beat(&self) {
+        self.heartbeat.store(now_secs(), Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Serves `/metrics` (Prometheus text) and `/healthz` (200 while the loop beat in the last 60 s)
+/// until the process exits. Runs on the given tokio runtime.
+pub async fn serve(addr: std::net::SocketAddr, metrics: StageMetrics) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics endpoint listening");
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/metrics" => ("200 OK", metrics.render()),
+                "/healthz" => {
+                    let age = now_secs() - metrics.heartbeat.load(Ordering::Relaxed);
+                    if age <= 60 {
+                        ("200 OK", "ok\n".to_string())
+                    } else {
+                        (
+                            "503 Service Unavailable",
+                            format!("processing loop silent for {age} s\n"),
+                        )
+                    }
+                }
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let response = format!("HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let _ = sock.write_all(response.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,196 @@
+//! The stage contract: one pure, synchronous [`Processor`] per service, separate from all I/O.
+//!
+//! The runtime hands a processor one input record at a time, in partition order. The processor
+//! decodes it, updates its own state, and puts outputs, rejections and state changes into the
+//! [`Emitter`]. It never blocks, never reads a clock and never does I/O, so the same code runs in
+//! the Kafka, file and embedded runtimes and a replay gives the same output.
+
+use std::collections::BTreeSet;
+
+use seqmon_model::codec::{encode, CodecError};
+use seqmon_model::{AvroRecord, DeadLetterReason};
+
+/// One input record with its provenance.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// Kafka key (instrument serial), if any.
+    pub key: Option<&'a [u8]>,
+    /// Record value as read: single-object-encoded Avro.
+    pub value: &'a [u8],
+    /// Source topic (or input file name in file mode).
+    pub topic: &'a str,
+    /// Source partition (0 in file mode).
+    pub partition: i32,
+    /// Source offset (line number in file mode).
+    pub offset: i64,
+    /// Kafka record timestamp, when there is one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Internal error of a stage: a bug or an impossible state, never bad input. The runtime fails
+/// loudly on it rather than dead-lettering, because retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// An output did not encode with its own schema.
+    #[error("stage output does not encode: {0}")]
+    Encode(#[from] CodecError),
+    /// Stored state did not parse on restore.
+    #[error("state for key {key} does not restore: {message}")]
+    State { key: String, message: String },
+}
+
+/// A record a stage produced, routed by output role (see [`seqmon_model::topics`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emitted {
+    /// Output role, e.g. `validated`; the runtime maps it to a topic.
+    pub role: &'static str,
+    /// Kafka key.
+    pub key: String,
+    /// Encoded value.
+    pub value: Vec<u8>,
+}
+
+/// Why a stage refused its input record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// Reason code from the fixed list.
+    pub reason: DeadLetterReason,
+    /// Which field or check failed; never a privacy-sensitive value.
+    pub detail: String,
+}
+
+/// Collects what one `process` call produced.
+#[derive(Debug, Default)]
+pub struct Emitter {
+    records: Vec<Emitted>,
+    rejection: Option<Rejection>,
+    changed_state: BTreeSet<String>,
+}
+
+impl Emitter {
+    /// Encodes and emits a record to an output role.
+    pub fn emit<T: AvroRecord>(
+        &mut self,
+        role: &'static str,
+        key: &str,
+        record: &T,
+    ) -> Result<(), StageError> {
+        let value = encode(record)?;
+        self.records.push(Emitted {
+            role,
+            key: key.to_string(),
+            value,
+        });
+        Ok(())
+    }
+
+    /// Emits bytes unchanged (the validator forwards what the instrument sent).
+    pub fn emit_bytes(&mut self, role: &'static str, key: &str, value: &[u8]) {
+        self.records.push(Emitted {
+            role,
+            key: key.to_string(),
+            value: value.to_vec(),
+        });
+    }
+
+    /// Refuses the current input: the runtime writes it to the dead-letter topic with its
+    /// provenance, in the same transaction as everything else. Only the first rejection counts.
+    pub fn reject(&mut self, reason: DeadLetterReason, detail: impl Into<String>) {
+        if self.rejection.is_none() {
+            self.rejection = Some(Rejection {
+                reason,
+                detail: detail.into(),
+            });
+        }
+    }
+
+    /// Marks the state of `key` as changed, so the runtime persists it with this batch.
+    pub fn state_changed(&mut self, key: &str) {
+        if !self.changed_state.contains(key) {
+            self.changed_state.insert(key.to_string());
+        }
+    }
+
+    /// Whether the current input was refused.
+    pub fn is_rejected(&self) -> bool {
+        self.rejection.is_some()
+    }
+
+    /// Takes everything collected, leaving the emitter empty for the next record.
+    pub fn take(&mut self) -> (Vec<Emitted>, Option<Rejection>, BTreeSet<String>) {
+        (
+            std::mem::take(&mut self.records),
+            self.rejection.take(),
+            std::mem::take(&mut self.changed_state),
+        )
+    }
+}
+
+/// A stage's logic. Required: [`Processor::process`]; every other hook has an empty default.
+pub trait Processor: Send {
+    /// Stage name: `validator`, `privacy-enforcer`, ... Used for metrics, dead letters, changelogs.
+    fn stage(&self) -> &'static str;
+
+    /// Topic role it reads (see [`seqmon_model::topics::CATALOGUE`]).
+    fn input_role(&self) -> &'static str;
+
+    /// Topic roles it writes, main output first.
+    fn output_roles(&self) -> &'static [&'static str];
+
+    /// Topic role of its dead letters.
+    fn dead_letter_role(&self) -> &'static str {
+        "dead_letters"
+    }
+
+    /// Handles one input record.
+    fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError>;
+
+    /// Input ended (file mode, embedded mode): flush what waits for more input, such as open
+    /// windows. Never called in Kafka mode, where input does not end.
+    fn on_end_of_input(&mut self, _out: &mut Emitter) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    /// Topic role of the compacted changelog holding this stage's state; `None` if stateless.
+    fn changelog_role(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Serialized state of one key, `None` when the key has no state (a tombstone).
+    fn snapshot(&self, _key: &str) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Restores one key's state from a snapshot.
+    fn restore(&mut self, _key: &str, _state: &[u8]) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    /// Drops all state (partitions revoked, or a transaction aborted and state is rebuilt).
+    fn clear_state(&mut self) {}
+
+    /// Every key that currently has state (for tests and snapshots of the whole processor).
+    fn state_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The key of an envelope as text, or empty.
+pub fn key_str<'a>(input: &Envelope<'a>) -> &'a str {
+    input
+        .key
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .unwrap_or("")
+}
+
+/// Moves all of `from`'s state into `to` through snapshots, as a crash and restore would.
+pub fn transplant_state(from: &dyn Processor, to: &mut dyn Processor) -> Result<usize, StageError> {
+    to.clear_state();
+    let keys = from.state_keys();
+    for key in &keys {
+        if let Some(state) = from.snapshot(key) {
+            to.restore(key, &state)?;
+        }
+    }
+    Ok(keys.len())
+}
