@@ -1,1 +1,514 @@
-//! placeholder
+//! Validator: the first stage. Reads `telemetry.raw`, writes `telemetry.validated` (the sender's
+//! bytes, unchanged) or a dead letter with the reason.
+//!
+//! Checks, in order: the record decodes (single-object header, known schema of the telemetry
+//! type, Avro body); required fields; the key matches the serial; exactly the payload matching
+//! `kind` is set; every reading is finite and physically plausible; run performance counters are
+//! consistent; timestamps are sane (not ahead of the send time, not older than the maximum age,
+//! the sender's clock not skewed from the ingest time); the message id was not seen before for
+//! this instrument.
+//!
+//! State: the recent message ids of each instrument (bounded by an event-time horizon and a
+//! count), persisted to `validator.changelog` in the same transaction as the outputs, so a
+//! restart neither forgets an id (letting a duplicate through) nor remembers an uncommitted one.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use clap::Args;
+use seqmon_model::{decode, specs, DeadLetterReason as R, Telemetry, TelemetryKind};
+use seqmon_runtime::{key_str, Emitter, Envelope, Processor, RuntimeError, StageError};
+use serde::{Deserialize, Serialize};
+
+/// Validator settings.
+#[derive(Debug, Clone, Args)]
+pub struct ValidatorConfig {
+    /// Largest allowed lead of event time over send time, ms (clock jitter inside an instrument).
+    #[arg(long, env = "VALIDATOR_MAX_FUTURE_MS", default_value_t = 300_000)]
+    pub max_future_ms: i64,
+    /// Largest allowed difference between the sender's clock and the ingest timestamp, ms.
+    #[arg(long, env = "VALIDATOR_MAX_CLOCK_SKEW_MS", default_value_t = 900_000)]
+    pub max_clock_skew_ms: i64,
+    /// Oldest accepted event, ms before the reference time (ingest time, or send time).
+    #[arg(long, env = "VALIDATOR_MAX_AGE_MS", default_value_t = 7 * 24 * 3_600_000)]
+    pub max_age_ms: i64,
+    /// How far back in event time message ids are remembered for de-duplication, ms.
+    #[arg(long, env = "VALIDATOR_DEDUP_HORIZON_MS", default_value_t = 3_600_000)]
+    pub dedup_horizon_ms: i64,
+    /// Most message ids remembered per instrument.
+    #[arg(long, env = "VALIDATOR_DEDUP_MAX_IDS", default_value_t = 8192)]
+    pub dedup_max_ids: usize,
+}
+
+impl Default for ValidatorConfig {
+    fn default() -> Self {
+        ValidatorConfig {
+            max_future_ms: 300_000,
+            max_clock_skew_ms: 900_000,
+            max_age_ms: 7 * 24 * 3_600_000,
+            dedup_horizon_ms: 3_600_000,
+            dedup_max_ids: 8192,
+        }
+    }
+}
+
+impl ValidatorConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let bad = |setting, message: &str| {
+            Err(RuntimeError::Config {
+                setting,
+                message: message.into(),
+            })
+        };
+        if self.max_future_ms < 0 {
+            return bad(
+                "--max-future-ms / VALIDATOR_MAX_FUTURE_MS",
+                "must not be negative",
+            );
+        }
+        if self.max_clock_skew_ms <= 0 {
+            return bad(
+                "--max-clock-skew-ms / VALIDATOR_MAX_CLOCK_SKEW_MS",
+                "must be positive",
+            );
+        }
+        if self.max_age_ms <= 0 {
+            return bad("--max-age-ms / VALIDATOR_MAX_AGE_MS", "must be positive");
+        }
+        if self.dedup_horizon_ms <= 0 {
+            return bad(
+                "--dedup-horizon-ms / VALIDATOR_DEDUP_HORIZON_MS",
+                "must be positive",
+            );
+        }
+        if self.dedup_max_ids == 0 {
+            return bad(
+                "--dedup-max-ids / VALIDATOR_DEDUP_MAX_IDS",
+                "must be positive",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Recent message ids of one instrument.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct SeenIds {
+    /// (event time, message id), oldest first.
+    order: VecDeque<(i64, String)>,
+    #[serde(skip)]
+    set: HashSet<String>,
+}
+
+impl SeenIds {
+    fn rebuild_index(&mut self) {
+        self.set = self.order.iter().map(|(_, id)| id.clone()).collect();
+    }
+}
+
+/// The validator processor.
+#[derive(Debug, Default)]
+pub struct Validator {
+    cfg: ValidatorConfig,
+    seen: BTreeMap<String, SeenIds>,
+}
+
+impl Validator {
+    /// A validator with the given settings.
+    pub fn new(cfg: ValidatorConfig) -> Self {
+        Validator {
+            cfg,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Runs every check except de-duplication; `Err` is the rejection.
+    fn check(&self, t: &Telemetry, input: &Envelope<'_>) -> Result<(), (R, String)> {
+        let fail = |r: R, d: &str| Err((r, d.to_string()));
+        if t.message_id.trim().is_empty() {
+            return fail(R::MISSING_FIELD, "message_id is empty");
+        }
+        if t.instrument_serial.trim().is_empty() {
+            return fail(R::MISSING_FIELD, "instrument_serial is empty");
+        }
+        if input.key.is_some() && key_str(input) != t.instrument_serial {
+            return fail(
+                R::INCONSISTENT_PAYLOAD,
+                "record key differs from instrument_serial",
+            );
+        }
+        let present = [
+            (
+                TelemetryKind::SENSOR_READINGS,
+                "sensors",
+                t.sensors.is_some(),
+            ),
+            (
+                TelemetryKind::OPERATION_LOG,
+                "log_event",
+                t.log_event.is_some(),
+            ),
+            (
+                TelemetryKind::RUN_PERFORMANCE,
+                "run_performance",
+                t.run_performance.is_some(),
+            ),
+            (
+                TelemetryKind::INSTRUMENT_CONFIGURATION,
+                "instrument_configuration",
+                t.instrument_configuration.is_some(),
+            ),
+            (
+                TelemetryKind::RUN_CONFIGURATION,
+                "run_configuration",
+                t.run_configuration.is_some(),
+            ),
+        ];
+        for (kind, field, set) in present {
+            if kind == t.kind && !set {
+                return Err((
+                    R::MISSING_FIELD,
+                    format!("kind {:?} without {field}", t.kind),
+                ));
+            }
+            if kind != t.kind && set {
+                return Err((
+                    R::INCONSISTENT_PAYLOAD,
+                    format!("kind {:?} also carries {field}", t.kind),
+                ));
+            }
+        }
+        let in_range = |prefix: &str, name: &str, v: f64| -> Result<(), (R, String)> {
+            let spec = specs::metric(name).map(|m| m.plausible);
+            match spec {
+                _ if !v.is_finite() => Err((
+                    R::OUT_OF_RANGE,
+                    format!("{prefix}.{name} is not a finite number"),
+                )),
+                Some((lo, hi)) if v < lo || v > hi => Err((
+                    R::OUT_OF_RANGE,
+                    format!("{prefix}.{name} outside plausible range [{lo}, {hi}]"),
+                )),
+                _ => Ok(()),
+            }
+        };
+        if let Some(s) = &t.sensors {
+            let mut any = false;
+            for (name, v) in s.fields() {
+                if let Some(v) = v {
+                    any = true;
+                    in_range("sensors", name, v)?;
+                }
+            }
+            if !any {
+                return fail(R::MISSING_FIELD, "sensors carries no reading");
+            }
+        }
+        if let Some(p) = &t.run_performance {
+            if t.run_id.is_none() {
+                return fail(R::MISSING_FIELD, "run_performance without run_id");
+            }
+            if p.lane < 1 || p.read_number < 1 || p.cycle < 1 || p.total_cycles < 1 {
+                return fail(
+                    R::OUT_OF_RANGE,
+                    "run_performance lane, read_number, cycle and total_cycles must be >= 1",
+                );
+            }
+            if p.cycle > p.total_cycles {
+                return fail(
+                    R::INCONSISTENT_PAYLOAD,
+                    "run_performance.cycle exceeds total_cycles",
+                );
+            }
+            for (name, v) in p.metrics() {
+                if let Some(v) = v {
+                    in_range("run_performance", name, v)?;
+                }
+            }
+        }
+        if let Some(c) = &t.run_configuration {
+            if t.run_id.is_none() {
+                return fail(R::MISSING_FIELD, "run_configuration without run_id");
+            }
+            if c.read1_cycles < 1
+                || c.read2_cycles < 0
+                || c.index1_cycles < 0
+                || c.index2_cycles < 0
+            {
+                return fail(R::OUT_OF_RANGE, "run_configuration cycle counts");
+            }
+            for (name, v) in [
+                ("flowcell_lot", &c.flowcell_lot),
+                ("reagent_kit_lot", &c.reagent_kit_lot),
+                ("buffer_lot", &c.buffer_lot),
+                ("chemistry", &c.chemistry),
+            ] {
+                if v.trim().is_empty() {
+                    return Err((
+                        R::MISSING_FIELD,
+                        format!("run_configuration.{name} is empty"),
+                    ));
+                }
+            }
+        }
+        if let Some(c) = &t.instrument_configuration {
+            if c.control_software_version.trim().is_empty() {
+                return fail(
+                    R::MISSING_FIELD,
+                    "instrument_configuration.control_software_version is empty",
+                );
+            }
+        }
+        if let Some(l) = &t.log_event {
+            if l.code.trim().is_empty() {
+                return fail(R::MISSING_FIELD, "log_event.code is empty");
+            }
+        }
+        // Timestamps. The reference is the ingest time when the transport gives one.
+        if t.event_time_ms > t.sent_time_ms + self.cfg.max_future_ms {
+            return fail(
+                R::TIMESTAMP_FUTURE,
+                "event_time_ms is later than sent_time_ms",
+            );
+        }
+        let reference = match input.timestamp_ms {
+            Some(ingest) => {
+                if (t.sent_time_ms - ingest).abs() > self.cfg.max_clock_skew_ms {
+                    return fail(R::CLOCK_SKEW, "sent_time_ms differs from the ingest timestamp by more than the allowed skew");
+                }
+                if t.event_time_ms > ingest + self.cfg.max_future_ms {
+                    return fail(
+                        R::TIMESTAMP_FUTURE,
+                        "event_time_ms is later than the ingest timestamp",
+                    );
+                }
+                ingest
+            }
+            None => t.sent_time_ms,
+        };
+        if t.event_time_ms < reference - self.cfg.max_age_ms {
+            return fail(
+                R::TIMESTAMP_STALE,
+                "event_time_ms is older than the maximum age",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Processor for Validator {
+    fn stage(&self) -> &'static str {
+        "validator"
+    }
+    fn input_role(&self) -> &'static str {
+        "raw"
+    }
+    fn output_roles(&self) -> &'static [&'static str] {
+        &["validated"]
+    }
+    fn dead_letter_role(&self) -> &'static str {
+        "dead_letters_sensitive"
+    }
+    fn changelog_role(&self) -> Option<&'static str> {
+        Some("changelog_validator")
+    }
+
+    fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
+        let t: Telemetry = match decode(input.value) {
+            Ok(t) => t,
+            Err(e) => {
+                out.reject(e.reason(), e.to_string());
+                return Ok(());
+            }
+        };
+        if let Err((reason, detail)) = self.check(&t, input) {
+            out.reject(reason, detail);
+            return Ok(());
+        }
+        let seen = self.seen.entry(t.instrument_serial.clone()).or_default();
+        if seen.set.contains(&t.message_id) {
+            out.reject(
+                R::DUPLICATE_MESSAGE,
+                "message_id already seen for this instrument",
+            );
+            return Ok(());
+        }
+        seen.order
+            .push_back((t.event_time_ms, t.message_id.clone()));
+        seen.set.insert(t.message_id.clone());
+        let newest = seen
+            .order
+            .iter()
+            .map(|(ts, _)| *ts)
+            .max()
+            .unwrap_or(t.event_time_ms);
+        while seen.order.len() > self.cfg.dedup_max_ids
+            || seen
+                .order
+                .front()
+                .is_some_and(|(ts, _)| *ts < newest - self.cfg.dedup_horizon_ms)
+        {
+            if let Some((_, id)) = seen.order.pop_front() {
+                seen.set.remove(&id);
+            }
+        }
+        out.state_changed(&t.instrument_serial);
+        out.emit_bytes("validated", &t.instrument_serial, input.value);
+        Ok(())
+    }
+
+    fn snapshot(&self, key: &str) -> Option<Vec<u8>> {
+        self.seen.get(key).and_then(|s| serde_json::to_vec(s).ok())
+    }
+
+    fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
+        let mut s: SeenIds = serde_json::from_slice(state).map_err(|e| StageError::State {
+            key: key.into(),
+            message: e.to_string(),
+        })?;
+        s.rebuild_index();
+        self.seen.insert(key.to_string(), s);
+        Ok(())
+    }
+
+    fn clear_state(&mut self) {
+        self.seen.clear();
+    }
+
+    fn state_keys(&self) -> Vec<String> {
+        self.seen.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seqmon_model::{encode, InstrumentModel, SensorReadings};
+    use seqmon_runtime::processor::transplant_state;
+
+    fn telemetry(id: &str, t: i64) -> Telemetry {
+        Telemetry {
+            message_id: id.into(),
+            instrument_serial: "M01234".into(),
+            instrument_model: InstrumentModel::MISEQ,
+            event_time_ms: t,
+            sent_time_ms: t + 10,
+            kind: TelemetryKind::SENSOR_READINGS,
+            run_id: None,
+            sensors: Some(SensorReadings {
+                laser_power_mw: Some(150.0),
+                ..Default::default()
+            }),
+            log_event: None,
+            run_performance: None,
+            instrument_configuration: None,
+            run_configuration: None,
+            attributes: Default::default(),
+        }
+    }
+
+    fn run(
+        v: &mut Validator,
+        bytes: &[u8],
+        ts: Option<i64>,
+    ) -> (Vec<seqmon_runtime::Emitted>, Option<R>) {
+        let env = Envelope {
+            key: Some(b"M01234"),
+            value: bytes,
+            topic: "telemetry.raw",
+            partition: 0,
+            offset: 0,
+            timestamp_ms: ts,
+        };
+        let mut out = Emitter::default();
+        v.process(&env, &mut out).unwrap();
+        let (records, rejection, _) = out.take();
+        (records, rejection.map(|r| r.reason))
+    }
+
+    #[test]
+    fn accepts_a_good_record_and_forwards_its_bytes() {
+        let mut v = Validator::default();
+        let bytes = encode(&telemetry("a", 1_000_000)).unwrap();
+        let (out, rej) = run(&mut v, &bytes, None);
+        assert_eq!(rej, None);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].value, bytes);
+        assert_eq!(out[0].role, "validated");
+    }
+
+    #[test]
+    fn each_bad_record_gets_its_reason() {
+        let t0 = 1_000_000_000;
+        let mut cases: Vec<(Vec<u8>, Option<i64>, R)> = vec![
+            (b"garbage!!garbage".to_vec(), None, R::UNDECODABLE),
+            (
+                vec![0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0],
+                None,
+                R::UNKNOWN_SCHEMA,
+            ),
+        ];
+        let mut t = telemetry("", t0);
+        cases.push((encode(&t).unwrap(), None, R::MISSING_FIELD));
+        t = telemetry("b", t0);
+        t.sensors = Some(SensorReadings {
+            laser_power_mw: Some(99_999.0),
+            ..Default::default()
+        });
+        cases.push((encode(&t).unwrap(), None, R::OUT_OF_RANGE));
+        t = telemetry("c", t0);
+        t.sensors = None;
+        cases.push((encode(&t).unwrap(), None, R::MISSING_FIELD));
+        t = telemetry("d", t0);
+        t.event_time_ms = t0 + 3_600_000;
+        cases.push((encode(&t).unwrap(), None, R::TIMESTAMP_FUTURE));
+        t = telemetry("e", t0);
+        cases.push((encode(&t).unwrap(), Some(t0 + 86_400_000), R::CLOCK_SKEW));
+        t = telemetry("f", t0 - 30 * 86_400_000);
+        t.sent_time_ms = t0;
+        cases.push((encode(&t).unwrap(), None, R::TIMESTAMP_STALE));
+        t = telemetry("g", t0);
+        t.instrument_serial = "OTHER".into();
+        cases.push((encode(&t).unwrap(), None, R::INCONSISTENT_PAYLOAD));
+        let alert_schema = seqmon_model::store().latest("alert");
+        let mut wrong = seqmon_model::codec::header(alert_schema).to_vec();
+        wrong.push(0);
+        cases.push((wrong, None, R::WRONG_SCHEMA));
+        let mut v = Validator::default();
+        for (bytes, ts, want) in cases {
+            let (out, rej) = run(&mut v, &bytes, ts);
+            assert_eq!(rej, Some(want));
+            assert!(out.is_empty(), "{want:?} forwards nothing");
+        }
+    }
+
+    #[test]
+    fn duplicates_are_refused_even_across_a_restore() {
+        let mut v = Validator::default();
+        let bytes = encode(&telemetry("same", 1_000_000)).unwrap();
+        assert_eq!(run(&mut v, &bytes, None).1, None);
+        assert_eq!(run(&mut v, &bytes, None).1, Some(R::DUPLICATE_MESSAGE));
+        let mut restarted = Validator::default();
+        assert_eq!(transplant_state(&v, &mut restarted).unwrap(), 1);
+        assert_eq!(
+            run(&mut restarted, &bytes, None).1,
+            Some(R::DUPLICATE_MESSAGE)
+        );
+    }
+
+    #[test]
+    fn dedup_memory_is_bounded_by_horizon() {
+        let mut v = Validator::new(ValidatorConfig {
+            dedup_horizon_ms: 1_000,
+            ..Default::default()
+        });
+        for i in 0..100 {
+            run(
+                &mut v,
+                &encode(&telemetry(&format!("id{i}"), 1_000_000 + i * 100)).unwrap(),
+                None,
+            );
+        }
+        assert!(v.seen["M01234"].order.len() <= 11);
+    }
+}
