@@ -1,1 +1,514 @@
-//! placeholder
+//! Feature extractor: reads `telemetry.sanitized`, writes `features`: per instrument, subsystem
+//! and metric, tumbling event-time windows → level (mean), slope (least squares, per hour),
+//! variability (standard deviation), min, max and fraction of samples out of the model's
+//! operating spec. Operation-log errors become `error_events_per_window` (SOFTWARE).
+//!
+//! Windows close on event time, never on the wall clock: each instrument's watermark is the
+//! latest event time it sent minus the allowed lateness, and a window closes when the watermark
+//! passes its end. A record for an already closed window is a dead letter `LATE_EVENT`, never
+//! silently dropped. Because the watermark is per instrument and each instrument's records stay
+//! in one partition in order, output does not depend on batching or on how partitions interleave,
+//! so a replay, or a restart from the changelog, gives the same features.
+//!
+//! State: per instrument, the open windows and the context (model, software version, reagent lot,
+//! run), persisted to `feature-extractor.changelog` with every batch.
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+use seqmon_model::specs::operating_spec;
+use seqmon_model::{
+    decode, specs, DeadLetterReason, Feature, InstrumentModel, SanitizedTelemetry, Severity,
+    TelemetryKind,
+};
+use seqmon_runtime::{Emitter, Envelope, Processor, RuntimeError, StageError};
+use serde::{Deserialize, Serialize};
+
+/// Run-performance metrics turned into features.
+const RUN_METRICS: &[&str] = &[
+    "pct_q30",
+    "error_rate_pct",
+    "pct_pf",
+    "phasing_pct",
+    "prephasing_pct",
+];
+/// The derived software metric.
+const ERROR_EVENTS: &str = "error_events_per_window";
+
+/// Feature-extractor settings.
+#[derive(Debug, Clone, Args)]
+pub struct FeatureConfig {
+    /// Window length, ms of event time.
+    #[arg(long, env = "FEATURES_WINDOW_MS", default_value_t = 300_000)]
+    pub window_ms: i64,
+    /// How late a record may arrive after its window ended, ms of event time.
+    #[arg(long, env = "FEATURES_ALLOWED_LATENESS_MS", default_value_t = 60_000)]
+    pub allowed_lateness_ms: i64,
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            window_ms: 300_000,
+            allowed_lateness_ms: 60_000,
+        }
+    }
+}
+
+impl FeatureConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        if !(1_000..=86_400_000).contains(&self.window_ms) {
+            return Err(RuntimeError::Config {
+                setting: "--window-ms / FEATURES_WINDOW_MS",
+                message: "must be 1000..=86400000".into(),
+            });
+        }
+        if self.allowed_lateness_ms < 0 || self.allowed_lateness_ms > self.window_ms * 10 {
+            return Err(RuntimeError::Config {
+                setting: "--allowed-lateness-ms / FEATURES_ALLOWED_LATENESS_MS",
+                message: "must be 0..=10 windows".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Running sums of one metric in one window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Acc {
+    n: u32,
+    sum: f64,
+    sum_sq: f64,
+    /// Sums over (time in hours since window start, value) for the slope.
+    sum_t: f64,
+    sum_tt: f64,
+    sum_tv: f64,
+    min: f64,
+    max: f64,
+    out_of_spec: u32,
+}
+
+impl Acc {
+    fn add(&mut self, hours: f64, v: f64, spec: (Option<f64>, Option<f64>)) {
+        if self.n == 0 {
+            self.min = v;
+            self.max = v;
+        }
+        self.n += 1;
+        self.sum += v;
+        self.sum_sq += v * v;
+        self.sum_t += hours;
+        self.sum_tt += hours * hours;
+        self.sum_tv += hours * v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        if spec.0.is_some_and(|lo| v < lo) || spec.1.is_some_and(|hi| v > hi) {
+            self.out_of_spec += 1;
+        }
+    }
+}
+
+/// What one instrument's state holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct InstrumentState {
+    model: Option<InstrumentModel>,
+    software_version: Option<String>,
+    reagent_kit_lot: Option<String>,
+    run_id: Option<String>,
+    max_event_time_ms: i64,
+    /// Windows ending at or before this are closed.
+    closed_until_ms: i64,
+    /// (window start, metric) → sums.
+    windows: BTreeMap<(i64, String), Acc>,
+}
+
+/// The feature-extractor processor.
+#[derive(Debug, Default)]
+pub struct FeatureExtractor {
+    cfg: FeatureConfig,
+    instruments: BTreeMap<String, InstrumentState>,
+}
+
+impl FeatureExtractor {
+    /// An extractor with the given settings.
+    pub fn new(cfg: FeatureConfig) -> Self {
+        FeatureExtractor {
+            cfg,
+            instruments: BTreeMap::new(),
+        }
+    }
+
+    fn close_windows(
+        &mut self,
+        serial: &str,
+        until_ms: i64,
+        out: &mut Emitter,
+    ) -> Result<(), StageError> {
+        let window = self.cfg.window_ms;
+        let Some(st) = self.instruments.get_mut(serial) else {
+            return Ok(());
+        };
+        let closing: Vec<(i64, String)> = st
+            .windows
+            .keys()
+            .filter(|(start, _)| start + window <= until_ms)
+            .cloned()
+            .collect();
+        for key in closing {
+            let acc = st.windows.remove(&key).expect("key listed above");
+            let (start, metric) = key;
+            let model = st.model.unwrap_or(InstrumentModel::UNKNOWN);
+            let (spec_low, spec_high) = operating_spec(model, &metric);
+            let n = acc.n as f64;
+            let mean = acc.sum / n;
+            let variance = if acc.n > 1 {
+                ((acc.sum_sq - n * mean * mean) / (n - 1.0)).max(0.0)
+            } else {
+                0.0
+            };
+            let denom = n * acc.sum_tt - acc.sum_t * acc.sum_t;
+            let slope = if acc.n > 2 && denom.abs() > 1e-12 {
+                (n * acc.sum_tv - acc.sum_t * acc.sum) / denom
+            } else {
+                0.0
+            };
+            let subsystem = specs::metric(&metric)
+                .map(|m| m.subsystem)
+                .unwrap_or(seqmon_model::Subsystem::OTHER);
+            let feature = Feature {
+                feature_id: format!("{serial}:{metric}:{start}"),
+                instrument_serial: serial.to_string(),
+                instrument_model: model,
+                subsystem,
+                metric: metric.clone(),
+                window_start_ms: start,
+                window_end_ms: start + window,
+                sample_count: acc.n as i32,
+                level: mean,
+                slope_per_hour: slope,
+                variability: variance.sqrt(),
+                min: acc.min,
+                max: acc.max,
+                fraction_out_of_spec: acc.out_of_spec as f64 / n,
+                spec_low,
+                spec_high,
+                run_id: st.run_id.clone(),
+                software_version: st.software_version.clone(),
+                reagent_kit_lot: st.reagent_kit_lot.clone(),
+            };
+            out.emit("features", serial, &feature)?;
+            st.closed_until_ms = st.closed_until_ms.max(start + window);
+        }
+        st.closed_until_ms = st
+            .closed_until_ms
+            .max(until_ms - until_ms.rem_euclid(window));
+        Ok(())
+    }
+}
+
+impl Processor for FeatureExtractor {
+    fn stage(&self) -> &'static str {
+        "feature-extractor"
+    }
+    fn input_role(&self) -> &'static str {
+        "sanitized"
+    }
+    fn output_roles(&self) -> &'static [&'static str] {
+        &["features"]
+    }
+    fn changelog_role(&self) -> Option<&'static str> {
+        Some("changelog_feature_extractor")
+    }
+
+    fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
+        let t: SanitizedTelemetry = match decode(input.value) {
+            Ok(t) => t,
+            Err(e) => {
+                out.reject(e.reason(), e.to_string());
+                return Ok(());
+            }
+        };
+        let window = self.cfg.window_ms;
+        let serial = t.instrument_serial.clone();
+        let st = self.instruments.entry(serial.clone()).or_default();
+        if t.event_time_ms < st.closed_until_ms {
+            out.reject(
+                DeadLetterReason::LATE_EVENT,
+                format!(
+                    "event time is {} ms before the instrument's last closed window end",
+                    st.closed_until_ms - t.event_time_ms
+                ),
+            );
+            return Ok(());
+        }
+        st.model = Some(t.instrument_model);
+        let start = t.event_time_ms - t.event_time_ms.rem_euclid(window);
+        let hours = (t.event_time_ms - start) as f64 / 3_600_000.0;
+        let model = t.instrument_model;
+        let mut add = |st: &mut InstrumentState, metric: &str, v: f64| {
+            st.windows
+                .entry((start, metric.to_string()))
+                .or_default()
+                .add(hours, v, operating_spec(model, metric));
+        };
+        match t.kind {
+            TelemetryKind::SENSOR_READINGS => {
+                if let Some(s) = &t.sensors {
+                    for (name, v) in s.fields() {
+                        if let (Some(v), true) = (
+                            v,
+                            name != "flowcell_temp_setpoint_c" && name != "flowcell_temp_c",
+                        ) {
+                            add(st, name, v);
+                        }
+                    }
+                    if let (Some(temp), Some(set)) = (s.flowcell_temp_c, s.flowcell_temp_setpoint_c)
+                    {
+                        add(st, "flowcell_temp_deviation_c", temp - set);
+                    }
+                }
+                // Every window with data gets an error count, zero included, so the baseline of
+                // the software metric sees quiet windows too.
+                st.windows
+                    .entry((start, ERROR_EVENTS.to_string()))
+                    .or_insert_with(|| Acc {
+                        n: 1,
+                        ..Default::default()
+                    });
+            }
+            TelemetryKind::RUN_PERFORMANCE => {
+                if let Some(p) = &t.run_performance {
+                    for (name, v) in p.metrics() {
+                        if let (Some(v), true) = (v, RUN_METRICS.contains(&name)) {
+                            add(st, name, v);
+                        }
+                    }
+                }
+            }
+            TelemetryKind::OPERATION_LOG => {
+                if let Some(l) = &t.log_event {
+                    let acc = st
+                        .windows
+                        .entry((start, ERROR_EVENTS.to_string()))
+                        .or_insert_with(|| Acc {
+                            n: 1,
+                            ..Default::default()
+                        });
+                    if l.severity >= Severity::ERROR {
+                        acc.sum += 1.0;
+                        acc.sum_sq = acc.sum * acc.sum;
+                        acc.max = acc.sum;
+                        let hi = operating_spec(model, ERROR_EVENTS)
+                            .1
+                            .unwrap_or(f64::INFINITY);
+                        acc.out_of_spec = u32::from(acc.sum > hi);
+                    }
+                }
+            }
+            TelemetryKind::INSTRUMENT_CONFIGURATION => {
+                st.software_version = t
+                    .instrument_configuration
+                    .as_ref()
+                    .map(|c| c.control_software_version.clone());
+            }
+            TelemetryKind::RUN_CONFIGURATION => {
+                st.reagent_kit_lot = t
+                    .run_configuration
+                    .as_ref()
+                    .map(|c| c.reagent_kit_lot.clone());
+                st.run_id = t.run_id.clone();
+            }
+        }
+        st.max_event_time_ms = st.max_event_time_ms.max(t.event_time_ms);
+        let watermark = st.max_event_time_ms - self.cfg.allowed_lateness_ms;
+        let closed_before = st.closed_until_ms;
+        if watermark - watermark.rem_euclid(window) > closed_before {
+            self.close_windows(&serial, watermark, out)?;
+        }
+        out.state_changed(&serial);
+        Ok(())
+    }
+
+    fn on_end_of_input(&mut self, out: &mut Emitter) -> Result<(), StageError> {
+        let serials: Vec<String> = self.instruments.keys().cloned().collect();
+        for s in serials {
+            self.close_windows(&s, i64::MAX - self.cfg.window_ms, out)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self, key: &str) -> Option<Vec<u8>> {
+        let st = self.instruments.get(key)?;
+        // JSON object keys must be strings: store windows as a list.
+        let windows: Vec<(&(i64, String), &Acc)> = st.windows.iter().collect();
+        serde_json::to_vec(&(
+            st.model,
+            &st.software_version,
+            &st.reagent_kit_lot,
+            &st.run_id,
+            st.max_event_time_ms,
+            st.closed_until_ms,
+            windows,
+        ))
+        .ok()
+    }
+
+    fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
+        type Stored = (
+            Option<InstrumentModel>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+            Vec<((i64, String), Acc)>,
+        );
+        let (
+            model,
+            software_version,
+            reagent_kit_lot,
+            run_id,
+            max_event_time_ms,
+            closed_until_ms,
+            windows,
+        ): Stored = serde_json::from_slice(state).map_err(|e| StageError::State {
+            key: key.into(),
+            message: e.to_string(),
+        })?;
+        self.instruments.insert(
+            key.to_string(),
+            InstrumentState {
+                model,
+                software_version,
+                reagent_kit_lot,
+                run_id,
+                max_event_time_ms,
+                closed_until_ms,
+                windows: windows.into_iter().collect(),
+            },
+        );
+        Ok(())
+    }
+
+    fn clear_state(&mut self) {
+        self.instruments.clear();
+    }
+
+    fn state_keys(&self) -> Vec<String> {
+        self.instruments.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seqmon_model::{encode, SensorReadings, Subsystem};
+    use seqmon_runtime::processor::transplant_state;
+    use seqmon_runtime::Emitted;
+
+    fn reading(t: i64, laser: f64) -> Vec<u8> {
+        encode(&SanitizedTelemetry {
+            message_id: format!("m{t}"),
+            instrument_serial: "A00001".into(),
+            instrument_model: InstrumentModel::NOVASEQ_6000,
+            event_time_ms: t,
+            sent_time_ms: t,
+            kind: TelemetryKind::SENSOR_READINGS,
+            privacy_policy_version: 1,
+            run_id: None,
+            sensors: Some(SensorReadings {
+                laser_power_mw: Some(laser),
+                flowcell_temp_c: Some(61.0),
+                flowcell_temp_setpoint_c: Some(60.0),
+                ..Default::default()
+            }),
+            log_event: None,
+            run_performance: None,
+            instrument_configuration: None,
+            run_configuration: None,
+            attributes: Default::default(),
+        })
+        .unwrap()
+    }
+
+    fn feed(p: &mut FeatureExtractor, bytes: &[u8]) -> (Vec<Emitted>, Option<DeadLetterReason>) {
+        let env = Envelope {
+            key: Some(b"A00001"),
+            value: bytes,
+            topic: "telemetry.sanitized",
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+        };
+        let mut out = Emitter::default();
+        p.process(&env, &mut out).unwrap();
+        let (r, rej, _) = out.take();
+        (r, rej.map(|r| r.reason))
+    }
+
+    fn features(out: &[Emitted]) -> Vec<Feature> {
+        out.iter().map(|e| decode(&e.value).unwrap()).collect()
+    }
+
+    #[test]
+    fn computes_level_slope_variability_and_out_of_spec() {
+        let mut p = FeatureExtractor::default();
+        // 10 samples, 30 s apart, laser falling 1 mW per sample = 120 mW/h; last two below spec.
+        let mut all = Vec::new();
+        for i in 0..10 {
+            let laser = if i >= 8 { 400.0 } else { 500.0 - i as f64 };
+            all.extend(feed(&mut p, &reading(i * 30_000, laser)).0);
+        }
+        assert!(all.is_empty(), "window still open");
+        let (out, _) = feed(&mut p, &reading(300_000 + 60_000, 500.0));
+        let fs = features(&out);
+        let laser = fs.iter().find(|f| f.metric == "laser_power_mw").unwrap();
+        assert_eq!(laser.sample_count, 10);
+        assert!((laser.fraction_out_of_spec - 0.2).abs() < 1e-9);
+        assert!(laser.slope_per_hour < -100.0, "{}", laser.slope_per_hour);
+        assert!(laser.variability > 0.0);
+        let dev = fs
+            .iter()
+            .find(|f| f.metric == "flowcell_temp_deviation_c")
+            .unwrap();
+        assert!((dev.level - 1.0).abs() < 1e-9);
+        assert_eq!(dev.subsystem, Subsystem::THERMAL);
+        assert!(fs
+            .iter()
+            .any(|f| f.metric == ERROR_EVENTS && f.level == 0.0));
+    }
+
+    #[test]
+    fn late_records_are_dead_letters() {
+        let mut p = FeatureExtractor::default();
+        feed(&mut p, &reading(0, 500.0));
+        feed(&mut p, &reading(400_000, 500.0));
+        assert_eq!(
+            feed(&mut p, &reading(10_000, 500.0)).1,
+            Some(DeadLetterReason::LATE_EVENT)
+        );
+    }
+
+    #[test]
+    fn restart_from_snapshot_gives_the_same_output() {
+        let inputs: Vec<Vec<u8>> = (0..100)
+            .map(|i| reading(i * 30_000, 500.0 - (i % 7) as f64))
+            .collect();
+        let mut straight = FeatureExtractor::default();
+        let expected: Vec<Emitted> = inputs
+            .iter()
+            .flat_map(|b| feed(&mut straight, b).0)
+            .collect();
+        let mut first = FeatureExtractor::default();
+        let mut got: Vec<Emitted> = inputs[..37]
+            .iter()
+            .flat_map(|b| feed(&mut first, b).0)
+            .collect();
+        let mut second = FeatureExtractor::default();
+        transplant_state(&first, &mut second).unwrap();
+        got.extend(inputs[37..].iter().flat_map(|b| feed(&mut second, b).0));
+        assert!(!expected.is_empty());
+        assert_eq!(got, expected);
+    }
+}
