@@ -246,7 +246,7 @@ impl Processor for FeatureExtractor {
         let start = t.event_time_ms - t.event_time_ms.rem_euclid(window);
         let hours = (t.event_time_ms - start) as f64 / 3_600_000.0;
         let model = t.instrument_model;
-        let mut add = |st: &mut InstrumentState, metric: &str, v: f64| {
+        let add = |st: &mut InstrumentState, metric: &str, v: f64| {
             st.windows
                 .entry((start, metric.to_string()))
                 .or_default()
