@@ -1,7 +1,7 @@
 //! Embedded mode: the stages chained in one process with the same processor code, for `make run`
 //! and tests. A stage's output whose role is the next stage's input role is handed to it at once
-//! (depth-first, so each input's effects complete before the next input); every other output
-//! goes to the sink. Offsets are per-topic counters and the partition is 0, so dead letters still
+//! (depth-first, so each input's effects complete before the next input); every output, handed
+//! on or not, is also shown to the caller's sink. Offsets are per-topic counters and the partition is 0, so dead letters still
 //! say where their record came from. Nothing is lost: every record either reaches the sink, is
 //! consumed by the next stage, or becomes a dead letter that reaches the sink.
 
@@ -43,8 +43,8 @@ impl Chain {
         &self.stages
     }
 
-    /// Feeds one record to the first stage's input; `sink` receives every output that leaves the
-    /// chain, with its topic name.
+    /// Feeds one record to the first stage's input; `sink` receives every record any stage
+    /// produces (a tap, with its topic name), including those handed on to the next stage.
     pub fn push(
         &mut self,
         key: &str,
@@ -92,10 +92,9 @@ impl Chain {
             .get(index + 1)
             .map(|d| d.processor().input_role());
         for e in out {
+            sink(topics::spec(e.role).name, &e);
             if Some(e.role) == next_role {
                 self.feed(index + 1, &e.key, &e.value, sink)?;
-            } else {
-                sink(topics::spec(e.role).name, &e);
             }
         }
         Ok(())

@@ -195,9 +195,6 @@ impl Processor for PrivacyEnforcer {
                 ("run_configuration.reagent_kit_lot", &c.reagent_kit_lot),
                 ("run_configuration.buffer_lot", &c.buffer_lot),
             ]);
-            if check_text(&c.chemistry).is_err() && check_identifier(&c.chemistry).is_err() {
-                identifiers.push(("run_configuration.chemistry", &c.chemistry));
-            }
         }
         if let Some(l) = &t.log_event {
             identifiers.push(("log_event.code", &l.code));
@@ -222,6 +219,13 @@ impl Processor for PrivacyEnforcer {
             if let Err(rule) = check_text(&l.message) {
                 l.message.clear();
                 removed.push(("log_event.message".into(), rule));
+            }
+        }
+        let mut run_configuration = t.run_configuration.clone();
+        if let Some(c) = run_configuration.as_mut() {
+            if let Err(rule) = check_text(&c.chemistry) {
+                c.chemistry.clear();
+                removed.push(("run_configuration.chemistry".into(), rule));
             }
         }
         let mut attributes = t.attributes.clone();
@@ -256,7 +260,7 @@ impl Processor for PrivacyEnforcer {
             log_event,
             run_performance: t.run_performance.clone(),
             instrument_configuration: t.instrument_configuration.clone(),
-            run_configuration: t.run_configuration.clone(),
+            run_configuration,
             attributes,
         };
         out.emit("sanitized", &t.instrument_serial, &sanitized)

@@ -214,6 +214,13 @@ pub const VOCABULARY: &[&str] = &[
     "washing",
     "with",
     "within",
+    "cycles",
+    "kit",
+    "paired",
+    "end",
+    "single",
+    "standard",
+    "output",
     "z",
     "x",
     "y",
@@ -244,6 +251,7 @@ struct Detectors {
     identifier: Regex,
     event_code: Regex,
     number: Regex,
+    version: Regex,
 }
 
 fn detectors() -> &'static Detectors {
@@ -261,22 +269,19 @@ fn detectors() -> &'static Detectors {
             identifier: re(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$"),
             event_code: re(r"^[A-Z]{1,3}-[A-Z]{2,4}-\d{2,4}$"),
             number: re(r"^[-+]?\d+(\.\d+)?$"),
+            version: re(r"^[vV]\d+(\.\d+)*$"),
         }
     })
 }
 
-/// The most specific rule that explains why `text` may not cross, if a detector recognises it.
+/// The most specific rule that explains why free `text` may not cross, if a detector recognises
+/// it.
 pub fn detect(text: &str) -> Option<PrivacyRule> {
     let d = detectors();
-    if d.email.is_match(text) {
-        Some(PrivacyRule::EMAIL_ADDRESS)
-    } else if d.sequence.is_match(text) {
-        Some(PrivacyRule::SEQUENCE_DATA)
-    } else if d.patient.is_match(text) {
-        Some(PrivacyRule::PATIENT_IDENTIFIER)
-    } else if d.sample.is_match(text) {
-        Some(PrivacyRule::SAMPLE_IDENTIFIER)
-    } else if d.dob.is_match(text) {
+    if let Some(rule) = detect_in_identifier(text) {
+        return Some(rule);
+    }
+    if d.dob.is_match(text) {
         Some(PrivacyRule::DATE_OF_BIRTH)
     } else if d.phone.is_match(text) {
         Some(PrivacyRule::PHONE_NUMBER)
@@ -287,10 +292,28 @@ pub fn detect(text: &str) -> Option<PrivacyRule> {
     }
 }
 
+/// Detectors that make sense inside an identifier. Digit runs with dashes (UUIDs, run ids) look
+/// like phone numbers and dates, so those two detectors apply to free text only; identifiers are
+/// held to an identifier's shape instead.
+fn detect_in_identifier(text: &str) -> Option<PrivacyRule> {
+    let d = detectors();
+    if d.email.is_match(text) {
+        Some(PrivacyRule::EMAIL_ADDRESS)
+    } else if d.sequence.is_match(text) {
+        Some(PrivacyRule::SEQUENCE_DATA)
+    } else if d.patient.is_match(text) {
+        Some(PrivacyRule::PATIENT_IDENTIFIER)
+    } else if d.sample.is_match(text) {
+        Some(PrivacyRule::SAMPLE_IDENTIFIER)
+    } else {
+        None
+    }
+}
+
 /// An identifier field (serial, run id, lot, version) may cross when it has the shape of an
 /// identifier and no detector fires. `Err` is the rule that refuses it.
 pub fn check_identifier(value: &str) -> Result<(), PrivacyRule> {
-    if let Some(rule) = detect(value) {
+    if let Some(rule) = detect_in_identifier(value) {
         return Err(rule);
     }
     if detectors().identifier.is_match(value) {
@@ -323,7 +346,8 @@ pub fn check_text(text: &str) -> Result<(), PrivacyRule> {
             || UNITS.contains(&lower.as_str())
             || d.number.is_match(&lower)
             || unitless.is_some()
-            || is_ratio(&lower);
+            || is_ratio(&lower)
+            || d.version.is_match(token);
         if !ok {
             return Err(PrivacyRule::TEXT_NOT_ALLOWLISTED);
         }
@@ -354,6 +378,7 @@ mod tests {
             "E-FLU-301 pressure high at inlet: 181 kPa",
             "Run started",
             "Autofocus retry on lane 2 tile 1104",
+            "SBS v1.5 300 cycles",
         ] {
             assert_eq!(check_text(m), Ok(()), "{m}");
         }
@@ -396,6 +421,11 @@ mod tests {
         );
         assert_eq!(check_identifier("20345678"), Ok(()));
         assert_eq!(check_identifier("1.7.5"), Ok(()));
+        assert_eq!(
+            check_identifier("6f1c0d3e-1234-4567-8901-234567890123"),
+            Ok(()),
+            "UUIDs are not phone numbers"
+        );
         assert_eq!(
             check_identifier("run by a.b@c.org"),
             Err(PrivacyRule::EMAIL_ADDRESS)

@@ -1,1 +1,912 @@
-//! placeholder
+//! Fleet simulator: a seeded fleet of NovaSeq 6000, NextSeq 2000, MiSeq and iSeq 100 instruments
+//! running back-to-back sequencing runs, with labelled fault scenarios and a configurable share of
+//! bad records, each with the outcome the pipeline should give it. It writes the ground truth
+//! (which fault, which instrument and subsystem, from when) so detection can be scored.
+//!
+//! Output is a time-ordered list of [`SimRecord`]s, each in both forms: the Avro single-object
+//! bytes for Kafka and the embedded pipeline, and the JSON line for file mode.
+
+pub mod rng;
+
+use std::collections::BTreeMap;
+
+use seqmon_model::codec::{encode_with, header};
+use seqmon_model::specs::nominal;
+use seqmon_model::{
+    encode, store, Alert, AlertAction, AnomalySeverity, DeadLetterReason, InstrumentConfiguration,
+    InstrumentModel, OperationLogEvent, PrivacyRule, RunConfiguration, RunPerformance,
+    SensorReadings, Severity, Subsystem, Telemetry, TelemetryKind,
+};
+use serde::Serialize;
+
+use crate::rng::Rng;
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+
+/// Fleet settings.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Instruments in the fleet.
+    pub instruments: usize,
+    /// Event-time length of the simulation, hours.
+    pub duration_hours: f64,
+    /// Seconds of event time between sensor samples.
+    pub sample_interval_s: u32,
+    /// Seed: the same seed gives the same records.
+    pub seed: u64,
+    /// Event time of the first sample, ms since epoch.
+    pub start_time_ms: i64,
+    /// Share (0..1) of extra bad records among all records.
+    pub bad_record_share: f64,
+    /// Whether to inject fault scenarios.
+    pub faults: bool,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            instruments: 24,
+            duration_hours: 6.0,
+            sample_interval_s: 30,
+            seed: 42,
+            start_time_ms: 1_793_491_200_000,
+            bad_record_share: 0.01,
+            faults: true,
+        }
+    }
+}
+
+/// A labelled fault scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Optical: excitation laser output decays.
+    LaserDecay,
+    /// Optical: focus quality drifts.
+    FocusDrift,
+    /// Thermal: flow-cell heater can no longer hold its setpoint.
+    HeaterFailure,
+    /// Thermal: reagent chiller warms up.
+    ChillerFailure,
+    /// Fluidics: a leak lowers pressure and flow.
+    Leak,
+    /// Fluidics: a clog raises pressure.
+    Clog,
+    /// Mechanical: stage motor following error and current rise.
+    StageFault,
+    /// Chemistry: a bad reagent kit lot, on several instruments at once.
+    BadReagentLot,
+    /// Software: a control software update that raises error events.
+    SoftwareRegression,
+}
+
+impl Scenario {
+    /// The subsystem an alert must name for the fault to count as detected.
+    pub fn subsystem(self) -> Subsystem {
+        match self {
+            Scenario::LaserDecay | Scenario::FocusDrift => Subsystem::OPTICAL,
+            Scenario::HeaterFailure | Scenario::ChillerFailure => Subsystem::THERMAL,
+            Scenario::Leak | Scenario::Clog => Subsystem::FLUIDICS,
+            Scenario::StageFault => Subsystem::MECHANICAL,
+            Scenario::BadReagentLot => Subsystem::CHEMISTRY,
+            Scenario::SoftwareRegression => Subsystem::SOFTWARE,
+        }
+    }
+}
+
+/// Ground truth of one injected fault.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultTruth {
+    /// Instrument with the fault.
+    pub instrument_serial: String,
+    /// Its model.
+    pub instrument_model: InstrumentModel,
+    /// Which scenario.
+    pub scenario: Scenario,
+    /// Subsystem an alert must name.
+    pub subsystem: Subsystem,
+    /// Event time the fault began.
+    pub start_ms: i64,
+}
+
+/// What the pipeline should do with a record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Expect {
+    /// Accepted by every stage.
+    Valid,
+    /// A dead letter from `stage`, with this reason in Kafka/embedded mode and `reason_in_files`
+    /// in file mode (where there is no schema fingerprint).
+    DeadLetter {
+        stage: &'static str,
+        reason: DeadLetterReason,
+        reason_in_files: DeadLetterReason,
+    },
+    /// Accepted, with `field` removed at the privacy boundary by `rule`.
+    PrivacyRemoval {
+        field: &'static str,
+        rule: PrivacyRule,
+    },
+}
+
+/// One simulated record.
+#[derive(Debug, Clone)]
+pub struct SimRecord {
+    /// Kafka key (instrument serial).
+    pub key: String,
+    /// Sender's clock at send time, used as the Kafka timestamp.
+    pub sent_time_ms: i64,
+    /// Avro single-object bytes.
+    pub bytes: Vec<u8>,
+    /// JSON line for file mode.
+    pub json_line: String,
+    /// What should happen to it.
+    pub expect: Expect,
+}
+
+/// The simulation: records and ground truth.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    /// Records in event-time order.
+    pub records: Vec<SimRecord>,
+    /// Injected faults.
+    pub faults: Vec<FaultTruth>,
+    /// Every personal/genomic string injected, for leak checks.
+    pub pii_strings: Vec<String>,
+}
+
+impl Simulation {
+    /// Expected dead letters per (stage, reason), Kafka/embedded mode.
+    pub fn expected_dead_letters(&self) -> BTreeMap<(&'static str, DeadLetterReason), usize> {
+        let mut m = BTreeMap::new();
+        for r in &self.records {
+            if let Expect::DeadLetter { stage, reason, .. } = r.expect {
+                *m.entry((stage, reason)).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// Expected privacy removals.
+    pub fn expected_privacy_removals(&self) -> usize {
+        self.records
+            .iter()
+            .filter(|r| matches!(r.expect, Expect::PrivacyRemoval { .. }))
+            .count()
+    }
+
+    /// Ground truth as JSON.
+    pub fn ground_truth_json(&self) -> serde_json::Value {
+        let dl: Vec<serde_json::Value> = self.expected_dead_letters().into_iter().map(|((stage, reason), n)| serde_json::json!({"stage": stage, "reason": reason, "count": n})).collect();
+        serde_json::json!({
+            "events": self.records.len(),
+            "faults": self.faults,
+            "expected_dead_letters": dl,
+            "expected_privacy_removals": self.expected_privacy_removals(),
+            "pii_strings": self.pii_strings,
+        })
+    }
+}
+
+struct Instrument {
+    serial: String,
+    model: InstrumentModel,
+    software: String,
+    old_firmware: bool,
+    offset: BTreeMap<&'static str, f64>,
+    fault: Option<(Scenario, i64)>,
+    run_seq: u32,
+    run_id: String,
+    run_start_ms: i64,
+    run_quality: f64,
+    reagent_lot: String,
+    setpoint: f64,
+    last_valid: Option<SimRecord>,
+}
+
+const MODELS: [InstrumentModel; 4] = [
+    InstrumentModel::NOVASEQ_6000,
+    InstrumentModel::NEXTSEQ_2000,
+    InstrumentModel::MISEQ,
+    InstrumentModel::ISEQ_100,
+];
+const SCENARIOS: [Scenario; 9] = [
+    Scenario::LaserDecay,
+    Scenario::Leak,
+    Scenario::HeaterFailure,
+    Scenario::BadReagentLot,
+    Scenario::StageFault,
+    Scenario::FocusDrift,
+    Scenario::Clog,
+    Scenario::ChillerFailure,
+    Scenario::SoftwareRegression,
+];
+const BAD_LOT: &str = "SBS-20991-BAD";
+const RUN_HOURS: f64 = 2.0;
+const IDLE_MINUTES: i64 = 10;
+
+fn serial_for(model: InstrumentModel, i: usize) -> String {
+    match model {
+        InstrumentModel::NOVASEQ_6000 => format!("A{:05}", 100 + i),
+        InstrumentModel::NEXTSEQ_2000 => format!("VH{:05}", 200 + i),
+        InstrumentModel::MISEQ => format!("M{:05}", 300 + i),
+        _ => format!("FS1000{:04}", 400 + i),
+    }
+}
+
+fn software_for(model: InstrumentModel) -> &'static str {
+    match model {
+        InstrumentModel::NOVASEQ_6000 => "1.7.5",
+        InstrumentModel::NEXTSEQ_2000 => "1.5.0",
+        InstrumentModel::MISEQ => "4.0.0",
+        _ => "2.2.0",
+    }
+}
+
+fn lanes(model: InstrumentModel) -> i32 {
+    if model == InstrumentModel::NOVASEQ_6000 {
+        2
+    } else {
+        1
+    }
+}
+
+/// Builds the simulation.
+pub fn simulate(cfg: &FleetConfig) -> Simulation {
+    let mut rng = Rng::new(cfg.seed);
+    let n = cfg.instruments.max(1);
+    let end_ms = cfg.start_time_ms + (cfg.duration_hours * HOUR as f64) as i64;
+    let mut instruments: Vec<Instrument> = (0..n)
+        .map(|i| {
+            let model = MODELS[i % MODELS.len()];
+            let mut offset = BTreeMap::new();
+            for m in [
+                "laser_power_mw",
+                "flow_rate_ul_min",
+                "fluidics_pressure_kpa",
+                "cluster_density_k_per_mm2",
+            ] {
+                offset.insert(m, rng.range(-0.03, 0.03));
+            }
+            Instrument {
+                serial: serial_for(model, i),
+                model,
+                software: software_for(model).to_string(),
+                old_firmware: model == InstrumentModel::ISEQ_100,
+                offset,
+                fault: None,
+                run_seq: 0,
+                run_id: String::new(),
+                run_start_ms: 0,
+                run_quality: 0.0,
+                reagent_lot: String::new(),
+                setpoint: 60.0,
+                last_valid: None,
+            }
+        })
+        .collect();
+    // Spread faults over the fleet; a bad reagent lot hits several instruments at one time.
+    let mut faults = Vec::new();
+    if cfg.faults {
+        let mut scenarios: Vec<Scenario> = SCENARIOS.to_vec();
+        let lot_victims = (n / 8).max(2);
+        scenarios.extend(std::iter::repeat_n(
+            Scenario::BadReagentLot,
+            lot_victims - 1,
+        ));
+        let count = scenarios.len().min(n * 2 / 3).max(1).min(n);
+        let lot_onset =
+            cfg.start_time_ms + (cfg.duration_hours * HOUR as f64 * rng.range(0.40, 0.5)) as i64;
+        for (j, scenario) in scenarios.into_iter().take(count).enumerate() {
+            let idx = j * n / count;
+            let onset = if scenario == Scenario::BadReagentLot {
+                lot_onset
+            } else {
+                cfg.start_time_ms
+                    + (cfg.duration_hours * HOUR as f64 * rng.range(0.35, 0.55)) as i64
+            };
+            let inst = &mut instruments[idx];
+            inst.fault = Some((scenario, onset));
+            faults.push(FaultTruth {
+                instrument_serial: inst.serial.clone(),
+                instrument_model: inst.model,
+                scenario,
+                subsystem: scenario.subsystem(),
+                start_ms: onset,
+            });
+        }
+    }
+    let mut gen = Generator {
+        cfg: cfg.clone(),
+        rng,
+        records: Vec::new(),
+        pii: Vec::new(),
+        bad_kind: 0,
+    };
+    let step = cfg.sample_interval_s.max(1) as i64 * 1000;
+    let mut tick: i64 = 0;
+    let mut t = cfg.start_time_ms;
+    while t < end_ms {
+        for inst in instruments.iter_mut() {
+            gen.tick(inst, t, tick, step);
+        }
+        tick += 1;
+        t += step;
+    }
+    Simulation {
+        records: gen.records,
+        faults,
+        pii_strings: gen.pii,
+    }
+}
+
+struct Generator {
+    cfg: FleetConfig,
+    rng: Rng,
+    records: Vec<SimRecord>,
+    pii: Vec<String>,
+    bad_kind: usize,
+}
+
+impl Generator {
+    fn base(&mut self, inst: &Instrument, t: i64, kind: TelemetryKind) -> Telemetry {
+        let mut attributes = BTreeMap::new();
+        if !inst.old_firmware {
+            attributes.insert("application_version".to_string(), inst.software.clone());
+        }
+        Telemetry {
+            message_id: self.rng.uuid(),
+            instrument_serial: inst.serial.clone(),
+            instrument_model: inst.model,
+            event_time_ms: t,
+            sent_time_ms: t + (self.rng.uniform() * 2000.0) as i64,
+            kind,
+            run_id: if inst.run_id.is_empty() {
+                None
+            } else {
+                Some(inst.run_id.clone())
+            },
+            sensors: None,
+            log_event: None,
+            run_performance: None,
+            instrument_configuration: None,
+            run_configuration: None,
+            attributes,
+        }
+    }
+
+    fn push(&mut self, inst: &mut Instrument, t: Telemetry, expect: Expect) {
+        let rec = self.record(inst.old_firmware, &t, expect);
+        if rec.expect == Expect::Valid {
+            inst.last_valid = Some(rec.clone());
+        }
+        self.records.push(rec);
+    }
+
+    fn record(&mut self, old_firmware: bool, t: &Telemetry, expect: Expect) -> SimRecord {
+        let mut json = serde_json::to_value(t).expect("telemetry serializes");
+        let bytes = if old_firmware {
+            // Old firmware writes telemetry v1, which has no attributes.
+            json.as_object_mut().expect("object").remove("attributes");
+            let v1 = store()
+                .version("telemetry", 1)
+                .expect("telemetry v1 is in the store");
+            let value = seqmon_model::json::json_to_avro(&v1.schema, &json).expect("v1 shape");
+            seqmon_model::codec::encode_value(v1, value).expect("v1 encodes")
+        } else {
+            encode_with(store().latest("telemetry"), t).expect("telemetry encodes")
+        };
+        SimRecord {
+            key: t.instrument_serial.clone(),
+            sent_time_ms: t.sent_time_ms,
+            bytes,
+            json_line: json.to_string(),
+            expect,
+        }
+    }
+
+    fn value(&mut self, inst: &Instrument, metric: &str, rel_noise: f64, abs_noise: f64) -> f64 {
+        let nom = nominal(inst.model, metric).unwrap_or(0.0)
+            * (1.0 + inst.offset.get(metric).copied().unwrap_or(0.0));
+        nom + self.rng.normal() * (nom.abs() * rel_noise + abs_noise)
+    }
+
+    fn tick(&mut self, inst: &mut Instrument, t: i64, tick: i64, step: i64) {
+        let fault = inst.fault.filter(|(_, onset)| t >= *onset);
+        let hours_in = fault
+            .map(|(_, onset)| (t - onset) as f64 / HOUR as f64)
+            .unwrap_or(0.0);
+        let scenario = fault.map(|(s, _)| s);
+        if tick == 0 {
+            let mut c = self.base(inst, t, TelemetryKind::INSTRUMENT_CONFIGURATION);
+            c.instrument_configuration = Some(InstrumentConfiguration {
+                control_software_version: inst.software.clone(),
+                rta_version: "3.4.4".into(),
+                firmware_version: "2.13.0".into(),
+            });
+            self.push(inst, c, Expect::Valid);
+        }
+        // Software regression: the instrument updates at the onset.
+        if let Some((Scenario::SoftwareRegression, onset)) = inst.fault {
+            if t >= onset && t - step < onset {
+                inst.software = format!("{}-r1", software_for(inst.model));
+                let mut c = self.base(inst, t, TelemetryKind::INSTRUMENT_CONFIGURATION);
+                c.instrument_configuration = Some(InstrumentConfiguration {
+                    control_software_version: inst.software.clone(),
+                    rta_version: "3.4.4".into(),
+                    firmware_version: "2.13.0".into(),
+                });
+                self.push(inst, c, Expect::Valid);
+            }
+        }
+        // Runs: back to back with a short idle; a bad reagent lot arrives with a new run.
+        let run_len = (RUN_HOURS * HOUR as f64) as i64;
+        let lot_change = matches!(inst.fault, Some((Scenario::BadReagentLot, onset)) if t >= onset && t - step < onset);
+        let due = inst.run_id.is_empty()
+            || t >= inst.run_start_ms + run_len + IDLE_MINUTES * MINUTE
+            || lot_change;
+        if due {
+            inst.run_seq += 1;
+            inst.run_start_ms = t;
+            inst.run_quality = self.rng.range(-0.8, 0.8);
+            let day = (t / 86_400_000) % 1000;
+            inst.run_id = format!(
+                "{day:03}_{}_{:04}_FC{:05}",
+                inst.serial,
+                inst.run_seq,
+                self.rng.below(99_999)
+            );
+            inst.reagent_lot = if scenario == Some(Scenario::BadReagentLot) {
+                BAD_LOT.to_string()
+            } else {
+                format!("SBS-{}", 20000 + self.rng.below(900))
+            };
+            let mut c = self.base(inst, t, TelemetryKind::RUN_CONFIGURATION);
+            c.run_configuration = Some(RunConfiguration {
+                read1_cycles: 151,
+                index1_cycles: 10,
+                index2_cycles: 10,
+                read2_cycles: 151,
+                chemistry: "SBS v1.5 300 cycles".into(),
+                flowcell_serial: format!("HFC{:06}", self.rng.below(999_999)),
+                flowcell_lot: format!("FC-{}", 30000 + self.rng.below(900)),
+                reagent_kit_lot: inst.reagent_lot.clone(),
+                reagent_kit_expiry_date: (t / 86_400_000) as i32 + 180,
+                buffer_lot: format!("BUF-{}", 40000 + self.rng.below(900)),
+                buffer_expiry_date: (t / 86_400_000) as i32 + 200,
+            });
+            self.push(inst, c, Expect::Valid);
+            let mut l = self.base(inst, t, TelemetryKind::OPERATION_LOG);
+            l.log_event = Some(OperationLogEvent {
+                code: "I-RUN-001".into(),
+                severity: Severity::INFO,
+                subsystem: Subsystem::OTHER,
+                message: "Run started".into(),
+            });
+            self.push(inst, l, Expect::Valid);
+        }
+        let in_run = t < inst.run_start_ms + run_len;
+        // Sensors.
+        if tick % 20 == 0 {
+            inst.setpoint = [55.0, 60.0, 65.0][self.rng.below(3)];
+        }
+        let mut s = SensorReadings {
+            laser_power_mw: Some(self.value(inst, "laser_power_mw", 0.004, 0.0)),
+            focus_fwhm_px: Some(self.value(inst, "focus_fwhm_px", 0.0, 0.03)),
+            focus_z_offset_um: Some(self.value(inst, "focus_z_offset_um", 0.0, 0.2)),
+            stage_position_error_um: Some(
+                self.value(inst, "stage_position_error_um", 0.0, 0.08).abs(),
+            ),
+            stage_motor_current_a: Some(self.value(inst, "stage_motor_current_a", 0.0, 0.02)),
+            flowcell_temp_setpoint_c: Some(inst.setpoint),
+            flowcell_temp_c: Some(inst.setpoint + self.rng.normal() * 0.1),
+            chiller_temp_c: Some(self.value(inst, "chiller_temp_c", 0.0, 0.1)),
+            ambient_temp_c: Some(self.value(inst, "ambient_temp_c", 0.0, 0.3)),
+            fluidics_pressure_kpa: Some(self.value(inst, "fluidics_pressure_kpa", 0.0, 1.5)),
+            flow_rate_ul_min: Some(self.value(inst, "flow_rate_ul_min", 0.01, 0.0)),
+        };
+        let bump = |v: &mut Option<f64>, f: &dyn Fn(f64) -> f64| *v = v.map(f);
+        match scenario {
+            Some(Scenario::LaserDecay) => {
+                bump(&mut s.laser_power_mw, &|v| v * (-0.15 * hours_in).exp())
+            }
+            Some(Scenario::FocusDrift) => {
+                bump(&mut s.focus_fwhm_px, &|v| v + 0.8 * hours_in);
+                bump(&mut s.focus_z_offset_um, &|v| v + 1.5 * hours_in);
+            }
+            Some(Scenario::HeaterFailure) => {
+                bump(&mut s.flowcell_temp_c, &|v| v - 0.5 - 2.5 * hours_in)
+            }
+            Some(Scenario::ChillerFailure) => bump(&mut s.chiller_temp_c, &|v| v + 2.5 * hours_in),
+            Some(Scenario::Leak) => {
+                bump(&mut s.fluidics_pressure_kpa, &|v| v - 20.0 * hours_in);
+                bump(&mut s.flow_rate_ul_min, &|v| {
+                    v * (1.0 - (0.3 * hours_in).min(0.9))
+                });
+            }
+            Some(Scenario::Clog) => {
+                bump(&mut s.fluidics_pressure_kpa, &|v| v + 30.0 * hours_in);
+                bump(&mut s.flow_rate_ul_min, &|v| {
+                    v * (1.0 - (0.1 * hours_in).min(0.9))
+                });
+            }
+            Some(Scenario::StageFault) => {
+                bump(&mut s.stage_position_error_um, &|v| v + 1.5 * hours_in);
+                bump(&mut s.stage_motor_current_a, &|v| v + 0.4 * hours_in);
+            }
+            _ => {}
+        }
+        let mut r = self.base(inst, t, TelemetryKind::SENSOR_READINGS);
+        r.sensors = Some(s);
+        self.emit_with_bad(inst, r);
+        // Run performance every 5 samples while a run is in progress.
+        if in_run && tick % 5 == 0 {
+            let total = 322;
+            let cycle =
+                (((t - inst.run_start_ms) as f64 / run_len as f64) * total as f64) as i32 + 1;
+            let bad = scenario == Some(Scenario::BadReagentLot);
+            for lane in 1..=lanes(inst.model) {
+                let q = inst.run_quality;
+                let mut p = RunPerformance {
+                    lane,
+                    read_number: if cycle <= 151 {
+                        1
+                    } else if cycle <= 171 {
+                        2
+                    } else {
+                        3
+                    },
+                    cycle: cycle.min(total),
+                    total_cycles: total,
+                    cluster_density_k_per_mm2: Some(self.value(
+                        inst,
+                        "cluster_density_k_per_mm2",
+                        0.01,
+                        0.0,
+                    )),
+                    pct_pf: Some(self.value(inst, "pct_pf", 0.0, 0.4) + q),
+                    pct_q30: Some(self.value(inst, "pct_q30", 0.0, 0.3) + q),
+                    mean_qscore: Some(self.value(inst, "mean_qscore", 0.0, 0.2)),
+                    error_rate_pct: Some(
+                        (self.value(inst, "error_rate_pct", 0.0, 0.02) - q * 0.02).max(0.0),
+                    ),
+                    phasing_pct: Some(self.value(inst, "phasing_pct", 0.0, 0.01).max(0.0)),
+                    prephasing_pct: Some(self.value(inst, "prephasing_pct", 0.0, 0.01).max(0.0)),
+                    intensity_a: Some(self.value(inst, "intensity", 0.0, 50.0) + 5000.0),
+                    intensity_c: Some(self.value(inst, "intensity", 0.0, 50.0) + 4200.0),
+                    intensity_g: Some(self.value(inst, "intensity", 0.0, 50.0) + 3900.0),
+                    intensity_t: Some(self.value(inst, "intensity", 0.0, 50.0) + 4600.0),
+                };
+                if bad {
+                    p.pct_q30 = p.pct_q30.map(|v| v - 13.0);
+                    p.error_rate_pct = p.error_rate_pct.map(|v| v + 1.3);
+                    p.pct_pf = p.pct_pf.map(|v| v - 14.0);
+                    p.phasing_pct = p.phasing_pct.map(|v| v + 0.2);
+                }
+                let mut r = self.base(inst, t, TelemetryKind::RUN_PERFORMANCE);
+                r.run_performance = Some(p);
+                self.emit_with_bad(inst, r);
+            }
+        }
+        // Operation log: progress, rare errors, and many errors after a bad software update.
+        if in_run && tick % 10 == 3 {
+            let cycle = (((t - inst.run_start_ms) as f64 / run_len as f64) * 322.0) as i32 + 1;
+            let mut l = self.base(inst, t, TelemetryKind::OPERATION_LOG);
+            l.log_event = Some(OperationLogEvent {
+                code: "I-RUN-010".into(),
+                severity: Severity::INFO,
+                subsystem: Subsystem::OTHER,
+                message: format!("Cycle {}/322 completed", cycle.min(322)),
+            });
+            self.emit_with_bad(inst, l);
+        }
+        let error_p = if scenario == Some(Scenario::SoftwareRegression) {
+            0.6
+        } else {
+            0.0005
+        };
+        if self.rng.uniform() < error_p {
+            let mut l = self.base(inst, t, TelemetryKind::OPERATION_LOG);
+            l.log_event = Some(OperationLogEvent {
+                code: "E-SW-104".into(),
+                severity: Severity::ERROR,
+                subsystem: Subsystem::SOFTWARE,
+                message: format!(
+                    "Image registration failed on tile {} retrying",
+                    1101 + self.rng.below(60)
+                ),
+            });
+            self.emit_with_bad(inst, l);
+        }
+    }
+
+    /// Emits a good record and, with the configured probability, a bad one beside it.
+    fn emit_with_bad(&mut self, inst: &mut Instrument, good: Telemetry) {
+        self.push(inst, good.clone(), Expect::Valid);
+        if self.rng.uniform() >= self.cfg.bad_record_share {
+            return;
+        }
+        let kind = self.bad_kind % 12;
+        self.bad_kind += 1;
+        let v = "validator";
+        let dl = |reason, reason_in_files| Expect::DeadLetter {
+            stage: v,
+            reason,
+            reason_in_files,
+        };
+        let mut t = good.clone();
+        t.message_id = self.rng.uuid();
+        let rec = match kind {
+            0 => {
+                let len = 8 + self.rng.below(40);
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| (self.rng.next_u64() & 0xff) as u8)
+                    .collect();
+                let line: String = (0..len)
+                    .map(|_| (b'!' + (self.rng.below(90) as u8)) as char)
+                    .collect();
+                SimRecord {
+                    key: inst.serial.clone(),
+                    sent_time_ms: t.sent_time_ms,
+                    bytes,
+                    json_line: format!("#{line}"),
+                    expect: dl(DeadLetterReason::UNDECODABLE, DeadLetterReason::UNDECODABLE),
+                }
+            }
+            1 => {
+                let alert = Alert {
+                    alert_id: "x".into(),
+                    instrument_serial: inst.serial.clone(),
+                    instrument_model: inst.model,
+                    subsystem: Subsystem::OPTICAL,
+                    action: AlertAction::OPEN,
+                    severity: AnomalySeverity::LOW,
+                    metric: "laser_power_mw".into(),
+                    score: 1.0,
+                    title: "not telemetry".into(),
+                    suspected_part: "none".into(),
+                    opened_at_ms: t.event_time_ms,
+                    event_time_ms: t.event_time_ms,
+                    anomaly_count: 1,
+                };
+                let json = serde_json::to_string(&alert).expect("alert serializes");
+                SimRecord {
+                    key: inst.serial.clone(),
+                    sent_time_ms: t.sent_time_ms,
+                    bytes: encode(&alert).expect("alert encodes"),
+                    json_line: json,
+                    expect: dl(
+                        DeadLetterReason::WRONG_SCHEMA,
+                        DeadLetterReason::WRONG_SCHEMA,
+                    ),
+                }
+            }
+            2 => {
+                let mut bytes = header(store().latest("telemetry")).to_vec();
+                bytes[2..10].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+                bytes.extend_from_slice(&self.record(false, &t, Expect::Valid).bytes[10..]);
+                let mut json = serde_json::to_value(&t).expect("json");
+                json["schema_revision"] = serde_json::json!(99);
+                SimRecord {
+                    key: inst.serial.clone(),
+                    sent_time_ms: t.sent_time_ms,
+                    bytes,
+                    json_line: json.to_string(),
+                    expect: dl(
+                        DeadLetterReason::UNKNOWN_SCHEMA,
+                        DeadLetterReason::WRONG_SCHEMA,
+                    ),
+                }
+            }
+            3 => {
+                t.instrument_serial = String::new();
+                let mut r = self.record(
+                    inst.old_firmware,
+                    &t,
+                    dl(
+                        DeadLetterReason::MISSING_FIELD,
+                        DeadLetterReason::MISSING_FIELD,
+                    ),
+                );
+                r.key = inst.serial.clone();
+                r
+            }
+            4 => {
+                t.kind = TelemetryKind::SENSOR_READINGS;
+                t.sensors = Some(SensorReadings {
+                    laser_power_mw: Some(99_999.0),
+                    ..Default::default()
+                });
+                t.log_event = None;
+                t.run_performance = None;
+                self.record(
+                    inst.old_firmware,
+                    &t,
+                    dl(
+                        DeadLetterReason::OUT_OF_RANGE,
+                        DeadLetterReason::OUT_OF_RANGE,
+                    ),
+                )
+            }
+            5 => {
+                t.event_time_ms = t.sent_time_ms + 2 * HOUR;
+                self.record(
+                    inst.old_firmware,
+                    &t,
+                    dl(
+                        DeadLetterReason::TIMESTAMP_FUTURE,
+                        DeadLetterReason::TIMESTAMP_FUTURE,
+                    ),
+                )
+            }
+            6 => match inst.last_valid.clone() {
+                Some(prev) => SimRecord {
+                    expect: dl(
+                        DeadLetterReason::DUPLICATE_MESSAGE,
+                        DeadLetterReason::DUPLICATE_MESSAGE,
+                    ),
+                    ..prev
+                },
+                None => return,
+            },
+            7 => {
+                t.event_time_ms -= 30 * 24 * HOUR;
+                self.record(
+                    inst.old_firmware,
+                    &t,
+                    dl(
+                        DeadLetterReason::TIMESTAMP_STALE,
+                        DeadLetterReason::TIMESTAMP_STALE,
+                    ),
+                )
+            }
+            8 | 9 => {
+                let texts = [
+                    (
+                        "Run started by Dr. Maria Lindqvist",
+                        "Maria Lindqvist",
+                        PrivacyRule::PERSON_NAME,
+                    ),
+                    (
+                        "Run started by maria.lindqvist@st-olaf-hospital.example",
+                        "maria.lindqvist@st-olaf-hospital.example",
+                        PrivacyRule::EMAIL_ADDRESS,
+                    ),
+                    (
+                        "Loaded patient MRN-00482913 for oncology panel",
+                        "MRN-00482913",
+                        PrivacyRule::PATIENT_IDENTIFIER,
+                    ),
+                    (
+                        "Read check failed at ACGTTGCAGGTCAACGTAGGCTAGCT",
+                        "ACGTTGCAGGTCAACGTAGGCTAGCT",
+                        PrivacyRule::SEQUENCE_DATA,
+                    ),
+                    (
+                        "Library S07-1184 loaded",
+                        "S07-1184",
+                        PrivacyRule::SAMPLE_IDENTIFIER,
+                    ),
+                ];
+                let (text, secret, rule) = texts[self.rng.below(texts.len())];
+                self.pii.push(secret.to_string());
+                t.kind = TelemetryKind::OPERATION_LOG;
+                t.sensors = None;
+                t.run_performance = None;
+                t.log_event = Some(OperationLogEvent {
+                    code: "I-RUN-002".into(),
+                    severity: Severity::INFO,
+                    subsystem: Subsystem::OTHER,
+                    message: text.to_string(),
+                });
+                self.record(
+                    inst.old_firmware,
+                    &t,
+                    Expect::PrivacyRemoval {
+                        field: "log_event.message",
+                        rule,
+                    },
+                )
+            }
+            10 if !inst.old_firmware => {
+                let email = format!("tech{}@genomics-lab.example", self.rng.below(100));
+                self.pii.push(email.clone());
+                t.attributes.insert("operator_email".into(), email);
+                self.record(
+                    false,
+                    &t,
+                    Expect::PrivacyRemoval {
+                        field: "attributes.operator_email",
+                        rule: PrivacyRule::FIELD_NOT_ALLOWLISTED,
+                    },
+                )
+            }
+            _ => {
+                let email = format!("pi{}@university.example", self.rng.below(100));
+                self.pii.push(email.clone());
+                t.run_id = Some(format!("run-for-{email}"));
+                self.record(
+                    inst.old_firmware,
+                    &t,
+                    Expect::DeadLetter {
+                        stage: "privacy-enforcer",
+                        reason: DeadLetterReason::PRIVACY_VIOLATION,
+                        reason_in_files: DeadLetterReason::PRIVACY_VIOLATION,
+                    },
+                )
+            }
+        };
+        self.records.push(rec);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_fleet() {
+        let cfg = FleetConfig {
+            instruments: 6,
+            duration_hours: 1.0,
+            ..Default::default()
+        };
+        let a = simulate(&cfg);
+        let b = simulate(&cfg);
+        assert_eq!(a.records.len(), b.records.len());
+        assert!(a
+            .records
+            .iter()
+            .zip(&b.records)
+            .all(|(x, y)| x.bytes == y.bytes));
+        let c = simulate(&FleetConfig { seed: 7, ..cfg });
+        assert!(a
+            .records
+            .iter()
+            .zip(&c.records)
+            .any(|(x, y)| x.bytes != y.bytes));
+    }
+
+    #[test]
+    fn default_fleet_has_every_scenario_and_bad_record_kind() {
+        let sim = simulate(&FleetConfig {
+            duration_hours: 3.0,
+            bad_record_share: 0.05,
+            ..Default::default()
+        });
+        for s in SCENARIOS {
+            assert!(sim.faults.iter().any(|f| f.scenario == s), "{s:?}");
+        }
+        assert!(
+            sim.faults
+                .iter()
+                .filter(|f| f.scenario == Scenario::BadReagentLot)
+                .count()
+                >= 2
+        );
+        let dl = sim.expected_dead_letters();
+        for reason in [
+            DeadLetterReason::UNDECODABLE,
+            DeadLetterReason::WRONG_SCHEMA,
+            DeadLetterReason::UNKNOWN_SCHEMA,
+            DeadLetterReason::MISSING_FIELD,
+            DeadLetterReason::OUT_OF_RANGE,
+            DeadLetterReason::DUPLICATE_MESSAGE,
+            DeadLetterReason::PRIVACY_VIOLATION,
+        ] {
+            assert!(dl.keys().any(|(_, r)| *r == reason), "{reason:?}");
+        }
+        assert!(sim.expected_privacy_removals() > 0);
+        assert!(!sim.pii_strings.is_empty());
+        // Records are in event-time order per instrument, so windows close deterministically.
+        let mut last: BTreeMap<&str, i64> = BTreeMap::new();
+        for r in sim.records.iter().filter(|r| r.expect == Expect::Valid) {
+            let t: Telemetry = seqmon_model::decode(&r.bytes).unwrap();
+            let prev = last
+                .insert(r.key.as_str(), t.event_time_ms)
+                .unwrap_or(i64::MIN);
+            assert!(t.event_time_ms >= prev);
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! `fleet-simulator`: simulates a fleet and writes its telemetry to Kafka (`--to kafka`) or as
+//! JSON lines (`--to file`), plus the ground truth as JSON (`--ground-truth`).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use seqmon_runtime::config::KafkaConnection;
+use seqmon_runtime::RuntimeError;
+use seqmon_simulator::{simulate, FleetConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Sink {
+    /// Produce Avro single-object records to the raw topic.
+    Kafka,
+    /// Write JSON lines.
+    File,
+}
+
+/// Simulate a fleet of sequencers with labelled faults and bad records.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Instruments in the fleet.
+    #[arg(long, env = "SIM_INSTRUMENTS", default_value_t = 24)]
+    instruments: usize,
+    /// Hours of event time.
+    #[arg(long, env = "SIM_DURATION_HOURS", default_value_t = 6.0)]
+    duration_hours: f64,
+    /// Seconds of event time between sensor samples.
+    #[arg(long, env = "SIM_SAMPLE_INTERVAL_S", default_value_t = 30)]
+    sample_interval_s: u32,
+    /// Seed.
+    #[arg(long, env = "SIM_SEED", default_value_t = 42)]
+    seed: u64,
+    /// Event time of the first sample, ms since epoch (default: a fixed day, for reproducible
+    /// output; pass a recent time when producing to a topic with time-based retention).
+    #[arg(long, env = "SIM_START_TIME_MS")]
+    start_time_ms: Option<i64>,
+    /// Share of bad records (0..0.5).
+    #[arg(long, env = "SIM_BAD_RECORD_SHARE", default_value_t = 0.01)]
+    bad_record_share: f64,
+    /// Leave out the fault scenarios.
+    #[arg(long)]
+    no_faults: bool,
+    /// Event time runs this many times faster than the wall clock (0: as fast as possible).
+    #[arg(long, env = "SIM_SPEEDUP", default_value_t = 0.0)]
+    speedup: f64,
+    /// Where records go.
+    #[arg(long, value_enum, default_value = "file")]
+    to: Sink,
+    /// File for JSON lines (`-` for stdout), with `--to file`.
+    #[arg(long, default_value = "-")]
+    output: String,
+    /// File for the ground truth JSON.
+    #[arg(long)]
+    ground_truth: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaConnection,
+}
+
+fn main() -> ExitCode {
+    seqmon_runtime::service::init_logging();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ RuntimeError::Config { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), RuntimeError> {
+    let bad = |setting, message: &str| {
+        Err(RuntimeError::Config {
+            setting,
+            message: message.into(),
+        })
+    };
+    if cli.instruments == 0 || cli.instruments > 1_000_000 {
+        return bad("--instruments / SIM_INSTRUMENTS", "must be 1..=1000000");
+    }
+    if !(cli.duration_hours > 0.0 && cli.duration_hours <= 24.0 * 365.0) {
+        return bad(
+            "--duration-hours / SIM_DURATION_HOURS",
+            "must be > 0 and at most a year",
+        );
+    }
+    if !(0.0..=0.5).contains(&cli.bad_record_share) {
+        return bad(
+            "--bad-record-share / SIM_BAD_RECORD_SHARE",
+            "must be 0..=0.5",
+        );
+    }
+    if cli.sample_interval_s == 0 {
+        return bad(
+            "--sample-interval-s / SIM_SAMPLE_INTERVAL_S",
+            "must be positive",
+        );
+    }
+    if !(cli.speedup >= 0.0 && cli.speedup.is_finite()) {
+        return bad("--speedup / SIM_SPEEDUP", "must be >= 0");
+    }
+    if cli.to == Sink::Kafka {
+        cli.kafka.validate()?;
+    }
+    let defaults = FleetConfig::default();
+    let cfg = FleetConfig {
+        instruments: cli.instruments,
+        duration_hours: cli.duration_hours,
+        sample_interval_s: cli.sample_interval_s,
+        seed: cli.seed,
+        start_time_ms: cli.start_time_ms.unwrap_or(defaults.start_time_ms),
+        bad_record_share: cli.bad_record_share,
+        faults: !cli.no_faults,
+    };
+    let sim = simulate(&cfg);
+    if let Some(path) = &cli.ground_truth {
+        let text = serde_json::to_string_pretty(&sim.ground_truth_json())
+            .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+        std::fs::write(path, text).map_err(|source| RuntimeError::Io {
+            context: format!("cannot write --ground-truth {path}"),
+            source,
+        })?;
+    }
+    let pace = |first: i64, t: i64, started: Instant| {
+        if cli.speedup > 0.0 {
+            let due = Duration::from_secs_f64(((t - first) as f64 / 1000.0 / cli.speedup).max(0.0));
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    };
+    let started = Instant::now();
+    let first = sim.records.first().map(|r| r.sent_time_ms).unwrap_or(0);
+    match cli.to {
+        Sink::File => {
+            let mut out: Box<dyn Write> = if cli.output == "-" {
+                Box::new(std::io::BufWriter::new(std::io::stdout()))
+            } else {
+                Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(&cli.output).map_err(|source| RuntimeError::Io {
+                        context: format!("cannot create --output {}", cli.output),
+                        source,
+                    })?,
+                ))
+            };
+            for r in &sim.records {
+                pace(first, r.sent_time_ms, started);
+                writeln!(out, "{}", r.json_line).map_err(|source| RuntimeError::Io {
+                    context: "cannot write output".into(),
+                    source,
+                })?;
+            }
+            out.flush().map_err(|source| RuntimeError::Io {
+                context: "cannot flush output".into(),
+                source,
+            })?;
+        }
+        Sink::Kafka => {
+            let topic = cli.kafka.topic("raw");
+            let producer: ThreadedProducer<DefaultProducerContext> = cli
+                .kafka
+                .client_config()
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "10")
+                .create()
+                .map_err(RuntimeError::kafka("create producer"))?;
+            for r in &sim.records {
+                pace(first, r.sent_time_ms, started);
+                let mut record = BaseRecord::to(&topic)
+                    .key(r.key.as_bytes())
+                    .payload(r.bytes.as_slice())
+                    .timestamp(r.sent_time_ms + 100);
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull,
+                            ),
+                            back,
+                        )) => {
+                            record = back;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err((e, _)) => {
+                            return Err(RuntimeError::Kafka {
+                                operation: "produce",
+                                source: e,
+                            })
+                        }
+                    }
+                }
+            }
+            producer
+                .flush(Duration::from_secs(60))
+                .map_err(RuntimeError::kafka("flush"))?;
+            tracing::info!(%topic, records = sim.records.len(), elapsed_ms = started.elapsed().as_millis() as u64, "produced");
+        }
+    }
+    tracing::info!(
+        records = sim.records.len(),
+        faults = sim.faults.len(),
+        "simulation written"
+    );
+    Ok(())
+}
