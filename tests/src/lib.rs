@@ -1,1 +1,350 @@
-//! Helpers shared by the real-broker integration tests in `tests/tests/`.
+//! Helpers for the real-broker integration tests in `tests/tests/`: the broker address, the
+//! service binaries as OS processes, per-test topics, a `read_committed` reader, and metrics
+//! scraped from each service's `/metrics` endpoint.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The broker the tests use. `make test` starts one and sets this; run the tests through it.
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect("KAFKA_BOOTSTRAP_SERVERS is not set: run the integration tests with `make test`, which starts a broker")
+}
+
+/// Path of a workspace binary built by `cargo build --workspace --bins`.
+pub fn bin(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build with `cargo build --workspace --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A topic prefix no other test or run uses.
+pub fn unique_prefix(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "it-{test}-{}-{}.",
+        std::process::id(),
+        nanos % 1_000_000_000
+    )
+}
+
+/// Creates every catalogue topic under `prefix` with the admin command.
+pub fn create_topics(prefix: &str, partitions: u32) {
+    let status = Command::new(bin("seqmon-admin"))
+        .args([
+            "create-topics",
+            "--bootstrap-servers",
+            &bootstrap(),
+            "--topic-prefix",
+            prefix,
+            "--partitions",
+            &partitions.to_string(),
+        ])
+        .status()
+        .expect("seqmon-admin runs");
+    assert!(status.success(), "create-topics failed");
+    // Running it again must change nothing and succeed (idempotent).
+    let again = Command::new(bin("seqmon-admin"))
+        .args([
+            "create-topics",
+            "--bootstrap-servers",
+            &bootstrap(),
+            "--topic-prefix",
+            prefix,
+            "--partitions",
+            &partitions.to_string(),
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .expect("seqmon-admin runs");
+    assert!(again.success(), "create-topics is not idempotent");
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A stage service running as an OS process.
+pub struct Service {
+    pub name: String,
+    pub child: Child,
+    pub metrics_port: u16,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Starts `name kafka ...` with per-test topics, group and transactional id.
+    pub fn start(name: &str, prefix: &str, extra: &[&str]) -> Service {
+        let metrics_port = free_port();
+        let mut args: Vec<String> = vec![
+            "kafka".into(),
+            "--bootstrap-servers".into(),
+            bootstrap(),
+            "--topic-prefix".into(),
+            prefix.into(),
+            "--group-id".into(),
+            format!("{prefix}{name}"),
+            "--transactional-id".into(),
+            format!("{prefix}{name}-0"),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/it-logs")
+            .join(prefix.trim_end_matches('.'));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let mut s = Service {
+            name: name.into(),
+            child: spawn(name, &args, &log),
+            metrics_port,
+            args,
+            log,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if scrape(self.metrics_port).is_some() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited at start ({status}); log: {}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{} did not serve /metrics within 30 s", self.name);
+    }
+
+    /// kill -9, then wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the same service again with the same settings (same group and transactional id).
+    pub fn restart(&mut self) {
+        self.child = spawn(&self.name, &self.args, &self.log);
+        self.wait_ready();
+    }
+
+    /// SIGTERM, and the exit status after a graceful shutdown.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.child.kill().unwrap();
+                panic!("{} did not stop within 60 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The service's counters from `/metrics` (name with labels → value).
+    pub fn metrics(&self) -> BTreeMap<String, f64> {
+        scrape(self.metrics_port).unwrap_or_default()
+    }
+
+    /// The service's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &str, args: &[String], log: &PathBuf) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(bin(name))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+fn scrape(port: u16) -> Option<BTreeMap<String, f64>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let body = body.split("\r\n\r\n").nth(1)?;
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// Sum of every series of a metric family in a scrape (e.g. all dead-letter reasons).
+pub fn metric_sum(m: &BTreeMap<String, f64>, family: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.as_str() == family || k.starts_with(&format!("{family}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Produces (key, value, timestamp) records and waits for delivery.
+pub fn produce(
+    topic: &str,
+    records: impl IntoIterator<Item = (String, Vec<u8>, Option<i64>)>,
+) -> usize {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "10")
+        .create()
+        .unwrap();
+    let mut n = 0;
+    for (key, value, ts) in records {
+        let mut rec = BaseRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(value.as_slice());
+        if let Some(ts) = ts {
+            rec = rec.timestamp(ts);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    n
+}
+
+/// A committed record as read back.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Committed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// Reads every committed record of `topic` (read_committed), from the beginning to the end.
+pub fn read_committed(topic: &str) -> Vec<Committed> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", format!("reader-{}", unique_prefix("r")))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut eof = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while eof.len() < partitions.len() && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => out.push(Committed {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                value: m.payload().unwrap_or_default().to_vec(),
+            }),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    assert_eq!(
+        eof.len(),
+        partitions.len(),
+        "did not reach the end of {topic} within 60 s"
+    );
+    out
+}
+
+/// Polls `f` until it returns true or `timeout` passes; returns whether it did.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    f()
+}
+
+/// Now, ms since epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

@@ -1,0 +1,47 @@
+# Sequencer monitoring backbone. `make run` and `make test` are the two commands a newcomer needs.
+CARGO ?= cargo
+export KAFKA_PORT ?= 19092
+
+.PHONY: all build run run-kafka test unit-test lint fmt topics kafka-start kafka-stop clean
+
+all: build
+
+## build: release binaries of every service, the simulator, the pipeline and the admin tool
+build:
+	$(CARGO) build --release --workspace --bins
+
+## run: the whole pipeline in one process on a simulated fleet (no Kafka needed)
+run:
+	$(CARGO) run --release -q -p seqmon-pipeline -- $(ARGS)
+
+## test: unit tests, then real-broker tests against Apache Kafka (fetched and started here,
+## or the cluster named by KAFKA_BOOTSTRAP_SERVERS)
+test:
+	tools/test.sh
+
+## unit-test: tests that need no broker
+unit-test:
+	$(CARGO) test --workspace --exclude seqmon-integration-tests
+
+## lint: formatting and clippy, as CI wants them
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## kafka-start / kafka-stop: the local single-node KRaft broker on 127.0.0.1:$(KAFKA_PORT)
+kafka-start:
+	tools/kafka/broker.sh start
+kafka-stop:
+	tools/kafka/broker.sh stop
+
+## topics: create every catalogue topic on KAFKA_BOOTSTRAP_SERVERS (idempotent)
+topics:
+	$(CARGO) run --release -q -p seqmon-runtime --bin seqmon-admin -- create-topics
+
+## run-kafka: the five services as separate processes on the local broker, fed by the simulator
+run-kafka:
+	tools/run-kafka.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf .cache/kafka/run-*

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `make test`: builds, runs the unit tests, then the real-broker tests. Unless
+# KAFKA_BOOTSTRAP_SERVERS names a cluster, it fetches Apache Kafka from Maven Central on first use
+# (into .cache/, ignored by git), starts one KRaft broker on 127.0.0.1 and stops it afterwards.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+echo "== build (debug binaries used by the integration tests)"
+cargo build --workspace --bins --tests
+
+started_here=0
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  tools/kafka/broker.sh start
+  started_here=1
+  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${KAFKA_PORT:-19092}"
+  trap 'tools/kafka/broker.sh stop' EXIT
+else
+  echo "== using the existing cluster at $KAFKA_BOOTSTRAP_SERVERS"
+fi
+
+echo "== tests (unit, embedded pipeline, then real-broker integration)"
+# Integration tests each use their own topics and groups; two at a time suit a 2-core machine.
+cargo test --workspace -- --test-threads=2
+if [ "$started_here" = 1 ]; then echo "== broker log: .cache/kafka/run-${KAFKA_PORT:-19092}/broker.log"; fi
