@@ -281,6 +281,7 @@ pub struct Committed {
     pub offset: i64,
     pub key: String,
     pub value: Vec<u8>,
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Reads every committed record of `topic` (read_committed), from the beginning to the end.
@@ -313,6 +314,7 @@ pub fn read_committed(topic: &str) -> Vec<Committed> {
                 offset: m.offset(),
                 key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                 value: m.payload().unwrap_or_default().to_vec(),
+                timestamp_ms: m.timestamp().to_millis(),
             }),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 eof.insert(p);
@@ -347,4 +349,39 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Input records not yet committed by consumer group `group` on `topic` (0 when caught up);
+/// `None` when the broker did not answer in time (e.g. while a killed producer's transaction is
+/// still pending). Reads uncommitted offsets so it never waits for them to become stable.
+pub fn group_lag(group: &str, topic: &str) -> Option<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .ok()?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .ok()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition(topic, p.id());
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .ok()?;
+    let mut lag = 0;
+    for e in committed.elements() {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+            .ok()?;
+        let done = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        };
+        lag += (high - done).max(0);
+    }
+    Some(lag)
 }

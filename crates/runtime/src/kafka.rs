@@ -79,6 +79,20 @@ impl ConsumerContext for StageConsumerContext {
     }
 }
 
+/// Context of the changelog restore consumer: reaching the end of a partition is how restore
+/// knows it is done, not an error worth a log line.
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(error = %error, reason, "changelog restore consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
 /// An input record copied out of the consumer.
 struct Owned {
     key: Option<Vec<u8>>,
@@ -439,7 +453,7 @@ fn restore_state(
         return Ok(());
     }
     let started = Instant::now();
-    let restorer: BaseConsumer = cfg
+    let restorer: BaseConsumer<RestoreContext> = cfg
         .kafka
         .client_config()
         .set(
@@ -449,7 +463,7 @@ fn restore_state(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(RestoreContext)
         .map_err(RuntimeError::kafka("create restore consumer"))?;
     let mut tpl = TopicPartitionList::new();
     for p in assigned {

@@ -491,6 +491,27 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_restore_floats_bit_for_bit() {
+        let mut p = FeatureExtractor::default();
+        // Values whose shortest decimal form does not parse back exactly without
+        // serde_json's float_roundtrip: the restored sums must be the same bits.
+        for (i, v) in [
+            0.1 + 0.2,
+            1.0 / 3.0,
+            2.0f64.sqrt() * 1e-7,
+            123_456.789_012_345_6,
+        ]
+        .iter()
+        .enumerate()
+        {
+            feed(&mut p, &reading(i as i64 * 1_000, *v));
+        }
+        let mut q = FeatureExtractor::default();
+        transplant_state(&p, &mut q).unwrap();
+        assert_eq!(p.instruments, q.instruments);
+    }
+
+    #[test]
     fn restart_from_snapshot_gives_the_same_output() {
         let inputs: Vec<Vec<u8>> = (0..100)
             .map(|i| reading(i * 30_000, 500.0 - (i % 7) as f64))
