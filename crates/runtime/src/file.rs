@@ -209,3 +209,92 @@ impl Writers {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processor::{Emitter, Processor, StageError};
+    use seqmon_model::{decode, DeadLetter, Telemetry};
+
+    /// Forwards telemetry with a serial; refuses the rest.
+    struct Forward;
+    impl Processor for Forward {
+        fn stage(&self) -> &'static str {
+            "forward"
+        }
+        fn input_role(&self) -> &'static str {
+            "raw"
+        }
+        fn output_roles(&self) -> &'static [&'static str] {
+            &["validated"]
+        }
+        fn dead_letter_role(&self) -> &'static str {
+            "dead_letters_sensitive"
+        }
+        fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
+            match decode::<Telemetry>(input.value) {
+                Ok(t) if !t.instrument_serial.is_empty() => {
+                    out.emit_bytes("validated", &t.instrument_serial, input.value)
+                }
+                Ok(_) => out.reject(
+                    DeadLetterReason::MISSING_FIELD,
+                    "instrument_serial is empty",
+                ),
+                Err(e) => out.reject(e.reason(), e.to_string()),
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_line_is_forwarded_or_dead_lettered_with_its_line_number() {
+        let dir = std::env::temp_dir().join(format!("seqmon-file-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = r#"{"message_id":"m1","instrument_serial":"M00301","instrument_model":"MISEQ","event_time_ms":1,"sent_time_ms":2,"kind":"SENSOR_READINGS","run_id":null,"sensors":{"laser_power_mw":150.0},"log_event":null,"run_performance":null,"instrument_configuration":null,"run_configuration":null}"#;
+        let no_serial = good.replace("M00301", "");
+        let input = format!("{good}\nnot json at all\n\n{{\"alert_id\": \"x\"}}\n{no_serial}\n");
+        std::fs::write(dir.join("in.jsonl"), input).unwrap();
+        let args = FileArgs {
+            input: dir.join("in.jsonl").display().to_string(),
+            output: dir.join("main.jsonl").display().to_string(),
+            side_output_dir: dir.join("side"),
+        };
+        let mut driver = Driver::new(Box::new(Forward));
+        let summary = run_file(&mut driver, &args).unwrap();
+        assert_eq!(summary.lines, 4, "the blank line is not a record");
+        let main = std::fs::read_to_string(dir.join("main.jsonl")).unwrap();
+        let forwarded: Vec<serde_json::Value> = main
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(forwarded.len(), 1);
+        assert_eq!(forwarded[0]["instrument_serial"], "M00301");
+        assert_eq!(
+            forwarded[0]["attributes"],
+            serde_json::json!({}),
+            "v2 default filled in"
+        );
+        let dead: Vec<DeadLetter> =
+            std::fs::read_to_string(dir.join("side/deadletter.sensitive.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let avro = json_to_avro(&store().latest("dead_letter").schema, &v).unwrap();
+                    apache_avro::from_value(&avro).unwrap()
+                })
+                .collect();
+        let got: Vec<(i64, DeadLetterReason)> =
+            dead.iter().map(|d| (d.source_offset, d.reason)).collect();
+        assert_eq!(
+            got,
+            [
+                (2, DeadLetterReason::UNDECODABLE),
+                (4, DeadLetterReason::WRONG_SCHEMA),
+                (5, DeadLetterReason::MISSING_FIELD)
+            ]
+        );
+        assert_eq!(dead[0].original_bytes, b"not json at all");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
