@@ -110,17 +110,23 @@ impl Service {
             prefix.into(),
             "--group-id".into(),
             format!("{prefix}{name}"),
-            "--transactional-id".into(),
-            format!("{prefix}{name}-0"),
             "--metrics-addr".into(),
             format!("127.0.0.1:{metrics_port}"),
         ];
+        if !extra.contains(&"--transactional-id") {
+            args.extend(["--transactional-id".into(), format!("{prefix}{name}-0")]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../target/it-logs")
             .join(prefix.trim_end_matches('.'));
         std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join(format!("{name}.log"));
+        let instance = args
+            .iter()
+            .position(|a| a == "--transactional-id")
+            .map(|i| args[i + 1].rsplit('-').next().unwrap_or("0").to_string())
+            .unwrap_or_default();
+        let log = dir.join(format!("{name}-{instance}.log"));
         let mut s = Service {
             name: name.into(),
             child: spawn(name, &args, &log),

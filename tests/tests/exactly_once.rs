@@ -191,3 +191,87 @@ fn stateful_feature_extractor_survives_kill_9_with_its_windows() {
         upstream_records("sanitized"),
     );
 }
+
+/// Rebalance safety: a second validator instance joins the group mid-stream (a scale-out), so
+/// partitions and their state move between processes. The committed output must still be exactly
+/// the uninterrupted run's: no record lost, none forwarded twice, no duplicate let through.
+#[test]
+fn validator_scale_out_mid_stream_moves_partitions_without_loss_or_duplicates() {
+    let prefix = unique_prefix("rebalance");
+    create_topics(&prefix, 3);
+    let start = (now_ms() - 4 * 3_600_000) / 60_000 * 60_000;
+    let sim = simulate(&FleetConfig {
+        instruments: 16,
+        duration_hours: 4.0,
+        seed: 9,
+        start_time_ms: start,
+        bad_record_share: 0.03,
+        ..Default::default()
+    });
+    let raw = format!("{prefix}telemetry.raw");
+    produce(
+        &raw,
+        sim.records
+            .iter()
+            .map(|r| (r.key.clone(), r.bytes.clone(), Some(r.sent_time_ms + 100))),
+    );
+    let committed_input = read_committed(&raw);
+    let mut reference = Driver::new(Box::new(Validator::default()));
+    let mut expected: Vec<(String, String, Vec<u8>)> = Vec::new();
+    for r in &committed_input {
+        let env = Envelope {
+            key: Some(r.key.as_bytes()),
+            value: &r.value,
+            topic: &raw,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+        };
+        let mut out = Vec::new();
+        reference.handle(&env, &mut out, |_| {}).unwrap();
+        expected.extend(
+            out.into_iter()
+                .map(|e| (topics::spec(e.role).name.to_string(), e.key, e.value)),
+        );
+    }
+    expected.sort();
+
+    let small = ["--batch-max-records", "20", "--batch-max-wait-ms", "20"];
+    let first = Service::start("validator", &prefix, &small);
+    let group = format!("{prefix}validator");
+    assert!(wait_until(Duration::from_secs(60), || metric_sum(
+        &first.metrics(),
+        "validator_output_records_total"
+    ) >= expected.len()
+        as f64
+        * 0.2));
+    // A second instance, same group, its own transactional id.
+    let mut second_args: Vec<&str> = small.to_vec();
+    let txn = format!("{prefix}validator-1");
+    second_args.extend(["--transactional-id", txn.as_str()]);
+    let second = Service::start("validator", &prefix, &second_args);
+    let lag_at_join = group_lag(&group, &raw).unwrap_or(i64::MAX);
+    assert!(lag_at_join > 0, "second instance joined mid-stream");
+    assert!(
+        wait_until(Duration::from_secs(180), || group_lag(&group, &raw)
+            == Some(0)),
+        "group did not catch up"
+    );
+    let processed_by_second = metric_sum(&second.metrics(), "validator_input_records_total");
+    assert!(
+        processed_by_second > 0.0,
+        "the second instance took over some partitions"
+    );
+    let mut got: Vec<(String, String, Vec<u8>)> = Vec::new();
+    for name in ["telemetry.validated", "deadletter.sensitive"] {
+        got.extend(
+            read_committed(&format!("{prefix}{name}"))
+                .into_iter()
+                .map(|r| (name.to_string(), r.key, r.value)),
+        );
+    }
+    got.sort();
+    assert_eq!(got.len(), expected.len(), "no loss, no duplicate");
+    assert_eq!(got, expected, "output differs from the uninterrupted run");
+    eprintln!("rebalance: {} outputs; second instance processed {processed_by_second} inputs after joining at lag {lag_at_join}", expected.len());
+}
