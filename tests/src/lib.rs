@@ -15,8 +15,21 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+static BOOTSTRAP_OVERRIDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Points every helper of this test binary at another cluster (librdkafka's mock cluster in the
+/// fault tests). Put such a test in a test file of its own: the setting is process-wide.
+pub fn use_bootstrap(servers: String) {
+    BOOTSTRAP_OVERRIDE
+        .set(servers)
+        .expect("set once per test binary");
+}
+
 /// The broker the tests use. `make test` starts one and sets this; run the tests through it.
 pub fn bootstrap() -> String {
+    if let Some(s) = BOOTSTRAP_OVERRIDE.get() {
+        return s.clone();
+    }
     std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect("KAFKA_BOOTSTRAP_SERVERS is not set: run the integration tests with `make test`, which starts a broker")
 }
 
@@ -212,7 +225,10 @@ fn spawn(name: &str, args: &[String], log: &PathBuf) -> Child {
         .unwrap();
     Command::new(bin(name))
         .args(args)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("SEQMON_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(file.try_clone().unwrap())
         .stderr(file)
         .spawn()

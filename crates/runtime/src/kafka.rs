@@ -85,7 +85,9 @@ struct RestoreContext;
 
 impl ClientContext for RestoreContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !eof {
             tracing::error!(error = %error, reason, "changelog restore consumer error");
         }
     }
@@ -217,6 +219,7 @@ pub fn run_kafka(
         if batch.is_empty() {
             continue;
         }
+        tracing::debug!(records = batch.len(), "batch collected");
         match process_and_commit(
             &mut driver,
             &producer,
@@ -425,12 +428,29 @@ fn rewind(
     let committed = consumer
         .committed(Duration::from_secs(30))
         .map_err(RuntimeError::kafka("committed offsets"))?;
+    tracing::debug!(?committed, "committed offsets fetched");
     for p in assigned {
-        let offset = committed
+        let committed_offset = committed
             .find_partition(topic, *p)
             .map(|e| e.offset())
-            .filter(|o| matches!(o, Offset::Offset(_)))
-            .unwrap_or(Offset::Beginning);
+            .filter(|o| matches!(o, Offset::Offset(_)));
+        // Nothing committed yet: start from the partition's first offset (auto.offset.reset is
+        // earliest), resolved here so the seek is to a concrete offset.
+        let offset = match committed_offset {
+            Some(o) => o,
+            None => {
+                let (low, _) = consumer
+                    .fetch_watermarks(topic, *p, Duration::from_secs(30))
+                    .map_err(RuntimeError::kafka("fetch watermarks"))?;
+                Offset::Offset(low)
+            }
+        };
+        tracing::debug!(
+            topic,
+            partition = *p,
+            ?offset,
+            "rewinding to the committed offset"
+        );
         consumer
             .seek(topic, *p, offset, Duration::from_secs(30))
             .map_err(RuntimeError::kafka("seek"))?;
