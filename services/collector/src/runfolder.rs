@@ -1,0 +1,320 @@
+//! RunInfo.xml and RunParameters.xml (MiSeq `runParameters.xml`, NextSeq/NovaSeq
+//! `RunParameters.xml`), read by allowlist: only the elements named in this file are ever looked
+//! at. Experiment names, user names, computer names, folder paths, sample sheets and library ids
+//! are never read, so they cannot leave.
+
+use std::path::{Path, PathBuf};
+
+/// Why a run folder could not be read.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RunFolderError {
+    #[error("{file}: cannot read: {message}")]
+    Io { file: PathBuf, message: String },
+    #[error("{file}: not well-formed XML: {message}")]
+    Xml { file: PathBuf, message: String },
+    #[error("{file}: required element {element} is missing")]
+    Missing {
+        file: PathBuf,
+        element: &'static str,
+    },
+    #[error("{file}: element {element} has an invalid value")]
+    Invalid {
+        file: PathBuf,
+        element: &'static str,
+    },
+}
+
+/// One read of the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadInfo {
+    pub number: u32,
+    pub cycles: u32,
+    pub indexed: bool,
+}
+
+/// What RunInfo.xml says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub instrument: String,
+    pub flowcell: String,
+    /// Run date as YYMMDD or an ISO date, as written.
+    pub date: String,
+    pub reads: Vec<ReadInfo>,
+    pub lane_count: u32,
+}
+
+/// The allowlisted parts of RunParameters.xml.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunParameters {
+    pub application_name: Option<String>,
+    pub application_version: Option<String>,
+    pub rta_version: Option<String>,
+    pub firmware_version: Option<String>,
+    pub chemistry: Option<String>,
+    pub reagent_kit: Option<String>,
+    pub reagent_kit_expiry: Option<String>,
+    pub flowcell_lot: Option<String>,
+    pub flowcell_expiry: Option<String>,
+    pub buffer: Option<String>,
+    pub buffer_expiry: Option<String>,
+    /// Performance-data consent settings, as (element name, value).
+    pub consent_settings: Vec<(String, String)>,
+}
+
+/// Elements that carry the instrument's performance-data opt-in, across instruments.
+pub const CONSENT_ELEMENTS: &[&str] = &[
+    "SendInstrumentHealthToILMN",
+    "SendIlluminaHealthData",
+    "CloudUploadMode",
+    "BaseSpaceRunMode",
+    "SendInstrumentHealthData",
+];
+
+fn load(file: &Path) -> Result<String, RunFolderError> {
+    std::fs::read_to_string(file).map_err(|e| RunFolderError::Io {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn parse<'a>(file: &Path, text: &'a str) -> Result<roxmltree::Document<'a>, RunFolderError> {
+    roxmltree::Document::parse(text).map_err(|e| RunFolderError::Xml {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Text of the first element named `name` whose parent is named `parent` (any parent if `None`).
+fn text(doc: &roxmltree::Document<'_>, parent: Option<&str>, name: &str) -> Option<String> {
+    doc.descendants()
+        .filter(|n| n.has_tag_name(name))
+        .find(|n| {
+            parent.is_none_or(|p| {
+                n.parent_element()
+                    .is_some_and(|pe| pe.tag_name().name().eq_ignore_ascii_case(p))
+            })
+        })
+        .and_then(|n| n.text())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// Reads `<folder>/RunInfo.xml`.
+pub fn run_info(folder: &Path) -> Result<RunInfo, RunFolderError> {
+    let file = folder.join("RunInfo.xml");
+    let body = load(&file)?;
+    let doc = parse(&file, &body)?;
+    let run = doc
+        .descendants()
+        .find(|n| n.has_tag_name("Run"))
+        .ok_or(RunFolderError::Missing {
+            file: file.clone(),
+            element: "Run",
+        })?;
+    let run_id = run
+        .attribute("Id")
+        .ok_or(RunFolderError::Missing {
+            file: file.clone(),
+            element: "Run/@Id",
+        })?
+        .to_string();
+    let instrument = text(&doc, Some("Run"), "Instrument").ok_or(RunFolderError::Missing {
+        file: file.clone(),
+        element: "Instrument",
+    })?;
+    let flowcell = text(&doc, Some("Run"), "Flowcell").ok_or(RunFolderError::Missing {
+        file: file.clone(),
+        element: "Flowcell",
+    })?;
+    let date = text(&doc, Some("Run"), "Date").unwrap_or_default();
+    let mut reads = Vec::new();
+    for r in doc.descendants().filter(|n| {
+        n.has_tag_name("Read") && n.parent_element().is_some_and(|p| p.has_tag_name("Reads"))
+    }) {
+        let num = |a: &str| r.attribute(a).and_then(|v| v.parse::<u32>().ok());
+        let (Some(number), Some(cycles)) = (num("Number"), num("NumCycles")) else {
+            return Err(RunFolderError::Invalid {
+                file,
+                element: "Reads/Read",
+            });
+        };
+        reads.push(ReadInfo {
+            number,
+            cycles,
+            indexed: r.attribute("IsIndexedRead") == Some("Y"),
+        });
+    }
+    if reads.is_empty() {
+        return Err(RunFolderError::Missing {
+            file,
+            element: "Reads/Read",
+        });
+    }
+    reads.sort_by_key(|r| r.number);
+    let lane_count = doc
+        .descendants()
+        .find(|n| n.has_tag_name("FlowcellLayout"))
+        .and_then(|n| n.attribute("LaneCount"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    Ok(RunInfo {
+        run_id,
+        instrument,
+        flowcell,
+        date,
+        reads,
+        lane_count,
+    })
+}
+
+/// Reads `<folder>/RunParameters.xml` or `<folder>/runParameters.xml`.
+pub fn run_parameters(folder: &Path) -> Result<RunParameters, RunFolderError> {
+    let file = ["RunParameters.xml", "runParameters.xml"]
+        .iter()
+        .map(|n| folder.join(n))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| folder.join("RunParameters.xml"));
+    let body = load(&file)?;
+    let doc = parse(&file, &body)?;
+    let any = |names: &[(Option<&str>, &str)]| names.iter().find_map(|(p, n)| text(&doc, *p, n));
+    let mut consent_settings = Vec::new();
+    for name in CONSENT_ELEMENTS {
+        if let Some(v) = text(&doc, None, name) {
+            consent_settings.push((name.to_string(), v));
+        }
+    }
+    Ok(RunParameters {
+        application_name: any(&[
+            (Some("Setup"), "ApplicationName"),
+            (None, "ApplicationName"),
+        ]),
+        application_version: any(&[
+            (Some("Setup"), "ApplicationVersion"),
+            (None, "ApplicationVersion"),
+            (None, "MCSVersion"),
+        ]),
+        rta_version: any(&[(None, "RTAVersion"), (None, "RtaVersion")]),
+        firmware_version: any(&[
+            (None, "FPGAVersion"),
+            (None, "SystemSuiteVersion"),
+            (None, "FirmwareVersion"),
+        ]),
+        chemistry: any(&[(None, "Chemistry")]),
+        reagent_kit: any(&[
+            (Some("ReagentKitRFIDTag"), "LotNumber"),
+            (Some("ReagentKitRfidTag"), "LotNumber"),
+            (None, "ReagentKitBarcode"),
+            (None, "ReagentKitSerial"),
+            (Some("ReagentKitRFIDTag"), "SerialNumber"),
+            (Some("ReagentKitRfidTag"), "SerialNumber"),
+        ]),
+        reagent_kit_expiry: any(&[
+            (Some("ReagentKitRFIDTag"), "ExpirationDate"),
+            (Some("ReagentKitRfidTag"), "ExpirationDate"),
+        ]),
+        flowcell_lot: any(&[
+            (Some("FlowcellRFIDTag"), "LotNumber"),
+            (Some("FlowCellRfidTag"), "LotNumber"),
+            (Some("FlowcellRFIDTag"), "PartNumber"),
+            (Some("FlowCellRfidTag"), "PartNumber"),
+        ]),
+        flowcell_expiry: any(&[
+            (Some("FlowcellRFIDTag"), "ExpirationDate"),
+            (Some("FlowCellRfidTag"), "ExpirationDate"),
+        ]),
+        buffer: any(&[
+            (Some("PR2BottleRFIDTag"), "LotNumber"),
+            (Some("PR2BottleRfidTag"), "LotNumber"),
+            (None, "PR2BottleBarcode"),
+            (None, "PR2BottleSerial"),
+            (Some("PR2BottleRFIDTag"), "SerialNumber"),
+            (Some("PR2BottleRfidTag"), "SerialNumber"),
+        ]),
+        buffer_expiry: any(&[
+            (Some("PR2BottleRFIDTag"), "ExpirationDate"),
+            (Some("PR2BottleRfidTag"), "ExpirationDate"),
+        ]),
+        consent_settings,
+    })
+}
+
+/// Days since 1970-01-01 of an ISO date (`2013-12-14T00:00:00` or `2013-12-14`); `None` for
+/// the .NET "no date" value `0001-01-01` or anything unparseable.
+pub fn iso_date_days(s: &str) -> Option<i32> {
+    let d = s.get(..10)?;
+    let (y, m, day): (i64, i64, i64) = (
+        d.get(..4)?.parse().ok()?,
+        d.get(5..7)?.parse().ok()?,
+        d.get(8..10)?.parse().ok()?,
+    );
+    if y < 1900 || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil (H. Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    i32::try_from(era * 146_097 + doe - 719_468).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/illumina-runs")
+    }
+
+    #[test]
+    fn reads_miseq_and_nextseq_variants() {
+        let m = run_info(&runs().join("miseq-2013-04-high-pf")).unwrap();
+        assert_eq!(
+            (m.instrument.as_str(), m.lane_count, m.reads.len()),
+            ("M00612", 1, 3)
+        );
+        assert_eq!(m.reads.iter().map(|r| r.cycles).sum::<u32>(), 308);
+        let p = run_parameters(&runs().join("miseq-2013-04-high-pf")).unwrap();
+        assert_eq!(p.application_version.as_deref(), Some("2.0.5"));
+        assert_eq!(p.firmware_version.as_deref(), Some("9.5.12"));
+        assert_eq!(p.reagent_kit.as_deref(), Some("MS2012501-300V2"));
+        assert_eq!(
+            p.consent_settings,
+            [("SendInstrumentHealthToILMN".to_string(), "true".to_string())]
+        );
+        let n = run_info(&runs().join("nextseq-2016-04")).unwrap();
+        assert_eq!((n.instrument.as_str(), n.lane_count), ("NS500318", 4));
+        let p = run_parameters(&runs().join("nextseq-2016-04")).unwrap();
+        assert_eq!(
+            p.application_name.as_deref(),
+            Some("NextSeq Control Software")
+        );
+        assert_eq!(p.reagent_kit.as_deref(), Some("NS2263047-REAGT"));
+        assert_eq!(
+            p.consent_settings,
+            [(
+                "BaseSpaceRunMode".to_string(),
+                "IlluminaHealthOnly".to_string()
+            )]
+        );
+        assert_eq!(
+            run_parameters(&runs().join("miseq-2014-02-single-read"))
+                .unwrap()
+                .consent_settings
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn dates_and_errors() {
+        assert_eq!(iso_date_days("1970-01-02T00:00:00"), Some(1));
+        assert_eq!(iso_date_days("2013-12-14T00:00:00"), Some(16053));
+        assert_eq!(iso_date_days("0001-01-01T00:00:00"), None);
+        let e = run_info(Path::new("/nonexistent")).unwrap_err();
+        assert!(e.to_string().contains("RunInfo.xml"));
+    }
+}
