@@ -361,7 +361,7 @@ fn variable(
     let mut at = 1;
     while at < bytes.len() {
         let start = at;
-        let mut need = |n: usize, at: &mut usize| -> Option<usize> {
+        let need = |n: usize, at: &mut usize| -> Option<usize> {
             let here = *at;
             (here + n <= bytes.len()).then(|| {
                 *at += n;
