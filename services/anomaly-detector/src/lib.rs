@@ -157,11 +157,14 @@ impl Processor for AnomalyDetector {
             .or_default();
         let warmed = m.windows >= cfg.warmup_windows;
         let std = m.var.sqrt().max(deviation_floor(&f, m.mean));
-        let z = if warmed {
-            (f.level - m.mean).abs() / std
-        } else {
-            0.0
+        // A metric with a limit on one side only gets worse in one direction: lower FWHM or
+        // error rate, higher %Q30, is an improvement, not a fault.
+        let deviation = match (f.spec_low, f.spec_high) {
+            (None, Some(_)) => (f.level - m.mean).max(0.0),
+            (Some(_), None) => (m.mean - f.level).max(0.0),
+            _ => (f.level - m.mean).abs(),
         };
+        let z = if warmed { deviation / std } else { 0.0 };
         let out_of_spec = f.fraction_out_of_spec >= 0.5;
         let shifted = z >= cfg.z_threshold;
         let anomalous = out_of_spec || shifted;
@@ -352,6 +355,31 @@ mod tests {
         }
         assert_eq!(cleared.len(), 1);
         assert_eq!(cleared[0].state, AnomalyState::CLEARED);
+    }
+
+    #[test]
+    fn improvement_on_a_one_sided_metric_is_not_an_anomaly() {
+        let one_sided = |i: i64, level: f64| {
+            let mut f: Feature = decode(&feature(i, level, 0.0)).unwrap();
+            f.metric = "focus_fwhm_px".into();
+            f.spec_low = None;
+            f.spec_high = Some(3.5);
+            encode(&f).unwrap()
+        };
+        // The same shift of 0.4 px from the same baseline: down (sharper) is quiet, up alerts.
+        let run = |shifted: f64| {
+            let mut d = AnomalyDetector::default();
+            let mut out = Vec::new();
+            for i in 0..10 {
+                out.extend(feed(&mut d, &one_sided(i, 3.0)));
+            }
+            for i in 10..13 {
+                out.extend(feed(&mut d, &one_sided(i, shifted)));
+            }
+            out
+        };
+        assert!(run(2.6).is_empty(), "sharper focus is not a fault");
+        assert_eq!(run(3.4).len(), 1, "worse focus is");
     }
 
     #[test]

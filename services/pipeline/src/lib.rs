@@ -28,6 +28,22 @@ pub fn default_chain() -> Result<Chain, RuntimeError> {
     ])
 }
 
+/// The five stages for replaying recorded or historic telemetry: the validator accepts events of
+/// any age (their timestamps are checked for the future and for clock skew only).
+pub fn historic_chain() -> Result<Chain, RuntimeError> {
+    let validator = seqmon_validator::ValidatorConfig {
+        max_age_ms: i64::MAX / 4,
+        ..Default::default()
+    };
+    Chain::new(vec![
+        Driver::new(Box::new(Validator::new(validator))),
+        Driver::new(Box::new(PrivacyEnforcer::default())),
+        Driver::new(Box::new(FeatureExtractor::default())),
+        Driver::new(Box::new(AnomalyDetector::default())),
+        Driver::new(Box::new(Notifier::default())),
+    ])
+}
+
 /// Everything that left the chain, decoded.
 #[derive(Debug, Default)]
 pub struct Collected {

@@ -6,7 +6,7 @@ use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use seqmon_pipeline::{default_chain, summarize, Collected};
+use seqmon_pipeline::{default_chain, historic_chain, summarize, Collected};
 use seqmon_runtime::file::json_line_to_avro;
 use seqmon_runtime::RuntimeError;
 use seqmon_simulator::{simulate, FleetConfig};
@@ -28,8 +28,12 @@ struct Cli {
     #[arg(long, default_value_t = 0.01)]
     bad_record_share: f64,
     /// Read telemetry JSON lines from this file instead of simulating.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "run_folder")]
     input: Option<String>,
+    /// Collect this Illumina run folder (repeatable) instead of simulating. Historic runs are
+    /// accepted whatever their age.
+    #[arg(long = "run-folder")]
+    run_folder: Vec<std::path::PathBuf>,
     /// Print only the summary line.
     #[arg(long)]
     quiet: bool,
@@ -56,7 +60,31 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
             message: "need instruments >= 1, hours > 0 and a bad share in 0..=0.5".into(),
         });
     }
+    let historic = !cli.run_folder.is_empty();
     let (records, faults): (Vec<(String, Vec<u8>)>, Vec<_>) = match &cli.input {
+        None if historic => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let mut out = Vec::new();
+            for folder in &cli.run_folder {
+                let c = seqmon_collector::collect::collect_run(folder, None, now)
+                    .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+                for e in &c.file_errors {
+                    tracing::warn!(error = %e, "metric file skipped");
+                }
+                tracing::info!(folder = %folder.display(), consent = ?c.consent, records = c.records.len(), "run folder collected");
+                for r in c.records {
+                    out.push((
+                        r.instrument_serial.clone(),
+                        seqmon_model::encode(&r)
+                            .map_err(|e| RuntimeError::Internal(e.to_string()))?,
+                    ));
+                }
+            }
+            (out, Vec::new())
+        }
         None => {
             let sim = simulate(&FleetConfig {
                 instruments: cli.instruments,
@@ -95,7 +123,11 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
         }
     };
     let started = std::time::Instant::now();
-    let mut chain = default_chain()?;
+    let mut chain = if historic || cli.input.is_some() {
+        historic_chain()?
+    } else {
+        default_chain()?
+    };
     let mut collected = Collected::default();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

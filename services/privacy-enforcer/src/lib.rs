@@ -233,7 +233,9 @@ impl Processor for PrivacyEnforcer {
             if !self.attribute_allowed(k) {
                 removed.push((audit_key(k), PrivacyRule::FIELD_NOT_ALLOWLISTED));
                 false
-            } else if let Err(rule) = check_identifier(v) {
+            } else if let (Err(rule), Err(_)) = (check_identifier(v), check_text(v)) {
+                // An allowlisted value may be an identifier or technical text
+                // ("MiSeq Control Software"); anything else is removed.
                 removed.push((audit_key(k), rule));
                 false
             } else {

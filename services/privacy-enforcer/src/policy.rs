@@ -215,6 +215,14 @@ pub const VOCABULARY: &[&str] = &[
     "with",
     "within",
     "cycles",
+    "control",
+    "miseq",
+    "nextseq",
+    "novaseq",
+    "iseq",
+    "hiseq",
+    "default",
+    "mid",
     "kit",
     "paired",
     "end",
@@ -326,10 +334,18 @@ pub fn check_identifier(value: &str) -> Result<(), PrivacyRule> {
 /// Free text may cross when every token is vocabulary, a number, a number with a unit, a unit or
 /// an event code. `Err` is the rule that refuses it.
 pub fn check_text(text: &str) -> Result<(), PrivacyRule> {
-    if let Some(rule) = detect(text) {
+    let d = detectors();
+    // Detectors whose matches could pass the vocabulary (digits) run first. A person name never
+    // passes the vocabulary, so text made only of vocabulary passes even in Title Case.
+    if let Some(rule) = detect_in_identifier(text) {
         return Err(rule);
     }
-    let d = detectors();
+    if d.dob.is_match(text) {
+        return Err(PrivacyRule::DATE_OF_BIRTH);
+    }
+    if d.phone.is_match(text) {
+        return Err(PrivacyRule::PHONE_NUMBER);
+    }
     for raw in text.split_whitespace() {
         let token = raw
             .trim_matches(|c: char| ",;:()[]'\"!?".contains(c))
@@ -349,7 +365,11 @@ pub fn check_text(text: &str) -> Result<(), PrivacyRule> {
             || is_ratio(&lower)
             || d.version.is_match(token);
         if !ok {
-            return Err(PrivacyRule::TEXT_NOT_ALLOWLISTED);
+            return Err(if d.person.is_match(text) {
+                PrivacyRule::PERSON_NAME
+            } else {
+                PrivacyRule::TEXT_NOT_ALLOWLISTED
+            });
         }
     }
     Ok(())
@@ -379,6 +399,8 @@ mod tests {
             "Run started",
             "Autofocus retry on lane 2 tile 1104",
             "SBS v1.5 300 cycles",
+            "MiSeq Control Software",
+            "Flow Cell Temperature",
         ] {
             assert_eq!(check_text(m), Ok(()), "{m}");
         }
