@@ -1,4 +1,5 @@
 //! The collector on the real run folders in `shared/data/illumina-runs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
@@ -67,7 +68,7 @@ fn forbidden_strings(folder: &Path) -> Vec<String> {
     // count, sample name, project name).
     let idx = std::fs::read(folder.join("InterOp/IndexMetricsOut.bin")).unwrap();
     let mut at = 1;
-    let mut take = |at: &mut usize| {
+    let take = |at: &mut usize| {
         let len = u16::from_le_bytes([idx[*at], idx[*at + 1]]) as usize;
         let s = String::from_utf8_lossy(&idx[*at + 2..*at + 2 + len]).into_owned();
         *at += 2 + len;
