@@ -19,6 +19,14 @@ else
   echo "== using the existing cluster at $KAFKA_BOOTSTRAP_SERVERS"
 fi
 
+echo "== Illumina's interop reader from PyPI, for the collector's cross-check"
+venv="$root/.cache/interop-venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q interop numpy
+fi
+export INTEROP_PYTHON="$venv/bin/python"
+
 echo "== tests (unit, embedded pipeline, then real-broker integration)"
 # Integration tests each use their own topics and groups; two at a time suit a 2-core machine.
 cargo test --workspace -- --test-threads=2

@@ -5,3 +5,4 @@ pub mod collect;
 pub mod consent;
 pub mod interop;
 pub mod runfolder;
+pub mod summary;

@@ -1,0 +1,150 @@
+//! Run- and lane-level summary figures computed from the InterOp files, defined as Illumina's
+//! `interop` summary defines them, so the two can be cross-checked: the last cycle of each read
+//! is not usable; yield is the base calls of usable cycles; %>=Q30 is over usable cycles; the
+//! error rate is the mean over tiles of each tile's mean error over the usable cycles of the
+//! non-index reads; density and %PF are means over tiles; first-cycle intensity is, for each read,
+//! the mean over tiles of the first channel at the read's first cycle, averaged over the reads.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::interop;
+use crate::runfolder::{run_info, RunInfo};
+
+/// Lane figures.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LaneSummary {
+    pub lane: u16,
+    /// Clusters per mm², mean over tiles.
+    pub density_per_mm2: f64,
+    /// Percent of clusters passing filter, mean over tiles.
+    pub pct_pf: f64,
+}
+
+/// Run figures; `None` where the run lacks the metric file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunSummary {
+    pub yield_gbp: Option<f64>,
+    pub pct_q30: Option<f64>,
+    pub error_rate_pct: Option<f64>,
+    pub first_cycle_intensity: Option<f64>,
+    pub lanes: Vec<LaneSummary>,
+}
+
+fn usable_cycles(info: &RunInfo, index_reads: bool) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut first = 1u32;
+    for r in &info.reads {
+        if index_reads || !r.indexed {
+            out.extend((first..first + r.cycles.saturating_sub(1)).map(|c| c as u16));
+        }
+        first += r.cycles;
+    }
+    out
+}
+
+/// Summarises a run folder.
+pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
+    let info = run_info(folder).map_err(|e| e.to_string())?;
+    let dir = folder.join("InterOp");
+    let usable: std::collections::HashSet<u16> = usable_cycles(&info, true).into_iter().collect();
+    let usable_non_index: std::collections::HashSet<u16> =
+        usable_cycles(&info, false).into_iter().collect();
+    let (mut yield_bases, mut q30) = (None, None);
+    if dir.join("QMetricsOut.bin").exists() {
+        let q = interop::q_metrics(&dir.join("QMetricsOut.bin")).map_err(|e| e.to_string())?;
+        let (mut all, mut hi) = (0u64, 0u64);
+        for r in q.records.iter().filter(|r| usable.contains(&r.cycle)) {
+            for (i, n) in r.histogram.iter().enumerate() {
+                all += u64::from(*n);
+                if i + 1 >= 30 {
+                    hi += u64::from(*n);
+                }
+            }
+        }
+        yield_bases = Some(all as f64 / 1e9);
+        q30 = (all > 0).then(|| hi as f64 / all as f64 * 100.0);
+    }
+    let mut error = None;
+    if dir.join("ErrorMetricsOut.bin").exists() {
+        let e =
+            interop::error_metrics(&dir.join("ErrorMetricsOut.bin")).map_err(|e| e.to_string())?;
+        let mut per_tile: BTreeMap<(u16, u16), (f64, u32)> = BTreeMap::new();
+        for r in e
+            .records
+            .iter()
+            .filter(|r| usable_non_index.contains(&r.cycle))
+        {
+            let t = per_tile.entry((r.lane, r.tile)).or_default();
+            t.0 += f64::from(r.error_rate);
+            t.1 += 1;
+        }
+        if !per_tile.is_empty() {
+            error = Some(
+                per_tile
+                    .values()
+                    .map(|(s, n)| s / f64::from(*n))
+                    .sum::<f64>()
+                    / per_tile.len() as f64,
+            );
+        }
+    }
+    let mut intensity = None;
+    if dir.join("ExtractionMetricsOut.bin").exists() {
+        let x = interop::extraction_metrics(&dir.join("ExtractionMetricsOut.bin"))
+            .map_err(|e| e.to_string())?;
+        let mut first = 1u32;
+        let mut per_read = Vec::new();
+        for r in &info.reads {
+            let c1: Vec<f64> = x
+                .records
+                .iter()
+                .filter(|e| u32::from(e.cycle) == first)
+                .map(|e| f64::from(e.intensity[0]))
+                .collect();
+            if !c1.is_empty() {
+                per_read.push(c1.iter().sum::<f64>() / c1.len() as f64);
+            }
+            first += r.cycles;
+        }
+        intensity =
+            (!per_read.is_empty()).then(|| per_read.iter().sum::<f64>() / per_read.len() as f64);
+    }
+    let tiles =
+        interop::tile_metrics(&dir.join("TileMetricsOut.bin")).map_err(|e| e.to_string())?;
+    let mut by_tile: BTreeMap<(u16, u16), BTreeMap<u16, f64>> = BTreeMap::new();
+    for t in &tiles.records {
+        by_tile
+            .entry((t.lane, t.tile))
+            .or_default()
+            .insert(t.code, f64::from(t.value));
+    }
+    let mut lanes: BTreeMap<u16, (f64, f64, u32, u32)> = BTreeMap::new();
+    for ((lane, _), codes) in &by_tile {
+        let l = lanes.entry(*lane).or_default();
+        if let Some(d) = codes.get(&100) {
+            l.0 += d;
+            l.2 += 1;
+        }
+        if let (Some(pf), Some(all)) = (codes.get(&103), codes.get(&102)) {
+            if *all > 0.0 {
+                l.1 += pf / all * 100.0;
+                l.3 += 1;
+            }
+        }
+    }
+    Ok(RunSummary {
+        yield_gbp: yield_bases,
+        pct_q30: q30,
+        error_rate_pct: error,
+        first_cycle_intensity: intensity,
+        lanes: lanes
+            .into_iter()
+            .map(|(lane, (d, pf, nd, npf))| LaneSummary {
+                lane,
+                density_per_mm2: d / f64::from(nd.max(1)),
+                pct_pf: pf / f64::from(npf.max(1)),
+            })
+            .collect(),
+    })
+}
