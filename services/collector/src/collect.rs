@@ -420,6 +420,7 @@ fn build_records(
             }
         }
     }
+    let lane_pf = crate::summary::lane_figures(tiles);
     let mut cumulative: BTreeMap<u16, (u64, u64, u64)> = BTreeMap::new();
     let mut focus: BTreeMap<u16, (i64, f64, u32)> = BTreeMap::new();
     for ((lane, cycle), a) in &per {
@@ -446,11 +447,8 @@ fn build_records(
         let intensity = |i: usize| {
             (four_channel && a.intensity_n > 0).then(|| a.intensity[i] / f64::from(a.intensity_n))
         };
-        let density = lane_mean(*lane, 100).map(|v| v / 1000.0);
-        let pct_pf = match (lane_mean(*lane, 103), lane_mean(*lane, 102)) {
-            (Some(pf), Some(all)) if all > 0.0 => Some(pf / all * 100.0),
-            _ => None,
-        };
+        let density = lane_pf.get(lane).map(|l| l.density_per_mm2 / 1000.0);
+        let pct_pf = lane_pf.get(lane).map(|l| l.pct_pf);
         let mut r = base(
             TelemetryKind::RUN_PERFORMANCE,
             t,

@@ -112,39 +112,50 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
     }
     let tiles =
         interop::tile_metrics(&dir.join("TileMetricsOut.bin")).map_err(|e| e.to_string())?;
-    let mut by_tile: BTreeMap<(u16, u16), BTreeMap<u16, f64>> = BTreeMap::new();
-    for t in &tiles.records {
-        by_tile
-            .entry((t.lane, t.tile))
-            .or_default()
-            .insert(t.code, f64::from(t.value));
-    }
-    let mut lanes: BTreeMap<u16, (f64, f64, u32, u32)> = BTreeMap::new();
-    for ((lane, _), codes) in &by_tile {
-        let l = lanes.entry(*lane).or_default();
-        if let Some(d) = codes.get(&100) {
-            l.0 += d;
-            l.2 += 1;
-        }
-        if let (Some(pf), Some(all)) = (codes.get(&103), codes.get(&102)) {
-            if *all > 0.0 {
-                l.1 += pf / all * 100.0;
-                l.3 += 1;
-            }
-        }
-    }
     Ok(RunSummary {
         yield_gbp: yield_bases,
         pct_q30: q30,
         error_rate_pct: error,
         first_cycle_intensity: intensity,
-        lanes: lanes
-            .into_iter()
-            .map(|(lane, (d, pf, nd, npf))| LaneSummary {
-                lane,
-                density_per_mm2: d / f64::from(nd.max(1)),
-                pct_pf: pf / f64::from(npf.max(1)),
-            })
-            .collect(),
+        lanes: lane_figures(&tiles.records).into_values().collect(),
     })
+}
+
+/// Density and %PF per lane from tile metrics: means over tiles (a tile's %PF is its PF
+/// clusters over its clusters).
+pub fn lane_figures(tiles: &[interop::TileMetric]) -> BTreeMap<u16, LaneSummary> {
+    let mut by_tile: BTreeMap<(u16, u16), BTreeMap<u16, f64>> = BTreeMap::new();
+    for t in tiles {
+        by_tile
+            .entry((t.lane, t.tile))
+            .or_default()
+            .insert(t.code, f64::from(t.value));
+    }
+    let mut lanes: BTreeMap<u16, (f64, u32, f64, u32)> = BTreeMap::new();
+    for ((lane, _), codes) in &by_tile {
+        let l = lanes.entry(*lane).or_default();
+        if let Some(d) = codes.get(&100) {
+            l.0 += d;
+            l.1 += 1;
+        }
+        if let (Some(pf), Some(all)) = (codes.get(&103), codes.get(&102)) {
+            if *all > 0.0 {
+                l.2 += pf / all * 100.0;
+                l.3 += 1;
+            }
+        }
+    }
+    lanes
+        .into_iter()
+        .map(|(lane, (d, nd, pf, npf))| {
+            (
+                lane,
+                LaneSummary {
+                    lane,
+                    density_per_mm2: d / f64::from(nd.max(1)),
+                    pct_pf: pf / f64::from(npf.max(1)),
+                },
+            )
+        })
+        .collect()
 }
