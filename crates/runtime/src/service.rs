@@ -134,6 +134,30 @@ pub fn run_kafka_service(
     result
 }
 
+/// A flag set when SIGTERM or SIGINT arrives, for loops outside the Kafka runner (the collector).
+pub fn shutdown_flag() -> Result<Arc<AtomicBool>, RuntimeError> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| RuntimeError::Io {
+            context: "cannot start the tokio runtime".into(),
+            source,
+        })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            rt.block_on(wait_for_signal());
+            set.store(true, Ordering::SeqCst);
+        })
+        .map_err(|source| RuntimeError::Io {
+            context: "cannot start the signal thread".into(),
+            source,
+        })?;
+    Ok(flag)
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (

@@ -27,8 +27,23 @@ pub struct Collected {
     pub consent: Consent,
     /// Records to send, in event-time order (empty when not opted in).
     pub records: Vec<Telemetry>,
+    /// When each record may be sent by a live watcher, aligned with `records`.
+    pub release: Vec<Release>,
+    /// Highest cycle complete (all tiles, all lanes) in every per-cycle metric file present.
+    pub frontier: u16,
     /// Metric files that could not be used, with why.
     pub file_errors: Vec<InteropError>,
+}
+
+/// When a record describes something final, so a live watcher may send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// At once (configuration).
+    Now,
+    /// Once the run's metrics have gone past this cycle.
+    AfterCycle(u16),
+    /// When the run has finished (lane estimates that change until then).
+    AtRunEnd,
 }
 
 /// The sequencer model from the control software's name.
@@ -139,6 +154,8 @@ pub fn collect_run(
         return Ok(Collected {
             consent,
             records: Vec::new(),
+            release: Vec::new(),
+            frontier: 0,
             file_errors: Vec::new(),
         });
     }
@@ -259,11 +276,55 @@ pub fn collect_run(
             errors.push(InteropError::UnsupportedFile { file: dir.join(n) });
         }
     }
+    // A cycle is complete in a file once every tile of every lane has a record for it and for
+    // all earlier cycles (files are written in blocks of cycles per tile, not cycle by cycle).
+    let keys = |v: Vec<(u16, u16, u16)>| complete_through(&info, v);
+    let frontiers = [
+        (!ext.is_empty()).then(|| keys(ext.iter().map(|r| (r.lane, r.tile, r.cycle)).collect())),
+        (!q.is_empty()).then(|| keys(q.iter().map(|r| (r.lane, r.tile, r.cycle)).collect())),
+        (!err.is_empty()).then(|| keys(err.iter().map(|r| (r.lane, r.tile, r.cycle)).collect())),
+    ];
+    let frontier = frontiers.iter().flatten().min().copied().unwrap_or(0);
+    let (records, release) = build_records(&info, &params, &tiles, &q, &err, &ext, now_ms)
+        .into_iter()
+        .unzip();
     Ok(Collected {
         consent,
-        records: build_records(&info, &params, &tiles, &q, &err, &ext, now_ms),
+        records,
+        release,
+        frontier,
         file_errors: errors,
     })
+}
+
+/// The highest cycle through which every lane has all its tiles in `keys` (lane, tile, cycle);
+/// 0 when the run's tile count is unknown.
+fn complete_through(info: &RunInfo, keys: Vec<(u16, u16, u16)>) -> u16 {
+    let Some(expected) = info.tiles_per_lane else {
+        return 0;
+    };
+    let mut tiles: BTreeMap<(u16, u16), std::collections::BTreeSet<u16>> = BTreeMap::new();
+    for (lane, tile, cycle) in keys {
+        tiles.entry((lane, cycle)).or_default().insert(tile);
+    }
+    let total: u32 = info.reads.iter().map(|r| r.cycles).sum();
+    let mut through = u16::MAX;
+    for lane in 1..=info.lane_count as u16 {
+        let mut c = 0u16;
+        while u32::from(c) < total
+            && tiles
+                .get(&(lane, c + 1))
+                .is_some_and(|t| t.len() as u32 >= expected)
+        {
+            c += 1;
+        }
+        through = through.min(c);
+    }
+    if through == u16::MAX {
+        0
+    } else {
+        through
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -275,7 +336,7 @@ fn build_records(
     err: &[interop::ErrorMetric],
     ext: &[interop::ExtractionMetric],
     now_ms: i64,
-) -> Vec<Telemetry> {
+) -> Vec<(Telemetry, Release)> {
     let model = model_of(params.application_name.as_deref());
     let serial = info.instrument.clone();
     let total_cycles: u32 = info.reads.iter().map(|r| r.cycles).sum();
@@ -332,7 +393,7 @@ fn build_records(
             .clone()
             .unwrap_or_else(|| "unknown".into()),
     });
-    out.push(c);
+    out.push((c, Release::Now));
     let (mut non_index, mut index) = (
         info.reads.iter().filter(|r| !r.indexed),
         info.reads.iter().filter(|r| r.indexed),
@@ -370,7 +431,7 @@ fn build_records(
             .and_then(iso_date_days)
             .unwrap_or(0),
     });
-    out.push(rc);
+    out.push((rc, Release::Now));
 
     // Lane-level tile statistics: mean over tiles.
     let mut lane_tile: BTreeMap<(u16, u16), (f64, u32)> = BTreeMap::new();
@@ -422,6 +483,8 @@ fn build_records(
     }
     let lane_pf = crate::summary::lane_figures(tiles);
     let mut cumulative: BTreeMap<u16, (u64, u64, u64)> = BTreeMap::new();
+    // (lane, read) -> (last cycle, its time), for the lane estimates at the end.
+    let mut read_last: BTreeMap<(u16, u32), (u16, i64)> = BTreeMap::new();
     let mut focus: BTreeMap<u16, (i64, f64, u32)> = BTreeMap::new();
     for ((lane, cycle), a) in &per {
         let t = if a.time_ms > 0 {
@@ -434,21 +497,10 @@ fn build_records(
         cum.1 += a.qtotal;
         cum.2 += a.qsum;
         let read = read_of_cycle(u32::from(*cycle));
-        // Tile-level phasing per read, stored as a fraction; 0 means "not estimated" (index
-        // reads). EmpiricalPhasingMetricsOut holds per-cycle weights in other units and is only
-        // checked, not sent.
-        let base_code = 200 + 2 * (read as u16 - 1);
-        let estimated = |v: Option<f64>| v.filter(|v| *v > 0.0).map(|v| v * 100.0);
-        let (phase, prephase) = (
-            estimated(lane_mean(*lane, base_code)),
-            estimated(lane_mean(*lane, base_code + 1)),
-        );
         let four_channel = a.intensity.iter().all(|v| *v > 0.0);
         let intensity = |i: usize| {
             (four_channel && a.intensity_n > 0).then(|| a.intensity[i] / f64::from(a.intensity_n))
         };
-        let density = lane_pf.get(lane).map(|l| l.density_per_mm2 / 1000.0);
-        let pct_pf = lane_pf.get(lane).map(|l| l.pct_pf);
         let mut r = base(
             TelemetryKind::RUN_PERFORMANCE,
             t,
@@ -464,19 +516,21 @@ fn build_records(
             read_number: read as i32,
             cycle: i32::from(*cycle),
             total_cycles: total_cycles as i32,
-            cluster_density_k_per_mm2: density,
-            pct_pf,
+            cluster_density_k_per_mm2: None,
+            pct_pf: None,
             pct_q30: (cum.1 > 0).then(|| cum.0 as f64 / cum.1 as f64 * 100.0),
             mean_qscore: (cum.1 > 0).then(|| cum.2 as f64 / cum.1 as f64),
             error_rate_pct: (a.error_n > 0).then(|| a.error_sum / f64::from(a.error_n)),
-            phasing_pct: phase,
-            prephasing_pct: prephase,
+            phasing_pct: None,
+            prephasing_pct: None,
             intensity_a: intensity(0),
             intensity_c: intensity(1),
             intensity_g: intensity(2),
             intensity_t: intensity(3),
         });
-        out.push(r);
+        out.push((r, Release::AfterCycle(*cycle)));
+        let last = read_last.entry((*lane, read)).or_default();
+        *last = (*last).max((*cycle, t));
         if a.fwhm_n > 0 {
             let fc = focus.entry(*cycle).or_default();
             fc.0 = fc.0.max(t);
@@ -494,9 +548,40 @@ fn build_records(
             focus_fwhm_px: Some(sum / f64::from(n)),
             ..Default::default()
         });
-        out.push(s);
+        out.push((s, Release::AfterCycle(cycle)));
     }
-    out.sort_by_key(|t| t.event_time_ms);
+    // Lane estimates (density, %PF, phasing per read) change as the run goes on: one record per
+    // lane and read, released when the run has finished. Tile-level phasing is a fraction; 0
+    // means not estimated (index reads). EmpiricalPhasingMetricsOut holds per-cycle weights in
+    // other units and is only checked, not sent.
+    for ((lane, read), (cycle, t)) in &read_last {
+        let base_code = 200 + 2 * (*read as u16 - 1);
+        let estimated = |v: Option<f64>| v.filter(|v| *v > 0.0).map(|v| v * 100.0);
+        let figures = lane_pf.get(lane);
+        let mut r = base(
+            TelemetryKind::RUN_PERFORMANCE,
+            *t,
+            &[
+                &info.run_id,
+                "lane-estimates",
+                &lane.to_string(),
+                &read.to_string(),
+            ],
+        );
+        r.run_performance = Some(RunPerformance {
+            lane: i32::from(*lane),
+            read_number: *read as i32,
+            cycle: i32::from(*cycle),
+            total_cycles: total_cycles as i32,
+            cluster_density_k_per_mm2: figures.map(|l| l.density_per_mm2 / 1000.0),
+            pct_pf: figures.map(|l| l.pct_pf),
+            phasing_pct: estimated(lane_mean(*lane, base_code)),
+            prephasing_pct: estimated(lane_mean(*lane, base_code + 1)),
+            ..Default::default()
+        });
+        out.push((r, Release::AtRunEnd));
+    }
+    out.sort_by_key(|t| t.0.event_time_ms);
     out
 }
 

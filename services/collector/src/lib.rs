@@ -6,3 +6,4 @@ pub mod consent;
 pub mod interop;
 pub mod runfolder;
 pub mod summary;
+pub mod watch;

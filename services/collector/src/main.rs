@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use seqmon_collector::collect::collect_run;
 use seqmon_collector::consent::ConsentOverride;
+use seqmon_collector::watch::Watcher;
 use seqmon_model::encode;
 use seqmon_runtime::config::KafkaConnection;
 use seqmon_runtime::RuntimeError;
@@ -27,9 +28,25 @@ enum Sink {
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Run folder(s) to collect.
-    #[arg(long = "run-folder", required = true)]
+    /// Run folder(s) to collect once, as finished runs.
+    #[arg(
+        long = "run-folder",
+        required_unless_present = "watch",
+        conflicts_with = "watch"
+    )]
     run_folders: Vec<PathBuf>,
+    /// Watch this folder of runs while instruments write them: send each completed cycle once.
+    #[arg(long, env = "COLLECTOR_WATCH")]
+    watch: Option<PathBuf>,
+    /// Where the watcher keeps its position (what it has sent), one file per run.
+    #[arg(long, env = "COLLECTOR_STATE_DIR", default_value = "collector-state")]
+    state_dir: PathBuf,
+    /// Seconds between polls of the watched folder.
+    #[arg(long, env = "COLLECTOR_POLL_INTERVAL_S", default_value_t = 30)]
+    poll_interval_s: u64,
+    /// Poll the watched folder once and exit.
+    #[arg(long)]
+    once: bool,
     /// Operator override of the instruments' performance-data consent setting.
     #[arg(long, env = "COLLECTOR_CONSENT_OVERRIDE", value_enum)]
     consent_override: Option<ConsentOverride>,
@@ -58,14 +75,146 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where records go: a JSON-lines writer or a Kafka producer.
+enum Out {
+    File(Box<dyn Write>),
+    Kafka(ThreadedProducer<DefaultProducerContext>, String),
+}
+
+impl Out {
+    fn open(cli: &Cli) -> Result<Out, RuntimeError> {
+        Ok(match cli.to {
+            Sink::File if cli.output == "-" => {
+                Out::File(Box::new(std::io::BufWriter::new(std::io::stdout())))
+            }
+            Sink::File => Out::File(Box::new(std::io::BufWriter::new(
+                std::fs::File::create(&cli.output).map_err(|source| RuntimeError::Io {
+                    context: format!("cannot create --output {}", cli.output),
+                    source,
+                })?,
+            ))),
+            Sink::Kafka => {
+                let producer = cli
+                    .kafka
+                    .client_config()
+                    .set("enable.idempotence", "true")
+                    .create()
+                    .map_err(RuntimeError::kafka("create producer"))?;
+                Out::Kafka(producer, cli.kafka.topic("raw"))
+            }
+        })
+    }
+
+    /// Sends and waits until every record is delivered (flushed or acknowledged).
+    fn send(&mut self, records: &[seqmon_model::Telemetry]) -> Result<(), RuntimeError> {
+        match self {
+            Out::File(out) => {
+                for r in records {
+                    let line = serde_json::to_string(r)
+                        .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+                    writeln!(out, "{line}").map_err(|source| RuntimeError::Io {
+                        context: "cannot write output".into(),
+                        source,
+                    })?;
+                }
+                out.flush().map_err(|source| RuntimeError::Io {
+                    context: "cannot flush output".into(),
+                    source,
+                })
+            }
+            Out::Kafka(producer, topic) => {
+                for r in records {
+                    let bytes = encode(r).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+                    let mut rec = BaseRecord::to(topic.as_str())
+                        .key(r.instrument_serial.as_bytes())
+                        .payload(bytes.as_slice())
+                        .timestamp(r.sent_time_ms);
+                    loop {
+                        match producer.send(rec) {
+                            Ok(()) => break,
+                            Err((
+                                rdkafka::error::KafkaError::MessageProduction(
+                                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                                ),
+                                back,
+                            )) => {
+                                rec = back;
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            Err((e, _)) => {
+                                return Err(RuntimeError::Kafka {
+                                    operation: "produce",
+                                    source: e,
+                                })
+                            }
+                        }
+                    }
+                }
+                producer
+                    .flush(Duration::from_secs(60))
+                    .map_err(RuntimeError::kafka("flush"))
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 fn run(cli: Cli) -> Result<(), RuntimeError> {
     if cli.to == Sink::Kafka {
         cli.kafka.validate()?;
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    if cli.poll_interval_s == 0 {
+        return Err(RuntimeError::Config {
+            setting: "--poll-interval-s / COLLECTOR_POLL_INTERVAL_S",
+            message: "must be positive".into(),
+        });
+    }
+    let mut out = Out::open(&cli)?;
+    if let Some(dir) = &cli.watch {
+        let watcher =
+            Watcher::new(dir, &cli.state_dir, cli.consent_override).map_err(|source| {
+                RuntimeError::Io {
+                    context: format!("cannot use --state-dir {}", cli.state_dir.display()),
+                    source,
+                }
+            })?;
+        let stop = seqmon_runtime::service::shutdown_flag()?;
+        loop {
+            let pending = watcher
+                .pending(now_ms())
+                .map_err(|source| RuntimeError::Io {
+                    context: format!("cannot read --watch {}", dir.display()),
+                    source,
+                })?;
+            for p in pending {
+                out.send(&p.records)?;
+                watcher
+                    .mark_sent(&p.run_id, &p.records)
+                    .map_err(|source| RuntimeError::Io {
+                        context: "cannot write the collector state".into(),
+                        source,
+                    })?;
+                tracing::info!(run_id = %p.run_id, records = p.records.len(), "sent new cycles");
+            }
+            if cli.once {
+                return Ok(());
+            }
+            for _ in 0..cli.poll_interval_s * 10 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!("stopping: everything sent is recorded in the state directory");
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let now = now_ms();
     let mut records = Vec::new();
     for folder in &cli.run_folders {
         match collect_run(folder, cli.consent_override, now) {
@@ -79,71 +228,7 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
             Err(e) => tracing::error!(error = %e, "run folder skipped"),
         }
     }
-    match cli.to {
-        Sink::File => {
-            let mut out: Box<dyn Write> = if cli.output == "-" {
-                Box::new(std::io::BufWriter::new(std::io::stdout()))
-            } else {
-                Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(&cli.output).map_err(|source| RuntimeError::Io {
-                        context: format!("cannot create --output {}", cli.output),
-                        source,
-                    })?,
-                ))
-            };
-            for r in &records {
-                let line =
-                    serde_json::to_string(r).map_err(|e| RuntimeError::Internal(e.to_string()))?;
-                writeln!(out, "{line}").map_err(|source| RuntimeError::Io {
-                    context: "cannot write output".into(),
-                    source,
-                })?;
-            }
-            out.flush().map_err(|source| RuntimeError::Io {
-                context: "cannot flush output".into(),
-                source,
-            })?;
-        }
-        Sink::Kafka => {
-            let topic = cli.kafka.topic("raw");
-            let producer: ThreadedProducer<DefaultProducerContext> = cli
-                .kafka
-                .client_config()
-                .set("enable.idempotence", "true")
-                .create()
-                .map_err(RuntimeError::kafka("create producer"))?;
-            for r in &records {
-                let bytes = encode(r).map_err(|e| RuntimeError::Internal(e.to_string()))?;
-                let mut rec = BaseRecord::to(&topic)
-                    .key(r.instrument_serial.as_bytes())
-                    .payload(bytes.as_slice())
-                    .timestamp(r.sent_time_ms);
-                loop {
-                    match producer.send(rec) {
-                        Ok(()) => break,
-                        Err((
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull,
-                            ),
-                            back,
-                        )) => {
-                            rec = back;
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        Err((e, _)) => {
-                            return Err(RuntimeError::Kafka {
-                                operation: "produce",
-                                source: e,
-                            })
-                        }
-                    }
-                }
-            }
-            producer
-                .flush(Duration::from_secs(60))
-                .map_err(RuntimeError::kafka("flush"))?;
-        }
-    }
+    out.send(&records)?;
     tracing::info!(records = records.len(), "sent");
     Ok(())
 }

@@ -42,6 +42,8 @@ pub struct RunInfo {
     pub date: String,
     pub reads: Vec<ReadInfo>,
     pub lane_count: u32,
+    /// Tiles imaged per lane (surfaces × swaths × tiles × sections), when the layout says.
+    pub tiles_per_lane: Option<u32>,
 }
 
 /// The allowlisted parts of RunParameters.xml.
@@ -152,6 +154,16 @@ pub fn run_info(folder: &Path) -> Result<RunInfo, RunFolderError> {
         });
     }
     reads.sort_by_key(|r| r.number);
+    let layout = doc.descendants().find(|n| n.has_tag_name("FlowcellLayout"));
+    let attr = |name: &str| {
+        layout
+            .and_then(|n| n.attribute(name))
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    let tiles_per_lane = match (attr("SurfaceCount"), attr("SwathCount"), attr("TileCount")) {
+        (Some(a), Some(b), Some(c)) => Some(a * b * c * attr("SectionPerLane").unwrap_or(1)),
+        _ => None,
+    };
     let lane_count = doc
         .descendants()
         .find(|n| n.has_tag_name("FlowcellLayout"))
@@ -165,6 +177,7 @@ pub fn run_info(folder: &Path) -> Result<RunInfo, RunFolderError> {
         date,
         reads,
         lane_count,
+        tiles_per_lane,
     })
 }
 
@@ -286,7 +299,11 @@ mod tests {
             [("SendInstrumentHealthToILMN".to_string(), "true".to_string())]
         );
         let n = run_info(&runs().join("nextseq-2016-04")).unwrap();
-        assert_eq!((n.instrument.as_str(), n.lane_count), ("NS500318", 4));
+        assert_eq!(
+            (n.instrument.as_str(), n.lane_count, n.tiles_per_lane),
+            ("NS500318", 4, Some(216))
+        );
+        assert_eq!(m.tiles_per_lane, Some(28));
         let p = run_parameters(&runs().join("nextseq-2016-04")).unwrap();
         assert_eq!(
             p.application_name.as_deref(),
