@@ -147,11 +147,17 @@ pub struct RunPerformance {
     pub intensity_c: Option<f64>,
     pub intensity_g: Option<f64>,
     pub intensity_t: Option<f64>,
+    #[serde(default)]
+    pub pct_aligned: Option<f64>,
+    #[serde(default)]
+    pub signal_to_noise: Option<f64>,
+    #[serde(default)]
+    pub yield_gbp: Option<f64>,
 }
 
 impl RunPerformance {
     /// Every optional metric as (field name, value), in schema order.
-    pub fn metrics(&self) -> [(&'static str, Option<f64>); 11] {
+    pub fn metrics(&self) -> [(&'static str, Option<f64>); 14] {
         [
             ("cluster_density_k_per_mm2", self.cluster_density_k_per_mm2),
             ("pct_pf", self.pct_pf),
@@ -164,6 +170,9 @@ impl RunPerformance {
             ("intensity_c", self.intensity_c),
             ("intensity_g", self.intensity_g),
             ("intensity_t", self.intensity_t),
+            ("pct_aligned", self.pct_aligned),
+            ("signal_to_noise", self.signal_to_noise),
+            ("yield_gbp", self.yield_gbp),
         ]
     }
 }

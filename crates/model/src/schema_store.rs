@@ -23,9 +23,19 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/telemetry/v2.avsc"),
     ),
     (
+        "telemetry",
+        3,
+        include_str!("../../../schemas/telemetry/v3.avsc"),
+    ),
+    (
         "sanitized_telemetry",
         1,
         include_str!("../../../schemas/sanitized_telemetry/v1.avsc"),
+    ),
+    (
+        "sanitized_telemetry",
+        2,
+        include_str!("../../../schemas/sanitized_telemetry/v2.avsc"),
     ),
     (
         "feature",

@@ -132,6 +132,21 @@ pub const METRICS: &[MetricSpec] = &[
         plausible: (0.0, 1.0e6),
     },
     MetricSpec {
+        name: "pct_aligned",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 100.0),
+    },
+    MetricSpec {
+        name: "signal_to_noise",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 10_000.0),
+    },
+    MetricSpec {
+        name: "yield_gbp",
+        subsystem: Subsystem::CHEMISTRY,
+        plausible: (0.0, 100_000.0),
+    },
+    MetricSpec {
         name: "error_events_per_window",
         subsystem: Subsystem::SOFTWARE,
         plausible: (0.0, 1.0e6),

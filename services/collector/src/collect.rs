@@ -95,6 +95,8 @@ struct CycleAgg {
     intensity_n: u32,
     error_sum: f64,
     error_n: u32,
+    snr_sum: f64,
+    snr_n: u32,
     q30: u64,
     qtotal: u64,
     qsum: u64,
@@ -218,15 +220,17 @@ pub fn collect_run(
             &mut errors,
         );
     }
-    if exists("CorrectedIntMetricsOut.bin") {
+    let corrected = if exists("CorrectedIntMetricsOut.bin") {
         checked(
             &f("CorrectedIntMetricsOut.bin"),
             &info,
             interop::corrected_intensity_metrics(&f("CorrectedIntMetricsOut.bin")),
             |r| (r.lane, r.cycle),
             &mut errors,
-        );
-    }
+        )
+    } else {
+        Vec::new()
+    };
     if exists("ImageMetricsOut.bin") {
         checked(
             &f("ImageMetricsOut.bin"),
@@ -285,9 +289,10 @@ pub fn collect_run(
         (!err.is_empty()).then(|| keys(err.iter().map(|r| (r.lane, r.tile, r.cycle)).collect())),
     ];
     let frontier = frontiers.iter().flatten().min().copied().unwrap_or(0);
-    let (records, release) = build_records(&info, &params, &tiles, &q, &err, &ext, now_ms)
-        .into_iter()
-        .unzip();
+    let (records, release) =
+        build_records(&info, &params, &tiles, &q, &err, &ext, &corrected, now_ms)
+            .into_iter()
+            .unzip();
     Ok(Collected {
         consent,
         records,
@@ -335,6 +340,7 @@ fn build_records(
     q: &[interop::QMetric],
     err: &[interop::ErrorMetric],
     ext: &[interop::ExtractionMetric],
+    corrected: &[interop::CorrectedIntMetric],
     now_ms: i64,
 ) -> Vec<(Telemetry, Release)> {
     let model = model_of(params.application_name.as_deref());
@@ -465,6 +471,14 @@ fn build_records(
         }
         a.intensity_n += 1;
     }
+    for c in corrected
+        .iter()
+        .filter(|c| c.signal_to_noise.is_finite() && c.signal_to_noise > 0.0)
+    {
+        let a = per.entry((c.lane, c.cycle)).or_default();
+        a.snr_sum += f64::from(c.signal_to_noise);
+        a.snr_n += 1;
+    }
     for e in err {
         let a = per.entry((e.lane, e.cycle)).or_default();
         a.error_sum += f64::from(e.error_rate);
@@ -527,6 +541,9 @@ fn build_records(
             intensity_c: intensity(1),
             intensity_g: intensity(2),
             intensity_t: intensity(3),
+            signal_to_noise: (a.snr_n > 0).then(|| a.snr_sum / f64::from(a.snr_n)),
+            yield_gbp: (cum.1 > 0).then(|| cum.1 as f64 / 1e9),
+            pct_aligned: None,
         });
         out.push((r, Release::AfterCycle(*cycle)));
         let last = read_last.entry((*lane, read)).or_default();
@@ -577,6 +594,7 @@ fn build_records(
             pct_pf: figures.map(|l| l.pct_pf),
             phasing_pct: estimated(lane_mean(*lane, base_code)),
             prephasing_pct: estimated(lane_mean(*lane, base_code + 1)),
+            pct_aligned: lane_mean(*lane, 300 + (*read as u16 - 1)).filter(|v| *v > 0.0),
             ..Default::default()
         });
         out.push((r, Release::AtRunEnd));

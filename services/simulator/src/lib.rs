@@ -387,8 +387,17 @@ impl Generator {
     fn record(&mut self, old_firmware: bool, t: &Telemetry, expect: Expect) -> SimRecord {
         let mut json = serde_json::to_value(t).expect("telemetry serializes");
         let bytes = if old_firmware {
-            // Old firmware writes telemetry v1, which has no attributes.
+            // Old firmware writes telemetry v1, which has no attributes and none of the run
+            // performance fields added in v3.
             json.as_object_mut().expect("object").remove("attributes");
+            if let Some(p) = json
+                .get_mut("run_performance")
+                .and_then(|p| p.as_object_mut())
+            {
+                for added in ["pct_aligned", "signal_to_noise", "yield_gbp"] {
+                    p.remove(added);
+                }
+            }
             let v1 = store()
                 .version("telemetry", 1)
                 .expect("telemetry v1 is in the store");
@@ -577,6 +586,7 @@ impl Generator {
                     intensity_c: Some(self.value(inst, "intensity", 0.0, 50.0) + 4200.0),
                     intensity_g: Some(self.value(inst, "intensity", 0.0, 50.0) + 3900.0),
                     intensity_t: Some(self.value(inst, "intensity", 0.0, 50.0) + 4600.0),
+                    ..Default::default()
                 };
                 if bad {
                     p.pct_q30 = p.pct_q30.map(|v| v - 13.0);
