@@ -407,3 +407,52 @@ pub fn group_lag(group: &str, topic: &str) -> Option<i64> {
     }
     Some(lag)
 }
+
+/// An output record as (topic name without prefix, key, value).
+pub type Output = (String, String, Vec<u8>);
+
+/// The uninterrupted run to compare with: `processor` in process over the committed records of
+/// `topic`, with their real partitions, offsets and timestamps. Sorted.
+pub fn reference_outputs(
+    processor: Box<dyn seqmon_runtime::Processor>,
+    topic: &str,
+    input: &[Committed],
+) -> Vec<Output> {
+    let mut driver = seqmon_runtime::Driver::new(processor);
+    let mut expected = Vec::new();
+    for r in input {
+        let env = seqmon_runtime::Envelope {
+            key: Some(r.key.as_bytes()),
+            value: &r.value,
+            topic,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+        };
+        let mut out = Vec::new();
+        driver.handle(&env, &mut out, |_| {}).unwrap();
+        expected.extend(out.into_iter().map(|e| {
+            (
+                seqmon_model::topics::spec(e.role).name.to_string(),
+                e.key,
+                e.value,
+            )
+        }));
+    }
+    expected.sort();
+    expected
+}
+
+/// Every committed record of the topics `names` (without prefix) under `prefix`. Sorted.
+pub fn committed_outputs(prefix: &str, names: &[&str]) -> Vec<Output> {
+    let mut got = Vec::new();
+    for name in names {
+        got.extend(
+            read_committed(&format!("{prefix}{name}"))
+                .into_iter()
+                .map(|r| (name.to_string(), r.key, r.value)),
+        );
+    }
+    got.sort();
+    got
+}

@@ -11,7 +11,7 @@ use seqmon_integration_tests::*;
 use seqmon_model::{decode, topics};
 use seqmon_privacy_enforcer::PrivacyEnforcer;
 use seqmon_runtime::embedded::Chain;
-use seqmon_runtime::{Driver, Envelope, Processor};
+use seqmon_runtime::{Driver, Processor};
 use seqmon_simulator::{simulate, FleetConfig};
 use seqmon_validator::Validator;
 
@@ -65,25 +65,7 @@ fn kill_restart_matches_uninterrupted(
     let committed_input = read_committed(&input_topic);
 
     // The run without a kill: the same processor, in process, over the same records.
-    let mut reference_driver = Driver::new(make());
-    let mut expected: Vec<(String, String, Vec<u8>)> = Vec::new();
-    for r in &committed_input {
-        let env = Envelope {
-            key: Some(r.key.as_bytes()),
-            value: &r.value,
-            topic: &input_topic,
-            partition: r.partition,
-            offset: r.offset,
-            timestamp_ms: r.timestamp_ms,
-        };
-        let mut out = Vec::new();
-        reference_driver.handle(&env, &mut out, |_| {}).unwrap();
-        expected.extend(
-            out.into_iter()
-                .map(|e| (topics::spec(e.role).name.to_string(), e.key, e.value)),
-        );
-    }
-    expected.sort();
+    let expected = reference_outputs(make(), &input_topic, &committed_input);
     assert!(
         expected.len() > 1000,
         "{stage}: enough output to kill mid-stream"
@@ -119,16 +101,8 @@ fn kill_restart_matches_uninterrupted(
         "{stage} did not catch up after restart; log:\n{}",
         service.log_text()
     );
-    let mut got: Vec<(String, String, Vec<u8>)> = Vec::new();
-    for role in &out_roles {
-        let name = topics::spec(role).name;
-        got.extend(
-            read_committed(&format!("{prefix}{name}"))
-                .into_iter()
-                .map(|r| (name.to_string(), r.key, r.value)),
-        );
-    }
-    got.sort();
+    let names: Vec<&str> = out_roles.iter().map(|r| topics::spec(r).name).collect();
+    let got = committed_outputs(&prefix, &names);
     let missing = expected
         .iter()
         .filter(|e| got.binary_search(e).is_err())
@@ -216,25 +190,7 @@ fn validator_scale_out_mid_stream_moves_partitions_without_loss_or_duplicates() 
             .map(|r| (r.key.clone(), r.bytes.clone(), Some(r.sent_time_ms + 100))),
     );
     let committed_input = read_committed(&raw);
-    let mut reference = Driver::new(Box::new(Validator::default()));
-    let mut expected: Vec<(String, String, Vec<u8>)> = Vec::new();
-    for r in &committed_input {
-        let env = Envelope {
-            key: Some(r.key.as_bytes()),
-            value: &r.value,
-            topic: &raw,
-            partition: r.partition,
-            offset: r.offset,
-            timestamp_ms: r.timestamp_ms,
-        };
-        let mut out = Vec::new();
-        reference.handle(&env, &mut out, |_| {}).unwrap();
-        expected.extend(
-            out.into_iter()
-                .map(|e| (topics::spec(e.role).name.to_string(), e.key, e.value)),
-        );
-    }
-    expected.sort();
+    let expected = reference_outputs(Box::new(Validator::default()), &raw, &committed_input);
 
     let small = ["--batch-max-records", "20", "--batch-max-wait-ms", "20"];
     let first = Service::start("validator", &prefix, &small);
@@ -262,15 +218,7 @@ fn validator_scale_out_mid_stream_moves_partitions_without_loss_or_duplicates() 
         processed_by_second > 0.0,
         "the second instance took over some partitions"
     );
-    let mut got: Vec<(String, String, Vec<u8>)> = Vec::new();
-    for name in ["telemetry.validated", "deadletter.sensitive"] {
-        got.extend(
-            read_committed(&format!("{prefix}{name}"))
-                .into_iter()
-                .map(|r| (name.to_string(), r.key, r.value)),
-        );
-    }
-    got.sort();
+    let got = committed_outputs(&prefix, &["telemetry.validated", "deadletter.sensitive"]);
     assert_eq!(got.len(), expected.len(), "no loss, no duplicate");
     assert_eq!(got, expected, "output differs from the uninterrupted run");
     eprintln!("rebalance: {} outputs; second instance processed {processed_by_second} inputs after joining at lag {lag_at_join}", expected.len());

@@ -15,10 +15,10 @@ use std::time::Duration;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use seqmon_integration_tests::*;
-use seqmon_model::topics::{self, CATALOGUE};
+use seqmon_model::topics::CATALOGUE;
 use seqmon_privacy_enforcer::PrivacyEnforcer;
 use seqmon_runtime::embedded::Chain;
-use seqmon_runtime::{Driver, Envelope};
+use seqmon_runtime::Driver;
 use seqmon_simulator::{simulate, FleetConfig};
 use seqmon_validator::Validator;
 
@@ -56,25 +56,7 @@ fn an_aborted_transaction_is_redone_from_committed_offsets_without_loss() {
     let produced = produce(&raw, validated);
     let committed_input = read_committed(&raw);
     assert_eq!(committed_input.len(), produced);
-    let mut reference = Driver::new(Box::new(PrivacyEnforcer::default()));
-    let mut expected: Vec<(String, String, Vec<u8>)> = Vec::new();
-    for r in &committed_input {
-        let env = Envelope {
-            key: Some(r.key.as_bytes()),
-            value: &r.value,
-            topic: &raw,
-            partition: r.partition,
-            offset: r.offset,
-            timestamp_ms: r.timestamp_ms,
-        };
-        let mut out = Vec::new();
-        reference.handle(&env, &mut out, |_| {}).unwrap();
-        expected.extend(
-            out.into_iter()
-                .map(|e| (topics::spec(e.role).name.to_string(), e.key, e.value)),
-        );
-    }
-    expected.sort();
+    let expected = reference_outputs(Box::new(PrivacyEnforcer::default()), &raw, &committed_input);
 
     // The next produce requests fail with a non-retriable error: the transaction holding them
     // can only be aborted.
@@ -124,19 +106,14 @@ fn an_aborted_transaction_is_redone_from_committed_offsets_without_loss() {
     assert!(stage
         .log_text()
         .contains("transaction aborted; restoring state and rewinding"));
-    let mut got: Vec<(String, String, Vec<u8>)> = Vec::new();
-    for name in [
-        "telemetry.sanitized",
-        "privacy.audit",
-        "deadletter.sensitive",
-    ] {
-        got.extend(
-            read_committed(&format!("{prefix}{name}"))
-                .into_iter()
-                .map(|r| (name.to_string(), r.key, r.value)),
-        );
-    }
-    got.sort();
+    let mut got = committed_outputs(
+        &prefix,
+        &[
+            "telemetry.sanitized",
+            "privacy.audit",
+            "deadletter.sensitive",
+        ],
+    );
     got.dedup();
     let mut want = expected.clone();
     want.dedup();

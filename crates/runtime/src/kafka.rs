@@ -403,7 +403,7 @@ fn process_and_commit(
 }
 
 /// Sends a record, waiting while the local queue is full (bounded in-flight work).
-fn send<'a>(
+pub fn send<'a>(
     producer: &ThreadedProducer<DefaultProducerContext>,
     mut record: BaseRecord<'a, [u8], [u8]>,
 ) -> Result<(), KafkaError> {

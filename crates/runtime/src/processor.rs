@@ -111,6 +111,17 @@ impl Emitter {
         }
     }
 
+    /// Decodes the input as `T`, or refuses it with the decode error's reason and returns `None`.
+    pub fn decode_or_reject<T: AvroRecord>(&mut self, input: &Envelope<'_>) -> Option<T> {
+        match seqmon_model::decode::<T>(input.value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.reject(e.reason(), e.to_string());
+                None
+            }
+        }
+    }
+
     /// Whether the current input was refused.
     pub fn is_rejected(&self) -> bool {
         self.rejection.is_some()

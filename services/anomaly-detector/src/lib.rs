@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
-use seqmon_model::{decode, Anomaly, AnomalySeverity, AnomalyState, Feature};
+use seqmon_model::{Anomaly, AnomalySeverity, AnomalyState, Feature};
 use seqmon_runtime::{Emitter, Envelope, Processor, RuntimeError, StageError};
 use serde::{Deserialize, Serialize};
 
@@ -141,12 +141,8 @@ impl Processor for AnomalyDetector {
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
-        let f: Feature = match decode(input.value) {
-            Ok(f) => f,
-            Err(e) => {
-                out.reject(e.reason(), e.to_string());
-                return Ok(());
-            }
+        let Some(f) = out.decode_or_reject::<Feature>(input) else {
+            return Ok(());
         };
         let cfg = &self.cfg;
         let m = self
@@ -284,7 +280,7 @@ impl Processor for AnomalyDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seqmon_model::{encode, InstrumentModel, Subsystem};
+    use seqmon_model::{decode, encode, InstrumentModel, Subsystem};
     use seqmon_runtime::processor::transplant_state;
 
     fn feature(i: i64, level: f64, out_of_spec: f64) -> Vec<u8> {

@@ -125,30 +125,12 @@ impl Out {
             Out::Kafka(producer, topic) => {
                 for r in records {
                     let bytes = encode(r).map_err(|e| RuntimeError::Internal(e.to_string()))?;
-                    let mut rec = BaseRecord::to(topic.as_str())
+                    let rec = BaseRecord::to(topic.as_str())
                         .key(r.instrument_serial.as_bytes())
                         .payload(bytes.as_slice())
                         .timestamp(r.sent_time_ms);
-                    loop {
-                        match producer.send(rec) {
-                            Ok(()) => break,
-                            Err((
-                                rdkafka::error::KafkaError::MessageProduction(
-                                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                                ),
-                                back,
-                            )) => {
-                                rec = back;
-                                std::thread::sleep(Duration::from_millis(5));
-                            }
-                            Err((e, _)) => {
-                                return Err(RuntimeError::Kafka {
-                                    operation: "produce",
-                                    source: e,
-                                })
-                            }
-                        }
-                    }
+                    seqmon_runtime::kafka::send(producer, rec)
+                        .map_err(RuntimeError::kafka("produce"))?;
                 }
                 producer
                     .flush(Duration::from_secs(60))

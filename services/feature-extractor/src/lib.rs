@@ -18,8 +18,7 @@ use std::collections::BTreeMap;
 use clap::Args;
 use seqmon_model::specs::operating_spec;
 use seqmon_model::{
-    decode, specs, DeadLetterReason, Feature, InstrumentModel, SanitizedTelemetry, Severity,
-    TelemetryKind,
+    specs, DeadLetterReason, Feature, InstrumentModel, SanitizedTelemetry, Severity, TelemetryKind,
 };
 use seqmon_runtime::{Emitter, Envelope, Processor, RuntimeError, StageError};
 use serde::{Deserialize, Serialize};
@@ -222,12 +221,8 @@ impl Processor for FeatureExtractor {
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
-        let t: SanitizedTelemetry = match decode(input.value) {
-            Ok(t) => t,
-            Err(e) => {
-                out.reject(e.reason(), e.to_string());
-                return Ok(());
-            }
+        let Some(t) = out.decode_or_reject::<SanitizedTelemetry>(input) else {
+            return Ok(());
         };
         let window = self.cfg.window_ms;
         let serial = t.instrument_serial.clone();
@@ -403,7 +398,7 @@ impl Processor for FeatureExtractor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seqmon_model::{encode, SensorReadings, Subsystem};
+    use seqmon_model::{decode, encode, SensorReadings, Subsystem};
     use seqmon_runtime::processor::transplant_state;
     use seqmon_runtime::Emitted;
 

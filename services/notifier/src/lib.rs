@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
 use seqmon_model::{
-    decode, Alert, AlertAction, Anomaly, AnomalySeverity, AnomalyState, MaintenanceEntry,
+    Alert, AlertAction, Anomaly, AnomalySeverity, AnomalyState, MaintenanceEntry,
     MaintenancePriority, Subsystem,
 };
 use seqmon_runtime::{Emitter, Envelope, Processor, RuntimeError, StageError};
@@ -205,12 +205,8 @@ impl Processor for Notifier {
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
-        let a: Anomaly = match decode(input.value) {
-            Ok(a) => a,
-            Err(e) => {
-                out.reject(e.reason(), e.to_string());
-                return Ok(());
-            }
+        let Some(a) = out.decode_or_reject::<Anomaly>(input) else {
+            return Ok(());
         };
         let serial = a.instrument_serial.clone();
         let existing = self
@@ -321,7 +317,7 @@ impl Processor for Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seqmon_model::{encode, InstrumentModel};
+    use seqmon_model::{decode, encode, InstrumentModel};
 
     fn anomaly(
         metric: &str,

@@ -174,30 +174,12 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
                 .map_err(RuntimeError::kafka("create producer"))?;
             for r in &sim.records {
                 pace(first, r.sent_time_ms, started);
-                let mut record = BaseRecord::to(&topic)
+                let record = BaseRecord::to(&topic)
                     .key(r.key.as_bytes())
                     .payload(r.bytes.as_slice())
                     .timestamp(r.sent_time_ms + 100);
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull,
-                            ),
-                            back,
-                        )) => {
-                            record = back;
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        Err((e, _)) => {
-                            return Err(RuntimeError::Kafka {
-                                operation: "produce",
-                                source: e,
-                            })
-                        }
-                    }
-                }
+                seqmon_runtime::kafka::send(&producer, record)
+                    .map_err(RuntimeError::kafka("produce"))?;
             }
             producer
                 .flush(Duration::from_secs(60))

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use clap::Args;
-use seqmon_model::{decode, specs, DeadLetterReason as R, Telemetry, TelemetryKind};
+use seqmon_model::{specs, DeadLetterReason as R, Telemetry, TelemetryKind};
 use seqmon_runtime::{key_str, Emitter, Envelope, Processor, RuntimeError, StageError};
 use serde::{Deserialize, Serialize};
 
@@ -314,12 +314,8 @@ impl Processor for Validator {
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
-        let t: Telemetry = match decode(input.value) {
-            Ok(t) => t,
-            Err(e) => {
-                out.reject(e.reason(), e.to_string());
-                return Ok(());
-            }
+        let Some(t) = out.decode_or_reject::<Telemetry>(input) else {
+            return Ok(());
         };
         if let Err((reason, detail)) = self.check(&t, input) {
             out.reject(reason, detail);
