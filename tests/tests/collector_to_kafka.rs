@@ -2,7 +2,6 @@
 //! the validator accepts every record (historic runs need a wide maximum age).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,8 +12,7 @@ use seqmon_model::{decode, Telemetry};
 fn a_run_folder_reaches_the_raw_topic_and_passes_the_validator() {
     let prefix = unique_prefix("collector");
     create_topics(&prefix, 3);
-    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/illumina-runs/miseq-2013-04-two-index");
+    let folder = seqmon_collector::sample_runs_dir().join("miseq-2013-04-two-index");
     let status = Command::new(bin("collector"))
         .args([
             "--to",

@@ -28,7 +28,7 @@ fn run_and_lane_figures_match_illuminas_interop() {
         "INTEROP_PYTHON is not set: run with `make test`, which installs interop from PyPI",
     );
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let runs = root.join("../shared/data/illumina-runs");
+    let runs = seqmon_collector::sample_runs_dir();
     let mut folders: Vec<PathBuf> = std::fs::read_dir(&runs)
         .unwrap()
         .filter_map(|e| e.ok())

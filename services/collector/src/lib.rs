@@ -7,3 +7,21 @@ pub mod interop;
 pub mod runfolder;
 pub mod summary;
 pub mod watch;
+
+/// The real run folders the tests use: `SEQMON_RUN_FOLDERS` if set, else
+/// `shared/data/illumina-runs` beside the repository (where CI and the developers have it).
+/// Panics with the path it looked at when the folder is missing.
+pub fn sample_runs_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("SEQMON_RUN_FOLDERS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/data/illumina-runs")
+        });
+    assert!(
+        dir.join("README.md").exists() || dir.is_dir(),
+        "sample run folders not found at {} (set SEQMON_RUN_FOLDERS)",
+        dir.display()
+    );
+    dir
+}

@@ -279,7 +279,7 @@ mod tests {
     use super::*;
 
     fn runs() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/illumina-runs")
+        crate::sample_runs_dir()
     }
 
     #[test]

@@ -150,7 +150,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn runs() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/illumina-runs")
+        crate::sample_runs_dir()
     }
 
     /// Writes the first `share` of each InterOp file of `src` into `dst` (as a run in progress

@@ -53,8 +53,7 @@ fn the_check_sees_a_listening_socket_when_there_is_one() {
 
 #[test]
 fn the_watching_collector_has_no_listening_socket() {
-    let runs = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/illumina-runs");
+    let runs = seqmon_collector::sample_runs_dir();
     let state = std::env::temp_dir().join(format!("outbound-only-{}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
         .arg("--watch")

@@ -11,7 +11,7 @@ use seqmon_model::{encode, TelemetryKind};
 const NOW: i64 = 1_796_000_000_000;
 
 fn runs() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/illumina-runs")
+    seqmon_collector::sample_runs_dir()
 }
 
 fn folders() -> Vec<PathBuf> {
