@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export KAFKA_PORT ?= 19092
 
-.PHONY: all build run run-kafka test unit-test lint fmt topics kafka-start kafka-stop clean
+.PHONY: all build run run-kafka test unit-test bench lint fmt topics kafka-start kafka-stop clean
 
 all: build
 
@@ -18,6 +18,11 @@ run:
 ## or the cluster named by KAFKA_BOOTSTRAP_SERVERS)
 test:
 	tools/test.sh
+
+## bench: codec, processor and Kafka stage throughput vs a raw transactional passthrough
+## (same broker as make test); table on stdout, JSON in out/bench/
+bench:
+	tools/bench.sh $(ARGS)
 
 ## unit-test: tests that need no broker
 unit-test:

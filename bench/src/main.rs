@@ -1,0 +1,624 @@
+//! `seqmon-bench` (run by `make bench`): throughput of the codec, of each stage's processor, and
+//! of each stage as an exactly-once Kafka service, every service figure as a ratio to a raw
+//! rdkafka transactional consume→produce passthrough measured in the same run on the same broker,
+//! records, partitions and batch size. Prints one table and writes the figures as JSON.
+//!
+//! Figures are medians of repeated rounds; the machine is shared and noisy, so compare ratios
+//! rather than absolute rates between runs.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use seqmon_model::codec::{decode_value, encode_with};
+use seqmon_model::{
+    decode, encode, store, topics, Alert, Anomaly, DeadLetter, Feature, MaintenanceEntry,
+    PrivacyAudit, SanitizedTelemetry, Telemetry,
+};
+use seqmon_runtime::{Driver, Emitted, Envelope, Processor};
+use seqmon_simulator::{simulate, FleetConfig};
+use serde::Serialize;
+
+/// Keyed encoded records.
+type Keyed = Vec<(String, Vec<u8>)>;
+/// A processor factory.
+type Make = fn() -> Box<dyn Processor>;
+
+/// Kafka measurements need at least this many input records to mean anything.
+const MIN_KAFKA_RECORDS: usize = 1000;
+/// In-process processor measurements repeat their input up to at least this many records.
+const MIN_PROCESSOR_RECORDS: usize = 20_000;
+
+/// Measure the backbone.
+#[derive(Debug, Parser)]
+struct Cli {
+    /// Kafka bootstrap servers (the broker `make bench` starts, or an existing cluster).
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:19092"
+    )]
+    bootstrap_servers: String,
+    /// Instruments in the simulated fleet used as input.
+    #[arg(long, default_value_t = 40)]
+    instruments: usize,
+    /// Hours of event time simulated.
+    #[arg(long, default_value_t = 4.0)]
+    duration_hours: f64,
+    /// Rounds of each in-process measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Partitions of the benchmark topics.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Records per transaction, for the passthrough and the services alike.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Skip the Kafka measurements.
+    #[arg(long)]
+    no_kafka: bool,
+    /// Where to write the JSON figures.
+    #[arg(long, default_value = "out/bench/latest.json")]
+    json: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    section: &'static str,
+    name: String,
+    records: usize,
+    records_per_s: f64,
+    /// Ratio to the section's baseline (passthrough for Kafka stages), when there is one.
+    ratio: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median records/s of `f` over `rounds`, `f` handling `n` records per call.
+fn rate(rounds: usize, n: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up
+    median(
+        (0..rounds)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                n as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+/// Every record each stage produces on a simulated fleet, by output role, and the raw input.
+fn realistic_records(cli: &Cli) -> (Keyed, BTreeMap<&'static str, Keyed>) {
+    let sim = simulate(&FleetConfig {
+        instruments: cli.instruments,
+        duration_hours: cli.duration_hours,
+        bad_record_share: 0.0,
+        ..Default::default()
+    });
+    let raw: Vec<(String, Vec<u8>)> = sim
+        .records
+        .iter()
+        .map(|r| (r.key.clone(), r.bytes.clone()))
+        .collect();
+    let mut by_role: BTreeMap<&'static str, Keyed> = BTreeMap::new();
+    let mut chain = seqmon_pipeline::default_chain().expect("chain");
+    let mut tap = |_: &str, e: &Emitted| {
+        by_role
+            .entry(e.role)
+            .or_default()
+            .push((e.key.clone(), e.value.clone()))
+    };
+    for (k, v) in &raw {
+        chain.push(k, v, &mut tap).expect("pipeline runs");
+    }
+    chain.finish(&mut tap).expect("pipeline finishes");
+    (raw, by_role)
+}
+
+fn codec_rows(
+    cli: &Cli,
+    raw: &[(String, Vec<u8>)],
+    by_role: &BTreeMap<&'static str, Vec<(String, Vec<u8>)>>,
+    rows: &mut Vec<Row>,
+) {
+    fn one<T: seqmon_model::AvroRecord>(
+        cli: &Cli,
+        name: &str,
+        bytes: &[Vec<u8>],
+        rows: &mut Vec<Row>,
+    ) {
+        if bytes.is_empty() {
+            return;
+        }
+        let records: Vec<T> = bytes
+            .iter()
+            .map(|b| decode::<T>(b).expect("decodes"))
+            .collect();
+        let n = records.len();
+        let enc = rate(cli.rounds, n, || {
+            records.iter().for_each(|r| {
+                black_box(encode(r).expect("encodes"));
+            })
+        });
+        let dec = rate(cli.rounds, n, || {
+            bytes.iter().for_each(|b| {
+                black_box(decode::<T>(b).expect("decodes"));
+            })
+        });
+        rows.push(Row {
+            section: "codec",
+            name: format!("{name} encode"),
+            records: n,
+            records_per_s: enc,
+            ratio: None,
+        });
+        rows.push(Row {
+            section: "codec",
+            name: format!("{name} decode"),
+            records: n,
+            records_per_s: dec,
+            ratio: None,
+        });
+    }
+    let get = |role: &str| {
+        by_role
+            .get(role)
+            .map(|v| v.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let raw_bytes: Vec<Vec<u8>> = raw.iter().map(|(_, b)| b.clone()).collect();
+    one::<Telemetry>(cli, "telemetry", &raw_bytes, rows);
+    one::<SanitizedTelemetry>(cli, "sanitized_telemetry", &get("sanitized"), rows);
+    one::<Feature>(cli, "feature", &get("features"), rows);
+    one::<Anomaly>(cli, "anomaly", &get("anomalies"), rows);
+    one::<Alert>(cli, "alert", &get("alerts"), rows);
+    one::<MaintenanceEntry>(cli, "maintenance_entry", &get("maintenance"), rows);
+    one::<PrivacyAudit>(cli, "privacy_audit", &get("privacy_audit"), rows);
+    let dead: Vec<DeadLetter> = raw
+        .iter()
+        .take(2000)
+        .map(|(k, v)| DeadLetter {
+            stage: "validator".into(),
+            reason: seqmon_model::DeadLetterReason::OUT_OF_RANGE,
+            detail: "sensors.laser_power_mw outside plausible range".into(),
+            source_topic: "telemetry.raw".into(),
+            source_partition: 1,
+            source_offset: 42,
+            source_key: Some(k.as_bytes().to_vec()),
+            source_timestamp_ms: Some(1),
+            original_bytes: v.clone(),
+        })
+        .collect();
+    let dead_bytes: Vec<Vec<u8>> = dead.iter().map(|d| encode(d).expect("encodes")).collect();
+    one::<DeadLetter>(cli, "dead_letter", &dead_bytes, rows);
+    // Resolving decode: telemetry written with v1 (old firmware), read as the newest version.
+    let v1 = store().version("telemetry", 1).expect("v1");
+    let old: Vec<Vec<u8>> = raw_bytes
+        .iter()
+        .take(20_000)
+        .filter_map(|b| {
+            let mut json = serde_json::to_value(decode::<Telemetry>(b).ok()?).ok()?;
+            json.as_object_mut()?.remove("attributes");
+            if let Some(p) = json
+                .get_mut("run_performance")
+                .and_then(|p| p.as_object_mut())
+            {
+                for k in ["pct_aligned", "signal_to_noise", "yield_gbp"] {
+                    p.remove(k);
+                }
+            }
+            let value = seqmon_model::json::json_to_avro(&v1.schema, &json).ok()?;
+            seqmon_model::codec::encode_value(v1, value).ok()
+        })
+        .collect();
+    let n = old.len();
+    let r = rate(cli.rounds, n, || {
+        old.iter().for_each(|b| {
+            black_box(decode::<Telemetry>(b).expect("resolves"));
+        })
+    });
+    rows.push(Row {
+        section: "codec",
+        name: "telemetry v1->v3 resolving decode".into(),
+        records: n,
+        records_per_s: r,
+        ratio: None,
+    });
+    let _ = (decode_value, encode_with::<Telemetry>);
+}
+
+fn processor_rows(
+    cli: &Cli,
+    raw: &[(String, Vec<u8>)],
+    by_role: &BTreeMap<&'static str, Vec<(String, Vec<u8>)>>,
+    rows: &mut Vec<Row>,
+) {
+    let stages: Vec<(&str, Make, Keyed)> = vec![
+        (
+            "validator",
+            || Box::new(seqmon_validator::Validator::default()),
+            raw.to_vec(),
+        ),
+        (
+            "privacy-enforcer",
+            || Box::new(seqmon_privacy_enforcer::PrivacyEnforcer::default()),
+            by_role.get("validated").cloned().unwrap_or_default(),
+        ),
+        (
+            "feature-extractor",
+            || Box::new(seqmon_feature_extractor::FeatureExtractor::default()),
+            by_role.get("sanitized").cloned().unwrap_or_default(),
+        ),
+        (
+            "anomaly-detector",
+            || Box::new(seqmon_anomaly_detector::AnomalyDetector::default()),
+            by_role.get("features").cloned().unwrap_or_default(),
+        ),
+        (
+            "notifier",
+            || Box::new(seqmon_notifier::Notifier::default()),
+            by_role.get("anomalies").cloned().unwrap_or_default(),
+        ),
+    ];
+    for (name, make, input) in stages {
+        if input.is_empty() {
+            continue;
+        }
+        // Repeat small inputs (anomalies are rare) so the timing is not dominated by noise.
+        let copies = MIN_PROCESSOR_RECORDS.div_ceil(input.len()).max(1);
+        let input: Keyed = std::iter::repeat_n(input, copies).flatten().collect();
+        let n = input.len();
+        let r = rate(cli.rounds, n, || {
+            let mut d = Driver::new(make());
+            let mut out = Vec::new();
+            for (i, (k, v)) in input.iter().enumerate() {
+                let env = Envelope {
+                    key: Some(k.as_bytes()),
+                    value: v,
+                    topic: "bench",
+                    partition: 0,
+                    offset: i as i64,
+                    timestamp_ms: None,
+                };
+                d.handle(&env, &mut out, |_| {}).expect("processes");
+                out.clear();
+            }
+        });
+        rows.push(Row {
+            section: "processor",
+            name: name.to_string(),
+            records: n,
+            records_per_s: r,
+            ratio: None,
+        });
+    }
+}
+
+fn client(cli: &Cli) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cli.bootstrap_servers);
+    c
+}
+
+fn produce(cli: &Cli, topic: &str, records: &[(String, Vec<u8>)]) {
+    let p: ThreadedProducer<DefaultProducerContext> = client(cli)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for (k, v) in records {
+        seqmon_runtime::kafka::send(
+            &p,
+            BaseRecord::to(topic)
+                .key(k.as_bytes())
+                .payload(v.as_slice()),
+        )
+        .expect("produce");
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+}
+
+/// Records of a group not yet committed on `topic`.
+fn lag(cli: &Cli, group: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = client(cli)
+        .set("group.id", group)
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..cli.partitions {
+        tpl.add_partition(topic, p);
+    }
+    let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return i64::MAX;
+    };
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let (_, high) = c
+                .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+                .unwrap_or((0, i64::MAX));
+            high - if let Offset::Offset(o) = e.offset() {
+                o
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+/// Raw rdkafka exactly-once passthrough: consume read_committed, produce unchanged, commit offsets
+/// in the same transaction, `batch` records per transaction, until `n` records are done.
+fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) {
+    let consumer: BaseConsumer = client(cli)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let producer: ThreadedProducer<DefaultProducerContext> = client(cli)
+        .set("transactional.id", format!("{group}-tx"))
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init");
+    consumer.subscribe(&[input]).expect("subscribe");
+    let mut done = 0;
+    while done < n {
+        let mut batch = Vec::with_capacity(cli.batch);
+        let t = Instant::now();
+        // The same batching rule as the runtime: up to `batch` records or 100 ms.
+        while batch.len() < cli.batch && t.elapsed() < Duration::from_millis(100) {
+            if let Some(Ok(m)) =
+                consumer.poll(Duration::from_millis(100).saturating_sub(t.elapsed()))
+            {
+                batch.push((
+                    m.partition(),
+                    m.offset(),
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().map(<[u8]>::to_vec),
+                ));
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        producer.begin_transaction().expect("begin");
+        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        for (p, o, k, v) in &batch {
+            let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
+            if let Some(k) = k {
+                r = r.key(k.as_slice());
+            }
+            if let Some(v) = v {
+                r = r.payload(v.as_slice());
+            }
+            seqmon_runtime::kafka::send(&producer, r).expect("produce");
+            offsets.insert(*p, o + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(input, p, Offset::Offset(o))
+                .expect("offset");
+        }
+        producer
+            .send_offsets_to_transaction(
+                &tpl,
+                &consumer.group_metadata().expect("group"),
+                Duration::from_secs(30),
+            )
+            .expect("offsets");
+        producer
+            .commit_transaction(Duration::from_secs(30))
+            .expect("commit");
+        done += batch.len();
+    }
+}
+
+/// Records/s of a consumer group through `input`, timed from its first committed progress to
+/// lag 0, so start-up and group join are excluded the same way for every measurement.
+fn drain_rate(cli: &Cli, group: &str, input: &str, n: usize) -> f64 {
+    let mut started: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let l = lag(cli, group, input);
+        if started.is_none() && l < n as i64 {
+            started = Some(Instant::now());
+        }
+        if l == 0 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n as f64
+        / started
+            .map(|s| s.elapsed().as_secs_f64())
+            .unwrap_or(f64::NAN)
+}
+
+/// One stage as a separate process over `n` records already on its input topic: records/s from
+/// its first committed progress to lag 0.
+fn service(cli: &Cli, stage: &str, prefix: &str, input: &str, n: usize) -> f64 {
+    let exe = std::env::current_exe().expect("exe").with_file_name(stage);
+    let group = format!("{prefix}{stage}");
+    let mut child = Command::new(exe)
+        .args([
+            "kafka",
+            "--bootstrap-servers",
+            &cli.bootstrap_servers,
+            "--topic-prefix",
+            prefix,
+            "--group-id",
+            &group,
+            "--transactional-id",
+            &format!("{group}-0"),
+            "--metrics-addr",
+            "",
+            "--batch-max-records",
+            &cli.batch.to_string(),
+        ])
+        .args(if stage == "validator" {
+            vec!["--max-age-ms", "9000000000000"]
+        } else {
+            vec![]
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("service starts");
+    let rate = drain_rate(cli, &group, input, n);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    rate
+}
+
+fn kafka_rows(
+    cli: &Cli,
+    raw: &[(String, Vec<u8>)],
+    by_role: &BTreeMap<&'static str, Vec<(String, Vec<u8>)>>,
+    rows: &mut Vec<Row>,
+) {
+    let prefix = format!("bench-{}.", std::process::id());
+    let status = Command::new(
+        std::env::current_exe()
+            .expect("exe")
+            .with_file_name("seqmon-admin"),
+    )
+    .args([
+        "create-topics",
+        "--bootstrap-servers",
+        &cli.bootstrap_servers,
+        "--topic-prefix",
+        &prefix,
+        "--partitions",
+        &cli.partitions.to_string(),
+    ])
+    .stderr(Stdio::null())
+    .status()
+    .expect("seqmon-admin runs");
+    assert!(status.success(), "create-topics failed");
+    let inputs: Vec<(&str, &str, Keyed)> = vec![
+        ("validator", "raw", raw.to_vec()),
+        (
+            "privacy-enforcer",
+            "validated",
+            by_role.get("validated").cloned().unwrap_or_default(),
+        ),
+        (
+            "feature-extractor",
+            "sanitized",
+            by_role.get("sanitized").cloned().unwrap_or_default(),
+        ),
+        (
+            "anomaly-detector",
+            "features",
+            by_role.get("features").cloned().unwrap_or_default(),
+        ),
+        (
+            "notifier",
+            "anomalies",
+            by_role.get("anomalies").cloned().unwrap_or_default(),
+        ),
+    ];
+    for (stage, role, records) in inputs {
+        let n = records.len();
+        if n < MIN_KAFKA_RECORDS {
+            eprintln!("kafka {stage}: only {n} input records in this fleet; not measured (raise --instruments or --duration-hours)");
+            continue;
+        }
+        let input = topics::topic_name(&prefix, role);
+        produce(cli, &input, &records);
+        // The limit on the same input: raw passthrough to a scratch topic (the dead-letter topic of
+        // the analysis side, unused otherwise in this run), timed like the services.
+        let group = format!("{prefix}passthrough-{stage}");
+        let output = topics::topic_name(&prefix, "dead_letters");
+        let base = std::thread::scope(|scope| {
+            let worker = scope.spawn(|| passthrough(cli, &input, &output, &group, n));
+            let rate = drain_rate(cli, &group, &input, n);
+            worker.join().expect("passthrough thread");
+            rate
+        });
+        let svc = service(cli, stage, &prefix, &input, n);
+        rows.push(Row {
+            section: "kafka",
+            name: format!("passthrough on {role}"),
+            records: n,
+            records_per_s: base,
+            ratio: None,
+        });
+        rows.push(Row {
+            section: "kafka",
+            name: stage.to_string(),
+            records: n,
+            records_per_s: svc,
+            ratio: Some(svc / base),
+        });
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let t = Instant::now();
+    let (raw, by_role) = realistic_records(&cli);
+    eprintln!(
+        "simulated {} raw records ({} instruments, {} h) in {:.1} s",
+        raw.len(),
+        cli.instruments,
+        cli.duration_hours,
+        t.elapsed().as_secs_f64()
+    );
+    let mut rows = Vec::new();
+    codec_rows(&cli, &raw, &by_role, &mut rows);
+    processor_rows(&cli, &raw, &by_role, &mut rows);
+    if !cli.no_kafka {
+        kafka_rows(&cli, &raw, &by_role, &mut rows);
+    }
+    println!(
+        "{:<10} {:<38} {:>9} {:>14} {:>8}",
+        "section", "measure", "records", "records/s", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:<38} {:>9} {:>14.0} {:>8}",
+            r.section,
+            r.name,
+            r.records,
+            r.records_per_s,
+            r.ratio.map(|x| format!("{x:.2}")).unwrap_or_default()
+        );
+    }
+    let machine = serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
+    let doc = serde_json::json!({ "machine": machine, "instruments": cli.instruments, "duration_hours": cli.duration_hours, "rounds": cli.rounds, "partitions": cli.partitions, "batch": cli.batch, "rows": rows });
+    if let Some(dir) = std::path::Path::new(&cli.json).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(
+        &cli.json,
+        serde_json::to_string_pretty(&doc).unwrap_or_default(),
+    ) {
+        Ok(()) => {
+            eprintln!("figures written to {}", cli.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", cli.json);
+            ExitCode::FAILURE
+        }
+    }
+}

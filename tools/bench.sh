@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make bench`: release build, the same local broker as `make test` (or KAFKA_BOOTSTRAP_SERVERS),
+# then seqmon-bench: one table on stdout, figures as JSON in out/bench/ (latest.json and a
+# timestamped copy, so two runs can be compared).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+cargo build --release -q --workspace --bins
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  tools/kafka/broker.sh start
+  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${KAFKA_PORT:-19092}"
+  trap 'tools/kafka/broker.sh stop' EXIT
+fi
+mkdir -p out/bench
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+target/release/seqmon-bench --json "out/bench/$stamp.json" "$@"
+cp "out/bench/$stamp.json" out/bench/latest.json
