@@ -328,39 +328,9 @@ fn produce(cli: &Cli, topic: &str, records: &[(String, Vec<u8>)]) {
     p.flush(Duration::from_secs(120)).expect("flush");
 }
 
-/// Records of a group not yet committed on `topic`.
-fn lag(cli: &Cli, group: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = client(cli)
-        .set("group.id", group)
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..cli.partitions {
-        tpl.add_partition(topic, p);
-    }
-    let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(10)) else {
-        return i64::MAX;
-    };
-    committed
-        .elements()
-        .iter()
-        .map(|e| {
-            let (_, high) = c
-                .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
-                .unwrap_or((0, i64::MAX));
-            high - if let Offset::Offset(o) = e.offset() {
-                o
-            } else {
-                0
-            }
-        })
-        .sum()
-}
-
 /// Raw rdkafka exactly-once passthrough: consume read_committed, produce unchanged, commit offsets
 /// in the same transaction, `batch` records per transaction, until `n` records are done.
-fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) {
+fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f64 {
     let consumer: BaseConsumer = client(cli)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -378,6 +348,7 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) {
         .expect("init");
     consumer.subscribe(&[input]).expect("subscribe");
     let mut done = 0;
+    let mut started: Option<Instant> = None;
     while done < n {
         let mut batch = Vec::with_capacity(cli.batch);
         let t = Instant::now();
@@ -397,6 +368,7 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) {
         if batch.is_empty() {
             continue;
         }
+        started.get_or_insert_with(Instant::now);
         producer.begin_transaction().expect("begin");
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         for (p, o, k, v) in &batch {
@@ -427,34 +399,34 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) {
             .expect("commit");
         done += batch.len();
     }
+    n as f64 / started.expect("consumed").elapsed().as_secs_f64()
 }
 
-/// Records/s of a consumer group through `input`, timed from its first committed progress to
-/// lag 0, so start-up and group join are excluded the same way for every measurement.
-fn drain_rate(cli: &Cli, group: &str, input: &str, n: usize) -> f64 {
-    let mut started: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let l = lag(cli, group, input);
-        if started.is_none() && l < n as i64 {
-            started = Some(Instant::now());
-        }
-        if l == 0 || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    n as f64
-        / started
-            .map(|s| s.elapsed().as_secs_f64())
-            .unwrap_or(f64::NAN)
+/// The value of a counter on a service's /metrics endpoint.
+fn scrape_counter(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// One stage as a separate process over `n` records already on its input topic: records/s from
-/// its first committed progress to lag 0.
-fn service(cli: &Cli, stage: &str, prefix: &str, input: &str, n: usize) -> f64 {
+/// its first input record to its n-th, read from its own /metrics (start-up and group join
+/// excluded, as for the passthrough).
+fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
     let exe = std::env::current_exe().expect("exe").with_file_name(stage);
     let group = format!("{prefix}{stage}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
     let mut child = Command::new(exe)
         .args([
             "kafka",
@@ -466,8 +438,10 @@ fn service(cli: &Cli, stage: &str, prefix: &str, input: &str, n: usize) -> f64 {
             &group,
             "--transactional-id",
             &format!("{group}-0"),
+        ])
+        .args([
             "--metrics-addr",
-            "",
+            &format!("127.0.0.1:{port}"),
             "--batch-max-records",
             &cli.batch.to_string(),
         ])
@@ -480,7 +454,24 @@ fn service(cli: &Cli, stage: &str, prefix: &str, input: &str, n: usize) -> f64 {
         .stderr(Stdio::null())
         .spawn()
         .expect("service starts");
-    let rate = drain_rate(cli, &group, input, n);
+    let counter = format!("{}_input_records_total", stage.replace('-', "_"));
+    let mut started: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut rate = f64::NAN;
+    while Instant::now() < deadline {
+        let seen = scrape_counter(port, &counter).unwrap_or(0.0);
+        if seen > 0.0 {
+            started.get_or_insert_with(Instant::now);
+        }
+        if seen >= n as f64 {
+            rate = n as f64
+                / started
+                    .map(|s| s.elapsed().as_secs_f64())
+                    .unwrap_or(f64::NAN);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -546,15 +537,14 @@ fn kafka_rows(
         produce(cli, &input, &records);
         // The limit on the same input: raw passthrough to a scratch topic (the dead-letter topic of
         // the analysis side, unused otherwise in this run), timed like the services.
-        let group = format!("{prefix}passthrough-{stage}");
-        let output = topics::topic_name(&prefix, "dead_letters");
-        let base = std::thread::scope(|scope| {
-            let worker = scope.spawn(|| passthrough(cli, &input, &output, &group, n));
-            let rate = drain_rate(cli, &group, &input, n);
-            worker.join().expect("passthrough thread");
-            rate
-        });
-        let svc = service(cli, stage, &prefix, &input, n);
+        let base = passthrough(
+            cli,
+            &input,
+            &topics::topic_name(&prefix, "dead_letters"),
+            &format!("{prefix}passthrough-{stage}"),
+            n,
+        );
+        let svc = service(cli, stage, &prefix, n);
         rows.push(Row {
             section: "kafka",
             name: format!("passthrough on {role}"),
