@@ -72,10 +72,10 @@ impl Collected {
             "alerts" => {
                 let a: Alert = decode(&e.value).map_err(bad)?;
                 let line = format!(
-                    "ALERT {:<7} {:<8} {} {}",
+                    "{} ALERT {:<7} {:<8} {}",
+                    iso_time(a.event_time_ms),
                     format!("{:?}", a.action),
                     format!("{:?}", a.severity),
-                    a.alert_id,
                     a.title
                 );
                 self.alerts.push(a);
@@ -84,8 +84,13 @@ impl Collected {
             "maintenance" => {
                 let m: MaintenanceEntry = decode(&e.value).map_err(bad)?;
                 let line = format!(
-                    "MAINTENANCE {:?} {} {} due {} — {}",
-                    m.priority, m.instrument_serial, m.suspected_part, m.due_by_ms, m.reason
+                    "{} MAINTENANCE {:?} {} {}: due {} ({})",
+                    iso_time(m.created_at_ms),
+                    m.priority,
+                    m.instrument_serial,
+                    m.suspected_part,
+                    iso_time(m.due_by_ms),
+                    m.reason
                 );
                 self.maintenance.push(m);
                 Some(line)
