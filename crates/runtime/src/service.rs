@@ -75,6 +75,12 @@ where
             Ok(())
         }),
     };
+    exit_code(result)
+}
+
+/// The process exit code of a binary's result: 0, 2 for bad configuration (the message names the
+/// setting), 1 for any other failure (logged with its class).
+pub fn exit_code(result: Result<(), RuntimeError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ RuntimeError::Config { .. }) => {
@@ -82,7 +88,8 @@ where
             ExitCode::from(2)
         }
         Err(e) => {
-            tracing::error!(error = %e, class = ?e.class(), "service stopped");
+            eprintln!("error: {e}");
+            tracing::error!(error = %e, class = ?e.class(), "stopped");
             ExitCode::FAILURE
         }
     }

@@ -62,17 +62,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     seqmon_runtime::service::init_logging();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e @ RuntimeError::Config { .. }) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    seqmon_runtime::service::exit_code(run(Cli::parse()))
 }
 
 /// Where records go: a JSON-lines writer or a Kafka producer.
@@ -198,6 +188,7 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
     }
     let now = now_ms();
     let mut records = Vec::new();
+    let mut unreadable = 0;
     for folder in &cli.run_folders {
         match collect_run(folder, cli.consent_override, now) {
             Ok(c) => {
@@ -207,10 +198,19 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
                 tracing::info!(folder = %folder.display(), consent = ?c.consent, records = c.records.len(), "run folder collected");
                 records.extend(c.records);
             }
-            Err(e) => tracing::error!(error = %e, "run folder skipped"),
+            Err(e) => {
+                tracing::error!(error = %e, "run folder skipped");
+                unreadable += 1;
+            }
         }
     }
     out.send(&records)?;
     tracing::info!(records = records.len(), "sent");
+    if unreadable > 0 {
+        // What could be read was sent; a folder that could not be read is still a failure.
+        return Err(RuntimeError::Internal(format!(
+            "{unreadable} run folder(s) could not be read"
+        )));
+    }
     Ok(())
 }

@@ -63,17 +63,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     seqmon_runtime::service::init_logging();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e @ RuntimeError::Config { .. }) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    seqmon_runtime::service::exit_code(run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> Result<(), RuntimeError> {
