@@ -44,17 +44,30 @@ pub struct FileSummary {
     pub written: HashMap<String, u64>,
 }
 
-/// Encodes one JSON line as the single-object Avro bytes of `schema_name`.
+/// A JSON line converted for a processor: its key (the instrument serial, if it has one) and its
+/// single-object Avro bytes.
+pub struct ConvertedLine {
+    pub key: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+/// Encodes one JSON line as the single-object Avro bytes of `schema_name`, parsing it once.
 pub fn json_line_to_avro(
     line: &str,
     schema_name: &str,
-) -> Result<Vec<u8>, (DeadLetterReason, String)> {
+) -> Result<ConvertedLine, (DeadLetterReason, String)> {
     let json: serde_json::Value = serde_json::from_str(line)
         .map_err(|e| (DeadLetterReason::UNDECODABLE, format!("not JSON: {e}")))?;
+    let key = json
+        .get("instrument_serial")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
     let entry = store().latest(schema_name);
     let value =
         json_to_avro(&entry.schema, &json).map_err(|e| (DeadLetterReason::WRONG_SCHEMA, e))?;
-    encode_value(entry, value).map_err(|e| (DeadLetterReason::WRONG_SCHEMA, e.to_string()))
+    let bytes =
+        encode_value(entry, value).map_err(|e| (DeadLetterReason::WRONG_SCHEMA, e.to_string()))?;
+    Ok(ConvertedLine { key, bytes })
 }
 
 /// Decodes an output record to its JSON line, using the catalogue's schema for its role.
@@ -95,11 +108,10 @@ pub fn run_file(driver: &mut Driver, args: &FileArgs) -> Result<FileSummary, Run
         let offset = i as i64 + 1;
         let raw = line.as_bytes();
         match json_line_to_avro(&line, input_schema) {
-            Ok(bytes) => {
-                let key = key_of(&line);
+            Ok(converted) => {
                 let env = Envelope {
-                    key: key.as_deref().map(str::as_bytes),
-                    value: &bytes,
+                    key: converted.key.as_deref().map(str::as_bytes),
+                    value: &converted.bytes,
                     topic: &source_name,
                     partition: 0,
                     offset,
@@ -125,12 +137,6 @@ pub fn run_file(driver: &mut Driver, args: &FileArgs) -> Result<FileSummary, Run
     writers.write_all(&mut out, &mut summary)?;
     writers.flush()?;
     Ok(summary)
-}
-
-/// The instrument serial of a JSON line, used as its key.
-fn key_of(line: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    v.get("instrument_serial")?.as_str().map(str::to_string)
 }
 
 struct Writers {

@@ -109,15 +109,11 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
                     context: format!("cannot read {path}"),
                     source,
                 })?;
-                let key = serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v["instrument_serial"].as_str().map(str::to_string))
-                    .unwrap_or_default();
                 // Lines that do not convert go in as their raw bytes: the validator dead-letters them.
-                out.push((
-                    key,
-                    json_line_to_avro(&line, "telemetry").unwrap_or_else(|_| line.into_bytes()),
-                ));
+                out.push(match json_line_to_avro(&line, "telemetry") {
+                    Ok(c) => (c.key.unwrap_or_default(), c.bytes),
+                    Err(_) => (String::new(), line.into_bytes()),
+                });
             }
             (out, Vec::new())
         }
