@@ -81,6 +81,8 @@ pub struct SchemaEntry {
     pub schema: Schema,
     /// CRC-64-AVRO fingerprint of the canonical form, little-endian as in the wire header.
     pub fingerprint: [u8; 8],
+    /// The schema compiled for the direct decoder ([`crate::fast`]), when it supports it.
+    pub plan: Option<crate::fast::Plan>,
 }
 
 /// All schema versions, by fingerprint and by name.
@@ -103,6 +105,7 @@ impl SchemaStore {
                 name,
                 version: *version,
                 fingerprint: fingerprint(&schema),
+                plan: crate::fast::Plan::compile(&schema),
                 schema,
             });
         }
@@ -110,6 +113,9 @@ impl SchemaStore {
         let mut latest: HashMap<&'static str, usize> = HashMap::new();
         for (i, e) in entries.iter().enumerate() {
             by_fingerprint.insert(e.fingerprint, i);
+            by_fingerprint
+                .entry(legacy_fingerprint(&e.schema))
+                .or_insert(i);
             let newer = latest
                 .get(e.name)
                 .is_none_or(|&j| entries[j].version < e.version);
@@ -154,10 +160,56 @@ impl SchemaStore {
 
 /// CRC-64-AVRO (Rabin) fingerprint of a schema's parsing canonical form, little-endian.
 pub fn fingerprint(schema: &Schema) -> [u8; 8] {
+    crc64_avro(canonical_form(schema).as_bytes()).to_le_bytes()
+}
+
+/// The fingerprint apache-avro 0.21 computes: over its canonical form, which keeps a primitive
+/// that carried a logical type as an object (`{"type":"long"}`). Records written before
+/// 2026-11-29 carry it; the store still accepts it when reading.
+pub fn legacy_fingerprint(schema: &Schema) -> [u8; 8] {
     let fp = schema.fingerprint::<Rabin>();
     let mut out = [0u8; 8];
     out.copy_from_slice(&fp.bytes[..8]);
     out
+}
+
+/// The Parsing Canonical Form of the specification. apache-avro's `canonical_form` strips
+/// `logicalType` but leaves the primitive as `{"type":"long"}`, where the specification's
+/// [PRIMITIVES] rule (and fastavro, and the Java implementation) write `"long"`, so its
+/// fingerprints differ from every other implementation's for schemas with logical types.
+/// Names and symbols in the canonical form are bare identifiers, so the replacement below can
+/// only meet such objects.
+pub fn canonical_form(schema: &Schema) -> String {
+    let mut text = schema.canonical_form();
+    for primitive in [
+        "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+    ] {
+        text = text.replace(
+            &format!(r#"{{"type":"{primitive}"}}"#),
+            &format!(r#""{primitive}""#),
+        );
+    }
+    text
+}
+
+/// CRC-64-AVRO (the specification's "Rabin" fingerprint) of `data`.
+pub fn crc64_avro(data: &[u8]) -> u64 {
+    const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
+    static TABLE: OnceLock<[u64; 256]> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u64; 256];
+        for (i, slot) in t.iter_mut().enumerate() {
+            let mut fp = i as u64;
+            for _ in 0..8 {
+                fp = (fp >> 1) ^ (EMPTY & 0u64.wrapping_sub(fp & 1));
+            }
+            *slot = fp;
+        }
+        t
+    });
+    data.iter().fold(EMPTY, |fp, b| {
+        (fp >> 8) ^ table[((fp ^ u64::from(*b)) & 0xff) as usize]
+    })
 }
 
 /// The process-wide schema store.
@@ -170,24 +222,6 @@ pub fn store() -> &'static SchemaStore {
 mod tests {
     use super::*;
     use apache_avro::schema_compatibility::SchemaCompatibility;
-
-    /// The CRC-64-AVRO reference algorithm from the Avro specification, to check the library's.
-    fn reference_crc64_avro(data: &[u8]) -> u64 {
-        const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
-        let mut table = [0u64; 256];
-        for (i, slot) in table.iter_mut().enumerate() {
-            let mut fp = i as u64;
-            for _ in 0..8 {
-                fp = (fp >> 1) ^ (EMPTY & 0u64.wrapping_sub(fp & 1));
-            }
-            *slot = fp;
-        }
-        let mut fp = EMPTY;
-        for &b in data {
-            fp = (fp >> 8) ^ table[((fp ^ b as u64) & 0xff) as usize];
-        }
-        fp
-    }
 
     #[test]
     fn every_schema_parses_and_has_docs_on_every_field() {
@@ -240,13 +274,21 @@ mod tests {
     fn fingerprints_match_the_specification_and_are_unique() {
         let store = store();
         for e in store.entries() {
-            let reference = reference_crc64_avro(e.schema.canonical_form().as_bytes());
+            let canonical = canonical_form(&e.schema);
             assert_eq!(
                 e.fingerprint,
-                reference.to_le_bytes(),
+                crc64_avro(canonical.as_bytes()).to_le_bytes(),
                 "{} v{}",
                 e.name,
                 e.version
+            );
+            assert!(!canonical.contains(r#"{"type":"long"}"#), "{canonical}");
+            // Both fingerprints find the entry: the legacy one for records already written.
+            assert_eq!(
+                store
+                    .by_fingerprint(&legacy_fingerprint(&e.schema))
+                    .map(|f| f.fingerprint),
+                Some(e.fingerprint)
             );
         }
         let mut fps: Vec<_> = store.entries().iter().map(|e| e.fingerprint).collect();
@@ -254,7 +296,21 @@ mod tests {
         fps.dedup();
         assert_eq!(fps.len(), store.entries().len());
         // Specification test vector: the fingerprint of the schema "int".
-        assert_eq!(reference_crc64_avro(br#""int""#), 0x7275_d51a_3f39_5c8f);
+        assert_eq!(crc64_avro(br#""int""#), 0x7275_d51a_3f39_5c8f);
+    }
+
+    #[test]
+    fn canonical_form_writes_a_logical_types_primitive_as_a_name() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"r","namespace":"n","doc":"d","fields":[
+                {"name":"t","type":{"type":"long","logicalType":"timestamp-millis"}},
+                {"name":"u","type":["null",{"type":"string","logicalType":"uuid"}]}]}"#,
+        )
+        .expect("parses");
+        assert_eq!(
+            canonical_form(&schema),
+            r#"{"name":"n.r","type":"record","fields":[{"name":"t","type":"long"},{"name":"u","type":["null","string"]}]}"#
+        );
     }
 
     /// Every version of a record type must be readable by every later version (backward
