@@ -19,11 +19,11 @@ else
   echo "== using the existing cluster at $KAFKA_BOOTSTRAP_SERVERS"
 fi
 
-echo "== Illumina's interop reader from PyPI, for the collector's cross-check"
+echo "== from PyPI: Illumina's interop (collector cross-check) and fastavro (Avro cross-check)"
 venv="$root/.cache/interop-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q interop numpy
+  "$venv/bin/pip" install -q interop numpy fastavro
 fi
 export INTEROP_PYTHON="$venv/bin/python"
 

@@ -153,7 +153,30 @@ pub fn decode_value(
 }
 
 /// Decodes bytes into `T`, resolving from the writer's schema version to the newest one.
+///
+/// Records written with the newest version (nearly all) take the direct decoder of
+/// [`crate::fast`]; older versions take apache-avro's resolving decode.
 pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (writer, body) = writer_schema(bytes)?;
+    if writer.name == T::SCHEMA_NAME && writer.version == store().latest(T::SCHEMA_NAME).version {
+        if let Some(plan) = &writer.plan {
+            let (value, left) =
+                crate::fast::from_slice::<T>(plan, body).map_err(|e| CodecError::Body {
+                    schema: format!("{} v{}", writer.name, writer.version),
+                    message: e.0,
+                })?;
+            if left != 0 {
+                return Err(CodecError::Trailing(left));
+            }
+            return Ok(value);
+        }
+    }
+    decode_via_value(bytes)
+}
+
+/// Decodes bytes into `T` through apache-avro's generic `Value` (resolving if needed): the
+/// reference the direct decoder is tested and benchmarked against.
+pub fn decode_via_value<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
     let (writer, value) = decode_value(bytes, T::SCHEMA_NAME)?;
     from_value::<T>(&value).map_err(|e| CodecError::Body {
         schema: format!("{} v{}", writer.name, writer.version),

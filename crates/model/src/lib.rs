@@ -10,6 +10,7 @@
 //! Nothing here does I/O; every function is pure and unit-tested without a broker.
 
 pub mod codec;
+pub mod fast;
 pub mod json;
 pub mod records;
 pub mod schema_store;
