@@ -21,6 +21,9 @@ pub enum Cleanup {
     DeleteAfterHours(u32),
     /// Log-compacted: the latest record per key is kept (state changelogs).
     Compact,
+    /// Compacted, and segments older than this many hours are deleted as well: for changelogs
+    /// with one key per short-lived entry (message ids), which are never tombstoned one by one.
+    CompactDeleteAfterHours(u32),
 }
 
 /// One topic of the catalogue.
@@ -44,6 +47,10 @@ pub struct TopicSpec {
 
 const DAY: u32 = 24;
 
+/// Hours the validator changelog keeps its per-message-id records: one more than the longest
+/// de-duplication horizon the validator accepts.
+pub const VALIDATOR_CHANGELOG_HOURS: u32 = 25;
+
 /// Every topic. Partition counts are set at creation (`seqmon-admin create-topics --partitions`),
 /// the same for all, so co-partitioning holds.
 pub const CATALOGUE: &[TopicSpec] = &[
@@ -57,7 +64,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
     TopicSpec { role: "privacy_audit", name: "privacy.audit", schema: "privacy_audit", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "One record per removal at the privacy boundary: rule and field, never the value." },
     TopicSpec { role: "dead_letters_sensitive", name: "deadletter.sensitive", schema: "dead_letter", key: "instrument serial (or the source key)", side: PrivacySide::Sensitive, cleanup: Cleanup::DeleteAfterHours(7 * DAY), doc: "Dead letters of the validator and privacy enforcer; they carry raw bytes, so they stay on the sensitive side." },
     TopicSpec { role: "dead_letters", name: "deadletter.analysis", schema: "dead_letter", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(30 * DAY), doc: "Dead letters of the stages after the privacy boundary." },
-    TopicSpec { role: "changelog_validator", name: "validator.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Sensitive, cleanup: Cleanup::Compact, doc: "Validator state (recent message ids) per instrument." },
+    TopicSpec { role: "changelog_validator", name: "validator.changelog", schema: "state_snapshot", key: "instrument serial and message id", side: PrivacySide::Sensitive, cleanup: Cleanup::CompactDeleteAfterHours(VALIDATOR_CHANGELOG_HOURS), doc: "Validator state: one record per recent message id." },
     TopicSpec { role: "changelog_feature_extractor", name: "feature-extractor.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Feature-extractor open windows per instrument." },
     TopicSpec { role: "changelog_anomaly_detector", name: "anomaly-detector.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Anomaly-detector baselines per instrument." },
     TopicSpec { role: "changelog_notifier", name: "notifier.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Notifier open alerts per instrument." },
@@ -86,6 +93,13 @@ pub fn topic_config(spec: &TopicSpec) -> Vec<(&'static str, String)> {
         Cleanup::Compact => vec![
             ("cleanup.policy", "compact".into()),
             ("min.compaction.lag.ms", "60000".into()),
+        ],
+        Cleanup::CompactDeleteAfterHours(h) => vec![
+            ("cleanup.policy", "compact,delete".into()),
+            ("min.compaction.lag.ms", "60000".into()),
+            ("retention.ms", (h as u64 * 3_600_000).to_string()),
+            // Segments roll hourly so expired ones can be deleted soon after the retention.
+            ("segment.ms", "3600000".into()),
         ],
     }
 }

@@ -9,15 +9,17 @@
 //! this instrument.
 //!
 //! State: the recent message ids of each instrument (bounded by an event-time horizon and a
-//! count), persisted to `validator.changelog` in the same transaction as the outputs, so a
-//! restart neither forgets an id (letting a duplicate through) nor remembers an uncommitted one.
+//! count), 16 bytes per id in event-time buckets. Each new id is one small record on
+//! `validator.changelog` (key: serial and id, value: its bucket), written in the same transaction
+//! as the outputs, so a restart neither forgets an id (letting a duplicate through) nor remembers
+//! an uncommitted one. The changelog is never rewritten per instrument (that cost grows with the
+//! ids held); expired ids leave it by time retention (25 h, above the longest horizon allowed).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 
 use clap::Args;
 use seqmon_model::{specs, DeadLetterReason as R, Telemetry, TelemetryKind};
 use seqmon_runtime::{key_str, Emitter, Envelope, Processor, RuntimeError, StageError};
-use serde::{Deserialize, Serialize};
 
 /// Validator settings.
 #[derive(Debug, Clone, Args)]
@@ -52,6 +54,12 @@ impl Default for ValidatorConfig {
 }
 
 impl ValidatorConfig {
+    /// Event-time length of one de-duplication bucket: a sixteenth of the horizon, at most a
+    /// minute, so expiry keeps at most one bucket more than the horizon.
+    fn bucket_ms(&self) -> i64 {
+        (self.dedup_horizon_ms / 16).clamp(1, 60_000)
+    }
+
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), RuntimeError> {
         let bad = |setting, message: &str| {
@@ -75,10 +83,11 @@ impl ValidatorConfig {
         if self.max_age_ms <= 0 {
             return bad("--max-age-ms / VALIDATOR_MAX_AGE_MS", "must be positive");
         }
-        if self.dedup_horizon_ms <= 0 {
+        let longest = i64::from(seqmon_model::topics::VALIDATOR_CHANGELOG_HOURS - 1) * 3_600_000;
+        if self.dedup_horizon_ms <= 0 || self.dedup_horizon_ms > longest {
             return bad(
                 "--dedup-horizon-ms / VALIDATOR_DEDUP_HORIZON_MS",
-                "must be positive",
+                "must be positive and at most 24 h (the validator changelog keeps 25 h)",
             );
         }
         if self.dedup_max_ids == 0 {
@@ -91,19 +100,82 @@ impl ValidatorConfig {
     }
 }
 
-/// Recent message ids of one instrument.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+/// Recent message ids of one instrument, in buckets of event time: a lookup checks every bucket,
+/// expiry drops whole buckets. An id is kept as 128 bits, 16 bytes: a UUID's own bits, or a
+/// 128-bit hash of any other text (two differing ids collide with odds near 2^-128).
+#[derive(Debug, Default, Clone, PartialEq)]
 struct SeenIds {
-    /// (event time, message id), oldest first.
-    order: VecDeque<(i64, String)>,
-    #[serde(skip)]
-    set: HashSet<String>,
+    /// Bucket start (ms of event time) → ids whose event time falls in that bucket.
+    buckets: BTreeMap<i64, HashSet<u128>>,
+    /// Newest event time seen (on restore: newest bucket start).
+    newest: i64,
+    /// Ids held over all buckets.
+    count: usize,
 }
 
 impl SeenIds {
-    fn rebuild_index(&mut self) {
-        self.set = self.order.iter().map(|(_, id)| id.clone()).collect();
+    fn contains(&self, id: u128) -> bool {
+        self.buckets.values().any(|b| b.contains(&id))
     }
+
+    fn bucket_of(&self, id: u128) -> Option<i64> {
+        self.buckets
+            .iter()
+            .find(|(_, b)| b.contains(&id))
+            .map(|(start, _)| *start)
+    }
+
+    fn insert(&mut self, bucket: i64, id: u128, event_time_ms: i64) {
+        if self.buckets.entry(bucket).or_default().insert(id) {
+            self.count += 1;
+        }
+        self.newest = self.newest.max(event_time_ms);
+    }
+
+    /// Drops buckets wholly older than the horizon, then the oldest while over the count.
+    fn expire(&mut self, horizon_ms: i64, bucket_ms: i64, max_ids: usize) {
+        let oldest_kept = self.newest.saturating_sub(horizon_ms);
+        while let Some((&start, ids)) = self.buckets.first_key_value() {
+            let too_old = start + bucket_ms <= oldest_kept;
+            let too_many = self.count > max_ids && self.buckets.len() > 1;
+            if !(too_old || too_many) {
+                break;
+            }
+            self.count -= ids.len();
+            self.buckets.pop_first();
+        }
+    }
+}
+
+/// A message id as 128 bits: the UUID it spells, or else the 128-bit FNV-1a hash of its text
+/// (stable across releases, since the bits are what the changelog keeps).
+fn id_bits(id: &str) -> u128 {
+    let hex: String = id.chars().filter(|c| *c != '-').collect();
+    if id.len() == 36 && hex.len() == 32 {
+        if let Ok(bits) = u128::from_str_radix(&hex, 16) {
+            return bits;
+        }
+    }
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    id.bytes()
+        .fold(OFFSET, |h, b| (h ^ u128::from(b)).wrapping_mul(PRIME))
+}
+
+/// Changelog key of one remembered id: the serial's length, the serial, then the id's 128 bits
+/// as 32 hex digits, so any serial splits back unambiguously.
+fn state_key(serial: &str, id: u128) -> String {
+    format!("{}:{serial}{id:032x}", serial.len())
+}
+
+fn split_state_key(key: &str) -> Option<(&str, u128)> {
+    let (len, rest) = key.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    if rest.len() != len + 32 || !rest.is_char_boundary(len) {
+        return None;
+    }
+    let (serial, hex) = rest.split_at(len);
+    Some((serial, u128::from_str_radix(hex, 16).ok()?))
 }
 
 /// The validator processor.
@@ -321,49 +393,49 @@ impl Processor for Validator {
             out.reject(reason, detail);
             return Ok(());
         }
+        let id = id_bits(&t.message_id);
+        let bucket_ms = self.cfg.bucket_ms();
         let seen = self.seen.entry(t.instrument_serial.clone()).or_default();
-        if seen.set.contains(&t.message_id) {
+        if seen.contains(id) {
             out.reject(
                 R::DUPLICATE_MESSAGE,
                 "message_id already seen for this instrument",
             );
             return Ok(());
         }
-        seen.order
-            .push_back((t.event_time_ms, t.message_id.clone()));
-        seen.set.insert(t.message_id.clone());
-        let newest = seen
-            .order
-            .iter()
-            .map(|(ts, _)| *ts)
-            .max()
-            .unwrap_or(t.event_time_ms);
-        while seen.order.len() > self.cfg.dedup_max_ids
-            || seen
-                .order
-                .front()
-                .is_some_and(|(ts, _)| *ts < newest - self.cfg.dedup_horizon_ms)
-        {
-            if let Some((_, id)) = seen.order.pop_front() {
-                seen.set.remove(&id);
-            }
-        }
-        out.state_changed(&t.instrument_serial);
+        seen.insert(
+            t.event_time_ms.div_euclid(bucket_ms) * bucket_ms,
+            id,
+            t.event_time_ms,
+        );
+        seen.expire(self.cfg.dedup_horizon_ms, bucket_ms, self.cfg.dedup_max_ids);
+        out.state_changed(&state_key(&t.instrument_serial, id));
         out.emit_bytes("validated", &t.instrument_serial, input.value);
         Ok(())
     }
 
+    /// One record per remembered id: its bucket start. An id that expired reads as gone.
     fn snapshot(&self, key: &str) -> Option<Vec<u8>> {
-        self.seen.get(key).and_then(|s| serde_json::to_vec(s).ok())
+        let (serial, id) = split_state_key(key)?;
+        let bucket = self.seen.get(serial)?.bucket_of(id)?;
+        Some(bucket.to_string().into_bytes())
     }
 
     fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
-        let mut s: SeenIds = serde_json::from_slice(state).map_err(|e| StageError::State {
+        let bad = |message: String| StageError::State {
             key: key.into(),
-            message: e.to_string(),
-        })?;
-        s.rebuild_index();
-        self.seen.insert(key.to_string(), s);
+            message,
+        };
+        let (serial, id) =
+            split_state_key(key).ok_or_else(|| bad("not a serial and message id".into()))?;
+        let bucket: i64 = std::str::from_utf8(state)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("state is not a bucket start".into()))?;
+        self.seen
+            .entry(serial.to_string())
+            .or_default()
+            .insert(bucket, id, bucket);
         Ok(())
     }
 
@@ -372,7 +444,15 @@ impl Processor for Validator {
     }
 
     fn state_keys(&self) -> Vec<String> {
-        self.seen.keys().cloned().collect()
+        self.seen
+            .iter()
+            .flat_map(|(serial, seen)| {
+                seen.buckets
+                    .values()
+                    .flatten()
+                    .map(move |id| state_key(serial, *id))
+            })
+            .collect()
     }
 }
 
@@ -493,6 +573,21 @@ mod tests {
     }
 
     #[test]
+    fn state_keys_split_back_for_any_serial_and_id() {
+        let uuid = "6f1c0d3e-0000-4000-8000-00000000002a";
+        assert_eq!(id_bits(uuid), 0x6f1c0d3e_0000_4000_8000_00000000002a);
+        assert_ne!(id_bits("retry-1"), id_bits("retry-2"));
+        for serial in ["M01234", "a:b", "ü:1", ""] {
+            for id in [id_bits(uuid), id_bits("x"), 0, u128::MAX] {
+                let key = state_key(serial, id);
+                assert_eq!(split_state_key(&key), Some((serial, id)), "{key}");
+            }
+        }
+        assert_eq!(split_state_key("M01234"), None);
+        assert_eq!(split_state_key("3:M01zz"), None);
+    }
+
+    #[test]
     fn dedup_memory_is_bounded_by_horizon() {
         let mut v = Validator::new(ValidatorConfig {
             dedup_horizon_ms: 1_000,
@@ -505,6 +600,8 @@ mod tests {
                 None,
             );
         }
-        assert!(v.seen["M01234"].order.len() <= 11);
+        // 1 s horizon, 100 ms apart: the last second plus at most one bucket (62 ms) more.
+        assert!(v.seen["M01234"].count <= 11, "{}", v.seen["M01234"].count);
+        assert_eq!(v.state_keys().len(), v.seen["M01234"].count);
     }
 }

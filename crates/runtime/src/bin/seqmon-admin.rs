@@ -44,6 +44,7 @@ async fn main() -> ExitCode {
                 let cleanup = match t.cleanup {
                     Cleanup::DeleteAfterHours(h) => format!("delete after {h} h"),
                     Cleanup::Compact => "compact".to_string(),
+                    Cleanup::CompactDeleteAfterHours(h) => format!("compact, delete after {h} h"),
                 };
                 println!(
                     "{:<28} {:<20} {:<10?} {:<22} key: {} — {}",
