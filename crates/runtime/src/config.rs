@@ -264,11 +264,21 @@ pub struct RunnerConfig {
     #[arg(long, env = "SEQMON_TRANSACTIONAL_ID")]
     pub transactional_id: Option<String>,
     /// Most input records per transaction (bounds in-flight work).
-    #[arg(long, env = "SEQMON_BATCH_MAX_RECORDS", default_value_t = 500)]
+    #[arg(long, env = "SEQMON_BATCH_MAX_RECORDS", default_value_t = 5000)]
     pub batch_max_records: usize,
     /// Longest wait to fill a batch, milliseconds.
     #[arg(long, env = "SEQMON_BATCH_MAX_WAIT_MS", default_value_t = 100)]
     pub batch_max_wait_ms: u64,
+    /// Once a batch holds a record, it closes when no further record arrives within this many
+    /// milliseconds (0: as soon as the records already fetched are taken). Batches then grow
+    /// with load, from the records that queue while a transaction commits, instead of every
+    /// record waiting out --batch-max-wait-ms.
+    #[arg(long, env = "SEQMON_BATCH_LINGER_MS", default_value_t = 0)]
+    pub batch_linger_ms: u64,
+    /// Longest time the broker may hold a fetch that has no data yet, milliseconds
+    /// (librdkafka's fetch.wait.max.ms). Bounds the delay a committed record waits to be fetched.
+    #[arg(long, env = "SEQMON_FETCH_WAIT_MAX_MS", default_value_t = 10)]
+    pub fetch_wait_max_ms: u64,
     /// Transaction timeout, milliseconds (the broker caps it at transaction.max.timeout.ms).
     #[arg(long, env = "SEQMON_TRANSACTION_TIMEOUT_MS", default_value_t = 60_000)]
     pub transaction_timeout_ms: u64,
@@ -291,6 +301,18 @@ impl RunnerConfig {
             return bad(
                 "--batch-max-records / SEQMON_BATCH_MAX_RECORDS",
                 "must be 1..=100000",
+            );
+        }
+        if self.batch_linger_ms > self.batch_max_wait_ms {
+            return bad(
+                "--batch-linger-ms / SEQMON_BATCH_LINGER_MS",
+                "must not exceed --batch-max-wait-ms",
+            );
+        }
+        if self.fetch_wait_max_ms == 0 || self.fetch_wait_max_ms > 10_000 {
+            return bad(
+                "--fetch-wait-max-ms / SEQMON_FETCH_WAIT_MAX_MS",
+                "must be 1..=10000",
             );
         }
         if self.batch_max_wait_ms == 0 || self.batch_max_wait_ms > 60_000 {

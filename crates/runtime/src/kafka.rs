@@ -1,7 +1,8 @@
 //! Kafka mode: runs a processor as an exactly-once Kafka→Kafka service.
 //!
 //! Guarantees. Input is consumed `read_committed` without auto-commit. Each batch (at most
-//! `--batch-max-records` records) is processed, then its outputs, dead letters, changed state
+//! `--batch-max-records` records or `--batch-max-wait-ms`, closed early when no record follows
+//! within `--batch-linger-ms`) is processed, then its outputs, dead letters, changed state
 //! (to the stage's compacted changelog, same partition as the input) and the input offsets are
 //! committed in one Kafka transaction by an idempotent transactional producer. A reader using
 //! `read_committed` therefore sees every input's effects exactly once, and the state on the
@@ -16,6 +17,9 @@
 //! the changelog, so no output is written for partitions this instance no longer owns (the
 //! broker also refuses offsets of a stale group generation, which aborts the transaction).
 //! SIGTERM finishes the batch in hand, commits it, and leaves the group cleanly.
+//!
+//! Timestamps. Every output record carries the Kafka timestamp of the input record that caused it,
+//! so a result's timestamp is its instrument's send time, however many stages it passed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -140,7 +144,9 @@ pub fn run_kafka(
             "transaction.timeout.ms",
             cfg.transaction_timeout_ms.to_string(),
         )
-        .set("linger.ms", "5")
+        // A batch's outputs are produced together and then waited for, so lingering only adds
+        // latency; records still batch while a request is in flight.
+        .set("linger.ms", "0")
         .set("queue.buffering.max.messages", "200000")
         .create()
         .map_err(RuntimeError::kafka("create producer"))?;
@@ -161,6 +167,7 @@ pub fn run_kafka(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .create_with_context(StageConsumerContext {
             log: log.clone(),
             input_topic: input_topic.clone(),
@@ -174,6 +181,7 @@ pub fn run_kafka(
     let mut assigned: Vec<i32> = Vec::new();
     let mut batch: Vec<Owned> = Vec::with_capacity(cfg.batch_max_records);
     let max_wait = Duration::from_millis(cfg.batch_max_wait_ms);
+    let linger = Duration::from_millis(cfg.batch_linger_ms);
     while !shutdown.load(Ordering::SeqCst) {
         driver.metrics.beat();
         // Collect a batch. A rebalance during collection invalidates what was collected before it.
@@ -181,7 +189,12 @@ pub fn run_kafka(
         let started = Instant::now();
         while batch.len() < cfg.batch_max_records && started.elapsed() < max_wait {
             let generation = log.generation.load(Ordering::SeqCst);
-            let polled = consumer.poll(max_wait.saturating_sub(started.elapsed()));
+            let remaining = max_wait.saturating_sub(started.elapsed());
+            let polled = consumer.poll(if batch.is_empty() {
+                remaining
+            } else {
+                remaining.min(linger)
+            });
             if log.generation.load(Ordering::SeqCst) != generation {
                 batch.clear();
                 if let Some(parts) = log.assigned.lock().expect("lock").take() {
@@ -195,7 +208,7 @@ pub fn run_kafka(
             }
             match polled {
                 None => {
-                    if shutdown.load(Ordering::SeqCst) {
+                    if shutdown.load(Ordering::SeqCst) || !batch.is_empty() {
                         break;
                     }
                 }
@@ -220,6 +233,8 @@ pub fn run_kafka(
             continue;
         }
         tracing::debug!(records = batch.len(), "batch collected");
+        driver.metrics.batch_records.observe(batch.len() as f64);
+        let txn_started = Instant::now();
         match process_and_commit(
             &mut driver,
             &producer,
@@ -231,6 +246,10 @@ pub fn run_kafka(
             timeout,
         ) {
             Ok(()) => {
+                driver
+                    .metrics
+                    .transaction_seconds
+                    .observe(txn_started.elapsed().as_secs_f64());
                 driver
                     .metrics
                     .transactions
@@ -302,6 +321,9 @@ fn process_and_commit(
     let mut outputs: Vec<Emitted> = Vec::with_capacity(batch.len() * 2);
     let mut changed: BTreeMap<String, i32> = BTreeMap::new();
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    // Each output carries the timestamp of the input that caused it (as Kafka Streams does), so
+    // the time from an instrument's event to any committed result can be read off the result.
+    let mut stamps: Vec<Option<i64>> = Vec::with_capacity(batch.len() * 2);
     for m in batch {
         let env = Envelope {
             key: m.key.as_deref(),
@@ -316,25 +338,26 @@ fn process_and_commit(
                 changed.insert(k, m.partition);
             })
             .map_err(|e| TxnFailure::Fatal(e.into()))?;
+        stamps.resize(outputs.len(), m.timestamp_ms);
         next_offsets.insert(m.partition, m.offset + 1);
     }
     producer
         .begin_transaction()
         .map_err(|e| classify("begin_transaction", e))?;
-    for e in &outputs {
+    for (e, stamp) in outputs.iter().zip(&stamps) {
         let topic = topics.get(e.role).ok_or_else(|| {
             TxnFailure::Fatal(RuntimeError::Internal(format!(
                 "stage emitted to undeclared output {}",
                 e.role
             )))
         })?;
-        send(
-            producer,
-            BaseRecord::to(topic)
-                .key(e.key.as_bytes())
-                .payload(e.value.as_slice()),
-        )
-        .map_err(|e| classify("produce", e))?;
+        let mut record = BaseRecord::to(topic)
+            .key(e.key.as_bytes())
+            .payload(e.value.as_slice());
+        if let Some(ms) = stamp {
+            record = record.timestamp(*ms);
+        }
+        send(producer, record).map_err(|e| classify("produce", e))?;
     }
     if let Some(changelog) = changelog_topic {
         let stage = driver.processor().stage();
@@ -385,13 +408,27 @@ fn process_and_commit(
             "consumer has no group metadata".into(),
         ))
     })?;
+    let produced_at = Instant::now();
+    wait_delivered(producer, timeout).map_err(|e| classify("flush", e))?;
+    let delivered_at = Instant::now();
     producer
         .send_offsets_to_transaction(&tpl, &group, timeout)
         .map_err(|e| classify("send_offsets_to_transaction", e))?;
+    let offsets_at = Instant::now();
     let mut attempt = 0;
     loop {
         match producer.commit_transaction(timeout) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                tracing::debug!(
+                    records = batch.len(),
+                    outputs = outputs.len(),
+                    deliver_ms = (delivered_at - produced_at).as_secs_f64() * 1e3,
+                    offsets_ms = (offsets_at - delivered_at).as_secs_f64() * 1e3,
+                    commit_ms = offsets_at.elapsed().as_secs_f64() * 1e3,
+                    "transaction committed"
+                );
+                return Ok(());
+            }
             Err(KafkaError::Transaction(t)) if t.is_retriable() && attempt < 5 => {
                 attempt += 1;
                 tracing::warn!(error = %t, attempt, "commit_transaction retriable error; retrying");
@@ -400,6 +437,26 @@ fn process_and_commit(
             Err(e) => return Err(classify("commit_transaction", e)),
         }
     }
+}
+
+/// Waits until every produced record is delivered (or failed), checking every millisecond.
+///
+/// Call it before `commit_transaction`, which flushes first: rust-rdkafka's flush on a
+/// `ThreadedProducer` polls for events with a 100 ms timeout while the producer's own thread
+/// takes those events, so each commit would wait 100 ms after its last delivery (measured:
+/// 100 ms per transaction whatever its size). Once nothing is in flight its flush returns at once.
+pub fn wait_delivered(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// Sends a record, waiting while the local queue is full (bounded in-flight work).

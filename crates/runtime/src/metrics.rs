@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 use seqmon_model::DeadLetterReason;
 
 /// Counters of one stage.
@@ -29,6 +32,10 @@ pub struct StageMetrics {
     pub restored_state_keys: IntCounter,
     /// Input partitions currently assigned.
     pub assigned_partitions: IntGauge,
+    /// Time from the start of a transaction to its commit (produce, offsets, commit).
+    pub transaction_seconds: Histogram,
+    /// Input records per transaction.
+    pub batch_records: Histogram,
     /// Unix seconds of the last loop iteration, for liveness.
     pub heartbeat: Arc<AtomicI64>,
 }
@@ -89,6 +96,26 @@ impl StageMetrics {
         registry
             .register(Box::new(assigned_partitions.clone()))
             .expect("unique metric");
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(format!("{prefix}_{name}"), help).buckets(buckets),
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let transaction_seconds = histogram(
+            "transaction_duration_seconds",
+            "Time from beginning a transaction to its commit.",
+            prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets"),
+        );
+        let batch_records = histogram(
+            "batch_records",
+            "Input records per transaction.",
+            prometheus::exponential_buckets(1.0, 4.0, 9).expect("valid buckets"),
+        );
         for r in DeadLetterReason::ALL {
             dead_letter_records.with_label_values(&[r.code()]);
         }
@@ -101,6 +128,8 @@ impl StageMetrics {
             transactions,
             restored_state_keys,
             assigned_partitions,
+            transaction_seconds,
+            batch_records,
             heartbeat: Arc::new(AtomicI64::new(now_secs())),
         }
     }
