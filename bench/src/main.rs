@@ -12,11 +12,13 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+mod e2e;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use seqmon_model::codec::{decode_value, encode_with};
+use seqmon_model::codec::{decode_value, decode_via_value, encode_with};
 use seqmon_model::{
     decode, encode, store, topics, Alert, Anomaly, DeadLetter, Feature, MaintenanceEntry,
     PrivacyAudit, SanitizedTelemetry, Telemetry,
@@ -60,9 +62,43 @@ struct Cli {
     /// Records per transaction, for the passthrough and the services alike.
     #[arg(long, default_value_t = 500)]
     batch: usize,
-    /// Skip the Kafka measurements.
+    /// Skip the Kafka measurements (stage throughput and end to end).
     #[arg(long)]
     no_kafka: bool,
+    /// Run only the end-to-end measurement.
+    #[arg(long)]
+    only_e2e: bool,
+    /// Fleet sizes replayed live at 1 Hz end to end (comma-separated; empty: none).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,25000")]
+    e2e_instruments: Vec<usize>,
+    /// After the listed sizes, this many bisection steps for the largest fleet holding the
+    /// feature latency p99 at or under --e2e-p99-target-ms.
+    #[arg(long, default_value_t = 2)]
+    e2e_search_steps: usize,
+    /// The p99 target, ms.
+    #[arg(long, default_value_t = 100.0)]
+    e2e_p99_target_ms: f64,
+    /// Seconds of live replay per fleet size.
+    #[arg(long, default_value_t = 90)]
+    e2e_duration_s: u64,
+    /// Seconds at the start of each replay not counted (group joins, first windows).
+    #[arg(long, default_value_t = 30)]
+    e2e_warmup_s: u64,
+    /// Most records per transaction, end to end (the services' default).
+    #[arg(long, default_value_t = 5000)]
+    e2e_batch: usize,
+    /// Most time a service waits to fill a transaction, ms, end to end.
+    #[arg(long, default_value_t = 100)]
+    e2e_batch_wait_ms: u64,
+    /// Feature window, ms of event time, end to end (short so windows close within a run).
+    #[arg(long, default_value_t = 10_000)]
+    e2e_window_ms: i64,
+    /// Allowed lateness of the feature window, ms, end to end.
+    #[arg(long, default_value_t = 1_000)]
+    e2e_lateness_ms: i64,
+    /// Process id of the broker, to sample its CPU and memory (make bench passes it).
+    #[arg(long)]
+    broker_pid: Option<u32>,
     /// Where to write the JSON figures.
     #[arg(long, default_value = "out/bench/latest.json")]
     json: String,
@@ -162,12 +198,24 @@ fn codec_rows(
             records_per_s: enc,
             ratio: None,
         });
+        let via_value = rate(cli.rounds, n, || {
+            bytes.iter().for_each(|b| {
+                black_box(decode_via_value::<T>(b).expect("decodes"));
+            })
+        });
+        rows.push(Row {
+            section: "codec",
+            name: format!("{name} decode, apache-avro Value"),
+            records: n,
+            records_per_s: via_value,
+            ratio: None,
+        });
         rows.push(Row {
             section: "codec",
             name: format!("{name} decode"),
             records: n,
             records_per_s: dec,
-            ratio: None,
+            ratio: Some(dec / via_value),
         });
     }
     let get = |role: &str| {
@@ -394,6 +442,9 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
                 Duration::from_secs(30),
             )
             .expect("offsets");
+        // The same wait as the runtime before committing (see seqmon_runtime::kafka::wait_delivered).
+        seqmon_runtime::kafka::wait_delivered(&producer, Duration::from_secs(30))
+            .expect("delivered");
         producer
             .commit_transaction(Duration::from_secs(30))
             .expect("commit");
@@ -403,7 +454,7 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
 }
 
 /// The value of a counter on a service's /metrics endpoint.
-fn scrape_counter(port: u16, name: &str) -> Option<f64> {
+pub(crate) fn scrape_counter(port: u16, name: &str) -> Option<f64> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -565,7 +616,11 @@ fn kafka_rows(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let t = Instant::now();
-    let (raw, by_role) = realistic_records(&cli);
+    let (raw, by_role) = if cli.only_e2e {
+        (Vec::new(), BTreeMap::new())
+    } else {
+        realistic_records(&cli)
+    };
     eprintln!(
         "simulated {} raw records ({} instruments, {} h) in {:.1} s",
         raw.len(),
@@ -574,11 +629,18 @@ fn main() -> ExitCode {
         t.elapsed().as_secs_f64()
     );
     let mut rows = Vec::new();
-    codec_rows(&cli, &raw, &by_role, &mut rows);
-    processor_rows(&cli, &raw, &by_role, &mut rows);
-    if !cli.no_kafka {
-        kafka_rows(&cli, &raw, &by_role, &mut rows);
+    if !cli.only_e2e {
+        codec_rows(&cli, &raw, &by_role, &mut rows);
+        processor_rows(&cli, &raw, &by_role, &mut rows);
+        if !cli.no_kafka {
+            kafka_rows(&cli, &raw, &by_role, &mut rows);
+        }
     }
+    let e2e_runs = if cli.no_kafka {
+        Vec::new()
+    } else {
+        end_to_end(&cli)
+    };
     println!(
         "{:<10} {:<38} {:>9} {:>14} {:>8}",
         "section", "measure", "records", "records/s", "ratio"
@@ -593,8 +655,9 @@ fn main() -> ExitCode {
             r.ratio.map(|x| format!("{x:.2}")).unwrap_or_default()
         );
     }
+    print_e2e(&e2e_runs, cli.e2e_p99_target_ms);
     let machine = serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
-    let doc = serde_json::json!({ "machine": machine, "instruments": cli.instruments, "duration_hours": cli.duration_hours, "rounds": cli.rounds, "partitions": cli.partitions, "batch": cli.batch, "rows": rows });
+    let doc = serde_json::json!({ "machine": machine, "instruments": cli.instruments, "duration_hours": cli.duration_hours, "rounds": cli.rounds, "partitions": cli.partitions, "batch": cli.batch, "rows": rows, "e2e": { "duration_s": cli.e2e_duration_s, "batch": cli.e2e_batch, "warmup_s": cli.e2e_warmup_s, "batch_wait_ms": cli.e2e_batch_wait_ms, "window_ms": cli.e2e_window_ms, "lateness_ms": cli.e2e_lateness_ms, "p99_target_ms": cli.e2e_p99_target_ms, "runs": e2e_runs } });
     if let Some(dir) = std::path::Path::new(&cli.json).parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -610,5 +673,148 @@ fn main() -> ExitCode {
             eprintln!("error: cannot write {}: {e}", cli.json);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The end-to-end runs: the listed fleet sizes, then bisection for the largest fleet whose
+/// feature latency p99 holds the target.
+fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
+    let settings = e2e::E2eSettings {
+        bootstrap_servers: cli.bootstrap_servers.clone(),
+        partitions: cli.partitions,
+        batch: cli.e2e_batch,
+        batch_wait_ms: cli.e2e_batch_wait_ms,
+        duration_s: cli.e2e_duration_s,
+        warmup_s: cli.e2e_warmup_s,
+        window_ms: cli.e2e_window_ms,
+        lateness_ms: cli.e2e_lateness_ms,
+        broker_pid: cli.broker_pid,
+    };
+    let holds = |r: &e2e::E2eRun| {
+        r.drained
+            && r.features
+                .as_ref()
+                .is_some_and(|l| l.p99_ms <= cli.e2e_p99_target_ms)
+    };
+    let mut runs: Vec<e2e::E2eRun> = Vec::new();
+    let one = |n: usize, runs: &mut Vec<e2e::E2eRun>| {
+        eprintln!(
+            "end to end: {n} instruments at 1 Hz for {} s",
+            cli.e2e_duration_s
+        );
+        let r = e2e::run(&settings, n);
+        eprintln!(
+            "  features p99 {:?} ms, drained {}",
+            r.features.as_ref().map(|l| l.p99_ms),
+            r.drained
+        );
+        runs.push(r);
+    };
+    for n in &cli.e2e_instruments {
+        one(*n, &mut runs);
+    }
+    for _ in 0..cli.e2e_search_steps {
+        let best_ok = runs
+            .iter()
+            .filter(|r| holds(r))
+            .map(|r| r.instruments)
+            .max();
+        let worst_fail = runs
+            .iter()
+            .filter(|r| !holds(r) && best_ok.is_none_or(|b| r.instruments > b))
+            .map(|r| r.instruments)
+            .min();
+        let next = match (best_ok, worst_fail) {
+            (Some(lo), Some(hi)) if hi > lo + lo / 10 => (lo + hi) / 2,
+            (None, Some(hi)) if hi > 100 => hi / 4,
+            _ => break,
+        };
+        one(next, &mut runs);
+    }
+    runs.sort_by_key(|r| r.instruments);
+    runs
+}
+
+fn ms(l: &Option<e2e::Latency>) -> String {
+    l.as_ref()
+        .map(|l| format!("{:.0}/{:.0}/{:.0}", l.p50_ms, l.p99_ms, l.p999_ms))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_e2e(runs: &[e2e::E2eRun], target: f64) {
+    if runs.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:>11} {:>9} {:>9} {:>18} {:>18} {:>14} {:>7}",
+        "instruments",
+        "raw/s",
+        "features",
+        "feature p50/99/99.9",
+        "anomaly p50/99/99.9",
+        "alerts",
+        "drained"
+    );
+    for r in runs {
+        println!(
+            "{:>11} {:>9.0} {:>9} {:>18} {:>18} {:>14} {:>7}",
+            r.instruments,
+            r.raw_records_per_s,
+            r.features.as_ref().map(|l| l.results).unwrap_or(0),
+            ms(&r.features),
+            ms(&r.anomalies),
+            ms(&r.alerts),
+            r.drained
+        );
+    }
+    println!();
+    println!(
+        "{:>11} {:>20} {:>20}",
+        "instruments", "validated p50/99/99.9", "sanitized p50/99/99.9"
+    );
+    for r in runs {
+        println!(
+            "{:>11} {:>20} {:>20}",
+            r.instruments,
+            ms(&r.validated),
+            ms(&r.sanitized)
+        );
+    }
+    println!();
+    println!(
+        "{:>11} {:<18} {:>9} {:>12} {:>12}",
+        "instruments", "process", "cpu cores", "rss MiB", "rss end MiB"
+    );
+    for r in runs {
+        for u in &r.usage {
+            println!(
+                "{:>11} {:<18} {:>9.2} {:>12.1} {:>12.1}",
+                r.instruments, u.process, u.cpu_cores, u.rss_mib_after_warmup, u.rss_mib_end
+            );
+        }
+        for (stage, (n, records, ms)) in &r.transactions {
+            println!(
+                "{:>11} {:<18} {:>9.0} transactions, {:>7.1} records and {:>6.1} ms each",
+                r.instruments, stage, n, records, ms
+            );
+        }
+        for (stage, b) in &r.state_bytes_per_1000 {
+            println!(
+                "{:>11} state of {:<18} {:>10.0} bytes per 1,000 instruments",
+                r.instruments, stage, b
+            );
+        }
+    }
+    let best = runs
+        .iter()
+        .filter(|r| r.drained && r.features.as_ref().is_some_and(|l| l.p99_ms <= target))
+        .map(|r| r.instruments)
+        .max();
+    match best {
+        Some(n) => {
+            println!("largest fleet measured with feature p99 <= {target} ms: {n} instruments")
+        }
+        None => println!("no measured fleet held feature p99 <= {target} ms"),
     }
 }

@@ -254,95 +254,150 @@ fn lanes(model: InstrumentModel) -> i32 {
 
 /// Builds the simulation.
 pub fn simulate(cfg: &FleetConfig) -> Simulation {
-    let mut rng = Rng::new(cfg.seed);
-    let n = cfg.instruments.max(1);
-    let end_ms = cfg.start_time_ms + (cfg.duration_hours * HOUR as f64) as i64;
-    let mut instruments: Vec<Instrument> = (0..n)
-        .map(|i| {
-            let model = MODELS[i % MODELS.len()];
-            let mut offset = BTreeMap::new();
-            for m in [
-                "laser_power_mw",
-                "flow_rate_ul_min",
-                "fluidics_pressure_kpa",
-                "cluster_density_k_per_mm2",
-            ] {
-                offset.insert(m, rng.range(-0.03, 0.03));
-            }
-            Instrument {
-                serial: serial_for(model, i),
-                model,
-                software: software_for(model).to_string(),
-                old_firmware: model == InstrumentModel::ISEQ_100,
-                offset,
-                fault: None,
-                run_seq: 0,
-                run_id: String::new(),
-                run_start_ms: 0,
-                run_quality: 0.0,
-                reagent_lot: String::new(),
-                setpoint: 60.0,
-                last_valid: None,
-            }
-        })
-        .collect();
-    // Spread faults over the fleet; a bad reagent lot hits several instruments at one time.
-    let mut faults = Vec::new();
-    if cfg.faults {
-        let mut scenarios: Vec<Scenario> = SCENARIOS.to_vec();
-        let lot_victims = (n / 8).max(2);
-        scenarios.extend(std::iter::repeat_n(
-            Scenario::BadReagentLot,
-            lot_victims - 1,
-        ));
-        let count = scenarios.len().min(n * 2 / 3).max(1).min(n);
-        let lot_onset =
-            cfg.start_time_ms + (cfg.duration_hours * HOUR as f64 * rng.range(0.40, 0.5)) as i64;
-        for (j, scenario) in scenarios.into_iter().take(count).enumerate() {
-            let idx = j * n / count;
-            let onset = if scenario == Scenario::BadReagentLot {
-                lot_onset
-            } else {
-                cfg.start_time_ms
-                    + (cfg.duration_hours * HOUR as f64 * rng.range(0.35, 0.55)) as i64
-            };
-            let inst = &mut instruments[idx];
-            inst.fault = Some((scenario, onset));
-            faults.push(FaultTruth {
-                instrument_serial: inst.serial.clone(),
-                instrument_model: inst.model,
-                scenario,
-                subsystem: scenario.subsystem(),
-                start_ms: onset,
-            });
-        }
-    }
-    let mut gen = Generator {
-        cfg: cfg.clone(),
-        rng,
-        records: Vec::new(),
-        pii: Vec::new(),
-        bad_kind: 0,
-    };
-    let step = cfg.sample_interval_s.max(1) as i64 * 1000;
-    let mut tick: i64 = 0;
-    let mut t = cfg.start_time_ms;
-    while t < end_ms {
-        for inst in instruments.iter_mut() {
-            gen.tick(inst, t, tick, step);
-        }
-        tick += 1;
-        t += step;
+    let mut fleet = Fleet::new(cfg);
+    let mut records = Vec::new();
+    while let Some(tick) = fleet.next_tick(0) {
+        records.extend(tick.into_iter().map(|(_, r)| r));
     }
     Simulation {
-        records: gen.records,
-        faults,
-        pii_strings: gen.pii,
+        records,
+        faults: fleet.faults,
+        pii_strings: fleet.gen.pii,
+    }
+}
+
+/// A fleet generated one sample tick at a time, so a long or large fleet can be replayed live
+/// without holding its records in memory. [`simulate`] collects every tick.
+pub struct Fleet {
+    gen: Generator,
+    instruments: Vec<Instrument>,
+    faults: Vec<FaultTruth>,
+    tick: i64,
+    t: i64,
+    step: i64,
+    end_ms: i64,
+}
+
+impl Fleet {
+    /// The fleet at its start time. Records carry JSON lines; see [`Fleet::without_json`].
+    pub fn new(cfg: &FleetConfig) -> Fleet {
+        let mut rng = Rng::new(cfg.seed);
+        let n = cfg.instruments.max(1);
+        let end_ms = cfg.start_time_ms + (cfg.duration_hours * HOUR as f64) as i64;
+        let mut instruments: Vec<Instrument> = (0..n)
+            .map(|i| {
+                let model = MODELS[i % MODELS.len()];
+                let mut offset = BTreeMap::new();
+                for m in [
+                    "laser_power_mw",
+                    "flow_rate_ul_min",
+                    "fluidics_pressure_kpa",
+                    "cluster_density_k_per_mm2",
+                ] {
+                    offset.insert(m, rng.range(-0.03, 0.03));
+                }
+                Instrument {
+                    serial: serial_for(model, i),
+                    model,
+                    software: software_for(model).to_string(),
+                    old_firmware: model == InstrumentModel::ISEQ_100,
+                    offset,
+                    fault: None,
+                    run_seq: 0,
+                    run_id: String::new(),
+                    run_start_ms: 0,
+                    run_quality: 0.0,
+                    reagent_lot: String::new(),
+                    setpoint: 60.0,
+                    last_valid: None,
+                }
+            })
+            .collect();
+        // Spread faults over the fleet; a bad reagent lot hits several instruments at one time.
+        let mut faults = Vec::new();
+        if cfg.faults {
+            let mut scenarios: Vec<Scenario> = SCENARIOS.to_vec();
+            let lot_victims = (n / 8).max(2);
+            scenarios.extend(std::iter::repeat_n(
+                Scenario::BadReagentLot,
+                lot_victims - 1,
+            ));
+            let count = scenarios.len().min(n * 2 / 3).max(1).min(n);
+            let lot_onset = cfg.start_time_ms
+                + (cfg.duration_hours * HOUR as f64 * rng.range(0.40, 0.5)) as i64;
+            for (j, scenario) in scenarios.into_iter().take(count).enumerate() {
+                let idx = j * n / count;
+                let onset = if scenario == Scenario::BadReagentLot {
+                    lot_onset
+                } else {
+                    cfg.start_time_ms
+                        + (cfg.duration_hours * HOUR as f64 * rng.range(0.35, 0.55)) as i64
+                };
+                let inst = &mut instruments[idx];
+                inst.fault = Some((scenario, onset));
+                faults.push(FaultTruth {
+                    instrument_serial: inst.serial.clone(),
+                    instrument_model: inst.model,
+                    scenario,
+                    subsystem: scenario.subsystem(),
+                    start_ms: onset,
+                });
+            }
+        }
+        let gen = Generator {
+            cfg: cfg.clone(),
+            rng,
+            json: true,
+            records: Vec::new(),
+            pii: Vec::new(),
+            bad_kind: 0,
+        };
+        Fleet {
+            gen,
+            instruments,
+            faults,
+            tick: 0,
+            t: cfg.start_time_ms,
+            step: cfg.sample_interval_s.max(1) as i64 * 1000,
+            end_ms,
+        }
+    }
+
+    /// Leaves the JSON lines empty (Kafka replay only needs the Avro bytes).
+    pub fn without_json(mut self) -> Fleet {
+        self.gen.json = false;
+        self
+    }
+
+    /// The injected faults.
+    pub fn faults(&self) -> &[FaultTruth] {
+        &self.faults
+    }
+
+    /// The next sample tick's records, each with its instrument's sample time; `None` after the
+    /// end. With `spread_ms` > 0, instrument i of n samples at tick time + i·spread/n, so a
+    /// live replay does not send the whole fleet in the same millisecond.
+    pub fn next_tick(&mut self, spread_ms: i64) -> Option<Vec<(i64, SimRecord)>> {
+        if self.t >= self.end_ms {
+            return None;
+        }
+        let n = self.instruments.len() as i64;
+        let mut out = Vec::with_capacity(self.instruments.len() + 16);
+        for (i, inst) in self.instruments.iter_mut().enumerate() {
+            let at = self.t + i as i64 * spread_ms / n;
+            self.gen.tick(inst, at, self.tick, self.step);
+            out.extend(self.gen.records.drain(..).map(|r| (at, r)));
+        }
+        self.tick += 1;
+        self.t += self.step;
+        Some(out)
     }
 }
 
 struct Generator {
     cfg: FleetConfig,
+    /// Whether records carry their JSON line (file mode); live Kafka replay skips it.
+    json: bool,
     rng: Rng,
     records: Vec<SimRecord>,
     pii: Vec<String>,
@@ -385,6 +440,15 @@ impl Generator {
     }
 
     fn record(&mut self, old_firmware: bool, t: &Telemetry, expect: Expect) -> SimRecord {
+        if !old_firmware && !self.json {
+            return SimRecord {
+                key: t.instrument_serial.clone(),
+                sent_time_ms: t.sent_time_ms,
+                bytes: encode_with(store().latest("telemetry"), t).expect("telemetry encodes"),
+                json_line: String::new(),
+                expect,
+            };
+        }
         let mut json = serde_json::to_value(t).expect("telemetry serializes");
         let bytes = if old_firmware {
             // Old firmware writes telemetry v1, which has no attributes and none of the run

@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use seqmon_runtime::config::KafkaConnection;
 use seqmon_runtime::RuntimeError;
-use seqmon_simulator::{simulate, FleetConfig};
+use seqmon_simulator::{simulate, Fleet, FleetConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Sink {
@@ -48,6 +48,12 @@ struct Cli {
     /// Event time runs this many times faster than the wall clock (0: as fast as possible).
     #[arg(long, env = "SIM_SPEEDUP", default_value_t = 0.0)]
     speedup: f64,
+    /// Replay live: event time starts now and follows the wall clock, each instrument's samples
+    /// spread over the sample interval, each record produced at its event time with that time
+    /// as its Kafka timestamp, generated tick by tick so fleet size is not bounded by memory.
+    /// Kafka only; `--speedup` and `--start-time-ms` do not apply.
+    #[arg(long)]
+    live: bool,
     /// Where records go.
     #[arg(long, value_enum, default_value = "file")]
     to: Sink,
@@ -99,6 +105,18 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
     }
     if cli.to == Sink::Kafka {
         cli.kafka.validate()?;
+    }
+    if cli.live {
+        if cli.to != Sink::Kafka {
+            return bad("--live", "replays to Kafka only; add --to kafka");
+        }
+        if cli.speedup != 0.0 || cli.start_time_ms.is_some() || cli.ground_truth.is_some() {
+            return bad(
+                "--live",
+                "follows the wall clock; leave out --speedup, --start-time-ms and --ground-truth",
+            );
+        }
+        return live(&cli);
     }
     let defaults = FleetConfig::default();
     let cfg = FleetConfig {
@@ -182,5 +200,60 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
         faults = sim.faults.len(),
         "simulation written"
     );
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `--live`: produce each record when the wall clock reaches its event time.
+fn live(cli: &Cli) -> Result<(), RuntimeError> {
+    let start = (now_ms() / 1000 + 1) * 1000;
+    let mut fleet = Fleet::new(&FleetConfig {
+        instruments: cli.instruments,
+        duration_hours: cli.duration_hours,
+        sample_interval_s: cli.sample_interval_s,
+        seed: cli.seed,
+        start_time_ms: start,
+        bad_record_share: cli.bad_record_share,
+        faults: !cli.no_faults,
+    })
+    .without_json();
+    let topic = cli.kafka.topic("raw");
+    let producer: ThreadedProducer<DefaultProducerContext> = cli
+        .kafka
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .map_err(RuntimeError::kafka("create producer"))?;
+    let spread = i64::from(cli.sample_interval_s) * 1000;
+    let (mut produced, mut max_behind_ms) = (0u64, 0i64);
+    tracing::info!(%topic, instruments = cli.instruments, start_ms = start, "live replay started");
+    while let Some(tick) = fleet.next_tick(spread) {
+        for (due, r) in tick {
+            let ahead = due - now_ms();
+            if ahead > 0 {
+                std::thread::sleep(Duration::from_millis(ahead as u64));
+            }
+            max_behind_ms = max_behind_ms.max(now_ms() - due);
+            let record = BaseRecord::to(&topic)
+                .key(r.key.as_bytes())
+                .payload(r.bytes.as_slice())
+                .timestamp(due);
+            seqmon_runtime::kafka::send(&producer, record)
+                .map_err(RuntimeError::kafka("produce"))?;
+            produced += 1;
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(RuntimeError::kafka("flush"))?;
+    tracing::info!(%topic, records = produced, max_behind_ms, "live replay finished");
     Ok(())
 }
