@@ -154,12 +154,12 @@ pub fn decode_value(
 
 /// Decodes bytes into `T`, resolving from the writer's schema version to the newest one.
 ///
-/// Records written with the newest version (nearly all) take the direct decoder of
-/// [`crate::fast`]; older versions take apache-avro's resolving decode.
+/// Records take the direct decoder of [`crate::fast`] when their version reads into the newest
+/// without converting values (every version we have); otherwise apache-avro's resolving decode.
 pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
     let (writer, body) = writer_schema(bytes)?;
-    if writer.name == T::SCHEMA_NAME && writer.version == store().latest(T::SCHEMA_NAME).version {
-        if let Some(plan) = &writer.plan {
+    if writer.name == T::SCHEMA_NAME {
+        if let Some(plan) = &writer.to_latest {
             let (value, left) =
                 crate::fast::from_slice::<T>(plan, body).map_err(|e| CodecError::Body {
                     schema: format!("{} v{}", writer.name, writer.version),

@@ -8,7 +8,9 @@
 //! equals apache-avro's, that re-encoding gives the same bytes, and that fastavro (an independent
 //! implementation, from PyPI) reads the same bytes to the same values.
 //!
-//! Records written with an older version still go through apache-avro's resolving decode.
+//! Records written with an older version are read straight into the newest shape when that needs
+//! no value converted (added fields take the reader's default, dropped fields are skipped:
+//! [`Plan::resolving`]); anything else goes through apache-avro's resolving decode.
 //! Malformed input is a typed error, never a panic: every read is bounds-checked and block counts
 //! are checked against the bytes left before anything is allocated. It is stricter than
 //! apache-avro 0.21 in one place: apache-avro reads a string, boolean or union index cut off by
@@ -35,7 +37,9 @@ pub enum Plan {
     Array(Box<Plan>),
     Map(Box<Plan>),
     Union(Vec<Plan>),
-    Record(Vec<(String, Plan)>),
+    /// The writer's fields in order, then the reader's fields the writer lacks, with the
+    /// reader schema's default for each.
+    Record(Vec<(String, Plan)>, Vec<(String, serde_json::Value)>),
 }
 
 impl Plan {
@@ -44,6 +48,119 @@ impl Plan {
     pub fn compile(schema: &Schema) -> Option<Plan> {
         let resolved = apache_avro::schema::ResolvedSchema::try_from(schema).ok()?;
         compile(schema, resolved.get_names(), None, 0)
+    }
+}
+
+impl Plan {
+    /// Compiles the resolution of data written with `writer` into `reader`'s shape, for the
+    /// cases that need no conversion of values: fields added in the reader (taking its default),
+    /// fields dropped (skipped), enums whose writer symbols the reader has, the same unions.
+    /// `None` for anything else (type promotions, reshaped unions), left to apache-avro.
+    pub fn resolving(writer: &Schema, reader: &Schema) -> Option<Plan> {
+        let w = apache_avro::schema::ResolvedSchema::try_from(writer).ok()?;
+        let r = apache_avro::schema::ResolvedSchema::try_from(reader).ok()?;
+        let sides = Sides {
+            writer: w.get_names(),
+            reader: r.get_names(),
+        };
+        resolve(&sides, writer, reader, None, None, 0)
+    }
+}
+
+struct Sides<'a, 's> {
+    writer: &'a apache_avro::schema::NamesRef<'s>,
+    reader: &'a apache_avro::schema::NamesRef<'s>,
+}
+
+fn lookup<'s>(
+    names: &apache_avro::schema::NamesRef<'s>,
+    schema: &'s Schema,
+    namespace: Option<&str>,
+) -> Option<(&'s Schema, Option<String>)> {
+    match schema {
+        Schema::Ref { name } => {
+            let full = name.fully_qualified_name(&namespace.map(str::to_string));
+            let target = names.get(&full).or_else(|| names.get(name))?;
+            Some((*target, full.namespace.clone()))
+        }
+        other => Some((other, namespace.map(str::to_string))),
+    }
+}
+
+fn resolve<'s>(
+    sides: &Sides<'_, 's>,
+    writer: &'s Schema,
+    reader: &'s Schema,
+    w_ns: Option<&str>,
+    r_ns: Option<&str>,
+    depth: usize,
+) -> Option<Plan> {
+    if depth > 32 {
+        return None;
+    }
+    let (writer, w_ns) = lookup(sides.writer, writer, w_ns)?;
+    let (reader, r_ns) = lookup(sides.reader, reader, r_ns)?;
+    let (w_ns, r_ns) = (w_ns.as_deref(), r_ns.as_deref());
+    match (writer, reader) {
+        (Schema::Record(w), Schema::Record(r)) => {
+            let w_ns = w.name.namespace.as_deref().or(w_ns);
+            let r_ns = r.name.namespace.as_deref().or(r_ns);
+            let mut fields = Vec::new();
+            for wf in &w.fields {
+                let plan = match r.fields.iter().find(|rf| rf.name == wf.name) {
+                    Some(rf) => resolve(sides, &wf.schema, &rf.schema, w_ns, r_ns, depth + 1)?,
+                    None => compile(&wf.schema, sides.writer, w_ns, depth + 1)?,
+                };
+                fields.push((wf.name.clone(), plan));
+            }
+            let mut defaults = Vec::new();
+            for rf in &r.fields {
+                if !w.fields.iter().any(|wf| wf.name == rf.name) {
+                    defaults.push((rf.name.clone(), rf.default.clone()?));
+                }
+            }
+            Some(Plan::Record(fields, defaults))
+        }
+        (Schema::Union(w), Schema::Union(r)) if w.variants().len() == r.variants().len() => {
+            Some(Plan::Union(
+                w.variants()
+                    .iter()
+                    .zip(r.variants())
+                    .map(|(a, b)| resolve(sides, a, b, w_ns, r_ns, depth + 1))
+                    .collect::<Option<Vec<_>>>()?,
+            ))
+        }
+        (Schema::Enum(w), Schema::Enum(r)) => w
+            .symbols
+            .iter()
+            .all(|s| r.symbols.contains(s))
+            .then(|| Plan::Enum(w.symbols.clone())),
+        (Schema::Array(w), Schema::Array(r)) => Some(Plan::Array(Box::new(resolve(
+            sides,
+            &w.items,
+            &r.items,
+            w_ns,
+            r_ns,
+            depth + 1,
+        )?))),
+        (Schema::Map(w), Schema::Map(r)) => Some(Plan::Map(Box::new(resolve(
+            sides,
+            &w.types,
+            &r.types,
+            w_ns,
+            r_ns,
+            depth + 1,
+        )?))),
+        (w, r) => {
+            let a = compile(w, sides.writer, w_ns, depth + 1)?;
+            let b = compile(r, sides.reader, r_ns, depth + 1)?;
+            // Same primitive (or fixed of the same size) on both sides: no conversion.
+            let leaf = !matches!(
+                a,
+                Plan::Record(..) | Plan::Union(_) | Plan::Enum(_) | Plan::Array(_) | Plan::Map(_)
+            );
+            (leaf && a == b).then_some(a)
+        }
     }
 }
 
@@ -90,6 +207,7 @@ fn compile(
                     .iter()
                     .map(|f| Some((f.name.clone(), next(&f.schema, ns)?)))
                     .collect::<Option<Vec<_>>>()?,
+                Vec::new(),
             )
         }
         Schema::Ref { name } => {
@@ -295,14 +413,15 @@ impl<'p, 'b> de::Deserializer<'b> for &mut Decoder<'p, 'b> {
                 self.input = access.de.input;
                 Ok(v)
             }
-            Plan::Record(fields) => {
+            Plan::Record(fields, defaults) => {
                 let mut access = Fields {
                     fields,
+                    defaults,
                     next: 0,
                     input: self.input,
                 };
                 let v = visitor.visit_map(&mut access)?;
-                if access.next != fields.len() {
+                if access.next != fields.len() + defaults.len() {
                     return fail("record fields were not all read");
                 }
                 self.input = access.input;
@@ -415,9 +534,10 @@ impl<'p, 'b> de::Deserializer<'b> for &mut Decoder<'p, 'b> {
     }
 }
 
-/// A record's fields, in schema order.
+/// A record's fields, in schema order, then the reader's defaults.
 struct Fields<'p, 'b> {
     fields: &'p [(String, Plan)],
+    defaults: &'p [(String, serde_json::Value)],
     next: usize,
     input: &'b [u8],
 }
@@ -429,15 +549,28 @@ impl<'p, 'b> de::MapAccess<'b> for Fields<'p, 'b> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, FastError> {
-        match self.fields.get(self.next) {
-            None => Ok(None),
-            Some((name, _)) => seed
-                .deserialize(name.as_str().into_deserializer())
-                .map(Some),
-        }
+        let name = match self.fields.get(self.next) {
+            Some((name, _)) => name,
+            None => match self.defaults.get(self.next - self.fields.len()) {
+                Some((name, _)) => name,
+                None => return Ok(None),
+            },
+        };
+        seed.deserialize(name.as_str().into_deserializer())
+            .map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'b>>(&mut self, seed: V) -> Result<V::Value, FastError> {
+        if self.next >= self.fields.len() {
+            let (_, default) = self
+                .defaults
+                .get(self.next - self.fields.len())
+                .ok_or_else(|| FastError("value without a field".into()))?;
+            self.next += 1;
+            return seed
+                .deserialize(default.clone())
+                .map_err(|e| FastError(format!("default value: {e}")));
+        }
         let (_, plan) = self
             .fields
             .get(self.next)
@@ -520,5 +653,171 @@ impl<'p, 'b> de::MapAccess<'b> for Blocks<'p, 'b> {
 
     fn next_value_seed<V: DeserializeSeed<'b>>(&mut self, seed: V) -> Result<V::Value, FastError> {
         seed.deserialize(&mut self.de)
+    }
+}
+
+/// Paths (`a.b.c`) of the record fields that are not null in the datum `body` of `plan`, each
+/// field after the fields inside it, in schema order, without decoding any value: what a
+/// field allowlist is checked against. Maps and arrays are leaves (their keys are data).
+pub fn non_null_paths(plan: &Plan, body: &[u8]) -> Result<Vec<String>, FastError> {
+    let mut walker = Decoder { plan, input: body };
+    let mut out = Vec::new();
+    walk(&mut walker, plan, "", &mut out)?;
+    if !walker.input.is_empty() {
+        return fail(format!(
+            "{} bytes left after the record",
+            walker.input.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Reads past one datum of `plan`, collecting non-null record field paths under `prefix`.
+fn walk<'p>(
+    d: &mut Decoder<'p, '_>,
+    plan: &'p Plan,
+    prefix: &str,
+    out: &mut Vec<String>,
+) -> Result<(), FastError> {
+    match plan {
+        Plan::Null => {}
+        Plan::Boolean => {
+            d.take(1)?;
+        }
+        Plan::Int => {
+            d.int()?;
+        }
+        Plan::Long | Plan::Enum(_) => {
+            d.long()?;
+        }
+        Plan::Float => {
+            d.take(4)?;
+        }
+        Plan::Double => {
+            d.take(8)?;
+        }
+        Plan::Bytes => {
+            let n = d.len()?;
+            d.take(n)?;
+        }
+        Plan::String => {
+            d.str()?;
+        }
+        Plan::Fixed(n) => {
+            d.take(*n)?;
+        }
+        Plan::Union(variants) => {
+            let branch = d.union_branch(variants)?;
+            walk(d, branch, prefix, out)?;
+        }
+        Plan::Array(items) => loop {
+            let n = d.block()?;
+            if n == 0 {
+                break;
+            }
+            for _ in 0..n {
+                walk(d, items, prefix, &mut Vec::new())?;
+            }
+        },
+        Plan::Map(values) => loop {
+            let n = d.block()?;
+            if n == 0 {
+                break;
+            }
+            for _ in 0..n {
+                d.str()?;
+                walk(d, values, prefix, &mut Vec::new())?;
+            }
+        },
+        Plan::Record(fields, _) => {
+            for (name, field) in fields {
+                let path = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                let null = match field {
+                    Plan::Null => true,
+                    Plan::Union(variants) => {
+                        // Peek at the branch without consuming it; walk reads it again.
+                        let mut peek = Decoder {
+                            plan: field,
+                            input: d.input,
+                        };
+                        *peek.union_branch(variants)? == Plan::Null
+                    }
+                    _ => false,
+                };
+                walk(d, field, &path, out)?;
+                if !null {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(fields: &str) -> Schema {
+        Schema::parse_str(&format!(
+            r#"{{"type":"record","name":"r","namespace":"n","fields":[{fields}]}}"#
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn resolution_covers_added_and_dropped_fields_and_leaves_conversions_to_apache_avro() {
+        let w = schema(r#"{"name":"a","type":"int"},{"name":"gone","type":"string"}"#);
+        let added = schema(
+            r#"{"name":"a","type":"int"},{"name":"b","type":["null","string"],"default":null}"#,
+        );
+        let plan = Plan::resolving(&w, &added).expect("added field with a default");
+        assert_eq!(
+            plan,
+            Plan::Record(
+                vec![("a".into(), Plan::Int), ("gone".into(), Plan::String)],
+                vec![("b".into(), serde_json::Value::Null)]
+            )
+        );
+        // A promotion (int read as long) or an added field without default: apache-avro's job.
+        assert!(Plan::resolving(&w, &schema(r#"{"name":"a","type":"long"}"#)).is_none());
+        assert!(Plan::resolving(
+            &w,
+            &schema(r#"{"name":"a","type":"int"},{"name":"b","type":"string"}"#)
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_not_a_panic() {
+        let plan = Plan::compile(&schema(
+            r#"{"name":"s","type":"string"},{"name":"m","type":{"type":"map","values":"long"}}"#,
+        ))
+        .expect("compiles");
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Rec {
+            s: String,
+            m: std::collections::BTreeMap<String, i64>,
+        }
+        for bad in [
+            &[][..],
+            &[0x02][..], // string of 1 byte, none left
+            &[0x01][..], // negative length
+            &[
+                0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ][..], // varint too long
+            &[0x00, 0xfe, 0xff, 0xff, 0xff, 0x0f][..], // a huge map block
+            &[0x02, 0xc3][..], // invalid UTF-8
+        ] {
+            assert!(from_slice::<Rec>(&plan, bad).is_err(), "{bad:?}");
+        }
+        let (ok, left) =
+            from_slice::<Rec>(&plan, &[0x02, b'x', 0x02, 0x02, b'k', 0x04, 0x00]).expect("decodes");
+        assert_eq!((ok.s.as_str(), ok.m["k"], left), ("x", 2, 0));
     }
 }

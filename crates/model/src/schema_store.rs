@@ -83,6 +83,9 @@ pub struct SchemaEntry {
     pub fingerprint: [u8; 8],
     /// The schema compiled for the direct decoder ([`crate::fast`]), when it supports it.
     pub plan: Option<crate::fast::Plan>,
+    /// The plan that reads this version straight into the newest version's shape, when no
+    /// value needs converting (see [`crate::fast::Plan::resolving`]).
+    pub to_latest: Option<crate::fast::Plan>,
 }
 
 /// All schema versions, by fingerprint and by name.
@@ -106,6 +109,7 @@ impl SchemaStore {
                 version: *version,
                 fingerprint: fingerprint(&schema),
                 plan: crate::fast::Plan::compile(&schema),
+                to_latest: None,
                 schema,
             });
         }
@@ -122,6 +126,15 @@ impl SchemaStore {
             if newer {
                 latest.insert(e.name, i);
             }
+        }
+        for i in 0..entries.len() {
+            let newest = &entries[latest[entries[i].name]];
+            let plan = if newest.version == entries[i].version {
+                entries[i].plan.clone()
+            } else {
+                crate::fast::Plan::resolving(&entries[i].schema, &newest.schema)
+            };
+            entries[i].to_latest = plan;
         }
         SchemaStore {
             entries,

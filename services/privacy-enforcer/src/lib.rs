@@ -97,6 +97,62 @@ fn non_null_paths(value: &Value, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
+/// The non-null field paths of the record as decoded (resolved to the newest telemetry version)
+/// and the typed record; rejects the input when it does not decode. Records written with the
+/// newest version are walked and decoded directly ([`seqmon_model::fast`]); older ones go
+/// through apache-avro's resolving decode into a generic value. Both give the same paths for
+/// the same record (tests/tests/avro_fast_decode.rs checks it on a whole simulated fleet).
+pub fn field_paths_and_record(
+    input: &Envelope<'_>,
+    out: &mut Emitter,
+) -> Option<(Vec<String>, Telemetry)> {
+    let latest = seqmon_model::store().latest("telemetry");
+    if let Ok((writer, body)) = seqmon_model::codec::writer_schema(input.value) {
+        if writer.name == latest.name && writer.version == latest.version {
+            if let Some(plan) = &writer.plan {
+                let paths = match seqmon_model::fast::non_null_paths(plan, body) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        out.reject(
+                            DeadLetterReason::UNDECODABLE,
+                            format!("telemetry v{} does not decode: {e}", writer.version),
+                        );
+                        return None;
+                    }
+                };
+                let t = out.decode_or_reject::<Telemetry>(input)?;
+                return Some((paths, t));
+            }
+        }
+    }
+    let (_, value) = match decode_value(input.value, "telemetry") {
+        Ok(v) => v,
+        Err(e) => {
+            out.reject(e.reason(), e.to_string());
+            return None;
+        }
+    };
+    let mut paths = Vec::new();
+    non_null_paths(&value, "", &mut paths);
+    match apache_avro::from_value(&value) {
+        Ok(t) => Some((paths, t)),
+        Err(e) => {
+            out.reject(
+                DeadLetterReason::UNDECODABLE,
+                format!("telemetry does not map to the current record type: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// The non-null field paths of a decoded generic value (see [`field_paths_and_record`]).
+pub fn value_field_paths(value: &Value) -> Vec<String> {
+    let mut paths = Vec::new();
+    non_null_paths(value, "", &mut paths);
+    paths
+}
+
 /// Names a map key in an audit record only when the key itself is a harmless identifier.
 fn audit_key(key: &str) -> String {
     let plain = !key.is_empty()
@@ -126,32 +182,16 @@ impl Processor for PrivacyEnforcer {
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
-        let (_, value) = match decode_value(input.value, "telemetry") {
-            Ok(v) => v,
-            Err(e) => {
-                out.reject(e.reason(), e.to_string());
-                return Ok(());
-            }
+        let Some((paths, t)) = field_paths_and_record(input, out) else {
+            return Ok(());
         };
         let mut removed: Vec<(String, PrivacyRule)> = Vec::new();
-        let mut paths = Vec::new();
-        non_null_paths(&value, "", &mut paths);
         for p in paths
             .iter()
             .filter(|p| !FIELD_ALLOWLIST.contains(&p.as_str()))
         {
             removed.push((p.clone(), PrivacyRule::FIELD_NOT_ALLOWLISTED));
         }
-        let t: Telemetry = match apache_avro::from_value(&value) {
-            Ok(t) => t,
-            Err(e) => {
-                out.reject(
-                    DeadLetterReason::UNDECODABLE,
-                    format!("telemetry does not map to the current record type: {e}"),
-                );
-                return Ok(());
-            }
-        };
         let audit = |field: &str, rule: PrivacyRule, action: PrivacyAction| PrivacyAudit {
             message_id: t.message_id.clone(),
             instrument_serial: t.instrument_serial.clone(),
