@@ -43,6 +43,7 @@ pub struct E2eSettings {
     /// Feature window and allowed lateness for the run (short, so windows close during it).
     pub window_ms: i64,
     pub lateness_ms: i64,
+    pub window_alignment: String,
     pub broker_pid: Option<u32>,
 }
 
@@ -215,7 +216,8 @@ fn start_service(s: &E2eSettings, stage: &str, prefix: &str) -> (Child, u16) {
     ]);
     if stage == "feature-extractor" {
         cmd.env("FEATURES_WINDOW_MS", s.window_ms.to_string())
-            .env("FEATURES_ALLOWED_LATENESS_MS", s.lateness_ms.to_string());
+            .env("FEATURES_ALLOWED_LATENESS_MS", s.lateness_ms.to_string())
+            .env("FEATURES_WINDOW_ALIGNMENT", &s.window_alignment);
     }
     let child = cmd
         .env("RUST_LOG", "warn")

@@ -90,9 +90,14 @@ struct Cli {
     /// Most time a service waits to fill a transaction, ms, end to end.
     #[arg(long, default_value_t = 100)]
     e2e_batch_wait_ms: u64,
-    /// Feature window, ms of event time, end to end (short so windows close within a run).
-    #[arg(long, default_value_t = 10_000)]
+    /// Feature window, ms of event time, end to end (shorter than the 5 min default, so
+    /// windows close within a run).
+    #[arg(long, default_value_t = 60_000)]
     e2e_window_ms: i64,
+    /// Feature window alignment end to end: `instrument` (staggered) or `epoch` (the whole
+    /// fleet's windows close in the same second).
+    #[arg(long, default_value = "instrument")]
+    e2e_window_alignment: String,
     /// Allowed lateness of the feature window, ms, end to end.
     #[arg(long, default_value_t = 1_000)]
     e2e_lateness_ms: i64,
@@ -657,7 +662,7 @@ fn main() -> ExitCode {
     }
     print_e2e(&e2e_runs, cli.e2e_p99_target_ms);
     let machine = serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
-    let doc = serde_json::json!({ "machine": machine, "instruments": cli.instruments, "duration_hours": cli.duration_hours, "rounds": cli.rounds, "partitions": cli.partitions, "batch": cli.batch, "rows": rows, "e2e": { "duration_s": cli.e2e_duration_s, "batch": cli.e2e_batch, "warmup_s": cli.e2e_warmup_s, "batch_wait_ms": cli.e2e_batch_wait_ms, "window_ms": cli.e2e_window_ms, "lateness_ms": cli.e2e_lateness_ms, "p99_target_ms": cli.e2e_p99_target_ms, "runs": e2e_runs } });
+    let doc = serde_json::json!({ "machine": machine, "instruments": cli.instruments, "duration_hours": cli.duration_hours, "rounds": cli.rounds, "partitions": cli.partitions, "batch": cli.batch, "rows": rows, "e2e": { "duration_s": cli.e2e_duration_s, "batch": cli.e2e_batch, "warmup_s": cli.e2e_warmup_s, "batch_wait_ms": cli.e2e_batch_wait_ms, "window_ms": cli.e2e_window_ms, "window_alignment": cli.e2e_window_alignment, "lateness_ms": cli.e2e_lateness_ms, "p99_target_ms": cli.e2e_p99_target_ms, "runs": e2e_runs } });
     if let Some(dir) = std::path::Path::new(&cli.json).parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -688,6 +693,7 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
         warmup_s: cli.e2e_warmup_s,
         window_ms: cli.e2e_window_ms,
         lateness_ms: cli.e2e_lateness_ms,
+        window_alignment: cli.e2e_window_alignment.clone(),
         broker_pid: cli.broker_pid,
     };
     let holds = |r: &e2e::E2eRun| {

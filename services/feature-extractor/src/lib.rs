@@ -43,6 +43,34 @@ pub struct FeatureConfig {
     /// How late a record may arrive after its window ended, ms of event time.
     #[arg(long, env = "FEATURES_ALLOWED_LATENESS_MS", default_value_t = 60_000)]
     pub allowed_lateness_ms: i64,
+    /// Where window boundaries fall: `epoch` puts every instrument's boundaries at multiples of
+    /// the window length, so the whole fleet's windows close in the same second (a burst of
+    /// instruments × metrics features); `instrument` shifts each instrument's windows by a fixed
+    /// offset (a hash of its serial) so features flow evenly. `make bench` measures both.
+    #[arg(
+        long,
+        env = "FEATURES_WINDOW_ALIGNMENT",
+        value_enum,
+        default_value = "epoch"
+    )]
+    pub window_alignment: WindowAlignment,
+}
+
+/// Where window boundaries fall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WindowAlignment {
+    /// Staggered per instrument by a stable hash of the serial.
+    Instrument,
+    /// At multiples of the window length since the Unix epoch, for every instrument.
+    Epoch,
+}
+
+/// FNV-1a, 64 bits: stable across releases and platforms, unlike the standard library's hasher,
+/// because window boundaries must not move when the service is upgraded.
+fn fnv1a64(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl Default for FeatureConfig {
@@ -50,6 +78,7 @@ impl Default for FeatureConfig {
         FeatureConfig {
             window_ms: 300_000,
             allowed_lateness_ms: 60_000,
+            window_alignment: WindowAlignment::Epoch,
         }
     }
 }
@@ -138,6 +167,16 @@ impl FeatureExtractor {
         }
     }
 
+    /// Start of the window holding `t` for this instrument.
+    fn window_start(&self, serial: &str, t: i64) -> i64 {
+        let window = self.cfg.window_ms;
+        let offset = match self.cfg.window_alignment {
+            WindowAlignment::Epoch => 0,
+            WindowAlignment::Instrument => (fnv1a64(serial) % window as u64) as i64,
+        };
+        t - (t - offset).rem_euclid(window)
+    }
+
     fn close_windows(
         &mut self,
         serial: &str,
@@ -145,6 +184,7 @@ impl FeatureExtractor {
         out: &mut Emitter,
     ) -> Result<(), StageError> {
         let window = self.cfg.window_ms;
+        let boundary = self.window_start(serial, until_ms);
         let Some(st) = self.instruments.get_mut(serial) else {
             return Ok(());
         };
@@ -199,9 +239,7 @@ impl FeatureExtractor {
             out.emit("features", serial, &feature)?;
             st.closed_until_ms = st.closed_until_ms.max(start + window);
         }
-        st.closed_until_ms = st
-            .closed_until_ms
-            .max(until_ms - until_ms.rem_euclid(window));
+        st.closed_until_ms = st.closed_until_ms.max(boundary);
         Ok(())
     }
 }
@@ -224,8 +262,8 @@ impl Processor for FeatureExtractor {
         let Some(t) = out.decode_or_reject::<SanitizedTelemetry>(input) else {
             return Ok(());
         };
-        let window = self.cfg.window_ms;
         let serial = t.instrument_serial.clone();
+        let start = self.window_start(&serial, t.event_time_ms);
         let st = self.instruments.entry(serial.clone()).or_default();
         if t.event_time_ms < st.closed_until_ms {
             out.reject(
@@ -238,7 +276,6 @@ impl Processor for FeatureExtractor {
             return Ok(());
         }
         st.model = Some(t.instrument_model);
-        let start = t.event_time_ms - t.event_time_ms.rem_euclid(window);
         let hours = (t.event_time_ms - start) as f64 / 3_600_000.0;
         let model = t.instrument_model;
         let add = |st: &mut InstrumentState, metric: &str, v: f64| {
@@ -318,7 +355,7 @@ impl Processor for FeatureExtractor {
         st.max_event_time_ms = st.max_event_time_ms.max(t.event_time_ms);
         let watermark = st.max_event_time_ms - self.cfg.allowed_lateness_ms;
         let closed_before = st.closed_until_ms;
-        if watermark - watermark.rem_euclid(window) > closed_before {
+        if self.window_start(&serial, watermark) > closed_before {
             self.close_windows(&serial, watermark, out)?;
         }
         out.state_changed(&serial);
@@ -448,7 +485,7 @@ mod tests {
 
     #[test]
     fn computes_level_slope_variability_and_out_of_spec() {
-        let mut p = FeatureExtractor::default();
+        let mut p = epoch();
         // 10 samples, 30 s apart, laser falling 1 mW per sample = 120 mW/h; last two below spec.
         let mut all = Vec::new();
         for i in 0..10 {
@@ -474,9 +511,44 @@ mod tests {
             .any(|f| f.metric == ERROR_EVENTS && f.level == 0.0));
     }
 
+    fn epoch() -> FeatureExtractor {
+        FeatureExtractor::new(FeatureConfig {
+            window_alignment: WindowAlignment::Epoch,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn staggered_windows_have_a_fixed_offset_per_instrument() {
+        let p = FeatureExtractor::new(FeatureConfig {
+            window_alignment: WindowAlignment::Instrument,
+            ..Default::default()
+        });
+        let w = p.cfg.window_ms;
+        let offsets: std::collections::BTreeSet<i64> = (0..200)
+            .map(|i| format!("A{i:05}"))
+            .map(|serial| {
+                let start = p.window_start(&serial, 1_793_491_234_567);
+                assert!(start <= 1_793_491_234_567 && 1_793_491_234_567 < start + w);
+                // The same boundaries at any time: a whole number of windows apart.
+                assert_eq!((p.window_start(&serial, 1_700_000_000_000) - start) % w, 0);
+                start.rem_euclid(w)
+            })
+            .collect();
+        // 200 instruments spread over the window, not all on one boundary.
+        assert!(offsets.len() > 190, "{}", offsets.len());
+        // Pinned: boundaries must not move between releases.
+        assert_eq!(p.window_start("A00123", 0), -fnv_offset("A00123", w));
+        assert_eq!(fnv1a64("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    fn fnv_offset(serial: &str, w: i64) -> i64 {
+        w - (fnv1a64(serial) % w as u64) as i64
+    }
+
     #[test]
     fn late_records_are_dead_letters() {
-        let mut p = FeatureExtractor::default();
+        let mut p = epoch();
         feed(&mut p, &reading(0, 500.0));
         feed(&mut p, &reading(400_000, 500.0));
         assert_eq!(
@@ -511,17 +583,24 @@ mod tests {
         let inputs: Vec<Vec<u8>> = (0..100)
             .map(|i| reading(i * 30_000, 500.0 - (i % 7) as f64))
             .collect();
-        let mut straight = FeatureExtractor::default();
+        // Staggered windows, so restarts are checked with per-instrument boundaries too.
+        let staggered = || {
+            FeatureExtractor::new(FeatureConfig {
+                window_alignment: WindowAlignment::Instrument,
+                ..Default::default()
+            })
+        };
+        let mut straight = staggered();
         let expected: Vec<Emitted> = inputs
             .iter()
             .flat_map(|b| feed(&mut straight, b).0)
             .collect();
-        let mut first = FeatureExtractor::default();
+        let mut first = staggered();
         let mut got: Vec<Emitted> = inputs[..37]
             .iter()
             .flat_map(|b| feed(&mut first, b).0)
             .collect();
-        let mut second = FeatureExtractor::default();
+        let mut second = staggered();
         transplant_state(&first, &mut second).unwrap();
         got.extend(inputs[37..].iter().flat_map(|b| feed(&mut second, b).0));
         assert!(!expected.is_empty());
