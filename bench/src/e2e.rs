@@ -37,6 +37,7 @@ pub struct E2eSettings {
     pub partitions: i32,
     pub batch: usize,
     pub batch_wait_ms: u64,
+    pub batch_linger_ms: u64,
     /// Seconds of live replay; results whose event is in the first `warmup_s` are not counted.
     pub duration_s: u64,
     pub warmup_s: u64,
@@ -44,6 +45,10 @@ pub struct E2eSettings {
     pub window_ms: i64,
     pub lateness_ms: i64,
     pub window_alignment: String,
+    /// Also probe the validated and sanitized topics (per-hop latency, at the cost of load).
+    pub probe_hops: bool,
+    /// The validator's de-duplication horizon for the run, when not its default (1 h).
+    pub dedup_horizon_ms: Option<i64>,
     pub broker_pid: Option<u32>,
 }
 
@@ -67,6 +72,10 @@ pub struct Usage {
     pub rss_mib_after_warmup: f64,
     pub rss_mib_end: f64,
     pub rss_mib_max: f64,
+    /// Least-squares slope of resident memory over the measured part, MiB per minute.
+    pub rss_mib_per_min: f64,
+    /// Resident memory every ~10 s over the whole run: (seconds since start, MiB).
+    pub rss_series: Vec<(f64, f64)>,
 }
 
 /// One end-to-end run.
@@ -189,9 +198,45 @@ fn usage(samples: &Samples, from_s: f64, ticks_per_s: f64) -> Vec<Usage> {
                 rss_mib_after_warmup: first.2 as f64 / 1024.0,
                 rss_mib_end: last.2 as f64 / 1024.0,
                 rss_mib_max: measured.iter().map(|s| s.2).max().unwrap_or(0) as f64 / 1024.0,
+                rss_mib_per_min: slope(
+                    &measured
+                        .iter()
+                        .map(|(t, _, rss)| (*t / 60.0, *rss as f64 / 1024.0))
+                        .collect::<Vec<_>>(),
+                ),
+                rss_series: v
+                    .iter()
+                    .step_by(10)
+                    .map(|(t, _, rss)| {
+                        (
+                            (t * 10.0).round() / 10.0,
+                            (*rss as f64 / 102.4).round() / 10.0,
+                        )
+                    })
+                    .collect(),
             })
         })
         .collect()
+}
+
+/// Least-squares slope of y over x.
+pub fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return f64::NAN;
+    }
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (num, den) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| {
+        (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
+    });
+    if den > 0.0 {
+        num / den
+    } else {
+        f64::NAN
+    }
 }
 
 fn start_service(s: &E2eSettings, stage: &str, prefix: &str) -> (Child, u16) {
@@ -213,7 +258,14 @@ fn start_service(s: &E2eSettings, stage: &str, prefix: &str) -> (Child, u16) {
         &s.batch.to_string(),
         "--batch-max-wait-ms",
         &s.batch_wait_ms.to_string(),
+        "--batch-linger-ms",
+        &s.batch_linger_ms.to_string(),
     ]);
+    if stage == "validator" {
+        if let Some(h) = s.dedup_horizon_ms {
+            cmd.env("VALIDATOR_DEDUP_HORIZON_MS", h.to_string());
+        }
+    }
     if stage == "feature-extractor" {
         cmd.env("FEATURES_WINDOW_MS", s.window_ms.to_string())
             .env("FEATURES_ALLOWED_LATENESS_MS", s.lateness_ms.to_string())
@@ -320,7 +372,12 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
                 .create()
                 .expect("probe consumer");
             let mut tpl = TopicPartitionList::new();
-            let roles = ["validated", "sanitized", "features", "anomalies", "alerts"];
+            // Per-hop probes read the full record stream twice more: extra load, so optional.
+            let roles: &[&str] = if s.probe_hops {
+                &["validated", "sanitized", "features", "anomalies", "alerts"]
+            } else {
+                &["features", "anomalies", "alerts"]
+            };
             for role in roles {
                 for p in 0..s.partitions {
                     tpl.add_partition_offset(
@@ -416,13 +473,19 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
     let raw_produced = count_records(s, &topics::topic_name(&prefix, "raw"));
     let drain_by = Instant::now() + Duration::from_secs(60);
     let mut drained = false;
+    let mut seen = 0.0;
     while Instant::now() < drain_by {
-        let v = scrape(services[0].2, "validator_input_records_total").unwrap_or(0.0);
-        if v >= raw_produced as f64 {
+        seen = scrape(services[0].2, "validator_input_records_total").unwrap_or(seen);
+        if seen >= raw_produced as f64 {
             drained = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+    if !drained {
+        eprintln!(
+            "  not drained: the validator took {seen} of {raw_produced} raw records within 60 s of the fleet's end"
+        );
     }
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);

@@ -84,6 +84,9 @@ struct Cli {
     /// Seconds at the start of each replay not counted (group joins, first windows).
     #[arg(long, default_value_t = 30)]
     e2e_warmup_s: u64,
+    /// Least time between two transactions of a service, ms, end to end (--batch-linger-ms).
+    #[arg(long, default_value_t = 0)]
+    e2e_batch_linger_ms: u64,
     /// Most records per transaction, end to end (the services' default).
     #[arg(long, default_value_t = 5000)]
     e2e_batch: usize,
@@ -101,6 +104,20 @@ struct Cli {
     /// Allowed lateness of the feature window, ms, end to end.
     #[arg(long, default_value_t = 1_000)]
     e2e_lateness_ms: i64,
+    /// Also measure latency to the committed validated and sanitized records (per hop). The
+    /// probe then reads the whole record stream twice more, which loads this machine too.
+    #[arg(long)]
+    e2e_probe_hops: bool,
+    /// Fleet size of the soak run that checks memory stays flat over time (0: none).
+    #[arg(long, default_value_t = 2000)]
+    e2e_soak_instruments: usize,
+    /// Seconds of the soak run.
+    #[arg(long, default_value_t = 300)]
+    e2e_soak_s: u64,
+    /// The validator's de-duplication horizon in the soak run, ms: short, so its state reaches
+    /// steady size within the run (memory per id is reported, to scale to the 1 h default).
+    #[arg(long, default_value_t = 60_000)]
+    e2e_soak_dedup_horizon_ms: i64,
     /// Process id of the broker, to sample its CPU and memory (make bench passes it).
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -646,6 +663,7 @@ fn main() -> ExitCode {
     } else {
         end_to_end(&cli)
     };
+    let soak_run = if cli.no_kafka { None } else { soak(&cli) };
     println!(
         "{:<10} {:<38} {:>9} {:>14} {:>8}",
         "section", "measure", "records", "records/s", "ratio"
@@ -661,8 +679,21 @@ fn main() -> ExitCode {
         );
     }
     print_e2e(&e2e_runs, cli.e2e_p99_target_ms);
+    if let Some(r) = &soak_run {
+        println!();
+        println!(
+            "soak: {} instruments for {} s (validator horizon {} ms): resident memory after the warm-up, at the end, slope",
+            r.instruments, cli.e2e_soak_s, cli.e2e_soak_dedup_horizon_ms
+        );
+        for u in &r.usage {
+            println!(
+                "  {:<18} {:>8.1} MiB {:>8.1} MiB {:>+7.2} MiB/min",
+                u.process, u.rss_mib_after_warmup, u.rss_mib_end, u.rss_mib_per_min
+            );
+        }
+    }
     let machine = serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
-    let doc = serde_json::json!({ "machine": machine, "instruments": cli.instruments, "duration_hours": cli.duration_hours, "rounds": cli.rounds, "partitions": cli.partitions, "batch": cli.batch, "rows": rows, "e2e": { "duration_s": cli.e2e_duration_s, "batch": cli.e2e_batch, "warmup_s": cli.e2e_warmup_s, "batch_wait_ms": cli.e2e_batch_wait_ms, "window_ms": cli.e2e_window_ms, "window_alignment": cli.e2e_window_alignment, "lateness_ms": cli.e2e_lateness_ms, "p99_target_ms": cli.e2e_p99_target_ms, "runs": e2e_runs } });
+    let doc = serde_json::json!({ "machine": machine, "instruments": cli.instruments, "duration_hours": cli.duration_hours, "rounds": cli.rounds, "partitions": cli.partitions, "batch": cli.batch, "rows": rows, "e2e": { "duration_s": cli.e2e_duration_s, "batch": cli.e2e_batch, "warmup_s": cli.e2e_warmup_s, "batch_wait_ms": cli.e2e_batch_wait_ms, "batch_linger_ms": cli.e2e_batch_linger_ms, "window_ms": cli.e2e_window_ms, "window_alignment": cli.e2e_window_alignment, "lateness_ms": cli.e2e_lateness_ms, "p99_target_ms": cli.e2e_p99_target_ms, "runs": e2e_runs, "soak": soak_run, "soak_dedup_horizon_ms": cli.e2e_soak_dedup_horizon_ms } });
     if let Some(dir) = std::path::Path::new(&cli.json).parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -689,11 +720,14 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
         partitions: cli.partitions,
         batch: cli.e2e_batch,
         batch_wait_ms: cli.e2e_batch_wait_ms,
+        batch_linger_ms: cli.e2e_batch_linger_ms,
         duration_s: cli.e2e_duration_s,
         warmup_s: cli.e2e_warmup_s,
         window_ms: cli.e2e_window_ms,
         lateness_ms: cli.e2e_lateness_ms,
         window_alignment: cli.e2e_window_alignment.clone(),
+        probe_hops: cli.e2e_probe_hops,
+        dedup_horizon_ms: None,
         broker_pid: cli.broker_pid,
     };
     let holds = |r: &e2e::E2eRun| {
@@ -716,6 +750,19 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
         );
         runs.push(r);
     };
+    // A short run first, not reported: a freshly started broker's JVM is still compiling its
+    // hot paths and burns up to a core more for the first minute or so.
+    if let Some(first) = cli.e2e_instruments.first() {
+        eprintln!("end to end: warm-up run, not reported");
+        let _ = e2e::run(
+            &e2e::E2eSettings {
+                duration_s: 45,
+                warmup_s: 0,
+                ..settings.clone()
+            },
+            *first,
+        );
+    }
     for n in &cli.e2e_instruments {
         one(*n, &mut runs);
     }
@@ -739,6 +786,35 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
     }
     runs.sort_by_key(|r| r.instruments);
     runs
+}
+
+/// A longer run at a fixed fleet, for memory over time.
+fn soak(cli: &Cli) -> Option<e2e::E2eRun> {
+    if cli.e2e_soak_instruments == 0 {
+        return None;
+    }
+    let settings = e2e::E2eSettings {
+        bootstrap_servers: cli.bootstrap_servers.clone(),
+        partitions: cli.partitions,
+        batch: cli.e2e_batch,
+        batch_wait_ms: cli.e2e_batch_wait_ms,
+        batch_linger_ms: cli.e2e_batch_linger_ms,
+        duration_s: cli.e2e_soak_s,
+        warmup_s: cli
+            .e2e_warmup_s
+            .max(cli.e2e_soak_dedup_horizon_ms as u64 / 1000 + 60),
+        window_ms: cli.e2e_window_ms,
+        lateness_ms: cli.e2e_lateness_ms,
+        window_alignment: cli.e2e_window_alignment.clone(),
+        probe_hops: false,
+        dedup_horizon_ms: Some(cli.e2e_soak_dedup_horizon_ms),
+        broker_pid: cli.broker_pid,
+    };
+    eprintln!(
+        "soak: {} instruments at 1 Hz for {} s",
+        cli.e2e_soak_instruments, cli.e2e_soak_s
+    );
+    Some(e2e::run(&settings, cli.e2e_soak_instruments))
 }
 
 fn ms(l: &Option<e2e::Latency>) -> String {
@@ -810,6 +886,24 @@ fn print_e2e(runs: &[e2e::E2eRun], target: f64) {
                 "{:>11} state of {:<18} {:>10.0} bytes per 1,000 instruments",
                 r.instruments, stage, b
             );
+        }
+    }
+    // Memory per 1,000 instruments: least-squares slope of each process's resident memory at
+    // the end of its run over the fleet sizes measured.
+    if runs.len() >= 2 {
+        println!();
+        println!("resident memory per 1,000 instruments (slope over the fleet sizes measured):");
+        let mut by_process: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+        for r in runs {
+            for u in &r.usage {
+                by_process
+                    .entry(u.process.as_str())
+                    .or_default()
+                    .push((r.instruments as f64 / 1000.0, u.rss_mib_end));
+            }
+        }
+        for (p, points) in &by_process {
+            println!("  {:<18} {:>8.2} MiB", p, e2e::slope(points));
         }
     }
     let best = runs

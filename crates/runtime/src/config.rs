@@ -269,10 +269,11 @@ pub struct RunnerConfig {
     /// Longest wait to fill a batch, milliseconds.
     #[arg(long, env = "SEQMON_BATCH_MAX_WAIT_MS", default_value_t = 100)]
     pub batch_max_wait_ms: u64,
-    /// Once a batch holds a record, it closes when no further record arrives within this many
-    /// milliseconds (0: as soon as the records already fetched are taken). Batches then grow
-    /// with load, from the records that queue while a transaction commits, instead of every
-    /// record waiting out --batch-max-wait-ms.
+    /// Least time between the starts of two transactions, milliseconds. A batch closes as soon
+    /// as the records already fetched are taken, but not before this: 0 commits as often as
+    /// transactions complete (lowest latency, most broker work per record); more bounds the
+    /// transactions per second the broker must coordinate. Either way batches grow with load
+    /// instead of every record waiting out --batch-max-wait-ms.
     #[arg(long, env = "SEQMON_BATCH_LINGER_MS", default_value_t = 0)]
     pub batch_linger_ms: u64,
     /// Longest time the broker may hold a fetch that has no data yet, milliseconds

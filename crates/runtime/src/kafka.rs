@@ -1,8 +1,9 @@
 //! Kafka mode: runs a processor as an exactly-once Kafka→Kafka service.
 //!
 //! Guarantees. Input is consumed `read_committed` without auto-commit. Each batch (at most
-//! `--batch-max-records` records or `--batch-max-wait-ms`, closed early when no record follows
-//! within `--batch-linger-ms`) is processed, then its outputs, dead letters, changed state
+//! `--batch-max-records` records or `--batch-max-wait-ms`; closed as soon as the fetched records
+//! are taken, but no sooner than `--batch-linger-ms` after the previous transaction began) is
+//! processed, then its outputs, dead letters, changed state
 //! (to the stage's compacted changelog, same partition as the input) and the input offsets are
 //! committed in one Kafka transaction by an idempotent transactional producer. A reader using
 //! `read_committed` therefore sees every input's effects exactly once, and the state on the
@@ -182,6 +183,7 @@ pub fn run_kafka(
     let mut batch: Vec<Owned> = Vec::with_capacity(cfg.batch_max_records);
     let max_wait = Duration::from_millis(cfg.batch_max_wait_ms);
     let linger = Duration::from_millis(cfg.batch_linger_ms);
+    let mut last_txn = Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
         driver.metrics.beat();
         // Collect a batch. A rebalance during collection invalidates what was collected before it.
@@ -193,7 +195,7 @@ pub fn run_kafka(
             let polled = consumer.poll(if batch.is_empty() {
                 remaining
             } else {
-                remaining.min(linger)
+                remaining.min(linger.saturating_sub(last_txn.elapsed()))
             });
             if log.generation.load(Ordering::SeqCst) != generation {
                 batch.clear();
@@ -208,7 +210,8 @@ pub fn run_kafka(
             }
             match polled {
                 None => {
-                    if shutdown.load(Ordering::SeqCst) || !batch.is_empty() {
+                    let spaced = last_txn.elapsed() >= linger;
+                    if shutdown.load(Ordering::SeqCst) || (!batch.is_empty() && spaced) {
                         break;
                     }
                 }
@@ -235,6 +238,7 @@ pub fn run_kafka(
         tracing::debug!(records = batch.len(), "batch collected");
         driver.metrics.batch_records.observe(batch.len() as f64);
         let txn_started = Instant::now();
+        last_txn = txn_started;
         match process_and_commit(
             &mut driver,
             &producer,
