@@ -13,5 +13,11 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
 fi
 mkdir -p out/bench
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-target/release/seqmon-bench --json "out/bench/$stamp.json" "$@"
+# The local broker's process, so its CPU and memory are reported with the services'.
+pidfile="$root/.cache/kafka/run-${KAFKA_PORT:-19092}/broker.pid"
+broker=()
+if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  broker=(--broker-pid "$(cat "$pidfile")")
+fi
+target/release/seqmon-bench --json "out/bench/$stamp.json" "${broker[@]}" "$@"
 cp "out/bench/$stamp.json" out/bench/latest.json
