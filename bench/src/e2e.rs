@@ -321,7 +321,13 @@ fn scrape(port: u16, name: &str) -> Option<f64> {
 
 /// Runs one fleet size end to end.
 pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
-    let prefix = format!("bench-e2e-{}-{instruments}.", std::process::id());
+    // Unique per run: a run must never meet the topics, offsets or state of an earlier one.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let prefix = format!(
+        "bench-e2e-{}-{}-{instruments}.",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::SeqCst)
+    );
     let status = Command::new(sibling("seqmon-admin"))
         .args([
             "create-topics",
