@@ -73,7 +73,7 @@ struct Cli {
     e2e_instruments: Vec<usize>,
     /// After the listed sizes, this many bisection steps for the largest fleet holding the
     /// feature latency p99 at or under --e2e-p99-target-ms.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     e2e_search_steps: usize,
     /// The p99 target, ms.
     #[arg(long, default_value_t = 100.0)]
@@ -406,11 +406,13 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
+        // The runtime's client settings (seqmon_runtime::kafka), so only processing differs.
+        .set("fetch.wait.max.ms", "10")
         .create()
         .expect("consumer");
     let producer: ThreadedProducer<DefaultProducerContext> = client(cli)
         .set("transactional.id", format!("{group}-tx"))
-        .set("linger.ms", "5")
+        .set("linger.ms", "0")
         .create()
         .expect("producer");
     producer
@@ -422,17 +424,23 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
     while done < n {
         let mut batch = Vec::with_capacity(cli.batch);
         let t = Instant::now();
-        // The same batching rule as the runtime: up to `batch` records or 100 ms.
+        // The runtime's batching rule with its defaults: wait up to 100 ms for a first record,
+        // then take what has been fetched, up to `batch` records.
         while batch.len() < cli.batch && t.elapsed() < Duration::from_millis(100) {
-            if let Some(Ok(m)) =
-                consumer.poll(Duration::from_millis(100).saturating_sub(t.elapsed()))
-            {
-                batch.push((
+            let timeout = if batch.is_empty() {
+                Duration::from_millis(100).saturating_sub(t.elapsed())
+            } else {
+                Duration::ZERO
+            };
+            match consumer.poll(timeout) {
+                Some(Ok(m)) => batch.push((
                     m.partition(),
                     m.offset(),
                     m.key().map(<[u8]>::to_vec),
                     m.payload().map(<[u8]>::to_vec),
-                ));
+                )),
+                _ if !batch.is_empty() => break,
+                _ => {}
             }
         }
         if batch.is_empty() {
@@ -791,7 +799,11 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
             .map(|r| r.instruments)
             .min();
         let next = match (best_ok, worst_fail) {
-            (Some(lo), Some(hi)) if hi > lo + lo / 10 => (lo + hi) / 2,
+            // Geometric midpoint, rounded to 50: fleet sizes span orders of magnitude.
+            (Some(lo), Some(hi)) if hi > lo + lo / 10 => {
+                (((lo as f64 * hi as f64).sqrt() / 50.0).round() as usize * 50)
+                    .clamp(lo + 1, hi - 1)
+            }
             (None, Some(hi)) if hi > 100 => hi / 4,
             _ => break,
         };
@@ -863,12 +875,14 @@ fn print_e2e(runs: &[e2e::E2eRun], target: f64) {
             r.drained
         );
     }
-    println!();
-    println!(
-        "{:>11} {:>20} {:>20}",
-        "instruments", "validated p50/99/99.9", "sanitized p50/99/99.9"
-    );
-    for r in runs {
+    if runs.iter().any(|r| r.validated.is_some()) {
+        println!();
+        println!(
+            "{:>11} {:>20} {:>20}",
+            "instruments", "validated p50/99/99.9", "sanitized p50/99/99.9"
+        );
+    }
+    for r in runs.iter().filter(|r| r.validated.is_some()) {
         println!(
             "{:>11} {:>20} {:>20}",
             r.instruments,

@@ -13,7 +13,8 @@
 //! `validator.changelog` (key: serial and id, value: its bucket), written in the same transaction
 //! as the outputs, so a restart neither forgets an id (letting a duplicate through) nor remembers
 //! an uncommitted one. The changelog is never rewritten per instrument (that cost grows with the
-//! ids held); expired ids leave it by time retention (25 h, above the longest horizon allowed).
+//! ids held); an id that expires is tombstoned, so the compacted changelog holds the horizon's ids
+//! (time retention of 25 h, above the longest horizon allowed, is a second bound).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -132,9 +133,11 @@ impl SeenIds {
         self.newest = self.newest.max(event_time_ms);
     }
 
-    /// Drops buckets wholly older than the horizon, then the oldest while over the count.
-    fn expire(&mut self, horizon_ms: i64, bucket_ms: i64, max_ids: usize) {
+    /// Drops buckets wholly older than the horizon, then the oldest while over the count;
+    /// returns the ids dropped, so their changelog records can be tombstoned.
+    fn expire(&mut self, horizon_ms: i64, bucket_ms: i64, max_ids: usize) -> Vec<u128> {
         let oldest_kept = self.newest.saturating_sub(horizon_ms);
+        let mut dropped = Vec::new();
         while let Some((&start, ids)) = self.buckets.first_key_value() {
             let too_old = start + bucket_ms <= oldest_kept;
             let too_many = self.count > max_ids && self.buckets.len() > 1;
@@ -142,8 +145,11 @@ impl SeenIds {
                 break;
             }
             self.count -= ids.len();
-            self.buckets.pop_first();
+            if let Some((_, ids)) = self.buckets.pop_first() {
+                dropped.extend(ids);
+            }
         }
+        dropped
     }
 }
 
@@ -408,7 +414,11 @@ impl Processor for Validator {
             id,
             t.event_time_ms,
         );
-        seen.expire(self.cfg.dedup_horizon_ms, bucket_ms, self.cfg.dedup_max_ids);
+        // Expired ids are tombstoned on the changelog (their snapshot is gone), so compaction
+        // keeps it at the horizon's ids and a restore reads no more than that.
+        for expired in seen.expire(self.cfg.dedup_horizon_ms, bucket_ms, self.cfg.dedup_max_ids) {
+            out.state_changed(&state_key(&t.instrument_serial, expired));
+        }
         out.state_changed(&state_key(&t.instrument_serial, id));
         out.emit_bytes("validated", &t.instrument_serial, input.value);
         Ok(())
@@ -603,5 +613,21 @@ mod tests {
         // 1 s horizon, 100 ms apart: the last second plus at most one bucket (62 ms) more.
         assert!(v.seen["M01234"].count <= 11, "{}", v.seen["M01234"].count);
         assert_eq!(v.state_keys().len(), v.seen["M01234"].count);
+        // The next record tombstones what it pushes out of the horizon.
+        let mut out = Emitter::default();
+        let later = encode(&telemetry("id-late", 1_000_000 + 100 * 100 + 5_000)).unwrap();
+        let env = Envelope {
+            key: Some(b"M01234"),
+            value: &later,
+            topic: "telemetry.raw",
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+        };
+        v.process(&env, &mut out).unwrap();
+        let (_, _, changed) = out.take();
+        let tombstones: Vec<_> = changed.iter().filter(|k| v.snapshot(k).is_none()).collect();
+        assert!(tombstones.len() >= 10, "{changed:?}");
+        assert_eq!(v.seen["M01234"].count, 1);
     }
 }
