@@ -68,7 +68,7 @@ struct Cli {
     /// Run only the end-to-end measurement.
     #[arg(long)]
     only_e2e: bool,
-    /// Fleet sizes replayed live at 1 Hz end to end (comma-separated; empty: none).
+    /// Fleet sizes replayed live at 1 Hz end to end (comma-separated; 0: none).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,25000")]
     e2e_instruments: Vec<usize>,
     /// After the listed sizes, this many bisection steps for the largest fleet holding the
@@ -460,6 +460,10 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
             seqmon_runtime::kafka::send(&producer, r).expect("produce");
             offsets.insert(*p, o + 1);
         }
+        // As the runtime does: wait for the deliveries, then send the offsets, then commit
+        // (see seqmon_runtime::kafka::wait_delivered).
+        seqmon_runtime::kafka::wait_delivered(&producer, Duration::from_secs(30))
+            .expect("delivered");
         let mut tpl = TopicPartitionList::new();
         for (p, o) in offsets {
             tpl.add_partition_offset(input, p, Offset::Offset(o))
@@ -472,9 +476,6 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
                 Duration::from_secs(30),
             )
             .expect("offsets");
-        // The same wait as the runtime before committing (see seqmon_runtime::kafka::wait_delivered).
-        seqmon_runtime::kafka::wait_delivered(&producer, Duration::from_secs(30))
-            .expect("delivered");
         producer
             .commit_transaction(Duration::from_secs(30))
             .expect("commit");
@@ -771,9 +772,18 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
         );
         runs.push(r);
     };
+    let sizes: Vec<usize> = cli
+        .e2e_instruments
+        .iter()
+        .copied()
+        .filter(|n| *n > 0)
+        .collect();
+    if sizes.is_empty() {
+        return Vec::new();
+    }
     // A short run first, not reported: a freshly started broker's JVM is still compiling its
     // hot paths and burns up to a core more for the first minute or so.
-    if let Some(first) = cli.e2e_instruments.first() {
+    if let Some(first) = sizes.first() {
         eprintln!("end to end: warm-up run, not reported");
         let _ = e2e::run(
             &e2e::E2eSettings {
@@ -784,7 +794,7 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
             *first,
         );
     }
-    for n in &cli.e2e_instruments {
+    for n in &sizes {
         one(*n, &mut runs);
     }
     for _ in 0..cli.e2e_search_steps {
