@@ -148,10 +148,6 @@ pub fn run_kafka(
         // A batch's outputs are produced together and then waited for, so lingering only adds
         // latency; records still batch while a request is in flight.
         .set("linger.ms", "0")
-        // A transactional request that meets the previous transaction still completing
-        // (CONCURRENT_TRANSACTIONS) is retried after retry.backoff.ms, 100 ms by default: a
-        // whole transaction's worth of latency. The Java client retries such requests after 20.
-        .set("retry.backoff.ms", "10")
         .set("queue.buffering.max.messages", "200000")
         .create()
         .map_err(RuntimeError::kafka("create producer"))?;
