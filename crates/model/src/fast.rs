@@ -328,6 +328,15 @@ impl<'p, 'b> Decoder<'p, 'b> {
             .ok_or_else(|| FastError(format!("block of {n} items is implausible")))
     }
 
+    fn symbol(&mut self, symbols: &'p [String]) -> Result<&'p str, FastError> {
+        let i = self.long()?;
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| symbols.get(i))
+            .map(String::as_str)
+            .ok_or_else(|| FastError(format!("enum index {i} out of range")))
+    }
+
     fn union_branch(&mut self, variants: &'p [Plan]) -> Result<&'p Plan, FastError> {
         let i = self.long()?;
         usize::try_from(i)
@@ -374,14 +383,7 @@ impl<'p, 'b> de::Deserializer<'b> for &mut Decoder<'p, 'b> {
             }
             Plan::Fixed(n) => visitor.visit_borrowed_bytes(self.take(*n)?),
             Plan::String => visitor.visit_borrowed_str(self.str()?),
-            Plan::Enum(symbols) => {
-                let i = self.long()?;
-                let s = usize::try_from(i)
-                    .ok()
-                    .and_then(|i| symbols.get(i))
-                    .ok_or_else(|| FastError(format!("enum index {i} out of range")))?;
-                visitor.visit_str(s)
-            }
+            Plan::Enum(symbols) => visitor.visit_str(self.symbol(symbols)?),
             Plan::Union(variants) => {
                 let branch = self.union_branch(variants)?;
                 let mut inner = self.with(branch);
@@ -454,14 +456,7 @@ impl<'p, 'b> de::Deserializer<'b> for &mut Decoder<'p, 'b> {
         visitor: V,
     ) -> Result<V::Value, FastError> {
         match self.plan {
-            Plan::Enum(symbols) => {
-                let i = self.long()?;
-                let s = usize::try_from(i)
-                    .ok()
-                    .and_then(|i| symbols.get(i))
-                    .ok_or_else(|| FastError(format!("enum index {i} out of range")))?;
-                visitor.visit_enum(s.as_str().into_deserializer())
-            }
+            Plan::Enum(symbols) => visitor.visit_enum(self.symbol(symbols)?.into_deserializer()),
             Plan::String => visitor.visit_enum(self.str()?.into_deserializer()),
             _ => fail("an enum needs an Avro enum or string"),
         }
