@@ -135,14 +135,32 @@ fn client(s: &E2eSettings) -> ClientConfig {
     c
 }
 
-fn free_port() -> u16 {
+/// Creates the catalogue's topics under `prefix` with `seqmon-admin`.
+pub fn create_topics(bootstrap_servers: &str, prefix: &str, partitions: i32) {
+    let status = Command::new(sibling("seqmon-admin"))
+        .args([
+            "create-topics",
+            "--bootstrap-servers",
+            bootstrap_servers,
+            "--topic-prefix",
+            prefix,
+            "--partitions",
+            &partitions.to_string(),
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .expect("seqmon-admin runs");
+    assert!(status.success(), "create-topics failed");
+}
+
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
 }
 
-fn sibling(name: &str) -> std::path::PathBuf {
+pub fn sibling(name: &str) -> std::path::PathBuf {
     std::env::current_exe().expect("exe").with_file_name(name)
 }
 
@@ -328,20 +346,7 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
         std::process::id(),
         RUNS.fetch_add(1, Ordering::SeqCst)
     );
-    let status = Command::new(sibling("seqmon-admin"))
-        .args([
-            "create-topics",
-            "--bootstrap-servers",
-            &s.bootstrap_servers,
-            "--topic-prefix",
-            &prefix,
-            "--partitions",
-            &s.partitions.to_string(),
-        ])
-        .stderr(Stdio::null())
-        .status()
-        .expect("seqmon-admin runs");
-    assert!(status.success(), "create-topics failed");
+    create_topics(&s.bootstrap_servers, &prefix, s.partitions);
 
     let mut services: Vec<(&str, Child, u16)> = STAGES
         .iter()

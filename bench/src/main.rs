@@ -503,12 +503,9 @@ pub(crate) fn scrape_counter(port: u16, name: &str) -> Option<f64> {
 /// its first input record to its n-th, read from its own /metrics (start-up and group join
 /// excluded, as for the passthrough).
 fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
-    let exe = std::env::current_exe().expect("exe").with_file_name(stage);
+    let exe = e2e::sibling(stage);
     let group = format!("{prefix}{stage}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let port = e2e::free_port();
     let mut child = Command::new(exe)
         .args([
             "kafka",
@@ -568,24 +565,7 @@ fn kafka_rows(
     rows: &mut Vec<Row>,
 ) {
     let prefix = format!("bench-{}.", std::process::id());
-    let status = Command::new(
-        std::env::current_exe()
-            .expect("exe")
-            .with_file_name("seqmon-admin"),
-    )
-    .args([
-        "create-topics",
-        "--bootstrap-servers",
-        &cli.bootstrap_servers,
-        "--topic-prefix",
-        &prefix,
-        "--partitions",
-        &cli.partitions.to_string(),
-    ])
-    .stderr(Stdio::null())
-    .status()
-    .expect("seqmon-admin runs");
-    assert!(status.success(), "create-topics failed");
+    e2e::create_topics(&cli.bootstrap_servers, &prefix, cli.partitions);
     let inputs: Vec<(&str, &str, Keyed)> = vec![
         ("validator", "raw", raw.to_vec()),
         (
