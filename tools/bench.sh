@@ -6,11 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 cargo build --release -q --workspace --bins
-if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
-  tools/kafka/broker.sh start
-  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${KAFKA_PORT:-19092}"
-  trap 'tools/kafka/broker.sh stop' EXIT
-fi
+. tools/kafka/local.sh
+use_local_broker --stop-on-exit
 mkdir -p out/bench
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 # The local broker's process, so its CPU and memory are reported with the services'.

@@ -5,10 +5,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 cargo build --release -q --workspace --bins
-if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
-  tools/kafka/broker.sh start
-  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${KAFKA_PORT:-19092}"
-fi
+. tools/kafka/local.sh
+use_local_broker
 prefix="run-$(date +%s)."
 bin=target/release
 logs=out/run-kafka/${prefix%.}

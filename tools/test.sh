@@ -9,15 +9,8 @@ cd "$root"
 echo "== build (debug binaries used by the integration tests)"
 cargo build --workspace --bins --tests
 
-started_here=0
-if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
-  tools/kafka/broker.sh start
-  started_here=1
-  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${KAFKA_PORT:-19092}"
-  trap 'tools/kafka/broker.sh stop' EXIT
-else
-  echo "== using the existing cluster at $KAFKA_BOOTSTRAP_SERVERS"
-fi
+. tools/kafka/local.sh
+use_local_broker --stop-on-exit
 
 echo "== from PyPI: Illumina's interop (collector cross-check) and fastavro (Avro cross-check)"
 venv="$root/.cache/interop-venv"
@@ -30,4 +23,4 @@ export INTEROP_PYTHON="$venv/bin/python"
 echo "== tests (unit, embedded pipeline, then real-broker integration)"
 # Integration tests each use their own topics and groups; two at a time suit a 2-core machine.
 cargo test --workspace -- --test-threads=2
-if [ "$started_here" = 1 ]; then echo "== broker log: .cache/kafka/run-${KAFKA_PORT:-19092}/broker.log"; fi
+if [ "${LOCAL_BROKER_STARTED:-0}" = 1 ]; then echo "== broker log: .cache/kafka/run-${KAFKA_PORT:-19092}/broker.log"; fi

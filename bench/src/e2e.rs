@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use seqmon_model::topics;
+use seqmon_model::topics::TopicRole;
 use serde::Serialize;
 
 /// The five services, upstream first.
@@ -122,12 +122,7 @@ fn latency(mut v: Vec<i64>) -> Option<Latency> {
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use seqmon_testkit::{free_port, now_ms, workspace_bin as sibling};
 
 fn client(s: &E2eSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -137,31 +132,7 @@ fn client(s: &E2eSettings) -> ClientConfig {
 
 /// Creates the catalogue's topics under `prefix` with `seqmon-admin`.
 pub fn create_topics(bootstrap_servers: &str, prefix: &str, partitions: i32) {
-    let status = Command::new(sibling("seqmon-admin"))
-        .args([
-            "create-topics",
-            "--bootstrap-servers",
-            bootstrap_servers,
-            "--topic-prefix",
-            prefix,
-            "--partitions",
-            &partitions.to_string(),
-        ])
-        .stderr(Stdio::null())
-        .status()
-        .expect("seqmon-admin runs");
-    assert!(status.success(), "create-topics failed");
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-pub fn sibling(name: &str) -> std::path::PathBuf {
-    std::env::current_exe().expect("exe").with_file_name(name)
+    seqmon_testkit::create_topics(bootstrap_servers, prefix, partitions.max(1) as u32);
 }
 
 /// CPU ticks (user + system) and resident KiB of a process, from /proc.
@@ -260,18 +231,13 @@ pub fn slope(points: &[(f64, f64)]) -> f64 {
 fn start_service(s: &E2eSettings, stage: &str, prefix: &str) -> (Child, u16) {
     let port = free_port();
     let mut cmd = Command::new(sibling(stage));
-    cmd.args([
-        "kafka",
-        "--bootstrap-servers",
+    cmd.args(seqmon_testkit::stage_args(
+        stage,
         &s.bootstrap_servers,
-        "--topic-prefix",
         prefix,
-        "--group-id",
-        &format!("{prefix}{stage}"),
-        "--transactional-id",
-        &format!("{prefix}{stage}-0"),
-        "--metrics-addr",
-        &format!("127.0.0.1:{port}"),
+        port,
+    ));
+    cmd.args([
         "--batch-max-records",
         &s.batch.to_string(),
         "--batch-max-wait-ms",
@@ -334,7 +300,7 @@ fn latest_sizes(s: &E2eSettings, topic: &str) -> HashMap<Vec<u8>, usize> {
 }
 
 fn scrape(port: u16, name: &str) -> Option<f64> {
-    crate::scrape_counter(port, name)
+    seqmon_testkit::scrape_counter(port, name)
 }
 
 /// Runs one fleet size end to end.
@@ -384,27 +350,27 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
                 .expect("probe consumer");
             let mut tpl = TopicPartitionList::new();
             // Per-hop probes read the full record stream twice more: extra load, so optional.
-            let roles: &[&str] = if s.probe_hops {
-                &["validated", "sanitized", "features", "anomalies", "alerts"]
+            let roles: &[TopicRole] = if s.probe_hops {
+                &[
+                    TopicRole::Validated,
+                    TopicRole::Sanitized,
+                    TopicRole::Features,
+                    TopicRole::Anomalies,
+                    TopicRole::Alerts,
+                ]
             } else {
-                &["features", "anomalies", "alerts"]
+                &[TopicRole::Features, TopicRole::Anomalies, TopicRole::Alerts]
             };
             for role in roles {
                 for p in 0..s.partitions {
-                    tpl.add_partition_offset(
-                        &topics::topic_name(&prefix, role),
-                        p,
-                        Offset::Beginning,
-                    )
-                    .expect("partition");
+                    tpl.add_partition_offset(&role.topic(&prefix), p, Offset::Beginning)
+                        .expect("partition");
                 }
             }
             c.assign(&tpl).expect("assign");
-            let names: HashMap<String, &str> = roles
-                .iter()
-                .map(|r| (topics::topic_name(&prefix, r), *r))
-                .collect();
-            let mut lat: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+            let names: HashMap<String, TopicRole> =
+                roles.iter().map(|r| (r.topic(&prefix), *r)).collect();
+            let mut lat: BTreeMap<TopicRole, Vec<i64>> = BTreeMap::new();
             while !stop.load(Ordering::SeqCst) {
                 if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
                     let seen = now_ms();
@@ -413,7 +379,7 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
                     };
                     if ts >= *measure_from.lock().expect("lock") {
                         if let Some(role) = names.get(m.topic()) {
-                            lat.entry(role).or_default().push(seen - ts);
+                            lat.entry(*role).or_default().push(seen - ts);
                         }
                     }
                 }
@@ -481,7 +447,7 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
     }
     let sim_end_s = started.elapsed().as_secs_f64();
     // Drain: each stage's input count stops moving and the validator has seen every raw record.
-    let raw_produced = count_records(s, &topics::topic_name(&prefix, "raw"));
+    let raw_produced = count_records(s, &TopicRole::Raw.topic(&prefix));
     let drain_by = Instant::now() + Duration::from_secs(60);
     let mut drained = false;
     let mut seen = 0.0;
@@ -504,14 +470,12 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
 
     let mut state = BTreeMap::new();
     for (stage, role) in [
-        ("validator", "changelog_validator"),
-        ("feature-extractor", "changelog_feature_extractor"),
-        ("anomaly-detector", "changelog_anomaly_detector"),
-        ("notifier", "changelog_notifier"),
+        ("validator", TopicRole::ChangelogValidator),
+        ("feature-extractor", TopicRole::ChangelogFeatureExtractor),
+        ("anomaly-detector", TopicRole::ChangelogAnomalyDetector),
+        ("notifier", TopicRole::ChangelogNotifier),
     ] {
-        let bytes: usize = latest_sizes(s, &topics::topic_name(&prefix, role))
-            .values()
-            .sum();
+        let bytes: usize = latest_sizes(s, &role.topic(&prefix)).values().sum();
         state.insert(
             stage.to_string(),
             bytes as f64 * 1000.0 / instruments as f64,
@@ -546,11 +510,11 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
         instruments,
         raw_records: raw_produced as f64,
         raw_records_per_s: raw_produced as f64 / s.duration_s.max(1) as f64,
-        validated: latency(lat.remove("validated").unwrap_or_default()),
-        sanitized: latency(lat.remove("sanitized").unwrap_or_default()),
-        features: latency(lat.remove("features").unwrap_or_default()),
-        anomalies: latency(lat.remove("anomalies").unwrap_or_default()),
-        alerts: latency(lat.remove("alerts").unwrap_or_default()),
+        validated: latency(lat.remove(&TopicRole::Validated).unwrap_or_default()),
+        sanitized: latency(lat.remove(&TopicRole::Sanitized).unwrap_or_default()),
+        features: latency(lat.remove(&TopicRole::Features).unwrap_or_default()),
+        anomalies: latency(lat.remove(&TopicRole::Anomalies).unwrap_or_default()),
+        alerts: latency(lat.remove(&TopicRole::Alerts).unwrap_or_default()),
         usage: usage(&samples, measured_from_s, ticks_per_s),
         state_bytes_per_1000: state,
         transactions,

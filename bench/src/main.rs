@@ -19,9 +19,10 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use seqmon_model::codec::{decode_value, decode_via_value, encode_with};
+use seqmon_model::topics::TopicRole;
 use seqmon_model::{
-    decode, encode, store, topics, Alert, Anomaly, DeadLetter, Feature, MaintenanceEntry,
-    PrivacyAudit, SanitizedTelemetry, Telemetry,
+    decode, encode, store, Alert, Anomaly, DeadLetter, Feature, MaintenanceEntry, PrivacyAudit,
+    SanitizedTelemetry, Telemetry,
 };
 use seqmon_runtime::{Driver, Emitted, Envelope, Processor};
 use seqmon_simulator::{simulate, FleetConfig};
@@ -156,7 +157,7 @@ fn rate(rounds: usize, n: usize, mut f: impl FnMut()) -> f64 {
 }
 
 /// Every record each stage produces on a simulated fleet, by output role, and the raw input.
-fn realistic_records(cli: &Cli) -> (Keyed, BTreeMap<&'static str, Keyed>) {
+fn realistic_records(cli: &Cli) -> (Keyed, BTreeMap<TopicRole, Keyed>) {
     let sim = simulate(&FleetConfig {
         instruments: cli.instruments,
         duration_hours: cli.duration_hours,
@@ -168,7 +169,7 @@ fn realistic_records(cli: &Cli) -> (Keyed, BTreeMap<&'static str, Keyed>) {
         .iter()
         .map(|r| (r.key.clone(), r.bytes.clone()))
         .collect();
-    let mut by_role: BTreeMap<&'static str, Keyed> = BTreeMap::new();
+    let mut by_role: BTreeMap<TopicRole, Keyed> = BTreeMap::new();
     let mut chain = seqmon_pipeline::default_chain().expect("chain");
     let mut tap = |_: &str, e: &Emitted| {
         by_role
@@ -186,7 +187,7 @@ fn realistic_records(cli: &Cli) -> (Keyed, BTreeMap<&'static str, Keyed>) {
 fn codec_rows(
     cli: &Cli,
     raw: &[(String, Vec<u8>)],
-    by_role: &BTreeMap<&'static str, Vec<(String, Vec<u8>)>>,
+    by_role: &BTreeMap<TopicRole, Vec<(String, Vec<u8>)>>,
     rows: &mut Vec<Row>,
 ) {
     fn one<T: seqmon_model::AvroRecord>(
@@ -240,20 +241,20 @@ fn codec_rows(
             ratio: Some(dec / via_value),
         });
     }
-    let get = |role: &str| {
+    let get = |role: TopicRole| {
         by_role
-            .get(role)
+            .get(&role)
             .map(|v| v.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>())
             .unwrap_or_default()
     };
     let raw_bytes: Vec<Vec<u8>> = raw.iter().map(|(_, b)| b.clone()).collect();
     one::<Telemetry>(cli, "telemetry", &raw_bytes, rows);
-    one::<SanitizedTelemetry>(cli, "sanitized_telemetry", &get("sanitized"), rows);
-    one::<Feature>(cli, "feature", &get("features"), rows);
-    one::<Anomaly>(cli, "anomaly", &get("anomalies"), rows);
-    one::<Alert>(cli, "alert", &get("alerts"), rows);
-    one::<MaintenanceEntry>(cli, "maintenance_entry", &get("maintenance"), rows);
-    one::<PrivacyAudit>(cli, "privacy_audit", &get("privacy_audit"), rows);
+    one::<SanitizedTelemetry>(cli, "sanitized_telemetry", &get(TopicRole::Sanitized), rows);
+    one::<Feature>(cli, "feature", &get(TopicRole::Features), rows);
+    one::<Anomaly>(cli, "anomaly", &get(TopicRole::Anomalies), rows);
+    one::<Alert>(cli, "alert", &get(TopicRole::Alerts), rows);
+    one::<MaintenanceEntry>(cli, "maintenance_entry", &get(TopicRole::Maintenance), rows);
+    one::<PrivacyAudit>(cli, "privacy_audit", &get(TopicRole::PrivacyAudit), rows);
     let dead: Vec<DeadLetter> = raw
         .iter()
         .take(2000)
@@ -310,7 +311,7 @@ fn codec_rows(
 fn processor_rows(
     cli: &Cli,
     raw: &[(String, Vec<u8>)],
-    by_role: &BTreeMap<&'static str, Vec<(String, Vec<u8>)>>,
+    by_role: &BTreeMap<TopicRole, Vec<(String, Vec<u8>)>>,
     rows: &mut Vec<Row>,
 ) {
     let stages: Vec<(&str, Make, Keyed)> = vec![
@@ -322,22 +323,34 @@ fn processor_rows(
         (
             "privacy-enforcer",
             || Box::new(seqmon_privacy_enforcer::PrivacyEnforcer::default()),
-            by_role.get("validated").cloned().unwrap_or_default(),
+            by_role
+                .get(&TopicRole::Validated)
+                .cloned()
+                .unwrap_or_default(),
         ),
         (
             "feature-extractor",
             || Box::new(seqmon_feature_extractor::FeatureExtractor::default()),
-            by_role.get("sanitized").cloned().unwrap_or_default(),
+            by_role
+                .get(&TopicRole::Sanitized)
+                .cloned()
+                .unwrap_or_default(),
         ),
         (
             "anomaly-detector",
             || Box::new(seqmon_anomaly_detector::AnomalyDetector::default()),
-            by_role.get("features").cloned().unwrap_or_default(),
+            by_role
+                .get(&TopicRole::Features)
+                .cloned()
+                .unwrap_or_default(),
         ),
         (
             "notifier",
             || Box::new(seqmon_notifier::Notifier::default()),
-            by_role.get("anomalies").cloned().unwrap_or_default(),
+            by_role
+                .get(&TopicRole::Anomalies)
+                .cloned()
+                .unwrap_or_default(),
         ),
     ];
     for (name, make, input) in stages {
@@ -381,21 +394,11 @@ fn client(cli: &Cli) -> ClientConfig {
 }
 
 fn produce(cli: &Cli, topic: &str, records: &[(String, Vec<u8>)]) {
-    let p: ThreadedProducer<DefaultProducerContext> = client(cli)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    for (k, v) in records {
-        seqmon_runtime::kafka::send(
-            &p,
-            BaseRecord::to(topic)
-                .key(k.as_bytes())
-                .payload(v.as_slice()),
-        )
-        .expect("produce");
-    }
-    p.flush(Duration::from_secs(120)).expect("flush");
+    seqmon_testkit::produce(
+        &cli.bootstrap_servers,
+        topic,
+        records.iter().map(|(k, v)| (k.clone(), v.clone(), None)),
+    );
 }
 
 /// Raw rdkafka exactly-once passthrough: consume read_committed, produce unchanged, commit offsets
@@ -484,46 +487,20 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
     n as f64 / started.expect("consumed").elapsed().as_secs_f64()
 }
 
-/// The value of a counter on a service's /metrics endpoint.
-pub(crate) fn scrape_counter(port: u16, name: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit_once(' '))
-        .and_then(|(_, v)| v.parse().ok())
-}
-
 /// One stage as a separate process over `n` records already on its input topic: records/s from
 /// its first input record to its n-th, read from its own /metrics (start-up and group join
 /// excluded, as for the passthrough).
 fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
-    let exe = e2e::sibling(stage);
-    let group = format!("{prefix}{stage}");
-    let port = e2e::free_port();
+    let exe = seqmon_testkit::workspace_bin(stage);
+    let port = seqmon_testkit::free_port();
     let mut child = Command::new(exe)
-        .args([
-            "kafka",
-            "--bootstrap-servers",
+        .args(seqmon_testkit::stage_args(
+            stage,
             &cli.bootstrap_servers,
-            "--topic-prefix",
             prefix,
-            "--group-id",
-            &group,
-            "--transactional-id",
-            &format!("{group}-0"),
-        ])
-        .args([
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-            "--batch-max-records",
-            &cli.batch.to_string(),
-        ])
+            port,
+        ))
+        .args(["--batch-max-records", &cli.batch.to_string()])
         .args(if stage == "validator" {
             vec!["--max-age-ms", "9000000000000"]
         } else {
@@ -538,7 +515,7 @@ fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut rate = f64::NAN;
     while Instant::now() < deadline {
-        let seen = scrape_counter(port, &counter).unwrap_or(0.0);
+        let seen = seqmon_testkit::scrape_counter(port, &counter).unwrap_or(0.0);
         if seen > 0.0 {
             started.get_or_insert_with(Instant::now);
         }
@@ -561,32 +538,44 @@ fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
 fn kafka_rows(
     cli: &Cli,
     raw: &[(String, Vec<u8>)],
-    by_role: &BTreeMap<&'static str, Vec<(String, Vec<u8>)>>,
+    by_role: &BTreeMap<TopicRole, Vec<(String, Vec<u8>)>>,
     rows: &mut Vec<Row>,
 ) {
     let prefix = format!("bench-{}.", std::process::id());
     e2e::create_topics(&cli.bootstrap_servers, &prefix, cli.partitions);
-    let inputs: Vec<(&str, &str, Keyed)> = vec![
-        ("validator", "raw", raw.to_vec()),
+    let inputs: Vec<(&str, TopicRole, Keyed)> = vec![
+        ("validator", TopicRole::Raw, raw.to_vec()),
         (
             "privacy-enforcer",
-            "validated",
-            by_role.get("validated").cloned().unwrap_or_default(),
+            TopicRole::Validated,
+            by_role
+                .get(&TopicRole::Validated)
+                .cloned()
+                .unwrap_or_default(),
         ),
         (
             "feature-extractor",
-            "sanitized",
-            by_role.get("sanitized").cloned().unwrap_or_default(),
+            TopicRole::Sanitized,
+            by_role
+                .get(&TopicRole::Sanitized)
+                .cloned()
+                .unwrap_or_default(),
         ),
         (
             "anomaly-detector",
-            "features",
-            by_role.get("features").cloned().unwrap_or_default(),
+            TopicRole::Features,
+            by_role
+                .get(&TopicRole::Features)
+                .cloned()
+                .unwrap_or_default(),
         ),
         (
             "notifier",
-            "anomalies",
-            by_role.get("anomalies").cloned().unwrap_or_default(),
+            TopicRole::Anomalies,
+            by_role
+                .get(&TopicRole::Anomalies)
+                .cloned()
+                .unwrap_or_default(),
         ),
     ];
     for (stage, role, mut records) in inputs {
@@ -608,14 +597,14 @@ fn kafka_rows(
             eprintln!("kafka {stage}: only {n} input records in this fleet; not measured (raise --instruments or --duration-hours)");
             continue;
         }
-        let input = topics::topic_name(&prefix, role);
+        let input = role.topic(&prefix);
         produce(cli, &input, &records);
         // The limit on the same input: raw passthrough to a scratch topic (the dead-letter topic of
         // the analysis side, unused otherwise in this run), timed like the services.
         let base = passthrough(
             cli,
             &input,
-            &topics::topic_name(&prefix, "dead_letters"),
+            &TopicRole::DeadLetters.topic(&prefix),
             &format!("{prefix}passthrough-{stage}"),
             n,
         );

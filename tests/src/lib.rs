@@ -4,15 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 static BOOTSTRAP_OVERRIDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -35,17 +32,7 @@ pub fn bootstrap() -> String {
 
 /// Path of a workspace binary built by `cargo build --workspace --bins`.
 pub fn bin(name: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    let path = target.join("debug").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build with `cargo build --workspace --bins` (make test does)",
-        path.display()
-    );
-    path
+    seqmon_testkit::workspace_bin(name)
 }
 
 /// A topic prefix no other test or run uses.
@@ -61,46 +48,14 @@ pub fn unique_prefix(test: &str) -> String {
     )
 }
 
-/// Creates every catalogue topic under `prefix` with the admin command.
+/// Creates every catalogue topic under `prefix` with the admin command, twice: the second run
+/// must change nothing and succeed (idempotent).
 pub fn create_topics(prefix: &str, partitions: u32) {
-    let status = Command::new(bin("seqmon-admin"))
-        .args([
-            "create-topics",
-            "--bootstrap-servers",
-            &bootstrap(),
-            "--topic-prefix",
-            prefix,
-            "--partitions",
-            &partitions.to_string(),
-        ])
-        .status()
-        .expect("seqmon-admin runs");
-    assert!(status.success(), "create-topics failed");
-    // Running it again must change nothing and succeed (idempotent).
-    let again = Command::new(bin("seqmon-admin"))
-        .args([
-            "create-topics",
-            "--bootstrap-servers",
-            &bootstrap(),
-            "--topic-prefix",
-            prefix,
-            "--partitions",
-            &partitions.to_string(),
-        ])
-        .stderr(Stdio::null())
-        .status()
-        .expect("seqmon-admin runs");
-    assert!(again.success(), "create-topics is not idempotent");
+    seqmon_testkit::create_topics(&bootstrap(), prefix, partitions);
+    seqmon_testkit::create_topics(&bootstrap(), prefix, partitions);
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use seqmon_testkit::{free_port, metric_sum, now_ms, scrape, wait_until};
 
 /// A stage service running as an OS process.
 pub struct Service {
@@ -115,19 +70,11 @@ impl Service {
     /// Starts `name kafka ...` with per-test topics, group and transactional id.
     pub fn start(name: &str, prefix: &str, extra: &[&str]) -> Service {
         let metrics_port = free_port();
-        let mut args: Vec<String> = vec![
-            "kafka".into(),
-            "--bootstrap-servers".into(),
-            bootstrap(),
-            "--topic-prefix".into(),
-            prefix.into(),
-            "--group-id".into(),
-            format!("{prefix}{name}"),
-            "--metrics-addr".into(),
-            format!("127.0.0.1:{metrics_port}"),
-        ];
-        if !extra.contains(&"--transactional-id") {
-            args.extend(["--transactional-id".into(), format!("{prefix}{name}-0")]);
+        let mut args = seqmon_testkit::stage_args(name, &bootstrap(), prefix, metrics_port);
+        if extra.contains(&"--transactional-id") {
+            // The caller names the instance: drop the default id.
+            let at = args.iter().position(|a| a == "--transactional-id").unwrap();
+            args.drain(at..at + 2);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -235,65 +182,12 @@ fn spawn(name: &str, args: &[String], log: &PathBuf) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
 }
 
-fn scrape(port: u16) -> Option<BTreeMap<String, f64>> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let body = body.split("\r\n\r\n").nth(1)?;
-    Some(
-        body.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect(),
-    )
-}
-
-/// Sum of every series of a metric family in a scrape (e.g. all dead-letter reasons).
-pub fn metric_sum(m: &BTreeMap<String, f64>, family: &str) -> f64 {
-    m.iter()
-        .filter(|(k, _)| k.as_str() == family || k.starts_with(&format!("{family}{{")))
-        .map(|(_, v)| v)
-        .sum()
-}
-
 /// Produces (key, value, timestamp) records and waits for delivery.
 pub fn produce(
     topic: &str,
     records: impl IntoIterator<Item = (String, Vec<u8>, Option<i64>)>,
 ) -> usize {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "10")
-        .create()
-        .unwrap();
-    let mut n = 0;
-    for (key, value, ts) in records {
-        let mut rec = BaseRecord::to(topic)
-            .key(key.as_bytes())
-            .payload(value.as_slice());
-        if let Some(ts) = ts {
-            rec = rec.timestamp(ts);
-        }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-        n += 1;
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
-    n
+    seqmon_testkit::produce(&bootstrap(), topic, records)
 }
 
 /// A committed record as read back.
@@ -351,26 +245,6 @@ pub fn read_committed(topic: &str) -> Vec<Committed> {
         "did not reach the end of {topic} within 60 s"
     );
     out
-}
-
-/// Polls `f` until it returns true or `timeout` passes; returns whether it did.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    f()
-}
-
-/// Now, ms since epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Input records not yet committed by consumer group `group` on `topic` (0 when caught up);
@@ -431,13 +305,10 @@ pub fn reference_outputs(
         };
         let mut out = Vec::new();
         driver.handle(&env, &mut out, |_| {}).unwrap();
-        expected.extend(out.into_iter().map(|e| {
-            (
-                seqmon_model::topics::spec(e.role).name.to_string(),
-                e.key,
-                e.value,
-            )
-        }));
+        expected.extend(
+            out.into_iter()
+                .map(|e| (e.role.spec().name.to_string(), e.key, e.value)),
+        );
     }
     expected.sort();
     expected

@@ -5,6 +5,7 @@
 //! counts balance on every stage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use seqmon_model::topics::TopicRole;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
@@ -114,7 +115,7 @@ fn five_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record(
             "{stage} aborted a transaction"
         );
     }
-    let out = |i: usize, role: &str| {
+    let out = |i: usize, role: TopicRole| {
         m[i].get(&format!(
             "{}_output_records_total{{output=\"{role}\"}}",
             STAGES[i].replace('-', "_")
@@ -125,29 +126,32 @@ fn five_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record(
     assert_eq!(m[0]["validator_input_records_total"], events);
     assert_eq!(
         m[1]["privacy_enforcer_input_records_total"],
-        out(0, "validated")
+        out(0, TopicRole::Validated)
     );
     assert_eq!(
         m[2]["feature_extractor_input_records_total"],
-        out(1, "sanitized")
+        out(1, TopicRole::Sanitized)
     );
     assert_eq!(
         m[3]["anomaly_detector_input_records_total"],
-        out(2, "features")
+        out(2, TopicRole::Features)
     );
-    assert_eq!(m[4]["notifier_input_records_total"], out(3, "anomalies"));
+    assert_eq!(
+        m[4]["notifier_input_records_total"],
+        out(3, TopicRole::Anomalies)
+    );
 
     // The committed topics agree with the counters.
-    let topic = |name: &str| format!("{prefix}{name}");
+    let topic = |role: TopicRole| role.topic(&prefix);
     assert_eq!(
-        read_committed(&topic("telemetry.validated")).len() as f64,
-        out(0, "validated")
+        read_committed(&topic(TopicRole::Validated)).len() as f64,
+        out(0, TopicRole::Validated)
     );
-    let sanitized = read_committed(&topic("telemetry.sanitized"));
-    assert_eq!(sanitized.len() as f64, out(1, "sanitized"));
+    let sanitized = read_committed(&topic(TopicRole::Sanitized));
+    assert_eq!(sanitized.len() as f64, out(1, TopicRole::Sanitized));
 
     // Every injected fault: its alert, exactly once, after the fault began; no other alerts.
-    let alerts: Vec<Alert> = read_committed(&topic("alerts"))
+    let alerts: Vec<Alert> = read_committed(&topic(TopicRole::Alerts))
         .iter()
         .map(|r| decode(&r.value).unwrap())
         .collect();
@@ -181,14 +185,14 @@ fn five_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record(
         false_alerts.is_empty(),
         "alerts without a fault: {false_alerts:?}"
     );
-    let maintenance: Vec<MaintenanceEntry> = read_committed(&topic("maintenance.schedule"))
+    let maintenance: Vec<MaintenanceEntry> = read_committed(&topic(TopicRole::Maintenance))
         .iter()
         .map(|r| decode(&r.value).unwrap())
         .collect();
     assert!(maintenance.len() >= faults.len());
 
     // Every bad record is a dead letter with its stage and reason, with provenance.
-    let dead: Vec<DeadLetter> = read_committed(&topic("deadletter.sensitive"))
+    let dead: Vec<DeadLetter> = read_committed(&topic(TopicRole::DeadLettersSensitive))
         .iter()
         .map(|r| decode(&r.value).unwrap())
         .collect();
@@ -218,7 +222,7 @@ fn five_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record(
         .collect();
     assert_eq!(got, expected);
     assert!(
-        read_committed(&topic("deadletter.analysis")).is_empty(),
+        read_committed(&topic(TopicRole::DeadLetters)).is_empty(),
         "no dead letters after the privacy boundary"
     );
 
@@ -239,7 +243,7 @@ fn five_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record(
             );
         }
     }
-    let audits = read_committed(&topic("privacy.audit"));
+    let audits = read_committed(&topic(TopicRole::PrivacyAudit));
     let expected_audits = truth["expected_privacy_removals"].as_u64().unwrap()
         + expected
             .get(&(

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use seqmon_feature_extractor::FeatureExtractor;
 use seqmon_integration_tests::*;
-use seqmon_model::{decode, topics};
+use seqmon_model::decode;
+use seqmon_model::topics::TopicRole;
 use seqmon_privacy_enforcer::PrivacyEnforcer;
 use seqmon_runtime::embedded::Chain;
 use seqmon_runtime::{Driver, Processor};
@@ -16,7 +17,7 @@ use seqmon_simulator::{simulate, FleetConfig};
 use seqmon_validator::Validator;
 
 /// Records the simulator's fleet leaves on `role`'s topic (validated or sanitized).
-fn upstream_records(role: &str) -> Vec<(String, Vec<u8>)> {
+fn upstream_records(role: TopicRole) -> Vec<(String, Vec<u8>)> {
     let start = (now_ms() - 4 * 3_600_000) / 60_000 * 60_000;
     let sim = simulate(&FleetConfig {
         instruments: 16,
@@ -54,8 +55,8 @@ fn kill_restart_matches_uninterrupted(
     let prefix = unique_prefix(&format!("eos-{stage}"));
     create_topics(&prefix, 3);
     let probe = make();
-    let input_topic = format!("{prefix}{}", topics::spec(probe.input_role()).name);
-    let mut out_roles: Vec<&str> = probe.output_roles().to_vec();
+    let input_topic = probe.input_role().topic(&prefix);
+    let mut out_roles: Vec<TopicRole> = probe.output_roles().to_vec();
     out_roles.push(probe.dead_letter_role());
     let ts = now_ms();
     produce(
@@ -101,7 +102,7 @@ fn kill_restart_matches_uninterrupted(
         "{stage} did not catch up after restart; log:\n{}",
         service.log_text()
     );
-    let names: Vec<&str> = out_roles.iter().map(|r| topics::spec(r).name).collect();
+    let names: Vec<&str> = out_roles.iter().map(|r| r.spec().name).collect();
     let got = committed_outputs(&prefix, &names);
     let missing = expected
         .iter()
@@ -153,7 +154,7 @@ fn stateless_privacy_enforcer_survives_kill_9_without_loss_or_duplicates() {
     kill_restart_matches_uninterrupted(
         "privacy-enforcer",
         || Box::new(PrivacyEnforcer::default()),
-        upstream_records("validated"),
+        upstream_records(TopicRole::Validated),
     );
 }
 
@@ -162,7 +163,7 @@ fn stateful_feature_extractor_survives_kill_9_with_its_windows() {
     kill_restart_matches_uninterrupted(
         "feature-extractor",
         || Box::new(FeatureExtractor::default()),
-        upstream_records("sanitized"),
+        upstream_records(TopicRole::Sanitized),
     );
 }
 

@@ -46,13 +46,13 @@ fn an_aborted_transaction_is_redone_from_committed_offsets_without_loss() {
     for r in &sim.records {
         upstream
             .push(&r.key, &r.bytes, &mut |_, e| {
-                if e.role == "validated" {
+                if e.role == seqmon_model::topics::TopicRole::Validated {
                     validated.push((e.key.clone(), e.value.clone(), None));
                 }
             })
             .unwrap();
     }
-    let raw = format!("{prefix}telemetry.validated");
+    let raw = seqmon_model::topics::TopicRole::Validated.topic(&prefix);
     let produced = produce(&raw, validated);
     let committed_input = read_committed(&raw);
     assert_eq!(committed_input.len(), produced);

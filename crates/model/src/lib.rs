@@ -3,8 +3,11 @@
 //! - [`records`]: Rust types for every Avro record in `schemas/`.
 //! - [`schema_store`]: every released schema version, addressed by CRC-64-AVRO fingerprint.
 //! - [`codec`]: Avro single-object encoding (`C3 01` + fingerprint + Avro binary) with
-//!   writer→reader schema resolution, and the JSON-lines form used by file mode.
-//! - [`topics`]: the topic catalogue (names, keys, schemas, partitions, retention).
+//!   writer→reader schema resolution.
+//! - [`fast`]: a direct decoder for records of the newest schema versions (no generic value),
+//!   checked against apache-avro and fastavro.
+//! - [`json`]: the JSON-lines form used by file mode (Avro values ↔ JSON).
+//! - [`topics`]: the topic catalogue (typed roles, names, keys, schemas, retention).
 //! - [`specs`]: plausible ranges (validation) and operating specs (features) per metric and model.
 //!
 //! Nothing here does I/O; every function is pure and unit-tested without a broker.

@@ -26,11 +26,113 @@ pub enum Cleanup {
     CompactDeleteAfterHours(u32),
 }
 
+/// What a topic is for: every topic of the catalogue has exactly one role, and code names topics
+/// only by role. The deployment's topic name comes from [`TopicRole::spec`] and a prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TopicRole {
+    /// Telemetry as instruments and collectors send it.
+    Raw,
+    /// Telemetry the validator accepted, bytes unchanged.
+    Validated,
+    /// Telemetry past the privacy boundary.
+    Sanitized,
+    /// Window statistics.
+    Features,
+    /// Baseline departures and their clearing.
+    Anomalies,
+    /// Alert lifecycle.
+    Alerts,
+    /// Maintenance schedule entries.
+    Maintenance,
+    /// Privacy-boundary removals (rule and field, never the value).
+    PrivacyAudit,
+    /// Dead letters of the sensitive-side stages (they carry raw bytes).
+    DeadLettersSensitive,
+    /// Dead letters of the analysis-side stages.
+    DeadLetters,
+    /// Validator state.
+    ChangelogValidator,
+    /// Feature-extractor state.
+    ChangelogFeatureExtractor,
+    /// Anomaly-detector state.
+    ChangelogAnomalyDetector,
+    /// Notifier state.
+    ChangelogNotifier,
+}
+
+impl TopicRole {
+    /// Every role, in catalogue order.
+    pub const ALL: [TopicRole; 14] = [
+        TopicRole::Raw,
+        TopicRole::Validated,
+        TopicRole::Sanitized,
+        TopicRole::Features,
+        TopicRole::Anomalies,
+        TopicRole::Alerts,
+        TopicRole::Maintenance,
+        TopicRole::PrivacyAudit,
+        TopicRole::DeadLettersSensitive,
+        TopicRole::DeadLetters,
+        TopicRole::ChangelogValidator,
+        TopicRole::ChangelogFeatureExtractor,
+        TopicRole::ChangelogAnomalyDetector,
+        TopicRole::ChangelogNotifier,
+    ];
+
+    /// The role's name in configuration, metrics labels and `seqmon-admin topics`: the only
+    /// place a role is spelled as a string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicRole::Raw => "raw",
+            TopicRole::Validated => "validated",
+            TopicRole::Sanitized => "sanitized",
+            TopicRole::Features => "features",
+            TopicRole::Anomalies => "anomalies",
+            TopicRole::Alerts => "alerts",
+            TopicRole::Maintenance => "maintenance",
+            TopicRole::PrivacyAudit => "privacy_audit",
+            TopicRole::DeadLettersSensitive => "dead_letters_sensitive",
+            TopicRole::DeadLetters => "dead_letters",
+            TopicRole::ChangelogValidator => "changelog_validator",
+            TopicRole::ChangelogFeatureExtractor => "changelog_feature_extractor",
+            TopicRole::ChangelogAnomalyDetector => "changelog_anomaly_detector",
+            TopicRole::ChangelogNotifier => "changelog_notifier",
+        }
+    }
+
+    /// The catalogue entry of this role.
+    pub fn spec(self) -> &'static TopicSpec {
+        // CATALOGUE is in ALL's order (checked by a test), so this index never misses.
+        &CATALOGUE[self as usize]
+    }
+
+    /// Full topic name under a deployment prefix (`""` for none, or e.g. `"staging."`).
+    pub fn topic(self, prefix: &str) -> String {
+        format!("{prefix}{}", self.spec().name)
+    }
+}
+
+impl std::fmt::Display for TopicRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TopicRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TopicRole::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a topic role"))
+    }
+}
+
 /// One topic of the catalogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicSpec {
-    /// Logical name, used in configuration (`raw`, `validated`, ...).
-    pub role: &'static str,
+    /// What the topic is for.
+    pub role: TopicRole,
     /// Topic name without the deployment prefix.
     pub name: &'static str,
     /// Record type in the schema store.
@@ -54,34 +156,21 @@ pub const VALIDATOR_CHANGELOG_HOURS: u32 = 25;
 /// Every topic. Partition counts are set at creation (`seqmon-admin create-topics --partitions`),
 /// the same for all, so co-partitioning holds.
 pub const CATALOGUE: &[TopicSpec] = &[
-    TopicSpec { role: "raw", name: "telemetry.raw", schema: "telemetry", key: "instrument serial", side: PrivacySide::Sensitive, cleanup: Cleanup::DeleteAfterHours(3 * DAY), doc: "Telemetry as instruments and collectors send it." },
-    TopicSpec { role: "validated", name: "telemetry.validated", schema: "telemetry", key: "instrument serial", side: PrivacySide::Sensitive, cleanup: Cleanup::DeleteAfterHours(3 * DAY), doc: "Telemetry that passed the validator, bytes unchanged." },
-    TopicSpec { role: "sanitized", name: "telemetry.sanitized", schema: "sanitized_telemetry", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(30 * DAY), doc: "Telemetry past the privacy boundary: the only telemetry analysis reads." },
-    TopicSpec { role: "features", name: "features", schema: "feature", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(30 * DAY), doc: "Per-window statistics per instrument, subsystem and metric." },
-    TopicSpec { role: "anomalies", name: "anomalies", schema: "anomaly", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(90 * DAY), doc: "Departures from each instrument's baseline, and their clearing." },
-    TopicSpec { role: "alerts", name: "alerts", schema: "alert", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "Alert lifecycle (open, update, resolve) for service teams." },
-    TopicSpec { role: "maintenance", name: "maintenance.schedule", schema: "maintenance_entry", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "Maintenance and part-replacement schedule entries." },
-    TopicSpec { role: "privacy_audit", name: "privacy.audit", schema: "privacy_audit", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "One record per removal at the privacy boundary: rule and field, never the value." },
-    TopicSpec { role: "dead_letters_sensitive", name: "deadletter.sensitive", schema: "dead_letter", key: "instrument serial (or the source key)", side: PrivacySide::Sensitive, cleanup: Cleanup::DeleteAfterHours(7 * DAY), doc: "Dead letters of the validator and privacy enforcer; they carry raw bytes, so they stay on the sensitive side." },
-    TopicSpec { role: "dead_letters", name: "deadletter.analysis", schema: "dead_letter", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(30 * DAY), doc: "Dead letters of the stages after the privacy boundary." },
-    TopicSpec { role: "changelog_validator", name: "validator.changelog", schema: "state_snapshot", key: "instrument serial and message id", side: PrivacySide::Sensitive, cleanup: Cleanup::CompactDeleteAfterHours(VALIDATOR_CHANGELOG_HOURS), doc: "Validator state: one record per recent message id." },
-    TopicSpec { role: "changelog_feature_extractor", name: "feature-extractor.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Feature-extractor open windows per instrument." },
-    TopicSpec { role: "changelog_anomaly_detector", name: "anomaly-detector.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Anomaly-detector baselines per instrument." },
-    TopicSpec { role: "changelog_notifier", name: "notifier.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Notifier open alerts per instrument." },
+    TopicSpec { role: TopicRole::Raw, name: "telemetry.raw", schema: "telemetry", key: "instrument serial", side: PrivacySide::Sensitive, cleanup: Cleanup::DeleteAfterHours(3 * DAY), doc: "Telemetry as instruments and collectors send it." },
+    TopicSpec { role: TopicRole::Validated, name: "telemetry.validated", schema: "telemetry", key: "instrument serial", side: PrivacySide::Sensitive, cleanup: Cleanup::DeleteAfterHours(3 * DAY), doc: "Telemetry that passed the validator, bytes unchanged." },
+    TopicSpec { role: TopicRole::Sanitized, name: "telemetry.sanitized", schema: "sanitized_telemetry", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(30 * DAY), doc: "Telemetry past the privacy boundary: the only telemetry analysis reads." },
+    TopicSpec { role: TopicRole::Features, name: "features", schema: "feature", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(30 * DAY), doc: "Per-window statistics per instrument, subsystem and metric." },
+    TopicSpec { role: TopicRole::Anomalies, name: "anomalies", schema: "anomaly", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(90 * DAY), doc: "Departures from each instrument's baseline, and their clearing." },
+    TopicSpec { role: TopicRole::Alerts, name: "alerts", schema: "alert", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "Alert lifecycle (open, update, resolve) for service teams." },
+    TopicSpec { role: TopicRole::Maintenance, name: "maintenance.schedule", schema: "maintenance_entry", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "Maintenance and part-replacement schedule entries." },
+    TopicSpec { role: TopicRole::PrivacyAudit, name: "privacy.audit", schema: "privacy_audit", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "One record per removal at the privacy boundary: rule and field, never the value." },
+    TopicSpec { role: TopicRole::DeadLettersSensitive, name: "deadletter.sensitive", schema: "dead_letter", key: "instrument serial (or the source key)", side: PrivacySide::Sensitive, cleanup: Cleanup::DeleteAfterHours(7 * DAY), doc: "Dead letters of the validator and privacy enforcer; they carry raw bytes, so they stay on the sensitive side." },
+    TopicSpec { role: TopicRole::DeadLetters, name: "deadletter.analysis", schema: "dead_letter", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(30 * DAY), doc: "Dead letters of the stages after the privacy boundary." },
+    TopicSpec { role: TopicRole::ChangelogValidator, name: "validator.changelog", schema: "state_snapshot", key: "instrument serial and message id", side: PrivacySide::Sensitive, cleanup: Cleanup::CompactDeleteAfterHours(VALIDATOR_CHANGELOG_HOURS), doc: "Validator state: one record per recent message id." },
+    TopicSpec { role: TopicRole::ChangelogFeatureExtractor, name: "feature-extractor.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Feature-extractor open windows per instrument." },
+    TopicSpec { role: TopicRole::ChangelogAnomalyDetector, name: "anomaly-detector.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Anomaly-detector baselines per instrument." },
+    TopicSpec { role: TopicRole::ChangelogNotifier, name: "notifier.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Notifier open alerts per instrument." },
 ];
-
-/// The catalogue entry with logical role `role`. Panics on an unknown role: roles are constants.
-pub fn spec(role: &str) -> &'static TopicSpec {
-    CATALOGUE
-        .iter()
-        .find(|t| t.role == role)
-        .unwrap_or_else(|| panic!("no topic with role {role}"))
-}
-
-/// Full topic name of `role` under a deployment prefix (`""` for none, or e.g. `"staging."`).
-pub fn topic_name(prefix: &str, role: &str) -> String {
-    format!("{prefix}{}", spec(role).name)
-}
 
 /// Kafka topic configuration entries for a topic.
 pub fn topic_config(spec: &TopicSpec) -> Vec<(&'static str, String)> {
@@ -124,10 +213,20 @@ mod tests {
                 t.name
             );
         }
-        assert_eq!(topic_name("t1.", "raw"), "t1.telemetry.raw");
-        assert_eq!(topic_config(spec("changelog_notifier"))[0].1, "compact");
+        for (i, role) in TopicRole::ALL.into_iter().enumerate() {
+            assert_eq!(CATALOGUE[i].role, role, "catalogue is in role order");
+            assert_eq!(role.spec().role, role);
+            assert_eq!(role.as_str().parse::<TopicRole>(), Ok(role));
+        }
+        assert_eq!(CATALOGUE.len(), TopicRole::ALL.len());
+        assert!("nonsense".parse::<TopicRole>().is_err());
+        assert_eq!(TopicRole::Raw.topic("t1."), "t1.telemetry.raw");
+        assert_eq!(
+            topic_config(TopicRole::ChangelogNotifier.spec())[0].1,
+            "compact"
+        );
         // Only sanitized data and what follows it may be read by analysis.
-        assert_eq!(spec("sanitized").side, PrivacySide::Analysis);
-        assert_eq!(spec("validated").side, PrivacySide::Sensitive);
+        assert_eq!(TopicRole::Sanitized.spec().side, PrivacySide::Analysis);
+        assert_eq!(TopicRole::Validated.spec().side, PrivacySide::Sensitive);
     }
 }

@@ -1,7 +1,8 @@
 //! Service configuration from flags and environment, validated before any I/O.
 //!
-//! Every field has a flag and an environment variable; `validate()` is pure and runs before a
-//! socket is opened, so a bad setting stops the service at start-up with a message naming it.
+//! Every field has a flag and an environment variable and states its default once, in its clap
+//! attribute; `validate()` is pure and runs before a socket is opened, so a bad setting stops the
+//! service at start-up with a message naming it (the name is derived from the clap definition).
 //! Secrets are wrapped in [`Secret`], whose `Debug` never prints them.
 
 use std::fmt;
@@ -9,8 +10,8 @@ use std::str::FromStr;
 
 use clap::{Args, ValueEnum};
 use rdkafka::ClientConfig;
-
-use crate::error::RuntimeError;
+use seqmon_model::topics::TopicRole;
+use seqmon_processor::ConfigError;
 
 /// A secret setting. `Debug` and `Display` print `***`.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -42,16 +43,20 @@ impl FromStr for Secret {
     }
 }
 
-/// Kafka security protocol.
+/// Kafka security protocol. Kafka's own spellings (`SASL_SSL`, `SSL`, ...) are accepted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SecurityProtocol {
     /// No TLS, no authentication (local tests only).
+    #[value(alias = "PLAINTEXT")]
     Plaintext,
     /// TLS, optionally with a client certificate.
+    #[value(alias = "SSL")]
     Ssl,
     /// SASL authentication without TLS.
+    #[value(alias = "SASL_PLAINTEXT", alias = "sasl_plaintext")]
     SaslPlaintext,
     /// SASL authentication over TLS.
+    #[value(alias = "SASL_SSL", alias = "sasl_ssl")]
     SaslSsl,
 }
 
@@ -124,13 +129,10 @@ pub struct KafkaConnection {
 
 impl KafkaConnection {
     /// Checks the settings without touching the network or the file system.
-    pub fn validate(&self) -> Result<(), RuntimeError> {
-        let bad = |setting, message: String| Err(RuntimeError::Config { setting, message });
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |id: &str, message: String| Err(ConfigError::of::<Self>(id, message));
         if self.bootstrap_servers.trim().is_empty() {
-            return bad(
-                "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS",
-                "is empty".into(),
-            );
+            return bad("bootstrap_servers", "is empty".into());
         }
         for server in self.bootstrap_servers.split(',') {
             let server = server.trim();
@@ -139,12 +141,7 @@ impl KafkaConnection {
                 .map(|(host, port)| (host, port.parse::<u16>()));
             match port {
                 Some((host, Ok(p))) if !host.is_empty() && p > 0 => {}
-                _ => {
-                    return bad(
-                        "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS",
-                        format!("{server:?} is not host:port"),
-                    )
-                }
+                _ => return bad("bootstrap_servers", format!("{server:?} is not host:port")),
             }
         }
         if self
@@ -153,7 +150,7 @@ impl KafkaConnection {
             .any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
         {
             return bad(
-                "--topic-prefix / SEQMON_TOPIC_PREFIX",
+                "topic_prefix",
                 "may hold only letters, digits, '.', '_' and '-'".into(),
             );
         }
@@ -164,13 +161,13 @@ impl KafkaConnection {
         ];
         if !self.security_protocol.uses_tls() && tls_files.iter().any(|f| f.is_some()) {
             return bad(
-                "--security-protocol / KAFKA_SECURITY_PROTOCOL",
+                "security_protocol",
                 "TLS files are set but the protocol does not use TLS (use ssl or sasl_ssl)".into(),
             );
         }
         if self.ssl_certificate_location.is_some() != self.ssl_key_location.is_some() {
             return bad(
-                "--ssl-key-location / KAFKA_SSL_KEY_LOCATION",
+                "ssl_key_location",
                 "a client certificate and its key go together".into(),
             );
         }
@@ -179,7 +176,7 @@ impl KafkaConnection {
                 Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") => {}
                 other => {
                     return bad(
-                        "--sasl-mechanism / KAFKA_SASL_MECHANISM",
+                        "sasl_mechanism",
                         format!("{other:?} is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
                     )
                 }
@@ -188,30 +185,27 @@ impl KafkaConnection {
                 || self.sasl_password.is_none()
             {
                 return bad(
-                    "--sasl-username / KAFKA_SASL_USERNAME",
+                    "sasl_username",
                     "SASL needs a user name and a password".into(),
                 );
             }
         } else if self.sasl_mechanism.is_some() {
             return bad(
-                "--security-protocol / KAFKA_SECURITY_PROTOCOL",
+                "security_protocol",
                 "a SASL mechanism is set but the protocol does not use SASL".into(),
             );
         }
         for opt in &self.kafka_options {
             if !opt.contains('=') {
-                return bad(
-                    "--kafka-option / KAFKA_OPTIONS",
-                    format!("{opt:?} is not key=value"),
-                );
+                return bad("kafka_options", format!("{opt:?} is not key=value"));
             }
         }
         Ok(())
     }
 
     /// Full topic name of a catalogue role.
-    pub fn topic(&self, role: &str) -> String {
-        seqmon_model::topics::topic_name(&self.topic_prefix, role)
+    pub fn topic(&self, role: TopicRole) -> String {
+        role.topic(&self.topic_prefix)
     }
 
     /// A librdkafka configuration with connection and security settings applied.
@@ -283,6 +277,21 @@ pub struct RunnerConfig {
     /// Transaction timeout, milliseconds (the broker caps it at transaction.max.timeout.ms).
     #[arg(long, env = "SEQMON_TRANSACTION_TIMEOUT_MS", default_value_t = 60_000)]
     pub transaction_timeout_ms: u64,
+    /// Consumer group session timeout, milliseconds: how long the group waits for a silent
+    /// instance before giving its partitions to another.
+    #[arg(long, env = "SEQMON_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
+    /// Consumer group heartbeat interval, milliseconds (well below the session timeout).
+    #[arg(long, env = "SEQMON_HEARTBEAT_INTERVAL_MS", default_value_t = 1_000)]
+    pub heartbeat_interval_ms: u64,
+    /// Longest time to rebuild state from the changelog after an assignment, milliseconds;
+    /// past it the service stops with an error rather than run on partial state.
+    #[arg(long, env = "SEQMON_RESTORE_TIMEOUT_MS", default_value_t = 120_000)]
+    pub restore_timeout_ms: u64,
+    /// Timeout of single broker requests (transaction steps, committed offsets, seeks,
+    /// watermarks), milliseconds; capped by the transaction timeout.
+    #[arg(long, env = "SEQMON_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
     /// Address of the Prometheus /metrics and /healthz endpoint; empty to disable.
     #[arg(long, env = "SEQMON_METRICS_ADDR", default_value = "0.0.0.0:9100")]
     pub metrics_addr: String,
@@ -290,53 +299,56 @@ pub struct RunnerConfig {
 
 impl RunnerConfig {
     /// Checks the settings without touching the network.
-    pub fn validate(&self) -> Result<(), RuntimeError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
-        let bad = |setting, message: &str| {
-            Err(RuntimeError::Config {
-                setting,
-                message: message.to_string(),
-            })
-        };
+        let bad = |id: &str, message: &str| Err(ConfigError::of::<Self>(id, message));
         if self.batch_max_records == 0 || self.batch_max_records > 100_000 {
-            return bad(
-                "--batch-max-records / SEQMON_BATCH_MAX_RECORDS",
-                "must be 1..=100000",
-            );
+            return bad("batch_max_records", "must be 1..=100000");
         }
         if self.batch_linger_ms > self.batch_max_wait_ms {
-            return bad(
-                "--batch-linger-ms / SEQMON_BATCH_LINGER_MS",
-                "must not exceed --batch-max-wait-ms",
-            );
+            return bad("batch_linger_ms", "must not exceed --batch-max-wait-ms");
         }
         if self.fetch_wait_max_ms == 0 || self.fetch_wait_max_ms > 10_000 {
-            return bad(
-                "--fetch-wait-max-ms / SEQMON_FETCH_WAIT_MAX_MS",
-                "must be 1..=10000",
-            );
+            return bad("fetch_wait_max_ms", "must be 1..=10000");
         }
         if self.batch_max_wait_ms == 0 || self.batch_max_wait_ms > 60_000 {
-            return bad(
-                "--batch-max-wait-ms / SEQMON_BATCH_MAX_WAIT_MS",
-                "must be 1..=60000",
-            );
+            return bad("batch_max_wait_ms", "must be 1..=60000");
         }
         if !(1_000..=900_000).contains(&self.transaction_timeout_ms) {
+            return bad("transaction_timeout_ms", "must be 1000..=900000");
+        }
+        // Kafka's group coordinator accepts 6 s..5 min by default.
+        if !(6_000..=300_000).contains(&self.session_timeout_ms) {
+            return bad("session_timeout_ms", "must be 6000..=300000");
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_interval_ms * 3 > self.session_timeout_ms
+        {
             return bad(
-                "--transaction-timeout-ms / SEQMON_TRANSACTION_TIMEOUT_MS",
-                "must be 1000..=900000",
+                "heartbeat_interval_ms",
+                "must be positive and at most a third of --session-timeout-ms",
             );
         }
+        if !(1_000..=3_600_000).contains(&self.restore_timeout_ms) {
+            return bad("restore_timeout_ms", "must be 1000..=3600000");
+        }
+        if !(100..=300_000).contains(&self.request_timeout_ms) {
+            return bad("request_timeout_ms", "must be 100..=300000");
+        }
         if self.group_id.as_deref().is_some_and(str::is_empty) {
-            return bad("--group-id / SEQMON_GROUP_ID", "is empty");
+            return bad("group_id", "is empty");
         }
         if !self.metrics_addr.is_empty()
             && self.metrics_addr.parse::<std::net::SocketAddr>().is_err()
         {
-            return bad("--metrics-addr / SEQMON_METRICS_ADDR", "is not ip:port");
+            return bad("metrics_addr", "is not ip:port");
         }
         Ok(())
+    }
+
+    /// Timeout of one broker request: the request timeout, within the transaction timeout.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms.min(self.transaction_timeout_ms))
     }
 }
 
@@ -392,10 +404,34 @@ mod tests {
             (&["--kafka-option", "acks"], "KAFKA_OPTIONS"),
             (&["--metrics-addr", "nowhere"], "SEQMON_METRICS_ADDR"),
             (&["--topic-prefix", "a b"], "SEQMON_TOPIC_PREFIX"),
+            (
+                &["--session-timeout-ms", "100"],
+                "SEQMON_SESSION_TIMEOUT_MS",
+            ),
+            (
+                &["--heartbeat-interval-ms", "9000"],
+                "--heartbeat-interval-ms / SEQMON_HEARTBEAT_INTERVAL_MS",
+            ),
+            (&["--restore-timeout-ms", "0"], "SEQMON_RESTORE_TIMEOUT_MS"),
         ];
         for (args, setting) in cases {
             let err = parse(args).validate().expect_err("invalid").to_string();
             assert!(err.contains(setting), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn kafka_spellings_of_the_security_protocol_are_accepted() {
+        for (spelling, protocol) in [
+            ("SASL_SSL", SecurityProtocol::SaslSsl),
+            ("sasl_ssl", SecurityProtocol::SaslSsl),
+            ("sasl-ssl", SecurityProtocol::SaslSsl),
+            ("SSL", SecurityProtocol::Ssl),
+            ("SASL_PLAINTEXT", SecurityProtocol::SaslPlaintext),
+            ("PLAINTEXT", SecurityProtocol::Plaintext),
+        ] {
+            let c = parse(&["--security-protocol", spelling]);
+            assert_eq!(c.kafka.security_protocol, protocol, "{spelling}");
         }
     }
 

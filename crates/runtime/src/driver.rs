@@ -3,8 +3,10 @@
 
 use seqmon_model::{encode, DeadLetter, DeadLetterReason};
 
+use seqmon_processor::{Emitted, Emitter, Envelope, Processor, StageError};
+
+use crate::events::RecordDeadLettered;
 use crate::metrics::StageMetrics;
-use crate::processor::{Emitted, Emitter, Envelope, Processor, StageError};
 
 /// A processor with its metrics.
 pub struct Driver {
@@ -18,6 +20,13 @@ impl Driver {
     /// Wraps a processor.
     pub fn new(processor: Box<dyn Processor>) -> Self {
         let metrics = StageMetrics::new(processor.stage());
+        for role in processor
+            .output_roles()
+            .iter()
+            .chain(std::iter::once(&processor.dead_letter_role()))
+        {
+            metrics.output_records.with_label_values(&[role.as_str()]);
+        }
         Driver {
             processor,
             emitter: Emitter::default(),
@@ -49,9 +58,12 @@ impl Driver {
         keys.into_iter().for_each(&mut changed);
         match rejection {
             Some(r) => {
-                // A rejected input forwards nothing; outputs about the rejection itself (the
-                // privacy audit) are kept.
-                for e in records.into_iter().filter(|e| e.role == "privacy_audit") {
+                // A rejected input forwards nothing but the outputs its stage keeps on a
+                // rejection (those describing the rejection itself).
+                for e in records
+                    .into_iter()
+                    .filter(|e| self.processor.survives_rejection(e.role))
+                {
                     self.count_output(&e);
                     out.push(e);
                 }
@@ -96,7 +108,7 @@ impl Driver {
     fn count_output(&self, e: &Emitted) {
         self.metrics
             .output_records
-            .with_label_values(&[e.role])
+            .with_label_values(&[e.role.as_str()])
             .inc();
     }
 
@@ -106,20 +118,15 @@ impl Driver {
         reason: DeadLetterReason,
         detail: &str,
     ) -> Result<Emitted, StageError> {
-        self.metrics
-            .dead_letter_records
-            .with_label_values(&[reason.code()])
-            .inc();
         let stage = self.processor.stage();
-        tracing::debug!(
+        RecordDeadLettered {
             stage,
-            reason = reason.code(),
-            detail,
-            topic = input.topic,
-            partition = input.partition,
-            offset = input.offset,
-            "dead letter"
-        );
+            reason,
+            source_topic: input.topic,
+            source_partition: input.partition,
+            source_offset: input.offset,
+        }
+        .emit(&self.metrics);
         let record = DeadLetter {
             stage: stage.to_string(),
             reason,

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use seqmon_model::topics;
+use seqmon_model::topics::TopicRole;
 
 use crate::driver::Driver;
 use crate::error::RuntimeError;
@@ -16,7 +16,7 @@ use crate::processor::{Emitted, Envelope};
 /// A chain of stages.
 pub struct Chain {
     stages: Vec<Driver>,
-    offsets: HashMap<&'static str, i64>,
+    offsets: HashMap<TopicRole, i64>,
 }
 
 impl Chain {
@@ -67,7 +67,7 @@ impl Chain {
             *o += 1;
             *o - 1
         };
-        let topic = topics::spec(role).name;
+        let topic = role.spec().name;
         let env = Envelope {
             key: Some(key.as_bytes()),
             value,
@@ -92,7 +92,7 @@ impl Chain {
             .get(index + 1)
             .map(|d| d.processor().input_role());
         for e in out {
-            sink(topics::spec(e.role).name, &e);
+            sink(e.role.spec().name, &e);
             if Some(e.role) == next_role {
                 self.feed(index + 1, &e.key, &e.value, sink)?;
             }

@@ -1,6 +1,6 @@
 //! Errors of the runtime, each classified so the caller knows what to do with it.
 
-use crate::processor::StageError;
+use seqmon_processor::{ConfigError, StageError};
 
 /// What to do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,10 +18,7 @@ pub enum ErrorClass {
 pub enum RuntimeError {
     /// A setting is invalid. The message names it.
     #[error("invalid configuration: {setting}: {message}")]
-    Config {
-        setting: &'static str,
-        message: String,
-    },
+    Config { setting: String, message: String },
     /// The Kafka client failed.
     #[error("kafka {operation} failed: {source}")]
     Kafka {
@@ -42,6 +39,15 @@ pub enum RuntimeError {
     /// Another internal failure.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<ConfigError> for RuntimeError {
+    fn from(e: ConfigError) -> Self {
+        RuntimeError::Config {
+            setting: e.setting,
+            message: e.message,
+        }
+    }
 }
 
 impl RuntimeError {

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use seqmon_model::codec::{decode_value, encode_value};
 use seqmon_model::json::{avro_to_json, json_to_avro};
-use seqmon_model::{store, topics, DeadLetterReason};
+use seqmon_model::topics::TopicRole;
+use seqmon_model::{store, DeadLetterReason};
 
 use crate::driver::Driver;
 use crate::error::RuntimeError;
@@ -71,8 +72,8 @@ pub fn json_line_to_avro(
 }
 
 /// Decodes an output record to its JSON line, using the catalogue's schema for its role.
-pub fn avro_to_json_line(role: &str, value: &[u8]) -> Result<String, RuntimeError> {
-    let schema = topics::spec(role).schema;
+pub fn avro_to_json_line(role: TopicRole, value: &[u8]) -> Result<String, RuntimeError> {
+    let schema = role.spec().schema;
     let (_, v) = decode_value(value, schema).map_err(|e| {
         RuntimeError::Internal(format!("output of role {role} does not decode: {e}"))
     })?;
@@ -95,7 +96,7 @@ pub fn run_file(driver: &mut Driver, args: &FileArgs) -> Result<FileSummary, Run
         args.input.clone()
     };
     let roles = driver.processor().output_roles();
-    let input_schema = topics::spec(driver.processor().input_role()).schema;
+    let input_schema = driver.processor().input_role().spec().schema;
     let mut writers = Writers::new(roles[0], &args.output, &args.side_output_dir);
     let mut summary = FileSummary::default();
     let mut out = Vec::new();
@@ -140,14 +141,14 @@ pub fn run_file(driver: &mut Driver, args: &FileArgs) -> Result<FileSummary, Run
 }
 
 struct Writers {
-    main_role: &'static str,
+    main_role: TopicRole,
     main_path: String,
     side_dir: PathBuf,
-    open: HashMap<&'static str, Box<dyn Write>>,
+    open: HashMap<TopicRole, Box<dyn Write>>,
 }
 
 impl Writers {
-    fn new(main_role: &'static str, main_path: &str, side_dir: &Path) -> Self {
+    fn new(main_role: TopicRole, main_path: &str, side_dir: &Path) -> Self {
         Writers {
             main_role,
             main_path: main_path.to_string(),
@@ -156,16 +157,15 @@ impl Writers {
         }
     }
 
-    fn writer(&mut self, role: &'static str) -> Result<&mut Box<dyn Write>, RuntimeError> {
-        if !self.open.contains_key(role) {
+    fn writer(&mut self, role: TopicRole) -> Result<&mut Box<dyn Write>, RuntimeError> {
+        if !self.open.contains_key(&role) {
             let w: Box<dyn Write> = if role == self.main_role && self.main_path == "-" {
                 Box::new(BufWriter::new(std::io::stdout()))
             } else {
                 let path = if role == self.main_role {
                     PathBuf::from(&self.main_path)
                 } else {
-                    self.side_dir
-                        .join(format!("{}.jsonl", topics::spec(role).name))
+                    self.side_dir.join(format!("{}.jsonl", role.spec().name))
                 };
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
@@ -182,7 +182,7 @@ impl Writers {
             };
             self.open.insert(role, w);
         }
-        Ok(self.open.get_mut(role).expect("inserted above"))
+        Ok(self.open.get_mut(&role).expect("inserted above"))
     }
 
     fn write_all(
@@ -199,7 +199,7 @@ impl Writers {
             })?;
             *summary
                 .written
-                .entry(topics::spec(e.role).name.to_string())
+                .entry(e.role.spec().name.to_string())
                 .or_default() += 1;
         }
         Ok(())
@@ -219,8 +219,8 @@ impl Writers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::processor::{Emitter, Processor, StageError};
     use seqmon_model::{decode, DeadLetter, Telemetry};
+    use seqmon_processor::{Emitter, Processor, StageError};
 
     /// Forwards telemetry with a serial; refuses the rest.
     struct Forward;
@@ -228,19 +228,19 @@ mod tests {
         fn stage(&self) -> &'static str {
             "forward"
         }
-        fn input_role(&self) -> &'static str {
-            "raw"
+        fn input_role(&self) -> TopicRole {
+            TopicRole::Raw
         }
-        fn output_roles(&self) -> &'static [&'static str] {
-            &["validated"]
+        fn output_roles(&self) -> &'static [TopicRole] {
+            &[TopicRole::Validated]
         }
-        fn dead_letter_role(&self) -> &'static str {
-            "dead_letters_sensitive"
+        fn dead_letter_role(&self) -> TopicRole {
+            TopicRole::DeadLettersSensitive
         }
         fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
             match decode::<Telemetry>(input.value) {
                 Ok(t) if !t.instrument_serial.is_empty() => {
-                    out.emit_bytes("validated", &t.instrument_serial, input.value)
+                    out.emit_bytes(TopicRole::Validated, &t.instrument_serial, input.value)
                 }
                 Ok(_) => out.reject(
                     DeadLetterReason::MISSING_FIELD,

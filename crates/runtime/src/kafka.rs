@@ -17,7 +17,10 @@
 //! assignment are discarded before processing and state is rebuilt for the new assignment from
 //! the changelog, so no output is written for partitions this instance no longer owns (the
 //! broker also refuses offsets of a stale group generation, which aborts the transaction).
-//! SIGTERM finishes the batch in hand, commits it, and leaves the group cleanly.
+//! SIGTERM finishes the batch in hand, commits it, and leaves the group cleanly. A state snapshot
+//! that cannot be serialized aborts the transaction (the changelog keeps the key's previous
+//! state) and stops the service; a changelog record of another state format version stops the
+//! restore rather than be misread.
 //!
 //! Timestamps. Every output record carries the Kafka timestamp of the input record that caused it,
 //! so a result's timestamp is its instrument's send time, however many stages it passed.
@@ -33,15 +36,19 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use seqmon_model::topics::TopicRole;
 use seqmon_model::{decode, encode, StateSnapshot};
+use seqmon_processor::StageError;
 
 use crate::config::RunnerConfig;
 use crate::driver::Driver;
 use crate::error::RuntimeError;
+use crate::events::{
+    ConsumerError, ConsumerErrorLog, RebalanceKind, Rebalanced, StateRestored, TransactionAborted,
+    TransactionCommitted,
+};
+use crate::metrics::StageMetrics;
 use crate::processor::{Emitted, Envelope};
-
-/// Layout version of the state inside a [`StateSnapshot`]; processors own the JSON inside.
-const STATE_FORMAT_VERSION: i32 = 1;
 
 /// Rebalance events seen by the consumer, handled by the loop between polls.
 #[derive(Default)]
@@ -53,6 +60,7 @@ struct RebalanceLog {
 struct StageConsumerContext {
     log: Arc<RebalanceLog>,
     input_topic: String,
+    metrics: StageMetrics,
 }
 
 impl ClientContext for StageConsumerContext {}
@@ -60,7 +68,13 @@ impl ClientContext for StageConsumerContext {}
 impl ConsumerContext for StageConsumerContext {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            tracing::info!(partitions = tpl.count(), "partitions revoked");
+            let parts = partitions_of(tpl, &self.input_topic);
+            Rebalanced {
+                kind: RebalanceKind::Revoked,
+                partitions: &parts,
+                error: None,
+            }
+            .emit(&self.metrics);
             self.log.generation.fetch_add(1, Ordering::SeqCst);
             *self.log.assigned.lock().expect("lock") = Some(Vec::new());
         }
@@ -69,19 +83,32 @@ impl ConsumerContext for StageConsumerContext {
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let parts: Vec<i32> = tpl
-                    .elements_for_topic(&self.input_topic)
-                    .iter()
-                    .map(|e| e.partition())
-                    .collect();
-                tracing::info!(partitions = ?parts, "partitions assigned");
+                let parts = partitions_of(tpl, &self.input_topic);
+                Rebalanced {
+                    kind: RebalanceKind::Assigned,
+                    partitions: &parts,
+                    error: None,
+                }
+                .emit(&self.metrics);
                 self.log.generation.fetch_add(1, Ordering::SeqCst);
                 *self.log.assigned.lock().expect("lock") = Some(parts);
             }
             Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Error(e) => Rebalanced {
+                kind: RebalanceKind::Failed,
+                partitions: &[],
+                error: Some(e),
+            }
+            .emit(&self.metrics),
         }
     }
+}
+
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect()
 }
 
 /// Context of the changelog restore consumer: reaching the end of a partition is how restore
@@ -109,114 +136,208 @@ struct Owned {
     timestamp_ms: Option<i64>,
 }
 
+/// The topics a stage reads and writes, resolved once under the deployment prefix.
+struct Topics {
+    input: String,
+    outputs: HashMap<TopicRole, String>,
+    changelog: Option<String>,
+}
+
+impl Topics {
+    fn of(driver: &Driver, cfg: &RunnerConfig) -> Self {
+        let p = driver.processor();
+        Topics {
+            input: cfg.kafka.topic(p.input_role()),
+            outputs: p
+                .output_roles()
+                .iter()
+                .copied()
+                .chain(std::iter::once(p.dead_letter_role()))
+                .map(|r| (r, cfg.kafka.topic(r)))
+                .collect(),
+            changelog: p.changelog_role().map(|r| cfg.kafka.topic(r)),
+        }
+    }
+
+    fn output(&self, role: TopicRole) -> Result<&str, TxnFailure> {
+        self.outputs.get(&role).map(String::as_str).ok_or_else(|| {
+            TxnFailure::Fatal(RuntimeError::Internal(format!(
+                "stage emitted to undeclared output {role}"
+            )))
+        })
+    }
+}
+
+/// What one batch produced, before anything is sent.
+struct BatchOutput {
+    /// Output records with the Kafka timestamp of the input that caused each.
+    records: Vec<(Emitted, Option<i64>)>,
+    /// Keys whose state changed, with the input partition they belong to.
+    changed: BTreeMap<String, i32>,
+    /// Next offset to consume per input partition.
+    next_offsets: BTreeMap<i32, i64>,
+}
+
+/// One key's state to write to the changelog: bytes, or `None` for a tombstone.
+struct StateWrite {
+    key: String,
+    partition: i32,
+    snapshot: Option<Vec<u8>>,
+}
+
+/// A running Kafka stage: the processor, its clients and its assignment.
+struct StageLoop<'a> {
+    driver: Driver,
+    cfg: &'a RunnerConfig,
+    topics: Topics,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    consumer: BaseConsumer<StageConsumerContext>,
+    rebalances: Arc<RebalanceLog>,
+    assigned: Vec<i32>,
+    consumer_errors: ConsumerErrorLog,
+    last_txn: Instant,
+}
+
 /// Runs `driver` until `shutdown` is set or a fatal error occurs.
 pub fn run_kafka(
-    mut driver: Driver,
+    driver: Driver,
     cfg: &RunnerConfig,
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
-    let stage = driver.processor().stage();
-    let input_topic = cfg.kafka.topic(driver.processor().input_role());
-    let group_id = cfg.group_id.clone().unwrap_or_else(|| stage.to_string());
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    let transactional_id = cfg
-        .transactional_id
-        .clone()
-        .unwrap_or_else(|| format!("{stage}-{host}"));
-    let changelog_topic = driver
-        .processor()
-        .changelog_role()
-        .map(|r| cfg.kafka.topic(r));
-    let topics: HashMap<&'static str, String> = driver
-        .processor()
-        .output_roles()
-        .iter()
-        .chain(std::iter::once(&driver.processor().dead_letter_role()))
-        .map(|r| (*r, cfg.kafka.topic(r)))
-        .collect();
-    let timeout = Duration::from_millis(cfg.transaction_timeout_ms.min(30_000));
-
-    let producer: ThreadedProducer<DefaultProducerContext> = cfg
-        .kafka
-        .client_config()
-        .set("transactional.id", &transactional_id)
-        .set("enable.idempotence", "true")
-        .set(
-            "transaction.timeout.ms",
-            cfg.transaction_timeout_ms.to_string(),
-        )
-        // A batch's outputs are produced together and then waited for, so lingering only adds
-        // latency; records still batch while a request is in flight.
-        .set("linger.ms", "0")
-        .set("queue.buffering.max.messages", "200000")
-        .create()
-        .map_err(RuntimeError::kafka("create producer"))?;
-    // Fences any earlier instance with this transactional id and aborts its open transaction, so
-    // the changelog's last stable offset is final before we restore from it.
-    retry("init_transactions", &shutdown, || {
-        producer.init_transactions(timeout)
-    })?;
-
-    let log = Arc::new(RebalanceLog::default());
-    let consumer: BaseConsumer<StageConsumerContext> = cfg
-        .kafka
-        .client_config()
-        .set("group.id", &group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
-        .create_with_context(StageConsumerContext {
-            log: log.clone(),
-            input_topic: input_topic.clone(),
-        })
-        .map_err(RuntimeError::kafka("create consumer"))?;
-    consumer
-        .subscribe(&[&input_topic])
-        .map_err(RuntimeError::kafka("subscribe"))?;
-    tracing::info!(stage, %input_topic, %group_id, %transactional_id, "exactly-once loop started");
-
-    let mut assigned: Vec<i32> = Vec::new();
+    let mut stage = StageLoop::start(driver, cfg, &shutdown)?;
     let mut batch: Vec<Owned> = Vec::with_capacity(cfg.batch_max_records);
-    let max_wait = Duration::from_millis(cfg.batch_max_wait_ms);
-    let linger = Duration::from_millis(cfg.batch_linger_ms);
-    let mut last_txn = Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
-        driver.metrics.beat();
-        // Collect a batch. A rebalance during collection invalidates what was collected before it.
+        stage.driver.metrics.beat();
+        stage.collect_batch(&mut batch, &shutdown)?;
+        if !batch.is_empty() {
+            stage.commit_batch(&batch)?;
+        }
+    }
+    stage.leave_group();
+    Ok(())
+}
+
+impl<'a> StageLoop<'a> {
+    /// Creates the transactional producer (fencing any predecessor with the same transactional
+    /// id) and the consumer, and subscribes to the input topic.
+    fn start(
+        driver: Driver,
+        cfg: &'a RunnerConfig,
+        shutdown: &AtomicBool,
+    ) -> Result<Self, RuntimeError> {
+        let stage = driver.processor().stage();
+        let topics = Topics::of(&driver, cfg);
+        let group_id = cfg.group_id.clone().unwrap_or_else(|| stage.to_string());
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        let transactional_id = cfg
+            .transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("{stage}-{host}"));
+        let producer: ThreadedProducer<DefaultProducerContext> = cfg
+            .kafka
+            .client_config()
+            .set("transactional.id", &transactional_id)
+            .set("enable.idempotence", "true")
+            .set(
+                "transaction.timeout.ms",
+                cfg.transaction_timeout_ms.to_string(),
+            )
+            // A batch's outputs are produced together and then waited for, so lingering only
+            // adds latency; records still batch while a request is in flight.
+            .set("linger.ms", "0")
+            .set("queue.buffering.max.messages", "200000")
+            .create()
+            .map_err(RuntimeError::kafka("create producer"))?;
+        // Fences any earlier instance with this transactional id and aborts its open
+        // transaction, so the changelog's last stable offset is final before we restore from it.
+        let timeout = cfg.request_timeout();
+        retry("init_transactions", shutdown, || {
+            producer.init_transactions(timeout)
+        })?;
+
+        let rebalances = Arc::new(RebalanceLog::default());
+        let consumer: BaseConsumer<StageConsumerContext> = cfg
+            .kafka
+            .client_config()
+            .set("group.id", &group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                cfg.heartbeat_interval_ms.to_string(),
+            )
+            .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+            .create_with_context(StageConsumerContext {
+                log: rebalances.clone(),
+                input_topic: topics.input.clone(),
+                metrics: driver.metrics.clone(),
+            })
+            .map_err(RuntimeError::kafka("create consumer"))?;
+        consumer
+            .subscribe(&[&topics.input])
+            .map_err(RuntimeError::kafka("subscribe"))?;
+        tracing::info!(stage, input_topic = %topics.input, %group_id, %transactional_id, "exactly-once loop started");
+        Ok(StageLoop {
+            driver,
+            cfg,
+            topics,
+            producer,
+            consumer,
+            rebalances,
+            assigned: Vec::new(),
+            consumer_errors: ConsumerErrorLog::default(),
+            last_txn: Instant::now(),
+        })
+    }
+
+    /// Fills `batch` with what is fetched for the current assignment: at most
+    /// --batch-max-records, within --batch-max-wait-ms, closed as soon as the fetched records are
+    /// taken but no sooner than --batch-linger-ms after the previous transaction began. A
+    /// rebalance during collection discards what was collected before it and restores state for
+    /// the new assignment.
+    fn collect_batch(
+        &mut self,
+        batch: &mut Vec<Owned>,
+        shutdown: &AtomicBool,
+    ) -> Result<(), RuntimeError> {
         batch.clear();
+        let max_wait = Duration::from_millis(self.cfg.batch_max_wait_ms);
+        let linger = Duration::from_millis(self.cfg.batch_linger_ms);
         let started = Instant::now();
-        while batch.len() < cfg.batch_max_records && started.elapsed() < max_wait {
-            let generation = log.generation.load(Ordering::SeqCst);
+        while batch.len() < self.cfg.batch_max_records && started.elapsed() < max_wait {
+            let generation = self.rebalances.generation.load(Ordering::SeqCst);
             let remaining = max_wait.saturating_sub(started.elapsed());
-            let polled = consumer.poll(if batch.is_empty() {
+            let polled = self.consumer.poll(if batch.is_empty() {
                 remaining
             } else {
-                remaining.min(linger.saturating_sub(last_txn.elapsed()))
+                remaining.min(linger.saturating_sub(self.last_txn.elapsed()))
             });
-            if log.generation.load(Ordering::SeqCst) != generation {
+            if self.rebalances.generation.load(Ordering::SeqCst) != generation {
                 batch.clear();
-                if let Some(parts) = log.assigned.lock().expect("lock").take() {
-                    assigned = parts;
-                    driver
-                        .metrics
-                        .assigned_partitions
-                        .set(assigned.len() as i64);
-                    restore_state(&mut driver, cfg, changelog_topic.as_deref(), &assigned)?;
+                let new_assignment = self.rebalances.assigned.lock().expect("lock").take();
+                if let Some(parts) = new_assignment {
+                    self.assigned = parts;
+                    // Disjoint fields: the polled message still borrows the consumer.
+                    restore_state(
+                        &mut self.driver,
+                        self.cfg,
+                        self.topics.changelog.as_deref(),
+                        &self.assigned,
+                    )?;
                 }
             }
             match polled {
                 None => {
-                    let spaced = last_txn.elapsed() >= linger;
+                    let spaced = self.last_txn.elapsed() >= linger;
                     if shutdown.load(Ordering::SeqCst) || (!batch.is_empty() && spaced) {
                         break;
                     }
                 }
                 Some(Ok(m)) => {
-                    if m.topic() == input_topic && assigned.contains(&m.partition()) {
+                    if m.topic() == self.topics.input && self.assigned.contains(&m.partition()) {
                         batch.push(Owned {
                             key: m.key().map(<[u8]>::to_vec),
                             value: m.payload().unwrap_or_default().to_vec(),
@@ -227,65 +348,363 @@ pub fn run_kafka(
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error; continuing");
+                    ConsumerError { error: &e }
+                        .emit(&self.driver.metrics, &mut self.consumer_errors);
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
+        Ok(())
+    }
+
+    /// Processes a batch and commits it in one transaction; on an abortable failure, aborts,
+    /// restores state and rewinds so the batch is redone.
+    fn commit_batch(&mut self, batch: &[Owned]) -> Result<(), RuntimeError> {
         tracing::debug!(records = batch.len(), "batch collected");
-        driver.metrics.batch_records.observe(batch.len() as f64);
-        let txn_started = Instant::now();
-        last_txn = txn_started;
-        match process_and_commit(
-            &mut driver,
-            &producer,
-            &consumer,
-            &batch,
-            &input_topic,
-            &topics,
-            changelog_topic.as_deref(),
-            timeout,
-        ) {
-            Ok(()) => {
-                driver
-                    .metrics
-                    .transaction_seconds
-                    .observe(txn_started.elapsed().as_secs_f64());
-                driver
-                    .metrics
-                    .transactions
-                    .with_label_values(&["committed"])
-                    .inc();
+        self.driver
+            .metrics
+            .batch_records
+            .observe(batch.len() as f64);
+        let started = Instant::now();
+        self.last_txn = started;
+        match self.transact(batch) {
+            Ok(outputs) => {
+                TransactionCommitted {
+                    records: batch.len(),
+                    outputs,
+                    elapsed: started.elapsed(),
+                }
+                .emit(&self.driver.metrics);
+                Ok(())
             }
             Err(TxnFailure::Abortable(e)) => {
-                driver
-                    .metrics
-                    .transactions
-                    .with_label_values(&["aborted"])
-                    .inc();
-                tracing::warn!(error = %e, records = batch.len(), "transaction aborted; restoring state and rewinding to committed offsets");
-                if let Err(abort) = producer.abort_transaction(timeout) {
-                    return Err(RuntimeError::Kafka {
-                        operation: "abort_transaction",
-                        source: abort,
-                    });
+                TransactionAborted {
+                    error: &e,
+                    records: batch.len(),
                 }
-                restore_state(&mut driver, cfg, changelog_topic.as_deref(), &assigned)?;
-                rewind(&consumer, &input_topic, &assigned)?;
+                .emit(&self.driver.metrics);
+                self.producer
+                    .abort_transaction(self.cfg.request_timeout())
+                    .map_err(RuntimeError::kafka("abort_transaction"))?;
+                restore_state(
+                    &mut self.driver,
+                    self.cfg,
+                    self.topics.changelog.as_deref(),
+                    &self.assigned,
+                )?;
+                self.rewind()
             }
-            Err(TxnFailure::Fatal(e)) => return Err(e),
+            Err(TxnFailure::Fatal(e)) => Err(e),
+            Err(TxnFailure::AbortThenStop(e)) => {
+                TransactionAborted {
+                    error: &e,
+                    records: batch.len(),
+                }
+                .emit(&self.driver.metrics);
+                if let Err(abort) = self.producer.abort_transaction(self.cfg.request_timeout()) {
+                    tracing::error!(error = %abort, "abort_transaction failed while stopping");
+                }
+                Err(e)
+            }
         }
     }
-    tracing::info!(
-        stage,
-        "shutting down: last transaction committed, leaving the group"
-    );
-    consumer.unsubscribe();
-    drop(consumer);
+
+    /// One transaction: process, produce outputs and changed state, send offsets, commit.
+    /// Returns the number of records produced.
+    fn transact(&mut self, batch: &[Owned]) -> Result<usize, TxnFailure> {
+        let output = self.process(batch)?;
+        self.producer
+            .begin_transaction()
+            .map_err(|e| classify("begin_transaction", e))?;
+        let produced = self.produce_outputs(&output.records)?;
+        // A snapshot that fails aborts the transaction: nothing of the batch commits and the
+        // changelog keeps the key's previous state. Retrying cannot help, so the stage stops.
+        let writes = self
+            .snapshots(&output.changed)
+            .map_err(|e| TxnFailure::AbortThenStop(e.into()))?;
+        self.produce_state(&writes)?;
+        self.commit(&output.next_offsets)?;
+        Ok(produced + writes.len())
+    }
+
+    /// Hands every record of the batch to the processor.
+    fn process(&mut self, batch: &[Owned]) -> Result<BatchOutput, TxnFailure> {
+        let mut out = BatchOutput {
+            records: Vec::with_capacity(batch.len() * 2),
+            changed: BTreeMap::new(),
+            next_offsets: BTreeMap::new(),
+        };
+        let mut emitted: Vec<Emitted> = Vec::new();
+        for m in batch {
+            let env = Envelope {
+                key: m.key.as_deref(),
+                value: &m.value,
+                topic: &self.topics.input,
+                partition: m.partition,
+                offset: m.offset,
+                timestamp_ms: m.timestamp_ms,
+            };
+            let changed = &mut out.changed;
+            self.driver
+                .handle(&env, &mut emitted, |k| {
+                    changed.insert(k, m.partition);
+                })
+                .map_err(|e| TxnFailure::Fatal(e.into()))?;
+            // Each output carries the timestamp of the input that caused it (as Kafka Streams
+            // does), so the time from an instrument's event to any result can be read off it.
+            out.records
+                .extend(emitted.drain(..).map(|e| (e, m.timestamp_ms)));
+            out.next_offsets.insert(m.partition, m.offset + 1);
+        }
+        Ok(out)
+    }
+
+    fn produce_outputs(&self, records: &[(Emitted, Option<i64>)]) -> Result<usize, TxnFailure> {
+        for (e, stamp) in records {
+            let mut record = BaseRecord::to(self.topics.output(e.role)?)
+                .key(e.key.as_bytes())
+                .payload(e.value.as_slice());
+            if let Some(ms) = stamp {
+                record = record.timestamp(*ms);
+            }
+            send(&self.producer, record).map_err(|e| classify("produce", e))?;
+        }
+        Ok(records.len())
+    }
+
+    /// The state to write for every changed key, wrapped in [`StateSnapshot`]s.
+    fn snapshots(&self, changed: &BTreeMap<String, i32>) -> Result<Vec<StateWrite>, StageError> {
+        if self.topics.changelog.is_none() {
+            return Ok(Vec::new());
+        }
+        let p = self.driver.processor();
+        changed
+            .iter()
+            .map(|(key, partition)| {
+                let snapshot = match p.snapshot(key)? {
+                    None => None,
+                    Some(state) => Some(encode(&StateSnapshot {
+                        stage: p.stage().to_string(),
+                        key: key.clone(),
+                        format_version: p.state_format_version(),
+                        state_json: state,
+                    })?),
+                };
+                Ok(StateWrite {
+                    key: key.clone(),
+                    partition: *partition,
+                    snapshot,
+                })
+            })
+            .collect()
+    }
+
+    fn produce_state(&self, writes: &[StateWrite]) -> Result<(), TxnFailure> {
+        let Some(changelog) = self.topics.changelog.as_deref() else {
+            return Ok(());
+        };
+        for w in writes {
+            // Same partition as the input, so the instance owning an input partition finds its
+            // state on the changelog partition with the same number.
+            let record = BaseRecord::<[u8], [u8]>::to(changelog)
+                .key(w.key.as_bytes())
+                .partition(w.partition);
+            let record = match &w.snapshot {
+                Some(bytes) => record.payload(bytes.as_slice()),
+                None => record,
+            };
+            send(&self.producer, record).map_err(|e| classify("produce state", e))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every delivery, adds the input offsets to the transaction and commits it.
+    fn commit(&self, next_offsets: &BTreeMap<i32, i64>) -> Result<(), TxnFailure> {
+        let timeout = self.cfg.request_timeout();
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in next_offsets {
+            tpl.add_partition_offset(&self.topics.input, *p, Offset::Offset(*o))
+                .map_err(|e| {
+                    TxnFailure::Fatal(RuntimeError::Kafka {
+                        operation: "offsets",
+                        source: e,
+                    })
+                })?;
+        }
+        let group = self.consumer.group_metadata().ok_or_else(|| {
+            TxnFailure::Fatal(RuntimeError::Internal(
+                "consumer has no group metadata".into(),
+            ))
+        })?;
+        wait_delivered(&self.producer, timeout).map_err(|e| classify("flush", e))?;
+        self.producer
+            .send_offsets_to_transaction(&tpl, &group, timeout)
+            .map_err(|e| classify("send_offsets_to_transaction", e))?;
+        let mut attempt = 0;
+        loop {
+            match self.producer.commit_transaction(timeout) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(t)) if t.is_retriable() && attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(error = %t, attempt, "commit_transaction retriable error; retrying");
+                    std::thread::sleep(Duration::from_millis(200 << attempt));
+                }
+                Err(e) => return Err(classify("commit_transaction", e)),
+            }
+        }
+    }
+
+    /// Seeks every assigned partition back to its committed offset (or the beginning).
+    fn rewind(&self) -> Result<(), RuntimeError> {
+        let timeout = self.cfg.request_timeout();
+        let topic = self.topics.input.as_str();
+        let committed = self
+            .consumer
+            .committed(timeout)
+            .map_err(RuntimeError::kafka("committed offsets"))?;
+        for p in &self.assigned {
+            let committed_offset = committed
+                .find_partition(topic, *p)
+                .map(|e| e.offset())
+                .filter(|o| matches!(o, Offset::Offset(_)));
+            // Nothing committed yet: start from the partition's first offset (auto.offset.reset
+            // is earliest), resolved here so the seek is to a concrete offset.
+            let offset = match committed_offset {
+                Some(o) => o,
+                None => {
+                    let (low, _) = self
+                        .consumer
+                        .fetch_watermarks(topic, *p, timeout)
+                        .map_err(RuntimeError::kafka("fetch watermarks"))?;
+                    Offset::Offset(low)
+                }
+            };
+            tracing::debug!(
+                topic,
+                partition = *p,
+                ?offset,
+                "rewinding to the committed offset"
+            );
+            self.consumer
+                .seek(topic, *p, offset, timeout)
+                .map_err(RuntimeError::kafka("seek"))?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM: the last batch is committed; leave the group so partitions move at once.
+    fn leave_group(self) {
+        tracing::info!(
+            stage = self.driver.processor().stage(),
+            "shutting down: last transaction committed, leaving the group"
+        );
+        self.consumer.unsubscribe();
+    }
+}
+
+/// Rebuilds the processor's state from the changelog partitions matching the assignment.
+fn restore_state(
+    driver: &mut Driver,
+    cfg: &RunnerConfig,
+    changelog: Option<&str>,
+    assigned: &[i32],
+) -> Result<(), RuntimeError> {
+    driver.processor_mut().clear_state();
+    let Some(changelog) = changelog else {
+        return Ok(());
+    };
+    if assigned.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let latest = read_changelog(cfg, driver.processor().stage(), changelog, assigned)?;
+    let expected = driver.processor().state_format_version();
+    let mut restored = 0u64;
+    for (key, snap) in latest {
+        let Some(snap) = snap else { continue };
+        if snap.format_version != expected {
+            return Err(StageError::StateFormat {
+                key,
+                found: snap.format_version,
+                expected,
+            }
+            .into());
+        }
+        driver.processor_mut().restore(&key, &snap.state_json)?;
+        restored += 1;
+    }
+    StateRestored {
+        changelog,
+        partitions: assigned,
+        keys: restored,
+        elapsed: started.elapsed(),
+    }
+    .emit(&driver.metrics);
     Ok(())
+}
+
+/// The latest snapshot (or tombstone) of every key on the given changelog partitions.
+fn read_changelog(
+    cfg: &RunnerConfig,
+    stage: &str,
+    changelog: &str,
+    partitions: &[i32],
+) -> Result<HashMap<String, Option<StateSnapshot>>, RuntimeError> {
+    let started = Instant::now();
+    let limit = Duration::from_millis(cfg.restore_timeout_ms);
+    let restorer: BaseConsumer<RestoreContext> = cfg
+        .kafka
+        .client_config()
+        .set("group.id", format!("{stage}-restore"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create_with_context(RestoreContext)
+        .map_err(RuntimeError::kafka("create restore consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(changelog, *p, Offset::Beginning)
+            .map_err(RuntimeError::kafka("restore assignment"))?;
+    }
+    restorer
+        .assign(&tpl)
+        .map_err(RuntimeError::kafka("assign changelog"))?;
+    let mut latest: HashMap<String, Option<StateSnapshot>> = HashMap::new();
+    let mut done: HashSet<i32> = HashSet::new();
+    while done.len() < partitions.len() {
+        if started.elapsed() > limit {
+            return Err(RuntimeError::Internal(format!(
+                "restoring {changelog} did not reach the end within {} ms (--restore-timeout-ms)",
+                cfg.restore_timeout_ms
+            )));
+        }
+        match restorer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Ok(m)) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let state = match m.payload() {
+                    None => None,
+                    Some(bytes) => Some(decode::<StateSnapshot>(bytes).map_err(|e| {
+                        RuntimeError::Internal(format!(
+                            "changelog {changelog} record at offset {} does not decode: {e}",
+                            m.offset()
+                        ))
+                    })?),
+                };
+                latest.insert(key, state);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            Some(Err(e)) => {
+                return Err(RuntimeError::Kafka {
+                    operation: "restore poll",
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(latest)
 }
 
 enum TxnFailure {
@@ -293,6 +712,8 @@ enum TxnFailure {
     Abortable(RuntimeError),
     /// Stop the service.
     Fatal(RuntimeError),
+    /// Abort the open transaction, then stop the service (retrying cannot help).
+    AbortThenStop(RuntimeError),
 }
 
 fn classify(operation: &'static str, e: KafkaError) -> TxnFailure {
@@ -308,138 +729,6 @@ fn classify(operation: &'static str, e: KafkaError) -> TxnFailure {
         TxnFailure::Fatal(err)
     } else {
         TxnFailure::Abortable(err)
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn process_and_commit(
-    driver: &mut Driver,
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    consumer: &BaseConsumer<StageConsumerContext>,
-    batch: &[Owned],
-    input_topic: &str,
-    topics: &HashMap<&'static str, String>,
-    changelog_topic: Option<&str>,
-    timeout: Duration,
-) -> Result<(), TxnFailure> {
-    let mut outputs: Vec<Emitted> = Vec::with_capacity(batch.len() * 2);
-    let mut changed: BTreeMap<String, i32> = BTreeMap::new();
-    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
-    // Each output carries the timestamp of the input that caused it (as Kafka Streams does), so
-    // the time from an instrument's event to any committed result can be read off the result.
-    let mut stamps: Vec<Option<i64>> = Vec::with_capacity(batch.len() * 2);
-    for m in batch {
-        let env = Envelope {
-            key: m.key.as_deref(),
-            value: &m.value,
-            topic: input_topic,
-            partition: m.partition,
-            offset: m.offset,
-            timestamp_ms: m.timestamp_ms,
-        };
-        driver
-            .handle(&env, &mut outputs, |k| {
-                changed.insert(k, m.partition);
-            })
-            .map_err(|e| TxnFailure::Fatal(e.into()))?;
-        stamps.resize(outputs.len(), m.timestamp_ms);
-        next_offsets.insert(m.partition, m.offset + 1);
-    }
-    producer
-        .begin_transaction()
-        .map_err(|e| classify("begin_transaction", e))?;
-    for (e, stamp) in outputs.iter().zip(&stamps) {
-        let topic = topics.get(e.role).ok_or_else(|| {
-            TxnFailure::Fatal(RuntimeError::Internal(format!(
-                "stage emitted to undeclared output {}",
-                e.role
-            )))
-        })?;
-        let mut record = BaseRecord::to(topic)
-            .key(e.key.as_bytes())
-            .payload(e.value.as_slice());
-        if let Some(ms) = stamp {
-            record = record.timestamp(*ms);
-        }
-        send(producer, record).map_err(|e| classify("produce", e))?;
-    }
-    if let Some(changelog) = changelog_topic {
-        let stage = driver.processor().stage();
-        for (key, partition) in &changed {
-            match driver.processor().snapshot(key) {
-                Some(state) => {
-                    let snap = StateSnapshot {
-                        stage: stage.to_string(),
-                        key: key.clone(),
-                        format_version: STATE_FORMAT_VERSION,
-                        state_json: state,
-                    };
-                    let bytes = encode(&snap)
-                        .map_err(|e| TxnFailure::Fatal(RuntimeError::Internal(e.to_string())))?;
-                    send(
-                        producer,
-                        BaseRecord::to(changelog)
-                            .key(key.as_bytes())
-                            .payload(bytes.as_slice())
-                            .partition(*partition),
-                    )
-                    .map_err(|e| classify("produce state", e))?;
-                }
-                None => {
-                    send(
-                        producer,
-                        BaseRecord::<[u8], [u8]>::to(changelog)
-                            .key(key.as_bytes())
-                            .partition(*partition),
-                    )
-                    .map_err(|e| classify("produce tombstone", e))?;
-                }
-            }
-        }
-    }
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in &next_offsets {
-        tpl.add_partition_offset(input_topic, *p, Offset::Offset(*o))
-            .map_err(|e| {
-                TxnFailure::Fatal(RuntimeError::Kafka {
-                    operation: "offsets",
-                    source: e,
-                })
-            })?;
-    }
-    let group = consumer.group_metadata().ok_or_else(|| {
-        TxnFailure::Fatal(RuntimeError::Internal(
-            "consumer has no group metadata".into(),
-        ))
-    })?;
-    let produced_at = Instant::now();
-    wait_delivered(producer, timeout).map_err(|e| classify("flush", e))?;
-    let delivered_at = Instant::now();
-    producer
-        .send_offsets_to_transaction(&tpl, &group, timeout)
-        .map_err(|e| classify("send_offsets_to_transaction", e))?;
-    let offsets_at = Instant::now();
-    let mut attempt = 0;
-    loop {
-        match producer.commit_transaction(timeout) {
-            Ok(()) => {
-                tracing::debug!(
-                    records = batch.len(),
-                    outputs = outputs.len(),
-                    deliver_ms = (delivered_at - produced_at).as_secs_f64() * 1e3,
-                    offsets_ms = (offsets_at - delivered_at).as_secs_f64() * 1e3,
-                    commit_ms = offsets_at.elapsed().as_secs_f64() * 1e3,
-                    "transaction committed"
-                );
-                return Ok(());
-            }
-            Err(KafkaError::Transaction(t)) if t.is_retriable() && attempt < 5 => {
-                attempt += 1;
-                tracing::warn!(error = %t, attempt, "commit_transaction retriable error; retrying");
-                std::thread::sleep(Duration::from_millis(200 << attempt));
-            }
-            Err(e) => return Err(classify("commit_transaction", e)),
-        }
     }
 }
 
@@ -478,129 +767,6 @@ pub fn send<'a>(
             Err((e, _)) => return Err(e),
         }
     }
-}
-
-/// Seeks every assigned partition back to its committed offset (or the beginning).
-fn rewind(
-    consumer: &BaseConsumer<StageConsumerContext>,
-    topic: &str,
-    assigned: &[i32],
-) -> Result<(), RuntimeError> {
-    let committed = consumer
-        .committed(Duration::from_secs(30))
-        .map_err(RuntimeError::kafka("committed offsets"))?;
-    tracing::debug!(?committed, "committed offsets fetched");
-    for p in assigned {
-        let committed_offset = committed
-            .find_partition(topic, *p)
-            .map(|e| e.offset())
-            .filter(|o| matches!(o, Offset::Offset(_)));
-        // Nothing committed yet: start from the partition's first offset (auto.offset.reset is
-        // earliest), resolved here so the seek is to a concrete offset.
-        let offset = match committed_offset {
-            Some(o) => o,
-            None => {
-                let (low, _) = consumer
-                    .fetch_watermarks(topic, *p, Duration::from_secs(30))
-                    .map_err(RuntimeError::kafka("fetch watermarks"))?;
-                Offset::Offset(low)
-            }
-        };
-        tracing::debug!(
-            topic,
-            partition = *p,
-            ?offset,
-            "rewinding to the committed offset"
-        );
-        consumer
-            .seek(topic, *p, offset, Duration::from_secs(30))
-            .map_err(RuntimeError::kafka("seek"))?;
-    }
-    Ok(())
-}
-
-/// Rebuilds the processor's state from the changelog partitions matching `assigned`.
-fn restore_state(
-    driver: &mut Driver,
-    cfg: &RunnerConfig,
-    changelog: Option<&str>,
-    assigned: &[i32],
-) -> Result<(), RuntimeError> {
-    driver.processor_mut().clear_state();
-    let Some(changelog) = changelog else {
-        return Ok(());
-    };
-    if assigned.is_empty() {
-        return Ok(());
-    }
-    let started = Instant::now();
-    let restorer: BaseConsumer<RestoreContext> = cfg
-        .kafka
-        .client_config()
-        .set(
-            "group.id",
-            format!("{}-restore", driver.processor().stage()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create_with_context(RestoreContext)
-        .map_err(RuntimeError::kafka("create restore consumer"))?;
-    let mut tpl = TopicPartitionList::new();
-    for p in assigned {
-        tpl.add_partition_offset(changelog, *p, Offset::Beginning)
-            .map_err(RuntimeError::kafka("restore assignment"))?;
-    }
-    restorer
-        .assign(&tpl)
-        .map_err(RuntimeError::kafka("assign changelog"))?;
-    let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
-    let mut done: HashSet<i32> = HashSet::new();
-    while done.len() < assigned.len() {
-        if started.elapsed() > Duration::from_secs(120) {
-            return Err(RuntimeError::Internal(format!(
-                "restoring {changelog} did not reach the end within 120 s"
-            )));
-        }
-        match restorer.poll(Duration::from_millis(500)) {
-            None => {}
-            Some(Ok(m)) => {
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                let state = match m.payload() {
-                    None => None,
-                    Some(bytes) => {
-                        let snap: StateSnapshot = decode(bytes).map_err(|e| {
-                            RuntimeError::Internal(format!(
-                                "changelog {changelog} record at offset {} does not decode: {e}",
-                                m.offset()
-                            ))
-                        })?;
-                        Some(snap.state_json)
-                    }
-                };
-                latest.insert(key, state);
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                done.insert(p);
-            }
-            Some(Err(e)) => {
-                return Err(RuntimeError::Kafka {
-                    operation: "restore poll",
-                    source: e,
-                })
-            }
-        }
-    }
-    let mut restored = 0u64;
-    for (key, state) in latest {
-        if let Some(state) = state {
-            driver.processor_mut().restore(&key, &state)?;
-            restored += 1;
-        }
-    }
-    driver.metrics.restored_state_keys.inc_by(restored);
-    tracing::info!(%changelog, partitions = ?assigned, keys = restored, elapsed_ms = started.elapsed().as_millis() as u64, "state restored");
-    Ok(())
 }
 
 /// Retries an operation on retriable errors with backoff, until it succeeds, fails fatally, or

@@ -1,17 +1,19 @@
 //! The shared runtime: runs any [`Processor`] as an exactly-once Kafka service ([`kafka`]), over
 //! JSON-lines files ([`file`]), or chained with other stages in one process ([`embedded`]).
-//! All I/O lives here; stage crates hold pure logic only.
+//! All I/O lives here; stage crates hold pure logic only, against the contract in
+//! [`seqmon_processor`] (re-exported here for the runtimes' callers).
 
 pub mod config;
 pub mod driver;
 pub mod embedded;
 pub mod error;
+pub mod events;
 pub mod file;
 pub mod kafka;
 pub mod metrics;
-pub mod processor;
 pub mod service;
 
 pub use driver::Driver;
 pub use error::{ErrorClass, RuntimeError};
-pub use processor::{key_str, Emitted, Emitter, Envelope, Processor, StageError};
+pub use seqmon_processor as processor;
+pub use seqmon_processor::{key_str, Emitted, Emitter, Envelope, Processor, StageError};

@@ -13,6 +13,8 @@ use prometheus::{
 };
 use seqmon_model::DeadLetterReason;
 
+use crate::events::{RebalanceKind, TransactionOutcome};
+
 /// Counters of one stage.
 #[derive(Clone)]
 pub struct StageMetrics {
@@ -30,6 +32,12 @@ pub struct StageMetrics {
     pub transactions: IntCounterVec,
     /// State keys restored from the changelog.
     pub restored_state_keys: IntCounter,
+    /// Time to rebuild state from the changelog.
+    pub restore_seconds: Histogram,
+    /// Consumer errors (fetch failures, broker unreachable).
+    pub consumer_errors: IntCounter,
+    /// Rebalances, by kind (assigned, revoked, failed).
+    pub rebalances: IntCounterVec,
     /// Input partitions currently assigned.
     pub assigned_partitions: IntGauge,
     /// Time from the start of a transaction to its commit (produce, offsets, commit).
@@ -88,6 +96,15 @@ impl StageMetrics {
             "restored_state_keys_total",
             "State keys restored from the changelog.",
         );
+        let consumer_errors = counter(
+            "consumer_errors_total",
+            "Errors reported by the input consumer.",
+        );
+        let rebalances = vec(
+            "rebalances_total",
+            "Consumer-group rebalances, by kind.",
+            "kind",
+        );
         let assigned_partitions = IntGauge::with_opts(Opts::new(
             format!("{prefix}_assigned_partitions"),
             "Input partitions assigned to this instance.",
@@ -116,8 +133,20 @@ impl StageMetrics {
             "Input records per transaction.",
             prometheus::exponential_buckets(1.0, 4.0, 9).expect("valid buckets"),
         );
+        let restore_seconds = histogram(
+            "restore_duration_seconds",
+            "Time to rebuild state from the changelog.",
+            prometheus::exponential_buckets(0.01, 2.0, 14).expect("valid buckets"),
+        );
+        // Every label value exists from the start, so a dashboard sees zeros, not gaps.
         for r in DeadLetterReason::ALL {
             dead_letter_records.with_label_values(&[r.code()]);
+        }
+        for o in TransactionOutcome::ALL {
+            transactions.with_label_values(&[o.label()]);
+        }
+        for k in RebalanceKind::ALL {
+            rebalances.with_label_values(&[k.label()]);
         }
         StageMetrics {
             registry,
@@ -127,6 +156,9 @@ impl StageMetrics {
             output_records,
             transactions,
             restored_state_keys,
+            restore_seconds,
+            consumer_errors,
+            rebalances,
             assigned_partitions,
             transaction_seconds,
             batch_records,

@@ -66,6 +66,7 @@ where
     let result = match cli.mode {
         Mode::Kafka { runner, stage } => runner
             .validate()
+            .map_err(RuntimeError::from)
             .and_then(|()| build(&stage))
             .and_then(|p| run_kafka_service(Box::new(p), &runner)),
         Mode::File { file, stage } => build(&stage).and_then(|p| {

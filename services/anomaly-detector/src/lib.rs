@@ -15,8 +15,9 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
+use seqmon_model::topics::TopicRole;
 use seqmon_model::{Anomaly, AnomalySeverity, AnomalyState, Feature};
-use seqmon_runtime::{Emitter, Envelope, Processor, RuntimeError, StageError};
+use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
 
 /// Anomaly-detector settings.
@@ -37,48 +38,27 @@ pub struct AnomalyConfig {
 }
 
 impl Default for AnomalyConfig {
+    /// The defaults stated in the clap attributes above (the environment is not read).
     fn default() -> Self {
-        AnomalyConfig {
-            warmup_windows: 6,
-            z_threshold: 5.0,
-            clear_windows: 3,
-            ewma_alpha: 0.05,
-        }
+        seqmon_processor::config::defaults()
     }
 }
 
 impl AnomalyConfig {
     /// Checks the settings.
-    pub fn validate(&self) -> Result<(), RuntimeError> {
-        let bad = |setting, message: &str| {
-            Err(RuntimeError::Config {
-                setting,
-                message: message.into(),
-            })
-        };
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |id: &str, message: &str| Err(ConfigError::of::<Self>(id, message));
         if self.warmup_windows < 2 {
-            return bad(
-                "--warmup-windows / ANOMALY_WARMUP_WINDOWS",
-                "must be at least 2",
-            );
+            return bad("warmup_windows", "must be at least 2");
         }
         if !(self.z_threshold.is_finite() && self.z_threshold > 0.0) {
-            return bad(
-                "--z-threshold / ANOMALY_Z_THRESHOLD",
-                "must be a positive number",
-            );
+            return bad("z_threshold", "must be a positive number");
         }
         if self.clear_windows == 0 {
-            return bad(
-                "--clear-windows / ANOMALY_CLEAR_WINDOWS",
-                "must be at least 1",
-            );
+            return bad("clear_windows", "must be at least 1");
         }
         if !(self.ewma_alpha > 0.0 && self.ewma_alpha < 1.0) {
-            return bad(
-                "--ewma-alpha / ANOMALY_EWMA_ALPHA",
-                "must be between 0 and 1",
-            );
+            return bad("ewma_alpha", "must be between 0 and 1");
         }
         Ok(())
     }
@@ -130,14 +110,14 @@ impl Processor for AnomalyDetector {
     fn stage(&self) -> &'static str {
         "anomaly-detector"
     }
-    fn input_role(&self) -> &'static str {
-        "features"
+    fn input_role(&self) -> TopicRole {
+        TopicRole::Features
     }
-    fn output_roles(&self) -> &'static [&'static str] {
-        &["anomalies"]
+    fn output_roles(&self) -> &'static [TopicRole] {
+        &[TopicRole::Anomalies]
     }
-    fn changelog_role(&self) -> Option<&'static str> {
-        Some("changelog_anomaly_detector")
+    fn changelog_role(&self) -> Option<TopicRole> {
+        Some(TopicRole::ChangelogAnomalyDetector)
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
@@ -209,7 +189,7 @@ impl Processor for AnomalyDetector {
             let rises = m.episode.as_ref().is_none_or(|e| severity > e.severity);
             if rises {
                 out.emit(
-                    "anomalies",
+                    TopicRole::Anomalies,
                     &f.instrument_serial,
                     &record(AnomalyState::ACTIVE, rule, score, severity, m),
                 )?;
@@ -236,7 +216,7 @@ impl Processor for AnomalyDetector {
                 if e.normal_in_a_row >= cfg.clear_windows {
                     m.episode = None;
                     out.emit(
-                        "anomalies",
+                        TopicRole::Anomalies,
                         &f.instrument_serial,
                         &record(
                             AnomalyState::CLEARED,
@@ -253,10 +233,15 @@ impl Processor for AnomalyDetector {
         Ok(())
     }
 
-    fn snapshot(&self, key: &str) -> Option<Vec<u8>> {
+    fn snapshot(&self, key: &str) -> Result<Option<Vec<u8>>, StageError> {
         self.instruments
             .get(key)
-            .and_then(|s| serde_json::to_vec(s).ok())
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| StageError::Snapshot {
+                key: key.into(),
+                message: e.to_string(),
+            })
     }
 
     fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
@@ -281,7 +266,7 @@ impl Processor for AnomalyDetector {
 mod tests {
     use super::*;
     use seqmon_model::{decode, encode, InstrumentModel, Subsystem};
-    use seqmon_runtime::processor::transplant_state;
+    use seqmon_processor::transplant_state;
 
     fn feature(i: i64, level: f64, out_of_spec: f64) -> Vec<u8> {
         encode(&Feature {

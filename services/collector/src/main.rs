@@ -90,7 +90,7 @@ impl Out {
                     .set("enable.idempotence", "true")
                     .create()
                     .map_err(RuntimeError::kafka("create producer"))?;
-                Out::Kafka(producer, cli.kafka.topic("raw"))
+                Out::Kafka(producer, cli.kafka.topic(seqmon_model::topics::TopicRole::Raw))
             }
         })
     }
@@ -143,7 +143,7 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
     }
     if cli.poll_interval_s == 0 {
         return Err(RuntimeError::Config {
-            setting: "--poll-interval-s / COLLECTOR_POLL_INTERVAL_S",
+            setting: "--poll-interval-s / COLLECTOR_POLL_INTERVAL_S".into(),
             message: "must be positive".into(),
         });
     }

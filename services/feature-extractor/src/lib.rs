@@ -17,10 +17,11 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 use seqmon_model::specs::operating_spec;
+use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     specs, DeadLetterReason, Feature, InstrumentModel, SanitizedTelemetry, Severity, TelemetryKind,
 };
-use seqmon_runtime::{Emitter, Envelope, Processor, RuntimeError, StageError};
+use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
 
 /// Run-performance metrics turned into features.
@@ -74,29 +75,26 @@ fn fnv1a64(text: &str) -> u64 {
 }
 
 impl Default for FeatureConfig {
+    /// The defaults stated in the clap attributes above (the environment is not read).
     fn default() -> Self {
-        FeatureConfig {
-            window_ms: 300_000,
-            allowed_lateness_ms: 60_000,
-            window_alignment: WindowAlignment::Epoch,
-        }
+        seqmon_processor::config::defaults()
     }
 }
 
 impl FeatureConfig {
     /// Checks the settings.
-    pub fn validate(&self) -> Result<(), RuntimeError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1_000..=86_400_000).contains(&self.window_ms) {
-            return Err(RuntimeError::Config {
-                setting: "--window-ms / FEATURES_WINDOW_MS",
-                message: "must be 1000..=86400000".into(),
-            });
+            return Err(ConfigError::of::<Self>(
+                "window_ms",
+                "must be 1000..=86400000",
+            ));
         }
         if self.allowed_lateness_ms < 0 || self.allowed_lateness_ms > self.window_ms * 10 {
-            return Err(RuntimeError::Config {
-                setting: "--allowed-lateness-ms / FEATURES_ALLOWED_LATENESS_MS",
-                message: "must be 0..=10 windows".into(),
-            });
+            return Err(ConfigError::of::<Self>(
+                "allowed_lateness_ms",
+                "must be 0..=10 windows",
+            ));
         }
         Ok(())
     }
@@ -149,6 +147,21 @@ struct InstrumentState {
     closed_until_ms: i64,
     /// (window start, metric) → sums.
     windows: BTreeMap<(i64, String), Acc>,
+}
+
+/// One instrument's state as stored on the changelog (JSON, state format version 1). Fields are
+/// named; serde also reads the positional array that earlier builds wrote in the same order, so
+/// the layout version did not change. Windows are a list because JSON object keys must be
+/// strings.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredState<S> {
+    model: Option<InstrumentModel>,
+    software_version: Option<S>,
+    reagent_kit_lot: Option<S>,
+    run_id: Option<S>,
+    max_event_time_ms: i64,
+    closed_until_ms: i64,
+    windows: Vec<((i64, String), Acc)>,
 }
 
 /// The feature-extractor processor.
@@ -236,7 +249,7 @@ impl FeatureExtractor {
                 software_version: st.software_version.clone(),
                 reagent_kit_lot: st.reagent_kit_lot.clone(),
             };
-            out.emit("features", serial, &feature)?;
+            out.emit(TopicRole::Features, serial, &feature)?;
             st.closed_until_ms = st.closed_until_ms.max(start + window);
         }
         st.closed_until_ms = st.closed_until_ms.max(boundary);
@@ -248,14 +261,14 @@ impl Processor for FeatureExtractor {
     fn stage(&self) -> &'static str {
         "feature-extractor"
     }
-    fn input_role(&self) -> &'static str {
-        "sanitized"
+    fn input_role(&self) -> TopicRole {
+        TopicRole::Sanitized
     }
-    fn output_roles(&self) -> &'static [&'static str] {
-        &["features"]
+    fn output_roles(&self) -> &'static [TopicRole] {
+        &[TopicRole::Features]
     }
-    fn changelog_role(&self) -> Option<&'static str> {
-        Some("changelog_feature_extractor")
+    fn changelog_role(&self) -> Option<TopicRole> {
+        Some(TopicRole::ChangelogFeatureExtractor)
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
@@ -370,54 +383,47 @@ impl Processor for FeatureExtractor {
         Ok(())
     }
 
-    fn snapshot(&self, key: &str) -> Option<Vec<u8>> {
-        let st = self.instruments.get(key)?;
-        // JSON object keys must be strings: store windows as a list.
-        let windows: Vec<(&(i64, String), &Acc)> = st.windows.iter().collect();
-        serde_json::to_vec(&(
-            st.model,
-            &st.software_version,
-            &st.reagent_kit_lot,
-            &st.run_id,
-            st.max_event_time_ms,
-            st.closed_until_ms,
-            windows,
-        ))
-        .ok()
+    fn snapshot(&self, key: &str) -> Result<Option<Vec<u8>>, StageError> {
+        let Some(st) = self.instruments.get(key) else {
+            return Ok(None);
+        };
+        let stored = StoredState {
+            model: st.model,
+            software_version: st.software_version.as_deref(),
+            reagent_kit_lot: st.reagent_kit_lot.as_deref(),
+            run_id: st.run_id.as_deref(),
+            max_event_time_ms: st.max_event_time_ms,
+            closed_until_ms: st.closed_until_ms,
+            windows: st
+                .windows
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        serde_json::to_vec(&stored)
+            .map(Some)
+            .map_err(|e| StageError::Snapshot {
+                key: key.into(),
+                message: e.to_string(),
+            })
     }
 
     fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
-        type Stored = (
-            Option<InstrumentModel>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            i64,
-            i64,
-            Vec<((i64, String), Acc)>,
-        );
-        let (
-            model,
-            software_version,
-            reagent_kit_lot,
-            run_id,
-            max_event_time_ms,
-            closed_until_ms,
-            windows,
-        ): Stored = serde_json::from_slice(state).map_err(|e| StageError::State {
-            key: key.into(),
-            message: e.to_string(),
-        })?;
+        let stored: StoredState<String> =
+            serde_json::from_slice(state).map_err(|e| StageError::State {
+                key: key.into(),
+                message: e.to_string(),
+            })?;
         self.instruments.insert(
             key.to_string(),
             InstrumentState {
-                model,
-                software_version,
-                reagent_kit_lot,
-                run_id,
-                max_event_time_ms,
-                closed_until_ms,
-                windows: windows.into_iter().collect(),
+                model: stored.model,
+                software_version: stored.software_version,
+                reagent_kit_lot: stored.reagent_kit_lot,
+                run_id: stored.run_id,
+                max_event_time_ms: stored.max_event_time_ms,
+                closed_until_ms: stored.closed_until_ms,
+                windows: stored.windows.into_iter().collect(),
             },
         );
         Ok(())
@@ -436,8 +442,8 @@ impl Processor for FeatureExtractor {
 mod tests {
     use super::*;
     use seqmon_model::{decode, encode, SensorReadings, Subsystem};
-    use seqmon_runtime::processor::transplant_state;
-    use seqmon_runtime::Emitted;
+    use seqmon_processor::transplant_state;
+    use seqmon_processor::Emitted;
 
     fn reading(t: i64, laser: f64) -> Vec<u8> {
         encode(&SanitizedTelemetry {
@@ -575,6 +581,28 @@ mod tests {
         }
         let mut q = FeatureExtractor::default();
         transplant_state(&p, &mut q).unwrap();
+        // The positional layout earlier builds wrote reads into the same state.
+        let key = p.state_keys()[0].clone();
+        let named: serde_json::Value =
+            serde_json::from_slice(&p.snapshot(&key).unwrap().unwrap()).unwrap();
+        let positional = serde_json::Value::Array(
+            [
+                "model",
+                "software_version",
+                "reagent_kit_lot",
+                "run_id",
+                "max_event_time_ms",
+                "closed_until_ms",
+                "windows",
+            ]
+            .iter()
+            .map(|f| named[*f].clone())
+            .collect(),
+        );
+        let mut r = FeatureExtractor::default();
+        r.restore(&key, &serde_json::to_vec(&positional).unwrap())
+            .unwrap();
+        assert_eq!(r.instruments, p.instruments);
         assert_eq!(p.instruments, q.instruments);
     }
 

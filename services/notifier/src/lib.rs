@@ -12,11 +12,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
+use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     Alert, AlertAction, Anomaly, AnomalySeverity, AnomalyState, MaintenanceEntry,
     MaintenancePriority, Subsystem,
 };
-use seqmon_runtime::{Emitter, Envelope, Processor, RuntimeError, StageError};
+use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -30,26 +31,25 @@ pub struct NotifierConfig {
 }
 
 impl Default for NotifierConfig {
+    /// The defaults stated in the clap attributes above (the environment is not read).
     fn default() -> Self {
-        NotifierConfig {
-            due_hours: vec![24, 48, 336],
-        }
+        seqmon_processor::config::defaults()
     }
 }
 
 impl NotifierConfig {
     /// Checks the settings.
-    pub fn validate(&self) -> Result<(), RuntimeError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let ok = self.due_hours.len() == 3
             && self.due_hours.iter().all(|h| *h > 0)
             && self.due_hours.windows(2).all(|w| w[0] <= w[1]);
         if ok {
             Ok(())
         } else {
-            Err(RuntimeError::Config {
-                setting: "--due-hours / NOTIFIER_DUE_HOURS",
-                message: "must be three positive, non-decreasing hours for P1,P2,P3".into(),
-            })
+            Err(ConfigError::of::<Self>(
+                "due_hours",
+                "must be three positive, non-decreasing hours for P1,P2,P3",
+            ))
         }
     }
 }
@@ -194,14 +194,14 @@ impl Processor for Notifier {
     fn stage(&self) -> &'static str {
         "notifier"
     }
-    fn input_role(&self) -> &'static str {
-        "anomalies"
+    fn input_role(&self) -> TopicRole {
+        TopicRole::Anomalies
     }
-    fn output_roles(&self) -> &'static [&'static str] {
-        &["alerts", "maintenance"]
+    fn output_roles(&self) -> &'static [TopicRole] {
+        &[TopicRole::Alerts, TopicRole::Maintenance]
     }
-    fn changelog_role(&self) -> Option<&'static str> {
-        Some("changelog_notifier")
+    fn changelog_role(&self) -> Option<TopicRole> {
+        Some(TopicRole::ChangelogNotifier)
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
@@ -227,11 +227,15 @@ impl Processor for Notifier {
                     priority: priority(a.severity),
                 };
                 out.emit(
-                    "alerts",
+                    TopicRole::Alerts,
                     &serial,
                     &Self::alert(&a, &alert, AlertAction::OPEN),
                 )?;
-                out.emit("maintenance", &serial, &self.maintenance(&a, &alert))?;
+                out.emit(
+                    TopicRole::Maintenance,
+                    &serial,
+                    &self.maintenance(&a, &alert),
+                )?;
                 self.open
                     .entry(serial.clone())
                     .or_default()
@@ -244,14 +248,18 @@ impl Processor for Notifier {
                 if a.severity > alert.severity {
                     alert.severity = a.severity;
                     out.emit(
-                        "alerts",
+                        TopicRole::Alerts,
                         &serial,
                         &Self::alert(&a, &alert, AlertAction::UPDATE),
                     )?;
                     let p = priority(a.severity);
                     if p < alert.priority {
                         alert.priority = p;
-                        out.emit("maintenance", &serial, &self.maintenance(&a, &alert))?;
+                        out.emit(
+                            TopicRole::Maintenance,
+                            &serial,
+                            &self.maintenance(&a, &alert),
+                        )?;
                     }
                 }
                 self.open
@@ -263,7 +271,7 @@ impl Processor for Notifier {
                 alert.active_metrics.remove(&a.metric);
                 if alert.active_metrics.is_empty() {
                     out.emit(
-                        "alerts",
+                        TopicRole::Alerts,
                         &serial,
                         &Self::alert(&a, &alert, AlertAction::RESOLVE),
                     )?;
@@ -288,10 +296,17 @@ impl Processor for Notifier {
         Ok(())
     }
 
-    fn snapshot(&self, key: &str) -> Option<Vec<u8>> {
-        let m = self.open.get(key)?;
+    fn snapshot(&self, key: &str) -> Result<Option<Vec<u8>>, StageError> {
+        let Some(m) = self.open.get(key) else {
+            return Ok(None);
+        };
         let list: Vec<(&Subsystem, &OpenAlert)> = m.iter().collect();
-        serde_json::to_vec(&list).ok()
+        serde_json::to_vec(&list)
+            .map(Some)
+            .map_err(|e| StageError::Snapshot {
+                key: key.into(),
+                message: e.to_string(),
+            })
     }
 
     fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
@@ -365,11 +380,11 @@ mod tests {
         let recs = out.take().0;
         (
             recs.iter()
-                .filter(|e| e.role == "alerts")
+                .filter(|e| e.role == TopicRole::Alerts)
                 .map(|e| decode(&e.value).unwrap())
                 .collect(),
             recs.iter()
-                .filter(|e| e.role == "maintenance")
+                .filter(|e| e.role == TopicRole::Maintenance)
                 .map(|e| decode(&e.value).unwrap())
                 .collect(),
         )

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use seqmon_anomaly_detector::AnomalyDetector;
 use seqmon_feature_extractor::FeatureExtractor;
+use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     decode, Alert, AlertAction, Anomaly, AnomalyState, MaintenanceEntry, Subsystem,
 };
@@ -69,7 +70,7 @@ impl Collected {
             RuntimeError::Internal(format!("{topic} output does not decode: {err}"))
         };
         Ok(match e.role {
-            "alerts" => {
+            TopicRole::Alerts => {
                 let a: Alert = decode(&e.value).map_err(bad)?;
                 let line = format!(
                     "{} ALERT {:<7} {:<8} {}",
@@ -81,7 +82,7 @@ impl Collected {
                 self.alerts.push(a);
                 Some(line)
             }
-            "maintenance" => {
+            TopicRole::Maintenance => {
                 let m: MaintenanceEntry = decode(&e.value).map_err(bad)?;
                 let line = format!(
                     "{} MAINTENANCE {:?} {} {}: due {} ({})",
@@ -95,7 +96,7 @@ impl Collected {
                 self.maintenance.push(m);
                 Some(line)
             }
-            "dead_letters" | "dead_letters_sensitive" => {
+            TopicRole::DeadLetters | TopicRole::DeadLettersSensitive => {
                 let d: seqmon_model::DeadLetter = decode(&e.value).map_err(bad)?;
                 *self
                     .dead_letters
@@ -103,20 +104,28 @@ impl Collected {
                     .or_default() += 1;
                 None
             }
-            "privacy_audit" => {
+            TopicRole::PrivacyAudit => {
                 self.privacy_removals += 1;
                 None
             }
-            "anomalies" => {
+            TopicRole::Anomalies => {
                 let a: Anomaly = decode(&e.value).map_err(bad)?;
                 self.anomalies_active += u64::from(a.state == AnomalyState::ACTIVE);
                 None
             }
-            "validated" => {
+            TopicRole::Validated => {
                 self.validated += 1;
                 None
             }
-            _ => None,
+            // Handed on inside the chain, or never emitted by a stage (changelogs are the Kafka
+            // runtime's; raw is the chain's input).
+            TopicRole::Raw
+            | TopicRole::Sanitized
+            | TopicRole::Features
+            | TopicRole::ChangelogValidator
+            | TopicRole::ChangelogFeatureExtractor
+            | TopicRole::ChangelogAnomalyDetector
+            | TopicRole::ChangelogNotifier => None,
         })
     }
 }

@@ -56,7 +56,7 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
         || cli.duration_hours <= 0.0
     {
         return Err(RuntimeError::Config {
-            setting: "--instruments / --duration-hours / --bad-record-share",
+            setting: "--instruments / --duration-hours / --bad-record-share".into(),
             message: "need instruments >= 1, hours > 0 and a bad share in 0..=0.5".into(),
         });
     }

@@ -1,6 +1,7 @@
 //! The five stages chained in one process on a simulated fleet, scored against ground truth.
 //! No broker: this checks the stage logic end to end; tests/ checks it over real Kafka.
 
+use seqmon_model::topics::TopicRole;
 use std::collections::BTreeMap;
 
 use seqmon_model::{decode, AlertAction, DeadLetter, SanitizedTelemetry};
@@ -21,10 +22,13 @@ fn every_fault_alerts_once_bad_records_dead_letter_and_no_pii_crosses() {
     let mut sanitized_bytes: Vec<Vec<u8>> = Vec::new();
     let mut dead: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut sink = |topic: &str, e: &seqmon_runtime::Emitted| {
-        if e.role == "sanitized" {
+        if e.role == TopicRole::Sanitized {
             sanitized_bytes.push(e.value.clone());
         }
-        if e.role.starts_with("dead_letters") {
+        if matches!(
+            e.role,
+            TopicRole::DeadLetters | TopicRole::DeadLettersSensitive
+        ) {
             let d: DeadLetter = decode(&e.value).unwrap();
             *dead
                 .entry((d.stage.clone(), d.reason.code().to_string()))
@@ -94,7 +98,10 @@ fn every_fault_alerts_once_bad_records_dead_letter_and_no_pii_crosses() {
         .sum();
     assert_eq!(
         v.input_records.get(),
-        v.output_records.with_label_values(&["validated"]).get() + v_dead
+        v.output_records
+            .with_label_values(&[TopicRole::Validated.as_str()])
+            .get()
+            + v_dead
     );
     assert_eq!(v.input_records.get() as usize, sim.records.len());
 }

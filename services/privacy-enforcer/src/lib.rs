@@ -21,10 +21,11 @@ pub mod policy;
 use apache_avro::types::Value;
 use clap::Args;
 use seqmon_model::codec::decode_value;
+use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     DeadLetterReason, PrivacyAction, PrivacyAudit, PrivacyRule, SanitizedTelemetry, Telemetry,
 };
-use seqmon_runtime::{Emitter, Envelope, Processor, RuntimeError, StageError};
+use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 
 use crate::policy::{
     check_identifier, check_text, ATTRIBUTE_ALLOWLIST, FIELD_ALLOWLIST, POLICY_VERSION,
@@ -41,17 +42,17 @@ pub struct PrivacyConfig {
 
 impl PrivacyConfig {
     /// Checks the settings.
-    pub fn validate(&self) -> Result<(), RuntimeError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for k in &self.extra_attribute_keys {
             if k.is_empty()
                 || !k
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             {
-                return Err(RuntimeError::Config {
-                    setting: "--extra-attribute-keys / PRIVACY_EXTRA_ATTRIBUTE_KEYS",
-                    message: format!("{k:?} must be lower_snake_case"),
-                });
+                return Err(ConfigError::of::<Self>(
+                    "extra_attribute_keys",
+                    format!("{k:?} must be lower_snake_case"),
+                ));
             }
         }
         Ok(())
@@ -171,14 +172,18 @@ impl Processor for PrivacyEnforcer {
     fn stage(&self) -> &'static str {
         "privacy-enforcer"
     }
-    fn input_role(&self) -> &'static str {
-        "validated"
+    fn input_role(&self) -> TopicRole {
+        TopicRole::Validated
     }
-    fn output_roles(&self) -> &'static [&'static str] {
-        &["sanitized", "privacy_audit"]
+    fn output_roles(&self) -> &'static [TopicRole] {
+        &[TopicRole::Sanitized, TopicRole::PrivacyAudit]
     }
-    fn dead_letter_role(&self) -> &'static str {
-        "dead_letters_sensitive"
+    fn dead_letter_role(&self) -> TopicRole {
+        TopicRole::DeadLettersSensitive
+    }
+    /// A refused record keeps its audit records: they say why it was refused.
+    fn survives_rejection(&self, role: TopicRole) -> bool {
+        role == TopicRole::PrivacyAudit
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
@@ -246,7 +251,7 @@ impl Processor for PrivacyEnforcer {
                     a.message_id = String::new();
                     a.instrument_serial = String::new();
                 }
-                out.emit("privacy_audit", &a.instrument_serial.clone(), &a)?;
+                out.emit(TopicRole::PrivacyAudit, &a.instrument_serial.clone(), &a)?;
                 out.reject(
                     DeadLetterReason::PRIVACY_VIOLATION,
                     format!("{field} refused by rule {rule:?}"),
@@ -284,7 +289,7 @@ impl Processor for PrivacyEnforcer {
         });
         for (field, rule) in &removed {
             out.emit(
-                "privacy_audit",
+                TopicRole::PrivacyAudit,
                 &t.instrument_serial,
                 &audit(field, *rule, PrivacyAction::FIELD_REMOVED),
             )?;
@@ -305,7 +310,7 @@ impl Processor for PrivacyEnforcer {
             run_configuration,
             attributes,
         };
-        out.emit("sanitized", &t.instrument_serial, &sanitized)
+        out.emit(TopicRole::Sanitized, &t.instrument_serial, &sanitized)
     }
 }
 
@@ -346,8 +351,8 @@ mod tests {
     fn run(
         t: &Telemetry,
     ) -> (
-        Vec<seqmon_runtime::Emitted>,
-        Option<seqmon_runtime::processor::Rejection>,
+        Vec<seqmon_processor::Emitted>,
+        Option<seqmon_processor::Rejection>,
     ) {
         let bytes = encode(t).unwrap();
         let env = Envelope {
@@ -370,8 +375,13 @@ mod tests {
             "Run started by Dr. Alice Keller, alice.keller@clinic.example",
         ));
         assert!(rej.is_none());
-        let sanitized: SanitizedTelemetry =
-            decode(&out.iter().find(|e| e.role == "sanitized").unwrap().value).unwrap();
+        let sanitized: SanitizedTelemetry = decode(
+            &out.iter()
+                .find(|e| e.role == TopicRole::Sanitized)
+                .unwrap()
+                .value,
+        )
+        .unwrap();
         assert_eq!(sanitized.log_event.unwrap().message, "");
         assert_eq!(
             sanitized.attributes.keys().collect::<Vec<_>>(),
@@ -379,7 +389,7 @@ mod tests {
         );
         let audits: Vec<PrivacyAudit> = out
             .iter()
-            .filter(|e| e.role == "privacy_audit")
+            .filter(|e| e.role == TopicRole::PrivacyAudit)
             .map(|e| decode(&e.value).unwrap())
             .collect();
         let fields: Vec<(&str, PrivacyRule)> =
@@ -425,7 +435,7 @@ mod tests {
         let rej = rej.expect("rejected");
         assert_eq!(rej.reason, DeadLetterReason::PRIVACY_VIOLATION);
         assert!(!rej.detail.contains("john"));
-        assert!(out.iter().all(|e| e.role == "privacy_audit"));
+        assert!(out.iter().all(|e| e.role == TopicRole::PrivacyAudit));
         let a: PrivacyAudit = decode(&out[0].value).unwrap();
         assert_eq!(
             (a.field.as_str(), a.rule, a.action),

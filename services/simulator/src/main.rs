@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use seqmon_model::topics::TopicRole;
 use seqmon_runtime::config::KafkaConnection;
+use seqmon_runtime::processor::ConfigError;
 use seqmon_runtime::RuntimeError;
 use seqmon_simulator::{simulate, Fleet, FleetConfig};
 
@@ -73,46 +75,32 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), RuntimeError> {
-    let bad = |setting, message: &str| {
-        Err(RuntimeError::Config {
-            setting,
-            message: message.into(),
-        })
-    };
+    let bad = |id: &str, message: &str| Err(ConfigError::of::<Cli>(id, message).into());
     if cli.instruments == 0 || cli.instruments > 1_000_000 {
-        return bad("--instruments / SIM_INSTRUMENTS", "must be 1..=1000000");
+        return bad("instruments", "must be 1..=1000000");
     }
     if !(cli.duration_hours > 0.0 && cli.duration_hours <= 24.0 * 365.0) {
-        return bad(
-            "--duration-hours / SIM_DURATION_HOURS",
-            "must be > 0 and at most a year",
-        );
+        return bad("duration_hours", "must be > 0 and at most a year");
     }
     if !(0.0..=0.5).contains(&cli.bad_record_share) {
-        return bad(
-            "--bad-record-share / SIM_BAD_RECORD_SHARE",
-            "must be 0..=0.5",
-        );
+        return bad("bad_record_share", "must be 0..=0.5");
     }
     if cli.sample_interval_s == 0 {
-        return bad(
-            "--sample-interval-s / SIM_SAMPLE_INTERVAL_S",
-            "must be positive",
-        );
+        return bad("sample_interval_s", "must be positive");
     }
     if !(cli.speedup >= 0.0 && cli.speedup.is_finite()) {
-        return bad("--speedup / SIM_SPEEDUP", "must be >= 0");
+        return bad("speedup", "must be >= 0");
     }
     if cli.to == Sink::Kafka {
         cli.kafka.validate()?;
     }
     if cli.live {
         if cli.to != Sink::Kafka {
-            return bad("--live", "replays to Kafka only; add --to kafka");
+            return bad("live", "replays to Kafka only; add --to kafka");
         }
         if cli.speedup != 0.0 || cli.start_time_ms.is_some() || cli.ground_truth.is_some() {
             return bad(
-                "--live",
+                "live",
                 "follows the wall clock; leave out --speedup, --start-time-ms and --ground-truth",
             );
         }
@@ -172,7 +160,7 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
             })?;
         }
         Sink::Kafka => {
-            let topic = cli.kafka.topic("raw");
+            let topic = cli.kafka.topic(TopicRole::Raw);
             let producer: ThreadedProducer<DefaultProducerContext> = cli
                 .kafka
                 .client_config()
@@ -223,7 +211,7 @@ fn live(cli: &Cli) -> Result<(), RuntimeError> {
         faults: !cli.no_faults,
     })
     .without_json();
-    let topic = cli.kafka.topic("raw");
+    let topic = cli.kafka.topic(TopicRole::Raw);
     let producer: ThreadedProducer<DefaultProducerContext> = cli
         .kafka
         .client_config()

@@ -19,8 +19,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use clap::Args;
+use seqmon_model::topics::TopicRole;
 use seqmon_model::{specs, DeadLetterReason as R, Telemetry, TelemetryKind};
-use seqmon_runtime::{key_str, Emitter, Envelope, Processor, RuntimeError, StageError};
+use seqmon_processor::{key_str, ConfigError, Emitter, Envelope, Processor, StageError};
 
 /// Validator settings.
 #[derive(Debug, Clone, Args)]
@@ -43,14 +44,9 @@ pub struct ValidatorConfig {
 }
 
 impl Default for ValidatorConfig {
+    /// The defaults stated in the clap attributes above (the environment is not read).
     fn default() -> Self {
-        ValidatorConfig {
-            max_future_ms: 300_000,
-            max_clock_skew_ms: 900_000,
-            max_age_ms: 7 * 24 * 3_600_000,
-            dedup_horizon_ms: 3_600_000,
-            dedup_max_ids: 8192,
-        }
+        seqmon_processor::config::defaults()
     }
 }
 
@@ -62,40 +58,26 @@ impl ValidatorConfig {
     }
 
     /// Checks the settings.
-    pub fn validate(&self) -> Result<(), RuntimeError> {
-        let bad = |setting, message: &str| {
-            Err(RuntimeError::Config {
-                setting,
-                message: message.into(),
-            })
-        };
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |id: &str, message: &str| Err(ConfigError::of::<Self>(id, message));
         if self.max_future_ms < 0 {
-            return bad(
-                "--max-future-ms / VALIDATOR_MAX_FUTURE_MS",
-                "must not be negative",
-            );
+            return bad("max_future_ms", "must not be negative");
         }
         if self.max_clock_skew_ms <= 0 {
-            return bad(
-                "--max-clock-skew-ms / VALIDATOR_MAX_CLOCK_SKEW_MS",
-                "must be positive",
-            );
+            return bad("max_clock_skew_ms", "must be positive");
         }
         if self.max_age_ms <= 0 {
-            return bad("--max-age-ms / VALIDATOR_MAX_AGE_MS", "must be positive");
+            return bad("max_age_ms", "must be positive");
         }
         let longest = i64::from(seqmon_model::topics::VALIDATOR_CHANGELOG_HOURS - 1) * 3_600_000;
         if self.dedup_horizon_ms <= 0 || self.dedup_horizon_ms > longest {
             return bad(
-                "--dedup-horizon-ms / VALIDATOR_DEDUP_HORIZON_MS",
+                "dedup_horizon_ms",
                 "must be positive and at most 24 h (the validator changelog keeps 25 h)",
             );
         }
         if self.dedup_max_ids == 0 {
-            return bad(
-                "--dedup-max-ids / VALIDATOR_DEDUP_MAX_IDS",
-                "must be positive",
-            );
+            return bad("dedup_max_ids", "must be positive");
         }
         Ok(())
     }
@@ -378,17 +360,17 @@ impl Processor for Validator {
     fn stage(&self) -> &'static str {
         "validator"
     }
-    fn input_role(&self) -> &'static str {
-        "raw"
+    fn input_role(&self) -> TopicRole {
+        TopicRole::Raw
     }
-    fn output_roles(&self) -> &'static [&'static str] {
-        &["validated"]
+    fn output_roles(&self) -> &'static [TopicRole] {
+        &[TopicRole::Validated]
     }
-    fn dead_letter_role(&self) -> &'static str {
-        "dead_letters_sensitive"
+    fn dead_letter_role(&self) -> TopicRole {
+        TopicRole::DeadLettersSensitive
     }
-    fn changelog_role(&self) -> Option<&'static str> {
-        Some("changelog_validator")
+    fn changelog_role(&self) -> Option<TopicRole> {
+        Some(TopicRole::ChangelogValidator)
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
@@ -420,15 +402,16 @@ impl Processor for Validator {
             out.state_changed(&state_key(&t.instrument_serial, expired));
         }
         out.state_changed(&state_key(&t.instrument_serial, id));
-        out.emit_bytes("validated", &t.instrument_serial, input.value);
+        out.emit_bytes(TopicRole::Validated, &t.instrument_serial, input.value);
         Ok(())
     }
 
     /// One record per remembered id: its bucket start. An id that expired reads as gone.
-    fn snapshot(&self, key: &str) -> Option<Vec<u8>> {
-        let (serial, id) = split_state_key(key)?;
-        let bucket = self.seen.get(serial)?.bucket_of(id)?;
-        Some(bucket.to_string().into_bytes())
+    fn snapshot(&self, key: &str) -> Result<Option<Vec<u8>>, StageError> {
+        // An id that is no longer held (expired) is a tombstone.
+        Ok(split_state_key(key)
+            .and_then(|(serial, id)| self.seen.get(serial)?.bucket_of(id))
+            .map(|bucket| bucket.to_string().into_bytes()))
     }
 
     fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
@@ -470,7 +453,7 @@ impl Processor for Validator {
 mod tests {
     use super::*;
     use seqmon_model::{encode, InstrumentModel, SensorReadings};
-    use seqmon_runtime::processor::transplant_state;
+    use seqmon_processor::transplant_state;
 
     fn telemetry(id: &str, t: i64) -> Telemetry {
         Telemetry {
@@ -497,7 +480,7 @@ mod tests {
         v: &mut Validator,
         bytes: &[u8],
         ts: Option<i64>,
-    ) -> (Vec<seqmon_runtime::Emitted>, Option<R>) {
+    ) -> (Vec<seqmon_processor::Emitted>, Option<R>) {
         let env = Envelope {
             key: Some(b"M01234"),
             value: bytes,
@@ -520,7 +503,7 @@ mod tests {
         assert_eq!(rej, None);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].value, bytes);
-        assert_eq!(out[0].role, "validated");
+        assert_eq!(out[0].role, TopicRole::Validated);
     }
 
     #[test]
@@ -626,7 +609,10 @@ mod tests {
         };
         v.process(&env, &mut out).unwrap();
         let (_, _, changed) = out.take();
-        let tombstones: Vec<_> = changed.iter().filter(|k| v.snapshot(k).is_none()).collect();
+        let tombstones: Vec<_> = changed
+            .iter()
+            .filter(|k| v.snapshot(k).unwrap().is_none())
+            .collect();
         assert!(tombstones.len() >= 10, "{changed:?}");
         assert_eq!(v.seen["M01234"].count, 1);
     }

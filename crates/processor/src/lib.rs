@@ -4,11 +4,24 @@
 //! decodes it, updates its own state, and puts outputs, rejections and state changes into the
 //! [`Emitter`]. It never blocks, never reads a clock and never does I/O, so the same code runs in
 //! the Kafka, file and embedded runtimes and a replay gives the same output.
+//!
+//! This crate depends on the model only: a stage that depends on it and not on the runtime shows
+//! in its dependency list that its logic does no I/O.
+//!
+//! State contract. A stateful processor names its changelog role, serializes one key's state on
+//! request ([`Processor::snapshot`], a `Result`: a failure aborts the transaction, so the
+//! changelog keeps the previous state) and restores it ([`Processor::restore`]); the runtime
+//! refuses a snapshot written in another [`Processor::state_format_version`] rather than misread it.
+
+pub mod config;
 
 use std::collections::BTreeSet;
 
 use seqmon_model::codec::{encode, CodecError};
+use seqmon_model::topics::TopicRole;
 use seqmon_model::{AvroRecord, DeadLetterReason};
+
+pub use config::ConfigError;
 
 /// One input record with its provenance.
 #[derive(Debug, Clone, Copy)]
@@ -37,13 +50,24 @@ pub enum StageError {
     /// Stored state did not parse on restore.
     #[error("state for key {key} does not restore: {message}")]
     State { key: String, message: String },
+    /// State could not be serialized; the transaction is aborted so the changelog keeps the
+    /// previous state of the key.
+    #[error("state for key {key} does not serialize: {message}")]
+    Snapshot { key: String, message: String },
+    /// A snapshot was written in a state layout this build does not read.
+    #[error("state for key {key} has format version {found}; this build reads {expected}")]
+    StateFormat {
+        key: String,
+        found: i32,
+        expected: i32,
+    },
 }
 
 /// A record a stage produced, routed by output role (see [`seqmon_model::topics`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Emitted {
-    /// Output role, e.g. `validated`; the runtime maps it to a topic.
-    pub role: &'static str,
+    /// Output role; the runtime maps it to a topic.
+    pub role: TopicRole,
     /// Kafka key.
     pub key: String,
     /// Encoded value.
@@ -71,7 +95,7 @@ impl Emitter {
     /// Encodes and emits a record to an output role.
     pub fn emit<T: AvroRecord>(
         &mut self,
-        role: &'static str,
+        role: TopicRole,
         key: &str,
         record: &T,
     ) -> Result<(), StageError> {
@@ -85,7 +109,7 @@ impl Emitter {
     }
 
     /// Emits bytes unchanged (the validator forwards what the instrument sent).
-    pub fn emit_bytes(&mut self, role: &'static str, key: &str, value: &[u8]) {
+    pub fn emit_bytes(&mut self, role: TopicRole, key: &str, value: &[u8]) {
         self.records.push(Emitted {
             role,
             key: key.to_string(),
@@ -143,14 +167,21 @@ pub trait Processor: Send {
     fn stage(&self) -> &'static str;
 
     /// Topic role it reads (see [`seqmon_model::topics::CATALOGUE`]).
-    fn input_role(&self) -> &'static str;
+    fn input_role(&self) -> TopicRole;
 
     /// Topic roles it writes, main output first.
-    fn output_roles(&self) -> &'static [&'static str];
+    fn output_roles(&self) -> &'static [TopicRole];
 
     /// Topic role of its dead letters.
-    fn dead_letter_role(&self) -> &'static str {
-        "dead_letters"
+    fn dead_letter_role(&self) -> TopicRole {
+        TopicRole::DeadLetters
+    }
+
+    /// Whether outputs to `role` are kept when the same input is rejected. By default a rejected
+    /// input forwards nothing; a stage keeps outputs that describe the rejection itself (the
+    /// privacy enforcer's audit of why it refused a record).
+    fn survives_rejection(&self, _role: TopicRole) -> bool {
+        false
     }
 
     /// Handles one input record.
@@ -163,13 +194,20 @@ pub trait Processor: Send {
     }
 
     /// Topic role of the compacted changelog holding this stage's state; `None` if stateless.
-    fn changelog_role(&self) -> Option<&'static str> {
+    fn changelog_role(&self) -> Option<TopicRole> {
         None
     }
 
-    /// Serialized state of one key, `None` when the key has no state (a tombstone).
-    fn snapshot(&self, _key: &str) -> Option<Vec<u8>> {
-        None
+    /// Layout version of the bytes [`Processor::snapshot`] writes. Bump it when the layout
+    /// changes; the runtime refuses to restore a snapshot of another version.
+    fn state_format_version(&self) -> i32 {
+        1
+    }
+
+    /// Serialized state of one key, `Ok(None)` when the key has no state (a tombstone). An error
+    /// aborts the transaction: the key's previous state stays on the changelog.
+    fn snapshot(&self, _key: &str) -> Result<Option<Vec<u8>>, StageError> {
+        Ok(None)
     }
 
     /// Restores one key's state from a snapshot.
@@ -199,7 +237,7 @@ pub fn transplant_state(from: &dyn Processor, to: &mut dyn Processor) -> Result<
     to.clear_state();
     let keys = from.state_keys();
     for key in &keys {
-        if let Some(state) = from.snapshot(key) {
+        if let Some(state) = from.snapshot(key)? {
             to.restore(key, &state)?;
         }
     }

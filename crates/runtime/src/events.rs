@@ -1,0 +1,276 @@
+//! Internal events an operator cares about, as Vector's `internal_events`: one small type per
+//! event whose `emit()` writes the log line and updates the counter together, so a log line never
+//! exists without its metric nor a metric without its line. Labels are small fixed sets (reason
+//! codes, outcomes); no event carries a record's value.
+
+use std::time::{Duration, Instant};
+
+use seqmon_model::DeadLetterReason;
+
+use crate::metrics::StageMetrics;
+
+/// An input record went to the dead-letter topic.
+pub struct RecordDeadLettered<'a> {
+    pub stage: &'static str,
+    pub reason: DeadLetterReason,
+    pub source_topic: &'a str,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+impl RecordDeadLettered<'_> {
+    pub fn emit(&self, metrics: &StageMetrics) {
+        metrics
+            .dead_letter_records
+            .with_label_values(&[self.reason.code()])
+            .inc();
+        // Provenance only: the detail may quote the input, so it goes to the dead letter (on its
+        // side of the boundary), never to the log.
+        tracing::debug!(
+            stage = self.stage,
+            reason = self.reason.code(),
+            topic = self.source_topic,
+            partition = self.source_partition,
+            offset = self.source_offset,
+            "dead letter"
+        );
+    }
+}
+
+/// A transaction committed.
+pub struct TransactionCommitted {
+    pub records: usize,
+    pub outputs: usize,
+    pub elapsed: Duration,
+}
+
+impl TransactionCommitted {
+    pub fn emit(&self, metrics: &StageMetrics) {
+        metrics
+            .transactions
+            .with_label_values(&[TransactionOutcome::Committed.label()])
+            .inc();
+        metrics
+            .transaction_seconds
+            .observe(self.elapsed.as_secs_f64());
+        tracing::debug!(
+            records = self.records,
+            outputs = self.outputs,
+            elapsed_ms = self.elapsed.as_secs_f64() * 1e3,
+            "transaction committed"
+        );
+    }
+}
+
+/// A transaction was aborted; the batch is redone from the committed offsets and restored state.
+pub struct TransactionAborted<'a> {
+    pub error: &'a dyn std::fmt::Display,
+    pub records: usize,
+}
+
+impl TransactionAborted<'_> {
+    pub fn emit(&self, metrics: &StageMetrics) {
+        metrics
+            .transactions
+            .with_label_values(&[TransactionOutcome::Aborted.label()])
+            .inc();
+        tracing::warn!(
+            error = %self.error,
+            records = self.records,
+            "transaction aborted; restoring state and rewinding to committed offsets"
+        );
+    }
+}
+
+/// Outcome label of the transactions counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionOutcome {
+    Committed,
+    Aborted,
+}
+
+impl TransactionOutcome {
+    pub const ALL: [TransactionOutcome; 2] =
+        [TransactionOutcome::Committed, TransactionOutcome::Aborted];
+    pub fn label(self) -> &'static str {
+        match self {
+            TransactionOutcome::Committed => "committed",
+            TransactionOutcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// Kind label of the rebalances counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebalanceKind {
+    Assigned,
+    Revoked,
+    Failed,
+}
+
+impl RebalanceKind {
+    pub const ALL: [RebalanceKind; 3] = [
+        RebalanceKind::Assigned,
+        RebalanceKind::Revoked,
+        RebalanceKind::Failed,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            RebalanceKind::Assigned => "assigned",
+            RebalanceKind::Revoked => "revoked",
+            RebalanceKind::Failed => "failed",
+        }
+    }
+}
+
+/// The group coordinator assigned or revoked input partitions, or the rebalance failed.
+pub struct Rebalanced<'a> {
+    pub kind: RebalanceKind,
+    pub partitions: &'a [i32],
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+impl Rebalanced<'_> {
+    pub fn emit(&self, metrics: &StageMetrics) {
+        metrics
+            .rebalances
+            .with_label_values(&[self.kind.label()])
+            .inc();
+        match (self.kind, self.error) {
+            (RebalanceKind::Assigned, _) => {
+                metrics
+                    .assigned_partitions
+                    .set(self.partitions.len() as i64);
+                tracing::info!(partitions = ?self.partitions, "partitions assigned");
+            }
+            (RebalanceKind::Revoked, _) => {
+                metrics.assigned_partitions.set(0);
+                tracing::info!(partitions = ?self.partitions, "partitions revoked");
+            }
+            (RebalanceKind::Failed, error) => {
+                tracing::warn!(error = error.map(|e| e.to_string()), "rebalance error")
+            }
+        }
+    }
+}
+
+/// State was rebuilt from the changelog for the assigned partitions.
+pub struct StateRestored<'a> {
+    pub changelog: &'a str,
+    pub partitions: &'a [i32],
+    pub keys: u64,
+    pub elapsed: Duration,
+}
+
+impl StateRestored<'_> {
+    pub fn emit(&self, metrics: &StageMetrics) {
+        metrics.restored_state_keys.inc_by(self.keys);
+        metrics.restore_seconds.observe(self.elapsed.as_secs_f64());
+        tracing::info!(
+            changelog = self.changelog,
+            partitions = ?self.partitions,
+            keys = self.keys,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "state restored"
+        );
+    }
+}
+
+/// The consumer reported an error (broker down, fetch failed). Logged at most once per
+/// [`ConsumerErrorLog::INTERVAL`] with the count of errors since the last line, so an outage
+/// writes a bounded number of lines; every error is counted.
+pub struct ConsumerError<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl ConsumerError<'_> {
+    pub fn emit(&self, metrics: &StageMetrics, log: &mut ConsumerErrorLog) {
+        metrics.consumer_errors.inc();
+        log.suppressed += 1;
+        let due = log
+            .last_line
+            .is_none_or(|t| t.elapsed() >= ConsumerErrorLog::INTERVAL);
+        if due {
+            tracing::warn!(
+                error = %self.error,
+                errors_since_last_line = log.suppressed,
+                "consumer error; continuing"
+            );
+            log.suppressed = 0;
+            log.last_line = Some(Instant::now());
+        }
+    }
+}
+
+/// Rate limit of [`ConsumerError`] log lines.
+#[derive(Debug, Default)]
+pub struct ConsumerErrorLog {
+    last_line: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ConsumerErrorLog {
+    /// Least time between two consumer-error lines.
+    pub const INTERVAL: Duration = Duration::from_secs(10);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_errors_are_all_counted_and_logged_at_a_bounded_rate() {
+        let metrics = StageMetrics::new("test-stage");
+        let mut log = ConsumerErrorLog::default();
+        for _ in 0..1000 {
+            ConsumerError {
+                error: &"broker down",
+            }
+            .emit(&metrics, &mut log);
+        }
+        assert_eq!(metrics.consumer_errors.get(), 1000);
+        // One line went out at the first error; the other 999 wait for the next interval.
+        assert_eq!(log.suppressed, 999);
+    }
+
+    #[test]
+    fn events_update_their_counters() {
+        let m = StageMetrics::new("test-stage");
+        RecordDeadLettered {
+            stage: "test-stage",
+            reason: DeadLetterReason::OUT_OF_RANGE,
+            source_topic: "t",
+            source_partition: 0,
+            source_offset: 1,
+        }
+        .emit(&m);
+        TransactionAborted {
+            error: &"x",
+            records: 3,
+        }
+        .emit(&m);
+        Rebalanced {
+            kind: RebalanceKind::Assigned,
+            partitions: &[0, 1],
+            error: None,
+        }
+        .emit(&m);
+        StateRestored {
+            changelog: "c",
+            partitions: &[0, 1],
+            keys: 7,
+            elapsed: Duration::from_millis(3),
+        }
+        .emit(&m);
+        assert_eq!(
+            m.dead_letter_records
+                .with_label_values(&["OUT_OF_RANGE"])
+                .get(),
+            1
+        );
+        assert_eq!(m.transactions.with_label_values(&["aborted"]).get(), 1);
+        assert_eq!(m.rebalances.with_label_values(&["assigned"]).get(), 1);
+        assert_eq!(m.assigned_partitions.get(), 2);
+        assert_eq!(m.restored_state_keys.get(), 7);
+    }
+}
