@@ -14,9 +14,14 @@ mkdir -p "$logs"
 "$bin/seqmon-admin" create-topics --topic-prefix "$prefix" --partitions 3
 pids=()
 port=9301
+# A pseudonym key for this run only (the privacy enforcer refuses to start without one); in
+# production it comes from a Secret and only the privacy enforcer holds it.
+keyfile="$logs/pseudonym.key"
+( umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$keyfile" )
 for stage in validator privacy-enforcer feature-extractor anomaly-detector notifier; do
   "$bin/$stage" kafka --topic-prefix "$prefix" --group-id "$prefix$stage" --transactional-id "$prefix$stage-0" \
-    --metrics-addr "127.0.0.1:$port" >"$logs/$stage.log" 2>&1 &
+    --metrics-addr "127.0.0.1:$port" $([ "$stage" = privacy-enforcer ] && echo --pseudonym-key-file "$keyfile") \
+    >"$logs/$stage.log" 2>&1 &
   pids+=($!)
   port=$((port + 1))
 done

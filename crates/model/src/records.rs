@@ -221,6 +221,40 @@ pub struct Telemetry {
 }
 avro_record!(Telemetry, "telemetry");
 
+/// One typed parameter of a templated log message (schema `sanitized_telemetry` v3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogParameter {
+    pub name: String,
+    pub number: Option<f64>,
+    pub unit: Option<String>,
+    pub symbol: Option<String>,
+}
+
+/// An operation-log event past the privacy boundary: its text only as a template and typed
+/// parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SanitizedLogEvent {
+    pub code: String,
+    pub severity: Severity,
+    pub subsystem: Subsystem,
+    pub message: String,
+    #[serde(default = "other_symbol")]
+    pub template_id: String,
+    #[serde(default)]
+    pub parameters: Vec<LogParameter>,
+}
+
+/// The symbol a closed catalogue gives an unknown value.
+pub const OTHER: &str = "OTHER";
+
+/// What a sender writes in a required string field whose value its source lacks (a run folder
+/// without a buffer lot); it crosses the privacy boundary as it is.
+pub const NOT_REPORTED: &str = "unknown";
+
+fn other_symbol() -> String {
+    OTHER.to_string()
+}
+
 /// Telemetry that passed the privacy boundary (schema `sanitized_telemetry`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SanitizedTelemetry {
@@ -233,7 +267,7 @@ pub struct SanitizedTelemetry {
     pub privacy_policy_version: i32,
     pub run_id: Option<String>,
     pub sensors: Option<SensorReadings>,
-    pub log_event: Option<OperationLogEvent>,
+    pub log_event: Option<SanitizedLogEvent>,
     pub run_performance: Option<RunPerformance>,
     pub instrument_configuration: Option<InstrumentConfiguration>,
     pub run_configuration: Option<RunConfiguration>,
@@ -379,12 +413,13 @@ pub enum DeadLetterReason {
     DUPLICATE_MESSAGE,
     PRIVACY_VIOLATION,
     LATE_EVENT,
+    TOO_LARGE,
     UNKNOWN,
 }
 
 impl DeadLetterReason {
     /// Every reason, for metrics pre-registration and summaries.
-    pub const ALL: [DeadLetterReason; 13] = [
+    pub const ALL: [DeadLetterReason; 14] = [
         Self::UNDECODABLE,
         Self::UNKNOWN_SCHEMA,
         Self::WRONG_SCHEMA,
@@ -397,6 +432,7 @@ impl DeadLetterReason {
         Self::DUPLICATE_MESSAGE,
         Self::PRIVACY_VIOLATION,
         Self::LATE_EVENT,
+        Self::TOO_LARGE,
         Self::UNKNOWN,
     ];
 
@@ -415,6 +451,7 @@ impl DeadLetterReason {
             Self::DUPLICATE_MESSAGE => "DUPLICATE_MESSAGE",
             Self::PRIVACY_VIOLATION => "PRIVACY_VIOLATION",
             Self::LATE_EVENT => "LATE_EVENT",
+            Self::TOO_LARGE => "TOO_LARGE",
             Self::UNKNOWN => "UNKNOWN",
         }
     }
@@ -451,6 +488,11 @@ pub enum PrivacyRule {
     PHONE_NUMBER,
     DATE_OF_BIRTH,
     IDENTIFIER_FORMAT,
+    GRAMMAR_MISMATCH,
+    NOT_IN_CATALOGUE,
+    UNKNOWN_TEMPLATE,
+    UNKNOWN_ATTRIBUTE_KEY,
+    SIZE_LIMIT,
 }
 
 /// What the privacy enforcer did.
@@ -459,6 +501,8 @@ pub enum PrivacyRule {
 pub enum PrivacyAction {
     FIELD_REMOVED,
     RECORD_REJECTED,
+    PSEUDONYMIZED,
+    REPLACED_WITH_OTHER,
 }
 
 /// One removal at the privacy boundary (schema `privacy_audit`): rule and field, never the value.
@@ -470,11 +514,19 @@ pub struct PrivacyAudit {
     pub field: String,
     pub rule: PrivacyRule,
     pub action: PrivacyAction,
+    #[serde(default = "one")]
+    pub count: i32,
+    #[serde(default)]
+    pub event_code: Option<String>,
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
 }
 avro_record!(PrivacyAudit, "privacy_audit");
+
+fn one() -> i32 {
+    1
+}
 
 /// One key's state in a stage's changelog topic (schema `state_snapshot`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -38,6 +38,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/sanitized_telemetry/v2.avsc"),
     ),
     (
+        "sanitized_telemetry",
+        3,
+        include_str!("../../../schemas/sanitized_telemetry/v3.avsc"),
+    ),
+    (
         "feature",
         1,
         include_str!("../../../schemas/feature/v1.avsc"),
@@ -59,9 +64,19 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/dead_letter/v1.avsc"),
     ),
     (
+        "dead_letter",
+        2,
+        include_str!("../../../schemas/dead_letter/v2.avsc"),
+    ),
+    (
         "privacy_audit",
         1,
         include_str!("../../../schemas/privacy_audit/v1.avsc"),
+    ),
+    (
+        "privacy_audit",
+        2,
+        include_str!("../../../schemas/privacy_audit/v2.avsc"),
     ),
     (
         "state_snapshot",

@@ -1,6 +1,9 @@
 //! Configuration errors of a stage, and setting names derived from its clap arguments so that
 //! no message spells a flag or an environment variable by hand.
 
+use std::fmt;
+use std::str::FromStr;
+
 use clap::builder::Resettable;
 use clap::{Args, Command, FromArgMatches};
 
@@ -22,6 +25,36 @@ impl ConfigError {
             setting: setting_name::<A>(id),
             message: message.into(),
         }
+    }
+}
+
+/// A secret setting. `Debug` and `Display` print `***`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for handing to the Kafka client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
     }
 }
 

@@ -5,43 +5,11 @@
 //! service at start-up with a message naming it (the name is derived from the clap definition).
 //! Secrets are wrapped in [`Secret`], whose `Debug` never prints them.
 
-use std::fmt;
-use std::str::FromStr;
-
 use clap::{Args, ValueEnum};
 use rdkafka::ClientConfig;
 use seqmon_model::topics::TopicRole;
+pub use seqmon_processor::config::Secret;
 use seqmon_processor::ConfigError;
-
-/// A secret setting. `Debug` and `Display` print `***`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret value, for handing to the Kafka client only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
 
 /// Kafka security protocol. Kafka's own spellings (`SASL_SSL`, `SSL`, ...) are accepted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -65,10 +65,15 @@ pub fn create_topics(bootstrap: &str, prefix: &str, partitions: u32) {
     assert!(status.success(), "create-topics failed");
 }
 
+/// The pseudonym key the privacy enforcer gets in tests and benchmarks (public, test only).
+pub const TEST_PSEUDONYM_KEY_HEX: &str =
+    "7465737420706b6579206f6e6c793a206e6f7420666f722070726f64756374696f6e";
+
 /// The command line every stage service gets in tests and benchmarks: Kafka mode, per-run
-/// topics, group and transactional id, and its metrics on `metrics_port`.
+/// topics, group and transactional id, and its metrics on `metrics_port` (and the test
+/// pseudonym key for the privacy enforcer, which refuses to start without one).
 pub fn stage_args(stage: &str, bootstrap: &str, prefix: &str, metrics_port: u16) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "kafka".into(),
         "--bootstrap-servers".into(),
         bootstrap.into(),
@@ -80,7 +85,11 @@ pub fn stage_args(stage: &str, bootstrap: &str, prefix: &str, metrics_port: u16)
         format!("{prefix}{stage}-0"),
         "--metrics-addr".into(),
         format!("127.0.0.1:{metrics_port}"),
-    ]
+    ];
+    if stage == "privacy-enforcer" {
+        args.extend(["--pseudonym-key".into(), TEST_PSEUDONYM_KEY_HEX.into()]);
+    }
+    args
 }
 
 /// Every sample of a service's `/metrics`, by series (`name{labels}`); `None` while it does not

@@ -8,7 +8,7 @@ use seqmon_anomaly_detector::AnomalyDetector;
 use seqmon_feature_extractor::FeatureExtractor;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
-    decode, Alert, AlertAction, Anomaly, AnomalyState, MaintenanceEntry, Subsystem,
+    decode, Alert, AlertAction, Anomaly, AnomalyState, MaintenanceEntry, PrivacyAction, Subsystem,
 };
 use seqmon_notifier::Notifier;
 use seqmon_privacy_enforcer::PrivacyEnforcer;
@@ -56,6 +56,9 @@ pub struct Collected {
     pub dead_letters: BTreeMap<String, u64>,
     /// Privacy audit records.
     pub privacy_removals: u64,
+    /// Values the privacy boundary acted on, by action (pseudonymized, replaced with OTHER,
+    /// removed, record rejected), summed over the audit records' counts.
+    pub privacy_actions: BTreeMap<String, u64>,
     /// ACTIVE anomaly records.
     pub anomalies_active: u64,
     /// Records the validator forwarded.
@@ -105,7 +108,16 @@ impl Collected {
                 None
             }
             TopicRole::PrivacyAudit => {
+                let a: seqmon_model::PrivacyAudit = decode(&e.value).map_err(bad)?;
                 self.privacy_removals += 1;
+                let action = match a.action {
+                    PrivacyAction::PSEUDONYMIZED => "pseudonymized",
+                    PrivacyAction::REPLACED_WITH_OTHER => "replaced_with_other",
+                    PrivacyAction::FIELD_REMOVED => "removed",
+                    PrivacyAction::RECORD_REJECTED => "rejected",
+                };
+                *self.privacy_actions.entry(action.to_string()).or_default() +=
+                    u64::try_from(a.count).unwrap_or(0);
                 None
             }
             TopicRole::Anomalies => {
@@ -136,7 +148,10 @@ pub struct Summary {
     pub events: u64,
     pub validated: u64,
     pub dead_letters: BTreeMap<String, u64>,
+    /// Audit records written at the privacy boundary.
     pub privacy_removals: u64,
+    /// Values the boundary pseudonymized, replaced with OTHER or removed, and records it refused.
+    pub privacy: BTreeMap<String, u64>,
     pub anomalies: u64,
     pub alerts: u64,
     pub maintenance: u64,
@@ -181,6 +196,7 @@ pub fn summarize(events: u64, collected: &Collected, faults: &[FaultTruth]) -> S
         validated: collected.validated,
         dead_letters: collected.dead_letters.clone(),
         privacy_removals: collected.privacy_removals,
+        privacy: collected.privacy_actions.clone(),
         anomalies: collected.anomalies_active,
         alerts: collected
             .alerts

@@ -1,170 +1,445 @@
 //! Privacy enforcer: the privacy boundary. Reads `telemetry.validated`, writes
-//! `telemetry.sanitized` and one `privacy.audit` record per removal (rule and field, never the
-//! value). No service after it reads anything but the sanitized topic.
+//! `telemetry.sanitized` and `privacy.audit` (rule, schema field path and count, never a value).
+//! No service after it reads anything but the sanitized topic.
 //!
-//! By construction, by allowlist:
-//! - every non-null field of the decoded record must be on [`policy::FIELD_ALLOWLIST`], else it
-//!   is removed (this covers fields a newer schema version adds: they are refused until the
-//!   policy allows them);
-//! - attribute keys must be on [`policy::ATTRIBUTE_ALLOWLIST`], and their values clean
-//!   identifiers;
-//! - free text (the operation-log message) must consist of the technical vocabulary, numbers,
-//!   units and event codes, else it is emptied;
-//! - identifier fields (serial, run id, lots, versions, codes) must have an identifier's shape and
-//!   trip no detector; a required identifier that fails rejects the whole record (dead letter
-//!   `PRIVACY_VIOLATION` on the sensitive dead-letter topic, plus an audit record).
+//! Parse, don't filter: the sanitized record is built field by field from typed values, so
+//! nothing crosses that was not parsed. The table of fields and grammars is
+//! `docs/privacy-grammars.md`; in short:
+//! - identifiers (message id, serial, run id, flow cell, lots, versions) cross when they parse
+//!   against a grammar as narrow as the real values ([`seqmon_privacy::grammar`]), else as a
+//!   keyed pseudonym (HMAC-SHA256 under a key that analysis never holds), so equal values stay
+//!   equal (cohorts still work) and nothing of the value is readable;
+//! - names of things (chemistry, application, region, consent basis, event codes) come from
+//!   closed catalogues; an unknown value becomes the symbol `OTHER`;
+//! - operation-log text crosses only as a template of the message-template catalogue (built in,
+//!   plus the operator's file) with typed parameters; the text is rendered from the template,
+//!   never copied; an unknown message keeps code, severity and subsystem and loses its text;
+//! - attributes cross only under keys of the closed attribute catalogue, each value typed by its
+//!   key; unknown keys are dropped and counted, never named;
+//! - every field of the telemetry record is handled explicitly (an exhaustive destructuring: a
+//!   new schema field does not compile until it is given a treatment).
+//!
+//! Each input record gives at most one audit record per (field, rule, action), with a count.
+//! A record with more attributes than `--max-attributes` is refused whole (dead letter
+//! `TOO_LARGE` on the sensitive dead-letter topic, plus its audit record).
 //!
 //! Stateless: a restart needs no state. Exactly-once comes from the runtime's transactions.
 
-pub mod policy;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use apache_avro::types::Value;
 use clap::Args;
-use seqmon_model::codec::decode_value;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
-    DeadLetterReason, PrivacyAction, PrivacyAudit, PrivacyRule, SanitizedTelemetry, Telemetry,
+    DeadLetterReason, InstrumentConfiguration, LogParameter, PrivacyAction, PrivacyAudit,
+    PrivacyRule, RunConfiguration, SanitizedLogEvent, SanitizedTelemetry, Telemetry, NOT_REPORTED,
+    OTHER,
 };
+use seqmon_privacy::pseudonym::{Domain, PseudonymKey};
+use seqmon_privacy::template::{ParamValue, TemplateCatalogue};
+use seqmon_privacy::{catalogue, grammar};
+use seqmon_processor::config::Secret;
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 
-use crate::policy::{
-    check_identifier, check_text, ATTRIBUTE_ALLOWLIST, FIELD_ALLOWLIST, POLICY_VERSION,
-};
+/// Version of the privacy policy, stamped on every sanitized record: 3 is grammars, catalogues,
+/// templates and keyed pseudonyms (1 and 2 were allowlist filters).
+pub const POLICY_VERSION: i32 = 3;
+
+/// The pseudonym key of `make run`, tests and benchmarks: public, so never for production. The
+/// service refuses to start without a key of its own (`--pseudonym-key-file`).
+pub const DEMO_PSEUDONYM_KEY_HEX: &str =
+    "6465 6d6f 2d6b 6579 2d6e 6f74 2d73 6563 7265 742d 6d61 6b65 2d72 756e 2d74 6573";
 
 /// Privacy-enforcer settings.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PrivacyConfig {
-    /// Extra attribute keys to allow beyond the built-in allowlist (comma-separated). Each is
-    /// reviewed like a schema change: add only instrument or run data.
+    /// Key of the keyed pseudonyms (HMAC-SHA256) as hex, at least 32 bytes. Only the privacy
+    /// enforcer holds it; analysis never does. Prefer --pseudonym-key-file.
+    #[arg(long, env = "PRIVACY_PSEUDONYM_KEY", hide_env_values = true)]
+    pub pseudonym_key: Option<Secret>,
+    /// File holding the pseudonym key as hex (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "PRIVACY_PSEUDONYM_KEY_FILE")]
+    pub pseudonym_key_file: Option<PathBuf>,
+    /// Operator's message templates, JSON lines (see docs/privacy-grammars.md), added to the
+    /// built-in catalogue without a rebuild.
+    #[arg(long, env = "PRIVACY_LOG_TEMPLATES_FILE")]
+    pub log_templates_file: Option<PathBuf>,
+    /// Extra attribute keys to let cross beyond the built-in catalogue (comma-separated,
+    /// lower_snake_case). Their values cross only as keyed pseudonyms.
     #[arg(long, env = "PRIVACY_EXTRA_ATTRIBUTE_KEYS", value_delimiter = ',')]
     pub extra_attribute_keys: Vec<String>,
+    /// Most attributes one record may carry; a record with more is refused whole.
+    #[arg(long, env = "PRIVACY_MAX_ATTRIBUTES", default_value_t = 64)]
+    pub max_attributes: usize,
+}
+
+impl Default for PrivacyConfig {
+    /// The defaults stated in the clap attributes above (the environment is not read).
+    fn default() -> Self {
+        seqmon_processor::config::defaults()
+    }
 }
 
 impl PrivacyConfig {
-    /// Checks the settings.
+    /// Checks the settings (pure: the key file is read by the binary, after this).
     pub fn validate(&self) -> Result<(), ConfigError> {
         for k in &self.extra_attribute_keys {
-            if k.is_empty()
-                || !k
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            {
+            let snake = !k.is_empty()
+                && k.len() <= 32
+                && k.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !snake {
                 return Err(ConfigError::of::<Self>(
                     "extra_attribute_keys",
-                    format!("{k:?} must be lower_snake_case"),
+                    format!("{k:?} must be lower_snake_case, at most 32 characters"),
                 ));
             }
         }
-        Ok(())
+        if !(1..=10_000).contains(&self.max_attributes) {
+            return Err(ConfigError::of::<Self>(
+                "max_attributes",
+                "must be 1..=10000",
+            ));
+        }
+        match (&self.pseudonym_key, &self.pseudonym_key_file) {
+            (Some(_), Some(_)) => Err(ConfigError::of::<Self>(
+                "pseudonym_key",
+                "give the key or a key file, not both",
+            )),
+            (None, None) => Err(ConfigError::of::<Self>(
+                "pseudonym_key_file",
+                "the privacy enforcer needs a pseudonym key (hex, at least 32 bytes) that analysis never holds",
+            )),
+            (Some(k), None) => PseudonymKey::from_hex(k.expose())
+                .map(|_| ())
+                .map_err(|e| ConfigError::of::<Self>("pseudonym_key", e.to_string())),
+            (None, Some(_)) => Ok(()),
+        }
     }
 }
 
 /// The privacy-enforcer processor.
-#[derive(Debug, Default)]
 pub struct PrivacyEnforcer {
     cfg: PrivacyConfig,
+    key: PseudonymKey,
+    templates: TemplateCatalogue,
+}
+
+impl Default for PrivacyEnforcer {
+    /// Default settings, the built-in templates and the public demo key (tests, `make run`).
+    fn default() -> Self {
+        PrivacyEnforcer::new(
+            PrivacyConfig::default(),
+            demo_key(),
+            TemplateCatalogue::builtin(),
+        )
+    }
+}
+
+/// The public demo key (see [`DEMO_PSEUDONYM_KEY_HEX`]).
+pub fn demo_key() -> PseudonymKey {
+    let hex: String = DEMO_PSEUDONYM_KEY_HEX.split_whitespace().collect();
+    PseudonymKey::from_hex(&hex).expect("the demo key is valid hex of 32 bytes")
+}
+
+/// What the enforcer did to one field: rule and action, counted per input record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Removal {
+    field: &'static str,
+    rule: PrivacyRule,
+    action: PrivacyAction,
+    event_code: Option<&'static str>,
+}
+
+/// The audit of one input record: each (field, rule, action) once, with a count.
+#[derive(Debug, Default)]
+struct AuditLog {
+    entries: Vec<(Removal, i32)>,
+    /// The parsed event code of an unknown message (kept apart: it is an owned string).
+    unknown_message_code: Option<String>,
+}
+
+impl AuditLog {
+    fn note(&mut self, field: &'static str, rule: PrivacyRule, action: PrivacyAction, n: i32) {
+        let r = Removal {
+            field,
+            rule,
+            action,
+            event_code: None,
+        };
+        match self.entries.iter_mut().find(|(e, _)| *e == r) {
+            Some((_, count)) => *count = count.saturating_add(n),
+            None => self.entries.push((r, n)),
+        }
+    }
 }
 
 impl PrivacyEnforcer {
-    /// An enforcer with the given settings.
-    pub fn new(cfg: PrivacyConfig) -> Self {
-        PrivacyEnforcer { cfg }
-    }
-
-    fn attribute_allowed(&self, key: &str) -> bool {
-        ATTRIBUTE_ALLOWLIST.contains(&key) || self.cfg.extra_attribute_keys.iter().any(|k| k == key)
-    }
-}
-
-/// Non-null field paths of a record value (maps contribute their own path, not their keys).
-fn non_null_paths(value: &Value, prefix: &str, out: &mut Vec<String>) {
-    if let Value::Record(fields) = value {
-        for (name, v) in fields {
-            let v = match v {
-                Value::Union(_, inner) => inner.as_ref(),
-                other => other,
-            };
-            if matches!(v, Value::Null) {
-                continue;
-            }
-            let path = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}.{name}")
-            };
-            non_null_paths(v, &path, out);
-            out.push(path);
+    /// An enforcer with its settings, pseudonym key and template catalogue.
+    pub fn new(cfg: PrivacyConfig, key: PseudonymKey, templates: TemplateCatalogue) -> Self {
+        PrivacyEnforcer {
+            cfg,
+            key,
+            templates,
         }
     }
-}
 
-/// The non-null field paths of the record as decoded (resolved to the newest telemetry version)
-/// and the typed record; rejects the input when it does not decode. Records written with the
-/// newest version are walked and decoded directly ([`seqmon_model::fast`]); older ones go
-/// through apache-avro's resolving decode into a generic value. Both give the same paths for
-/// the same record (tests/tests/avro_fast_decode.rs checks it on a whole simulated fleet).
-pub fn field_paths_and_record(
-    input: &Envelope<'_>,
-    out: &mut Emitter,
-) -> Option<(Vec<String>, Telemetry)> {
-    let latest = seqmon_model::store().latest("telemetry");
-    if let Ok((writer, body)) = seqmon_model::codec::writer_schema(input.value) {
-        if writer.name == latest.name && writer.version == latest.version {
-            if let Some(plan) = &writer.plan {
-                let paths = match seqmon_model::fast::non_null_paths(plan, body) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        out.reject(
-                            DeadLetterReason::UNDECODABLE,
-                            format!("telemetry v{} does not decode: {e}", writer.version),
-                        );
-                        return None;
-                    }
-                };
-                let t = out.decode_or_reject::<Telemetry>(input)?;
-                return Some((paths, t));
-            }
-        }
-    }
-    let (_, value) = match decode_value(input.value, "telemetry") {
-        Ok(v) => v,
-        Err(e) => {
-            out.reject(e.reason(), e.to_string());
-            return None;
-        }
-    };
-    let mut paths = Vec::new();
-    non_null_paths(&value, "", &mut paths);
-    match apache_avro::from_value(&value) {
-        Ok(t) => Some((paths, t)),
-        Err(e) => {
-            out.reject(
-                DeadLetterReason::UNDECODABLE,
-                format!("telemetry does not map to the current record type: {e}"),
+    /// `value` as parsed by `parses`, or its keyed pseudonym (audited). Empty and
+    /// [`NOT_REPORTED`] stay as they are.
+    fn identifier(
+        &self,
+        field: &'static str,
+        value: &str,
+        parses: fn(&str) -> bool,
+        domain: Domain,
+        audit: &mut AuditLog,
+    ) -> String {
+        if value.is_empty() || value == NOT_REPORTED || parses(value) {
+            value.to_string()
+        } else {
+            audit.note(
+                field,
+                PrivacyRule::GRAMMAR_MISMATCH,
+                PrivacyAction::PSEUDONYMIZED,
+                1,
             );
-            None
+            self.key.pseudonym(domain, value)
+        }
+    }
+
+    /// The catalogue's spelling of `value`, or `OTHER` (audited). Empty and [`NOT_REPORTED`]
+    /// stay as they are.
+    fn catalogued(
+        field: &'static str,
+        value: &str,
+        lookup: fn(&str) -> Option<&'static str>,
+        audit: &mut AuditLog,
+    ) -> String {
+        if value.is_empty() || value == NOT_REPORTED {
+            return value.to_string();
+        }
+        match lookup(value) {
+            Some(canonical) => canonical.to_string(),
+            None => {
+                audit.note(
+                    field,
+                    PrivacyRule::NOT_IN_CATALOGUE,
+                    PrivacyAction::REPLACED_WITH_OTHER,
+                    1,
+                );
+                OTHER.to_string()
+            }
+        }
+    }
+
+    fn log_event(
+        &self,
+        l: seqmon_model::OperationLogEvent,
+        audit: &mut AuditLog,
+    ) -> SanitizedLogEvent {
+        let code = if grammar::event_code(&l.code) {
+            l.code
+        } else {
+            audit.note(
+                "log_event.code",
+                PrivacyRule::GRAMMAR_MISMATCH,
+                PrivacyAction::REPLACED_WITH_OTHER,
+                1,
+            );
+            OTHER.to_string()
+        };
+        let matched = self
+            .templates
+            .match_message(&l.message)
+            .and_then(|m| self.templates.render(&m).map(|text| (m, text)));
+        let (message, template_id, parameters) = match matched {
+            Some((m, text)) => (
+                text,
+                m.template_id.to_string(),
+                m.params
+                    .iter()
+                    .map(|p| log_parameter(p.name, &p.value))
+                    .collect(),
+            ),
+            None => {
+                if !l.message.is_empty() {
+                    audit.note(
+                        "log_event.message",
+                        PrivacyRule::UNKNOWN_TEMPLATE,
+                        PrivacyAction::FIELD_REMOVED,
+                        1,
+                    );
+                    audit.unknown_message_code = Some(code.clone());
+                }
+                (String::new(), OTHER.to_string(), Vec::new())
+            }
+        };
+        SanitizedLogEvent {
+            code,
+            severity: l.severity,
+            subsystem: l.subsystem,
+            message,
+            template_id,
+            parameters,
+        }
+    }
+
+    fn attributes(
+        &self,
+        attributes: BTreeMap<String, String>,
+        audit: &mut AuditLog,
+    ) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut unknown = 0i32;
+        for (k, v) in attributes {
+            let Some(key) = catalogue::attribute_key(&k) else {
+                if let Some(extra) = self.cfg.extra_attribute_keys.iter().find(|e| **e == k) {
+                    let value = self.key.pseudonym(Domain::Other, &v);
+                    audit.note(
+                        "attributes.<operator key>",
+                        PrivacyRule::GRAMMAR_MISMATCH,
+                        PrivacyAction::PSEUDONYMIZED,
+                        1,
+                    );
+                    out.insert(extra.clone(), value);
+                } else {
+                    unknown = unknown.saturating_add(1);
+                }
+                continue;
+            };
+            let value = match key {
+                "application_name" => Self::catalogued(
+                    ATTR_APPLICATION_NAME,
+                    &v,
+                    catalogue::application_name,
+                    audit,
+                ),
+                // ISO 3166 codes are a closed list: the grammar is the catalogue.
+                "site_region" if grammar::region(&v) => v,
+                "site_region" => Self::catalogued(ATTR_SITE_REGION, &v, |_| None, audit),
+                "consent_basis" => {
+                    Self::catalogued(ATTR_CONSENT_BASIS, &v, catalogue::consent_basis, audit)
+                }
+                "chemistry_version" if catalogue::chemistry(&v).is_some() => {
+                    Self::catalogued(ATTR_CHEMISTRY_VERSION, &v, catalogue::chemistry, audit)
+                }
+                _ => self.identifier(
+                    attribute_field(key),
+                    &v,
+                    grammar::version,
+                    Domain::Version,
+                    audit,
+                ),
+            };
+            out.insert(key.to_string(), value);
+        }
+        if unknown > 0 {
+            audit.note(
+                "attributes.<unknown key>",
+                PrivacyRule::UNKNOWN_ATTRIBUTE_KEY,
+                PrivacyAction::FIELD_REMOVED,
+                unknown,
+            );
+        }
+        out
+    }
+
+    fn instrument_configuration(
+        &self,
+        c: InstrumentConfiguration,
+        audit: &mut AuditLog,
+    ) -> InstrumentConfiguration {
+        let v = |field, value: &str, audit: &mut AuditLog| {
+            self.identifier(field, value, grammar::version, Domain::Version, audit)
+        };
+        InstrumentConfiguration {
+            control_software_version: v(
+                "instrument_configuration.control_software_version",
+                &c.control_software_version,
+                audit,
+            ),
+            rta_version: v(
+                "instrument_configuration.rta_version",
+                &c.rta_version,
+                audit,
+            ),
+            firmware_version: v(
+                "instrument_configuration.firmware_version",
+                &c.firmware_version,
+                audit,
+            ),
+        }
+    }
+
+    fn run_configuration(&self, c: RunConfiguration, audit: &mut AuditLog) -> RunConfiguration {
+        let lot = |field, value: &str, audit: &mut AuditLog| {
+            self.identifier(field, value, grammar::lot_number, Domain::Lot, audit)
+        };
+        RunConfiguration {
+            read1_cycles: c.read1_cycles,
+            index1_cycles: c.index1_cycles,
+            index2_cycles: c.index2_cycles,
+            read2_cycles: c.read2_cycles,
+            chemistry: Self::catalogued(
+                "run_configuration.chemistry",
+                &c.chemistry,
+                catalogue::chemistry,
+                audit,
+            ),
+            flowcell_serial: self.identifier(
+                "run_configuration.flowcell_serial",
+                &c.flowcell_serial,
+                grammar::flowcell_id,
+                Domain::FlowcellId,
+                audit,
+            ),
+            flowcell_lot: lot("run_configuration.flowcell_lot", &c.flowcell_lot, audit),
+            reagent_kit_lot: lot(
+                "run_configuration.reagent_kit_lot",
+                &c.reagent_kit_lot,
+                audit,
+            ),
+            reagent_kit_expiry_date: c.reagent_kit_expiry_date,
+            buffer_lot: lot("run_configuration.buffer_lot", &c.buffer_lot, audit),
+            buffer_expiry_date: c.buffer_expiry_date,
         }
     }
 }
 
-/// The non-null field paths of a decoded generic value (see [`field_paths_and_record`]).
-pub fn value_field_paths(value: &Value) -> Vec<String> {
-    let mut paths = Vec::new();
-    non_null_paths(value, "", &mut paths);
-    paths
+const ATTR_APPLICATION_NAME: &str = "attributes.application_name";
+const ATTR_SITE_REGION: &str = "attributes.site_region";
+const ATTR_CONSENT_BASIS: &str = "attributes.consent_basis";
+const ATTR_CHEMISTRY_VERSION: &str = "attributes.chemistry_version";
+
+/// The audit field path of a catalogued attribute key (a schema path, never input text).
+fn attribute_field(key: &'static str) -> &'static str {
+    match key {
+        "application_name" => ATTR_APPLICATION_NAME,
+        "application_version" => "attributes.application_version",
+        "fpga_version" => "attributes.fpga_version",
+        "recipe_version" => "attributes.recipe_version",
+        "chemistry_version" => ATTR_CHEMISTRY_VERSION,
+        "site_region" => ATTR_SITE_REGION,
+        "collector_version" => "attributes.collector_version",
+        "consent_basis" => ATTR_CONSENT_BASIS,
+        _ => "attributes.<catalogued key>",
+    }
 }
 
-/// Names a map key in an audit record only when the key itself is a harmless identifier.
-fn audit_key(key: &str) -> String {
-    let plain = !key.is_empty()
-        && key.len() <= 40
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if plain && policy::detect(key).is_none() {
-        format!("attributes.{key}")
-    } else {
-        "attributes.<unnamed key>".to_string()
+fn log_parameter(name: &str, value: &ParamValue) -> LogParameter {
+    let (number, unit, symbol) = match value {
+        ParamValue::Int(i) => (Some(*i as f64), None, None),
+        ParamValue::Number { value, unit, .. } => {
+            (Some(*value), unit.map(|u| u.symbol().to_string()), None)
+        }
+        ParamValue::Code(s) | ParamValue::Version(s) => (None, None, Some(s.clone())),
+        ParamValue::Part(p) => (None, None, Some((*p).to_string())),
+    };
+    LogParameter {
+        name: name.to_string(),
+        number,
+        unit,
+        symbol,
     }
 }
 
@@ -181,288 +456,120 @@ impl Processor for PrivacyEnforcer {
     fn dead_letter_role(&self) -> TopicRole {
         TopicRole::DeadLettersSensitive
     }
-    /// A refused record keeps its audit records: they say why it was refused.
+    /// A refused record keeps its audit record: it says why it was refused.
     fn survives_rejection(&self, role: TopicRole) -> bool {
         role == TopicRole::PrivacyAudit
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
-        let Some((paths, t)) = field_paths_and_record(input, out) else {
+        let Some(t) = out.decode_or_reject::<Telemetry>(input) else {
             return Ok(());
         };
-        let mut removed: Vec<(String, PrivacyRule)> = Vec::new();
-        for p in paths
-            .iter()
-            .filter(|p| !FIELD_ALLOWLIST.contains(&p.as_str()))
-        {
-            removed.push((p.clone(), PrivacyRule::FIELD_NOT_ALLOWLISTED));
-        }
-        let audit = |field: &str, rule: PrivacyRule, action: PrivacyAction| PrivacyAudit {
-            message_id: t.message_id.clone(),
-            instrument_serial: t.instrument_serial.clone(),
-            event_time_ms: t.event_time_ms,
-            field: field.to_string(),
-            rule,
-            action,
+        // Every field, by name: a field added to the schema does not compile until it is given
+        // a treatment here.
+        let Telemetry {
+            message_id,
+            instrument_serial,
+            instrument_model,
+            event_time_ms,
+            sent_time_ms,
+            kind,
+            run_id,
+            sensors,
+            log_event,
+            run_performance,
+            instrument_configuration,
+            run_configuration,
+            attributes,
+        } = t;
+        let mut audit = AuditLog::default();
+        let message_id = self.identifier(
+            "message_id",
+            &message_id,
+            grammar::message_id,
+            Domain::MessageId,
+            &mut audit,
+        );
+        let serial = self.identifier(
+            "instrument_serial",
+            &instrument_serial,
+            |s| grammar::instrument_serial(s).is_some(),
+            Domain::InstrumentSerial,
+            &mut audit,
+        );
+        let audit_record = |removal: &Removal, count: i32, code: Option<String>| PrivacyAudit {
+            message_id: message_id.clone(),
+            instrument_serial: serial.clone(),
+            event_time_ms,
+            field: removal.field.to_string(),
+            rule: removal.rule,
+            action: removal.action,
+            count,
+            event_code: code,
             source_topic: input.topic.to_string(),
             source_partition: input.partition,
             source_offset: input.offset,
         };
-        // The message id and serial key every audit record, so they are checked first: when
-        // they are not clean identifiers the audit names no message at all.
-        let mut identifiers: Vec<(&str, &str)> = vec![
-            ("message_id", &t.message_id),
-            ("instrument_serial", &t.instrument_serial),
-        ];
-        if let Some(r) = &t.run_id {
-            identifiers.push(("run_id", r));
-        }
-        if let Some(c) = &t.instrument_configuration {
-            identifiers.extend([
-                (
-                    "instrument_configuration.control_software_version",
-                    c.control_software_version.as_str(),
-                ),
-                ("instrument_configuration.rta_version", &c.rta_version),
-                (
-                    "instrument_configuration.firmware_version",
-                    &c.firmware_version,
-                ),
-            ]);
-        }
-        if let Some(c) = &t.run_configuration {
-            identifiers.extend([
-                (
-                    "run_configuration.flowcell_serial",
-                    c.flowcell_serial.as_str(),
-                ),
-                ("run_configuration.flowcell_lot", &c.flowcell_lot),
-                ("run_configuration.reagent_kit_lot", &c.reagent_kit_lot),
-                ("run_configuration.buffer_lot", &c.buffer_lot),
-            ]);
-        }
-        if let Some(l) = &t.log_event {
-            identifiers.push(("log_event.code", &l.code));
-        }
-        for (field, v) in &identifiers {
-            if let Err(rule) = check_identifier(v) {
-                let mut a = audit(field, rule, PrivacyAction::RECORD_REJECTED);
-                if matches!(*field, "message_id" | "instrument_serial") {
-                    a.message_id = String::new();
-                    a.instrument_serial = String::new();
-                }
-                out.emit(TopicRole::PrivacyAudit, &a.instrument_serial.clone(), &a)?;
-                out.reject(
-                    DeadLetterReason::PRIVACY_VIOLATION,
-                    format!("{field} refused by rule {rule:?}"),
-                );
-                return Ok(());
-            }
-        }
-        let mut log_event = t.log_event.clone();
-        if let Some(l) = log_event.as_mut() {
-            if let Err(rule) = check_text(&l.message) {
-                l.message.clear();
-                removed.push(("log_event.message".into(), rule));
-            }
-        }
-        let mut run_configuration = t.run_configuration.clone();
-        if let Some(c) = run_configuration.as_mut() {
-            if let Err(rule) = check_text(&c.chemistry) {
-                c.chemistry.clear();
-                removed.push(("run_configuration.chemistry".into(), rule));
-            }
-        }
-        let mut attributes = t.attributes.clone();
-        attributes.retain(|k, v| {
-            if !self.attribute_allowed(k) {
-                removed.push((audit_key(k), PrivacyRule::FIELD_NOT_ALLOWLISTED));
-                false
-            } else if let (Err(rule), Err(_)) = (check_identifier(v), check_text(v)) {
-                // An allowlisted value may be an identifier or technical text
-                // ("MiSeq Control Software"); anything else is removed.
-                removed.push((audit_key(k), rule));
-                false
-            } else {
-                true
-            }
-        });
-        for (field, rule) in &removed {
+        if attributes.len() > self.cfg.max_attributes {
+            let removal = Removal {
+                field: "attributes",
+                rule: PrivacyRule::SIZE_LIMIT,
+                action: PrivacyAction::RECORD_REJECTED,
+                event_code: None,
+            };
+            let n = i32::try_from(attributes.len()).unwrap_or(i32::MAX);
             out.emit(
                 TopicRole::PrivacyAudit,
-                &t.instrument_serial,
-                &audit(field, *rule, PrivacyAction::FIELD_REMOVED),
+                &serial,
+                &audit_record(&removal, n, None),
+            )?;
+            out.reject(
+                DeadLetterReason::TOO_LARGE,
+                format!(
+                    "{} attributes; at most {} (--max-attributes)",
+                    attributes.len(),
+                    self.cfg.max_attributes
+                ),
+            );
+            return Ok(());
+        }
+        let run_id = run_id
+            .map(|r| self.identifier("run_id", &r, grammar::run_id, Domain::RunId, &mut audit));
+        let log_event = log_event.map(|l| self.log_event(l, &mut audit));
+        let instrument_configuration =
+            instrument_configuration.map(|c| self.instrument_configuration(c, &mut audit));
+        let run_configuration = run_configuration.map(|c| self.run_configuration(c, &mut audit));
+        let attributes = self.attributes(attributes, &mut audit);
+        for (removal, count) in &audit.entries {
+            let code = (removal.rule == PrivacyRule::UNKNOWN_TEMPLATE)
+                .then(|| audit.unknown_message_code.clone())
+                .flatten();
+            out.emit(
+                TopicRole::PrivacyAudit,
+                &serial,
+                &audit_record(removal, *count, code),
             )?;
         }
         let sanitized = SanitizedTelemetry {
-            message_id: t.message_id.clone(),
-            instrument_serial: t.instrument_serial.clone(),
-            instrument_model: t.instrument_model,
-            event_time_ms: t.event_time_ms,
-            sent_time_ms: t.sent_time_ms,
-            kind: t.kind,
+            message_id: message_id.clone(),
+            instrument_serial: serial.clone(),
+            instrument_model,
+            event_time_ms,
+            sent_time_ms,
+            kind,
             privacy_policy_version: POLICY_VERSION,
-            run_id: t.run_id.clone(),
-            sensors: t.sensors.clone(),
+            run_id,
+            // Numbers and enums: typed by the schema already.
+            sensors,
             log_event,
-            run_performance: t.run_performance.clone(),
-            instrument_configuration: t.instrument_configuration.clone(),
+            run_performance,
+            instrument_configuration,
             run_configuration,
             attributes,
         };
-        out.emit(TopicRole::Sanitized, &t.instrument_serial, &sanitized)
+        out.emit(TopicRole::Sanitized, &serial, &sanitized)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use seqmon_model::{
-        decode, encode, InstrumentModel, OperationLogEvent, Severity, Subsystem, TelemetryKind,
-    };
-
-    fn log_record(message: &str) -> Telemetry {
-        Telemetry {
-            message_id: "id-1".into(),
-            instrument_serial: "A00123".into(),
-            instrument_model: InstrumentModel::NOVASEQ_6000,
-            event_time_ms: 1,
-            sent_time_ms: 2,
-            kind: TelemetryKind::OPERATION_LOG,
-            run_id: Some("261129_A00123_0042_BHXYZ".into()),
-            sensors: None,
-            log_event: Some(OperationLogEvent {
-                code: "E-FLU-301".into(),
-                severity: Severity::ERROR,
-                subsystem: Subsystem::FLUIDICS,
-                message: message.into(),
-            }),
-            run_performance: None,
-            instrument_configuration: None,
-            run_configuration: None,
-            attributes: [
-                ("application_version".to_string(), "1.7.5".to_string()),
-                ("operator_email".to_string(), "jane@lab.org".to_string()),
-            ]
-            .into(),
-        }
-    }
-
-    fn run(
-        t: &Telemetry,
-    ) -> (
-        Vec<seqmon_processor::Emitted>,
-        Option<seqmon_processor::Rejection>,
-    ) {
-        let bytes = encode(t).unwrap();
-        let env = Envelope {
-            key: Some(b"A00123"),
-            value: &bytes,
-            topic: "telemetry.validated",
-            partition: 1,
-            offset: 9,
-            timestamp_ms: None,
-        };
-        let mut out = Emitter::default();
-        PrivacyEnforcer::default().process(&env, &mut out).unwrap();
-        let (records, rejection, _) = out.take();
-        (records, rejection)
-    }
-
-    #[test]
-    fn removes_personal_text_and_unlisted_attributes_and_audits_without_values() {
-        let (out, rej) = run(&log_record(
-            "Run started by Dr. Alice Keller, alice.keller@clinic.example",
-        ));
-        assert!(rej.is_none());
-        let sanitized: SanitizedTelemetry = decode(
-            &out.iter()
-                .find(|e| e.role == TopicRole::Sanitized)
-                .unwrap()
-                .value,
-        )
-        .unwrap();
-        assert_eq!(sanitized.log_event.unwrap().message, "");
-        assert_eq!(
-            sanitized.attributes.keys().collect::<Vec<_>>(),
-            ["application_version"]
-        );
-        let audits: Vec<PrivacyAudit> = out
-            .iter()
-            .filter(|e| e.role == TopicRole::PrivacyAudit)
-            .map(|e| decode(&e.value).unwrap())
-            .collect();
-        let fields: Vec<(&str, PrivacyRule)> =
-            audits.iter().map(|a| (a.field.as_str(), a.rule)).collect();
-        assert!(
-            fields.contains(&("log_event.message", PrivacyRule::EMAIL_ADDRESS)),
-            "{fields:?}"
-        );
-        assert!(
-            fields.contains(&(
-                "attributes.operator_email",
-                PrivacyRule::FIELD_NOT_ALLOWLISTED
-            )),
-            "{fields:?}"
-        );
-        for e in &out {
-            let text = String::from_utf8_lossy(&e.value);
-            assert!(
-                !text.contains("alice")
-                    && !text.contains("Keller")
-                    && !text.contains("jane@lab.org"),
-                "{}",
-                e.role
-            );
-        }
-    }
-
-    #[test]
-    fn clean_text_crosses_unchanged() {
-        let (out, _) = run(&log_record("Fluidics pressure high at inlet: 181 kPa"));
-        let sanitized: SanitizedTelemetry = decode(&out[out.len() - 1].value).unwrap();
-        assert_eq!(
-            sanitized.log_event.unwrap().message,
-            "Fluidics pressure high at inlet: 181 kPa"
-        );
-    }
-
-    #[test]
-    fn a_personal_identifier_rejects_the_record() {
-        let mut t = log_record("Run started");
-        t.run_id = Some("run of john.doe@hospital.example".into());
-        let (out, rej) = run(&t);
-        let rej = rej.expect("rejected");
-        assert_eq!(rej.reason, DeadLetterReason::PRIVACY_VIOLATION);
-        assert!(!rej.detail.contains("john"));
-        assert!(out.iter().all(|e| e.role == TopicRole::PrivacyAudit));
-        let a: PrivacyAudit = decode(&out[0].value).unwrap();
-        assert_eq!(
-            (a.field.as_str(), a.rule, a.action),
-            (
-                "run_id",
-                PrivacyRule::EMAIL_ADDRESS,
-                PrivacyAction::RECORD_REJECTED
-            )
-        );
-    }
-
-    #[test]
-    fn fields_outside_the_allowlist_are_found_in_any_record() {
-        let v = Value::Record(vec![
-            ("message_id".into(), Value::String("x".into())),
-            (
-                "operator".into(),
-                Value::Union(1, Box::new(Value::String("n".into()))),
-            ),
-            ("note".into(), Value::Union(0, Box::new(Value::Null))),
-        ]);
-        let mut paths = Vec::new();
-        non_null_paths(&v, "", &mut paths);
-        let refused: Vec<_> = paths
-            .iter()
-            .filter(|p| !FIELD_ALLOWLIST.contains(&p.as_str()))
-            .collect();
-        assert_eq!(refused, ["operator"]);
-    }
-}
+mod tests;

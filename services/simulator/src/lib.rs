@@ -123,7 +123,8 @@ pub enum Expect {
         reason: DeadLetterReason,
         reason_in_files: DeadLetterReason,
     },
-    /// Accepted, with `field` removed at the privacy boundary by `rule`.
+    /// Accepted, with `field` pseudonymized, replaced by OTHER or removed at the privacy
+    /// boundary by `rule` (one audit record).
     PrivacyRemoval {
         field: &'static str,
         rule: PrivacyRule,
@@ -198,6 +199,7 @@ struct Instrument {
     fault: Option<(Scenario, i64)>,
     run_seq: u32,
     run_id: String,
+    flowcell: String,
     run_start_ms: i64,
     run_quality: f64,
     reagent_lot: String,
@@ -225,6 +227,43 @@ const SCENARIOS: [Scenario; 9] = [
 const BAD_LOT: &str = "SBS-20991-BAD";
 const RUN_HOURS: f64 = 2.0;
 const IDLE_MINUTES: i64 = 10;
+
+/// `YYMMDD` (UTC) of a time in ms since the epoch, as run folder names write the date.
+fn yymmdd(ms: i64) -> String {
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{:02}{month:02}{day:02}", year % 100)
+}
+
+/// A flow-cell id in the shape the model's flow cells have (see docs/privacy-grammars.md),
+/// from one random draw.
+fn flowcell_for(model: InstrumentModel, draw: u64) -> String {
+    const ALNUM: &[u8] = b"ABCDEFGHJKLMNPRSTUVWXY0123456789";
+    let mut n = draw;
+    let mut chars = |k: usize| -> String {
+        (0..k)
+            .map(|_| {
+                let c = ALNUM[(n % ALNUM.len() as u64) as usize] as char;
+                n /= ALNUM.len() as u64;
+                c
+            })
+            .collect()
+    };
+    match model {
+        InstrumentModel::NOVASEQ_6000 => format!("H{}DSXX", chars(4)),
+        InstrumentModel::NEXTSEQ_2000 => format!("AAA{}M5", chars(4)),
+        InstrumentModel::MISEQ => format!("000000000-A{}", chars(4)),
+        _ => format!("BPA{:05}-{:04}", draw % 100_000, draw % 10_000),
+    }
+}
 
 fn serial_for(model: InstrumentModel, i: usize) -> String {
     match model {
@@ -305,6 +344,7 @@ impl Fleet {
                     fault: None,
                     run_seq: 0,
                     run_id: String::new(),
+                    flowcell: String::new(),
                     run_start_ms: 0,
                     run_quality: 0.0,
                     reagent_lot: String::new(),
@@ -523,13 +563,21 @@ impl Generator {
             inst.run_seq += 1;
             inst.run_start_ms = t;
             inst.run_quality = self.rng.range(-0.8, 0.8);
-            let day = (t / 86_400_000) % 1000;
+            // A run folder name as instruments write it: date, serial, run number, flow cell
+            // (one draw, as before, so the fleet's random stream is unchanged).
+            let flowcell = flowcell_for(inst.model, self.rng.below(99_999) as u64);
             inst.run_id = format!(
-                "{day:03}_{}_{:04}_FC{:05}",
+                "{}_{}_{:04}_{}{flowcell}",
+                yymmdd(t),
                 inst.serial,
                 inst.run_seq,
-                self.rng.below(99_999)
+                if inst.model == InstrumentModel::NOVASEQ_6000 {
+                    "A"
+                } else {
+                    ""
+                },
             );
+            inst.flowcell = flowcell;
             inst.reagent_lot = if scenario == Some(Scenario::BadReagentLot) {
                 BAD_LOT.to_string()
             } else {
@@ -542,7 +590,11 @@ impl Generator {
                 index2_cycles: 10,
                 read2_cycles: 151,
                 chemistry: "SBS v1.5 300 cycles".into(),
-                flowcell_serial: format!("HFC{:06}", self.rng.below(999_999)),
+                flowcell_serial: {
+                    // The draw stays so the random stream is unchanged; the id is the run's.
+                    let _ = self.rng.below(999_999);
+                    inst.flowcell.clone()
+                },
                 flowcell_lot: format!("FC-{}", 30000 + self.rng.below(900)),
                 reagent_kit_lot: inst.reagent_lot.clone(),
                 reagent_kit_expiry_date: (t / 86_400_000) as i32 + 180,
@@ -863,7 +915,7 @@ impl Generator {
                         PrivacyRule::SAMPLE_IDENTIFIER,
                     ),
                 ];
-                let (text, secret, rule) = texts[self.rng.below(texts.len())];
+                let (text, secret, _detected_as) = texts[self.rng.below(texts.len())];
                 self.pii.push(secret.to_string());
                 t.kind = TelemetryKind::OPERATION_LOG;
                 t.sensors = None;
@@ -879,7 +931,7 @@ impl Generator {
                     &t,
                     Expect::PrivacyRemoval {
                         field: "log_event.message",
-                        rule,
+                        rule: PrivacyRule::UNKNOWN_TEMPLATE,
                     },
                 )
             }
@@ -891,8 +943,8 @@ impl Generator {
                     false,
                     &t,
                     Expect::PrivacyRemoval {
-                        field: "attributes.operator_email",
-                        rule: PrivacyRule::FIELD_NOT_ALLOWLISTED,
+                        field: "attributes.<unknown key>",
+                        rule: PrivacyRule::UNKNOWN_ATTRIBUTE_KEY,
                     },
                 )
             }
@@ -900,13 +952,13 @@ impl Generator {
                 let email = format!("pi{}@university.example", self.rng.below(100));
                 self.pii.push(email.clone());
                 t.run_id = Some(format!("run-for-{email}"));
+                // Not a run id: it crosses as a keyed pseudonym, the record's data survives.
                 self.record(
                     inst.old_firmware,
                     &t,
-                    Expect::DeadLetter {
-                        stage: "privacy-enforcer",
-                        reason: DeadLetterReason::PRIVACY_VIOLATION,
-                        reason_in_files: DeadLetterReason::PRIVACY_VIOLATION,
+                    Expect::PrivacyRemoval {
+                        field: "run_id",
+                        rule: PrivacyRule::GRAMMAR_MISMATCH,
                     },
                 )
             }
@@ -967,9 +1019,21 @@ mod tests {
             DeadLetterReason::MISSING_FIELD,
             DeadLetterReason::OUT_OF_RANGE,
             DeadLetterReason::DUPLICATE_MESSAGE,
-            DeadLetterReason::PRIVACY_VIOLATION,
         ] {
             assert!(dl.keys().any(|(_, r)| *r == reason), "{reason:?}");
+        }
+        // Personal data crosses as nothing: pseudonymized, its text dropped, its key dropped.
+        for rule in [
+            PrivacyRule::GRAMMAR_MISMATCH,
+            PrivacyRule::UNKNOWN_TEMPLATE,
+            PrivacyRule::UNKNOWN_ATTRIBUTE_KEY,
+        ] {
+            assert!(
+                sim.records.iter().any(
+                    |r| matches!(r.expect, Expect::PrivacyRemoval { rule: got, .. } if got == rule)
+                ),
+                "{rule:?}"
+            );
         }
         assert!(sim.expected_privacy_removals() > 0);
         assert!(!sim.pii_strings.is_empty());

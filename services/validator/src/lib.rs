@@ -41,6 +41,16 @@ pub struct ValidatorConfig {
     /// Most message ids remembered per instrument.
     #[arg(long, env = "VALIDATOR_DEDUP_MAX_IDS", default_value_t = 8192)]
     pub dedup_max_ids: usize,
+    /// Largest record accepted, bytes; a larger one is a dead letter TOO_LARGE before it is
+    /// decoded. Keep it well below the broker's message limit: the dead letter carries it.
+    #[arg(long, env = "VALIDATOR_MAX_RECORD_BYTES", default_value_t = 262_144)]
+    pub max_record_bytes: usize,
+    /// Most attributes one record may carry.
+    #[arg(long, env = "VALIDATOR_MAX_ATTRIBUTES", default_value_t = 64)]
+    pub max_attributes: usize,
+    /// Longest string field (identifier, log text, attribute key or value), bytes.
+    #[arg(long, env = "VALIDATOR_MAX_STRING_BYTES", default_value_t = 4096)]
+    pub max_string_bytes: usize,
 }
 
 impl Default for ValidatorConfig {
@@ -75,6 +85,15 @@ impl ValidatorConfig {
                 "dedup_horizon_ms",
                 "must be positive and at most 24 h (the validator changelog keeps 25 h)",
             );
+        }
+        if !(1_024..=8_388_608).contains(&self.max_record_bytes) {
+            return bad("max_record_bytes", "must be 1024..=8388608");
+        }
+        if !(1..=10_000).contains(&self.max_attributes) {
+            return bad("max_attributes", "must be 1..=10000");
+        }
+        if !(64..=1_048_576).contains(&self.max_string_bytes) {
+            return bad("max_string_bytes", "must be 64..=1048576");
         }
         if self.dedup_max_ids == 0 {
             return bad("dedup_max_ids", "must be positive");
@@ -183,6 +202,74 @@ impl Validator {
     }
 
     /// Runs every check except de-duplication; `Err` is the rejection.
+    /// Caps on attributes and string lengths: one record must not cost the boundary unbounded
+    /// work or audit records.
+    fn check_size(&self, t: &Telemetry) -> Result<(), (R, String)> {
+        if t.attributes.len() > self.cfg.max_attributes {
+            return Err((
+                R::TOO_LARGE,
+                format!(
+                    "{} attributes; at most {} (--max-attributes)",
+                    t.attributes.len(),
+                    self.cfg.max_attributes
+                ),
+            ));
+        }
+        let mut strings: Vec<(&str, usize)> = vec![
+            ("message_id", t.message_id.len()),
+            ("instrument_serial", t.instrument_serial.len()),
+            ("run_id", t.run_id.as_ref().map_or(0, String::len)),
+        ];
+        if let Some(l) = &t.log_event {
+            strings.extend([
+                ("log_event.code", l.code.len()),
+                ("log_event.message", l.message.len()),
+            ]);
+        }
+        if let Some(c) = &t.instrument_configuration {
+            strings.extend([
+                (
+                    "instrument_configuration.control_software_version",
+                    c.control_software_version.len(),
+                ),
+                ("instrument_configuration.rta_version", c.rta_version.len()),
+                (
+                    "instrument_configuration.firmware_version",
+                    c.firmware_version.len(),
+                ),
+            ]);
+        }
+        if let Some(c) = &t.run_configuration {
+            strings.extend([
+                ("run_configuration.chemistry", c.chemistry.len()),
+                ("run_configuration.flowcell_serial", c.flowcell_serial.len()),
+                ("run_configuration.flowcell_lot", c.flowcell_lot.len()),
+                ("run_configuration.reagent_kit_lot", c.reagent_kit_lot.len()),
+                ("run_configuration.buffer_lot", c.buffer_lot.len()),
+            ]);
+        }
+        let longest_attribute = t
+            .attributes
+            .iter()
+            .map(|(k, v)| k.len().max(v.len()))
+            .max()
+            .unwrap_or(0);
+        strings.push(("attributes", longest_attribute));
+        match strings
+            .iter()
+            .find(|(_, len)| *len > self.cfg.max_string_bytes)
+        {
+            Some((field, len)) => Err((
+                R::TOO_LARGE,
+                format!(
+                    "{field} is {len} bytes; at most {} (--max-string-bytes)",
+                    self.cfg.max_string_bytes
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn check(&self, t: &Telemetry, input: &Envelope<'_>) -> Result<(), (R, String)> {
         let fail = |r: R, d: &str| Err((r, d.to_string()));
         if t.message_id.trim().is_empty() {
@@ -374,10 +461,21 @@ impl Processor for Validator {
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
+        if input.value.len() > self.cfg.max_record_bytes {
+            out.reject(
+                R::TOO_LARGE,
+                format!(
+                    "record of {} bytes; at most {} (--max-record-bytes)",
+                    input.value.len(),
+                    self.cfg.max_record_bytes
+                ),
+            );
+            return Ok(());
+        }
         let Some(t) = out.decode_or_reject::<Telemetry>(input) else {
             return Ok(());
         };
-        if let Err((reason, detail)) = self.check(&t, input) {
+        if let Err((reason, detail)) = self.check_size(&t).and_then(|()| self.check(&t, input)) {
             out.reject(reason, detail);
             return Ok(());
         }
@@ -504,6 +602,45 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].value, bytes);
         assert_eq!(out[0].role, TopicRole::Validated);
+    }
+
+    #[test]
+    fn oversized_records_are_dead_letters_and_processing_goes_on() {
+        let mut v = Validator::default();
+        let mut big_text = telemetry("big-text", 1_000_000);
+        big_text.kind = TelemetryKind::OPERATION_LOG;
+        big_text.sensors = None;
+        big_text.log_event = Some(seqmon_model::OperationLogEvent {
+            code: "E-FLU-301".into(),
+            severity: seqmon_model::Severity::ERROR,
+            subsystem: seqmon_model::Subsystem::FLUIDICS,
+            message: "x".repeat(10 * 1024 * 1024),
+        });
+        let mut many_keys = telemetry("many-keys", 1_000_000);
+        many_keys.attributes = (0..300_000)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
+        let mut long_key = telemetry("long-key", 1_000_000);
+        long_key.attributes = [("k".repeat(5000), "v".to_string())].into();
+        for t in [big_text, many_keys, long_key] {
+            let (out, rej) = run(&mut v, &encode(&t).unwrap(), None);
+            assert_eq!(rej, Some(R::TOO_LARGE), "{}", t.message_id);
+            assert!(out.is_empty());
+        }
+        let mut small_cap = Validator::new(ValidatorConfig {
+            max_record_bytes: 2048,
+            ..ValidatorConfig::default()
+        });
+        let mut medium = telemetry("medium", 1_000_000);
+        medium.attributes = [("application_name".to_string(), "y".repeat(3000))].into();
+        let (_, rej) = run(&mut small_cap, &encode(&medium).unwrap(), None);
+        assert_eq!(rej, Some(R::TOO_LARGE), "refused before decoding");
+        let (out, rej) = run(
+            &mut v,
+            &encode(&telemetry("next", 1_000_000)).unwrap(),
+            None,
+        );
+        assert_eq!((out.len(), rej), (1, None), "the next record is processed");
     }
 
     #[test]

@@ -1,11 +1,59 @@
 //! `privacy-enforcer kafka ...` or `privacy-enforcer file ...`: see the library docs.
+//!
+//! The binary reads what the stage's pure logic may not: the pseudonym key file and the
+//! operator's template catalogue. Either failing stops the service at start-up, naming the
+//! setting.
 use std::process::ExitCode;
 
+use seqmon_privacy::pseudonym::PseudonymKey;
+use seqmon_privacy::template::TemplateCatalogue;
 use seqmon_privacy_enforcer::{PrivacyConfig, PrivacyEnforcer};
+use seqmon_runtime::processor::config::setting_name;
+use seqmon_runtime::RuntimeError;
+
+fn bad(id: &str, message: String) -> RuntimeError {
+    RuntimeError::Config {
+        setting: setting_name::<PrivacyConfig>(id),
+        message,
+    }
+}
+
+fn build(cfg: &PrivacyConfig) -> Result<PrivacyEnforcer, RuntimeError> {
+    cfg.validate()?;
+    let hex = match (&cfg.pseudonym_key, &cfg.pseudonym_key_file) {
+        (Some(k), _) => k.expose().to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+            bad(
+                "pseudonym_key_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?,
+        (None, None) => return Err(bad("pseudonym_key_file", "is required".into())),
+    };
+    let key = PseudonymKey::from_hex(&hex).map_err(|e| bad("pseudonym_key_file", e.to_string()))?;
+    let mut templates = TemplateCatalogue::builtin();
+    if let Some(path) = &cfg.log_templates_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            bad(
+                "log_templates_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let extra = TemplateCatalogue::parse(&text)
+            .map_err(|e| bad("log_templates_file", format!("{}: {e}", path.display())))?;
+        let added = extra.len();
+        templates
+            .extend(extra)
+            .map_err(|e| bad("log_templates_file", format!("{}: {e}", path.display())))?;
+        tracing::info!(
+            added,
+            total = templates.len(),
+            "operator log templates loaded"
+        );
+    }
+    Ok(PrivacyEnforcer::new(cfg.clone(), key, templates))
+}
 
 fn main() -> ExitCode {
-    seqmon_runtime::service::service_main(|cfg: &PrivacyConfig| {
-        cfg.validate()?;
-        Ok(PrivacyEnforcer::new(cfg.clone()))
-    })
+    seqmon_runtime::service::service_main(build)
 }
