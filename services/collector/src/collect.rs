@@ -1,20 +1,23 @@
 //! A run folder → raw telemetry records of the four allowed categories: instrument configuration,
 //! run configuration, run performance per lane and cycle, and instrument performance (focus) per
 //! cycle. Only a run whose instrument opted in is collected. Unreadable metric files are reported
-//! as typed errors and the rest of the run is still collected.
+//! as typed errors and the rest of the run is still collected; files used but not whole (a
+//! partial last record, a header only, cycles or tiles missing against the run) are reported as
+//! typed warnings naming the file, so partial figures are never silent.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use seqmon_model::{
     InstrumentConfiguration, InstrumentModel, RunConfiguration, RunPerformance, SensorReadings,
-    Telemetry, TelemetryKind,
+    Telemetry, TelemetryKind, NOT_REPORTED,
 };
 
 use crate::consent::{decide, Consent, ConsentOverride};
-use crate::interop::{self, InteropError};
+use crate::files::Limits;
+use crate::interop::{self, InteropError, InteropWarning};
 use crate::runfolder::{
-    iso_date_days, run_info, run_parameters, RunFolderError, RunInfo, RunParameters,
+    iso_date_days, run_info_with, run_parameters_with, RunFolderError, RunInfo, RunParameters,
 };
 
 /// Version of this collector, sent as an attribute.
@@ -33,6 +36,8 @@ pub struct Collected {
     pub frontier: u16,
     /// Metric files that could not be used, with why.
     pub file_errors: Vec<InteropError>,
+    /// Metric files that were used but not whole: what was skipped or is missing.
+    pub warnings: Vec<InteropWarning>,
 }
 
 /// When a record describes something final, so a live watcher may send it.
@@ -102,15 +107,24 @@ struct CycleAgg {
     qsum: u64,
 }
 
-/// Reads a metric file and checks it against the run; the file is dropped on any error.
+/// Errors and warnings of the metric files of one run.
+#[derive(Default)]
+struct Report {
+    errors: Vec<InteropError>,
+    warnings: Vec<InteropWarning>,
+}
+
+/// Reads a metric file and checks it against the run; the file is dropped on any error, and
+/// its warnings are kept once it is used.
 fn checked<T>(
     file: &Path,
     info: &RunInfo,
     parsed: Result<interop::Parsed<T>, InteropError>,
     key: impl Fn(&T) -> (u16, u16),
-    errors: &mut Vec<InteropError>,
+    report: &mut Report,
 ) -> Vec<T> {
     let total: u32 = info.reads.iter().map(|r| r.cycles).sum();
+    let errors = &mut report.errors;
     match parsed {
         Err(e) => {
             errors.push(e);
@@ -138,19 +152,158 @@ fn checked<T>(
                     return Vec::new();
                 }
             }
+            report.warnings.extend(p.warnings);
             p.records
         }
     }
 }
 
-/// Collects one run folder. `now_ms` is the send time stamped on the records.
+/// Collects one run folder with the default size caps. `now_ms` is the send time stamped on
+/// the records.
 pub fn collect_run(
     folder: &Path,
     operator: Option<ConsentOverride>,
     now_ms: i64,
 ) -> Result<Collected, RunFolderError> {
-    let info = run_info(folder)?;
-    let params = run_parameters(folder)?;
+    collect_run_with(folder, operator, now_ms, &Limits::default())
+}
+
+/// Which cycles a per-cycle metric file holds in a finished run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CycleSpan {
+    /// Every cycle of every read (Q, extraction, corrected intensity, image).
+    AllCycles,
+    /// The cycles of the non-index reads but the last of each (error metrics: PhiX alignment;
+    /// nextseq-2016-04 has 1-80 of read 1's 1-81).
+    AlignedCycles,
+    /// As `AlignedCycles`, without the first cycle of each read either (empirical phasing;
+    /// nextseq-2016-04 has 2-80).
+    PhasingCycles,
+}
+
+/// The cycles `span` expects of the run.
+fn expected_cycles(info: &RunInfo, span: CycleSpan) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut first = 1u32;
+    for r in &info.reads {
+        let last = first + r.cycles.saturating_sub(1);
+        let range = match span {
+            CycleSpan::AllCycles => first..=last,
+            _ if r.indexed => first..=first.saturating_sub(1),
+            CycleSpan::AlignedCycles => first..=last.saturating_sub(1),
+            CycleSpan::PhasingCycles => first + 1..=last.saturating_sub(1),
+        };
+        out.extend(range.filter_map(|c| u16::try_from(c).ok()));
+        first += r.cycles;
+    }
+    out
+}
+
+/// The (lane, tile, cycle) keys of one per-cycle metric file that was used.
+pub struct CycleKeys<'a> {
+    pub file: &'a Path,
+    pub span: CycleSpan,
+    pub keys: Vec<(u16, u16, u16)>,
+}
+
+/// What whole records are missing from the files used, against the run: each per-cycle file
+/// must hold every tile seen in any file of the run at every cycle its kind expects; tile metrics must hold every tile with
+/// every code any tile has. A file cut at a record boundary, which no byte count can tell, is
+/// found here. Empty files are left to their [`InteropWarning::HeaderOnly`].
+pub fn coverage_warnings(
+    info: &RunInfo,
+    per_cycle: &[CycleKeys<'_>],
+    tiles: Option<(&Path, &[interop::TileMetric])>,
+) -> Vec<InteropWarning> {
+    use std::collections::BTreeSet;
+    let mut all_tiles: BTreeSet<(u16, u16)> = BTreeSet::new();
+    for f in per_cycle {
+        all_tiles.extend(f.keys.iter().map(|(l, t, _)| (*l, *t)));
+    }
+    if let Some((_, t)) = tiles {
+        all_tiles.extend(t.iter().map(|r| (r.lane, r.tile)));
+    }
+    let mut out = Vec::new();
+    for f in per_cycle.iter().filter(|f| !f.keys.is_empty()) {
+        let mut at: BTreeMap<u16, BTreeSet<(u16, u16)>> = BTreeMap::new();
+        for (l, t, c) in &f.keys {
+            at.entry(*c).or_default().insert((*l, *t));
+        }
+        let (mut missing, mut partial, mut first_gap) = (0, 0, None);
+        let mut short_tiles: BTreeSet<(u16, u16)> = BTreeSet::new();
+        for c in expected_cycles(info, f.span) {
+            match at.get(&c) {
+                None => missing += 1,
+                Some(have) if have.len() < all_tiles.len() => {
+                    partial += 1;
+                    short_tiles.extend(all_tiles.difference(have).copied());
+                }
+                Some(_) => continue,
+            }
+            first_gap = first_gap.or(Some(c));
+        }
+        let file_tiles: BTreeSet<(u16, u16)> = at.values().flatten().copied().collect();
+        let tiles_missing = short_tiles.len().max(all_tiles.len() - file_tiles.len());
+        if missing + partial + tiles_missing > 0 {
+            out.push(InteropWarning::Incomplete {
+                file: f.file.to_path_buf(),
+                cycles_missing: missing,
+                cycles_partial: partial,
+                tiles_missing,
+                first_gap,
+            });
+        }
+    }
+    if let Some((file, t)) = tiles.filter(|(_, t)| !t.is_empty()) {
+        let mut codes: BTreeMap<(u16, u16), BTreeSet<u16>> = BTreeMap::new();
+        for r in t {
+            codes.entry((r.lane, r.tile)).or_default().insert(r.code);
+        }
+        // Every code any tile has, and the codes a whole file always has: density and
+        // cluster counts (100-103); phasing and prephasing (200 + 2(r-1), 201 + 2(r-1)) of
+        // every non-index read r once any read has them; % aligned (300 + r-1) of every
+        // non-index read once any read has it. MiSeq writes the file code by code, so a cut
+        // at a record boundary drops whole codes from every tile alike.
+        let mut all_codes: BTreeSet<u16> = codes.values().flatten().copied().collect();
+        let has = |range: std::ops::Range<u16>| all_codes.iter().any(|c| range.contains(c));
+        let (phasing, aligned) = (has(200..300), has(300..400));
+        let mut required: Vec<u16> = vec![100, 101, 102, 103];
+        for r in info.reads.iter().filter(|r| !r.indexed) {
+            let i = u16::try_from(r.number.saturating_sub(1)).unwrap_or(u16::MAX / 4);
+            if phasing {
+                required.extend([200 + 2 * i, 201 + 2 * i]);
+            }
+            if aligned {
+                required.push(300 + i);
+            }
+        }
+        all_codes.extend(required);
+        let tiles_missing = all_tiles
+            .iter()
+            .filter(|k| codes.get(k).is_none_or(|c| c.len() < all_codes.len()))
+            .count();
+        if tiles_missing > 0 {
+            out.push(InteropWarning::Incomplete {
+                file: file.to_path_buf(),
+                cycles_missing: 0,
+                cycles_partial: 0,
+                tiles_missing,
+                first_gap: None,
+            });
+        }
+    }
+    out
+}
+
+/// Collects one run folder, reading no file over its cap in `limits`.
+pub fn collect_run_with(
+    folder: &Path,
+    operator: Option<ConsentOverride>,
+    now_ms: i64,
+    limits: &Limits,
+) -> Result<Collected, RunFolderError> {
+    let info = run_info_with(folder, limits)?;
+    let params = run_parameters_with(folder, limits)?;
     let consent = decide(&params.consent_settings, operator);
     if !consent.allows_sending() {
         return Ok(Collected {
@@ -159,20 +312,23 @@ pub fn collect_run(
             release: Vec::new(),
             frontier: 0,
             file_errors: Vec::new(),
+            warnings: Vec::new(),
         });
     }
-    let mut errors = Vec::new();
+    let cap = limits.interop_max_bytes;
+    let mut report = Report::default();
     let dir = folder.join("InterOp");
     let f = |name: &str| dir.join(name);
-    let exists = |name: &str| dir.join(name).exists();
-    let no_cycle = |_: &interop::TileMetric| u16::MAX;
+    // Present at all (a dangling link or a FIFO is present, and refused by the reader).
+    let exists = |name: &str| dir.join(name).symlink_metadata().is_ok();
+    let tiles_file = f("TileMetricsOut.bin");
     let tiles = if exists("TileMetricsOut.bin") {
         checked(
-            &f("TileMetricsOut.bin"),
+            &tiles_file,
             &info,
-            interop::tile_metrics(&f("TileMetricsOut.bin")),
-            |t| (t.lane, no_cycle(t)),
-            &mut errors,
+            interop::tile_metrics_capped(&tiles_file, cap),
+            |t| (t.lane, u16::MAX),
+            &mut report,
         )
     } else {
         Vec::new()
@@ -181,9 +337,9 @@ pub fn collect_run(
         checked(
             &f("QMetricsOut.bin"),
             &info,
-            interop::q_metrics(&f("QMetricsOut.bin")),
+            interop::q_metrics_capped(&f("QMetricsOut.bin"), cap),
             |r| (r.lane, r.cycle),
-            &mut errors,
+            &mut report,
         )
     } else {
         Vec::new()
@@ -192,9 +348,9 @@ pub fn collect_run(
         checked(
             &f("ErrorMetricsOut.bin"),
             &info,
-            interop::error_metrics(&f("ErrorMetricsOut.bin")),
+            interop::error_metrics_capped(&f("ErrorMetricsOut.bin"), cap),
             |r| (r.lane, r.cycle),
-            &mut errors,
+            &mut report,
         )
     } else {
         Vec::new()
@@ -203,59 +359,63 @@ pub fn collect_run(
         checked(
             &f("ExtractionMetricsOut.bin"),
             &info,
-            interop::extraction_metrics(&f("ExtractionMetricsOut.bin")),
+            interop::extraction_metrics_capped(&f("ExtractionMetricsOut.bin"), cap),
             |r| (r.lane, r.cycle),
-            &mut errors,
+            &mut report,
         )
     } else {
         Vec::new()
     };
     // Read and checked for consistency; nothing from them is sent yet.
-    if exists("EmpiricalPhasingMetricsOut.bin") {
+    let phasing = if exists("EmpiricalPhasingMetricsOut.bin") {
         checked(
             &f("EmpiricalPhasingMetricsOut.bin"),
             &info,
-            interop::empirical_phasing_metrics(&f("EmpiricalPhasingMetricsOut.bin")),
+            interop::empirical_phasing_metrics_capped(&f("EmpiricalPhasingMetricsOut.bin"), cap),
             |r| (r.lane, r.cycle),
-            &mut errors,
-        );
-    }
-    let corrected = if exists("CorrectedIntMetricsOut.bin") {
-        checked(
-            &f("CorrectedIntMetricsOut.bin"),
-            &info,
-            interop::corrected_intensity_metrics(&f("CorrectedIntMetricsOut.bin")),
-            |r| (r.lane, r.cycle),
-            &mut errors,
+            &mut report,
         )
     } else {
         Vec::new()
     };
-    if exists("ImageMetricsOut.bin") {
+    let corrected = if exists("CorrectedIntMetricsOut.bin") {
+        checked(
+            &f("CorrectedIntMetricsOut.bin"),
+            &info,
+            interop::corrected_intensity_metrics_capped(&f("CorrectedIntMetricsOut.bin"), cap),
+            |r| (r.lane, r.cycle),
+            &mut report,
+        )
+    } else {
+        Vec::new()
+    };
+    let image = if exists("ImageMetricsOut.bin") {
         checked(
             &f("ImageMetricsOut.bin"),
             &info,
-            interop::image_metrics(&f("ImageMetricsOut.bin")),
+            interop::image_metrics_capped(&f("ImageMetricsOut.bin"), cap),
             |r| (r.lane, r.cycle),
-            &mut errors,
-        );
-    }
+            &mut report,
+        )
+    } else {
+        Vec::new()
+    };
     if exists("IndexMetricsOut.bin") {
         checked(
             &f("IndexMetricsOut.bin"),
             &info,
-            interop::index_metrics(&f("IndexMetricsOut.bin")),
+            interop::index_metrics_capped(&f("IndexMetricsOut.bin"), cap),
             |r| (r.lane, u16::MAX),
-            &mut errors,
+            &mut report,
         );
     }
     if exists("ControlMetricsOut.bin") {
         checked(
             &f("ControlMetricsOut.bin"),
             &info,
-            interop::control_metrics(&f("ControlMetricsOut.bin")),
+            interop::control_metrics_capped(&f("ControlMetricsOut.bin"), cap),
             |r| (r.lane, u16::MAX),
-            &mut errors,
+            &mut report,
         );
     }
     const KNOWN: &[&str] = &[
@@ -277,9 +437,57 @@ pub fn collect_run(
             .collect();
         names.sort();
         for n in names.into_iter().filter(|n| !KNOWN.contains(&n.as_str())) {
-            errors.push(InteropError::UnsupportedFile { file: dir.join(n) });
+            report
+                .errors
+                .push(InteropError::UnsupportedFile { file: dir.join(n) });
         }
     }
+    let keys = |v: &mut dyn Iterator<Item = (u16, u16, u16)>| v.collect::<Vec<_>>();
+    let (q_file, err_file, ext_file, ph_file, ci_file, im_file) = (
+        f("QMetricsOut.bin"),
+        f("ErrorMetricsOut.bin"),
+        f("ExtractionMetricsOut.bin"),
+        f("EmpiricalPhasingMetricsOut.bin"),
+        f("CorrectedIntMetricsOut.bin"),
+        f("ImageMetricsOut.bin"),
+    );
+    let per_cycle = [
+        CycleKeys {
+            file: &q_file,
+            span: CycleSpan::AllCycles,
+            keys: keys(&mut q.iter().map(|r| (r.lane, r.tile, r.cycle))),
+        },
+        CycleKeys {
+            file: &err_file,
+            span: CycleSpan::AlignedCycles,
+            keys: keys(&mut err.iter().map(|r| (r.lane, r.tile, r.cycle))),
+        },
+        CycleKeys {
+            file: &ext_file,
+            span: CycleSpan::AllCycles,
+            keys: keys(&mut ext.iter().map(|r| (r.lane, r.tile, r.cycle))),
+        },
+        CycleKeys {
+            file: &ph_file,
+            span: CycleSpan::PhasingCycles,
+            keys: keys(&mut phasing.iter().map(|r| (r.lane, r.tile, r.cycle))),
+        },
+        CycleKeys {
+            file: &ci_file,
+            span: CycleSpan::AllCycles,
+            keys: keys(&mut corrected.iter().map(|r| (r.lane, r.tile, r.cycle))),
+        },
+        CycleKeys {
+            file: &im_file,
+            span: CycleSpan::AllCycles,
+            keys: keys(&mut image.iter().map(|r| (r.lane, r.tile, r.cycle))),
+        },
+    ];
+    report.warnings.extend(coverage_warnings(
+        &info,
+        &per_cycle,
+        Some((tiles_file.as_path(), tiles.as_slice())),
+    ));
     // A cycle is complete in a file once every tile of every lane has a record for it and for
     // all earlier cycles (files are written in blocks of cycles per tile, not cycle by cycle).
     let keys = |v: Vec<(u16, u16, u16)>| complete_through(&info, v);
@@ -289,16 +497,18 @@ pub fn collect_run(
         (!err.is_empty()).then(|| keys(err.iter().map(|r| (r.lane, r.tile, r.cycle)).collect())),
     ];
     let frontier = frontiers.iter().flatten().min().copied().unwrap_or(0);
-    let (records, release) =
-        build_records(&info, &params, &tiles, &q, &err, &ext, &corrected, now_ms)
-            .into_iter()
-            .unzip();
+    let (records, release) = build_records(
+        &info, &params, &consent, &tiles, &q, &err, &ext, &corrected, now_ms,
+    )
+    .into_iter()
+    .unzip();
     Ok(Collected {
         consent,
         records,
         release,
         frontier,
-        file_errors: errors,
+        file_errors: report.errors,
+        warnings: report.warnings,
     })
 }
 
@@ -336,6 +546,7 @@ fn complete_through(info: &RunInfo, keys: Vec<(u16, u16, u16)>) -> u16 {
 fn build_records(
     info: &RunInfo,
     params: &RunParameters,
+    consent: &Consent,
     tiles: &[interop::TileMetric],
     q: &[interop::QMetric],
     err: &[interop::ErrorMetric],
@@ -385,19 +596,24 @@ fn build_records(
         start_ms,
         &[&info.run_id, "instrument-configuration"],
     );
+    // On what basis consent was taken, on the configuration record only.
+    if let Some(basis) = consent.basis() {
+        c.attributes
+            .insert("consent_basis".to_string(), basis.label().to_string());
+    }
     c.instrument_configuration = Some(InstrumentConfiguration {
         control_software_version: params
             .application_version
             .clone()
-            .unwrap_or_else(|| "unknown".into()),
+            .unwrap_or_else(|| NOT_REPORTED.into()),
         rta_version: params
             .rta_version
             .clone()
-            .unwrap_or_else(|| "unknown".into()),
+            .unwrap_or_else(|| NOT_REPORTED.into()),
         firmware_version: params
             .firmware_version
             .clone()
-            .unwrap_or_else(|| "unknown".into()),
+            .unwrap_or_else(|| NOT_REPORTED.into()),
     });
     out.push((c, Release::Now));
     let (mut non_index, mut index) = (
@@ -415,22 +631,25 @@ fn build_records(
         index1_cycles: cycles(index.next()),
         index2_cycles: cycles(index.next()),
         read2_cycles: cycles(non_index.next()),
-        chemistry: params.chemistry.clone().unwrap_or_else(|| "unknown".into()),
+        chemistry: params
+            .chemistry
+            .clone()
+            .unwrap_or_else(|| NOT_REPORTED.into()),
         flowcell_serial: info.flowcell.clone(),
         flowcell_lot: params
             .flowcell_lot
             .clone()
-            .unwrap_or_else(|| "unknown".into()),
+            .unwrap_or_else(|| NOT_REPORTED.into()),
         reagent_kit_lot: params
             .reagent_kit
             .clone()
-            .unwrap_or_else(|| "unknown".into()),
+            .unwrap_or_else(|| NOT_REPORTED.into()),
         reagent_kit_expiry_date: params
             .reagent_kit_expiry
             .as_deref()
             .and_then(iso_date_days)
             .unwrap_or(0),
-        buffer_lot: params.buffer.clone().unwrap_or_else(|| "unknown".into()),
+        buffer_lot: params.buffer.clone().unwrap_or_else(|| NOT_REPORTED.into()),
         buffer_expiry_date: params
             .buffer_expiry
             .as_deref()

@@ -1,8 +1,17 @@
 //! Readers of Illumina InterOp binary metric files, for the format versions found in real run
 //! folders: Tile v2, Q v4, Error v3, Extraction v2, CorrectedInt v2, Image v1, EmpiricalPhasing v1,
-//! Index v1 and Control v1. Every failure is a typed [`InteropError`] naming the file; a file
-//! whose last record is half-written (the instrument is still writing it) yields the complete
-//! records and reports how many bytes were left over.
+//! Index v1 and Control v1. Every failure is a typed [`InteropError`] naming the file, and the
+//! file is not used. Files are read through [`crate::files::read_bounded`]: regular files only,
+//! up to a size cap.
+//!
+//! A short file is used, never silently: a file whose last record is half-written (the
+//! instrument is still writing it, or the copy was cut) yields its whole records and a typed
+//! [`InteropWarning::PartialRecord`] naming the file and the bytes skipped; a file with a header
+//! and no record yields [`InteropWarning::HeaderOnly`]. Whole records are used (rather than the
+//! file refused) because a run in progress always looks like this, and the live watcher sends a
+//! cycle only once every file holds it for every tile. What is missing at whole-record
+//! boundaries (cycles or tiles absent) is found against the run by
+//! [`crate::collect::coverage_warnings`].
 //!
 //! Privacy: IndexMetricsOut.bin holds sample and project names. Its reader keeps only the lane,
 //! tile, read and cluster count of each record; the names are skipped byte-wise and never held
@@ -10,12 +19,17 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::files::{read_bounded, FileError, Limits};
+
 /// Why an InterOp file could not be read.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum InteropError {
     /// The file could not be read at all.
     #[error("{file}: cannot read: {message}")]
     Io { file: PathBuf, message: String },
+    /// Not a regular file, or over the size cap: refused without reading it whole.
+    #[error(transparent)]
+    Refused(FileError),
     /// The file is shorter than its header.
     #[error("{file}: shorter than the InterOp header")]
     NoHeader { file: PathBuf },
@@ -49,11 +63,98 @@ pub enum InteropError {
     UnsupportedFile { file: PathBuf },
 }
 
-/// Records read from a file, and the bytes of a half-written last record left for later.
+impl InteropError {
+    /// The file the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            InteropError::Io { file, .. }
+            | InteropError::NoHeader { file }
+            | InteropError::UnsupportedVersion { file, .. }
+            | InteropError::RecordSize { file, .. }
+            | InteropError::Truncated { file, .. }
+            | InteropError::Inconsistent { file, .. }
+            | InteropError::UnsupportedFile { file } => file,
+            InteropError::Refused(
+                FileError::Io { file, .. }
+                | FileError::NotRegular { file, .. }
+                | FileError::TooLarge { file, .. },
+            ) => file,
+        }
+    }
+}
+
+/// A file that was used, but not whole: what was skipped or is missing. The figures built from
+/// it are partial, and this says so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InteropWarning {
+    /// The bytes after the last whole record (a half-written or cut record) were skipped.
+    #[error(
+        "{file}: {bytes} trailing bytes of a partial record skipped ({records} whole records used)"
+    )]
+    PartialRecord {
+        file: PathBuf,
+        bytes: usize,
+        records: usize,
+    },
+    /// A header and no record.
+    #[error("{file}: header only, no records")]
+    HeaderOnly { file: PathBuf },
+    /// Whole records are missing against the run: cycles with no record, cycles lacking some
+    /// tiles, tiles with no record (or, in tile metrics, lacking some codes).
+    #[error(
+        "{file}: incomplete: {cycles_missing} expected cycle(s) have no record, {cycles_partial} cycle(s) lack tiles, {tiles_missing} tile(s) missing or short{}",
+        .first_gap.map(|c| format!(" (first gap at cycle {c})")).unwrap_or_default()
+    )]
+    Incomplete {
+        file: PathBuf,
+        cycles_missing: usize,
+        cycles_partial: usize,
+        tiles_missing: usize,
+        first_gap: Option<u16>,
+    },
+}
+
+impl InteropWarning {
+    /// The file the warning is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            InteropWarning::PartialRecord { file, .. }
+            | InteropWarning::HeaderOnly { file }
+            | InteropWarning::Incomplete { file, .. } => file,
+        }
+    }
+}
+
+/// Records read from a file, the bytes of a half-written last record left for later, and the
+/// warnings that say what was skipped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed<T> {
     pub records: Vec<T>,
     pub trailing_bytes: usize,
+    pub warnings: Vec<InteropWarning>,
+}
+
+/// The warnings of a file of `records` whole records, `trailing` bytes after them and a body
+/// (after the header) of `body` bytes.
+fn short_file_warnings(
+    file: &Path,
+    records: usize,
+    trailing: usize,
+    body: usize,
+) -> Vec<InteropWarning> {
+    if body == 0 {
+        vec![InteropWarning::HeaderOnly {
+            file: file.to_path_buf(),
+        }]
+    } else if trailing > 0 {
+        vec![InteropWarning::PartialRecord {
+            file: file.to_path_buf(),
+            bytes: trailing,
+            records,
+        }]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Tile metric (TileMetricsOut v2): one code/value pair of a tile.
@@ -171,11 +272,15 @@ impl Rec<'_> {
     }
 }
 
-fn read(file: &Path) -> Result<Vec<u8>, InteropError> {
-    std::fs::read(file).map_err(|e| InteropError::Io {
-        file: file.to_path_buf(),
-        message: e.to_string(),
+fn read(file: &Path, cap: u64) -> Result<Vec<u8>, InteropError> {
+    read_bounded(file, cap).map_err(|e| match e {
+        FileError::Io { file, message } => InteropError::Io { file, message },
+        refused => InteropError::Refused(refused),
     })
+}
+
+fn default_cap() -> u64 {
+    Limits::default().interop_max_bytes
 }
 
 /// Reads fixed-size records after the 2-byte header (version, record size).
@@ -216,9 +321,11 @@ fn fixed<T>(
         let mut r = Rec(&body[i * size as usize..(i + 1) * size as usize], 0);
         records.push(parse(&mut r, version));
     }
+    let trailing_bytes = body.len() % size as usize;
     Ok(Parsed {
+        warnings: short_file_warnings(file, records.len(), trailing_bytes, body.len()),
         records,
-        trailing_bytes: body.len() % size as usize,
+        trailing_bytes,
     })
 }
 
@@ -231,7 +338,12 @@ fn dotnet_ticks_to_unix_ms(raw: u64) -> i64 {
 
 /// TileMetricsOut.bin, v2.
 pub fn tile_metrics(file: &Path) -> Result<Parsed<TileMetric>, InteropError> {
-    let b = read(file)?;
+    tile_metrics_capped(file, default_cap())
+}
+
+/// As [`tile_metrics`], refusing a file over `cap` bytes.
+pub fn tile_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<TileMetric>, InteropError> {
+    let b = read(file, cap)?;
     fixed(file, &b, &[(2, 10)], "2", |r, _| TileMetric {
         lane: r.u16(),
         tile: r.u16(),
@@ -242,7 +354,12 @@ pub fn tile_metrics(file: &Path) -> Result<Parsed<TileMetric>, InteropError> {
 
 /// QMetricsOut.bin, v4.
 pub fn q_metrics(file: &Path) -> Result<Parsed<QMetric>, InteropError> {
-    let b = read(file)?;
+    q_metrics_capped(file, default_cap())
+}
+
+/// As [`q_metrics`], refusing a file over `cap` bytes.
+pub fn q_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<QMetric>, InteropError> {
+    let b = read(file, cap)?;
     fixed(file, &b, &[(4, 206)], "4", |r, _| {
         let (lane, tile, cycle) = (r.u16(), r.u16(), r.u16());
         let mut histogram = [0u32; 50];
@@ -260,7 +377,12 @@ pub fn q_metrics(file: &Path) -> Result<Parsed<QMetric>, InteropError> {
 
 /// ErrorMetricsOut.bin, v3.
 pub fn error_metrics(file: &Path) -> Result<Parsed<ErrorMetric>, InteropError> {
-    let b = read(file)?;
+    error_metrics_capped(file, default_cap())
+}
+
+/// As [`error_metrics`], refusing a file over `cap` bytes.
+pub fn error_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<ErrorMetric>, InteropError> {
+    let b = read(file, cap)?;
     fixed(file, &b, &[(3, 30)], "3", |r, _| ErrorMetric {
         lane: r.u16(),
         tile: r.u16(),
@@ -271,7 +393,15 @@ pub fn error_metrics(file: &Path) -> Result<Parsed<ErrorMetric>, InteropError> {
 
 /// ExtractionMetricsOut.bin, v2.
 pub fn extraction_metrics(file: &Path) -> Result<Parsed<ExtractionMetric>, InteropError> {
-    let b = read(file)?;
+    extraction_metrics_capped(file, default_cap())
+}
+
+/// As [`extraction_metrics`], refusing a file over `cap` bytes.
+pub fn extraction_metrics_capped(
+    file: &Path,
+    cap: u64,
+) -> Result<Parsed<ExtractionMetric>, InteropError> {
+    let b = read(file, cap)?;
     fixed(file, &b, &[(2, 38)], "2", |r, _| {
         let (lane, tile, cycle) = (r.u16(), r.u16(), r.u16());
         let fwhm = [r.f32(), r.f32(), r.f32(), r.f32()];
@@ -291,7 +421,15 @@ pub fn extraction_metrics(file: &Path) -> Result<Parsed<ExtractionMetric>, Inter
 pub fn corrected_intensity_metrics(
     file: &Path,
 ) -> Result<Parsed<CorrectedIntMetric>, InteropError> {
-    let b = read(file)?;
+    corrected_intensity_metrics_capped(file, default_cap())
+}
+
+/// As [`corrected_intensity_metrics`], refusing a file over `cap` bytes.
+pub fn corrected_intensity_metrics_capped(
+    file: &Path,
+    cap: u64,
+) -> Result<Parsed<CorrectedIntMetric>, InteropError> {
+    let b = read(file, cap)?;
     fixed(file, &b, &[(2, 48)], "2", |r, _| {
         let (lane, tile, cycle) = (r.u16(), r.u16(), r.u16());
         let average_intensity = r.u16();
@@ -313,7 +451,12 @@ pub fn corrected_intensity_metrics(
 
 /// ImageMetricsOut.bin, v1.
 pub fn image_metrics(file: &Path) -> Result<Parsed<ImageMetric>, InteropError> {
-    let b = read(file)?;
+    image_metrics_capped(file, default_cap())
+}
+
+/// As [`image_metrics`], refusing a file over `cap` bytes.
+pub fn image_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<ImageMetric>, InteropError> {
+    let b = read(file, cap)?;
     fixed(file, &b, &[(1, 12)], "1", |r, _| ImageMetric {
         lane: r.u16(),
         tile: r.u16(),
@@ -328,7 +471,15 @@ pub fn image_metrics(file: &Path) -> Result<Parsed<ImageMetric>, InteropError> {
 pub fn empirical_phasing_metrics(
     file: &Path,
 ) -> Result<Parsed<EmpiricalPhasingMetric>, InteropError> {
-    let b = read(file)?;
+    empirical_phasing_metrics_capped(file, default_cap())
+}
+
+/// As [`empirical_phasing_metrics`], refusing a file over `cap` bytes.
+pub fn empirical_phasing_metrics_capped(
+    file: &Path,
+    cap: u64,
+) -> Result<Parsed<EmpiricalPhasingMetric>, InteropError> {
+    let b = read(file, cap)?;
     fixed(file, &b, &[(1, 14)], "1", |r, _| EmpiricalPhasingMetric {
         lane: r.u16(),
         tile: r.u16(),
@@ -404,14 +555,17 @@ fn variable(
             }
         }
         if !complete {
+            let trailing_bytes = bytes.len() - start;
             return Ok(Parsed {
+                warnings: short_file_warnings(file, records.len(), trailing_bytes, bytes.len() - 1),
                 records,
-                trailing_bytes: bytes.len() - start,
+                trailing_bytes,
             });
         }
         records.push((head[0], head[1], head[2], count));
     }
     Ok(Parsed {
+        warnings: short_file_warnings(file, records.len(), 0, bytes.len() - 1),
         records,
         trailing_bytes: 0,
     })
@@ -424,7 +578,12 @@ enum Field {
 
 /// IndexMetricsOut.bin, v1: (lane, tile, read, clusters) per index; names are not kept.
 pub fn index_metrics(file: &Path) -> Result<Parsed<IndexCount>, InteropError> {
-    let b = read(file)?;
+    index_metrics_capped(file, default_cap())
+}
+
+/// As [`index_metrics`], refusing a file over `cap` bytes.
+pub fn index_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<IndexCount>, InteropError> {
+    let b = read(file, cap)?;
     let p = variable(
         file,
         &b,
@@ -442,12 +601,18 @@ pub fn index_metrics(file: &Path) -> Result<Parsed<IndexCount>, InteropError> {
             })
             .collect(),
         trailing_bytes: p.trailing_bytes,
+        warnings: p.warnings,
     })
 }
 
 /// ControlMetricsOut.bin, v1: (lane, tile, read, clusters) per control.
 pub fn control_metrics(file: &Path) -> Result<Parsed<ControlCount>, InteropError> {
-    let b = read(file)?;
+    control_metrics_capped(file, default_cap())
+}
+
+/// As [`control_metrics`], refusing a file over `cap` bytes.
+pub fn control_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<ControlCount>, InteropError> {
+    let b = read(file, cap)?;
     let p = variable(file, &b, &[Field::Text, Field::Text, Field::Count])?;
     Ok(Parsed {
         records: p
@@ -461,6 +626,7 @@ pub fn control_metrics(file: &Path) -> Result<Parsed<ControlCount>, InteropError
             })
             .collect(),
         trailing_bytes: p.trailing_bytes,
+        warnings: p.warnings,
     })
 }
 
@@ -575,6 +741,30 @@ mod tests {
         let p = tile_metrics(&f).unwrap();
         assert_eq!((p.records.len(), p.trailing_bytes), (1, 4));
         assert_eq!(p.records[0].value, 1.0);
+        assert_eq!(
+            p.warnings,
+            [InteropWarning::PartialRecord {
+                file: f.clone(),
+                bytes: 4,
+                records: 1
+            }]
+        );
+        assert!(p.warnings[0]
+            .to_string()
+            .ends_with("TileMetricsOut.bin: 4 trailing bytes of a partial record skipped (1 whole records used)"));
+        // A header and nothing else.
+        std::fs::write(&f, [2u8, 10]).unwrap();
+        let p = tile_metrics(&f).unwrap();
+        assert!(p.records.is_empty());
+        assert_eq!(p.warnings, [InteropWarning::HeaderOnly { file: f.clone() }]);
+        assert!(p.warnings[0]
+            .to_string()
+            .contains("header only, no records"));
+        // Over the cap: refused before reading.
+        assert!(matches!(
+            tile_metrics_capped(&f, 1).unwrap_err(),
+            InteropError::Refused(FileError::TooLarge { cap: 1, .. })
+        ));
         // Same for a variable-length file cut inside a name.
         let full = std::fs::read(runs().join("miseq-2013-04-high-pf/InterOp/IndexMetricsOut.bin"))
             .unwrap();
@@ -582,6 +772,20 @@ mod tests {
         std::fs::write(&cut, &full[..full.len() - 7]).unwrap();
         let p = index_metrics(&cut).unwrap();
         assert!(p.trailing_bytes > 0 && !p.records.is_empty());
+        assert!(matches!(
+            p.warnings.as_slice(),
+            [InteropWarning::PartialRecord { bytes, .. }] if *bytes == p.trailing_bytes
+        ));
+        std::fs::write(&cut, [1u8]).unwrap();
+        assert!(matches!(
+            index_metrics(&cut).unwrap().warnings.as_slice(),
+            [InteropWarning::HeaderOnly { .. }]
+        ));
+        std::fs::write(&cut, [7u8]).unwrap();
+        assert!(matches!(
+            index_metrics(&cut).unwrap_err(),
+            InteropError::UnsupportedVersion { version: 7, .. }
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod collect;
 pub mod consent;
+pub mod files;
 pub mod interop;
 pub mod runfolder;
 pub mod summary;

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use seqmon_collector::collect::collect_run;
+use seqmon_collector::collect::collect_run_with;
 use seqmon_collector::consent::ConsentOverride;
+use seqmon_collector::files::{Limits, MIB};
 use seqmon_collector::watch::Watcher;
 use seqmon_model::encode;
 use seqmon_runtime::config::KafkaConnection;
@@ -50,6 +51,12 @@ struct Cli {
     /// Operator override of the instruments' performance-data consent setting.
     #[arg(long, env = "COLLECTOR_CONSENT_OVERRIDE", value_enum)]
     consent_override: Option<ConsentOverride>,
+    /// Largest RunInfo.xml / RunParameters.xml read, in MiB; a larger file is refused.
+    #[arg(long, env = "COLLECTOR_MAX_XML_MIB", default_value_t = Limits::default().xml_max_bytes / MIB)]
+    max_xml_mib: u64,
+    /// Largest InterOp file read, in MiB; a larger file is refused (reported, not read).
+    #[arg(long, env = "COLLECTOR_MAX_INTEROP_MIB", default_value_t = Limits::default().interop_max_bytes / MIB)]
+    max_interop_mib: u64,
     /// Where records go.
     #[arg(long, value_enum, default_value = "file")]
     to: Sink,
@@ -90,7 +97,10 @@ impl Out {
                     .set("enable.idempotence", "true")
                     .create()
                     .map_err(RuntimeError::kafka("create producer"))?;
-                Out::Kafka(producer, cli.kafka.topic(seqmon_model::topics::TopicRole::Raw))
+                Out::Kafka(
+                    producer,
+                    cli.kafka.topic(seqmon_model::topics::TopicRole::Raw),
+                )
             }
         })
     }
@@ -147,15 +157,25 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
             message: "must be positive".into(),
         });
     }
+    if cli.max_xml_mib == 0 || cli.max_interop_mib == 0 {
+        return Err(RuntimeError::Config {
+            setting: "--max-xml-mib / --max-interop-mib".into(),
+            message: "must be positive".into(),
+        });
+    }
+    let limits = Limits {
+        xml_max_bytes: cli.max_xml_mib.saturating_mul(MIB),
+        interop_max_bytes: cli.max_interop_mib.saturating_mul(MIB),
+        ..Limits::default()
+    };
     let mut out = Out::open(&cli)?;
     if let Some(dir) = &cli.watch {
-        let watcher =
-            Watcher::new(dir, &cli.state_dir, cli.consent_override).map_err(|source| {
-                RuntimeError::Io {
-                    context: format!("cannot use --state-dir {}", cli.state_dir.display()),
-                    source,
-                }
-            })?;
+        let watcher = Watcher::new(dir, &cli.state_dir, cli.consent_override)
+            .map_err(|source| RuntimeError::Io {
+                context: format!("cannot use --state-dir {}", cli.state_dir.display()),
+                source,
+            })?
+            .with_limits(limits);
         let stop = seqmon_runtime::service::shutdown_flag()?;
         loop {
             let pending = watcher
@@ -189,13 +209,21 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
     let now = now_ms();
     let mut records = Vec::new();
     let mut unreadable = 0;
+    let (mut files_skipped, mut files_partial) = (0, 0);
     for folder in &cli.run_folders {
-        match collect_run(folder, cli.consent_override, now) {
+        match collect_run_with(folder, cli.consent_override, now, &limits) {
             Ok(c) => {
                 for e in &c.file_errors {
                     tracing::warn!(error = %e, "metric file skipped");
                 }
-                tracing::info!(folder = %folder.display(), consent = ?c.consent, records = c.records.len(), "run folder collected");
+                // Used, but not whole: the figures built from these files are partial.
+                for w in &c.warnings {
+                    tracing::warn!(warning = %w, "metric file partial");
+                }
+                files_skipped += c.file_errors.len();
+                files_partial += c.warnings.len();
+                let basis = c.consent.basis().map(|b| b.label()).unwrap_or("NONE");
+                tracing::info!(folder = %folder.display(), consent = ?c.consent, consent_basis = basis, records = c.records.len(), skipped = c.file_errors.len(), partial = c.warnings.len(), "run folder collected");
                 records.extend(c.records);
             }
             Err(e) => {
@@ -205,7 +233,12 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
         }
     }
     out.send(&records)?;
-    tracing::info!(records = records.len(), "sent");
+    tracing::info!(
+        records = records.len(),
+        metric_files_skipped = files_skipped,
+        metric_file_warnings = files_partial,
+        "sent"
+    );
     if unreadable > 0 {
         // What could be read was sent; a folder that could not be read is still a failure.
         return Err(RuntimeError::Internal(format!(

@@ -5,11 +5,17 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::consent::CONSENT_ELEMENTS;
+use crate::files::{read_text_bounded, FileError, Limits};
+
 /// Why a run folder could not be read.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RunFolderError {
     #[error("{file}: cannot read: {message}")]
     Io { file: PathBuf, message: String },
+    /// Not a regular file, or over the size cap: refused without reading it whole.
+    #[error(transparent)]
+    Refused(FileError),
     #[error("{file}: not well-formed XML: {message}")]
     Xml { file: PathBuf, message: String },
     #[error("{file}: required element {element} is missing")]
@@ -60,23 +66,15 @@ pub struct RunParameters {
     pub flowcell_expiry: Option<String>,
     pub buffer: Option<String>,
     pub buffer_expiry: Option<String>,
-    /// Performance-data consent settings, as (element name, value).
+    /// Performance-data consent settings, as (setting label, value), every occurrence in
+    /// document order (see [`crate::consent::CONSENT_ELEMENTS`]).
     pub consent_settings: Vec<(String, String)>,
 }
 
-/// Elements that carry the instrument's performance-data opt-in, across instruments.
-pub const CONSENT_ELEMENTS: &[&str] = &[
-    "SendInstrumentHealthToILMN",
-    "SendIlluminaHealthData",
-    "CloudUploadMode",
-    "BaseSpaceRunMode",
-    "SendInstrumentHealthData",
-];
-
-fn load(file: &Path) -> Result<String, RunFolderError> {
-    std::fs::read_to_string(file).map_err(|e| RunFolderError::Io {
-        file: file.to_path_buf(),
-        message: e.to_string(),
+fn load(file: &Path, limits: &Limits) -> Result<String, RunFolderError> {
+    read_text_bounded(file, limits.xml_max_bytes).map_err(|e| match e {
+        FileError::Io { file, message } => RunFolderError::Io { file, message },
+        refused => RunFolderError::Refused(refused),
     })
 }
 
@@ -102,10 +100,15 @@ fn text(doc: &roxmltree::Document<'_>, parent: Option<&str>, name: &str) -> Opti
         .filter(|t| !t.is_empty())
 }
 
-/// Reads `<folder>/RunInfo.xml`.
+/// Reads `<folder>/RunInfo.xml` with the default size caps.
 pub fn run_info(folder: &Path) -> Result<RunInfo, RunFolderError> {
+    run_info_with(folder, &Limits::default())
+}
+
+/// Reads `<folder>/RunInfo.xml`.
+pub fn run_info_with(folder: &Path, limits: &Limits) -> Result<RunInfo, RunFolderError> {
     let file = folder.join("RunInfo.xml");
-    let body = load(&file)?;
+    let body = load(&file, limits)?;
     let doc = parse(&file, &body)?;
     let run = doc
         .descendants()
@@ -181,22 +184,43 @@ pub fn run_info(folder: &Path) -> Result<RunInfo, RunFolderError> {
     })
 }
 
-/// Reads `<folder>/RunParameters.xml` or `<folder>/runParameters.xml`.
+/// Reads `<folder>/RunParameters.xml` or `<folder>/runParameters.xml` with the default caps.
 pub fn run_parameters(folder: &Path) -> Result<RunParameters, RunFolderError> {
+    run_parameters_with(folder, &Limits::default())
+}
+
+/// Reads `<folder>/RunParameters.xml` or `<folder>/runParameters.xml`.
+pub fn run_parameters_with(
+    folder: &Path,
+    limits: &Limits,
+) -> Result<RunParameters, RunFolderError> {
     let file = ["RunParameters.xml", "runParameters.xml"]
         .iter()
         .map(|n| folder.join(n))
-        .find(|p| p.exists())
+        .find(|p| p.symlink_metadata().is_ok())
         .unwrap_or_else(|| folder.join("RunParameters.xml"));
-    let body = load(&file)?;
+    let body = load(&file, limits)?;
     let doc = parse(&file, &body)?;
     let any = |names: &[(Option<&str>, &str)]| names.iter().find_map(|(p, n)| text(&doc, *p, n));
-    let mut consent_settings = Vec::new();
-    for name in CONSENT_ELEMENTS {
-        if let Some(v) = text(&doc, None, name) {
-            consent_settings.push((name.to_string(), v));
-        }
-    }
+    // Every occurrence of every consent element, in document order: a repeated element is
+    // decided on all its values, never on the first alone.
+    let consent_settings = doc
+        .descendants()
+        .filter(|n| n.is_element())
+        .filter_map(|n| {
+            let e = CONSENT_ELEMENTS.iter().find(|e| {
+                n.tag_name().name() == e.name
+                    && e.parent.is_none_or(|p| {
+                        n.parent_element()
+                            .is_some_and(|pe| pe.tag_name().name() == p)
+                    })
+            })?;
+            Some((
+                e.label.to_string(),
+                n.text().map(str::trim).unwrap_or("").to_string(),
+            ))
+        })
+        .collect();
     Ok(RunParameters {
         application_name: any(&[
             (Some("Setup"), "ApplicationName"),

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::collect::{coverage_warnings, CycleKeys, CycleSpan};
 use crate::interop;
 use crate::runfolder::{run_info, RunInfo};
 
@@ -29,6 +30,9 @@ pub struct RunSummary {
     pub error_rate_pct: Option<f64>,
     pub first_cycle_intensity: Option<f64>,
     pub lanes: Vec<LaneSummary>,
+    /// Files used but not whole (partial last record, header only, cycles or tiles missing),
+    /// each naming the file: the figures above are partial when this is not empty.
+    pub warnings: Vec<String>,
 }
 
 fn usable_cycles(info: &RunInfo, index_reads: bool) -> Vec<u16> {
@@ -50,9 +54,26 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
     let usable: std::collections::HashSet<u16> = usable_cycles(&info, true).into_iter().collect();
     let usable_non_index: std::collections::HashSet<u16> =
         usable_cycles(&info, false).into_iter().collect();
+    let mut warnings = Vec::new();
+    let mut per_cycle = Vec::new();
+    let (q_file, err_file, ext_file) = (
+        dir.join("QMetricsOut.bin"),
+        dir.join("ErrorMetricsOut.bin"),
+        dir.join("ExtractionMetricsOut.bin"),
+    );
     let (mut yield_bases, mut q30) = (None, None);
-    if dir.join("QMetricsOut.bin").exists() {
-        let q = interop::q_metrics(&dir.join("QMetricsOut.bin")).map_err(|e| e.to_string())?;
+    if q_file.exists() {
+        let q = interop::q_metrics(&q_file).map_err(|e| e.to_string())?;
+        warnings.extend(q.warnings.iter().map(|w| w.to_string()));
+        per_cycle.push(CycleKeys {
+            file: &q_file,
+            span: CycleSpan::AllCycles,
+            keys: q
+                .records
+                .iter()
+                .map(|r| (r.lane, r.tile, r.cycle))
+                .collect(),
+        });
         let (mut all, mut hi) = (0u64, 0u64);
         for r in q.records.iter().filter(|r| usable.contains(&r.cycle)) {
             for (i, n) in r.histogram.iter().enumerate() {
@@ -66,9 +87,18 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
         q30 = (all > 0).then(|| hi as f64 / all as f64 * 100.0);
     }
     let mut error = None;
-    if dir.join("ErrorMetricsOut.bin").exists() {
-        let e =
-            interop::error_metrics(&dir.join("ErrorMetricsOut.bin")).map_err(|e| e.to_string())?;
+    if err_file.exists() {
+        let e = interop::error_metrics(&err_file).map_err(|e| e.to_string())?;
+        warnings.extend(e.warnings.iter().map(|w| w.to_string()));
+        per_cycle.push(CycleKeys {
+            file: &err_file,
+            span: CycleSpan::AlignedCycles,
+            keys: e
+                .records
+                .iter()
+                .map(|r| (r.lane, r.tile, r.cycle))
+                .collect(),
+        });
         let mut per_tile: BTreeMap<(u16, u16), (f64, u32)> = BTreeMap::new();
         for r in e
             .records
@@ -90,9 +120,18 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
         }
     }
     let mut intensity = None;
-    if dir.join("ExtractionMetricsOut.bin").exists() {
-        let x = interop::extraction_metrics(&dir.join("ExtractionMetricsOut.bin"))
-            .map_err(|e| e.to_string())?;
+    if ext_file.exists() {
+        let x = interop::extraction_metrics(&ext_file).map_err(|e| e.to_string())?;
+        warnings.extend(x.warnings.iter().map(|w| w.to_string()));
+        per_cycle.push(CycleKeys {
+            file: &ext_file,
+            span: CycleSpan::AllCycles,
+            keys: x
+                .records
+                .iter()
+                .map(|r| (r.lane, r.tile, r.cycle))
+                .collect(),
+        });
         let mut first = 1u32;
         let mut per_read = Vec::new();
         for r in &info.reads {
@@ -110,9 +149,20 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
         intensity =
             (!per_read.is_empty()).then(|| per_read.iter().sum::<f64>() / per_read.len() as f64);
     }
-    let tiles =
-        interop::tile_metrics(&dir.join("TileMetricsOut.bin")).map_err(|e| e.to_string())?;
+    let tiles_file = dir.join("TileMetricsOut.bin");
+    let tiles = interop::tile_metrics(&tiles_file).map_err(|e| e.to_string())?;
+    warnings.extend(tiles.warnings.iter().map(|w| w.to_string()));
+    warnings.extend(
+        coverage_warnings(
+            &info,
+            &per_cycle,
+            Some((tiles_file.as_path(), tiles.records.as_slice())),
+        )
+        .iter()
+        .map(|w| w.to_string()),
+    );
     Ok(RunSummary {
+        warnings,
         yield_gbp: yield_bases,
         pct_q30: q30,
         error_rate_pct: error,

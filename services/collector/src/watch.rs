@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use seqmon_model::Telemetry;
 use serde::{Deserialize, Serialize};
 
-use crate::collect::{collect_run, Release};
+use crate::collect::{collect_run_with, Release};
 use crate::consent::ConsentOverride;
+use crate::files::{read_bounded, Limits};
 
 /// Files whose presence marks a finished run.
 pub const COMPLETION_MARKERS: &[&str] = &[
@@ -32,6 +33,7 @@ pub struct Watcher {
     runs_dir: PathBuf,
     state_dir: PathBuf,
     operator: Option<ConsentOverride>,
+    limits: Limits,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -72,14 +74,24 @@ impl Watcher {
             runs_dir: runs_dir.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
             operator,
+            limits: Limits::default(),
         })
     }
 
+    /// The same watcher, reading no file over its cap in `limits`.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     fn load(&self, run_id: &str) -> RunState {
-        std::fs::read(self.state_dir.join(state_name(run_id)))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        read_bounded(
+            &self.state_dir.join(state_name(run_id)),
+            self.limits.state_max_bytes,
+        )
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
     }
 
     /// Records not sent yet, of complete cycles, per run, in event-time order.
@@ -92,7 +104,7 @@ impl Watcher {
         folders.sort();
         let mut out = Vec::new();
         for folder in folders {
-            let collected = match collect_run(&folder, self.operator, now_ms) {
+            let collected = match collect_run_with(&folder, self.operator, now_ms, &self.limits) {
                 Ok(c) => c,
                 Err(e) => {
                     // A run folder the instrument is still creating; try again next poll.
@@ -102,6 +114,10 @@ impl Watcher {
             };
             for e in &collected.file_errors {
                 tracing::debug!(error = %e, "metric file skipped this poll");
+            }
+            // A run in progress is short by design; its cycles are held back until complete.
+            for w in &collected.warnings {
+                tracing::debug!(warning = %w, "metric file not whole this poll");
             }
             let Some(run_id) = collected.records.first().and_then(|r| r.run_id.clone()) else {
                 continue;
@@ -214,7 +230,7 @@ mod tests {
             sent.values().all(|n| *n == 1),
             "every record sent exactly once"
         );
-        let full = collect_run(&src, None, 0).unwrap();
+        let full = crate::collect::collect_run(&src, None, 0).unwrap();
         let all: BTreeSet<&String> = full.records.iter().map(|r| &r.message_id).collect();
         let got: BTreeSet<&String> = sent.keys().collect();
         assert_eq!(
