@@ -3,8 +3,9 @@
 //! Input: one JSON object a line with the input schema's field names (stdin or a file). The main
 //! output (first output role) goes to `--output` (stdout by default); every other output, dead
 //! letters included, goes to `<side-output-dir>/<topic>.jsonl`. A line that is not JSON is a
-//! dead letter `UNDECODABLE`; one that does not fit the schema is `WRONG_SCHEMA`; the offset of a
-//! dead letter is the 1-based line number. Guarantee: every input line is either accepted or
+//! dead letter `UNDECODABLE` (so is one that is not UTF-8); one that does not fit the schema is
+//! `WRONG_SCHEMA`; one longer than `--max-line-bytes` is `TOO_LARGE` (its first 4 KiB kept); the
+//! offset of a dead letter is the 1-based line number. Guarantee: every input line is either accepted or
 //! dead-lettered; nothing is dropped. A write failure stops the run with an error.
 
 use std::collections::HashMap;
@@ -34,6 +35,59 @@ pub struct FileArgs {
     /// Folder for the other outputs (dead letters, audit, ...), one `<topic>.jsonl` each.
     #[arg(long, default_value = "out")]
     pub side_output_dir: PathBuf,
+    /// Longest input line, bytes: a longer line is a dead letter TOO_LARGE (its first bytes
+    /// kept) and reading goes on at the next line.
+    #[arg(long, default_value_t = 1_048_576)]
+    pub max_line_bytes: usize,
+}
+
+/// Bytes of an over-long line kept in its dead letter.
+const KEPT_OF_LONG_LINE: usize = 4096;
+
+/// One line of input, read with a bound on its length.
+enum Line {
+    /// A whole line (without its newline).
+    Whole(Vec<u8>),
+    /// A line longer than the bound: its first bytes and its length.
+    TooLong(Vec<u8>, usize),
+}
+
+/// Reads the next line, keeping at most `max` bytes of it; `None` at the end of the input.
+fn read_line(input: &mut dyn BufRead, max: usize) -> std::io::Result<Option<Line>> {
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    let mut any = false;
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        any = true;
+        let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        let room = (max + 1).saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        total += chunk.len();
+        let consumed = done.unwrap_or(chunk.len());
+        input.consume(consumed);
+        if done.is_some() {
+            break;
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    if kept.last() == Some(&b'\r') && total <= max {
+        kept.pop();
+    }
+    if total > max {
+        kept.truncate(KEPT_OF_LONG_LINE);
+        Ok(Some(Line::TooLong(kept, total)))
+    } else {
+        Ok(Some(Line::Whole(kept)))
+    }
 }
 
 /// Counts of a file-mode run.
@@ -100,15 +154,39 @@ pub fn run_file(driver: &mut Driver, args: &FileArgs) -> Result<FileSummary, Run
     let mut writers = Writers::new(roles[0], &args.output, &args.side_output_dir);
     let mut summary = FileSummary::default();
     let mut out = Vec::new();
-    for (i, line) in input.lines().enumerate() {
-        let line = line.map_err(io(format!("cannot read {source_name}")))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    let mut input = input;
+    let mut number = 0i64;
+    while let Some(line) = read_line(&mut *input, args.max_line_bytes)
+        .map_err(io(format!("cannot read {source_name}")))?
+    {
+        number += 1;
+        let offset = number;
+        // A line that cannot be a record is a dead letter with its bytes; reading goes on.
+        let unreadable =
+            |raw: &[u8], reason: DeadLetterReason, detail: String| (raw.to_vec(), reason, detail);
+        let parsed = match &line {
+            Line::TooLong(head, len) => Err(unreadable(
+                head,
+                DeadLetterReason::TOO_LARGE,
+                format!(
+                    "line of {len} bytes; at most {} (--max-line-bytes); first {} bytes kept",
+                    args.max_line_bytes,
+                    head.len()
+                ),
+            )),
+            Line::Whole(raw) => match std::str::from_utf8(raw) {
+                Err(e) => Err(unreadable(
+                    raw,
+                    DeadLetterReason::UNDECODABLE,
+                    format!("line is not UTF-8: {e}"),
+                )),
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => json_line_to_avro(text, input_schema)
+                    .map_err(|(reason, detail)| unreadable(raw, reason, detail)),
+            },
+        };
         summary.lines += 1;
-        let offset = i as i64 + 1;
-        let raw = line.as_bytes();
-        match json_line_to_avro(&line, input_schema) {
+        match parsed {
             Ok(converted) => {
                 let env = Envelope {
                     key: converted.key.as_deref().map(str::as_bytes),
@@ -120,10 +198,10 @@ pub fn run_file(driver: &mut Driver, args: &FileArgs) -> Result<FileSummary, Run
                 };
                 driver.handle(&env, &mut out, |_| {})?;
             }
-            Err((reason, detail)) => {
+            Err((raw, reason, detail)) => {
                 let env = Envelope {
                     key: None,
-                    value: raw,
+                    value: &raw,
                     topic: &source_name,
                     partition: 0,
                     offset,
@@ -258,22 +336,29 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let good = r#"{"message_id":"m1","instrument_serial":"M00301","instrument_model":"MISEQ","event_time_ms":1,"sent_time_ms":2,"kind":"SENSOR_READINGS","run_id":null,"sensors":{"laser_power_mw":150.0},"log_event":null,"run_performance":null,"instrument_configuration":null,"run_configuration":null}"#;
         let no_serial = good.replace("M00301", "");
-        let input = format!("{good}\nnot json at all\n\n{{\"alert_id\": \"x\"}}\n{no_serial}\n");
+        let long = format!("{{\"x\": \"{}\"}}", "y".repeat(5000));
+        let mut input =
+            format!("{good}\nnot json at all\n\n{{\"alert_id\": \"x\"}}\n{no_serial}\n{long}\n")
+                .into_bytes();
+        // A line that is not UTF-8, then a good line again: reading goes on after both.
+        input.extend_from_slice(b"{\"message_id\": \"\xff\xfe\"}\n");
+        input.extend_from_slice(good.as_bytes());
         std::fs::write(dir.join("in.jsonl"), input).unwrap();
         let args = FileArgs {
             input: dir.join("in.jsonl").display().to_string(),
             output: dir.join("main.jsonl").display().to_string(),
             side_output_dir: dir.join("side"),
+            max_line_bytes: 4096,
         };
         let mut driver = Driver::new(Box::new(Forward));
         let summary = run_file(&mut driver, &args).unwrap();
-        assert_eq!(summary.lines, 4, "the blank line is not a record");
+        assert_eq!(summary.lines, 7, "the blank line is not a record");
         let main = std::fs::read_to_string(dir.join("main.jsonl")).unwrap();
         let forwarded: Vec<serde_json::Value> = main
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(forwarded.len(), 1);
+        assert_eq!(forwarded.len(), 2);
         assert_eq!(forwarded[0]["instrument_serial"], "M00301");
         assert_eq!(
             forwarded[0]["attributes"],
@@ -297,9 +382,12 @@ mod tests {
             [
                 (2, DeadLetterReason::UNDECODABLE),
                 (4, DeadLetterReason::WRONG_SCHEMA),
-                (5, DeadLetterReason::MISSING_FIELD)
+                (5, DeadLetterReason::MISSING_FIELD),
+                (6, DeadLetterReason::TOO_LARGE),
+                (7, DeadLetterReason::UNDECODABLE),
             ]
         );
+        assert_eq!(dead[3].original_bytes.len(), KEPT_OF_LONG_LINE);
         assert_eq!(dead[0].original_bytes, b"not json at all");
         std::fs::remove_dir_all(&dir).unwrap();
     }
