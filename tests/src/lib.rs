@@ -35,6 +35,18 @@ pub fn bin(name: &str) -> PathBuf {
     seqmon_testkit::workspace_bin(name)
 }
 
+/// The privacy enforcer as the services run it in tests: built-in templates and the test
+/// pseudonym key the service gets from `seqmon_testkit::stage_args`, so in-process reference
+/// runs give the same pseudonyms.
+pub fn privacy_enforcer() -> seqmon_privacy_enforcer::PrivacyEnforcer {
+    seqmon_privacy_enforcer::PrivacyEnforcer::new(
+        seqmon_privacy_enforcer::PrivacyConfig::default(),
+        seqmon_privacy::pseudonym::PseudonymKey::from_hex(seqmon_testkit::TEST_PSEUDONYM_KEY_HEX)
+            .unwrap(),
+        seqmon_privacy::template::TemplateCatalogue::builtin(),
+    )
+}
+
 /// A topic prefix no other test or run uses.
 pub fn unique_prefix(test: &str) -> String {
     let nanos = SystemTime::now()

@@ -10,7 +10,6 @@ use seqmon_feature_extractor::FeatureExtractor;
 use seqmon_integration_tests::*;
 use seqmon_model::decode;
 use seqmon_model::topics::TopicRole;
-use seqmon_privacy_enforcer::PrivacyEnforcer;
 use seqmon_runtime::embedded::Chain;
 use seqmon_runtime::{Driver, Processor};
 use seqmon_simulator::{simulate, FleetConfig};
@@ -29,7 +28,7 @@ fn upstream_records(role: TopicRole) -> Vec<(String, Vec<u8>)> {
     });
     let mut chain = Chain::new(vec![
         Driver::new(Box::new(Validator::default())),
-        Driver::new(Box::new(PrivacyEnforcer::default())),
+        Driver::new(Box::new(seqmon_integration_tests::privacy_enforcer())),
     ])
     .unwrap();
     let mut out = Vec::new();
@@ -153,7 +152,7 @@ fn kill_restart_matches_uninterrupted(
 fn stateless_privacy_enforcer_survives_kill_9_without_loss_or_duplicates() {
     kill_restart_matches_uninterrupted(
         "privacy-enforcer",
-        || Box::new(PrivacyEnforcer::default()),
+        || Box::new(seqmon_integration_tests::privacy_enforcer()),
         upstream_records(TopicRole::Validated),
     );
 }

@@ -16,7 +16,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use seqmon_integration_tests::*;
 use seqmon_model::topics::CATALOGUE;
-use seqmon_privacy_enforcer::PrivacyEnforcer;
 use seqmon_runtime::embedded::Chain;
 use seqmon_runtime::Driver;
 use seqmon_simulator::{simulate, FleetConfig};
@@ -56,7 +55,11 @@ fn an_aborted_transaction_is_redone_from_committed_offsets_without_loss() {
     let produced = produce(&raw, validated);
     let committed_input = read_committed(&raw);
     assert_eq!(committed_input.len(), produced);
-    let expected = reference_outputs(Box::new(PrivacyEnforcer::default()), &raw, &committed_input);
+    let expected = reference_outputs(
+        Box::new(seqmon_integration_tests::privacy_enforcer()),
+        &raw,
+        &committed_input,
+    );
 
     // The next produce requests fail with a non-retriable error: the transaction holding them
     // can only be aborted.
