@@ -52,7 +52,8 @@ pub enum SerialFamily {
     ISeq100,
     /// HiSeq 2500/1500: `D` + 5 digits.
     HiSeq2500,
-    /// HiSeq 2000/2500 (older numbering): `SN` + 3 to 7 digits.
+    /// HiSeq 2000/2500 (older numbering, `SN` + digits): a label only; such serials are not
+    /// accepted by [`instrument_serial`] and cross as pseudonyms.
     HiSeq2000,
     /// HiSeq 3000: `J` + 5 digits.
     HiSeq3000,
@@ -117,15 +118,16 @@ fn valid_date(y: u32, m: u32, d: u32) -> bool {
     d >= 1 && d <= days
 }
 
-/// Whether 8 digits read as a date in 1900–2099 in any common order (YYYYMMDD, DDMMYYYY,
-/// MMDDYYYY). Such a value never parses as a lot.
+/// Whether 8 digits read as a date in 1900–2099 in any common order (YYYYMMDD, YYYYDDMM,
+/// DDMMYYYY, MMDDYYYY). Such a value never parses as a lot.
 fn eight_digit_date(b: &[u8]) -> bool {
     if b.len() != 8 || !digits(b) {
         return false;
     }
     let year_ok = |y: u32| (1900..=2099).contains(&y);
     let (y, m, d) = (num(&b[..4]), num(&b[4..6]), num(&b[6..]));
-    if year_ok(y) && valid_date(y, m, d) {
+    // YYYYDDMM is rare outside dates of birth, so only birth years count there.
+    if year_ok(y) && valid_date(y, m, d) || (1900..=2029).contains(&y) && valid_date(y, d, m) {
         return true;
     }
     let (a, c, y) = (num(&b[..2]), num(&b[2..4]), num(&b[4..]));
@@ -141,14 +143,14 @@ fn eight_digit_date(b: &[u8]) -> bool {
 /// |---|---|---|---|
 /// | MiSeq / MiSeqDx | `M` + 5 digits | M00612, M00630, M00169, M00903, M04004 | [runs], [interop], [viral-ngs] |
 /// | MiniSeq | `MN` + 5 digits | MN00302 | [sheets] |
-/// | NextSeq 500/550 | `NS` or `NB` + 6 digits | NS500318, NS500128, NS500179, NB552060, NB551068, NB502004, NB501093, NB501961 | [runs], [interop], [viral-ngs], [sheets] |
+/// | NextSeq 500/550 | `NS` or `NB` + `5` + `0`/`5` + 4 digits | NS500318, NS500128, NS500179, NB552060, NB551068, NB502004, NB501093, NB501961 | [runs], [interop], [viral-ngs], [sheets] |
 /// | NextSeq 1000/2000 | `VH` + 5 digits | VH00120, VH00257, VH01619 | [interop], [fcinfo], [viral-ngs] |
 /// | NovaSeq 6000 | `A` + 5 digits | A00494, A00198 | [fcinfo], [viral-ngs] |
 /// | NovaSeq X | `LH` + 5 digits | LH00217, LH00118 | [taca], [viral-ngs] |
-/// | iSeq 100 | `FS` + 8 digits | FS10000106 | [interop] |
+/// | iSeq 100 | `FS1` + 7 digits, not a date | FS10000106 | [interop] |
 /// | HiSeq 3000 | `J` + 5 digits | J00107 | [osu] |
 /// | HiSeq 2500/1500 | `D` + 5 digits | — (not verified against a real file) | family convention |
-/// | HiSeq 2000 | `SN` + 3–7 digits | — (not verified; a HiSeq 2000 owner cites serial 7001403) | family convention |
+/// | HiSeq 2000 | not accepted: `SN` + 3–7 digits is a phone number's or record number's shape, and no real one was found | — |
 /// | HiSeq 4000 | `K` + 5 digits | — (not verified) | family convention |
 /// | HiSeq X | `E` + 5 digits | — (not verified) | family convention |
 ///
@@ -161,15 +163,16 @@ pub fn instrument_serial(s: &str) -> Option<SerialFamily> {
     match b {
         [b'M', b'N', ..] if tail(2, 5) => Some(SerialFamily::MiniSeq),
         [b'M', ..] if tail(1, 5) => Some(SerialFamily::MiSeq),
-        [b'N', b'S' | b'B', ..] if tail(2, 6) => Some(SerialFamily::NextSeq500),
+        // NS/NB + 5 + 0 or 5 + 4 digits: the 500/501/502/550/551/552 series seen.
+        [b'N', b'S' | b'B', b'5', b'0' | b'5', ..] if tail(2, 6) => Some(SerialFamily::NextSeq500),
         [b'V', b'H', ..] if tail(2, 5) => Some(SerialFamily::NextSeq2000),
         [b'A', ..] if tail(1, 5) => Some(SerialFamily::NovaSeq6000),
         [b'L', b'H', ..] if tail(2, 5) => Some(SerialFamily::NovaSeqX),
-        [b'F', b'S', ..] if tail(2, 8) => Some(SerialFamily::ISeq100),
-        [b'D', ..] if tail(1, 5) => Some(SerialFamily::HiSeq2500),
-        [b'S', b'N', ..] if (5..=9).contains(&b.len()) && digits(&b[2..]) => {
-            Some(SerialFamily::HiSeq2000)
+        // FS1 + 7 digits, never an 8-digit date.
+        [b'F', b'S', b'1', ..] if tail(2, 8) && !eight_digit_date(&b[2..]) => {
+            Some(SerialFamily::ISeq100)
         }
+        [b'D', ..] if tail(1, 5) => Some(SerialFamily::HiSeq2500),
         [b'J', ..] if tail(1, 5) => Some(SerialFamily::HiSeq3000),
         [b'K', ..] if tail(1, 5) => Some(SerialFamily::HiSeq4000),
         [b'E', ..] if tail(1, 5) => Some(SerialFamily::HiSeqX),
@@ -247,7 +250,7 @@ pub fn flowcell_id(s: &str) -> bool {
 
 /// `run_id`: `<date>_<serial>_<run number>_<flow cell>`, the run folder name.
 ///
-/// - date: `YYMMDD` (year 20YY) or `YYYYMMDD` (year 2000–2099), a valid calendar date;
+/// - date: `YYMMDD` (year 20YY) or `YYYYMMDD`, a valid calendar date in 2010–2039;
 /// - serial: [`instrument_serial`];
 /// - run number: 1–5 digits, zero-padded or not;
 /// - flow cell: [`flowcell_id`], optionally prefixed by the side/position `A` or `B`.
@@ -277,10 +280,16 @@ pub fn run_id(s: &str) -> bool {
         return false;
     };
     let date_ok = match date.len() {
-        6 => digits(date) && valid_date(2000 + num(&date[..2]), num(&date[2..4]), num(&date[4..])),
+        // Runs are dated 2010–2039 (real ones 2012–2024): a date of birth rarely is, and
+        // `YYMMDD` of 1984 must not read as 2084.
+        6 => {
+            digits(date)
+                && (10..=39).contains(&num(&date[..2]))
+                && valid_date(2000 + num(&date[..2]), num(&date[2..4]), num(&date[4..]))
+        }
         8 => {
             digits(date)
-                && (2000..=2099).contains(&num(&date[..4]))
+                && (2010..=2039).contains(&num(&date[..4]))
                 && valid_date(num(&date[..4]), num(&date[4..6]), num(&date[6..]))
         }
         _ => false,
@@ -298,6 +307,23 @@ pub fn run_id(s: &str) -> bool {
     flowcell_id(flowcell)
         || (matches!(flowcell.as_bytes().first(), Some(b'A' | b'B'))
             && flowcell.get(1..).is_some_and(flowcell_id))
+}
+
+/// A run id split where its flow cell begins: `(date_serial_number_ + side letter, flow cell)`,
+/// for a run id that parses. The flow-cell part is what the boundary replaces by the flow cell's
+/// pseudonym: no grammar can be narrow enough for its free characters.
+pub fn run_id_parts(s: &str) -> Option<(&str, &str)> {
+    if !run_id(s) {
+        return None;
+    }
+    let at = s.match_indices('_').nth(2)?.0 + 1;
+    let (head, flowcell) = s.split_at(at);
+    if flowcell_id(flowcell) {
+        Some((head, flowcell))
+    } else {
+        // A side letter A or B before the flow cell.
+        Some(s.split_at(at + 1))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -321,9 +347,9 @@ fn consumable_suffix(b: &[u8]) -> bool {
 ///
 /// | form | grammar | real examples | source |
 /// |---|---|---|---|
-/// | lot / part number | 8 digits that are not a date (YYYYMMDD, DDMMYYYY, MMDDYYYY in 1900–2099) | 20411871, 20405542 (iSeq), 20452046 (NextSeq 2000 cartridge), 20209948, 20200578, 20207676, 20264129, 20249426, 20263483, 20243203 (NovaSeq 6000), 20742703, 20799103, 18026054, 23090501 (NovaSeq X), 15028382, 15023445, 15033572, 15033571, 15041807 (MiSeq part numbers), 15065973, 15057941, 15057934 (NextSeq part numbers) | [interop], [ngl], [fcinfo], [taca], [runs] |
+/// | lot / part number | 8 digits starting 15, 18, 20 or 23 that are not a date (YYYYMMDD, YYYYDDMM, DDMMYYYY, MMDDYYYY in 1900–2099) | 20411871, 20405542 (iSeq), 20452046 (NextSeq 2000 cartridge), 20209948, 20200578, 20207676, 20264129, 20249426, 20263483, 20243203 (NovaSeq 6000), 20742703, 20799103, 18026054, 23090501 (NovaSeq X), 15028382, 15023445, 15033572, 15033571, 15041807 (MiSeq part numbers), 15065973, 15057941, 15057934 (NextSeq part numbers) | [interop], [ngl], [fcinfo], [taca], [runs] |
 /// | lot with revision | 8 digits (not a date) + `-` + one upper-case letter | 20444017-D (NextSeq 2000 FlowCellLotNumber) | [interop] |
-/// | consumable serial | `MS`/`NS`/`NV`/`FY`/`EC`/`LC` + 7 digits + `-` + suffix (`00PR2`, `NNNV<d>`, `BUFFR`, `REAGT`, `RGSBS`, `RGCPE`, `LIB`, `LC<d>`, `FC<d>`, `EC<dd>`) | MS2131346-00PR2, MS2012501-300V2, MS2013376-050V2, MS2106444-00PR2, NS2276310-BUFFR, NS2263047-REAGT, NV2061137-RGSBS, NV2049937-RGCPE, NV2065139-BUFFR, NV0017846-LIB, FY0027716-FC6, EC0003549-EC05, LC2019066-LC1, LC4064650-LC3 | [runs], [interop], [ngl], [fcinfo], [taca] |
+/// | consumable serial | `MS`/`NS`/`NV`/`FY`/`EC`/`LC` + 7 digits starting 0, 2 or 4 + `-` + suffix (`00PR2`, `NNNV<d>`, `BUFFR`, `REAGT`, `RGSBS`, `RGCPE`, `LIB`, `LC<d>`, `FC<d>`, `EC<dd>`) | MS2131346-00PR2, MS2012501-300V2, MS2013376-050V2, MS2106444-00PR2, NS2276310-BUFFR, NS2263047-REAGT, NV2061137-RGSBS, NV2049937-RGCPE, NV2065139-BUFFR, NV0017846-LIB, FY0027716-FC6, EC0003549-EC05, LC2019066-LC1, LC4064650-LC3 | [runs], [interop], [ngl], [fcinfo], [taca] |
 /// | simulator form | `SBS-`/`FC-`/`BUF-` + 5 digits; `SBS-` + 5 digits + `-BAD` | SBS-20123, FC-30123, BUF-40123, SBS-20991-BAD | [sim] |
 ///
 /// A real lot that happens to read as a date (NovaSeq 6000 ClusterLotNumber `20191106`, [ngl])
@@ -333,7 +359,14 @@ fn consumable_suffix(b: &[u8]) -> bool {
 /// has a lot's shape.
 pub fn lot_number(s: &str) -> bool {
     let b = s.as_bytes();
-    let lot8 = |x: &[u8]| x.len() == 8 && digits(x) && !eight_digit_date(x);
+    // Illumina lot and part numbers seen start 15, 18, 20 or 23; a date, a record number or a
+    // national id of 8 digits mostly does not.
+    let lot8 = |x: &[u8]| {
+        x.len() == 8
+            && digits(x)
+            && matches!(&x[..2], b"15" | b"18" | b"20" | b"23")
+            && !eight_digit_date(x)
+    };
     match b.len() {
         8 if b.starts_with(b"FC-") => digits(&b[3..]),
         8 => lot8(b),
@@ -343,6 +376,7 @@ pub fn lot_number(s: &str) -> bool {
         13..=15 => {
             CONSUMABLE_PREFIXES.iter().any(|p| b[..2] == p[..])
                 && digits(&b[2..9])
+                && matches!(b[2], b'0' | b'2' | b'4')
                 && b[9] == b'-'
                 && consumable_suffix(&b[10..])
         }
@@ -410,7 +444,32 @@ fn dotted(b: &[u8], allow_padded_triple: bool) -> bool {
     if n == 2 && comps[1].len() == 4 && (1900..=2099).contains(&num(comps[1])) {
         return false;
     }
-    allow_padded_triple || !comps.windows(3).any(date_triple)
+    // At most 8 digits in all (real builds: 1.1.0.27334): a phone number or national id has more.
+    if comps.iter().map(|c| c.len()).sum::<usize>() > 8 {
+        return false;
+    }
+    if allow_padded_triple {
+        // `10B-01.02.02`: exactly 0d.dd.dd.
+        return n == 3
+            && comps[0].len() == 2
+            && comps[0][0] == b'0'
+            && comps[1..].iter().all(|c| c.len() == 2);
+    }
+    // No leading zero on a multi-digit part (1.984.03.12). An unpadded d.m.yy date (12.3.84)
+    // has exactly the shape of real versions (MiSeq RTA 1.18.54, 2.4.11) and stays a residual
+    // risk, documented in docs/privacy-grammars.md.
+    if comps.iter().any(|c| c.len() > 1 && c[0] == b'0') {
+        return false;
+    }
+    // A year split in two (19.84.3.12).
+    if n == 4 && comps[0].len() == 2 && comps[1].len() == 2 {
+        let y = num(comps[0]) * 100 + num(comps[1]);
+        let (a, b) = (num(comps[2]), num(comps[3]));
+        if (1900..=2039).contains(&y) && (valid_date(y, a, b) || valid_date(y, b, a)) {
+            return false;
+        }
+    }
+    !comps.windows(3).any(date_triple)
 }
 
 /// `instrument_configuration.control_software_version`, `rta_version`, `firmware_version` and
@@ -436,10 +495,13 @@ pub fn version(s: &str) -> bool {
         return false;
     }
     if let Some(hex) = s.strip_prefix("0x") {
+        // An FPGA register has hex letters (0x3200000a); eight decimal digits are a date's or a
+        // phone number's shape.
         return hex.len() == 8
             && hex
                 .bytes()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            && hex.bytes().any(|c| (b'a'..=b'f').contains(&c));
     }
     let (body, padded) = match VERSION_PREFIXES.iter().find(|p| s.starts_with(*p)) {
         Some(p) => (&s[p.len()..], p.ends_with("B-")),
@@ -990,6 +1052,70 @@ mod tests {
         assert!(checked > 10_000, "{checked}");
     }
 
+    /// Inputs an independent red-team review found crossing an earlier version of these
+    /// grammars readable; each must now parse as nothing.
+    #[test]
+    fn red_team_bypasses_parse_as_nothing() {
+        let cases: &[&str] = &[
+            // run ids with a date of birth (1984 read as 2084, a child's 2005)
+            "840312_M00612_0070_000000000-SMITH",
+            "050312_M00612_0070_000000000-A3GJA",
+            "20050312_FS10000106_12345_BPA73105-2609",
+            // serials holding dates, phone and record numbers
+            "FS19840312",
+            "FS55586753",
+            "SN8675309",
+            "SN1234567",
+            "NB840312",
+            "NS120384",
+            // lots holding record numbers, phone numbers, YYYYDDMM / YYMMDD dates, national ids
+            "12345678",
+            "55586753",
+            "30123456",
+            "19842503",
+            "19842503-A",
+            "84031219",
+            "12345678-Z",
+            "MS8675309-00PR2",
+            "NV1234567-LIB",
+            // versions holding dates, phone numbers, national ids
+            "1.984.03.12",
+            "v1.984.03.12",
+            "HD 1.984.03.12",
+            "1.984.03.12-r42",
+            "10B-12.03.84",
+            "19.84.3.12",
+            "25B-12.03.84",
+            "10B-19.84.03.12",
+            "02.079.46.0958",
+            "55.586.75.309",
+            "5.558.67.5309",
+            "44.207.94.60958",
+            "49.301.23.45678",
+            "1.23.45.6789",
+            "12.345.67.89",
+            "75.612.34.56789",
+            "0x19840312",
+            "0x55586753",
+        ];
+        for c in cases {
+            assert!(parsing(c).is_empty(), "{c:?} parsed as {:?}", parsing(c));
+        }
+    }
+
+    #[test]
+    fn run_id_parts_split_off_the_flow_cell() {
+        assert_eq!(
+            run_id_parts("160404_NS500318_0141_AHW37NBGXX"),
+            Some(("160404_NS500318_0141_A", "HW37NBGXX"))
+        );
+        assert_eq!(
+            run_id_parts("130412_M00612_0070_000000000-A3GJA"),
+            Some(("130412_M00612_0070_", "000000000-A3GJA"))
+        );
+        assert_eq!(run_id_parts("not a run"), None);
+    }
+
     #[test]
     fn case_matters() {
         assert!(instrument_serial("m00612").is_none());
@@ -1076,7 +1202,8 @@ mod tests {
         assert_eq!(instrument_serial("D00123"), Some(SerialFamily::HiSeq2500));
         assert_eq!(
             instrument_serial("SN7001403"),
-            Some(SerialFamily::HiSeq2000)
+            None,
+            "SN + digits is a record number's shape: a pseudonym"
         );
         assert_eq!(instrument_serial("K00150"), Some(SerialFamily::HiSeq4000));
         assert_eq!(instrument_serial("E00489"), Some(SerialFamily::HiSeqX));

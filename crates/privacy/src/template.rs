@@ -1325,45 +1325,31 @@ fn parse_number(s: &str) -> Option<(f64, u8)> {
 
 /// `[vV]?` + 2–4 dotted components (1–4 after a `v`), widths ≤ 2, 2, 3, 5, no leading zeros.
 fn is_version(s: &str) -> bool {
-    let (prefixed, body) = match s.strip_prefix(['v', 'V']) {
-        Some(b) => (true, b),
-        None => (false, s),
-    };
-    const WIDTH: [usize; 4] = [2, 2, 3, 5];
-    let mut n = 0;
-    for c in body.split('.') {
-        if n == WIDTH.len()
-            || c.is_empty()
-            || c.len() > WIDTH[n]
-            || !c.bytes().all(|b| b.is_ascii_digit())
-            || (c.len() > 1 && c.starts_with('0'))
-        {
-            return false;
-        }
-        n += 1;
-    }
-    n >= if prefixed { 1 } else { 2 }
+    // The identifier grammar (no dates, phone numbers or national ids in dotted form), or a
+    // short kit version `v3` / `V2`.
+    crate::grammar::version(s)
+        || s.strip_prefix(['v', 'V']).is_some_and(|d| {
+            crate::grammar::version(d)
+                || ((1..=2).contains(&d.len())
+                    && d.bytes().all(|b| b.is_ascii_digit())
+                    && !(d.len() > 1 && d.starts_with('0')))
+        })
 }
 
-/// `[EWIF][0-9]{3,4}` or `[EWIF]-[A-Z]{2,4}-[0-9]{3}`.
+/// `[EWIF][0-9]{3,4}` (a bare instrument fault code, `E1042`) or an event code of the closed
+/// grammar ([`crate::grammar::event_code`]: severity, subsystem mnemonic, 3 digits).
 fn is_code(s: &str) -> bool {
     let b = s.as_bytes();
-    if b.is_empty() || !matches!(b[0], b'E' | b'W' | b'I' | b'F') {
+    if b.is_empty() {
         return false;
     }
-    let rest = &b[1..];
-    if (3..=4).contains(&rest.len()) && rest.iter().all(u8::is_ascii_digit) {
+    if matches!(b[0], b'E' | b'W' | b'I' | b'F')
+        && (4..=5).contains(&b.len())
+        && b[1..].iter().all(u8::is_ascii_digit)
+    {
         return true;
     }
-    let Some(rest) = rest.strip_prefix(b"-") else {
-        return false;
-    };
-    let letters = rest.iter().take_while(|c| c.is_ascii_uppercase()).count();
-    let tail = &rest[letters..];
-    (2..=4).contains(&letters)
-        && tail.len() == 4
-        && tail[0] == b'-'
-        && tail[1..].iter().all(u8::is_ascii_digit)
+    crate::grammar::event_code(s)
 }
 
 /// `-?[vV]?[0-9]+(\.[0-9]+)*`: numbers and versions (the slot decides which).
@@ -2129,10 +2115,22 @@ mod tests {
             "W2001",
             "I-RUN-010",
             "E-FLU-301",
-            "F-SW-104",
-            "E-OPTX-900",
+            "E-SW-104",
         ] {
             assert!(is_code(ok), "{ok}");
+        }
+        // Outside the closed list of severities and subsystem mnemonics: health words, genes,
+        // first names (found crossing by a red-team review).
+        for bad in [
+            "F-SW-104",
+            "E-OPTX-900",
+            "E-HIV-123",
+            "I-BRCA-001",
+            "E-KRAS-123",
+            "E-ANN-042",
+            "F-DOE-123",
+        ] {
+            assert!(!is_code(bad), "{bad}");
         }
         for bad in [
             "NA12878",
@@ -2163,6 +2161,11 @@ mod tests {
             "1984.03.12",
             "03.12.84",
             "555.867.5309",
+            "19.84.3.12",
+            "55.58.675.309",
+            "5.55.867.5309",
+            "44.20.794.60958",
+            "1.23.456.78901",
             "2",
             "1.2.3.4.5",
             "2.4.011",

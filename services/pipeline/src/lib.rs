@@ -196,7 +196,18 @@ pub fn summarize(events: u64, collected: &Collected, faults: &[FaultTruth]) -> S
         validated: collected.validated,
         dead_letters: collected.dead_letters.clone(),
         privacy_removals: collected.privacy_removals,
-        privacy: collected.privacy_actions.clone(),
+        privacy: [
+            "pseudonymized",
+            "replaced_with_other",
+            "removed",
+            "rejected",
+        ]
+        .into_iter()
+        .map(|a| {
+            let n = collected.privacy_actions.get(a).copied().unwrap_or(0);
+            (a.to_string(), n)
+        })
+        .collect(),
         anomalies: collected.anomalies_active,
         alerts: collected
             .alerts

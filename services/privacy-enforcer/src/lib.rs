@@ -110,6 +110,10 @@ impl PrivacyConfig {
                 "pseudonym_key_file",
                 "the privacy enforcer needs a pseudonym key (hex, at least 32 bytes) that analysis never holds",
             )),
+            (Some(k), None) if is_demo_key(k.expose()) => Err(ConfigError::of::<Self>(
+                "pseudonym_key",
+                "is the public demo key; generate one (e.g. openssl rand -hex 32)",
+            )),
             (Some(k), None) => PseudonymKey::from_hex(k.expose())
                 .map(|_| ())
                 .map_err(|e| ConfigError::of::<Self>("pseudonym_key", e.to_string())),
@@ -134,6 +138,17 @@ impl Default for PrivacyEnforcer {
             TemplateCatalogue::builtin(),
         )
     }
+}
+
+/// Whether `hex` is the public demo key (whitespace and case ignored): the service refuses it.
+pub fn is_demo_key(hex: &str) -> bool {
+    let a: String = hex
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let b: String = DEMO_PSEUDONYM_KEY_HEX.split_whitespace().collect();
+    a == b
 }
 
 /// The public demo key (see [`DEMO_PSEUDONYM_KEY_HEX`]).
@@ -232,6 +247,25 @@ impl PrivacyEnforcer {
         }
     }
 
+    /// A flow cell's pseudonym (empty and NOT_REPORTED stay), the same in `flowcell_serial` and
+    /// in the run id.
+    fn flowcell(&self, id: &str) -> String {
+        if id.is_empty() || id == NOT_REPORTED {
+            id.to_string()
+        } else {
+            self.key.pseudonym(Domain::FlowcellId, id)
+        }
+    }
+
+    /// A run id that parses crosses with its flow-cell part pseudonymized; one that does not is
+    /// a pseudonym as a whole (audited).
+    fn run_id(&self, run_id: &str, audit: &mut AuditLog) -> String {
+        match grammar::run_id_parts(run_id) {
+            Some((head, flowcell)) => format!("{head}{}", self.flowcell(flowcell)),
+            None => self.identifier("run_id", run_id, |_| false, Domain::RunId, audit),
+        }
+    }
+
     fn log_event(
         &self,
         l: seqmon_model::OperationLogEvent,
@@ -292,7 +326,9 @@ impl PrivacyEnforcer {
         let mut out = BTreeMap::new();
         let mut unknown = 0i32;
         for (k, v) in attributes {
-            let Some(key) = catalogue::attribute_key(&k) else {
+            // A key that differs from another only by case is dropped and counted too.
+            let catalogued = catalogue::attribute_key(&k).filter(|key| !out.contains_key(*key));
+            let Some(key) = catalogued else {
                 if let Some(extra) = self.cfg.extra_attribute_keys.iter().find(|e| **e == k) {
                     let value = self.key.pseudonym(Domain::Other, &v);
                     audit.note(
@@ -314,8 +350,9 @@ impl PrivacyEnforcer {
                     catalogue::application_name,
                     audit,
                 ),
-                // ISO 3166 codes are a closed list: the grammar is the catalogue.
-                "site_region" if grammar::region(&v) => v,
+                // ISO 3166-1 countries are a closed list: the grammar is the catalogue; a
+                // subdivision (1-3 free characters) is not narrow enough and is dropped.
+                "site_region" if grammar::region(&v) => v.chars().take(2).collect(),
                 "site_region" => Self::catalogued(ATTR_SITE_REGION, &v, |_| None, audit),
                 "consent_basis" => {
                     Self::catalogued(ATTR_CONSENT_BASIS, &v, catalogue::consent_basis, audit)
@@ -386,13 +423,8 @@ impl PrivacyEnforcer {
                 catalogue::chemistry,
                 audit,
             ),
-            flowcell_serial: self.identifier(
-                "run_configuration.flowcell_serial",
-                &c.flowcell_serial,
-                grammar::flowcell_id,
-                Domain::FlowcellId,
-                audit,
-            ),
+            // Always a pseudonym: a flow-cell id's free characters can spell a name.
+            flowcell_serial: self.flowcell(&c.flowcell_serial),
             flowcell_lot: lot("run_configuration.flowcell_lot", &c.flowcell_lot, audit),
             reagent_kit_lot: lot(
                 "run_configuration.reagent_kit_lot",
@@ -483,13 +515,8 @@ impl Processor for PrivacyEnforcer {
             attributes,
         } = t;
         let mut audit = AuditLog::default();
-        let message_id = self.identifier(
-            "message_id",
-            &message_id,
-            grammar::message_id,
-            Domain::MessageId,
-            &mut audit,
-        );
+        // Always a pseudonym: a UUID has 122 free bits, and analysis needs equality only.
+        let message_id = self.key.pseudonym(Domain::MessageId, &message_id);
         let serial = self.identifier(
             "instrument_serial",
             &instrument_serial,
@@ -533,8 +560,7 @@ impl Processor for PrivacyEnforcer {
             );
             return Ok(());
         }
-        let run_id = run_id
-            .map(|r| self.identifier("run_id", &r, grammar::run_id, Domain::RunId, &mut audit));
+        let run_id = run_id.map(|r| self.run_id(&r, &mut audit));
         let log_event = log_event.map(|l| self.log_event(l, &mut audit));
         let instrument_configuration =
             instrument_configuration.map(|c| self.instrument_configuration(c, &mut audit));

@@ -123,14 +123,30 @@ fn real_values_cross_unchanged_and_unaudited() {
         assert!(rejection.is_none());
         assert!(audits(&out).is_empty(), "{:?}: {:?}", t.kind, audits(&out));
         let s = sanitized(&out);
-        assert_eq!(s.message_id, t.message_id);
+        let key = demo_key();
+        // By design: the message id and the flow cell cross as pseudonyms, the run id with its
+        // flow-cell part pseudonymized, the region as its country.
+        assert_eq!(
+            s.message_id,
+            key.pseudonym(Domain::MessageId, &t.message_id)
+        );
         assert_eq!(s.instrument_serial, t.instrument_serial);
-        assert_eq!(s.run_id, t.run_id);
+        let flowcell = key.pseudonym(Domain::FlowcellId, "H5NTFDSXX");
+        assert_eq!(
+            s.run_id.as_deref(),
+            Some(format!("200619_A00123_0042_A{flowcell}").as_str())
+        );
         assert_eq!(s.instrument_configuration, t.instrument_configuration);
-        assert_eq!(s.attributes, t.attributes);
+        let mut attributes = t.attributes.clone();
+        if let Some(r) = attributes.get_mut("site_region") {
+            *r = "DE".into();
+        }
+        assert_eq!(s.attributes, attributes);
         assert_eq!(s.privacy_policy_version, POLICY_VERSION);
         if let Some(c) = &t.run_configuration {
-            assert_eq!(s.run_configuration.as_ref(), Some(c));
+            let mut c = c.clone();
+            c.flowcell_serial = flowcell.clone();
+            assert_eq!(s.run_configuration.as_ref(), Some(&c));
         }
         if let Some(l) = &t.log_event {
             let sl = s.log_event.unwrap();
@@ -432,6 +448,50 @@ fn personal_data_in_any_string_field_never_crosses() {
 }
 
 #[test]
+fn red_team_inputs_cross_as_nothing_readable() {
+    let records = full_records();
+    let mut t = records[3].clone();
+    t.run_id = Some("840312_M00612_0070_000000000-SMITH".into());
+    let c = t.run_configuration.as_mut().unwrap();
+    c.flowcell_serial = "000000000-SMITH".into();
+    c.flowcell_lot = "12345678-Z".into();
+    c.reagent_kit_lot = "55586753".into();
+    c.buffer_lot = "19842503".into();
+    let (out, _) = run(&t);
+    let s = sanitized(&out);
+    for e in &out {
+        let text = String::from_utf8_lossy(&e.value);
+        for secret in ["SMITH", "840312", "12345678", "55586753", "19842503"] {
+            assert!(!text.contains(secret), "{secret} crossed in {}", e.role);
+        }
+    }
+    assert!(seqmon_privacy::pseudonym::is_pseudonym(
+        &s.run_configuration.unwrap().flowcell_serial
+    ));
+    let mut t = records[2].clone();
+    t.attributes.insert("site_region".into(), "GB-ANN".into());
+    t.attributes.insert("Site_Region".into(), "US-JD".into());
+    t.instrument_configuration.as_mut().unwrap().rta_version = "02.079.46.0958".into();
+    let (out, _) = run(&t);
+    let s = sanitized(&out);
+    // The first of the two in key order wins; the other is dropped and counted.
+    assert_eq!(
+        s.attributes.get("site_region").map(String::as_str),
+        Some("US")
+    );
+    assert!(!s.attributes.contains_key("Site_Region"));
+    assert!(seqmon_privacy::pseudonym::is_pseudonym(
+        &s.instrument_configuration.unwrap().rta_version
+    ));
+    let a = audits(&out);
+    assert!(
+        a.iter()
+            .any(|a| a.rule == PrivacyRule::UNKNOWN_ATTRIBUTE_KEY && a.count == 1),
+        "the case-colliding key is dropped and counted: {a:?}"
+    );
+}
+
+#[test]
 fn settings_need_a_key_and_name_it() {
     let cfg = PrivacyConfig::default();
     let err = cfg.validate().unwrap_err().to_string();
@@ -443,6 +503,12 @@ fn settings_need_a_key_and_name_it() {
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("PRIVACY_PSEUDONYM_KEY"), "{err}");
     assert!(!err.contains("abcd"), "the key is never printed: {err}");
+    let cfg = PrivacyConfig {
+        pseudonym_key: Some(DEMO_PSEUDONYM_KEY_HEX.parse().unwrap()),
+        ..PrivacyConfig::default()
+    };
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("demo key"), "{err}");
     let cfg = PrivacyConfig {
         pseudonym_key: Some("00".repeat(32).parse().unwrap()),
         ..PrivacyConfig::default()

@@ -377,12 +377,26 @@ impl Validator {
             if t.run_id.is_none() {
                 return fail(R::MISSING_FIELD, "run_configuration without run_id");
             }
+            // Cycle counts a real run has (at most 2 x 1000 cycles plus indexes) and expiry dates
+            // in a consumable's lifetime: a number field must not carry a record number or a
+            // date of birth either.
+            let cycles = |n: i32| (0..=1000).contains(&n);
             if c.read1_cycles < 1
-                || c.read2_cycles < 0
-                || c.index1_cycles < 0
-                || c.index2_cycles < 0
+                || ![
+                    c.read1_cycles,
+                    c.read2_cycles,
+                    c.index1_cycles,
+                    c.index2_cycles,
+                ]
+                .into_iter()
+                .all(cycles)
             {
                 return fail(R::OUT_OF_RANGE, "run_configuration cycle counts");
+            }
+            // Days since 1970-01-01: 0 when not reported, else 2010-01-01 ..= 2039-12-31.
+            let expiry = |d: i32| d == 0 || (14_610..=25_567).contains(&d);
+            if !expiry(c.reagent_kit_expiry_date) || !expiry(c.buffer_expiry_date) {
+                return fail(R::OUT_OF_RANGE, "run_configuration expiry dates");
             }
             for (name, v) in [
                 ("flowcell_lot", &c.flowcell_lot),

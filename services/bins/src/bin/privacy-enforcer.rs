@@ -30,6 +30,12 @@ fn build(cfg: &PrivacyConfig) -> Result<PrivacyEnforcer, RuntimeError> {
         })?,
         (None, None) => return Err(bad("pseudonym_key_file", "is required".into())),
     };
+    if seqmon_privacy_enforcer::is_demo_key(&hex) {
+        return Err(bad(
+            "pseudonym_key_file",
+            "holds the public demo key; generate one (e.g. openssl rand -hex 32)".into(),
+        ));
+    }
     let key = PseudonymKey::from_hex(&hex).map_err(|e| bad("pseudonym_key_file", e.to_string()))?;
     let mut templates = TemplateCatalogue::builtin();
     if let Some(path) = &cfg.log_templates_file {
