@@ -8,10 +8,12 @@
 //!   checked against apache-avro and fastavro.
 //! - [`json`]: the JSON-lines form used by file mode (Avro values ↔ JSON).
 //! - [`topics`]: the topic catalogue (typed roles, names, keys, schemas, retention).
+//! - [`acl`]: one principal per stage and the ACLs derived from the catalogue.
 //! - [`specs`]: plausible ranges (validation) and operating specs (features) per metric and model.
 //!
 //! Nothing here does I/O; every function is pure and unit-tested without a broker.
 
+pub mod acl;
 pub mod codec;
 pub mod fast;
 pub mod json;

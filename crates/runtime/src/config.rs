@@ -93,6 +93,15 @@ pub struct KafkaConnection {
     /// Extra librdkafka settings, key=value, comma-separated; applied last.
     #[arg(long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',')]
     pub kafka_options: Vec<String>,
+    /// A librdkafka client properties file (`key=value` lines, `#` comments), e.g. one of
+    /// `.cache/kafka/secure/<principal>.properties` written by the secure test broker or a
+    /// mounted Secret. Applied after the flags above and before --kafka-option; its values
+    /// (passwords included) are never printed.
+    #[arg(long, env = "KAFKA_PROPERTIES_FILE")]
+    pub properties_file: Option<std::path::PathBuf>,
+    /// The properties read from --properties-file by [`KafkaConnection::load_properties_file`].
+    #[arg(skip)]
+    pub file_properties: Vec<(String, Secret)>,
 }
 
 impl KafkaConnection {
@@ -171,6 +180,34 @@ impl KafkaConnection {
         Ok(())
     }
 
+    /// Reads --properties-file (once, at start-up, before any client is created). A missing or
+    /// malformed file is a configuration error naming the setting and the line.
+    pub fn load_properties_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.properties_file else {
+            return Ok(());
+        };
+        let bad = |message: String| ConfigError::of::<Self>("properties_file", message);
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        self.file_properties.clear();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                return Err(bad(format!(
+                    "{} line {}: not key=value",
+                    path.display(),
+                    i + 1
+                )));
+            };
+            self.file_properties
+                .push((k.trim().to_string(), v.trim().parse().unwrap_or_default()));
+        }
+        Ok(())
+    }
+
     /// Full topic name of a catalogue role.
     pub fn topic(&self, role: TopicRole) -> String {
         role.topic(&self.topic_prefix)
@@ -204,6 +241,9 @@ impl KafkaConnection {
                 c.set(k, v);
             }
         }
+        for (k, v) in &self.file_properties {
+            c.set(k, v.expose());
+        }
         for opt in &self.kafka_options {
             if let Some((k, v)) = opt.split_once('=') {
                 c.set(k.trim(), v.trim());
@@ -218,11 +258,13 @@ impl KafkaConnection {
 pub struct RunnerConfig {
     #[command(flatten)]
     pub kafka: KafkaConnection,
-    /// Consumer group id (default: the stage name).
+    /// Consumer group id (default: the topic prefix and the stage name, which the stage's
+    /// group ACL covers; see `seqmon-admin acls`).
     #[arg(long, env = "SEQMON_GROUP_ID")]
     pub group_id: Option<String>,
     /// Transactional id of this instance; keep it stable across restarts of the same instance
-    /// (default: stage name and host name) so a restart fences its predecessor.
+    /// (default: topic prefix, stage name and host name) so a restart fences its predecessor.
+    /// It must start with the topic prefix and the stage name for the stage's ACLs to allow it.
     #[arg(long, env = "SEQMON_TRANSACTIONAL_ID")]
     pub transactional_id: Option<String>,
     /// Most input records per transaction (bounds in-flight work).
@@ -314,6 +356,14 @@ impl RunnerConfig {
         Ok(())
     }
 
+    /// The consumer group of `stage`: --group-id, else the topic prefix and the stage name (the
+    /// restore consumer uses this with `-restore`; both fall under the stage's group ACL).
+    pub fn group_id(&self, stage: &str) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("{}{stage}", self.kafka.topic_prefix))
+    }
+
     /// Timeout of one broker request: the request timeout, within the transaction timeout.
     pub fn request_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.request_timeout_ms.min(self.transaction_timeout_ms))
@@ -386,6 +436,34 @@ mod tests {
             let err = parse(args).validate().expect_err("invalid").to_string();
             assert!(err.contains(setting), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_properties_file_is_applied_and_its_secrets_never_print() {
+        let dir = std::env::temp_dir().join(format!("seqmon-props-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("validator.properties");
+        std::fs::write(
+            &path,
+            "# written by the secure test broker\nsecurity.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nsasl.username=validator\nsasl.password=s3cr3t-value\n",
+        )
+        .unwrap();
+        let mut c = parse(&["--properties-file", path.to_str().unwrap()]);
+        c.validate().unwrap();
+        c.kafka.load_properties_file().unwrap();
+        let cc = c.kafka.client_config();
+        assert_eq!(cc.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(cc.get("sasl.password"), Some("s3cr3t-value"));
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+        std::fs::write(&path, "not a property\n").unwrap();
+        let err = c.kafka.load_properties_file().unwrap_err().to_string();
+        assert!(
+            err.contains("KAFKA_PROPERTIES_FILE") && err.contains("line 1"),
+            "{err}"
+        );
+        let mut missing = parse(&["--properties-file", "/nonexistent/x.properties"]);
+        assert!(missing.kafka.load_properties_file().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

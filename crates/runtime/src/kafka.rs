@@ -227,12 +227,12 @@ impl<'a> StageLoop<'a> {
     ) -> Result<Self, RuntimeError> {
         let stage = driver.processor().stage();
         let topics = Topics::of(&driver, cfg);
-        let group_id = cfg.group_id.clone().unwrap_or_else(|| stage.to_string());
+        let group_id = cfg.group_id(stage);
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         let transactional_id = cfg
             .transactional_id
             .clone()
-            .unwrap_or_else(|| format!("{stage}-{host}"));
+            .unwrap_or_else(|| format!("{}{stage}-{host}", cfg.kafka.topic_prefix));
         let producer: ThreadedProducer<DefaultProducerContext> = cfg
             .kafka
             .client_config()
@@ -617,7 +617,8 @@ fn restore_state(
         return Ok(());
     }
     let started = Instant::now();
-    let latest = read_changelog(cfg, driver.processor().stage(), changelog, assigned)?;
+    let group_id = cfg.group_id(driver.processor().stage());
+    let latest = read_changelog(cfg, &group_id, changelog, assigned)?;
     let expected = driver.processor().state_format_version();
     let mut restored = 0u64;
     for (key, snap) in latest {
@@ -646,7 +647,7 @@ fn restore_state(
 /// The latest snapshot (or tombstone) of every key on the given changelog partitions.
 fn read_changelog(
     cfg: &RunnerConfig,
-    stage: &str,
+    group_id: &str,
     changelog: &str,
     partitions: &[i32],
 ) -> Result<HashMap<String, Option<StateSnapshot>>, RuntimeError> {
@@ -655,7 +656,7 @@ fn read_changelog(
     let restorer: BaseConsumer<RestoreContext> = cfg
         .kafka
         .client_config()
-        .set("group.id", format!("{stage}-restore"))
+        .set("group.id", format!("{group_id}-restore"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")

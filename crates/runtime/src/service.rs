@@ -64,8 +64,9 @@ where
     init_logging();
     let cli = Cli::<A>::parse();
     let result = match cli.mode {
-        Mode::Kafka { runner, stage } => runner
+        Mode::Kafka { mut runner, stage } => runner
             .validate()
+            .and_then(|()| runner.kafka.load_properties_file())
             .map_err(RuntimeError::from)
             .and_then(|()| build(&stage))
             .and_then(|p| run_kafka_service(Box::new(p), &runner)),

@@ -147,9 +147,10 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn run(cli: Cli) -> Result<(), RuntimeError> {
+fn run(mut cli: Cli) -> Result<(), RuntimeError> {
     if cli.to == Sink::Kafka {
         cli.kafka.validate()?;
+        cli.kafka.load_properties_file()?;
     }
     if cli.poll_interval_s == 0 {
         return Err(RuntimeError::Config {

@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     seqmon_runtime::service::exit_code(run(Cli::parse()))
 }
 
-fn run(cli: Cli) -> Result<(), RuntimeError> {
+fn run(mut cli: Cli) -> Result<(), RuntimeError> {
     let bad = |id: &str, message: &str| Err(ConfigError::of::<Cli>(id, message).into());
     if cli.instruments == 0 || cli.instruments > 1_000_000 {
         return bad("instruments", "must be 1..=1000000");
@@ -93,6 +93,7 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
     }
     if cli.to == Sink::Kafka {
         cli.kafka.validate()?;
+        cli.kafka.load_properties_file()?;
     }
     if cli.live {
         if cli.to != Sink::Kafka {

@@ -1,5 +1,6 @@
 //! Administration: `seqmon-admin create-topics` creates every catalogue topic, idempotently;
-//! `seqmon-admin topics` prints the catalogue.
+//! `seqmon-admin topics` prints the catalogue; `seqmon-admin acls` prints the ACLs that follow
+//! from it (one principal per stage) or applies them with Kafka's own ACL command.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,12 +34,103 @@ enum Command {
     },
     /// Print the topic catalogue.
     Topics,
+    /// The ACLs of a deployment, derived from the topic catalogue: one principal per stage,
+    /// each reading and writing only its own topics, groups and transactional ids.
+    Acls {
+        /// Prefix of every topic name, group and transactional id.
+        #[arg(long, env = "SEQMON_TOPIC_PREFIX", default_value = "")]
+        topic_prefix: String,
+        /// How to print them: a table, or one argument line of Kafka's ACL command per ACL.
+        #[arg(long, value_enum, default_value = "table")]
+        format: AclFormat,
+        /// Apply them: run Kafka's ACL command (`COMMAND ARGS... --add ...`, a few ACLs per run), e.g.
+        /// `--apply "kafka-acls.sh --bootstrap-server host:9093 --command-config admin.properties"`.
+        #[arg(long)]
+        apply: Option<String>,
+    },
+}
+
+/// Output format of `seqmon-admin acls`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum AclFormat {
+    /// Principal, resource, operation.
+    Table,
+    /// The arguments of `kafka-acls.sh` that add each ACL, one ACL a line.
+    KafkaAcls,
+}
+
+fn acls_command(topic_prefix: &str, format: AclFormat, apply: Option<&str>) -> ExitCode {
+    use seqmon_model::acl::{acls, kafka_acls_batches, Resource};
+    let all = acls(topic_prefix);
+    if let Some(command) = apply {
+        let mut words = command.split_whitespace();
+        let Some(program) = words.next() else {
+            eprintln!("error: invalid configuration: --apply: empty command");
+            return ExitCode::from(2);
+        };
+        let base: Vec<&str> = words.collect();
+        for batch in kafka_acls_batches(&all) {
+            let status = std::process::Command::new(program)
+                .args(&base)
+                .args(&batch)
+                .stdout(std::process::Stdio::null())
+                .status();
+            match status {
+                Ok(s) if s.success() => {}
+                Ok(s) => {
+                    eprintln!(
+                        "error: {program} exited with {s} adding {}",
+                        batch.join(" ")
+                    );
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("error: cannot run {program}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        eprintln!("{} ACLs applied", all.len());
+        return ExitCode::SUCCESS;
+    }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for acl in &all {
+        // A closed pipe (`| head`) ends the listing quietly.
+        let written = match format {
+            AclFormat::KafkaAcls => writeln!(out, "{}", acl.kafka_acls_args().join(" ")),
+            AclFormat::Table => {
+                let resource = match &acl.resource {
+                    Resource::Topic(t) => format!("topic {t}"),
+                    Resource::GroupPrefix(g) => format!("group {g}*"),
+                    Resource::TransactionalIdPrefix(t) => format!("transactional-id {t}*"),
+                    Resource::Cluster => "cluster".to_string(),
+                };
+                writeln!(
+                    out,
+                    "{:<18} {:<16} {}",
+                    acl.principal.name(),
+                    acl.operation.kafka_name(),
+                    resource
+                )
+            }
+        };
+        if written.is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     seqmon_runtime::service::init_logging();
     match Cli::parse().command {
+        Command::Acls {
+            topic_prefix,
+            format,
+            apply,
+        } => acls_command(&topic_prefix, format, apply.as_deref()),
         Command::Topics => {
             for t in CATALOGUE {
                 let cleanup = match t.cleanup {
@@ -54,11 +146,11 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CreateTopics {
-            kafka,
+            mut kafka,
             partitions,
             replication_factor,
         } => {
-            if let Err(e) = kafka.validate() {
+            if let Err(e) = kafka.validate().and_then(|()| kafka.load_properties_file()) {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
