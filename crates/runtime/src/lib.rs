@@ -6,6 +6,7 @@
 pub mod config;
 pub mod driver;
 pub mod embedded;
+pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod file;
