@@ -210,6 +210,8 @@ pub struct Committed {
     pub key: String,
     pub value: Vec<u8>,
     pub timestamp_ms: Option<i64>,
+    /// Record headers (the envelope header of sealed records).
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Reads every committed record of `topic` (read_committed), from the beginning to the end.
@@ -243,6 +245,15 @@ pub fn read_committed(topic: &str) -> Vec<Committed> {
                 key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                 value: m.payload().unwrap_or_default().to_vec(),
                 timestamp_ms: m.timestamp().to_millis(),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        use rdkafka::message::Headers;
+                        hs.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 eof.insert(p);

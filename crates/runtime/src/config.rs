@@ -99,9 +99,21 @@ pub struct KafkaConnection {
     /// (passwords included) are never printed.
     #[arg(long, env = "KAFKA_PROPERTIES_FILE")]
     pub properties_file: Option<std::path::PathBuf>,
-    /// The properties read from --properties-file by [`KafkaConnection::load_properties_file`].
+    /// The properties read from --properties-file by [`KafkaConnection::load_files`].
     #[arg(skip)]
     pub file_properties: Vec<(String, Secret)>,
+    /// Folder of AES-256 keys (`<key id>.key`, 64 hex digits each, e.g. a mounted Secret) that
+    /// seal and open records on the sensitive topics (encryption at rest). Unset: records on
+    /// the sensitive topics are not sealed (local tests only).
+    #[arg(long, env = "SEQMON_ENCRYPTION_KEYS_DIR")]
+    pub encryption_keys_dir: Option<std::path::PathBuf>,
+    /// Id of the key that seals new records (a file `<id>.key` in --encryption-keys-dir); the
+    /// other keys still open what they sealed (rotation).
+    #[arg(long, env = "SEQMON_ENCRYPTION_ACTIVE_KEY")]
+    pub encryption_active_key: Option<String>,
+    /// The key ring read by [`KafkaConnection::load_files`].
+    #[arg(skip)]
+    pub key_ring: Option<crate::envelope::KeyRing>,
 }
 
 impl KafkaConnection {
@@ -177,12 +189,31 @@ impl KafkaConnection {
                 return bad("kafka_options", format!("{opt:?} is not key=value"));
             }
         }
+        if self.encryption_keys_dir.is_some() != self.encryption_active_key.is_some() {
+            return bad(
+                "encryption_active_key",
+                "encryption needs both a keys folder and the id of the active key".into(),
+            );
+        }
         Ok(())
     }
 
-    /// Reads --properties-file (once, at start-up, before any client is created). A missing or
-    /// malformed file is a configuration error naming the setting and the line.
-    pub fn load_properties_file(&mut self) -> Result<(), ConfigError> {
+    /// Reads the files the settings name (once, at start-up, before any client is created):
+    /// --properties-file and the encryption key ring. A missing or malformed file is a
+    /// configuration error naming the setting (and the line), never the secret.
+    pub fn load_files(&mut self) -> Result<(), ConfigError> {
+        self.load_properties_file()?;
+        if let (Some(dir), Some(active)) = (&self.encryption_keys_dir, &self.encryption_active_key)
+        {
+            self.key_ring = Some(
+                crate::envelope::KeyRing::from_dir(dir, active)
+                    .map_err(|e| ConfigError::of::<Self>("encryption_keys_dir", e.to_string()))?,
+            );
+        }
+        Ok(())
+    }
+
+    fn load_properties_file(&mut self) -> Result<(), ConfigError> {
         let Some(path) = &self.properties_file else {
             return Ok(());
         };
@@ -450,19 +481,19 @@ mod tests {
         .unwrap();
         let mut c = parse(&["--properties-file", path.to_str().unwrap()]);
         c.validate().unwrap();
-        c.kafka.load_properties_file().unwrap();
+        c.kafka.load_files().unwrap();
         let cc = c.kafka.client_config();
         assert_eq!(cc.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(cc.get("sasl.password"), Some("s3cr3t-value"));
         assert!(!format!("{c:?}").contains("s3cr3t-value"));
         std::fs::write(&path, "not a property\n").unwrap();
-        let err = c.kafka.load_properties_file().unwrap_err().to_string();
+        let err = c.kafka.load_files().unwrap_err().to_string();
         assert!(
             err.contains("KAFKA_PROPERTIES_FILE") && err.contains("line 1"),
             "{err}"
         );
         let mut missing = parse(&["--properties-file", "/nonexistent/x.properties"]);
-        assert!(missing.kafka.load_properties_file().is_err());
+        assert!(missing.kafka.load_files().is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

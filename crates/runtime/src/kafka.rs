@@ -32,16 +32,17 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use seqmon_model::topics::TopicRole;
-use seqmon_model::{decode, encode, StateSnapshot};
+use seqmon_model::topics::{PrivacySide, TopicRole};
+use seqmon_model::{decode, encode, DeadLetterReason, StateSnapshot};
 use seqmon_processor::StageError;
 
 use crate::config::RunnerConfig;
 use crate::driver::Driver;
+use crate::envelope::{self, KeyRing};
 use crate::error::RuntimeError;
 use crate::events::{
     ConsumerError, ConsumerErrorLog, RebalanceKind, Rebalanced, StateRestored, TransactionAborted,
@@ -134,6 +135,37 @@ struct Owned {
     partition: i32,
     offset: i64,
     timestamp_ms: Option<i64>,
+    /// The envelope header, when the record is sealed (see [`crate::envelope`]).
+    sealed_with: Option<Vec<u8>>,
+}
+
+/// The value of the envelope header of a consumed record, if any.
+fn envelope_header<M: Message>(m: &M) -> Option<Vec<u8>> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == envelope::HEADER)
+        .and_then(|h| h.value.map(<[u8]>::to_vec))
+}
+
+/// The value to produce to `role` and its headers: sealed when the topic is on the sensitive
+/// side and the deployment has a key ring, else as it is.
+pub fn outgoing<'v>(
+    ring: Option<&KeyRing>,
+    role: TopicRole,
+    key: &[u8],
+    value: &'v [u8],
+) -> (std::borrow::Cow<'v, [u8]>, Option<OwnedHeaders>) {
+    match ring {
+        Some(ring) if role.spec().side == PrivacySide::Sensitive => {
+            let (sealed, header) = ring.seal(role, key, value);
+            let headers = OwnedHeaders::new().insert(Header {
+                key: envelope::HEADER,
+                value: Some(header.as_bytes()),
+            });
+            (std::borrow::Cow::Owned(sealed), Some(headers))
+        }
+        _ => (std::borrow::Cow::Borrowed(value), None),
+    }
 }
 
 /// The topics a stage reads and writes, resolved once under the deployment prefix.
@@ -344,6 +376,7 @@ impl<'a> StageLoop<'a> {
                             partition: m.partition(),
                             offset: m.offset(),
                             timestamp_ms: m.timestamp().to_millis(),
+                            sealed_with: envelope_header(&m),
                         });
                     }
                 }
@@ -435,21 +468,49 @@ impl<'a> StageLoop<'a> {
             next_offsets: BTreeMap::new(),
         };
         let mut emitted: Vec<Emitted> = Vec::new();
+        let input_role = self.driver.processor().input_role();
+        let ring = self
+            .cfg
+            .kafka
+            .key_ring
+            .as_ref()
+            .filter(|_| input_role.spec().side == PrivacySide::Sensitive);
         for m in batch {
+            // On the sensitive side the record is opened first; one that does not open is a
+            // dead letter (its sealed bytes kept), never a crash.
+            let opened = ring.map(|r| {
+                r.open(
+                    input_role,
+                    m.key.as_deref().unwrap_or_default(),
+                    m.sealed_with.as_deref(),
+                    &m.value,
+                )
+            });
+            let value: &[u8] = match &opened {
+                Some(Ok(plain)) => plain,
+                _ => &m.value,
+            };
             let env = Envelope {
                 key: m.key.as_deref(),
-                value: &m.value,
+                value,
                 topic: &self.topics.input,
                 partition: m.partition,
                 offset: m.offset,
                 timestamp_ms: m.timestamp_ms,
             };
             let changed = &mut out.changed;
-            self.driver
-                .handle(&env, &mut emitted, |k| {
+            let handled = match &opened {
+                Some(Err(e)) => self.driver.reject_unreadable(
+                    &env,
+                    DeadLetterReason::UNDECODABLE,
+                    &e.to_string(),
+                    &mut emitted,
+                ),
+                _ => self.driver.handle(&env, &mut emitted, |k| {
                     changed.insert(k, m.partition);
-                })
-                .map_err(|e| TxnFailure::Fatal(e.into()))?;
+                }),
+            };
+            handled.map_err(|e| TxnFailure::Fatal(e.into()))?;
             // Each output carries the timestamp of the input that caused it (as Kafka Streams
             // does), so the time from an instrument's event to any result can be read off it.
             out.records
@@ -460,10 +521,15 @@ impl<'a> StageLoop<'a> {
     }
 
     fn produce_outputs(&self, records: &[(Emitted, Option<i64>)]) -> Result<usize, TxnFailure> {
+        let ring = self.cfg.kafka.key_ring.as_ref();
         for (e, stamp) in records {
+            let (value, headers) = outgoing(ring, e.role, e.key.as_bytes(), &e.value);
             let mut record = BaseRecord::to(self.topics.output(e.role)?)
                 .key(e.key.as_bytes())
-                .payload(e.value.as_slice());
+                .payload(value.as_ref());
+            if let Some(h) = headers {
+                record = record.headers(h);
+            }
             if let Some(ms) = stamp {
                 record = record.timestamp(*ms);
             }
@@ -503,14 +569,26 @@ impl<'a> StageLoop<'a> {
         let Some(changelog) = self.topics.changelog.as_deref() else {
             return Ok(());
         };
+        let role = self.driver.processor().changelog_role();
+        let ring = self.cfg.kafka.key_ring.as_ref();
         for w in writes {
             // Same partition as the input, so the instance owning an input partition finds its
             // state on the changelog partition with the same number.
             let record = BaseRecord::<[u8], [u8]>::to(changelog)
                 .key(w.key.as_bytes())
                 .partition(w.partition);
-            let record = match &w.snapshot {
-                Some(bytes) => record.payload(bytes.as_slice()),
+            let sealed = match (&w.snapshot, role) {
+                (Some(bytes), Some(role)) => Some(outgoing(ring, role, w.key.as_bytes(), bytes)),
+                _ => None,
+            };
+            let record = match &sealed {
+                Some((value, headers)) => {
+                    let r = record.payload(value.as_ref());
+                    match headers {
+                        Some(h) => r.headers(h.clone()),
+                        None => r,
+                    }
+                }
                 None => record,
             };
             send(&self.producer, record).map_err(|e| classify("produce state", e))?;
@@ -618,7 +696,14 @@ fn restore_state(
     }
     let started = Instant::now();
     let group_id = cfg.group_id(driver.processor().stage());
-    let latest = read_changelog(cfg, &group_id, changelog, assigned)?;
+    let role = driver.processor().changelog_role();
+    let ring = cfg
+        .kafka
+        .key_ring
+        .as_ref()
+        .zip(role)
+        .filter(|(_, r)| r.spec().side == PrivacySide::Sensitive);
+    let latest = read_changelog(cfg, &group_id, changelog, assigned, ring)?;
     let expected = driver.processor().state_format_version();
     let mut restored = 0u64;
     for (key, snap) in latest {
@@ -650,6 +735,7 @@ fn read_changelog(
     group_id: &str,
     changelog: &str,
     partitions: &[i32],
+    ring: Option<(&KeyRing, TopicRole)>,
 ) -> Result<HashMap<String, Option<StateSnapshot>>, RuntimeError> {
     let started = Instant::now();
     let limit = Duration::from_millis(cfg.restore_timeout_ms);
@@ -683,7 +769,19 @@ fn read_changelog(
             None => {}
             Some(Ok(m)) => {
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                let state = match m.payload() {
+                let opened = match (ring, m.payload()) {
+                    (Some((ring, role)), Some(bytes)) => Some(
+                        ring.open(role, m.key().unwrap_or_default(), envelope_header(&m).as_deref(), bytes)
+                            .map_err(|e| {
+                                RuntimeError::Internal(format!(
+                                    "changelog {changelog} record at offset {} does not open: {e}",
+                                    m.offset()
+                                ))
+                            })?,
+                    ),
+                    _ => None,
+                };
+                let state = match opened.as_deref().or(m.payload()) {
                     None => None,
                     Some(bytes) => Some(decode::<StateSnapshot>(bytes).map_err(|e| {
                         RuntimeError::Internal(format!(

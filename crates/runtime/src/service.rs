@@ -66,7 +66,7 @@ where
     let result = match cli.mode {
         Mode::Kafka { mut runner, stage } => runner
             .validate()
-            .and_then(|()| runner.kafka.load_properties_file())
+            .and_then(|()| runner.kafka.load_files())
             .map_err(RuntimeError::from)
             .and_then(|()| build(&stage))
             .and_then(|p| run_kafka_service(Box::new(p), &runner)),

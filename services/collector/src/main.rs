@@ -75,7 +75,13 @@ fn main() -> ExitCode {
 /// Where records go: a JSON-lines writer or a Kafka producer.
 enum Out {
     File(Box<dyn Write>),
-    Kafka(ThreadedProducer<DefaultProducerContext>, String),
+    /// Producer, `telemetry.raw`'s name, and the key ring that seals records (encryption at
+    /// rest), if the deployment has one.
+    Kafka(
+        ThreadedProducer<DefaultProducerContext>,
+        String,
+        Option<seqmon_runtime::envelope::KeyRing>,
+    ),
 }
 
 impl Out {
@@ -100,6 +106,7 @@ impl Out {
                 Out::Kafka(
                     producer,
                     cli.kafka.topic(seqmon_model::topics::TopicRole::Raw),
+                    cli.kafka.key_ring.clone(),
                 )
             }
         })
@@ -122,13 +129,23 @@ impl Out {
                     source,
                 })
             }
-            Out::Kafka(producer, topic) => {
+            Out::Kafka(producer, topic, ring) => {
                 for r in records {
                     let bytes = encode(r).map_err(|e| RuntimeError::Internal(e.to_string()))?;
-                    let rec = BaseRecord::to(topic.as_str())
-                        .key(r.instrument_serial.as_bytes())
-                        .payload(bytes.as_slice())
+                    let key = r.instrument_serial.as_bytes();
+                    let (value, headers) = seqmon_runtime::kafka::outgoing(
+                        ring.as_ref(),
+                        seqmon_model::topics::TopicRole::Raw,
+                        key,
+                        &bytes,
+                    );
+                    let mut rec = BaseRecord::to(topic.as_str())
+                        .key(key)
+                        .payload(value.as_ref())
                         .timestamp(r.sent_time_ms);
+                    if let Some(h) = headers {
+                        rec = rec.headers(h);
+                    }
                     seqmon_runtime::kafka::send(producer, rec)
                         .map_err(RuntimeError::kafka("produce"))?;
                 }
@@ -150,7 +167,7 @@ fn now_ms() -> i64 {
 fn run(mut cli: Cli) -> Result<(), RuntimeError> {
     if cli.to == Sink::Kafka {
         cli.kafka.validate()?;
-        cli.kafka.load_properties_file()?;
+        cli.kafka.load_files()?;
     }
     if cli.poll_interval_s == 0 {
         return Err(RuntimeError::Config {

@@ -93,7 +93,7 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
     }
     if cli.to == Sink::Kafka {
         cli.kafka.validate()?;
-        cli.kafka.load_properties_file()?;
+        cli.kafka.load_files()?;
     }
     if cli.live {
         if cli.to != Sink::Kafka {
@@ -171,10 +171,19 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
                 .map_err(RuntimeError::kafka("create producer"))?;
             for r in &sim.records {
                 pace(first, r.sent_time_ms, started);
-                let record = BaseRecord::to(&topic)
+                let (value, headers) = seqmon_runtime::kafka::outgoing(
+                    cli.kafka.key_ring.as_ref(),
+                    TopicRole::Raw,
+                    r.key.as_bytes(),
+                    &r.bytes,
+                );
+                let mut record = BaseRecord::to(&topic)
                     .key(r.key.as_bytes())
-                    .payload(r.bytes.as_slice())
+                    .payload(value.as_ref())
                     .timestamp(r.sent_time_ms + 100);
+                if let Some(h) = headers {
+                    record = record.headers(h);
+                }
                 seqmon_runtime::kafka::send(&producer, record)
                     .map_err(RuntimeError::kafka("produce"))?;
             }
@@ -231,10 +240,19 @@ fn live(cli: &Cli) -> Result<(), RuntimeError> {
                 std::thread::sleep(Duration::from_millis(ahead as u64));
             }
             max_behind_ms = max_behind_ms.max(now_ms() - due);
-            let record = BaseRecord::to(&topic)
+            let (value, headers) = seqmon_runtime::kafka::outgoing(
+                cli.kafka.key_ring.as_ref(),
+                TopicRole::Raw,
+                r.key.as_bytes(),
+                &r.bytes,
+            );
+            let mut record = BaseRecord::to(&topic)
                 .key(r.key.as_bytes())
-                .payload(r.bytes.as_slice())
+                .payload(value.as_ref())
                 .timestamp(due);
+            if let Some(h) = headers {
+                record = record.headers(h);
+            }
             seqmon_runtime::kafka::send(&producer, record)
                 .map_err(RuntimeError::kafka("produce"))?;
             produced += 1;

@@ -150,7 +150,7 @@ async fn main() -> ExitCode {
             partitions,
             replication_factor,
         } => {
-            if let Err(e) = kafka.validate().and_then(|()| kafka.load_properties_file()) {
+            if let Err(e) = kafka.validate().and_then(|()| kafka.load_files()) {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
