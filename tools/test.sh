@@ -2,6 +2,10 @@
 # `make test`: builds, runs the unit tests, then the real-broker tests. Unless
 # KAFKA_BOOTSTRAP_SERVERS names a cluster, it fetches Apache Kafka from Maven Central on first use
 # (into .cache/, ignored by git), starts one KRaft broker on 127.0.0.1 and stops it afterwards.
+# Beside it, the secure broker (tools/kafka/broker.sh start --secure: SASL_SSL on 127.0.0.1:19192,
+# mutual TLS on 19193, ACLs; about 15 s to start) for the security tests, which find its client
+# properties files in $KAFKA_SECURE_DIR (set it to use a secure setup of your own instead;
+# with KAFKA_BOOTSTRAP_SERVERS and no KAFKA_SECURE_DIR no secure broker is started).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -11,6 +15,12 @@ cargo build --workspace --bins --tests
 
 . tools/kafka/local.sh
 use_local_broker --stop-on-exit
+if [ "${LOCAL_BROKER_STARTED:-0}" = 1 ] || [ -n "${KAFKA_SECURE_DIR:-}" ]; then
+  echo "== secure broker (SASL_SSL, mutual TLS, ACLs; certificates and passwords made now)"
+  use_local_secure_broker --stop-on-exit
+else
+  echo "== no secure broker beside an existing cluster: set KAFKA_SECURE_DIR for the security tests"
+fi
 
 echo "== from PyPI: Illumina's interop (collector cross-check) and fastavro (Avro cross-check)"
 venv="$root/.cache/interop-venv"
@@ -24,3 +34,4 @@ echo "== tests (unit, embedded pipeline, then real-broker integration)"
 # Integration tests each use their own topics and groups; two at a time suit a 2-core machine.
 cargo test --workspace -- --test-threads=2
 if [ "${LOCAL_BROKER_STARTED:-0}" = 1 ]; then echo "== broker log: .cache/kafka/run-${KAFKA_PORT:-19092}/broker.log"; fi
+if [ "${LOCAL_SECURE_BROKER_STARTED:-0}" = 1 ]; then echo "== secure broker log: .cache/kafka/secure-run-${KAFKA_SECURE_PORT:-19192}/broker.log"; fi
