@@ -114,6 +114,10 @@ pub struct KafkaConnection {
     /// The key ring read by [`KafkaConnection::load_files`].
     #[arg(skip)]
     pub key_ring: Option<crate::envelope::KeyRing>,
+    /// How long the start-up connection check waits for the cluster, milliseconds; a wrong CA,
+    /// an expired certificate or bad credentials stop the program then, with the reason.
+    #[arg(long, env = "KAFKA_CONNECT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub connect_timeout_ms: u64,
 }
 
 impl KafkaConnection {
@@ -189,6 +193,9 @@ impl KafkaConnection {
                 return bad("kafka_options", format!("{opt:?} is not key=value"));
             }
         }
+        if !(500..=600_000).contains(&self.connect_timeout_ms) {
+            return bad("connect_timeout_ms", "must be 500..=600000".into());
+        }
         if self.encryption_keys_dir.is_some() != self.encryption_active_key.is_some() {
             return bad(
                 "encryption_active_key",
@@ -237,6 +244,11 @@ impl KafkaConnection {
                 .push((k.trim().to_string(), v.trim().parse().unwrap_or_default()));
         }
         Ok(())
+    }
+
+    /// The start-up connection check's timeout.
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.connect_timeout_ms)
     }
 
     /// Full topic name of a catalogue role.

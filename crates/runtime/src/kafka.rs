@@ -771,13 +771,18 @@ fn read_changelog(
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                 let opened = match (ring, m.payload()) {
                     (Some((ring, role)), Some(bytes)) => Some(
-                        ring.open(role, m.key().unwrap_or_default(), envelope_header(&m).as_deref(), bytes)
-                            .map_err(|e| {
-                                RuntimeError::Internal(format!(
-                                    "changelog {changelog} record at offset {} does not open: {e}",
-                                    m.offset()
-                                ))
-                            })?,
+                        ring.open(
+                            role,
+                            m.key().unwrap_or_default(),
+                            envelope_header(&m).as_deref(),
+                            bytes,
+                        )
+                        .map_err(|e| {
+                            RuntimeError::Internal(format!(
+                                "changelog {changelog} record at offset {} does not open: {e}",
+                                m.offset()
+                            ))
+                        })?,
                     ),
                     _ => None,
                 };
@@ -852,10 +857,13 @@ pub fn wait_delivered(
 }
 
 /// Sends a record, waiting while the local queue is full (bounded in-flight work).
-pub fn send<'a>(
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    mut record: BaseRecord<'a, [u8], [u8]>,
-) -> Result<(), KafkaError> {
+pub fn send<'a, C: rdkafka::producer::ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    C::DeliveryOpaque: Default,
+{
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -867,6 +875,146 @@ pub fn send<'a>(
         }
     }
 }
+
+/// A producer context for plain (non-transactional) producers outside the stages (collector,
+/// simulator, admin): it keeps the first delivery error and the last client error, so a record
+/// the broker refused (not authorized, too large) fails the run instead of being reported as
+/// sent, and a connection that never comes up says why (TLS, authentication).
+#[derive(Default)]
+pub struct CheckedDelivery {
+    first_failure: Mutex<Option<String>>,
+    failures: AtomicU64,
+    last_client_error: Mutex<Option<String>>,
+}
+
+impl CheckedDelivery {
+    /// Records the broker refused or that could not be delivered, and the first reason.
+    pub fn failures(&self) -> (u64, Option<String>) {
+        (
+            self.failures.load(Ordering::SeqCst),
+            self.first_failure.lock().map(|f| f.clone()).unwrap_or(None),
+        )
+    }
+
+    /// The last error the client reported (connection, TLS, authentication), if any.
+    pub fn last_client_error(&self) -> Option<String> {
+        self.last_client_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or(None)
+    }
+
+    /// Ok when every record produced so far was delivered; call after `flush`.
+    pub fn check(&self, operation: &'static str) -> Result<(), RuntimeError> {
+        match self.failures() {
+            (0, _) => Ok(()),
+            (n, first) => Err(RuntimeError::Internal(format!(
+                "{operation}: {n} records were not delivered; first: {}",
+                first.unwrap_or_default()
+            ))),
+        }
+    }
+}
+
+impl ClientContext for CheckedDelivery {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "kafka client error");
+        if let Ok(mut e) = self.last_client_error.lock() {
+            *e = Some(format!("{error}: {reason}"));
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for CheckedDelivery {
+    type DeliveryOpaque = ();
+    fn delivery(
+        &self,
+        result: &rdkafka::message::DeliveryResult<'_>,
+        _opaque: Self::DeliveryOpaque,
+    ) {
+        if let Err((e, _)) = result {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut first) = self.first_failure.lock() {
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Connects once before any work: fetches the cluster's metadata within `timeout`, so a wrong
+/// CA, an expired or untrusted certificate, bad SASL credentials or an unreachable broker stop
+/// the program at start-up with the client's own reason, naming the settings to check.
+pub fn preflight(
+    kafka: &crate::config::KafkaConnection,
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    let consumer: BaseConsumer<PreflightContext> = kafka
+        .client_config()
+        .create_with_context(PreflightContext::default())
+        .map_err(RuntimeError::kafka("create preflight client"))?;
+    match consumer.fetch_metadata(None, timeout) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // The client's error and log events are served by polling, not by the metadata call.
+            for _ in 0..10 {
+                let _ = consumer.poll(Duration::from_millis(50));
+            }
+            let why = consumer
+                .context()
+                .reason()
+                .unwrap_or_else(|| e.to_string());
+            let config = kafka.client_config();
+            Err(RuntimeError::Config {
+                setting: "--bootstrap-servers / --security-protocol / TLS and SASL settings / --properties-file".into(),
+                message: format!(
+                    "cannot reach the cluster at {} within {} s: {why}",
+                    config.get("bootstrap.servers").unwrap_or_default(),
+                    timeout.as_secs()
+                ),
+            })
+        }
+    }
+}
+
+/// Keeps what the preflight client reported: the most telling reason is a TLS or SASL one
+/// (certificate verify failed, alert certificate unknown, authentication failed), which the
+/// client logs before it reports the generic transport failure.
+#[derive(Default)]
+struct PreflightContext {
+    telling: Mutex<Option<String>>,
+    last: Mutex<Option<String>>,
+}
+
+impl PreflightContext {
+    fn note(&self, text: String) {
+        let lower = text.to_ascii_lowercase();
+        let telling = ["ssl", "sasl", "certificate", "authentic", "handshake"]
+            .iter()
+            .any(|w| lower.contains(w));
+        let slot = if telling { &self.telling } else { &self.last };
+        if let Ok(mut s) = slot.lock() {
+            if s.is_none() || !telling {
+                *s = Some(text);
+            }
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        let get = |m: &Mutex<Option<String>>| m.lock().map(|s| s.clone()).unwrap_or(None);
+        get(&self.telling).or_else(|| get(&self.last))
+    }
+}
+
+impl ClientContext for PreflightContext {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.note(format!("{fac}: {log_message}"));
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.note(format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for PreflightContext {}
 
 /// Retries an operation on retriable errors with backoff, until it succeeds, fails fatally, or
 /// shutdown is asked for.

@@ -102,6 +102,7 @@ pub fn run_kafka_service(
     processor: Box<dyn Processor>,
     runner: &RunnerConfig,
 ) -> Result<(), RuntimeError> {
+    crate::kafka::preflight(&runner.kafka, runner.kafka.connect_timeout())?;
     let driver = Driver::new(processor);
     let shutdown = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_current_thread()

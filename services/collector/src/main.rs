@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use seqmon_collector::collect::collect_run_with;
 use seqmon_collector::consent::ConsentOverride;
 use seqmon_collector::files::{Limits, MIB};
@@ -78,7 +78,7 @@ enum Out {
     /// Producer, `telemetry.raw`'s name, and the key ring that seals records (encryption at
     /// rest), if the deployment has one.
     Kafka(
-        ThreadedProducer<DefaultProducerContext>,
+        ThreadedProducer<seqmon_runtime::kafka::CheckedDelivery>,
         String,
         Option<seqmon_runtime::envelope::KeyRing>,
     ),
@@ -97,11 +97,12 @@ impl Out {
                 })?,
             ))),
             Sink::Kafka => {
+                seqmon_runtime::kafka::preflight(&cli.kafka, cli.kafka.connect_timeout())?;
                 let producer = cli
                     .kafka
                     .client_config()
                     .set("enable.idempotence", "true")
-                    .create()
+                    .create_with_context(seqmon_runtime::kafka::CheckedDelivery::default())
                     .map_err(RuntimeError::kafka("create producer"))?;
                 Out::Kafka(
                     producer,
@@ -151,7 +152,9 @@ impl Out {
                 }
                 producer
                     .flush(Duration::from_secs(60))
-                    .map_err(RuntimeError::kafka("flush"))
+                    .map_err(RuntimeError::kafka("flush"))?;
+                // A record the broker refused (not authorized, too large) fails the run.
+                producer.context().check("produce")
             }
         }
     }

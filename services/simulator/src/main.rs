@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use seqmon_model::topics::TopicRole;
 use seqmon_runtime::config::KafkaConnection;
+use seqmon_runtime::kafka::CheckedDelivery;
 use seqmon_runtime::processor::ConfigError;
 use seqmon_runtime::RuntimeError;
 use seqmon_simulator::{simulate, Fleet, FleetConfig};
@@ -162,12 +163,13 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
         }
         Sink::Kafka => {
             let topic = cli.kafka.topic(TopicRole::Raw);
-            let producer: ThreadedProducer<DefaultProducerContext> = cli
+            seqmon_runtime::kafka::preflight(&cli.kafka, cli.kafka.connect_timeout())?;
+            let producer: ThreadedProducer<CheckedDelivery> = cli
                 .kafka
                 .client_config()
                 .set("enable.idempotence", "true")
                 .set("linger.ms", "10")
-                .create()
+                .create_with_context(CheckedDelivery::default())
                 .map_err(RuntimeError::kafka("create producer"))?;
             for r in &sim.records {
                 pace(first, r.sent_time_ms, started);
@@ -190,6 +192,7 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
             producer
                 .flush(Duration::from_secs(60))
                 .map_err(RuntimeError::kafka("flush"))?;
+            producer.context().check("produce")?;
             tracing::info!(%topic, records = sim.records.len(), elapsed_ms = started.elapsed().as_millis() as u64, "produced");
         }
     }
@@ -222,13 +225,14 @@ fn live(cli: &Cli) -> Result<(), RuntimeError> {
     })
     .without_json();
     let topic = cli.kafka.topic(TopicRole::Raw);
-    let producer: ThreadedProducer<DefaultProducerContext> = cli
+    seqmon_runtime::kafka::preflight(&cli.kafka, cli.kafka.connect_timeout())?;
+    let producer: ThreadedProducer<CheckedDelivery> = cli
         .kafka
         .client_config()
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
-        .create()
+        .create_with_context(CheckedDelivery::default())
         .map_err(RuntimeError::kafka("create producer"))?;
     let spread = i64::from(cli.sample_interval_s) * 1000;
     let (mut produced, mut max_behind_ms) = (0u64, 0i64);
@@ -261,6 +265,7 @@ fn live(cli: &Cli) -> Result<(), RuntimeError> {
     producer
         .flush(Duration::from_secs(60))
         .map_err(RuntimeError::kafka("flush"))?;
+    producer.context().check("produce")?;
     tracing::info!(%topic, records = produced, max_behind_ms, "live replay finished");
     Ok(())
 }

@@ -154,6 +154,10 @@ async fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
+            if let Err(e) = seqmon_runtime::kafka::preflight(&kafka, kafka.connect_timeout()) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             if !(1..=1000).contains(&partitions) || !(1..=10).contains(&replication_factor) {
                 eprintln!("error: invalid configuration: --partitions must be 1..=1000 and --replication-factor 1..=10");
                 return ExitCode::from(2);
