@@ -5,6 +5,7 @@
 //! - a stage cannot use another stage's consumer group or transactional id;
 //! - the stages run end to end, each with its own principal; mutual TLS works as well as SCRAM;
 //! - a wrong CA or an expired client certificate stops a program at start-up with the reason.
+//!
 //! The tests find the broker's client properties files in KAFKA_SECURE_DIR (`make test` sets it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
