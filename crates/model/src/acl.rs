@@ -287,6 +287,53 @@ pub fn kafka_acls_batches(all: &[Acl]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The ACLs per principal in the shape of Strimzi's `KafkaUser` `spec.authorization.acls`
+/// (`resource.type/name/patternType`, `operations`), as JSON, for the Helm chart
+/// (`helm/seqmon/files/acls.json`, which a test keeps equal to this). Names carry no deployment
+/// prefix: the chart prepends `kafka.topicPrefix`.
+pub fn strimzi_acls_json() -> String {
+    let mut out = String::from("{\n");
+    let all = acls("");
+    for (i, p) in Principal::ALL.iter().enumerate() {
+        // (resource, operations) in a stable order.
+        let mut by_resource: Vec<(Resource, Vec<Operation>)> = Vec::new();
+        for a in all.iter().filter(|a| a.principal == *p) {
+            match by_resource.iter_mut().find(|(r, _)| *r == a.resource) {
+                Some((_, ops)) => ops.push(a.operation),
+                None => by_resource.push((a.resource.clone(), vec![a.operation])),
+            }
+        }
+        out.push_str(&format!("  \"{}\": [\n", p.name()));
+        for (j, (r, ops)) in by_resource.iter().enumerate() {
+            let (kind, name, pattern) = match r {
+                Resource::Topic(t) => ("topic", t.as_str(), "literal"),
+                Resource::GroupPrefix(g) => ("group", g.as_str(), "prefix"),
+                Resource::TransactionalIdPrefix(t) => ("transactionalId", t.as_str(), "prefix"),
+                Resource::Cluster => ("cluster", "", "literal"),
+            };
+            let ops: Vec<String> = ops
+                .iter()
+                .map(|o| format!("\"{}\"", o.kafka_name()))
+                .collect();
+            out.push_str(&format!(
+                "    {{\"type\": \"{kind}\", \"name\": \"{name}\", \"patternType\": \"{pattern}\", \"operations\": [{}]}}{}\n",
+                ops.join(", "),
+                if j + 1 < by_resource.len() { "," } else { "" }
+            ));
+        }
+        out.push_str(&format!(
+            "  ]{}\n",
+            if i + 1 < Principal::ALL.len() {
+                ","
+            } else {
+                ""
+            }
+        ));
+    }
+    out.push_str("}\n");
+    out
+}
+
 /// Every ACL of a deployment whose topics, groups and transactional ids carry `prefix`.
 pub fn acls(prefix: &str) -> Vec<Acl> {
     let mut out = Vec::new();
@@ -404,6 +451,18 @@ mod tests {
             covered += ops * resources;
         }
         assert_eq!(covered, all.len());
+    }
+
+    #[test]
+    fn the_helm_charts_acls_are_the_catalogues() {
+        let committed = include_str!("../../../helm/seqmon/files/acls.json");
+        let json: serde_json::Value = serde_json::from_str(committed).expect("valid JSON");
+        assert_eq!(
+            committed,
+            strimzi_acls_json(),
+            "helm/seqmon/files/acls.json is stale: regenerate it with `seqmon-admin acls --format strimzi-json > helm/seqmon/files/acls.json`"
+        );
+        assert_eq!(json.as_object().unwrap().len(), Principal::ALL.len());
     }
 
     #[test]

@@ -1,45 +1,58 @@
+{{- /* Connection and credentials of one component: (dict "root" $ "component" NAME "secret" SECRET).
+       Each component has a principal of its own, userPrefix + NAME, whose Secret holds its
+       password (scram) or certificate (tls) under Strimzi's key names. */ -}}
 {{- define "seqmon.kafkaEnv" -}}
+{{- $v := .root.Values -}}
+{{- $secret := default (printf "%s%s" $v.kafka.userPrefix .component) .secret -}}
 - name: KAFKA_BOOTSTRAP_SERVERS
-  value: {{ .Values.kafka.bootstrapServers | quote }}
+  value: {{ $v.kafka.bootstrapServers | quote }}
 - name: SEQMON_TOPIC_PREFIX
-  value: {{ .Values.kafka.topicPrefix | quote }}
+  value: {{ $v.kafka.topicPrefix | quote }}
 - name: KAFKA_SECURITY_PROTOCOL
-  value: {{ .Values.kafka.securityProtocol | quote }}
-{{- if .Values.kafka.tlsSecret }}
+  value: {{ $v.kafka.securityProtocol | quote }}
+{{- if $v.kafka.caSecret }}
 - name: KAFKA_SSL_CA_LOCATION
-  value: /etc/seqmon/tls/ca.pem
-{{- if .Values.kafka.mutualTls }}
+  value: /etc/seqmon/kafka-ca/ca.crt
+{{- end }}
+{{- if eq $v.kafka.auth "tls" }}
 - name: KAFKA_SSL_CERTIFICATE_LOCATION
-  value: /etc/seqmon/tls/client.pem
+  value: /etc/seqmon/kafka-user/user.crt
 - name: KAFKA_SSL_KEY_LOCATION
-  value: /etc/seqmon/tls/client.key
-{{- end }}
-{{- end }}
-{{- if .Values.kafka.saslMechanism }}
+  value: /etc/seqmon/kafka-user/user.key
+{{- else if eq $v.kafka.auth "scram" }}
 - name: KAFKA_SASL_MECHANISM
-  value: {{ .Values.kafka.saslMechanism | quote }}
+  value: {{ $v.kafka.saslMechanism | quote }}
 - name: KAFKA_SASL_USERNAME
-  valueFrom: { secretKeyRef: { name: {{ .Values.kafka.saslSecret }}, key: username } }
+  value: {{ printf "%s%s" $v.kafka.userPrefix .component | quote }}
 - name: KAFKA_SASL_PASSWORD
-  valueFrom: { secretKeyRef: { name: {{ .Values.kafka.saslSecret }}, key: password } }
+  valueFrom: { secretKeyRef: { name: {{ $secret }}, key: password } }
 {{- end }}
-{{- if .Values.kafka.options }}
+{{- if $v.kafka.options }}
 - name: KAFKA_OPTIONS
-  value: {{ .Values.kafka.options | quote }}
+  value: {{ $v.kafka.options | quote }}
 {{- end }}
 {{- end -}}
 
-{{- define "seqmon.tlsVolume" -}}
-{{- if .Values.kafka.tlsSecret }}
-volumes:
-  - name: tls
-    secret: { secretName: {{ .Values.kafka.tlsSecret }} }
+{{- /* Volume mounts of one component's Kafka credentials (same dict). */ -}}
+{{- define "seqmon.kafkaMounts" -}}
+{{- $v := .root.Values -}}
+{{- if $v.kafka.caSecret }}
+- { name: kafka-ca, mountPath: /etc/seqmon/kafka-ca, readOnly: true }
+{{- end }}
+{{- if eq $v.kafka.auth "tls" }}
+- { name: kafka-user, mountPath: /etc/seqmon/kafka-user, readOnly: true }
 {{- end }}
 {{- end -}}
 
-{{- define "seqmon.tlsMount" -}}
-{{- if .Values.kafka.tlsSecret }}
-volumeMounts:
-  - { name: tls, mountPath: /etc/seqmon/tls, readOnly: true }
+{{- define "seqmon.kafkaVolumes" -}}
+{{- $v := .root.Values -}}
+{{- $secret := default (printf "%s%s" $v.kafka.userPrefix .component) .secret -}}
+{{- if $v.kafka.caSecret }}
+- name: kafka-ca
+  secret: { secretName: {{ $v.kafka.caSecret }}, items: [ { key: ca.crt, path: ca.crt } ] }
+{{- end }}
+{{- if eq $v.kafka.auth "tls" }}
+- name: kafka-user
+  secret: { secretName: {{ $secret }}, items: [ { key: user.crt, path: user.crt }, { key: user.key, path: user.key } ] }
 {{- end }}
 {{- end -}}

@@ -57,6 +57,9 @@ enum AclFormat {
     Table,
     /// The arguments of `kafka-acls.sh` that add each ACL, one ACL a line.
     KafkaAcls,
+    /// Per principal, Strimzi `KafkaUser` ACL entries as JSON without prefix (the Helm chart's
+    /// `files/acls.json`).
+    StrimziJson,
 }
 
 fn acls_command(topic_prefix: &str, format: AclFormat, apply: Option<&str>) -> ExitCode {
@@ -95,10 +98,15 @@ fn acls_command(topic_prefix: &str, format: AclFormat, apply: Option<&str>) -> E
     }
     use std::io::Write;
     let mut out = std::io::stdout().lock();
+    if let AclFormat::StrimziJson = format {
+        let _ = out.write_all(seqmon_model::acl::strimzi_acls_json().as_bytes());
+        return ExitCode::SUCCESS;
+    }
     for acl in &all {
         // A closed pipe (`| head`) ends the listing quietly.
         let written = match format {
             AclFormat::KafkaAcls => writeln!(out, "{}", acl.kafka_acls_args().join(" ")),
+            AclFormat::StrimziJson => Ok(()),
             AclFormat::Table => {
                 let resource = match &acl.resource {
                     Resource::Topic(t) => format!("topic {t}"),
