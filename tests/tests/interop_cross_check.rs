@@ -28,14 +28,7 @@ fn run_and_lane_figures_match_illuminas_interop() {
         "INTEROP_PYTHON is not set: run with `make test`, which installs interop from PyPI",
     );
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let runs = seqmon_collector::sample_runs_dir();
-    let mut folders: Vec<PathBuf> = std::fs::read_dir(&runs)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join("RunInfo.xml").exists())
-        .collect();
-    folders.sort();
+    let folders: Vec<PathBuf> = seqmon_collector::sample_run_folders();
     let mut largest: std::collections::BTreeMap<&str, f64> = Default::default();
     let mut compared = 0;
     for folder in &folders {

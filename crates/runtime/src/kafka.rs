@@ -959,10 +959,7 @@ pub fn preflight(
             for _ in 0..10 {
                 let _ = consumer.poll(Duration::from_millis(50));
             }
-            let why = consumer
-                .context()
-                .reason()
-                .unwrap_or_else(|| e.to_string());
+            let why = consumer.context().reason().unwrap_or_else(|| e.to_string());
             let config = kafka.client_config();
             Err(RuntimeError::Config {
                 setting: "--bootstrap-servers / --security-protocol / TLS and SASL settings / --properties-file".into(),

@@ -26,3 +26,17 @@ pub fn sample_runs_dir() -> std::path::PathBuf {
     );
     dir
 }
+
+/// The run folders (each with a RunInfo.xml) in [`sample_runs_dir`], sorted.
+pub fn sample_run_folders() -> Vec<std::path::PathBuf> {
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(sample_runs_dir())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.join("RunInfo.xml").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

@@ -17,14 +17,7 @@ const NOW: i64 = 1_796_000_000_000;
 const VARIABLE: &[&str] = &["IndexMetricsOut.bin", "ControlMetricsOut.bin"];
 
 fn runs() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(seqmon_collector::sample_runs_dir())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join("RunInfo.xml").exists())
-        .collect();
-    v.sort();
-    v
+    seqmon_collector::sample_run_folders()
 }
 
 fn copy_run(src: &Path) -> PathBuf {

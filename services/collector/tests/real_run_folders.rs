@@ -15,13 +15,7 @@ fn runs() -> PathBuf {
 }
 
 fn folders() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(runs())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join("RunInfo.xml").exists())
-        .collect();
-    v.sort();
+    let v = seqmon_collector::sample_run_folders();
     assert_eq!(v.len(), 5);
     v
 }

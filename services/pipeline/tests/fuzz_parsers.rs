@@ -176,14 +176,7 @@ fn mutated_json_lines_are_each_accepted_or_dead_lettered() {
 }
 
 fn real_runs() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(seqmon_collector::sample_runs_dir())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join("RunInfo.xml").exists())
-        .collect();
-    v.sort();
-    v
+    seqmon_collector::sample_run_folders()
 }
 
 fn parameters_file(folder: &Path) -> PathBuf {

@@ -13,39 +13,9 @@ use std::collections::BTreeMap;
 use seqmon_model::topics::{PrivacySide, TopicRole};
 use seqmon_model::{decode, encode, PrivacyAudit, Telemetry, TelemetryKind};
 use seqmon_pipeline::historic_chain;
-use seqmon_privacy::adversarial::{injections, leaks, PII};
+use seqmon_privacy::adversarial::{injections, leaks, HARMLESS_WORDS, PII};
 use seqmon_runtime::Emitted;
 use seqmon_simulator::{simulate, FleetConfig};
-
-/// Words of the corpus that are not personal on their own (field paths, template words).
-const HARMLESS_WORDS: &[&str] = &[
-    "runs",
-    "users",
-    "home",
-    "desktop",
-    "share",
-    "illumina",
-    "experiment",
-    "cohort",
-    "positive",
-    "patient",
-    "subject",
-    "case",
-    "sample",
-    "born",
-    "march",
-    "panel",
-    "exome",
-    "tumour",
-    "https",
-    "clinic",
-    "lims",
-    "donor",
-    "batch3",
-    "miseqoutput",
-    "seqserver",
-    "org",
-];
 
 type Setter = fn(&mut Telemetry, String);
 
@@ -237,14 +207,7 @@ fn injected_personal_data_reaches_no_analysis_topic() {
 
 #[test]
 fn real_run_folder_values_cross_without_false_removals() {
-    let dir = seqmon_collector::sample_runs_dir();
-    let mut folders: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join("RunInfo.xml").exists())
-        .collect();
-    folders.sort();
+    let folders = seqmon_collector::sample_run_folders();
     assert!(!folders.is_empty());
     let mut chain = historic_chain().unwrap();
     let mut actions: BTreeMap<(String, String), i32> = BTreeMap::new();

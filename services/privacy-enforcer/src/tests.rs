@@ -7,7 +7,7 @@ use seqmon_model::{
     decode, encode, InstrumentConfiguration, InstrumentModel, OperationLogEvent, RunConfiguration,
     SensorReadings, Severity, Subsystem, TelemetryKind,
 };
-use seqmon_privacy::adversarial::{injections, leaks, PII};
+use seqmon_privacy::adversarial::{injections, leaks, HARMLESS_WORDS, PII};
 use seqmon_processor::{Emitted, Rejection};
 
 use super::*;
@@ -342,37 +342,6 @@ fn string_fields() -> Vec<(&'static str, usize, Setter)> {
         }),
     ]
 }
-
-/// Words of the corpus that are not personal on their own and may appear in output (template
-/// words, field paths).
-pub(crate) const HARMLESS_WORDS: &[&str] = &[
-    "runs",
-    "users",
-    "home",
-    "desktop",
-    "share",
-    "illumina",
-    "experiment",
-    "cohort",
-    "positive",
-    "patient",
-    "subject",
-    "case",
-    "sample",
-    "born",
-    "march",
-    "panel",
-    "exome",
-    "tumour",
-    "https",
-    "clinic",
-    "lims",
-    "donor",
-    "batch3",
-    "miseqoutput",
-    "seqserver",
-    "org",
-];
 
 #[test]
 fn personal_data_in_any_string_field_never_crosses() {

@@ -70,6 +70,30 @@ struct Cli {
     kafka: KafkaConnection,
 }
 
+/// Produces one simulated record to `telemetry.raw`, sealed when the deployment has a key ring.
+fn send_raw(
+    producer: &ThreadedProducer<CheckedDelivery>,
+    cli: &Cli,
+    topic: &str,
+    r: &seqmon_simulator::SimRecord,
+    timestamp_ms: i64,
+) -> Result<(), RuntimeError> {
+    let (value, headers) = seqmon_runtime::kafka::outgoing(
+        cli.kafka.key_ring.as_ref(),
+        TopicRole::Raw,
+        r.key.as_bytes(),
+        &r.bytes,
+    );
+    let mut record = BaseRecord::to(topic)
+        .key(r.key.as_bytes())
+        .payload(value.as_ref())
+        .timestamp(timestamp_ms);
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    seqmon_runtime::kafka::send(producer, record).map_err(RuntimeError::kafka("produce"))
+}
+
 fn main() -> ExitCode {
     seqmon_runtime::service::init_logging();
     seqmon_runtime::service::exit_code(run(Cli::parse()))
@@ -173,21 +197,7 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
                 .map_err(RuntimeError::kafka("create producer"))?;
             for r in &sim.records {
                 pace(first, r.sent_time_ms, started);
-                let (value, headers) = seqmon_runtime::kafka::outgoing(
-                    cli.kafka.key_ring.as_ref(),
-                    TopicRole::Raw,
-                    r.key.as_bytes(),
-                    &r.bytes,
-                );
-                let mut record = BaseRecord::to(&topic)
-                    .key(r.key.as_bytes())
-                    .payload(value.as_ref())
-                    .timestamp(r.sent_time_ms + 100);
-                if let Some(h) = headers {
-                    record = record.headers(h);
-                }
-                seqmon_runtime::kafka::send(&producer, record)
-                    .map_err(RuntimeError::kafka("produce"))?;
+                send_raw(&producer, &cli, &topic, r, r.sent_time_ms + 100)?;
             }
             producer
                 .flush(Duration::from_secs(60))
@@ -244,21 +254,7 @@ fn live(cli: &Cli) -> Result<(), RuntimeError> {
                 std::thread::sleep(Duration::from_millis(ahead as u64));
             }
             max_behind_ms = max_behind_ms.max(now_ms() - due);
-            let (value, headers) = seqmon_runtime::kafka::outgoing(
-                cli.kafka.key_ring.as_ref(),
-                TopicRole::Raw,
-                r.key.as_bytes(),
-                &r.bytes,
-            );
-            let mut record = BaseRecord::to(&topic)
-                .key(r.key.as_bytes())
-                .payload(value.as_ref())
-                .timestamp(due);
-            if let Some(h) = headers {
-                record = record.headers(h);
-            }
-            seqmon_runtime::kafka::send(&producer, record)
-                .map_err(RuntimeError::kafka("produce"))?;
+            send_raw(&producer, cli, &topic, &r, due)?;
             produced += 1;
         }
     }
