@@ -297,7 +297,7 @@ mod tests {
         let env = Envelope {
             key: Some(b"A00001"),
             value: bytes,
-            topic: "features",
+            topic: TopicRole::Features.spec().name,
             partition: 0,
             offset: 0,
             timestamp_ms: None,

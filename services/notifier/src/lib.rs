@@ -370,7 +370,7 @@ mod tests {
         let env = Envelope {
             key: Some(b"VH00042"),
             value: bytes,
-            topic: "anomalies",
+            topic: TopicRole::Anomalies.spec().name,
             partition: 0,
             offset: 0,
             timestamp_ms: None,
