@@ -215,46 +215,54 @@ impl Validator {
                 ),
             ));
         }
-        let mut strings: Vec<(&str, usize)> = vec![
-            ("message_id", t.message_id.len()),
-            ("instrument_serial", t.instrument_serial.len()),
-            ("run_id", t.run_id.as_ref().map_or(0, String::len)),
-        ];
-        if let Some(l) = &t.log_event {
-            strings.extend([
-                ("log_event.code", l.code.len()),
-                ("log_event.message", l.message.len()),
-            ]);
-        }
-        if let Some(c) = &t.instrument_configuration {
-            strings.extend([
-                (
-                    "instrument_configuration.control_software_version",
-                    c.control_software_version.len(),
-                ),
-                ("instrument_configuration.rta_version", c.rta_version.len()),
-                (
-                    "instrument_configuration.firmware_version",
-                    c.firmware_version.len(),
-                ),
-            ]);
-        }
-        if let Some(c) = &t.run_configuration {
-            strings.extend([
-                ("run_configuration.chemistry", c.chemistry.len()),
-                ("run_configuration.flowcell_serial", c.flowcell_serial.len()),
-                ("run_configuration.flowcell_lot", c.flowcell_lot.len()),
-                ("run_configuration.reagent_kit_lot", c.reagent_kit_lot.len()),
-                ("run_configuration.buffer_lot", c.buffer_lot.len()),
-            ]);
-        }
+        // On the stack: this runs for every record.
+        let log = t.log_event.as_ref();
+        let ic = t.instrument_configuration.as_ref();
+        let rc = t.run_configuration.as_ref();
+        let len = |s: Option<&String>| s.map_or(0, String::len);
         let longest_attribute = t
             .attributes
             .iter()
             .map(|(k, v)| k.len().max(v.len()))
             .max()
             .unwrap_or(0);
-        strings.push(("attributes", longest_attribute));
+        let strings: [(&str, usize); 14] = [
+            ("message_id", t.message_id.len()),
+            ("instrument_serial", t.instrument_serial.len()),
+            ("run_id", len(t.run_id.as_ref())),
+            ("log_event.code", len(log.map(|l| &l.code))),
+            ("log_event.message", len(log.map(|l| &l.message))),
+            (
+                "instrument_configuration.control_software_version",
+                len(ic.map(|c| &c.control_software_version)),
+            ),
+            (
+                "instrument_configuration.rta_version",
+                len(ic.map(|c| &c.rta_version)),
+            ),
+            (
+                "instrument_configuration.firmware_version",
+                len(ic.map(|c| &c.firmware_version)),
+            ),
+            ("run_configuration.chemistry", len(rc.map(|c| &c.chemistry))),
+            (
+                "run_configuration.flowcell_serial",
+                len(rc.map(|c| &c.flowcell_serial)),
+            ),
+            (
+                "run_configuration.flowcell_lot",
+                len(rc.map(|c| &c.flowcell_lot)),
+            ),
+            (
+                "run_configuration.reagent_kit_lot",
+                len(rc.map(|c| &c.reagent_kit_lot)),
+            ),
+            (
+                "run_configuration.buffer_lot",
+                len(rc.map(|c| &c.buffer_lot)),
+            ),
+            ("attributes", longest_attribute),
+        ];
         match strings
             .iter()
             .find(|(_, len)| *len > self.cfg.max_string_bytes)
