@@ -260,7 +260,17 @@ impl<'a> StageLoop<'a> {
         let stage = driver.processor().stage();
         let topics = Topics::of(&driver, cfg);
         let group_id = cfg.group_id(stage);
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        // HOSTNAME (a pod's name), else the kernel's host name: two instances must not share
+        // a transactional id, or they fence each other.
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "local".into());
         let transactional_id = cfg
             .transactional_id
             .clone()
@@ -948,6 +958,18 @@ pub fn preflight(
     kafka: &crate::config::KafkaConnection,
     timeout: Duration,
 ) -> Result<(), RuntimeError> {
+    let protocol = kafka
+        .client_config()
+        .get("security.protocol")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if kafka.key_ring.is_none() && protocol != "plaintext" {
+        // A secured cluster without encryption at rest is a deployment mistake, not a test.
+        tracing::warn!(
+            "no encryption key ring (--encryption-keys-dir): records on the sensitive topics are \
+             stored in plaintext on the brokers' disks"
+        );
+    }
     let consumer: BaseConsumer<PreflightContext> = kafka
         .client_config()
         .create_with_context(PreflightContext::default())

@@ -53,6 +53,6 @@
 {{- end }}
 {{- if eq $v.kafka.auth "tls" }}
 - name: kafka-user
-  secret: { secretName: {{ $secret }}, items: [ { key: user.crt, path: user.crt }, { key: user.key, path: user.key } ] }
+  secret: { secretName: {{ $secret }}, defaultMode: 0400, items: [ { key: user.crt, path: user.crt }, { key: user.key, path: user.key } ] }
 {{- end }}
 {{- end -}}

@@ -103,8 +103,8 @@ impl ValidatorConfig {
 }
 
 /// Recent message ids of one instrument, in buckets of event time: a lookup checks every bucket,
-/// expiry drops whole buckets. An id is kept as 128 bits, 16 bytes: a UUID's own bits, or a
-/// 128-bit hash of any other text (two differing ids collide with odds near 2^-128).
+/// expiry drops whole buckets. An id is kept as 128 bits, 16 bytes: a SHA-256 digest of it, never
+/// its text or bits (two differing ids collide with odds near 2^-128).
 #[derive(Debug, Default, Clone, PartialEq)]
 struct SeenIds {
     /// Bucket start (ms of event time) → ids whose event time falls in that bucket.
@@ -154,19 +154,17 @@ impl SeenIds {
     }
 }
 
-/// A message id as 128 bits: the UUID it spells, or else the 128-bit FNV-1a hash of its text
-/// (stable across releases, since the bits are what the changelog keeps).
+/// A message id as 128 bits: the first half of its SHA-256 (stable across releases, since the
+/// bits are what the changelog keeps; ids remembered by builds before 2026-11-29, which kept a
+/// UUID's own bits, are no longer matched and expire with the horizon).
 fn id_bits(id: &str) -> u128 {
-    let hex: String = id.chars().filter(|c| *c != '-').collect();
-    if id.len() == 36 && hex.len() == 32 {
-        if let Ok(bits) = u128::from_str_radix(&hex, 16) {
-            return bits;
-        }
-    }
-    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
-    id.bytes()
-        .fold(OFFSET, |h, b| (h ^ u128::from(b)).wrapping_mul(PRIME))
+    // A one-way digest, never the id's own bits: the id must not be readable on the changelog
+    // (its record keys are not sealed, and message ids cross the boundary only as pseudonyms).
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    let mut bits = [0u8; 16];
+    bits.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(bits)
 }
 
 /// Changelog key of one remembered id: the serial's length, the serial, then the id's 128 bits
@@ -727,7 +725,9 @@ mod tests {
     #[test]
     fn state_keys_split_back_for_any_serial_and_id() {
         let uuid = "6f1c0d3e-0000-4000-8000-00000000002a";
-        assert_eq!(id_bits(uuid), 0x6f1c0d3e_0000_4000_8000_00000000002a);
+        // A digest, not the UUID's own bits: the changelog's keys must not spell the id.
+        assert_ne!(id_bits(uuid), 0x6f1c0d3e_0000_4000_8000_00000000002a);
+        assert!(!state_key("M01234", id_bits(uuid)).contains("6f1c0d3e"));
         assert_ne!(id_bits("retry-1"), id_bits("retry-2"));
         for serial in ["M01234", "a:b", "ü:1", ""] {
             for id in [id_bits(uuid), id_bits("x"), 0, u128::MAX] {
