@@ -161,6 +161,8 @@ pub const STAGE_TOPICS: &[(Principal, StageTopics)] = &[
 pub enum Resource {
     /// One topic (literal name, with the deployment prefix).
     Topic(String),
+    /// One consumer group (literal id).
+    Group(String),
     /// Consumer groups whose id starts with this.
     GroupPrefix(String),
     /// Transactional ids that start with this.
@@ -211,6 +213,7 @@ impl Acl {
         ];
         match &self.resource {
             Resource::Topic(t) => a.extend(["--topic".into(), t.clone()]),
+            Resource::Group(g) => a.extend(["--group".into(), g.clone()]),
             Resource::GroupPrefix(g) => a.extend([
                 "--group".into(),
                 g.clone(),
@@ -247,9 +250,10 @@ pub fn kafka_acls_batches(all: &[Acl]) -> Vec<Vec<String>> {
         o.sort();
         let kind = match r {
             Resource::Topic(_) => 0,
-            Resource::GroupPrefix(_) => 1,
-            Resource::TransactionalIdPrefix(_) => 2,
-            Resource::Cluster => 3,
+            Resource::Group(_) => 1,
+            Resource::GroupPrefix(_) => 2,
+            Resource::TransactionalIdPrefix(_) => 3,
+            Resource::Cluster => 4,
         };
         groups.entry((p, kind, o)).or_default().push(r);
     }
@@ -268,6 +272,7 @@ pub fn kafka_acls_batches(all: &[Acl]) -> Vec<Vec<String>> {
             for r in resources {
                 match r {
                     Resource::Topic(t) => a.extend(["--topic".into(), t]),
+                    Resource::Group(g) => a.extend(["--group".into(), g]),
                     Resource::GroupPrefix(g) => {
                         prefixed = true;
                         a.extend(["--group".into(), g]);
@@ -307,6 +312,7 @@ pub fn strimzi_acls_json() -> String {
         for (j, (r, ops)) in by_resource.iter().enumerate() {
             let (kind, name, pattern) = match r {
                 Resource::Topic(t) => ("topic", t.as_str(), "literal"),
+                Resource::Group(g) => ("group", g.as_str(), "literal"),
                 Resource::GroupPrefix(g) => ("group", g.as_str(), "prefix"),
                 Resource::TransactionalIdPrefix(t) => ("transactionalId", t.as_str(), "prefix"),
                 Resource::Cluster => ("cluster", "", "literal"),
@@ -356,16 +362,22 @@ pub fn acls(prefix: &str) -> Vec<Acl> {
         }
         add(Resource::Cluster, Operation::IdempotentWrite);
         if t.consumes {
-            // Groups <prefix><stage>, <prefix><stage>-restore; transactional ids
-            // <prefix><stage>-<instance>.
+            // Groups <prefix><stage> and <prefix><stage>-restore, by literal id; transactional
+            // ids <prefix><stage>-<instance>, a prefix ending in '-' so a stage named like
+            // another's start (validator, validator2) gets none of its ids.
             let own = format!("{prefix}{}", p.name());
-            add(Resource::GroupPrefix(own.clone()), Operation::Read);
-            add(Resource::GroupPrefix(own.clone()), Operation::Describe);
+            for group in [own.clone(), format!("{own}-restore")] {
+                add(Resource::Group(group.clone()), Operation::Read);
+                add(Resource::Group(group), Operation::Describe);
+            }
             add(
-                Resource::TransactionalIdPrefix(own.clone()),
+                Resource::TransactionalIdPrefix(format!("{own}-")),
                 Operation::Write,
             );
-            add(Resource::TransactionalIdPrefix(own), Operation::Describe);
+            add(
+                Resource::TransactionalIdPrefix(format!("{own}-")),
+                Operation::Describe,
+            );
         }
     }
     out.sort();
@@ -469,8 +481,14 @@ mod tests {
     fn groups_and_transactional_ids_are_each_stages_own() {
         let all = acls("prod.");
         for a in &all {
-            if let Resource::GroupPrefix(g) | Resource::TransactionalIdPrefix(g) = &a.resource {
-                assert_eq!(g, &format!("prod.{}", a.principal.name()));
+            let own = format!("prod.{}", a.principal.name());
+            match &a.resource {
+                Resource::Group(g) => {
+                    assert!(g == &own || g == &format!("{own}-restore"), "{g}")
+                }
+                Resource::TransactionalIdPrefix(t) => assert_eq!(t, &format!("{own}-")),
+                Resource::GroupPrefix(g) => panic!("no group prefix ACL: {g}"),
+                Resource::Topic(_) | Resource::Cluster => {}
             }
         }
         let args = all

@@ -11,6 +11,21 @@ use seqmon_model::topics::TopicRole;
 pub use seqmon_processor::config::Secret;
 use seqmon_processor::ConfigError;
 
+/// Why a librdkafka setting would weaken TLS (certificate or host-name verification off), if it
+/// would: such settings are refused wherever they come from.
+fn weakens_tls(key: &str, value: &str) -> Option<String> {
+    let (k, v) = (key.trim(), value.trim().to_ascii_lowercase());
+    match k {
+        "enable.ssl.certificate.verification" if v == "false" || v == "0" => {
+            Some(format!("{k}={v} turns certificate verification off"))
+        }
+        "ssl.endpoint.identification.algorithm" if v == "none" || v.is_empty() => {
+            Some(format!("{k}={v} turns host-name verification off"))
+        }
+        _ => None,
+    }
+}
+
 /// Kafka security protocol. Kafka's own spellings (`SASL_SSL`, `SSL`, ...) are accepted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SecurityProtocol {
@@ -90,9 +105,15 @@ pub struct KafkaConnection {
     /// SASL password.
     #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
     pub sasl_password: Option<Secret>,
-    /// Extra librdkafka settings, key=value, comma-separated; applied last.
-    #[arg(long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',')]
-    pub kafka_options: Vec<String>,
+    /// Extra librdkafka settings, key=value, comma-separated; applied last. Values are never
+    /// printed; settings that turn TLS verification off are refused.
+    #[arg(
+        long = "kafka-option",
+        env = "KAFKA_OPTIONS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub kafka_options: Vec<Secret>,
     /// A librdkafka client properties file (`key=value` lines, `#` comments), e.g. one of
     /// `.cache/kafka/secure/<principal>.properties` written by the secure test broker or a
     /// mounted Secret. Applied after the flags above and before --kafka-option; its values
@@ -189,8 +210,11 @@ impl KafkaConnection {
             );
         }
         for opt in &self.kafka_options {
-            if !opt.contains('=') {
-                return bad("kafka_options", format!("{opt:?} is not key=value"));
+            let Some((k, v)) = opt.expose().split_once('=') else {
+                return bad("kafka_options", "an entry is not key=value".into());
+            };
+            if let Some(why) = weakens_tls(k, v) {
+                return bad("kafka_options", why);
             }
         }
         if !(500..=600_000).contains(&self.connect_timeout_ms) {
@@ -240,6 +264,9 @@ impl KafkaConnection {
                     i + 1
                 )));
             };
+            if let Some(why) = weakens_tls(k, v) {
+                return Err(bad(format!("{} line {}: {why}", path.display(), i + 1)));
+            }
             self.file_properties
                 .push((k.trim().to_string(), v.trim().parse().unwrap_or_default()));
         }
@@ -288,7 +315,7 @@ impl KafkaConnection {
             c.set(k, v.expose());
         }
         for opt in &self.kafka_options {
-            if let Some((k, v)) = opt.split_once('=') {
+            if let Some((k, v)) = opt.expose().split_once('=') {
                 c.set(k.trim(), v.trim());
             }
         }
@@ -463,6 +490,13 @@ mod tests {
                 "KAFKA_SSL_KEY_LOCATION",
             ),
             (&["--kafka-option", "acks"], "KAFKA_OPTIONS"),
+            (
+                &[
+                    "--kafka-option",
+                    "enable.ssl.certificate.verification=false",
+                ],
+                "KAFKA_OPTIONS",
+            ),
             (&["--metrics-addr", "nowhere"], "SEQMON_METRICS_ADDR"),
             (&["--topic-prefix", "a b"], "SEQMON_TOPIC_PREFIX"),
             (

@@ -110,6 +110,7 @@ fn acls_command(topic_prefix: &str, format: AclFormat, apply: Option<&str>) -> E
             AclFormat::Table => {
                 let resource = match &acl.resource {
                     Resource::Topic(t) => format!("topic {t}"),
+                    Resource::Group(g) => format!("group {g}"),
                     Resource::GroupPrefix(g) => format!("group {g}*"),
                     Resource::TransactionalIdPrefix(t) => format!("transactional-id {t}*"),
                     Resource::Cluster => "cluster".to_string(),
