@@ -121,9 +121,10 @@ logger.kafka.name = kafka
 logger.kafka.level = INFO
 PROPS
   local cluster_id
+  # Base64url may start with '-', which an argument parser reads as an option: hence --cluster-id=.
   cluster_id=$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')
   java -Dlog4j2.configurationFile="$run/log4j2.properties" -cp "$libs/*" kafka.tools.StorageTool \
-    format -t "$cluster_id" -c "$run/server.properties" >"$run/format.log" 2>&1 \
+    format --cluster-id="$cluster_id" -c "$run/server.properties" >"$run/format.log" 2>&1 \
     || { log "formatting storage failed:"; cat "$run/format.log" >&2; exit 1; }
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC \
     -Dlog4j2.configurationFile="$run/log4j2.properties" \
@@ -424,9 +425,10 @@ logger.kafka.name = kafka
 logger.kafka.level = INFO
 PROPS
   local cluster_id
+  # Base64url may start with '-', which an argument parser reads as an option: hence --cluster-id=.
   cluster_id=$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')
   java -Dlog4j2.configurationFile="$secure_run/log4j2.properties" -cp "$libs/*" kafka.tools.StorageTool \
-    format -t "$cluster_id" -c "$secure_run/server.properties" "${scram[@]}" >"$secure_run/format.log" 2>&1 \
+    format --cluster-id="$cluster_id" -c "$secure_run/server.properties" "${scram[@]}" >"$secure_run/format.log" 2>&1 \
     || { log "formatting storage failed:"; cat "$secure_run/format.log" >&2; exit 1; }
   local t_format=$SECONDS
   nohup java -Xms256m -Xmx768m -XX:+UseG1GC \
