@@ -66,34 +66,31 @@ struct StageConsumerContext {
 
 impl ClientContext for StageConsumerContext {}
 
+impl StageConsumerContext {
+    /// Emits the rebalance and hands the loop its new assignment (empty after a revocation).
+    fn rebalanced(&self, kind: RebalanceKind, tpl: &TopicPartitionList, assigned: bool) {
+        let parts = partitions_of(tpl, &self.input_topic);
+        Rebalanced {
+            kind,
+            partitions: &parts,
+            error: None,
+        }
+        .emit(&self.metrics);
+        self.log.generation.fetch_add(1, Ordering::SeqCst);
+        *self.log.assigned.lock().expect("lock") = Some(if assigned { parts } else { Vec::new() });
+    }
+}
+
 impl ConsumerContext for StageConsumerContext {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let parts = partitions_of(tpl, &self.input_topic);
-            Rebalanced {
-                kind: RebalanceKind::Revoked,
-                partitions: &parts,
-                error: None,
-            }
-            .emit(&self.metrics);
-            self.log.generation.fetch_add(1, Ordering::SeqCst);
-            *self.log.assigned.lock().expect("lock") = Some(Vec::new());
+            self.rebalanced(RebalanceKind::Revoked, tpl, false);
         }
     }
 
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => {
-                let parts = partitions_of(tpl, &self.input_topic);
-                Rebalanced {
-                    kind: RebalanceKind::Assigned,
-                    partitions: &parts,
-                    error: None,
-                }
-                .emit(&self.metrics);
-                self.log.generation.fetch_add(1, Ordering::SeqCst);
-                *self.log.assigned.lock().expect("lock") = Some(parts);
-            }
+            Rebalance::Assign(tpl) => self.rebalanced(RebalanceKind::Assigned, tpl, true),
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => Rebalanced {
                 kind: RebalanceKind::Failed,

@@ -163,7 +163,6 @@ struct Removal {
     field: &'static str,
     rule: PrivacyRule,
     action: PrivacyAction,
-    event_code: Option<&'static str>,
 }
 
 /// The audit of one input record: each (field, rule, action) once, with a count.
@@ -180,7 +179,6 @@ impl AuditLog {
             field,
             rule,
             action,
-            event_code: None,
         };
         match self.entries.iter_mut().find(|(e, _)| *e == r) {
             Some((_, count)) => *count = count.saturating_add(n),
@@ -542,7 +540,6 @@ impl Processor for PrivacyEnforcer {
                 field: "attributes",
                 rule: PrivacyRule::SIZE_LIMIT,
                 action: PrivacyAction::RECORD_REJECTED,
-                event_code: None,
             };
             let n = i32::try_from(attributes.len()).unwrap_or(i32::MAX);
             out.emit(
