@@ -6,8 +6,8 @@
 //! - a stage reads its input topic and its changelog (restore), writes its outputs, its
 //!   dead-letter topic and its changelog, and uses only consumer groups and transactional ids
 //!   that start with `<prefix><stage>`;
-//! - only the collector (instruments, and the simulator standing in for them) writes
-//!   `telemetry.raw`;
+//! - only the collector (instruments, and the simulator standing in for them) and the ingest
+//!   gateway (which takes collectors' batches over HTTPS) write `telemetry.raw`;
 //! - no analysis principal gets any access to a sensitive topic (a test checks it).
 //!
 //! Pure data: `seqmon-admin acls` prints or applies it, the secure test broker applies it.
@@ -24,17 +24,21 @@ pub enum Principal {
     FeatureExtractor,
     AnomalyDetector,
     Notifier,
+    /// Takes collectors' batches over HTTPS and writes them to raw telemetry, exactly once
+    /// (its changelog holds the receipts of the batches it wrote).
+    IngestGateway,
 }
 
 impl Principal {
     /// Every principal.
-    pub const ALL: [Principal; 6] = [
+    pub const ALL: [Principal; 7] = [
         Principal::Collector,
         Principal::Validator,
         Principal::PrivacyEnforcer,
         Principal::FeatureExtractor,
         Principal::AnomalyDetector,
         Principal::Notifier,
+        Principal::IngestGateway,
     ];
 
     /// The user name (`User:<name>`), also the stage name of the stage principals.
@@ -46,6 +50,7 @@ impl Principal {
             Principal::FeatureExtractor => "feature-extractor",
             Principal::AnomalyDetector => "anomaly-detector",
             Principal::Notifier => "notifier",
+            Principal::IngestGateway => "ingest-gateway",
         }
     }
 
@@ -56,6 +61,12 @@ impl Principal {
                 reads: &[],
                 writes: &[TopicRole::Raw],
                 consumes: false,
+            },
+            Principal::IngestGateway => StageTopics {
+                reads: &[TopicRole::ChangelogIngestGateway],
+                writes: &[TopicRole::Raw, TopicRole::ChangelogIngestGateway],
+                // A restore group of its own and transactional ids `<prefix>ingest-gateway-*`.
+                consumes: true,
             },
             other => STAGE_TOPICS
                 .iter()
@@ -420,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_collector_writes_raw_and_only_the_first_two_stages_read_the_sensitive_side() {
+    fn only_the_edge_writes_raw_and_only_the_first_two_stages_read_telemetry_there() {
         let all = acls("");
         let raw = Resource::Topic(TopicRole::Raw.topic(""));
         let writers: Vec<Principal> = all
@@ -428,14 +439,23 @@ mod tests {
             .filter(|a| a.resource == raw && a.operation == Operation::Write)
             .map(|a| a.principal)
             .collect();
-        assert_eq!(writers, [Principal::Collector]);
+        assert_eq!(writers, [Principal::Collector, Principal::IngestGateway]);
         let sensitive_readers: Vec<Principal> = Principal::ALL
             .into_iter()
             .filter(|p| reads_sensitive(*p))
             .collect();
         assert_eq!(
             sensitive_readers,
-            [Principal::Validator, Principal::PrivacyEnforcer]
+            [
+                Principal::Validator,
+                Principal::PrivacyEnforcer,
+                Principal::IngestGateway
+            ]
+        );
+        // The gateway reads back its own receipts only, never telemetry.
+        assert_eq!(
+            Principal::IngestGateway.topics().reads,
+            [TopicRole::ChangelogIngestGateway]
         );
     }
 

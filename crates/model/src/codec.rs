@@ -185,7 +185,7 @@ pub fn decode_via_value<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::records::*;
 

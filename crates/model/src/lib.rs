@@ -7,6 +7,7 @@
 //! - [`fast`]: a direct decoder for records of the newest schema versions (no generic value),
 //!   checked against apache-avro and fastavro.
 //! - [`json`]: the JSON-lines form used by file mode (Avro values ↔ JSON).
+//! - [`ingest`]: the batch frame collectors POST to the ingest gateway.
 //! - [`topics`]: the topic catalogue (typed roles, names, keys, schemas, retention).
 //! - [`acl`]: one principal per stage and the ACLs derived from the catalogue.
 //! - [`specs`]: plausible ranges (validation) and operating specs (features) per metric and model.
@@ -16,6 +17,7 @@
 pub mod acl;
 pub mod codec;
 pub mod fast;
+pub mod ingest;
 pub mod json;
 pub mod records;
 pub mod schema_store;

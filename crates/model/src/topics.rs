@@ -58,11 +58,14 @@ pub enum TopicRole {
     ChangelogAnomalyDetector,
     /// Notifier state.
     ChangelogNotifier,
+    /// Ingest-gateway receipts: which batches (client, idempotency key) are already in
+    /// `telemetry.raw`.
+    ChangelogIngestGateway,
 }
 
 impl TopicRole {
     /// Every role, in catalogue order.
-    pub const ALL: [TopicRole; 14] = [
+    pub const ALL: [TopicRole; 15] = [
         TopicRole::Raw,
         TopicRole::Validated,
         TopicRole::Sanitized,
@@ -77,6 +80,7 @@ impl TopicRole {
         TopicRole::ChangelogFeatureExtractor,
         TopicRole::ChangelogAnomalyDetector,
         TopicRole::ChangelogNotifier,
+        TopicRole::ChangelogIngestGateway,
     ];
 
     /// The role's name in configuration, metrics labels and `seqmon-admin topics`: the only
@@ -97,6 +101,7 @@ impl TopicRole {
             TopicRole::ChangelogFeatureExtractor => "changelog_feature_extractor",
             TopicRole::ChangelogAnomalyDetector => "changelog_anomaly_detector",
             TopicRole::ChangelogNotifier => "changelog_notifier",
+            TopicRole::ChangelogIngestGateway => "changelog_ingest_gateway",
         }
     }
 
@@ -153,6 +158,10 @@ const DAY: u32 = 24;
 /// de-duplication horizon the validator accepts.
 pub const VALIDATOR_CHANGELOG_HOURS: u32 = 25;
 
+/// Hours the ingest gateway's changelog keeps a receipt: one more than the longest
+/// idempotency window the gateway accepts.
+pub const INGEST_RECEIPT_HOURS: u32 = 25;
+
 /// Every topic. Partition counts are set at creation (`seqmon-admin create-topics --partitions`),
 /// the same for all, so co-partitioning holds.
 pub const CATALOGUE: &[TopicSpec] = &[
@@ -170,6 +179,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
     TopicSpec { role: TopicRole::ChangelogFeatureExtractor, name: "feature-extractor.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Feature-extractor open windows per instrument." },
     TopicSpec { role: TopicRole::ChangelogAnomalyDetector, name: "anomaly-detector.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Anomaly-detector baselines per instrument." },
     TopicSpec { role: TopicRole::ChangelogNotifier, name: "notifier.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Notifier open alerts per instrument." },
+    TopicSpec { role: TopicRole::ChangelogIngestGateway, name: "ingest-gateway.changelog", schema: "state_snapshot", key: "SHA-256 of client identity and idempotency key", side: PrivacySide::Sensitive, cleanup: Cleanup::CompactDeleteAfterHours(INGEST_RECEIPT_HOURS), doc: "Ingest-gateway receipts: the batches already written to telemetry.raw, so a retried POST is not counted twice." },
 ];
 
 /// Kafka topic configuration entries for a topic.

@@ -137,7 +137,8 @@ impl Collected {
             | TopicRole::ChangelogValidator
             | TopicRole::ChangelogFeatureExtractor
             | TopicRole::ChangelogAnomalyDetector
-            | TopicRole::ChangelogNotifier => None,
+            | TopicRole::ChangelogNotifier
+            | TopicRole::ChangelogIngestGateway => None,
         })
     }
 }
