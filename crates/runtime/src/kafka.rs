@@ -257,21 +257,10 @@ impl<'a> StageLoop<'a> {
         let stage = driver.processor().stage();
         let topics = Topics::of(&driver, cfg);
         let group_id = cfg.group_id(stage);
-        // HOSTNAME (a pod's name), else the kernel's host name: two instances must not share
-        // a transactional id, or they fence each other.
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| {
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .ok()
-                    .map(|h| h.trim().to_string())
-            })
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "local".into());
         let transactional_id = cfg
             .transactional_id
             .clone()
-            .unwrap_or_else(|| format!("{}{stage}-{host}", cfg.kafka.topic_prefix));
+            .unwrap_or_else(|| default_transactional_id(&cfg.kafka.topic_prefix, stage));
         let producer: ThreadedProducer<DefaultProducerContext> = cfg
             .kafka
             .client_config()
@@ -687,6 +676,49 @@ impl<'a> StageLoop<'a> {
     }
 }
 
+/// `<prefix><service>-<host>`: HOSTNAME (a pod's name), else the kernel's host name. Two
+/// instances must not share a transactional id, or they fence each other; the ACLs grant each
+/// service the prefix `<prefix><service>-`.
+pub fn default_transactional_id(prefix: &str, service: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into());
+    format!("{prefix}{service}-{host}")
+}
+
+/// The partitions of a topic, from the cluster's metadata.
+pub fn topic_partitions(
+    kafka: &crate::config::KafkaConnection,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, RuntimeError> {
+    let client: BaseConsumer = kafka
+        .client_config()
+        .create()
+        .map_err(RuntimeError::kafka("create metadata client"))?;
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(RuntimeError::kafka("fetch metadata"))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(RuntimeError::Internal(format!(
+            "topic {topic} does not exist or is not visible to this principal (seqmon-admin create-topics, seqmon-admin acls)"
+        )));
+    }
+    Ok(partitions)
+}
+
 /// Rebuilds the processor's state from the changelog partitions matching the assignment.
 fn restore_state(
     driver: &mut Driver,
@@ -710,7 +742,14 @@ fn restore_state(
         .as_ref()
         .zip(role)
         .filter(|(_, r)| r.spec().side == PrivacySide::Sensitive);
-    let latest = read_changelog(cfg, &group_id, changelog, assigned, ring)?;
+    let latest = read_changelog(
+        &cfg.kafka,
+        &format!("{group_id}-restore"),
+        Duration::from_millis(cfg.restore_timeout_ms),
+        changelog,
+        assigned,
+        ring,
+    )?;
     let expected = driver.processor().state_format_version();
     let mut restored = 0u64;
     for (key, snap) in latest {
@@ -736,20 +775,21 @@ fn restore_state(
     Ok(())
 }
 
-/// The latest snapshot (or tombstone) of every key on the given changelog partitions.
-fn read_changelog(
-    cfg: &RunnerConfig,
-    group_id: &str,
+/// The latest snapshot (or tombstone) of every key on the given changelog partitions, read
+/// committed, opening envelopes with `ring` when the changelog is sealed. `limit` bounds the
+/// whole read; a record that does not open or decode stops it (state is never half-read).
+pub fn read_changelog(
+    kafka: &crate::config::KafkaConnection,
+    restore_group_id: &str,
+    limit: Duration,
     changelog: &str,
     partitions: &[i32],
     ring: Option<(&KeyRing, TopicRole)>,
 ) -> Result<HashMap<String, Option<StateSnapshot>>, RuntimeError> {
     let started = Instant::now();
-    let limit = Duration::from_millis(cfg.restore_timeout_ms);
-    let restorer: BaseConsumer<RestoreContext> = cfg
-        .kafka
+    let restorer: BaseConsumer<RestoreContext> = kafka
         .client_config()
-        .set("group.id", format!("{group_id}-restore"))
+        .set("group.id", restore_group_id)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
@@ -769,7 +809,7 @@ fn read_changelog(
         if started.elapsed() > limit {
             return Err(RuntimeError::Internal(format!(
                 "restoring {changelog} did not reach the end within {} ms (--restore-timeout-ms)",
-                cfg.restore_timeout_ms
+                limit.as_millis()
             )));
         }
         match restorer.poll(Duration::from_millis(500)) {

@@ -189,30 +189,44 @@ fn now_secs() -> i64 {
 /// Serves `/metrics` (Prometheus text) and `/healthz` (200 while the loop beat in the last 60 s)
 /// until the process exits. Runs on the given tokio runtime.
 pub async fn serve(addr: std::net::SocketAddr, metrics: StageMetrics) -> std::io::Result<()> {
+    serve_with(addr, move |path| match path {
+        "/metrics" => (true, metrics.render()),
+        "/healthz" => {
+            let age = now_secs() - metrics.heartbeat.load(Ordering::Relaxed);
+            if age <= 60 {
+                (true, "ok\n".to_string())
+            } else {
+                (false, format!("processing loop silent for {age} s\n"))
+            }
+        }
+        _ => (false, String::new()),
+    })
+    .await
+}
+
+/// A plain-HTTP endpoint for the cluster's own scrapers and probes: `answer(path)` gives
+/// (healthy, body) for `/metrics` and `/healthz`; other paths are 404. One short read per
+/// connection, so a slow or hostile peer costs one task, never the service.
+pub async fn serve_with<F>(addr: std::net::SocketAddr, answer: F) -> std::io::Result<()>
+where
+    F: Fn(&str) -> (bool, String) + Send + Sync + 'static,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = Arc::new(answer);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics endpoint listening");
     loop {
         let (mut sock, _) = listener.accept().await?;
-        let metrics = metrics.clone();
+        let answer = answer.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
-            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf));
+            let n = read.await.ok().and_then(Result::ok).unwrap_or(0);
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", metrics.render()),
-                "/healthz" => {
-                    let age = now_secs() - metrics.heartbeat.load(Ordering::Relaxed);
-                    if age <= 60 {
-                        ("200 OK", "ok\n".to_string())
-                    } else {
-                        (
-                            "503 Service Unavailable",
-                            format!("processing loop silent for {age} s\n"),
-                        )
-                    }
-                }
+            let (status, body) = match (path, answer(path)) {
+                ("/metrics" | "/healthz", (true, body)) => ("200 OK", body),
+                ("/metrics" | "/healthz", (false, body)) => ("503 Service Unavailable", body),
                 _ => ("404 Not Found", "not found\n".to_string()),
             };
             let response = format!("HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());

@@ -168,7 +168,8 @@ pub fn shutdown_flag() -> Result<Arc<AtomicBool>, RuntimeError> {
     Ok(flag)
 }
 
-async fn wait_for_signal() {
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),
