@@ -6,7 +6,9 @@ pub mod consent;
 pub mod files;
 pub mod interop;
 pub mod runfolder;
+pub mod spool;
 pub mod summary;
+pub mod upload;
 pub mod watch;
 
 /// The real run folders the tests use: `SEQMON_RUN_FOLDERS` if set, else

@@ -7,22 +7,54 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, ValueEnum};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use clap::Parser;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use seqmon_collector::collect::collect_run_with;
 use seqmon_collector::consent::ConsentOverride;
 use seqmon_collector::files::{Limits, MIB};
+use seqmon_collector::spool::Spool;
+use seqmon_collector::upload::{Drained, GatewayClient, Uploader};
 use seqmon_collector::watch::Watcher;
 use seqmon_model::encode;
 use seqmon_runtime::config::KafkaConnection;
 use seqmon_runtime::RuntimeError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Where records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Sink {
     /// Produce to the raw telemetry topic.
     Kafka,
     /// Write JSON lines.
     File,
+    /// POST batches to the ingest gateway at this URL (through HTTPS_PROXY if set).
+    Https(String),
+}
+
+/// `kafka`, `file` or `https://host[:port][/path]` (path `/v1/telemetry` when none is given).
+/// Plain `http://` is refused: telemetry never leaves the site unencrypted.
+fn parse_sink(s: &str) -> Result<Sink, String> {
+    match s {
+        "kafka" => Ok(Sink::Kafka),
+        "file" => Ok(Sink::File),
+        url if url.starts_with("https://") => {
+            let rest = &url["https://".len()..];
+            if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+                return Err(format!("{url:?} names no host"));
+            }
+            Ok(Sink::Https(if rest.contains('/') {
+                url.to_string()
+            } else {
+                format!("{url}/v1/telemetry")
+            }))
+        }
+        url if url.starts_with("http://") => Err(
+            "plain http:// is refused: use the gateway's https:// address (a proxy goes in HTTPS_PROXY)".into(),
+        ),
+        other => Err(format!("{other:?}: expected kafka, file or an https:// URL")),
+    }
 }
 
 /// Collect instrument and run telemetry from Illumina run folders.
@@ -57,9 +89,40 @@ struct Cli {
     /// Largest InterOp file read, in MiB; a larger file is refused (reported, not read).
     #[arg(long, env = "COLLECTOR_MAX_INTEROP_MIB", default_value_t = Limits::default().interop_max_bytes / MIB)]
     max_interop_mib: u64,
-    /// Where records go.
-    #[arg(long, value_enum, default_value = "file")]
+    /// Where records go: `file`, `kafka`, or the ingest gateway's `https://` URL.
+    #[arg(long, env = "COLLECTOR_TO", default_value = "file", value_parser = parse_sink)]
     to: Sink,
+    /// CA certificate (PEM) of the ingest gateway's server certificate, with `--to https://`;
+    /// no public root is trusted.
+    #[arg(long, env = "COLLECTOR_GATEWAY_CA")]
+    gateway_ca: Option<PathBuf>,
+    /// This site's client certificate (PEM), with `--to https://`.
+    #[arg(long, env = "COLLECTOR_CLIENT_CERT")]
+    client_cert: Option<PathBuf>,
+    /// This site's client private key (PEM), with `--to https://`.
+    #[arg(long, env = "COLLECTOR_CLIENT_KEY")]
+    client_key: Option<PathBuf>,
+    /// Where batches wait for the gateway (kept across restarts), with `--to https://`.
+    #[arg(long, env = "COLLECTOR_SPOOL_DIR", default_value = "collector-spool")]
+    spool_dir: PathBuf,
+    /// Most MiB of batches kept while the gateway is unreachable; beyond it the oldest are
+    /// dropped and counted (spool `dropped-records`).
+    #[arg(long, env = "COLLECTOR_SPOOL_MAX_MIB", default_value_t = 512)]
+    spool_max_mib: u64,
+    /// Most records per batch sent to the gateway.
+    #[arg(long, env = "COLLECTOR_BATCH_RECORDS", default_value_t = 500)]
+    batch_records: usize,
+    /// Most KiB per batch sent to the gateway: below the gateway's --max-body-bytes (8 MiB by
+    /// default), which refuses larger bodies for good.
+    #[arg(long, env = "COLLECTOR_BATCH_MAX_KIB", default_value_t = 4096)]
+    batch_max_kib: u64,
+    /// Seconds one HTTPS request may take.
+    #[arg(long, env = "COLLECTOR_REQUEST_TIMEOUT_S", default_value_t = 60)]
+    request_timeout_s: u64,
+    /// Without --watch (or with --once): seconds to keep retrying before exiting with the
+    /// batches still spooled (they go out on the next run).
+    #[arg(long, env = "COLLECTOR_SEND_TIMEOUT_S", default_value_t = 600)]
+    send_timeout_s: u64,
     /// JSON-lines file (`-` for stdout), with `--to file`.
     #[arg(long, default_value = "-")]
     output: String,
@@ -82,11 +145,44 @@ enum Out {
         String,
         Option<seqmon_runtime::envelope::KeyRing>,
     ),
+    /// Batches spooled on disk and sent to the ingest gateway; most records and bytes per
+    /// batch.
+    Https(Spool, Uploader, usize, usize),
 }
 
 impl Out {
     fn open(cli: &Cli) -> Result<Out, RuntimeError> {
-        Ok(match cli.to {
+        Ok(match &cli.to {
+            Sink::Https(url) => {
+                let need = |v: &Option<PathBuf>, setting: &str| {
+                    v.clone().ok_or_else(|| RuntimeError::Config {
+                        setting: setting.into(),
+                        message: "required with --to https://".into(),
+                    })
+                };
+                let client = GatewayClient {
+                    url: url.clone(),
+                    ca: need(&cli.gateway_ca, "--gateway-ca / COLLECTOR_GATEWAY_CA")?,
+                    cert: need(&cli.client_cert, "--client-cert / COLLECTOR_CLIENT_CERT")?,
+                    key: need(&cli.client_key, "--client-key / COLLECTOR_CLIENT_KEY")?,
+                    timeout: Duration::from_secs(cli.request_timeout_s),
+                };
+                let uploader = Uploader::new(&client).map_err(|e| RuntimeError::Config {
+                    setting: e.setting.into(),
+                    message: e.message,
+                })?;
+                let spool = Spool::open(&cli.spool_dir, cli.spool_max_mib.saturating_mul(MIB))
+                    .map_err(|source| RuntimeError::Io {
+                        context: format!("cannot use --spool-dir {}", cli.spool_dir.display()),
+                        source,
+                    })?;
+                Out::Https(
+                    spool,
+                    uploader,
+                    cli.batch_records,
+                    usize::try_from(cli.batch_max_kib.saturating_mul(1024)).unwrap_or(usize::MAX),
+                )
+            }
             Sink::File if cli.output == "-" => {
                 Out::File(Box::new(std::io::BufWriter::new(std::io::stdout())))
             }
@@ -113,9 +209,46 @@ impl Out {
         })
     }
 
-    /// Sends and waits until every record is delivered (flushed or acknowledged).
+    /// Sends and waits until every record is delivered (flushed or acknowledged); with the
+    /// gateway, until every record is spooled on disk (delivery is [`Out::deliver`]'s).
     fn send(&mut self, records: &[seqmon_model::Telemetry]) -> Result<(), RuntimeError> {
         match self {
+            Out::Https(spool, _, most_records, most_bytes) => {
+                let mut spool_frame = |values: &[(&str, i64, Vec<u8>)]| {
+                    let mut frame = seqmon_model::ingest::begin(values.len() as u32);
+                    for (key, ts, value) in values {
+                        seqmon_model::ingest::push(&mut frame, key, *ts, value);
+                    }
+                    spool
+                        .push(&frame)
+                        .map(|_| ())
+                        .map_err(|source| RuntimeError::Io {
+                            context: "cannot write to the spool".into(),
+                            source,
+                        })
+                };
+                // Greedy batches: at most --batch-records records and --batch-max-kib bytes
+                // (a single larger record still goes alone).
+                let mut pending: Vec<(&str, i64, Vec<u8>)> = Vec::new();
+                let mut bytes = 0usize;
+                for r in records {
+                    let value = encode(r).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+                    let size = value.len() + r.instrument_serial.len() + 14;
+                    if !pending.is_empty()
+                        && (pending.len() >= *most_records || bytes + size > *most_bytes)
+                    {
+                        spool_frame(&pending)?;
+                        pending.clear();
+                        bytes = 0;
+                    }
+                    bytes += size;
+                    pending.push((&r.instrument_serial, r.sent_time_ms, value));
+                }
+                if !pending.is_empty() {
+                    spool_frame(&pending)?;
+                }
+                Ok(())
+            }
             Out::File(out) => {
                 for r in records {
                     let line = serde_json::to_string(r)
@@ -160,6 +293,40 @@ impl Out {
     }
 }
 
+impl Out {
+    /// Sends what is spooled until it is all delivered or `until` passes (HTTPS only; the other
+    /// sinks deliver in [`Out::send`]). Returns the batches still waiting.
+    fn deliver(&mut self, until: Instant, stop: &AtomicBool) -> Result<usize, RuntimeError> {
+        let Out::Https(spool, uploader, _, _) = self else {
+            return Ok(0);
+        };
+        let drained = uploader
+            .drain(spool, until, stop)
+            .map_err(|source| RuntimeError::Io {
+                context: "cannot read the spool".into(),
+                source,
+            })?;
+        Ok(match drained {
+            Drained::Empty => 0,
+            Drained::Waiting(n) => n,
+        })
+    }
+}
+
+/// One-shot runs: keeps delivering the spool for up to --send-timeout-s; what is still waiting
+/// then stays spooled for the next run, and the run fails saying so.
+fn finish_delivery(out: &mut Out, cli: &Cli, stop: &AtomicBool) -> Result<(), RuntimeError> {
+    let until = Instant::now() + Duration::from_secs(cli.send_timeout_s);
+    match out.deliver(until, stop)? {
+        0 => Ok(()),
+        waiting => Err(RuntimeError::Internal(format!(
+            "{waiting} batch(es) not delivered within --send-timeout-s {}; they stay in --spool-dir {} and go out on the next run",
+            cli.send_timeout_s,
+            cli.spool_dir.display()
+        ))),
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -177,6 +344,37 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
             setting: "--poll-interval-s / COLLECTOR_POLL_INTERVAL_S".into(),
             message: "must be positive".into(),
         });
+    }
+    if matches!(cli.to, Sink::Https(_)) {
+        for (value, setting) in [
+            (
+                cli.spool_max_mib,
+                "--spool-max-mib / COLLECTOR_SPOOL_MAX_MIB",
+            ),
+            (
+                cli.batch_records as u64,
+                "--batch-records / COLLECTOR_BATCH_RECORDS",
+            ),
+            (
+                cli.batch_max_kib,
+                "--batch-max-kib / COLLECTOR_BATCH_MAX_KIB",
+            ),
+            (
+                cli.request_timeout_s,
+                "--request-timeout-s / COLLECTOR_REQUEST_TIMEOUT_S",
+            ),
+            (
+                cli.send_timeout_s,
+                "--send-timeout-s / COLLECTOR_SEND_TIMEOUT_S",
+            ),
+        ] {
+            if value == 0 {
+                return Err(RuntimeError::Config {
+                    setting: setting.into(),
+                    message: "must be positive".into(),
+                });
+            }
+        }
     }
     if cli.max_xml_mib == 0 || cli.max_interop_mib == 0 {
         return Err(RuntimeError::Config {
@@ -216,11 +414,16 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
                 tracing::info!(run_id = %p.run_id, records = p.records.len(), "sent new cycles");
             }
             if cli.once {
-                return Ok(());
+                return finish_delivery(&mut out, &cli, &stop);
             }
-            for _ in 0..cli.poll_interval_s * 10 {
+            // Spooled batches go out (with backoff while offline) until the next poll.
+            let next_poll = Instant::now() + Duration::from_secs(cli.poll_interval_s);
+            out.deliver(next_poll, &stop)?;
+            while Instant::now() < next_poll {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    tracing::info!("stopping: everything sent is recorded in the state directory");
+                    tracing::info!(
+                        "stopping: everything sent or spooled is recorded in the state directory"
+                    );
                     return Ok(());
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -260,6 +463,10 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
         metric_file_warnings = files_partial,
         "sent"
     );
+    if matches!(cli.to, Sink::Https(_)) {
+        let stop = seqmon_runtime::service::shutdown_flag()?;
+        finish_delivery(&mut out, &cli, &stop)?;
+    }
     if unreadable > 0 {
         // What could be read was sent; a folder that could not be read is still a failure.
         return Err(RuntimeError::Internal(format!(
