@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod gateway;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -89,6 +91,12 @@ impl Service {
             args.drain(at..at + 2);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
+        Service::launch(name, prefix, args, metrics_port)
+    }
+
+    /// Starts the binary `name` with exactly `args` (a service without the stage command
+    /// line, such as the ingest gateway), which must serve /metrics on `metrics_port`.
+    pub fn launch(name: &str, prefix: &str, args: Vec<String>, metrics_port: u16) -> Service {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../target/it-logs")
             .join(prefix.trim_end_matches('.'));

@@ -130,7 +130,7 @@ fn analysis_principals_are_refused_on_every_sensitive_topic() {
         .into_iter()
         .filter(|r| r.spec().side == PrivacySide::Sensitive)
         .collect();
-    assert_eq!(sensitive.len(), 4);
+    assert_eq!(sensitive.len(), 5);
     let mut denials = 0;
     for p in [
         Principal::FeatureExtractor,
@@ -157,6 +157,19 @@ fn analysis_principals_are_refused_on_every_sensitive_topic() {
             );
             denials += 2;
         }
+    }
+    // The gateway writes raw telemetry but reads none: only its own receipts.
+    for role in [TopicRole::Raw, TopicRole::Validated, TopicRole::DeadLettersSensitive] {
+        let topic = role.topic(&prefix);
+        let consumed = consume_error(&dir, Principal::IngestGateway, &prefix, &topic);
+        assert!(
+            consumed.as_ref().is_some_and(|e| matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+            )),
+            "the gateway could consume {topic}: {consumed:?}"
+        );
+        denials += 1;
     }
     // Controls: the collector writes raw, the validator reads it.
     assert_eq!(
@@ -384,4 +397,43 @@ fn a_wrong_ca_or_an_expired_certificate_stops_at_start_up_with_the_reason() {
         );
         assert!(started.elapsed() < Duration::from_secs(60));
     }
+}
+
+#[test]
+fn the_ingest_gateway_writes_raw_telemetry_with_its_own_principal() {
+    use seqmon_integration_tests::gateway::{frame, post, reason, start_gateway, write_key, Pki};
+    let dir = secure_or_skip!();
+    let prefix = unique_prefix("sec-gw");
+    secure_topics(&prefix);
+    let work = std::env::temp_dir().join(format!("seqmon-sec-gw-{}", std::process::id()));
+    let pki = Pki::make(&work.join("pki"));
+    let keys = work.join("keys");
+    write_key(&keys, "k1", 0x41);
+    let props = dir.join("ingest-gateway.properties");
+    let mut gw = start_gateway(
+        &prefix,
+        &pki,
+        &keys,
+        &["--properties-file", props.to_str().unwrap()],
+        &[],
+    );
+    let site = pki.client(Some("site-a"));
+    let batch = frame("sec-gw", 3);
+    let answer = post(&site, gw.port, Some("sec-1"), batch.clone()).unwrap();
+    assert_eq!(
+        reason(&answer),
+        (200, "accepted".into()),
+        "{}",
+        gw.service.log_text()
+    );
+    // Its receipts are read back at start-up with its own restore group.
+    gw.service.kill9();
+    gw.service.restart();
+    let again = post(&site, gw.port, Some("sec-1"), batch).unwrap();
+    assert_eq!(reason(&again), (200, "duplicate".into()));
+    assert_eq!(count_committed(&dir, &TopicRole::Raw.topic(&prefix)), 3);
+    let log = gw.service.log_text().to_ascii_lowercase();
+    assert!(!log.contains("authoriz"), "{log}");
+    assert!(gw.service.terminate().success());
+    let _ = std::fs::remove_dir_all(&work);
 }
