@@ -159,7 +159,11 @@ fn analysis_principals_are_refused_on_every_sensitive_topic() {
         }
     }
     // The gateway writes raw telemetry but reads none: only its own receipts.
-    for role in [TopicRole::Raw, TopicRole::Validated, TopicRole::DeadLettersSensitive] {
+    for role in [
+        TopicRole::Raw,
+        TopicRole::Validated,
+        TopicRole::DeadLettersSensitive,
+    ] {
         let topic = role.topic(&prefix);
         let consumed = consume_error(&dir, Principal::IngestGateway, &prefix, &topic);
         assert!(

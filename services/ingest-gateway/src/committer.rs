@@ -39,6 +39,8 @@ pub struct Job {
     pub receipt: Receipt,
     pub records: Vec<OwnedRecord>,
     pub reply: oneshot::Sender<Outcome>,
+    /// The batch's share of --max-inflight-mib, given back when the job is dropped.
+    pub _memory: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// What became of a batch.

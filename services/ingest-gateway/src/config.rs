@@ -35,6 +35,10 @@ pub struct GatewayConfig {
     /// Largest request body, bytes; a larger one is refused (413) before it is read.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: u64,
+    /// Most MiB of request bodies and batches held in memory at once; a request beyond it is
+    /// answered 503 (busy) before its body is read. At least --max-body-bytes.
+    #[arg(long, env = "GATEWAY_MAX_INFLIGHT_MIB", default_value_t = 256)]
+    pub max_inflight_mib: u64,
     /// Most records in one batch.
     #[arg(long, env = "GATEWAY_MAX_RECORDS_PER_BATCH", default_value_t = 10_000)]
     pub max_records_per_batch: u32,
@@ -86,6 +90,14 @@ impl GatewayConfig {
         let bad = |id: &str, m: &str| Err(ConfigError::of::<Self>(id, m));
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes", "must be at least 1024");
+        }
+        if self.max_inflight_mib.saturating_mul(1024 * 1024) < self.max_body_bytes
+            || self.max_inflight_mib > 1024 * 1024
+        {
+            return bad(
+                "max_inflight_mib",
+                "must hold at least one body of --max-body-bytes, and at most 1048576",
+            );
         }
         if self.max_records_per_batch == 0 {
             return bad("max_records_per_batch", "must be positive");

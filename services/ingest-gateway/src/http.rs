@@ -18,7 +18,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use seqmon_model::ingest::{self, FrameLimits};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::committer::{Job, Outcome, OwnedRecord};
 use crate::ledger::{batch_key, body_digest, Admission, Ledger, Receipt};
@@ -60,6 +60,9 @@ pub enum Reason {
     Timeout,
     /// Kafka is not taking writes (transaction aborted, writer stopped).
     Unavailable,
+    /// The gateway holds as many batches in memory as it may (--max-inflight-mib), or its
+    /// writer's queue is full.
+    Busy,
 }
 
 impl Reason {
@@ -79,6 +82,7 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::Timeout => "timeout",
             Reason::Unavailable => "unavailable",
+            Reason::Busy => "busy",
         }
     }
 
@@ -95,7 +99,7 @@ impl Reason {
             Reason::InProgress => StatusCode::CONFLICT,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Timeout => StatusCode::REQUEST_TIMEOUT,
-            Reason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Unavailable | Reason::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -103,7 +107,11 @@ impl Reason {
     pub fn retriable(self) -> bool {
         matches!(
             self,
-            Reason::InProgress | Reason::RateLimited | Reason::Timeout | Reason::Unavailable
+            Reason::InProgress
+                | Reason::RateLimited
+                | Reason::Timeout
+                | Reason::Unavailable
+                | Reason::Busy
         )
     }
 }
@@ -116,6 +124,9 @@ pub struct Gateway {
     pub limiter: Mutex<RateLimiter>,
     pub ledger: Arc<Mutex<Ledger>>,
     pub jobs: mpsc::Sender<Job>,
+    /// Bytes of request bodies and batches held in memory, in KiB permits: a body is read only
+    /// with permits for its size, which go back when its batch is written or refused.
+    pub memory: Arc<Semaphore>,
     pub metrics: GatewayMetrics,
 }
 
@@ -137,7 +148,7 @@ impl Answer {
     }
     fn no(reason: Reason, message: impl Into<String>) -> Self {
         let retry_after = match reason {
-            Reason::InProgress | Reason::Unavailable => Some(Duration::from_secs(1)),
+            Reason::InProgress | Reason::Unavailable | Reason::Busy => Some(Duration::from_secs(1)),
             _ => None,
         };
         Self {
@@ -276,6 +287,20 @@ impl Gateway {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // Memory for the body before it is read: a flood of large bodies meets 503, not an
+        // out-of-memory kill.
+        let kib = declared
+            .unwrap_or(self.max_body_bytes)
+            .min(self.max_body_bytes)
+            .div_ceil(1024)
+            .max(1);
+        let Ok(memory) = self
+            .memory
+            .clone()
+            .try_acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
+        else {
+            return Answer::no(Reason::Busy, "too many batches in flight; retry");
+        };
         let body = match read_body(
             req.into_body(),
             declared,
@@ -337,12 +362,24 @@ impl Gateway {
                 })
                 .collect(),
             reply,
+            _memory: memory,
         };
-        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job).await {
+        drop(body);
+        if let Err(e) = self.jobs.try_send(job) {
+            let (job, answer) = match e {
+                mpsc::error::TrySendError::Full(job) => (
+                    job,
+                    Answer::no(Reason::Busy, "the writer's queue is full; retry"),
+                ),
+                mpsc::error::TrySendError::Closed(job) => (
+                    job,
+                    Answer::no(Reason::Unavailable, "the Kafka writer has stopped"),
+                ),
+            };
             if let Ok(mut l) = self.ledger.lock() {
                 l.released(&job.key);
             }
-            return Answer::no(Reason::Unavailable, "the Kafka writer has stopped");
+            return answer;
         }
         match outcome.await {
             Ok(Outcome::Committed) => Answer::ok(Reason::Accepted, count),

@@ -166,6 +166,9 @@ async fn serve(
         limiter: Mutex::new(RateLimiter::new(cfg.rate_limit_per_s, cfg.rate_limit_burst)),
         ledger,
         jobs,
+        memory: Arc::new(Semaphore::new(
+            usize::try_from(cfg.max_inflight_mib * 1024).unwrap_or(Semaphore::MAX_PERMITS),
+        )),
         metrics: metrics.clone(),
     });
     {
