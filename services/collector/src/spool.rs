@@ -33,6 +33,8 @@ pub struct Spool {
     id: String,
     max_bytes: u64,
     next: u64,
+    /// Bytes of the batches waiting, kept as batches come and go (one directory scan at open).
+    bytes: u64,
 }
 
 fn batch_name(seq: u64) -> String {
@@ -84,7 +86,9 @@ impl Spool {
             id,
             max_bytes,
             next: 0,
+            bytes: 0,
         };
+        spool.bytes = spool.scan_bytes()?;
         spool.next = spool.batches()?.last().map(|b| b.sequence + 1).unwrap_or(0);
         // A sequence once used is never reused, even after its file was sent and deleted:
         // the high-water mark is kept beside the batches.
@@ -112,7 +116,11 @@ impl Spool {
     }
 
     /// Bytes of the batches waiting.
-    pub fn bytes(&self) -> std::io::Result<u64> {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn scan_bytes(&self) -> std::io::Result<u64> {
         Ok(self
             .batches()?
             .iter()
@@ -131,17 +139,22 @@ impl Spool {
             self.next.to_string().as_bytes(),
         )?;
         write_synced(&self.dir.join(batch_name(seq)), frame)?;
+        self.bytes += frame.len() as u64;
         let mut dropped = 0;
-        let mut waiting = self.batches()?;
-        let mut total = self.bytes()?;
-        // The newest batch is kept even if it alone exceeds the limit.
-        while total > self.max_bytes && waiting.len() > 1 {
-            let oldest = waiting.remove(0);
-            let len = fs::metadata(&oldest.path).map(|m| m.len()).unwrap_or(0);
-            let records = records_in(&oldest.path);
-            fs::remove_file(&oldest.path)?;
-            total = total.saturating_sub(len);
-            dropped += records;
+        if self.bytes > self.max_bytes {
+            // The newest batch is kept even if it alone exceeds the limit.
+            let mut waiting = self.batches()?;
+            waiting.pop();
+            for oldest in waiting {
+                if self.bytes <= self.max_bytes {
+                    break;
+                }
+                let len = fs::metadata(&oldest.path).map(|m| m.len()).unwrap_or(0);
+                let records = records_in(&oldest.path);
+                fs::remove_file(&oldest.path)?;
+                self.bytes = self.bytes.saturating_sub(len);
+                dropped += records;
+            }
         }
         if dropped > 0 {
             let total_dropped = self.dropped_records() + dropped;
@@ -168,14 +181,19 @@ impl Spool {
     }
 
     /// The batch was delivered.
-    pub fn delivered(&self, b: &Spooled) -> std::io::Result<()> {
-        fs::remove_file(&b.path)
+    pub fn delivered(&mut self, b: &Spooled) -> std::io::Result<()> {
+        let len = fs::metadata(&b.path).map(|m| m.len()).unwrap_or(0);
+        fs::remove_file(&b.path)?;
+        self.bytes = self.bytes.saturating_sub(len);
+        Ok(())
     }
 
     /// The gateway refused the batch for good: keep it for inspection, stop sending it.
-    pub fn reject(&self, b: &Spooled) -> std::io::Result<()> {
+    pub fn reject(&mut self, b: &Spooled) -> std::io::Result<()> {
+        let len = fs::metadata(&b.path).map(|m| m.len()).unwrap_or(0);
         let rejected = self.dir.join("rejected");
         fs::rename(&b.path, rejected.join(batch_name(b.sequence)))?;
+        self.bytes = self.bytes.saturating_sub(len);
         let mut kept: Vec<PathBuf> = fs::read_dir(&rejected)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| sequence_of(p).is_some())
@@ -213,7 +231,7 @@ mod tests {
         s.push(&frame(4, 10)).expect("push");
         let before = s.batches().expect("lists");
         drop(s);
-        let s = Spool::open(&dir, 1 << 20).expect("reopens");
+        let mut s = Spool::open(&dir, 1 << 20).expect("reopens");
         let after = s.batches().expect("lists");
         assert_eq!(before, after);
         assert_eq!(after.len(), 2);

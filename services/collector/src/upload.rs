@@ -167,13 +167,18 @@ impl Uploader {
     /// `stop` is set; backs off between failures.
     pub fn drain(
         &mut self,
-        spool: &Spool,
+        spool: &mut Spool,
         until: Instant,
         stop: &AtomicBool,
     ) -> std::io::Result<Drained> {
+        // One directory scan per pass, not per batch: a spool of thousands of batches after a
+        // long outage drains in linear time.
+        let mut waiting = std::collections::VecDeque::from(spool.batches()?);
         loop {
-            let waiting = spool.batches()?;
-            let Some(batch) = waiting.first() else {
+            if waiting.is_empty() {
+                waiting = spool.batches()?.into();
+            }
+            let Some(batch) = waiting.front().cloned() else {
                 return Ok(Drained::Empty);
             };
             let now = Instant::now();
@@ -187,9 +192,15 @@ impl Uploader {
             if stop.load(Ordering::SeqCst) {
                 return Ok(Drained::Waiting(waiting.len()));
             }
-            match self.attempt(batch) {
+            if !batch.path.exists() {
+                // Dropped meanwhile (spool full) or removed by hand.
+                waiting.pop_front();
+                continue;
+            }
+            match self.attempt(&batch) {
                 Attempt::Delivered => {
-                    spool.delivered(batch)?;
+                    spool.delivered(&batch)?;
+                    waiting.pop_front();
                     if self.failures > 0 {
                         tracing::info!(failures = self.failures, "gateway reachable again");
                     }
@@ -198,7 +209,8 @@ impl Uploader {
                 }
                 Attempt::Rejected(why) => {
                     tracing::error!(batch = %batch.path.display(), idempotency_key = %batch.idempotency_key, answer = %why, "gateway refused the batch for good; kept in rejected/");
-                    spool.reject(batch)?;
+                    spool.reject(&batch)?;
+                    waiting.pop_front();
                 }
                 Attempt::Retry(after, why) => {
                     self.failures += 1;
