@@ -383,6 +383,7 @@ fn collector_through_a_proxy_exactly_once_across_a_gateway_kill() {
         &[],
     );
     let url2 = format!("https://127.0.0.1:{}", gw2.port);
+    let tunnels_before = proxy.tunnels.load(Ordering::SeqCst);
     let empty = dir.join("watch");
     std::fs::create_dir_all(&empty).unwrap();
     let st = collector(
@@ -406,6 +407,8 @@ fn collector_through_a_proxy_exactly_once_across_a_gateway_kill() {
         Some(proxy.port),
         &dir.join("later.log"),
     )
+    // NO_PROXY names the gateway: this run goes direct, past the proxy.
+    .env("NO_PROXY", "127.0.0.1")
     .status()
     .unwrap();
     assert!(
@@ -414,5 +417,10 @@ fn collector_through_a_proxy_exactly_once_across_a_gateway_kill() {
         std::fs::read_to_string(dir.join("later.log")).unwrap_or_default()
     );
     assert_eq!(raw_message_ids(&prefix, &ring).len(), 2 * expected.len());
+    assert_eq!(
+        proxy.tunnels.load(Ordering::SeqCst),
+        tunnels_before,
+        "NO_PROXY was not honoured"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
