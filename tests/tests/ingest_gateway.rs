@@ -111,6 +111,18 @@ fn the_api_writes_each_batch_once_and_answers_bad_requests_with_a_reason() {
     )
     .unwrap();
     assert_eq!(reason(&bad), (400, "bad_frame".into()));
+    // A record the broker would refuse (two hours ahead) is refused here, before Kafka, so it
+    // cannot fail a transaction other sites' batches share.
+    let mut ahead = seqmon_model::ingest::begin(1);
+    let value = seqmon_model::encode(&seqmon_integration_tests::gateway::sample()).unwrap();
+    seqmon_model::ingest::push(
+        &mut ahead,
+        "M00001",
+        seqmon_integration_tests::now_ms() + 7_200_000,
+        &value,
+    );
+    let answer = post(&site_a, gw.port, Some("k-ahead"), ahead).unwrap();
+    assert_eq!(reason(&answer), (400, "bad_frame".into()), "{answer:?}");
     assert_eq!(
         reason(&post(&site_a, gw.port, Some("k-4"), vec![0u8; 70_000]).unwrap()),
         (413, "too_large".into())

@@ -47,6 +47,9 @@ pub struct FrameLimits {
     pub max_records: u32,
     /// Largest value of one record, bytes.
     pub max_value_bytes: u32,
+    /// Latest record timestamp accepted (the receiver's clock plus a skew allowance): the
+    /// broker refuses records far in the future, which would fail a whole transaction.
+    pub latest_timestamp_ms: i64,
 }
 
 /// Why a body is not a valid batch.
@@ -64,9 +67,14 @@ pub enum FrameError {
     /// A length runs past the end of the body.
     #[error("record {index}: truncated (a length runs past the end of the body)")]
     Truncated { index: u32 },
-    /// A key is empty, too long or not UTF-8.
-    #[error("record {index}: key must be 1..={MAX_KEY_BYTES} bytes of UTF-8")]
+    /// A key is empty, too long, not UTF-8 or holds control characters.
+    #[error(
+        "record {index}: key must be 1..={MAX_KEY_BYTES} bytes of UTF-8 without control characters"
+    )]
     BadKey { index: u32 },
+    /// A timestamp is negative or later than allowed.
+    #[error("record {index}: timestamp {timestamp_ms} is negative or too far in the future")]
+    BadTimestamp { index: u32, timestamp_ms: i64 },
     /// A value is larger than allowed.
     #[error("record {index}: value of {len} bytes, more than the {max} allowed")]
     ValueTooLarge { index: u32, len: u32, max: u32 },
@@ -151,12 +159,20 @@ pub fn decode(body: &[u8], limits: FrameLimits) -> Result<Vec<BatchRecord<'_>>, 
         let key = r.take(key_len).ok_or(truncated.clone())?;
         let key = std::str::from_utf8(key)
             .ok()
-            .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_BYTES)
+            .filter(|k| {
+                !k.is_empty() && k.len() <= MAX_KEY_BYTES && !k.chars().any(char::is_control)
+            })
             .ok_or(FrameError::BadKey { index })?;
         let timestamp_ms = r
             .array::<8>()
             .map(i64::from_be_bytes)
             .ok_or(truncated.clone())?;
+        if !(0..=limits.latest_timestamp_ms).contains(&timestamp_ms) {
+            return Err(FrameError::BadTimestamp {
+                index,
+                timestamp_ms,
+            });
+        }
         let len = r
             .array::<4>()
             .map(u32::from_be_bytes)
@@ -207,6 +223,7 @@ mod tests {
     const LIMITS: FrameLimits = FrameLimits {
         max_records: 100,
         max_value_bytes: 4096,
+        latest_timestamp_ms: 1_800_000_000_000,
     };
 
     fn telemetry(serial: &str) -> Vec<u8> {
@@ -316,5 +333,23 @@ mod tests {
         b.extend_from_slice(&(v.len() as u32).to_be_bytes());
         b.extend_from_slice(&v);
         assert_eq!(decode(&b, LIMITS), Err(FrameError::BadKey { index: 0 }));
+        let mut b = begin(1);
+        push(&mut b, "M1\n\x1b[31m", 0, &telemetry("M1"));
+        assert_eq!(decode(&b, LIMITS), Err(FrameError::BadKey { index: 0 }));
+    }
+
+    #[test]
+    fn timestamps_outside_the_window_are_refused() {
+        for ts in [-1, i64::MIN, 1_800_000_000_001, i64::MAX] {
+            let mut b = begin(1);
+            push(&mut b, "M1", ts, &telemetry("M1"));
+            assert_eq!(
+                decode(&b, LIMITS),
+                Err(FrameError::BadTimestamp {
+                    index: 0,
+                    timestamp_ms: ts
+                })
+            );
+        }
     }
 }

@@ -836,8 +836,13 @@ pub fn read_changelog(
                 let state = match opened.as_deref().or(m.payload()) {
                     None => None,
                     Some(bytes) => Some(decode::<StateSnapshot>(bytes).map_err(|e| {
+                        let hint = if ring.is_none() && envelope_header(&m).is_some() {
+                            " (it is sealed: set --encryption-keys-dir and --encryption-active-key)"
+                        } else {
+                            ""
+                        };
                         RuntimeError::Internal(format!(
-                            "changelog {changelog} record at offset {} does not decode: {e}",
+                            "changelog {changelog} record at offset {} does not decode: {e}{hint}",
                             m.offset()
                         ))
                     })?),

@@ -211,10 +211,22 @@ pub async fn serve_with<F>(addr: std::net::SocketAddr, answer: F) -> std::io::Re
 where
     F: Fn(&str) -> (bool, String) + Send + Sync + 'static,
 {
+    serve_listener_with(tokio::net::TcpListener::bind(addr).await?, answer).await
+}
+
+/// [`serve_with`] on a listener bound already (so a port in use fails the caller's start-up).
+pub async fn serve_listener_with<F>(
+    listener: tokio::net::TcpListener,
+    answer: F,
+) -> std::io::Result<()>
+where
+    F: Fn(&str) -> (bool, String) + Send + Sync + 'static,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let answer = Arc::new(answer);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics endpoint listening");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics endpoint listening");
+    }
     loop {
         let (mut sock, _) = listener.accept().await?;
         let answer = answer.clone();

@@ -44,10 +44,10 @@ fn parse_sink(s: &str) -> Result<Sink, String> {
             if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
                 return Err(format!("{url:?} names no host"));
             }
-            Ok(Sink::Https(if rest.contains('/') {
-                url.to_string()
-            } else {
-                format!("{url}/v1/telemetry")
+            // No path, or just "/", means the gateway's write path.
+            Ok(Sink::Https(match rest.split_once('/') {
+                Some((_, path)) if !path.is_empty() => url.to_string(),
+                _ => format!("https://{}/v1/telemetry", rest.trim_end_matches('/')),
             }))
         }
         url if url.starts_with("http://") => Err(
@@ -242,7 +242,9 @@ impl Out {
                         bytes = 0;
                     }
                     bytes += size;
-                    pending.push((&r.instrument_serial, r.sent_time_ms, value));
+                    // The record's Kafka timestamp is when it leaves, never later than now: a
+                    // run folder dated ahead of this clock must not make the broker refuse it.
+                    pending.push((&r.instrument_serial, r.sent_time_ms.min(now_ms()), value));
                 }
                 if !pending.is_empty() {
                     spool_frame(&pending)?;

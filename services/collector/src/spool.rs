@@ -89,7 +89,11 @@ impl Spool {
             bytes: 0,
         };
         spool.bytes = spool.scan_bytes()?;
-        spool.next = spool.batches()?.last().map(|b| b.sequence + 1).unwrap_or(0);
+        spool.next = spool
+            .batches()?
+            .last()
+            .map(|b| b.sequence.saturating_add(1))
+            .unwrap_or(0);
         // A sequence once used is never reused, even after its file was sent and deleted:
         // the high-water mark is kept beside the batches.
         if let Ok(mark) = fs::read_to_string(dir.join("next-sequence")) {
@@ -133,6 +137,12 @@ impl Spool {
     /// records dropped.
     pub fn push(&mut self, frame: &[u8]) -> std::io::Result<u64> {
         let seq = self.next;
+        if seq == u64::MAX {
+            return Err(std::io::Error::other(format!(
+                "{}: batch sequence exhausted (a file was renamed by hand?)",
+                self.dir.display()
+            )));
+        }
         self.next += 1;
         write_synced(
             &self.dir.join("next-sequence"),

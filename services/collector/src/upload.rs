@@ -123,8 +123,9 @@ impl Uploader {
     fn attempt(&self, batch: &Spooled) -> Attempt {
         let body = match std::fs::read(&batch.path) {
             Ok(b) => b,
+            // Unreadable (permissions, I/O error): set aside rather than block the spool.
             Err(e) => {
-                return Attempt::Retry(None, format!("cannot read {}: {e}", batch.path.display()))
+                return Attempt::Rejected(format!("cannot read {}: {e}", batch.path.display()))
             }
         };
         let sent = self
@@ -159,7 +160,14 @@ impl Uploader {
         match status.as_u16() {
             200..=299 => Attempt::Delivered,
             408 | 409 | 429 | 500..=599 => Attempt::Retry(retry_after, format!("{status}: {text}")),
-            _ => Attempt::Rejected(format!("{status}: {text}")),
+            // The batch itself is wrong: set it aside.
+            400 | 413 | 415 | 422 => Attempt::Rejected(format!("{status}: {text}")),
+            // Anything else (401, 403, 404 from a wrong --to path or a proxy's page, 421, ...)
+            // says the collector is pointed at the wrong place: keep the batch and retry.
+            _ => Attempt::Retry(
+                None,
+                format!("{status} (check --to and the client certificate): {text}"),
+            ),
         }
     }
 
@@ -197,6 +205,14 @@ impl Uploader {
                 waiting.pop_front();
                 continue;
             }
+            if !batch.path.is_file() {
+                // Not a batch this collector wrote (a folder, a device): never send it, and
+                // never let it block the batches behind it.
+                tracing::error!(path = %batch.path.display(), "not a batch file; moved to rejected/");
+                spool.reject(&batch)?;
+                waiting.pop_front();
+                continue;
+            }
             match self.attempt(&batch) {
                 Attempt::Delivered => {
                     spool.delivered(&batch)?;
@@ -214,7 +230,9 @@ impl Uploader {
                 }
                 Attempt::Retry(after, why) => {
                     self.failures += 1;
-                    let wait = after.unwrap_or(self.backoff).min(MAX_BACKOFF);
+                    // Retry-After is a floor, not a schedule: the backoff still grows, so a
+                    // batch that keeps failing is not retried every second for ever.
+                    let wait = after.unwrap_or_default().max(self.backoff).min(MAX_BACKOFF);
                     // One line on the first failure, then one per doubling: bounded while a
                     // site stays offline for days.
                     if self.failures.is_power_of_two() {

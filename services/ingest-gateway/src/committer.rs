@@ -55,6 +55,9 @@ pub enum Outcome {
 /// Where the writer writes, and with what.
 pub struct Writer {
     producer: ThreadedProducer<DefaultProducerContext>,
+    /// The producer's configuration, to make a fresh one after an aborted transaction.
+    config: rdkafka::ClientConfig,
+    init_timeout: Duration,
     raw_topic: String,
     changelog_topic: String,
     ring: Option<KeyRing>,
@@ -76,19 +79,17 @@ impl Writer {
         metrics: GatewayMetrics,
         max_batches: usize,
     ) -> Result<Self, RuntimeError> {
-        let producer: ThreadedProducer<DefaultProducerContext> = kafka
-            .client_config()
+        let mut config = kafka.client_config();
+        config
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
             .set("transaction.timeout.ms", "60000")
-            .set("linger.ms", "5")
-            .create()
-            .map_err(RuntimeError::kafka("create producer"))?;
-        producer
-            .init_transactions(kafka.connect_timeout())
-            .map_err(RuntimeError::kafka("init transactions"))?;
+            .set("linger.ms", "5");
+        let producer = fresh_producer(&config, kafka.connect_timeout())?;
         Ok(Self {
             producer,
+            config,
+            init_timeout: kafka.connect_timeout(),
             raw_topic: kafka.topic(TopicRole::Raw),
             changelog_topic: kafka.topic(TopicRole::ChangelogIngestGateway),
             ring: kafka.key_ring.clone(),
@@ -105,7 +106,7 @@ impl Writer {
     }
 
     /// Writes batches until every sender is gone or a fatal error.
-    pub fn run(self, mut jobs: mpsc::Receiver<Job>) -> Result<(), RuntimeError> {
+    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) -> Result<(), RuntimeError> {
         self.metrics.writer_up.set(1);
         let result = loop {
             let Some(first) = jobs.blocking_recv() else {
@@ -118,15 +119,8 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            match self.write(&batch) {
-                Ok(()) => self.finish(batch, Outcome::Committed, None),
-                Err(Failure::Aborted(e)) => {
-                    self.finish(batch, Outcome::Unavailable, Some(&e.to_string()))
-                }
-                Err(Failure::Fatal(e)) => {
-                    self.finish(batch, Outcome::Unavailable, Some(&e.to_string()));
-                    break Err(e);
-                }
+            if let Err(e) = self.write_isolated(batch) {
+                break Err(e);
             }
         };
         self.alive.store(false, Ordering::SeqCst);
@@ -138,6 +132,62 @@ impl Writer {
             let _ = j.reply.send(Outcome::Unavailable);
         }
         result
+    }
+
+    /// Writes batches in one transaction. If it is aborted, a fresh producer takes over (a
+    /// record the broker refused can leave the idempotent producer's sequence broken for the
+    /// next transaction) and each batch is retried alone, so one bad batch fails only itself,
+    /// not the sites whose batches shared its transaction. Err only when the writer must stop.
+    fn write_isolated(&mut self, batch: Vec<Job>) -> Result<(), RuntimeError> {
+        let error = match self.write(&batch) {
+            Ok(()) => {
+                self.finish(batch, Outcome::Committed, None);
+                return Ok(());
+            }
+            Err(Failure::Fatal(e)) => {
+                self.finish(batch, Outcome::Unavailable, Some(&e.to_string()));
+                return Err(e);
+            }
+            Err(Failure::Aborted(e)) => e,
+        };
+        if let Err(e) = self.reset() {
+            self.finish(batch, Outcome::Unavailable, Some(&error.to_string()));
+            return Err(e);
+        }
+        if batch.len() == 1 {
+            self.finish(batch, Outcome::Unavailable, Some(&error.to_string()));
+            return Ok(());
+        }
+        let mut jobs = batch.into_iter();
+        while let Some(job) = jobs.next() {
+            let alone = vec![job];
+            match self.write(&alone) {
+                Ok(()) => self.finish(alone, Outcome::Committed, None),
+                Err(failure) => {
+                    let (Failure::Aborted(e) | Failure::Fatal(e)) = &failure;
+                    let e = e.to_string();
+                    self.finish(alone, Outcome::Unavailable, Some(&e));
+                    let stop = match failure {
+                        Failure::Fatal(e) => Some(e),
+                        Failure::Aborted(_) => self.reset().err(),
+                    };
+                    if let Some(stop) = stop {
+                        let rest: Vec<Job> = jobs.collect();
+                        if !rest.is_empty() {
+                            self.finish(rest, Outcome::Unavailable, Some("the writer stopped"));
+                        }
+                        return Err(stop);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the producer with a fresh one under the same transactional id.
+    fn reset(&mut self) -> Result<(), RuntimeError> {
+        self.producer = fresh_producer(&self.config, self.init_timeout)?;
+        Ok(())
     }
 
     fn release(&self, key: &BatchKey) {
@@ -253,6 +303,21 @@ impl Writer {
             }
         }
     }
+}
+
+/// A transactional producer with its transactions initialised (fencing an earlier one with the
+/// same id, whose open transaction the broker aborts).
+fn fresh_producer(
+    config: &rdkafka::ClientConfig,
+    timeout: Duration,
+) -> Result<ThreadedProducer<DefaultProducerContext>, RuntimeError> {
+    let producer: ThreadedProducer<DefaultProducerContext> = config
+        .create()
+        .map_err(RuntimeError::kafka("create producer"))?;
+    producer
+        .init_transactions(timeout)
+        .map_err(RuntimeError::kafka("init transactions"))?;
+    Ok(producer)
 }
 
 enum Failure {

@@ -42,8 +42,9 @@ pub struct GatewayConfig {
     /// Most records in one batch.
     #[arg(long, env = "GATEWAY_MAX_RECORDS_PER_BATCH", default_value_t = 10_000)]
     pub max_records_per_batch: u32,
-    /// Largest record value, bytes.
-    #[arg(long, env = "GATEWAY_MAX_RECORD_BYTES", default_value_t = 1024 * 1024)]
+    /// Largest record value, bytes: below the broker's max.message.bytes (about 1 MB by
+    /// default) with room for the envelope, or the broker would refuse it mid-transaction.
+    #[arg(long, env = "GATEWAY_MAX_RECORD_BYTES", default_value_t = 512 * 1024)]
     pub max_record_bytes: u32,
     /// Requests per second each client (site certificate) may make, sustained.
     #[arg(long, env = "GATEWAY_RATE_LIMIT_PER_S", default_value_t = 10.0)]
@@ -102,8 +103,11 @@ impl GatewayConfig {
         if self.max_records_per_batch == 0 {
             return bad("max_records_per_batch", "must be positive");
         }
-        if self.max_record_bytes < 64 {
-            return bad("max_record_bytes", "must be at least 64");
+        if !(64..=1_000_000).contains(&self.max_record_bytes) {
+            return bad(
+                "max_record_bytes",
+                "must be 64..=1000000 (the broker's max.message.bytes is about 1 MB)",
+            );
         }
         if !(self.rate_limit_per_s.is_finite() && self.rate_limit_per_s > 0.0) {
             return bad("rate_limit_per_s", "must be a positive number");

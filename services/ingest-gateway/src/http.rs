@@ -27,6 +27,9 @@ use crate::metrics::{GatewayMetrics, RequestAnswered};
 
 /// The only write path.
 pub const PATH: &str = "/v1/telemetry";
+/// How far ahead of the gateway's clock a record's timestamp may be: the broker refuses records
+/// more than an hour ahead (`log.message.timestamp.after.max.ms`), failing their transaction.
+pub const MAX_FUTURE_SKEW_MS: i64 = 15 * 60 * 1000;
 /// Header naming the batch.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -319,7 +322,11 @@ impl Gateway {
                 return Answer::no(reason, message);
             }
         };
-        let records = match ingest::decode(&body, self.limits) {
+        let limits = FrameLimits {
+            latest_timestamp_ms: now_ms() + MAX_FUTURE_SKEW_MS,
+            ..self.limits
+        };
+        let records = match ingest::decode(&body, limits) {
             Ok(r) => r,
             Err(e) => return Answer::no(Reason::BadFrame, e.to_string()),
         };

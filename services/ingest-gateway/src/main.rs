@@ -28,6 +28,8 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 const SERVICE: &str = "ingest-gateway";
+/// Longest TLS handshake allowed (before a client is authenticated).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     seqmon_runtime::service::init_logging();
@@ -160,6 +162,7 @@ async fn serve(
         limits: FrameLimits {
             max_records: cfg.max_records_per_batch,
             max_value_bytes: cfg.max_record_bytes,
+            latest_timestamp_ms: 0,
         },
         max_body_bytes: cfg.max_body_bytes,
         request_timeout: cfg.request_timeout(),
@@ -175,12 +178,19 @@ async fn serve(
         let m = metrics.clone();
         let alive = alive.clone();
         let addr = cfg.metrics_addr;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RuntimeError::Io {
+                context: format!("cannot listen on --metrics-addr / SEQMON_METRICS_ADDR {addr}"),
+                source,
+            })?;
         tokio::spawn(async move {
-            let served = seqmon_runtime::metrics::serve_with(addr, move |path| match path {
-                "/metrics" => (true, m.render()),
-                _ if alive.load(Ordering::SeqCst) => (true, "ok\n".into()),
-                _ => (false, "the Kafka writer has stopped\n".into()),
-            });
+            let served =
+                seqmon_runtime::metrics::serve_listener_with(listener, move |path| match path {
+                    "/metrics" => (true, m.render()),
+                    _ if alive.load(Ordering::SeqCst) => (true, "ok\n".into()),
+                    _ => (false, "the Kafka writer has stopped\n".into()),
+                });
             if let Err(e) = served.await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
@@ -227,7 +237,10 @@ async fn serve(
             let _permit = permit;
             metrics.connections.inc();
             let _connected = Connected(metrics.clone());
-            let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            // Unauthenticated peers get a short handshake window, so idle sockets cannot hold
+            // the connection slots for a whole request timeout.
+            let handshake = timeout.min(HANDSHAKE_TIMEOUT);
+            let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return handshake_failed(&metrics, peer, &e.to_string()),
                 Err(_) => return handshake_failed(&metrics, peer, "handshake timed out"),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use seqmon_processor::ConfigError;
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use tokio_rustls::rustls::{crypto, RootCertStore, ServerConfig};
 
 use crate::config::GatewayConfig;
@@ -62,12 +62,29 @@ pub fn server_config(cfg: &GatewayConfig) -> Result<Arc<ServerConfig>, ConfigErr
                 .map_err(|e| bad("client_crl", format!("cannot read {}: {e}", path.display())))?
                 .collect::<Result<_, _>>()
                 .map_err(|e| bad("client_crl", format!("{}: {e}", path.display())))?;
+        if found.is_empty() {
+            return Err(bad(
+                "client_crl",
+                format!(
+                    "{} holds no PEM CRL (-----BEGIN X509 CRL-----); convert a DER one with `openssl crl -inform DER -outform PEM`",
+                    path.display()
+                ),
+            ));
+        }
         crls.extend(found);
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls)
         .build()
-        .map_err(|e| bad("client_ca", e.to_string()))?;
+        .map_err(|e| match e {
+            VerifierBuilderError::InvalidCrl(_) => bad(
+                "client_crl",
+                format!(
+                    "{e} (a version 2 CRL is required: `openssl ca -gencrl` with crlnumber set)"
+                ),
+            ),
+            _ => bad("client_ca", e.to_string()),
+        })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("tls_cert", e.to_string()))?
@@ -78,7 +95,9 @@ pub fn server_config(cfg: &GatewayConfig) -> Result<Arc<ServerConfig>, ConfigErr
     Ok(Arc::new(config))
 }
 
-/// The client's identity from its (verified) end-entity certificate.
+/// The client's identity from its (verified) end-entity certificate: the subject common name,
+/// or `#sha256:<fingerprint>` for a certificate without a usable one (1..=64 printable
+/// characters, not starting with `#`), so no common name can pose as a fingerprint identity.
 pub fn client_identity(cert: &CertificateDer<'_>) -> String {
     let cn = x509_parser::parse_x509_certificate(cert.as_ref())
         .ok()
@@ -88,10 +107,14 @@ pub fn client_identity(cert: &CertificateDer<'_>) -> String {
                 .next()
                 .and_then(|cn| cn.as_str().ok().map(str::to_string))
         })
-        .filter(|cn| !cn.is_empty() && cn.len() <= 128 && !cn.chars().any(char::is_control));
+        .filter(|cn| {
+            (1..=64).contains(&cn.len())
+                && !cn.starts_with('#')
+                && !cn.chars().any(char::is_control)
+        });
     cn.unwrap_or_else(|| {
         format!(
-            "sha256:{}",
+            "#sha256:{}",
             crate::ledger::hex(&crate::ledger::body_digest(cert.as_ref()))
         )
     })
