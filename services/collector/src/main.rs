@@ -463,7 +463,12 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
         records = records.len(),
         metric_files_skipped = files_skipped,
         metric_file_warnings = files_partial,
-        "sent"
+        "{}",
+        if matches!(cli.to, Sink::Https(_)) {
+            "spooled for the gateway"
+        } else {
+            "sent"
+        }
     );
     if matches!(cli.to, Sink::Https(_)) {
         let stop = seqmon_runtime::service::shutdown_flag()?;

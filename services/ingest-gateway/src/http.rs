@@ -276,12 +276,14 @@ impl Gateway {
                 format!("Content-Type must be {}", ingest::CONTENT_TYPE),
             );
         }
-        let key = match req.headers().get(IDEMPOTENCY_KEY).map(|v| v.to_str()) {
-            Some(Ok(k)) if valid_idempotency_key(k) => k.to_string(),
+        // Exactly one key: with two, which one a retry would carry is anybody's guess.
+        let mut keys = req.headers().get_all(IDEMPOTENCY_KEY).iter();
+        let key = match (keys.next().map(|v| v.to_str()), keys.next()) {
+            (Some(Ok(k)), None) if valid_idempotency_key(k) => k.to_string(),
             _ => {
                 return Answer::no(
                     Reason::BadIdempotencyKey,
-                    "Idempotency-Key must be 1..=128 of A-Z a-z 0-9 . _ : -",
+                    "one Idempotency-Key of 1..=128 of A-Z a-z 0-9 . _ : -",
                 )
             }
         };
