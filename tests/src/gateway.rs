@@ -253,17 +253,53 @@ pub fn frame(tag: &str, n: usize) -> Vec<u8> {
     f
 }
 
-/// One telemetry record the collector makes of the first sample run folder.
+/// One telemetry record the collector makes of the first sample run folder (collected once per
+/// test process).
 pub fn sample() -> Telemetry {
-    let run = seqmon_collector::sample_run_folders();
-    let folder = run.first().expect("sample run folders");
-    seqmon_collector::collect::collect_run_with(
-        folder,
-        Some(seqmon_collector::consent::ConsentOverride::OptedIn),
-        crate::now_ms(),
-        &seqmon_collector::files::Limits::default(),
-    )
-    .unwrap()
-    .records
-    .remove(0)
+    static SAMPLE: std::sync::OnceLock<Telemetry> = std::sync::OnceLock::new();
+    SAMPLE
+        .get_or_init(|| {
+            let run = seqmon_collector::sample_run_folders();
+            let folder = run.first().expect("sample run folders");
+            seqmon_collector::collect::collect_run_with(
+                folder,
+                Some(seqmon_collector::consent::ConsentOverride::OptedIn),
+                crate::now_ms(),
+                &seqmon_collector::files::Limits::default(),
+            )
+            .unwrap()
+            .records
+            .remove(0)
+        })
+        .clone()
+}
+
+/// What a gateway test sets up first: its own topics on the plain broker, a scratch folder with
+/// a PKI, and a key ring of one key `k1`.
+pub struct Setup {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub pki: Pki,
+    pub keys: PathBuf,
+    pub ring: seqmon_runtime::envelope::KeyRing,
+}
+
+impl Setup {
+    pub fn new(test: &str, key_byte: u8) -> Setup {
+        let prefix = crate::unique_prefix(test);
+        crate::create_topics(&prefix, 2);
+        let dir = std::env::temp_dir().join(format!("seqmon-gw-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pki = Pki::make(&dir.join("pki"));
+        let keys = dir.join("keys");
+        write_key(&keys, "k1", key_byte);
+        let ring = seqmon_runtime::envelope::KeyRing::from_dir(&keys, "k1").unwrap();
+        Setup {
+            prefix,
+            dir,
+            pki,
+            keys,
+            ring,
+        }
+    }
 }

@@ -224,8 +224,15 @@ pub struct Committed {
 
 /// Reads every committed record of `topic` (read_committed), from the beginning to the end.
 pub fn read_committed(topic: &str) -> Vec<Committed> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap());
+    read_committed_with(config, topic)
+}
+
+/// [`read_committed`] with a client configuration of the caller's (another cluster, another
+/// principal).
+pub fn read_committed_with(mut config: ClientConfig, topic: &str) -> Vec<Committed> {
+    let consumer: BaseConsumer = config
         .set("group.id", format!("reader-{}", unique_prefix("r")))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")

@@ -11,17 +11,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use seqmon_integration_tests::gateway::{
-    frame, post, reason, start_gateway, write_key, Pki, Proxy,
-};
-use seqmon_integration_tests::{
-    bin, bootstrap, create_topics, read_committed, unique_prefix, wait_until,
-};
+use seqmon_integration_tests::gateway::{frame, post, reason, start_gateway, Proxy, Setup};
+use seqmon_integration_tests::{bin, bootstrap, read_committed, wait_until};
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{decode, Telemetry};
 use seqmon_runtime::envelope::{KeyRing, HEADER};
@@ -44,21 +40,15 @@ fn raw_message_ids(prefix: &str, ring: &KeyRing) -> Vec<String> {
         .collect()
 }
 
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("seqmon-gw-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 #[test]
 fn the_api_writes_each_batch_once_and_answers_bad_requests_with_a_reason() {
-    let prefix = unique_prefix("gwapi");
-    create_topics(&prefix, 2);
-    let dir = temp("api");
-    let pki = Pki::make(&dir.join("pki"));
-    let keys = dir.join("keys");
-    write_key(&keys, "k1", 0x21);
-    let ring = KeyRing::from_dir(&keys, "k1").unwrap();
+    let Setup {
+        prefix,
+        dir,
+        pki,
+        keys,
+        ring,
+    } = Setup::new("gwapi", 0x21);
     let mut gw = start_gateway(
         &prefix,
         &pki,
@@ -230,13 +220,13 @@ fn collector(args: &[&str], proxy: Option<u16>, log: &Path) -> Command {
 
 #[test]
 fn collector_through_a_proxy_exactly_once_across_a_gateway_kill() {
-    let prefix = unique_prefix("gwe2e");
-    create_topics(&prefix, 2);
-    let dir = temp("e2e");
-    let pki = Pki::make(&dir.join("pki"));
-    let keys = dir.join("keys");
-    write_key(&keys, "k1", 0x31);
-    let ring = KeyRing::from_dir(&keys, "k1").unwrap();
+    let Setup {
+        prefix,
+        dir,
+        pki,
+        keys,
+        ring,
+    } = Setup::new("gwe2e", 0x31);
     let folders = seqmon_collector::sample_run_folders();
     let folder = folders
         .iter()

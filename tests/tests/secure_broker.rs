@@ -242,34 +242,7 @@ fn a_stage_cannot_use_another_stages_group_or_transactional_id() {
 
 /// Committed records of `topic` read as admin.
 fn count_committed(dir: &std::path::Path, topic: &str) -> usize {
-    let consumer: BaseConsumer = client(dir, "admin.properties")
-        .set("group.id", format!("reader-{}", unique_prefix("r")))
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
-    let mut tpl = TopicPartitionList::new();
-    for p in &parts {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let (mut n, mut eof) = (0, std::collections::HashSet::new());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while eof.len() < parts.len() && Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(_)) => n += 1,
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                eof.insert(p);
-            }
-            _ => {}
-        }
-    }
-    n
+    seqmon_integration_tests::read_committed_with(client(dir, "admin.properties"), topic).len()
 }
 
 #[test]

@@ -83,6 +83,46 @@ fetch() {
 
 running() { local f=${1:-$pidfile}; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
 
+# Settings both local brokers share: one node, so every internal topic has one replica.
+single_node_props() {
+  cat <<PROPS
+num.partitions=3
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=6
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.retention.hours=24
+PROPS
+}
+
+broker_log4j() { # run-dir: the broker logs to <run-dir>/broker.log
+  cat >"$1/log4j2.properties" <<PROPS
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = $1/broker.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+PROPS
+}
+
+format_storage() { # run-dir [extra StorageTool arguments...]
+  local dir=$1 cluster_id
+  shift
+  # Base64url may start with '-', which an argument parser reads as an option: hence --cluster-id=.
+  cluster_id=$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')
+  java -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$libs/*" kafka.tools.StorageTool \
+    format --cluster-id="$cluster_id" -c "$dir/server.properties" "$@" >"$dir/format.log" 2>&1 \
+    || { log "formatting storage failed:"; cat "$dir/format.log" >&2; exit 1; }
+}
+
 start() {
   fetch
   if running; then log "already running (pid $(cat "$pidfile")) on 127.0.0.1:$port"; return 0; fi
@@ -98,34 +138,10 @@ controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$run/data
-num.partitions=3
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=6
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=6
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-log.retention.hours=24
+$(single_node_props)
 PROPS
-  cat > "$run/log4j2.properties" <<PROPS
-status = warn
-appender.file.type = File
-appender.file.name = FILE
-appender.file.fileName = $run/broker.log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = WARN
-rootLogger.appenderRef.file.ref = FILE
-logger.kafka.name = kafka
-logger.kafka.level = INFO
-PROPS
-  local cluster_id
-  # Base64url may start with '-', which an argument parser reads as an option: hence --cluster-id=.
-  cluster_id=$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')
-  java -Dlog4j2.configurationFile="$run/log4j2.properties" -cp "$libs/*" kafka.tools.StorageTool \
-    format --cluster-id="$cluster_id" -c "$run/server.properties" >"$run/format.log" 2>&1 \
-    || { log "formatting storage failed:"; cat "$run/format.log" >&2; exit 1; }
+  broker_log4j "$run"
+  format_storage "$run"
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC \
     -Dlog4j2.configurationFile="$run/log4j2.properties" \
     -cp "$libs/*" kafka.Kafka "$run/server.properties" >"$run/stdout.log" 2>&1 &
@@ -401,35 +417,11 @@ allow.everyone.if.no.acl.found=false
 # admin: topics, ACLs, inter-broker; broker: the node's own certificate on the controller listener.
 super.users=User:admin;User:broker
 log.dirs=$secure_run/data
-num.partitions=3
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=6
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=6
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-log.retention.hours=24
+$(single_node_props)
 PROPS
   )
-  cat >"$secure_run/log4j2.properties" <<PROPS
-status = warn
-appender.file.type = File
-appender.file.name = FILE
-appender.file.fileName = $secure_run/broker.log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = WARN
-rootLogger.appenderRef.file.ref = FILE
-logger.kafka.name = kafka
-logger.kafka.level = INFO
-PROPS
-  local cluster_id
-  # Base64url may start with '-', which an argument parser reads as an option: hence --cluster-id=.
-  cluster_id=$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')
-  java -Dlog4j2.configurationFile="$secure_run/log4j2.properties" -cp "$libs/*" kafka.tools.StorageTool \
-    format --cluster-id="$cluster_id" -c "$secure_run/server.properties" "${scram[@]}" >"$secure_run/format.log" 2>&1 \
-    || { log "formatting storage failed:"; cat "$secure_run/format.log" >&2; exit 1; }
+  broker_log4j "$secure_run"
+  format_storage "$secure_run" "${scram[@]}"
   local t_format=$SECONDS
   nohup java -Xms256m -Xmx768m -XX:+UseG1GC \
     -Dlog4j2.configurationFile="$secure_run/log4j2.properties" \

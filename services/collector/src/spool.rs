@@ -48,13 +48,15 @@ fn sequence_of(path: &Path) -> Option<u64> {
 
 /// Records in a batch file (its header's count), 0 when unreadable.
 fn records_in(path: &Path) -> u64 {
-    fs::read(path)
-        .ok()
-        .and_then(|b| {
-            b.get(4..8)
-                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    use std::io::Read;
+    let mut header = [0u8; 8];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map(|()| {
+            u64::from(u32::from_be_bytes([
+                header[4], header[5], header[6], header[7],
+            ]))
         })
-        .map(u64::from)
         .unwrap_or(0)
 }
 
@@ -119,11 +121,7 @@ impl Spool {
         Ok(v)
     }
 
-    /// Bytes of the batches waiting.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
+    /// Bytes of the batches waiting, by one directory scan.
     fn scan_bytes(&self) -> std::io::Result<u64> {
         Ok(self
             .batches()?

@@ -21,7 +21,7 @@ use seqmon_model::ingest::{self, FrameLimits};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::committer::{Job, Outcome, OwnedRecord};
-use crate::ledger::{batch_key, body_digest, Admission, Ledger, Receipt};
+use crate::ledger::{batch_key, body_digest, now_ms, Admission, Ledger, Receipt};
 use crate::limiter::RateLimiter;
 use crate::metrics::{GatewayMetrics, RequestAnswered};
 
@@ -121,7 +121,10 @@ impl Reason {
 
 /// What every request handler shares.
 pub struct Gateway {
-    pub limits: FrameLimits,
+    /// Most records per batch (--max-records-per-batch).
+    pub max_records: u32,
+    /// Largest record value, bytes (--max-record-bytes).
+    pub max_value_bytes: u32,
     pub max_body_bytes: u64,
     pub request_timeout: Duration,
     pub limiter: Mutex<RateLimiter>,
@@ -205,13 +208,6 @@ async fn read_body(
     tokio::time::timeout(timeout, read)
         .await
         .unwrap_or(Err(Reason::Timeout))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Gateway {
@@ -325,8 +321,9 @@ impl Gateway {
             }
         };
         let limits = FrameLimits {
+            max_records: self.max_records,
+            max_value_bytes: self.max_value_bytes,
             latest_timestamp_ms: now_ms() + MAX_FUTURE_SKEW_MS,
-            ..self.limits
         };
         let records = match ingest::decode(&body, limits) {
             Ok(r) => r,

@@ -17,11 +17,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use seqmon_ingest_gateway::committer::Writer;
 use seqmon_ingest_gateway::config::GatewayConfig;
 use seqmon_ingest_gateway::http::Gateway;
-use seqmon_ingest_gateway::ledger::{Ledger, Receipt};
+use seqmon_ingest_gateway::ledger::{now_ms, Ledger, Receipt};
 use seqmon_ingest_gateway::limiter::RateLimiter;
 use seqmon_ingest_gateway::metrics::GatewayMetrics;
 use seqmon_ingest_gateway::tls;
-use seqmon_model::ingest::FrameLimits;
 use seqmon_model::topics::TopicRole;
 use seqmon_runtime::RuntimeError;
 use tokio::sync::Semaphore;
@@ -34,13 +33,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 fn main() -> ExitCode {
     seqmon_runtime::service::init_logging();
     seqmon_runtime::service::exit_code(run(GatewayConfig::parse()))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn run(mut cfg: GatewayConfig) -> Result<(), RuntimeError> {
@@ -159,11 +151,8 @@ async fn serve(
     let alive = writer.alive();
     let mut writer_done = tokio::task::spawn_blocking(move || writer.run(queue));
     let gateway = Arc::new(Gateway {
-        limits: FrameLimits {
-            max_records: cfg.max_records_per_batch,
-            max_value_bytes: cfg.max_record_bytes,
-            latest_timestamp_ms: 0,
-        },
+        max_records: cfg.max_records_per_batch,
+        max_value_bytes: cfg.max_record_bytes,
         max_body_bytes: cfg.max_body_bytes,
         request_timeout: cfg.request_timeout(),
         limiter: Mutex::new(RateLimiter::new(cfg.rate_limit_per_s, cfg.rate_limit_burst)),
