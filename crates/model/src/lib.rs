@@ -19,6 +19,7 @@ pub mod codec;
 pub mod fast;
 pub mod ingest;
 pub mod json;
+pub mod parts;
 pub mod records;
 pub mod schema_store;
 pub mod specs;

@@ -306,6 +306,7 @@ avro_record!(Feature, "feature");
 pub enum AnomalyState {
     ACTIVE,
     CLEARED,
+    PREDICTED,
 }
 
 /// Anomaly and alert severity.
@@ -341,6 +342,9 @@ pub struct Anomaly {
     pub spec_high: Option<f64>,
     pub software_version: Option<String>,
     pub reagent_kit_lot: Option<String>,
+    pub predicted_limit_ms: Option<i64>,
+    pub predicted_limit_earliest_ms: Option<i64>,
+    pub predicted_limit_latest_ms: Option<i64>,
 }
 avro_record!(Anomaly, "anomaly");
 
@@ -394,6 +398,7 @@ pub struct MaintenanceEntry {
     pub due_by_ms: i64,
     pub reason: String,
     pub created_at_ms: i64,
+    pub predicted_limit_ms: Option<i64>,
 }
 avro_record!(MaintenanceEntry, "maintenance_entry");
 

@@ -52,11 +52,21 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         1,
         include_str!("../../../schemas/anomaly/v1.avsc"),
     ),
+    (
+        "anomaly",
+        2,
+        include_str!("../../../schemas/anomaly/v2.avsc"),
+    ),
     ("alert", 1, include_str!("../../../schemas/alert/v1.avsc")),
     (
         "maintenance_entry",
         1,
         include_str!("../../../schemas/maintenance_entry/v1.avsc"),
+    ),
+    (
+        "maintenance_entry",
+        2,
+        include_str!("../../../schemas/maintenance_entry/v2.avsc"),
     ),
     (
         "dead_letter",

@@ -10,7 +10,10 @@
 //! in one partition in order, output does not depend on batching or on how partitions interleave,
 //! so a replay, or a restart from the changelog, gives the same features.
 //!
-//! State: per instrument, the open windows and the context (model, software version, reagent lot,
+//! A sensor whose reading repeats bit for bit three times in a row is stuck: its readings are left
+//! out until it moves again (a real continuous sensor's noise never repeats exactly).
+//!
+//! State: per instrument, the open windows, each sensor's last reading, and the context (model, software version, reagent lot,
 //! run), persisted to `feature-extractor.changelog` with every batch.
 
 use std::collections::BTreeMap;
@@ -32,6 +35,8 @@ const RUN_METRICS: &[&str] = &[
     "phasing_pct",
     "prephasing_pct",
 ];
+/// Unchanged repeats after which a sensor reading counts as stuck (three identical values).
+const STUCK_REPEATS: u32 = 2;
 /// The derived software metric.
 const ERROR_EVENTS: &str = "error_events_per_window";
 
@@ -147,6 +152,8 @@ struct InstrumentState {
     closed_until_ms: i64,
     /// (window start, metric) → sums.
     windows: BTreeMap<(i64, String), Acc>,
+    /// Per sensor: the last reading and how many times in a row it came back unchanged.
+    repeats: BTreeMap<String, (f64, u32)>,
 }
 
 /// One instrument's state as stored on the changelog (JSON, state format version 1). Fields are
@@ -162,6 +169,9 @@ struct StoredState<S> {
     max_event_time_ms: i64,
     closed_until_ms: i64,
     windows: Vec<((i64, String), Acc)>,
+    /// Added later: absent in states written before stuck-sensor detection.
+    #[serde(default)]
+    repeats: Vec<(String, (f64, u32))>,
 }
 
 /// The feature-extractor processor.
@@ -201,12 +211,26 @@ impl FeatureExtractor {
         let Some(st) = self.instruments.get_mut(serial) else {
             return Ok(());
         };
-        let closing: Vec<(i64, String)> = st
+        let mut closing: Vec<(i64, String)> = st
             .windows
             .keys()
             .filter(|(start, _)| start + window <= until_ms)
             .cloned()
             .collect();
+        // A window's features go out in catalogue order, where each subsystem's most telling
+        // metric comes first (pressure before flow: its direction tells a leak from a clog), so
+        // the first anomaly of a subsystem, which names the part, is the telling one.
+        let rank = |metric: &str| {
+            specs::METRICS
+                .iter()
+                .position(|m| m.name == metric)
+                .unwrap_or(usize::MAX)
+        };
+        closing.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(rank(&a.1).cmp(&rank(&b.1)))
+                .then(a.1.cmp(&b.1))
+        });
         for key in closing {
             let acc = st.windows.remove(&key).expect("key listed above");
             let (start, metric) = key;
@@ -300,17 +324,38 @@ impl Processor for FeatureExtractor {
         match t.kind {
             TelemetryKind::SENSOR_READINGS => {
                 if let Some(s) = &t.sensors {
+                    // A reading that comes back bit for bit the same STUCK_REPEATS times in a row
+                    // is a stuck sensor, not a measurement: it is left out, so a frozen value
+                    // neither hides a fault nor fakes one (a stuck temperature against a changing
+                    // setpoint would look like a failing heater).
+                    let live = |st: &mut InstrumentState, name: &str, v: f64| {
+                        let r = st.repeats.entry(name.to_string()).or_insert((v, 0));
+                        if r.0.to_bits() == v.to_bits() {
+                            r.1 = r.1.saturating_add(1);
+                        } else {
+                            *r = (v, 0);
+                        }
+                        r.1 < STUCK_REPEATS
+                    };
                     for (name, v) in s.fields() {
-                        if let (Some(v), true) = (
-                            v,
-                            name != "flowcell_temp_setpoint_c" && name != "flowcell_temp_c",
-                        ) {
+                        let Some(v) = v else { continue };
+                        if name == "flowcell_temp_setpoint_c" {
+                            continue;
+                        }
+                        let fresh = live(st, name, v);
+                        if fresh && name != "flowcell_temp_c" {
                             add(st, name, v);
                         }
                     }
                     if let (Some(temp), Some(set)) = (s.flowcell_temp_c, s.flowcell_temp_setpoint_c)
                     {
-                        add(st, "flowcell_temp_deviation_c", temp - set);
+                        let stuck = st
+                            .repeats
+                            .get("flowcell_temp_c")
+                            .is_some_and(|r| r.1 >= STUCK_REPEATS);
+                        if !stuck {
+                            add(st, "flowcell_temp_deviation_c", temp - set);
+                        }
                     }
                 }
                 // Every window with data gets an error count, zero included, so the baseline of
@@ -399,6 +444,7 @@ impl Processor for FeatureExtractor {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            repeats: st.repeats.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         };
         serde_json::to_vec(&stored)
             .map(Some)
@@ -424,6 +470,7 @@ impl Processor for FeatureExtractor {
                 max_event_time_ms: stored.max_event_time_ms,
                 closed_until_ms: stored.closed_until_ms,
                 windows: stored.windows.into_iter().collect(),
+                repeats: stored.repeats.into_iter().collect(),
             },
         );
         Ok(())
@@ -602,7 +649,12 @@ mod tests {
         let mut r = FeatureExtractor::default();
         r.restore(&key, &serde_json::to_vec(&positional).unwrap())
             .unwrap();
-        assert_eq!(r.instruments, p.instruments);
+        // That layout predates the stuck-sensor counts, which start again empty.
+        let mut without_repeats = p.instruments.clone();
+        without_repeats
+            .values_mut()
+            .for_each(|st| st.repeats.clear());
+        assert_eq!(r.instruments, without_repeats);
         assert_eq!(p.instruments, q.instruments);
     }
 

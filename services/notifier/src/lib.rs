@@ -1,17 +1,27 @@
 //! Notifier: reads `anomalies`, writes `alerts` and `maintenance.schedule`.
 //!
-//! Alerts are deduplicated per (instrument, subsystem): the first ACTIVE anomaly of a subsystem
-//! opens an alert and schedules maintenance; further anomalies of the same subsystem update it
-//! only when its severity rises (and raise the maintenance priority when that changes); when every
-//! metric of the subsystem has CLEARED, the alert is resolved. The suspected part comes from the
-//! metric and the direction of the departure (a leak lowers pressure, a clog raises it); the due
-//! date from the priority, brought forward when the trend will cross the spec limit sooner.
+//! Alerts are deduplicated per (instrument, subsystem): the first ACTIVE or PREDICTED anomaly of a
+//! subsystem opens an alert and schedules maintenance; further anomalies of the same subsystem
+//! update it only when its severity rises; when every metric of the subsystem has CLEARED, the
+//! alert is resolved. The suspected part comes from the metric and the direction of the departure
+//! (a leak lowers pressure, a clog raises it; see [`seqmon_model::parts::Part`]).
 //!
-//! State: open alerts per instrument, persisted to `notifier.changelog`.
+//! Maintenance: one entry per instrument and part (`entry_id` = serial and part), re-sent under
+//! the same id when its priority rises or its due date moves earlier, never re-issued under a new
+//! id. For a forecast (PREDICTED) the due date is the earliest predicted crossing minus
+//! `margin_hours` (at most half the time left, never before the anomaly, never after the
+//! crossing) and the priority follows the time left (`priority_hours`). For a present anomaly the
+//! due date follows the priority (`due_hours`), brought forward when the window's trend crosses
+//! the spec limit sooner.
+//!
+//! Delivery: a pure processor; the runtime gives it exactly-once input and output. State: open
+//! alerts per instrument, persisted to `notifier.changelog`. An anomaly that does not decode is a
+//! dead letter.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
+use seqmon_model::parts::Part;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     Alert, AlertAction, Anomaly, AnomalySeverity, AnomalyState, MaintenanceEntry,
@@ -25,9 +35,17 @@ const HOUR_MS: i64 = 3_600_000;
 /// Notifier settings.
 #[derive(Debug, Clone, Args)]
 pub struct NotifierConfig {
-    /// Hours until due for P1 (before the next run), P2 and P3 work.
+    /// Hours until due for P1 (before the next run), P2 and P3 work on a present anomaly.
     #[arg(long, env = "NOTIFIER_DUE_HOURS", value_delimiter = ',', default_values_t = [24, 48, 336])]
     pub due_hours: Vec<i64>,
+    /// Hours of time left to a predicted crossing at or below which a forecast's entry is P1,
+    /// then P2; beyond the second, P3.
+    #[arg(long, env = "NOTIFIER_PRIORITY_HOURS", value_delimiter = ',', default_values_t = [48, 168])]
+    pub priority_hours: Vec<i64>,
+    /// Hours before the earliest predicted crossing that a forecast's maintenance falls due (at
+    /// most half the time left).
+    #[arg(long, env = "NOTIFIER_MARGIN_HOURS", default_value_t = 24)]
+    pub margin_hours: i64,
 }
 
 impl Default for NotifierConfig {
@@ -40,17 +58,28 @@ impl Default for NotifierConfig {
 impl NotifierConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let ok = self.due_hours.len() == 3
-            && self.due_hours.iter().all(|h| *h > 0)
-            && self.due_hours.windows(2).all(|w| w[0] <= w[1]);
-        if ok {
-            Ok(())
-        } else {
-            Err(ConfigError::of::<Self>(
+        let increasing = |v: &[i64], n: usize| {
+            v.len() == n && v.iter().all(|h| *h > 0) && v.windows(2).all(|w| w[0] <= w[1])
+        };
+        if !increasing(&self.due_hours, 3) {
+            return Err(ConfigError::of::<Self>(
                 "due_hours",
                 "must be three positive, non-decreasing hours for P1,P2,P3",
-            ))
+            ));
         }
+        if !increasing(&self.priority_hours, 2) {
+            return Err(ConfigError::of::<Self>(
+                "priority_hours",
+                "must be two positive, non-decreasing hours for P1,P2",
+            ));
+        }
+        if self.margin_hours < 0 {
+            return Err(ConfigError::of::<Self>(
+                "margin_hours",
+                "must be 0 or more hours",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -65,6 +94,9 @@ struct OpenAlert {
     active_metrics: BTreeSet<String>,
     suspected_part: String,
     priority: MaintenancePriority,
+    /// Due date of the entry last sent, so an update only goes out when it moves earlier.
+    #[serde(default)]
+    due_by_ms: Option<i64>,
 }
 
 /// The notifier processor.
@@ -74,27 +106,19 @@ pub struct Notifier {
     open: BTreeMap<String, BTreeMap<Subsystem, OpenAlert>>,
 }
 
-/// The part most likely at fault.
+/// The part most likely at fault, as the alert names it.
 pub fn suspected_part(a: &Anomaly) -> String {
     let rising = a.observed_level > a.baseline_level;
+    if let Some(part) = Part::for_metric(&a.metric, rising) {
+        return part.label().into();
+    }
     match a.metric.as_str() {
-        "laser_power_mw" => "excitation laser module".into(),
-        "focus_fwhm_px" | "focus_z_offset_um" => "Z-stage / autofocus assembly".into(),
-        "stage_position_error_um" | "stage_motor_current_a" => "XY stage motor and encoder".into(),
-        "flowcell_temp_deviation_c" | "flowcell_temp_c" => {
-            "flow-cell heater (thermal station)".into()
-        }
-        "chiller_temp_c" => "reagent chiller (Peltier and fan)".into(),
-        "fluidics_pressure_kpa" if rising => "fluidics line or valve (clog)".into(),
-        "fluidics_pressure_kpa" => "pump seal or fluidics fitting (leak)".into(),
-        "flow_rate_ul_min" => "fluidics pump".into(),
-        "ambient_temp_c" => "enclosure ventilation".into(),
         "error_events_per_window" => match &a.software_version {
-            Some(v) => format!("control software {v}"),
-            None => "control software".into(),
+            Some(v) => format!("{} {v}", Part::ControlSoftware.label()),
+            None => Part::ControlSoftware.label().into(),
         },
         _ if a.subsystem == Subsystem::CHEMISTRY => match &a.reagent_kit_lot {
-            Some(lot) => format!("reagent kit lot {lot}"),
+            Some(lot) => format!("{} {lot}", Part::ReagentLot.label()),
             None => "reagent kit or flow cell".into(),
         },
         _ => format!("{} subsystem", a.subsystem.label()),
@@ -118,14 +142,31 @@ impl Notifier {
         }
     }
 
-    fn maintenance(&self, a: &Anomaly, alert: &OpenAlert) -> MaintenanceEntry {
-        let idx = match alert.priority {
+    /// Priority and due date the anomaly asks for.
+    fn plan(&self, a: &Anomaly) -> (MaintenancePriority, i64) {
+        let now = a.window_end_ms;
+        if let (AnomalyState::PREDICTED, Some(earliest)) = (a.state, a.predicted_limit_earliest_ms)
+        {
+            let left = (earliest - now).max(0);
+            let p = if left <= self.cfg.priority_hours[0] * HOUR_MS {
+                MaintenancePriority::P1
+            } else if left <= self.cfg.priority_hours[1] * HOUR_MS {
+                MaintenancePriority::P2
+            } else {
+                MaintenancePriority::P3
+            };
+            let margin = (self.cfg.margin_hours * HOUR_MS).min(left / 2);
+            return (p, (earliest - margin).max(now));
+        }
+        let p = priority(a.severity);
+        let idx = match p {
             MaintenancePriority::P1 => 0,
             MaintenancePriority::P2 => 1,
             MaintenancePriority::P3 => 2,
         };
-        let mut due = a.window_end_ms + self.cfg.due_hours[idx] * HOUR_MS;
-        // Bring the date forward when the trend crosses a spec limit sooner (half the time left).
+        let mut due = now + self.cfg.due_hours[idx] * HOUR_MS;
+        // Bring the date forward when the window's trend crosses a spec limit sooner (half the
+        // time left).
         let limit = if a.slope_per_hour < 0.0 {
             a.spec_low
         } else {
@@ -134,19 +175,28 @@ impl Notifier {
         if let Some(limit) = limit.filter(|_| a.slope_per_hour.abs() > 1e-9) {
             let hours_left = (limit - a.observed_level) / a.slope_per_hour;
             if hours_left > 0.0 {
-                due = due.min(a.window_end_ms + (hours_left * 0.5 * HOUR_MS as f64) as i64);
+                due = due.min(now + (hours_left * 0.5 * HOUR_MS as f64) as i64);
             }
         }
-        MaintenanceEntry {
-            entry_id: format!("{}:{:?}", alert.alert_id, alert.priority),
-            alert_id: alert.alert_id.clone(),
-            instrument_serial: a.instrument_serial.clone(),
-            instrument_model: a.instrument_model,
-            subsystem: a.subsystem,
-            suspected_part: alert.suspected_part.clone(),
-            priority: alert.priority,
-            due_by_ms: due,
-            reason: format!(
+        (p, due)
+    }
+
+    fn maintenance(a: &Anomaly, alert: &OpenAlert, due_by_ms: i64) -> MaintenanceEntry {
+        let reason = match (a.state, a.predicted_limit_ms) {
+            (AnomalyState::PREDICTED, Some(crossing)) => format!(
+                "{} {} at {:.3} forecast to leave spec around {} (earliest {}; {}, t {:.1})",
+                a.subsystem.label(),
+                a.metric,
+                a.observed_level,
+                hours_from(a.window_end_ms, crossing),
+                hours_from(
+                    a.window_end_ms,
+                    a.predicted_limit_earliest_ms.unwrap_or(crossing)
+                ),
+                a.rule,
+                a.score
+            ),
+            _ => format!(
                 "{} {} at {:.3} against baseline {:.3} ({}, score {:.1})",
                 a.subsystem.label(),
                 a.metric,
@@ -155,15 +205,31 @@ impl Notifier {
                 a.rule,
                 a.score
             ),
+        };
+        MaintenanceEntry {
+            entry_id: format!("{}:{}", a.instrument_serial, alert.suspected_part),
+            alert_id: alert.alert_id.clone(),
+            instrument_serial: a.instrument_serial.clone(),
+            instrument_model: a.instrument_model,
+            subsystem: a.subsystem,
+            suspected_part: alert.suspected_part.clone(),
+            priority: alert.priority,
+            due_by_ms,
+            reason,
             created_at_ms: a.window_end_ms,
+            predicted_limit_ms: a.predicted_limit_ms,
         }
     }
 
     fn alert(a: &Anomaly, open: &OpenAlert, action: AlertAction) -> Alert {
-        let verb = match action {
-            AlertAction::OPEN => "opened",
-            AlertAction::UPDATE => "worsened",
-            AlertAction::RESOLVE => "resolved",
+        let verb = match (action, a.state, a.predicted_limit_ms) {
+            (AlertAction::RESOLVE, ..) => "resolved".to_string(),
+            (_, AnomalyState::PREDICTED, Some(crossing)) => format!(
+                "forecast to leave spec in {}",
+                hours_from(a.window_end_ms, crossing)
+            ),
+            (AlertAction::OPEN, ..) => "opened".to_string(),
+            (AlertAction::UPDATE, ..) => "worsened".to_string(),
         };
         Alert {
             alert_id: open.alert_id.clone(),
@@ -187,6 +253,16 @@ impl Notifier {
             event_time_ms: a.window_end_ms,
             anomaly_count: open.anomaly_count,
         }
+    }
+}
+
+/// `36 h` or `5.2 d` from `now` to `then`.
+fn hours_from(now: i64, then: i64) -> String {
+    let h = (then - now) as f64 / HOUR_MS as f64;
+    if h.abs() >= 72.0 {
+        format!("{:.1} d", h / 24.0)
+    } else {
+        format!("{h:.0} h")
     }
 }
 
@@ -215,7 +291,8 @@ impl Processor for Notifier {
             .and_then(|m| m.get(&a.subsystem))
             .cloned();
         match (a.state, existing) {
-            (AnomalyState::ACTIVE, None) => {
+            (AnomalyState::ACTIVE | AnomalyState::PREDICTED, None) => {
+                let (priority, due) = self.plan(&a);
                 let alert = OpenAlert {
                     alert_id: format!("{serial}:{}:{}", a.subsystem.label(), a.window_end_ms),
                     opened_at_ms: a.window_end_ms,
@@ -224,7 +301,8 @@ impl Processor for Notifier {
                     anomaly_count: 1,
                     active_metrics: [a.metric.clone()].into(),
                     suspected_part: suspected_part(&a),
-                    priority: priority(a.severity),
+                    priority,
+                    due_by_ms: Some(due),
                 };
                 out.emit(
                     TopicRole::Alerts,
@@ -234,14 +312,14 @@ impl Processor for Notifier {
                 out.emit(
                     TopicRole::Maintenance,
                     &serial,
-                    &self.maintenance(&a, &alert),
+                    &Self::maintenance(&a, &alert, due),
                 )?;
                 self.open
                     .entry(serial.clone())
                     .or_default()
                     .insert(a.subsystem, alert);
             }
-            (AnomalyState::ACTIVE, Some(mut alert)) => {
+            (AnomalyState::ACTIVE | AnomalyState::PREDICTED, Some(mut alert)) => {
                 alert.anomaly_count += 1;
                 alert.active_metrics.insert(a.metric.clone());
                 alert.score = alert.score.max(a.score);
@@ -252,15 +330,19 @@ impl Processor for Notifier {
                         &serial,
                         &Self::alert(&a, &alert, AlertAction::UPDATE),
                     )?;
-                    let p = priority(a.severity);
-                    if p < alert.priority {
-                        alert.priority = p;
-                        out.emit(
-                            TopicRole::Maintenance,
-                            &serial,
-                            &self.maintenance(&a, &alert),
-                        )?;
-                    }
+                }
+                // The same entry again when the work became more urgent, never a second one.
+                let (p, due) = self.plan(&a);
+                let earlier = alert.due_by_ms.is_none_or(|was| due < was - HOUR_MS);
+                if p < alert.priority || earlier {
+                    alert.priority = alert.priority.min(p);
+                    let due = alert.due_by_ms.map_or(due, |was| was.min(due));
+                    alert.due_by_ms = Some(due);
+                    out.emit(
+                        TopicRole::Maintenance,
+                        &serial,
+                        &Self::maintenance(&a, &alert, due),
+                    )?;
                 }
                 self.open
                     .entry(serial.clone())
@@ -362,8 +444,59 @@ mod tests {
             spec_high: Some(140.0),
             software_version: None,
             reagent_kit_lot: None,
+            predicted_limit_ms: None,
+            predicted_limit_earliest_ms: None,
+            predicted_limit_latest_ms: None,
         })
         .unwrap()
+    }
+
+    fn predicted(t: i64, earliest_h: i64, severity: AnomalySeverity) -> Vec<u8> {
+        let mut a: Anomaly = decode(&anomaly(
+            "fluidics_pressure_kpa",
+            AnomalyState::PREDICTED,
+            severity,
+            t,
+            120.0,
+        ))
+        .unwrap();
+        a.rule = "trend_to_limit".into();
+        a.predicted_limit_earliest_ms = Some(t + earliest_h * HOUR_MS);
+        a.predicted_limit_ms = Some(t + earliest_h * 2 * HOUR_MS);
+        encode(&a).unwrap()
+    }
+
+    #[test]
+    fn a_forecast_schedules_before_the_crossing_and_updates_one_entry() {
+        let mut n = Notifier::default();
+        let t0 = 100 * HOUR_MS;
+        let (a, m) = feed(&mut n, &predicted(t0, 200, AnomalySeverity::LOW));
+        assert_eq!((a.len(), a[0].action), (1, AlertAction::OPEN));
+        assert!(
+            a[0].title.contains("forecast to leave spec"),
+            "{}",
+            a[0].title
+        );
+        assert_eq!(a[0].suspected_part, "fluidics line or valve (clog)");
+        assert_eq!(m.len(), 1);
+        // 200 h left: P3, due 24 h before the earliest crossing.
+        assert_eq!(m[0].priority, MaintenancePriority::P3);
+        assert_eq!(m[0].due_by_ms, t0 + 176 * HOUR_MS);
+        assert_eq!(m[0].predicted_limit_ms, Some(t0 + 400 * HOUR_MS));
+        // Closer: the same entry, earlier and more urgent.
+        let t1 = t0 + 10 * HOUR_MS;
+        let (_, m2) = feed(&mut n, &predicted(t1, 30, AnomalySeverity::MEDIUM));
+        assert_eq!(m2.len(), 1);
+        assert_eq!(m2[0].entry_id, m[0].entry_id);
+        assert_eq!(m2[0].priority, MaintenancePriority::P1);
+        // 30 h left: the margin is capped at half the time left, never after the crossing.
+        assert_eq!(m2[0].due_by_ms, t1 + 15 * HOUR_MS);
+        // The same forecast again: nothing new.
+        let (a3, m3) = feed(
+            &mut n,
+            &predicted(t1 + HOUR_MS, 29, AnomalySeverity::MEDIUM),
+        );
+        assert!(a3.is_empty() && m3.is_empty(), "{a3:?} {m3:?}");
     }
 
     fn feed(n: &mut Notifier, bytes: &[u8]) -> (Vec<Alert>, Vec<MaintenanceEntry>) {

@@ -27,6 +27,12 @@ struct Cli {
     /// Share of bad records (0..1).
     #[arg(long, default_value_t = 0.01)]
     bad_record_share: f64,
+    /// Seconds of event time between sensor samples.
+    #[arg(long, default_value_t = 30)]
+    sample_interval_s: u32,
+    /// A fault-free control fleet: every alert is a false one.
+    #[arg(long)]
+    no_faults: bool,
     /// Read telemetry JSON lines from this file instead of simulating.
     #[arg(long, conflicts_with = "run_folder")]
     input: Option<String>,
@@ -91,6 +97,8 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
                 duration_hours: cli.duration_hours,
                 seed: cli.seed,
                 bad_record_share: cli.bad_record_share,
+                sample_interval_s: cli.sample_interval_s.max(1),
+                faults: !cli.no_faults,
                 ..Default::default()
             });
             (

@@ -6,12 +6,13 @@
 //! Output is a time-ordered list of [`SimRecord`]s, each in both forms: the Avro single-object
 //! bytes for Kafka and the embedded pipeline, and the JSON line for file mode.
 
+pub mod faults;
 pub mod rng;
 
 use std::collections::BTreeMap;
 
 use seqmon_model::codec::{encode_with, header};
-use seqmon_model::specs::nominal;
+use seqmon_model::parts::Part;
 use seqmon_model::{
     encode, store, Alert, AlertAction, AnomalySeverity, DeadLetterReason, InstrumentConfiguration,
     InstrumentModel, OperationLogEvent, PrivacyRule, RunConfiguration, RunPerformance,
@@ -19,10 +20,11 @@ use seqmon_model::{
 };
 use serde::Serialize;
 
+use crate::faults::{Base, Fault, HOUR};
+pub use crate::faults::{FaultClass, Scenario};
 use crate::rng::Rng;
 
 const MINUTE: i64 = 60_000;
-const HOUR: i64 = 3_600_000;
 
 /// Fleet settings.
 #[derive(Debug, Clone)]
@@ -39,8 +41,11 @@ pub struct FleetConfig {
     pub start_time_ms: i64,
     /// Share (0..1) of extra bad records among all records.
     pub bad_record_share: f64,
-    /// Whether to inject fault scenarios.
+    /// Whether to inject fault scenarios (`false`: a fault-free control fleet).
     pub faults: bool,
+    /// Whether sensors glitch as real ones do: drop-outs of one reading for hours, a sensor
+    /// stuck at one value, an instrument silent for a while.
+    pub sensor_glitches: bool,
 }
 
 impl Default for FleetConfig {
@@ -53,44 +58,7 @@ impl Default for FleetConfig {
             start_time_ms: 1_793_491_200_000,
             bad_record_share: 0.01,
             faults: true,
-        }
-    }
-}
-
-/// A labelled fault scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scenario {
-    /// Optical: excitation laser output decays.
-    LaserDecay,
-    /// Optical: focus quality drifts.
-    FocusDrift,
-    /// Thermal: flow-cell heater can no longer hold its setpoint.
-    HeaterFailure,
-    /// Thermal: reagent chiller warms up.
-    ChillerFailure,
-    /// Fluidics: a leak lowers pressure and flow.
-    Leak,
-    /// Fluidics: a clog raises pressure.
-    Clog,
-    /// Mechanical: stage motor following error and current rise.
-    StageFault,
-    /// Chemistry: a bad reagent kit lot, on several instruments at once.
-    BadReagentLot,
-    /// Software: a control software update that raises error events.
-    SoftwareRegression,
-}
-
-impl Scenario {
-    /// The subsystem an alert must name for the fault to count as detected.
-    pub fn subsystem(self) -> Subsystem {
-        match self {
-            Scenario::LaserDecay | Scenario::FocusDrift => Subsystem::OPTICAL,
-            Scenario::HeaterFailure | Scenario::ChillerFailure => Subsystem::THERMAL,
-            Scenario::Leak | Scenario::Clog => Subsystem::FLUIDICS,
-            Scenario::StageFault => Subsystem::MECHANICAL,
-            Scenario::BadReagentLot => Subsystem::CHEMISTRY,
-            Scenario::SoftwareRegression => Subsystem::SOFTWARE,
+            sensor_glitches: true,
         }
     }
 }
@@ -106,8 +74,20 @@ pub struct FaultTruth {
     pub scenario: Scenario,
     /// Subsystem an alert must name.
     pub subsystem: Subsystem,
-    /// Event time the fault began.
+    /// Part (or fleet cause) the first alert should name.
+    pub part: Part,
+    /// How it develops.
+    pub class: FaultClass,
+    /// Event time the fault (its degradation or precursor) began; may be before the
+    /// simulation's start (the fleet joins monitoring with parts already wearing).
     pub start_ms: i64,
+    /// When its defining metric first leaves the operating spec (noise-free).
+    pub spec_exit_ms: Option<i64>,
+    /// When a run would fail: the degradation a quarter past its spec crossing, an abrupt
+    /// failure, an intermittent fault at its most frequent, a fleet cause at its onset.
+    pub failure_ms: i64,
+    /// When the part was repaired, resetting the degradation (within the simulation only).
+    pub repaired_ms: Option<i64>,
 }
 
 /// What the pipeline should do with a record.
@@ -195,8 +175,14 @@ struct Instrument {
     model: InstrumentModel,
     software: String,
     old_firmware: bool,
-    offset: BTreeMap<&'static str, f64>,
-    fault: Option<(Scenario, i64)>,
+    base: Base,
+    fault: Option<Fault>,
+    /// A sensor reporting nothing until then: (sensor index, until ms).
+    dropout: Option<(usize, i64)>,
+    /// A sensor stuck at one value until then: (sensor index, until ms, value).
+    stuck: Option<(usize, i64, f64)>,
+    /// The instrument sends nothing until then (network or power outage).
+    silent_until: i64,
     run_seq: u32,
     run_id: String,
     flowcell: String,
@@ -212,17 +198,6 @@ const MODELS: [InstrumentModel; 4] = [
     InstrumentModel::NEXTSEQ_2000,
     InstrumentModel::MISEQ,
     InstrumentModel::ISEQ_100,
-];
-const SCENARIOS: [Scenario; 9] = [
-    Scenario::LaserDecay,
-    Scenario::Leak,
-    Scenario::HeaterFailure,
-    Scenario::BadReagentLot,
-    Scenario::StageFault,
-    Scenario::FocusDrift,
-    Scenario::Clog,
-    Scenario::ChillerFailure,
-    Scenario::SoftwareRegression,
 ];
 const BAD_LOT: &str = "SBS-20991-BAD";
 const RUN_HOURS: f64 = 2.0;
@@ -291,6 +266,24 @@ fn lanes(model: InstrumentModel) -> i32 {
     }
 }
 
+/// Sensor readings that glitch (the setpoint is a command, not a reading).
+const SENSOR_FIELDS: usize = 10;
+
+fn sensor_field(s: &mut SensorReadings, idx: usize) -> &mut Option<f64> {
+    match idx {
+        0 => &mut s.laser_power_mw,
+        1 => &mut s.focus_fwhm_px,
+        2 => &mut s.focus_z_offset_um,
+        3 => &mut s.stage_position_error_um,
+        4 => &mut s.stage_motor_current_a,
+        5 => &mut s.flowcell_temp_c,
+        6 => &mut s.chiller_temp_c,
+        7 => &mut s.ambient_temp_c,
+        8 => &mut s.fluidics_pressure_kpa,
+        _ => &mut s.flow_rate_ul_min,
+    }
+}
+
 /// Builds the simulation.
 pub fn simulate(cfg: &FleetConfig) -> Simulation {
     let mut fleet = Fleet::new(cfg);
@@ -326,22 +319,16 @@ impl Fleet {
         let mut instruments: Vec<Instrument> = (0..n)
             .map(|i| {
                 let model = MODELS[i % MODELS.len()];
-                let mut offset = BTreeMap::new();
-                for m in [
-                    "laser_power_mw",
-                    "flow_rate_ul_min",
-                    "fluidics_pressure_kpa",
-                    "cluster_density_k_per_mm2",
-                ] {
-                    offset.insert(m, rng.range(-0.03, 0.03));
-                }
                 Instrument {
                     serial: serial_for(model, i),
                     model,
                     software: software_for(model).to_string(),
                     old_firmware: model == InstrumentModel::ISEQ_100,
-                    offset,
+                    base: Base::draw(model, &mut rng),
                     fault: None,
+                    dropout: None,
+                    stuck: None,
+                    silent_until: i64::MIN,
                     run_seq: 0,
                     run_id: String::new(),
                     flowcell: String::new(),
@@ -353,35 +340,55 @@ impl Fleet {
                 }
             })
             .collect();
-        // Spread faults over the fleet; a bad reagent lot hits several instruments at one time.
+        // Spread faults over the fleet: every scenario once in a small fleet, more copies in a
+        // large one (about a fifth of it faulty); a bad reagent lot hits several instruments at
+        // one time. The defining moment of each fault (spec crossing, failure, onset) falls
+        // inside the simulation, so its lead time can be scored; a slow fault may have begun
+        // long before the simulation's start.
         let mut faults = Vec::new();
         if cfg.faults {
-            let mut scenarios: Vec<Scenario> = SCENARIOS.to_vec();
+            let copies = (n / 48).max(1);
+            let mut scenarios: Vec<Scenario> = Vec::new();
+            for round in 0..copies {
+                scenarios.extend(
+                    Scenario::ALL
+                        .iter()
+                        .filter(|s| round == 0 || **s != Scenario::BadReagentLot),
+                );
+            }
             let lot_victims = (n / 8).max(2);
             scenarios.extend(std::iter::repeat_n(
                 Scenario::BadReagentLot,
                 lot_victims - 1,
             ));
             let count = scenarios.len().min(n * 2 / 3).max(1).min(n);
-            let lot_onset = cfg.start_time_ms
-                + (cfg.duration_hours * HOUR as f64 * rng.range(0.40, 0.5)) as i64;
+            let horizon = cfg.duration_hours * HOUR as f64;
+            let at = |share: f64| cfg.start_time_ms + (horizon * share) as i64;
+            let lot_onset = at(rng.range(0.40, 0.5));
             for (j, scenario) in scenarios.into_iter().take(count).enumerate() {
                 let idx = j * n / count;
-                let onset = if scenario == Scenario::BadReagentLot {
-                    lot_onset
-                } else {
-                    cfg.start_time_ms
-                        + (cfg.duration_hours * HOUR as f64 * rng.range(0.35, 0.55)) as i64
+                let moment = match scenario.class() {
+                    FaultClass::Fleet if scenario == Scenario::BadReagentLot => lot_onset,
+                    FaultClass::Fleet => at(rng.range(0.35, 0.55)),
+                    FaultClass::Slow => at(rng.range(0.5, 0.9)),
+                    FaultClass::Abrupt => at(rng.range(0.3, 0.8)),
+                    FaultClass::Intermittent => at(rng.range(0.2, 0.6)),
                 };
+                let fault = Fault::draw(scenario, moment, end_ms, &mut rng);
                 let inst = &mut instruments[idx];
-                inst.fault = Some((scenario, onset));
                 faults.push(FaultTruth {
                     instrument_serial: inst.serial.clone(),
                     instrument_model: inst.model,
                     scenario,
                     subsystem: scenario.subsystem(),
-                    start_ms: onset,
+                    part: scenario.part(),
+                    class: scenario.class(),
+                    start_ms: fault.start_ms,
+                    spec_exit_ms: fault.spec_exit(&inst.base),
+                    failure_ms: fault.fail_ms,
+                    repaired_ms: fault.repaired_ms,
                 });
+                inst.fault = Some(fault);
             }
         }
         let gen = Generator {
@@ -519,18 +526,65 @@ impl Generator {
         }
     }
 
-    fn value(&mut self, inst: &Instrument, metric: &str, rel_noise: f64, abs_noise: f64) -> f64 {
-        let nom = nominal(inst.model, metric).unwrap_or(0.0)
-            * (1.0 + inst.offset.get(metric).copied().unwrap_or(0.0));
-        nom + self.rng.normal() * (nom.abs() * rel_noise + abs_noise)
+    /// A run-performance value: the instrument's noise-free level plus noise.
+    fn value(
+        &mut self,
+        inst: &Instrument,
+        metric: &'static str,
+        t: i64,
+        rel_noise: f64,
+        abs_noise: f64,
+    ) -> f64 {
+        let level = inst.base.level(metric, t);
+        level + self.rng.normal() * (level.abs() * rel_noise + abs_noise)
+    }
+
+    /// Starts and ends sensor glitches: a reading missing for hours, a sensor stuck at one value,
+    /// the whole instrument silent for a while. Rates are per hour of event time.
+    fn glitches(&mut self, inst: &mut Instrument, t: i64, step: i64, s: &mut SensorReadings) {
+        let per_tick = |per_hour: f64| per_hour * step as f64 / HOUR as f64;
+        if inst.dropout.is_some_and(|(_, until)| t >= until) {
+            inst.dropout = None;
+        }
+        if inst.stuck.is_some_and(|(_, until, _)| t >= until) {
+            inst.stuck = None;
+        }
+        if inst.dropout.is_none() && self.rng.uniform() < per_tick(0.004) {
+            let hours = self.rng.range(1.0, 4.0);
+            inst.dropout = Some((
+                self.rng.below(SENSOR_FIELDS),
+                t + (hours * HOUR as f64) as i64,
+            ));
+        }
+        if inst.stuck.is_none() && self.rng.uniform() < per_tick(0.003) {
+            let idx = self.rng.below(SENSOR_FIELDS);
+            let hours = self.rng.range(2.0, 8.0);
+            if let Some(v) = *sensor_field(s, idx) {
+                inst.stuck = Some((idx, t + (hours * HOUR as f64) as i64, v));
+            }
+        }
+        if self.rng.uniform() < per_tick(0.002) {
+            inst.silent_until = t + (self.rng.range(0.2, 2.0) * HOUR as f64) as i64;
+        }
+        if let Some((idx, _, v)) = inst.stuck {
+            *sensor_field(s, idx) = Some(v);
+        }
+        if let Some((idx, _)) = inst.dropout {
+            *sensor_field(s, idx) = None;
+        }
     }
 
     fn tick(&mut self, inst: &mut Instrument, t: i64, tick: i64, step: i64) {
-        let fault = inst.fault.filter(|(_, onset)| t >= *onset);
-        let hours_in = fault
-            .map(|(_, onset)| (t - onset) as f64 / HOUR as f64)
-            .unwrap_or(0.0);
-        let scenario = fault.map(|(s, _)| s);
+        if t < inst.silent_until {
+            return;
+        }
+        let active = inst
+            .fault
+            .as_ref()
+            .filter(|f| t >= f.start_ms && f.repaired_ms.is_none_or(|r| t < r));
+        let scenario = active.map(|f| f.scenario);
+        let effect = active.map(|f| f.effect(&inst.base, t)).unwrap_or_default();
+        let period_ms = active.map_or(300_000, |f| f.period_ms.max(1));
         if tick == 0 {
             let mut c = self.base(inst, t, TelemetryKind::INSTRUMENT_CONFIGURATION);
             c.instrument_configuration = Some(InstrumentConfiguration {
@@ -541,7 +595,9 @@ impl Generator {
             self.push(inst, c, Expect::Valid);
         }
         // Software regression: the instrument updates at the onset.
-        if let Some((Scenario::SoftwareRegression, onset)) = inst.fault {
+        if let Some((Scenario::SoftwareRegression, onset)) =
+            inst.fault.as_ref().map(|f| (f.scenario, f.start_ms))
+        {
             if t >= onset && t - step < onset {
                 inst.software = format!("{}-r1", software_for(inst.model));
                 let mut c = self.base(inst, t, TelemetryKind::INSTRUMENT_CONFIGURATION);
@@ -555,7 +611,9 @@ impl Generator {
         }
         // Runs: back to back with a short idle; a bad reagent lot arrives with a new run.
         let run_len = (RUN_HOURS * HOUR as f64) as i64;
-        let lot_change = matches!(inst.fault, Some((Scenario::BadReagentLot, onset)) if t >= onset && t - step < onset);
+        let lot_change = inst.fault.as_ref().is_some_and(|f| {
+            f.scenario == Scenario::BadReagentLot && t >= f.start_ms && t - step < f.start_ms
+        });
         let due = inst.run_id.is_empty()
             || t >= inst.run_start_ms + run_len + IDLE_MINUTES * MINUTE
             || lot_change;
@@ -616,51 +674,43 @@ impl Generator {
         if tick % 20 == 0 {
             inst.setpoint = [55.0, 60.0, 65.0][self.rng.below(3)];
         }
+        let b = &inst.base;
+        let phase = (std::f64::consts::TAU * (t % period_ms) as f64 / period_ms as f64).sin();
+        let laser = b.level("laser_power_mw", t) * effect.laser_mul;
+        let flow = b.level("flow_rate_ul_min", t) * effect.flow_mul;
         let mut s = SensorReadings {
-            laser_power_mw: Some(self.value(inst, "laser_power_mw", 0.004, 0.0)),
-            focus_fwhm_px: Some(self.value(inst, "focus_fwhm_px", 0.0, 0.03)),
-            focus_z_offset_um: Some(self.value(inst, "focus_z_offset_um", 0.0, 0.2)),
-            stage_position_error_um: Some(
-                self.value(inst, "stage_position_error_um", 0.0, 0.08).abs(),
+            laser_power_mw: Some(laser * (1.0 + 0.004 * self.rng.normal())),
+            focus_fwhm_px: Some(
+                b.level("focus_fwhm_px", t) + effect.fwhm_add + 0.03 * self.rng.normal(),
             ),
-            stage_motor_current_a: Some(self.value(inst, "stage_motor_current_a", 0.0, 0.02)),
+            focus_z_offset_um: Some(
+                b.level("focus_z_offset_um", t) + effect.z_add + 0.2 * self.rng.normal(),
+            ),
+            stage_position_error_um: Some(
+                (b.level("stage_position_error_um", t) + effect.pos_add + 0.08 * self.rng.normal())
+                    .abs(),
+            ),
+            stage_motor_current_a: Some(
+                b.level("stage_motor_current_a", t) + effect.current_add + 0.02 * self.rng.normal(),
+            ),
             flowcell_temp_setpoint_c: Some(inst.setpoint),
-            flowcell_temp_c: Some(inst.setpoint + self.rng.normal() * 0.1),
-            chiller_temp_c: Some(self.value(inst, "chiller_temp_c", 0.0, 0.1)),
-            ambient_temp_c: Some(self.value(inst, "ambient_temp_c", 0.0, 0.3)),
-            fluidics_pressure_kpa: Some(self.value(inst, "fluidics_pressure_kpa", 0.0, 1.5)),
-            flow_rate_ul_min: Some(self.value(inst, "flow_rate_ul_min", 0.01, 0.0)),
+            flowcell_temp_c: Some(
+                inst.setpoint + effect.heater_amp * phase + 0.1 * self.rng.normal(),
+            ),
+            chiller_temp_c: Some(
+                b.level("chiller_temp_c", t)
+                    + effect.chiller_add
+                    + effect.chiller_amp * phase
+                    + 0.1 * self.rng.normal(),
+            ),
+            ambient_temp_c: Some(b.level("ambient_temp_c", t) + 0.3 * self.rng.normal()),
+            fluidics_pressure_kpa: Some(
+                b.level("fluidics_pressure_kpa", t) + effect.pressure_add + 1.5 * self.rng.normal(),
+            ),
+            flow_rate_ul_min: Some(flow * (1.0 + 0.01 * self.rng.normal())),
         };
-        let bump = |v: &mut Option<f64>, f: &dyn Fn(f64) -> f64| *v = v.map(f);
-        match scenario {
-            Some(Scenario::LaserDecay) => {
-                bump(&mut s.laser_power_mw, &|v| v * (-0.15 * hours_in).exp())
-            }
-            Some(Scenario::FocusDrift) => {
-                bump(&mut s.focus_fwhm_px, &|v| v + 0.8 * hours_in);
-                bump(&mut s.focus_z_offset_um, &|v| v + 1.5 * hours_in);
-            }
-            Some(Scenario::HeaterFailure) => {
-                bump(&mut s.flowcell_temp_c, &|v| v - 0.5 - 2.5 * hours_in)
-            }
-            Some(Scenario::ChillerFailure) => bump(&mut s.chiller_temp_c, &|v| v + 2.5 * hours_in),
-            Some(Scenario::Leak) => {
-                bump(&mut s.fluidics_pressure_kpa, &|v| v - 20.0 * hours_in);
-                bump(&mut s.flow_rate_ul_min, &|v| {
-                    v * (1.0 - (0.3 * hours_in).min(0.9))
-                });
-            }
-            Some(Scenario::Clog) => {
-                bump(&mut s.fluidics_pressure_kpa, &|v| v + 30.0 * hours_in);
-                bump(&mut s.flow_rate_ul_min, &|v| {
-                    v * (1.0 - (0.1 * hours_in).min(0.9))
-                });
-            }
-            Some(Scenario::StageFault) => {
-                bump(&mut s.stage_position_error_um, &|v| v + 1.5 * hours_in);
-                bump(&mut s.stage_motor_current_a, &|v| v + 0.4 * hours_in);
-            }
-            _ => {}
+        if self.cfg.sensor_glitches {
+            self.glitches(inst, t, step, &mut s);
         }
         let mut r = self.base(inst, t, TelemetryKind::SENSOR_READINGS);
         r.sensors = Some(s);
@@ -687,21 +737,22 @@ impl Generator {
                     cluster_density_k_per_mm2: Some(self.value(
                         inst,
                         "cluster_density_k_per_mm2",
+                        t,
                         0.01,
                         0.0,
                     )),
-                    pct_pf: Some(self.value(inst, "pct_pf", 0.0, 0.4) + q),
-                    pct_q30: Some(self.value(inst, "pct_q30", 0.0, 0.3) + q),
-                    mean_qscore: Some(self.value(inst, "mean_qscore", 0.0, 0.2)),
+                    pct_pf: Some(self.value(inst, "pct_pf", t, 0.0, 0.4) + q),
+                    pct_q30: Some(self.value(inst, "pct_q30", t, 0.0, 0.3) + q),
+                    mean_qscore: Some(self.value(inst, "mean_qscore", t, 0.0, 0.2)),
                     error_rate_pct: Some(
-                        (self.value(inst, "error_rate_pct", 0.0, 0.02) - q * 0.02).max(0.0),
+                        (self.value(inst, "error_rate_pct", t, 0.0, 0.02) - q * 0.02).max(0.0),
                     ),
-                    phasing_pct: Some(self.value(inst, "phasing_pct", 0.0, 0.01).max(0.0)),
-                    prephasing_pct: Some(self.value(inst, "prephasing_pct", 0.0, 0.01).max(0.0)),
-                    intensity_a: Some(self.value(inst, "intensity", 0.0, 50.0) + 5000.0),
-                    intensity_c: Some(self.value(inst, "intensity", 0.0, 50.0) + 4200.0),
-                    intensity_g: Some(self.value(inst, "intensity", 0.0, 50.0) + 3900.0),
-                    intensity_t: Some(self.value(inst, "intensity", 0.0, 50.0) + 4600.0),
+                    phasing_pct: Some(self.value(inst, "phasing_pct", t, 0.0, 0.01).max(0.0)),
+                    prephasing_pct: Some(self.value(inst, "prephasing_pct", t, 0.0, 0.01).max(0.0)),
+                    intensity_a: Some(self.value(inst, "intensity", t, 0.0, 50.0) + 5000.0),
+                    intensity_c: Some(self.value(inst, "intensity", t, 0.0, 50.0) + 4200.0),
+                    intensity_g: Some(self.value(inst, "intensity", t, 0.0, 50.0) + 3900.0),
+                    intensity_t: Some(self.value(inst, "intensity", t, 0.0, 50.0) + 4600.0),
                     ..Default::default()
                 };
                 if bad {
@@ -727,12 +778,15 @@ impl Generator {
             });
             self.emit_with_bad(inst, l);
         }
-        let error_p = if scenario == Some(Scenario::SoftwareRegression) {
-            0.6
+        // Error events per minute of event time, whatever the sample interval.
+        let per_minute = if scenario == Some(Scenario::SoftwareRegression) {
+            1.2
         } else {
-            0.0005
+            0.001
         };
-        if self.rng.uniform() < error_p {
+        let expected = per_minute * step as f64 / MINUTE as f64;
+        let errors = self.rng.poisson(expected);
+        for _ in 0..errors {
             let mut l = self.base(inst, t, TelemetryKind::OPERATION_LOG);
             l.log_event = Some(OperationLogEvent {
                 code: "E-SW-104".into(),
@@ -995,13 +1049,70 @@ mod tests {
     }
 
     #[test]
+    fn ground_truth_puts_every_defining_moment_inside_the_simulation() {
+        for hours in [48.0, 720.0] {
+            let cfg = FleetConfig {
+                instruments: 24,
+                duration_hours: hours,
+                sample_interval_s: 600,
+                seed: 5,
+                ..Default::default()
+            };
+            let fleet = Fleet::new(&cfg);
+            let end = cfg.start_time_ms + (hours * HOUR as f64) as i64;
+            assert_eq!(fleet.faults().len(), Scenario::ALL.len() + 2);
+            for f in fleet.faults() {
+                let exit = f
+                    .spec_exit_ms
+                    .unwrap_or_else(|| panic!("{f:?} never leaves spec"));
+                assert!(exit >= cfg.start_time_ms && exit < end, "{f:?}");
+                // (The crossing is searched minute by minute.)
+                assert!(f.start_ms <= exit && exit <= f.failure_ms + MINUTE, "{f:?}");
+                assert!(f.part.label().len() > 3 && f.scenario.part() == f.part);
+                if f.class == FaultClass::Slow {
+                    // Weeks- and days-long degradations, not hours.
+                    assert!(exit - f.start_ms >= 48 * HOUR, "{f:?}");
+                }
+            }
+        }
+        let control = Fleet::new(&FleetConfig {
+            faults: false,
+            ..Default::default()
+        });
+        assert!(control.faults().is_empty());
+    }
+
+    #[test]
+    fn sensors_glitch_only_when_asked() {
+        let count_gaps = |glitches: bool| {
+            let sim = simulate(&FleetConfig {
+                instruments: 8,
+                duration_hours: 72.0,
+                sample_interval_s: 120,
+                faults: false,
+                bad_record_share: 0.0,
+                sensor_glitches: glitches,
+                ..Default::default()
+            });
+            sim.records
+                .iter()
+                .filter_map(|r| seqmon_model::decode::<Telemetry>(&r.bytes).ok())
+                .filter_map(|t| t.sensors)
+                .filter(|s| s.fields().iter().any(|(_, v)| v.is_none()))
+                .count()
+        };
+        assert_eq!(count_gaps(false), 0);
+        assert!(count_gaps(true) > 0);
+    }
+
+    #[test]
     fn default_fleet_has_every_scenario_and_bad_record_kind() {
         let sim = simulate(&FleetConfig {
             duration_hours: 3.0,
             bad_record_share: 0.05,
             ..Default::default()
         });
-        for s in SCENARIOS {
+        for s in Scenario::ALL {
             assert!(sim.faults.iter().any(|f| f.scenario == s), "{s:?}");
         }
         assert!(

@@ -48,6 +48,9 @@ struct Cli {
     /// Leave out the fault scenarios.
     #[arg(long)]
     no_faults: bool,
+    /// Leave out sensor glitches (drop-outs, stuck sensors, silent instruments).
+    #[arg(long)]
+    no_glitches: bool,
     /// Event time runs this many times faster than the wall clock (0: as fast as possible).
     #[arg(long, env = "SIM_SPEEDUP", default_value_t = 0.0)]
     speedup: f64,
@@ -141,6 +144,7 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
         start_time_ms: cli.start_time_ms.unwrap_or(defaults.start_time_ms),
         bad_record_share: cli.bad_record_share,
         faults: !cli.no_faults,
+        sensor_glitches: !cli.no_glitches,
     };
     let sim = simulate(&cfg);
     if let Some(path) = &cli.ground_truth {
@@ -232,6 +236,7 @@ fn live(cli: &Cli) -> Result<(), RuntimeError> {
         start_time_ms: start,
         bad_record_share: cli.bad_record_share,
         faults: !cli.no_faults,
+        sensor_glitches: !cli.no_glitches,
     })
     .without_json();
     let topic = cli.kafka.topic(TopicRole::Raw);

@@ -37,6 +37,19 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
+    /// A Poisson draw with the given mean.
+    pub fn poisson(&mut self, mean: f64) -> u32 {
+        // Knuth's method; the means used here are small.
+        let limit = (-mean.max(0.0)).exp();
+        let mut k = 0;
+        let mut p = self.uniform();
+        while p > limit && k < 1000 {
+            k += 1;
+            p *= self.uniform();
+        }
+        k
+    }
+
     /// Index in 0..n.
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n.max(1) as u64) as usize
