@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export KAFKA_PORT ?= 19092
 
-.PHONY: all build run run-kafka test unit-test bench lint fmt topics kafka-start kafka-stop clean
+.PHONY: all build run run-kafka test unit-test bench evaluate lint fmt topics kafka-start kafka-stop clean
 
 all: build
 
@@ -23,6 +23,13 @@ test:
 ## (same broker as make test); table on stdout, JSON in out/bench/
 bench:
 	tools/bench.sh $(ARGS)
+
+## evaluate: detection sweep over simulated fleets (20 seeds x 24/200 instruments x 2/30 days x
+## 1%/10% bad records, with control fleets; hours on 2 cores) and public benchmarks through
+## `anomaly-detector score` -> out/evaluate/latest.json and docs/detection.md. ARGS passes options
+## (e.g. ARGS="--seeds 5"); SKAB_DIR=<SKAB checkout>/data adds SKAB.
+evaluate:
+	tools/evaluate.sh $(ARGS)
 
 ## unit-test: tests that need no broker
 unit-test:

@@ -33,5 +33,7 @@ export INTEROP_PYTHON="$venv/bin/python"
 echo "== tests (unit, embedded pipeline, then real-broker integration)"
 # Integration tests each use their own topics and groups; two at a time suit a 2-core machine.
 cargo test --workspace -- --test-threads=2
+echo "== detection, trimmed (make evaluate runs the full sweep): one seed, 24 instruments, 2 days"
+tools/evaluate.sh --quick
 if [ "${LOCAL_BROKER_STARTED:-0}" = 1 ]; then echo "== broker log: .cache/kafka/run-${KAFKA_PORT:-19092}/broker.log"; fi
 if [ "${LOCAL_SECURE_BROKER_STARTED:-0}" = 1 ]; then echo "== secure broker log: .cache/kafka/secure-run-${KAFKA_SECURE_PORT:-19192}/broker.log"; fi

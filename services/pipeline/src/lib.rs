@@ -16,6 +16,8 @@ use seqmon_runtime::embedded::Chain;
 use seqmon_runtime::{Driver, Emitted, RuntimeError};
 use seqmon_simulator::FaultTruth;
 use seqmon_validator::Validator;
+
+pub mod evaluate;
 use serde::Serialize;
 
 /// The five stages with default settings, chained.
