@@ -55,14 +55,16 @@ def fmt(x, digits=1):
 def per_fault_table(per_fault, slow):
     rows = ["| fault | class | injected | recall | lead before spec, median h | p10 h | "
             "alerted before spec | first alert a forecast | lead before failure, median h | "
-            "part right |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "part right | maintenance due before spec |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, f in per_fault.items():
         rows.append(
             f"| {name}{' (slow)' if name in slow else ''} | {f['class']} | {f['injected']} | "
             f"{fmt(f['recall'], 3)} | {fmt(f['lead_before_spec_h_median'])} | "
             f"{fmt(f['lead_before_spec_h_p10'])} | {fmt(f['detected_before_spec'], 2)} | "
             f"{fmt(f['first_alert_from_forecast'], 2)} | "
-            f"{fmt(f['lead_before_failure_h_median'])} | {fmt(f['part_right'], 3)} |")
+            f"{fmt(f['lead_before_failure_h_median'])} | {fmt(f['part_right'], 3)} | "
+            f"{fmt(f.get('maintenance_due_before_spec'), 2)} |")
     return "\n".join(rows)
 
 
@@ -147,7 +149,8 @@ def main():
             name: {k: f[k] for k in ("class", "injected", "recall", "lead_before_spec_h_median",
                                      "lead_before_spec_h_p10", "lead_before_failure_h_median",
                                      "part_right", "detected_before_spec",
-                                     "first_alert_from_forecast")}
+                                     "first_alert_from_forecast", "maintenance_due_before_spec")
+               if k in f}
             for name, f in sim["per_fault"].items()
         },
         "targets": TARGETS,

@@ -202,9 +202,23 @@ pub struct AnomalyDetector {
 
 /// Severity of a present anomaly.
 fn active_severity(v: &Verdict, f: &Feature, cfg: &AnomalyConfig) -> AnomalySeverity {
+    // A window already touching its limit, or with less than a quarter of its baseline's room to
+    // the limit left, is urgent however small its deviation looks.
+    let base = v.baseline.0;
+    let little_room = |limit: Option<f64>| {
+        limit.is_some_and(|l| {
+            let room = (base - l).abs();
+            room > 0.0 && (f.level - l) * (base - l).signum() < 0.25 * room
+        })
+    };
+    let near_limit = little_room(f.spec_low) || little_room(f.spec_high);
     if f.fraction_out_of_spec >= 0.8 || v.z >= 4.0 * cfg.z_threshold {
         AnomalySeverity::CRITICAL
-    } else if v.out_of_spec || v.z >= 2.0 * cfg.z_threshold {
+    } else if v.out_of_spec
+        || f.fraction_out_of_spec > 0.0
+        || near_limit
+        || v.z >= 2.0 * cfg.z_threshold
+    {
         AnomalySeverity::HIGH
     } else if v.z >= 1.5 * cfg.z_threshold {
         AnomalySeverity::MEDIUM

@@ -11,8 +11,8 @@
 //! id. For a forecast (PREDICTED) the due date is the earliest predicted crossing minus
 //! `margin_hours` (at most half the time left, never before the anomaly, never after the
 //! crossing) and the priority follows the time left (`priority_hours`). For a present anomaly the
-//! due date follows the priority (`due_hours`), brought forward when the window's trend crosses
-//! the spec limit sooner.
+//! due date follows its severity's priority (`due_hours`); with a forecast standing too, the more
+//! urgent of the two.
 //!
 //! Delivery: a pure processor; the runtime gives it exactly-once input and output. State: open
 //! alerts per instrument, persisted to `notifier.changelog`. An anomaly that does not decode is a
@@ -142,11 +142,13 @@ impl Notifier {
         }
     }
 
-    /// Priority and due date the anomaly asks for.
+    /// Priority and due date the anomaly asks for. A forecast (carried by a PREDICTED record,
+    /// and by an ACTIVE one while a forecast stands) sets both from the time left to its earliest
+    /// crossing; a present anomaly sets them from its severity; with both, the more urgent wins.
+    /// A window's own slope is not used: five minutes of noise are no forecast.
     fn plan(&self, a: &Anomaly) -> (MaintenancePriority, i64) {
         let now = a.window_end_ms;
-        if let (AnomalyState::PREDICTED, Some(earliest)) = (a.state, a.predicted_limit_earliest_ms)
-        {
+        let forecast = a.predicted_limit_earliest_ms.map(|earliest| {
             let left = (earliest - now).max(0);
             let p = if left <= self.cfg.priority_hours[0] * HOUR_MS {
                 MaintenancePriority::P1
@@ -156,35 +158,33 @@ impl Notifier {
                 MaintenancePriority::P3
             };
             let margin = (self.cfg.margin_hours * HOUR_MS).min(left / 2);
-            return (p, (earliest - margin).max(now));
+            (p, (earliest - margin).max(now))
+        });
+        let present = (a.state == AnomalyState::ACTIVE).then(|| {
+            let p = priority(a.severity);
+            let idx = match p {
+                MaintenancePriority::P1 => 0,
+                MaintenancePriority::P2 => 1,
+                MaintenancePriority::P3 => 2,
+            };
+            (p, now + self.cfg.due_hours[idx] * HOUR_MS)
+        });
+        match (forecast, present) {
+            (Some((pf, df)), Some((pp, dp))) => (pf.min(pp), df.min(dp)),
+            (Some(f), None) => f,
+            (None, Some(p)) => p,
+            // A CLEARED record asks for nothing; not reached.
+            (None, None) => (
+                MaintenancePriority::P3,
+                now + self.cfg.due_hours[2] * HOUR_MS,
+            ),
         }
-        let p = priority(a.severity);
-        let idx = match p {
-            MaintenancePriority::P1 => 0,
-            MaintenancePriority::P2 => 1,
-            MaintenancePriority::P3 => 2,
-        };
-        let mut due = now + self.cfg.due_hours[idx] * HOUR_MS;
-        // Bring the date forward when the window's trend crosses a spec limit sooner (half the
-        // time left).
-        let limit = if a.slope_per_hour < 0.0 {
-            a.spec_low
-        } else {
-            a.spec_high
-        };
-        if let Some(limit) = limit.filter(|_| a.slope_per_hour.abs() > 1e-9) {
-            let hours_left = (limit - a.observed_level) / a.slope_per_hour;
-            if hours_left > 0.0 {
-                due = due.min(now + (hours_left * 0.5 * HOUR_MS as f64) as i64);
-            }
-        }
-        (p, due)
     }
 
     fn maintenance(a: &Anomaly, alert: &OpenAlert, due_by_ms: i64) -> MaintenanceEntry {
         let reason = match (a.state, a.predicted_limit_ms) {
             (AnomalyState::PREDICTED, Some(crossing)) => format!(
-                "{} {} at {:.3} forecast to leave spec around {} (earliest {}; {}, t {:.1})",
+                "{} {} at {:.3} forecast to leave spec in {} (earliest in {}; {}, t {:.1})",
                 a.subsystem.label(),
                 a.metric,
                 a.observed_level,
@@ -259,7 +259,9 @@ impl Notifier {
 /// `36 h` or `5.2 d` from `now` to `then`.
 fn hours_from(now: i64, then: i64) -> String {
     let h = (then - now) as f64 / HOUR_MS as f64;
-    if h.abs() >= 72.0 {
+    if h.abs() < 0.5 {
+        "under an hour".to_string()
+    } else if h.abs() >= 72.0 {
         format!("{:.1} d", h / 24.0)
     } else {
         format!("{h:.0} h")
@@ -491,6 +493,15 @@ mod tests {
         assert_eq!(m2[0].priority, MaintenancePriority::P1);
         // 30 h left: the margin is capped at half the time left, never after the crossing.
         assert_eq!(m2[0].due_by_ms, t1 + 15 * HOUR_MS);
+        // A present anomaly while the forecast stands: the more urgent of the two, no new entry id.
+        let mut active: Anomaly =
+            decode(&predicted(t1 + 2 * HOUR_MS, 20, AnomalySeverity::HIGH)).unwrap();
+        active.state = AnomalyState::ACTIVE;
+        active.severity = AnomalySeverity::CRITICAL;
+        let (_, m4) = feed(&mut n, &encode(&active).unwrap());
+        assert_eq!(m4.len(), 1);
+        assert_eq!(m4[0].entry_id, m[0].entry_id);
+        assert!(m4[0].due_by_ms <= t1 + 2 * HOUR_MS + 20 * HOUR_MS, "{m4:?}");
         // The same forecast again: nothing new.
         let (a3, m3) = feed(
             &mut n,
@@ -541,8 +552,8 @@ mod tests {
         assert_eq!(a[0].suspected_part, "pump seal or fluidics fitting (leak)");
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].priority, MaintenancePriority::P3);
-        // Trend reaches 70 kPa in 0.5 h: due within 15 minutes, well before the P3 horizon.
-        assert!(m[0].due_by_ms <= 3_600_000 + 15 * 60_000);
+        // P3, due by the P3 horizon: a window's own slope (here steep) is not a forecast.
+        assert_eq!(m[0].due_by_ms, 3_600_000 + 336 * HOUR_MS);
         // Same severity on another metric of the subsystem: folded in silently.
         assert_eq!(
             feed(

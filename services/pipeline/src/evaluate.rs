@@ -32,6 +32,8 @@ pub struct FaultOutcome {
     pub part_right: bool,
     /// The first alert came from a forecast (its maintenance entry carries a predicted crossing).
     pub predicted: bool,
+    /// The first alert's first maintenance entry fell due at or before the spec crossing.
+    pub due_before_spec: Option<bool>,
 }
 
 /// Scores one run: the outcome of every fault and the alerts with no fault behind them.
@@ -72,6 +74,12 @@ pub fn outcomes(
                 lead_before_failure_h: first.map(|a| hours(f.failure_ms, a.event_time_ms)),
                 part_right: first.is_some_and(|a| f.part.named_by(&a.suspected_part)),
                 predicted: first.is_some_and(|a| forecast_alerts.contains(a.alert_id.as_str())),
+                due_before_spec: first.zip(f.spec_exit_ms).and_then(|(a, exit)| {
+                    maintenance
+                        .iter()
+                        .find(|m| m.alert_id == a.alert_id)
+                        .map(|m| m.due_by_ms <= exit)
+                }),
             }
         })
         .collect();

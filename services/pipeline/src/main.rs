@@ -18,8 +18,8 @@ struct Cli {
     /// Instruments in the simulated fleet.
     #[arg(long, default_value_t = 24)]
     instruments: usize,
-    /// Hours of event time to simulate.
-    #[arg(long, default_value_t = 6.0)]
+    /// Hours of event time to simulate (forecasts need a day of history, so two days show them).
+    #[arg(long, default_value_t = 48.0)]
     duration_hours: f64,
     /// Seed of the simulation.
     #[arg(long, default_value_t = 42)]
@@ -28,7 +28,7 @@ struct Cli {
     #[arg(long, default_value_t = 0.01)]
     bad_record_share: f64,
     /// Seconds of event time between sensor samples.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 60)]
     sample_interval_s: u32,
     /// A fault-free control fleet: every alert is a false one.
     #[arg(long)]

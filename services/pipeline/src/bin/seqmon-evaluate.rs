@@ -27,7 +27,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_values_t = [48.0, 720.0])]
     hours: Vec<f64>,
     /// Sensor sample interval per duration, seconds (one value per `--hours`).
-    #[arg(long, value_delimiter = ',', default_values_t = [60, 300])]
+    #[arg(long, value_delimiter = ',', default_values_t = [60, 120])]
     sample_intervals_s: Vec<u32>,
     /// Bad-record shares.
     #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.10])]
@@ -101,6 +101,10 @@ fn per_fault(runs: &[&RunResult]) -> serde_json::Value {
                 "detected_before_spec": share(spec.iter().filter(|h| **h > 0.0).count(), spec.len()),
                 "first_alert_from_forecast": share(detected.iter().filter(|f| f.predicted).count(), detected.len()),
                 "part_right": share(detected.iter().filter(|f| f.part_right).count(), detected.len()),
+                "maintenance_due_before_spec": share(
+                    detected.iter().filter(|f| f.due_before_spec == Some(true)).count(),
+                    detected.iter().filter(|f| f.due_before_spec.is_some()).count(),
+                ),
             }),
         );
     }
