@@ -30,9 +30,11 @@ pub struct FaultOutcome {
     pub lead_before_failure_h: Option<f64>,
     /// The first alert named the fault's part.
     pub part_right: bool,
-    /// The first alert came from a forecast (its maintenance entry carries a predicted crossing).
+    /// The first alert came from a forecast (its first maintenance entry carries a predicted
+    /// crossing).
     pub predicted: bool,
-    /// The first alert's first maintenance entry fell due at or before the spec crossing.
+    /// The maintenance entry standing at the spec crossing (the alert's last one issued by then)
+    /// fell due at or before it; false when the alert came after the crossing.
     pub due_before_spec: Option<bool>,
 }
 
@@ -43,11 +45,6 @@ pub fn outcomes(
     maintenance: &[MaintenanceEntry],
     sim_start_ms: i64,
 ) -> (Vec<FaultOutcome>, Vec<Alert>) {
-    let forecast_alerts: BTreeSet<&str> = maintenance
-        .iter()
-        .filter(|m| m.predicted_limit_ms.is_some())
-        .map(|m| m.alert_id.as_str())
-        .collect();
     let opens: Vec<&Alert> = alerts
         .iter()
         .filter(|a| a.action == AlertAction::OPEN)
@@ -73,12 +70,17 @@ pub fn outcomes(
                     .map(|(a, exit)| hours(exit, a.event_time_ms)),
                 lead_before_failure_h: first.map(|a| hours(f.failure_ms, a.event_time_ms)),
                 part_right: first.is_some_and(|a| f.part.named_by(&a.suspected_part)),
-                predicted: first.is_some_and(|a| forecast_alerts.contains(a.alert_id.as_str())),
-                due_before_spec: first.zip(f.spec_exit_ms).and_then(|(a, exit)| {
+                predicted: first.is_some_and(|a| {
                     maintenance
                         .iter()
                         .find(|m| m.alert_id == a.alert_id)
-                        .map(|m| m.due_by_ms <= exit)
+                        .is_some_and(|m| m.predicted_limit_ms.is_some())
+                }),
+                due_before_spec: first.zip(f.spec_exit_ms).map(|(a, exit)| {
+                    maintenance
+                        .iter()
+                        .rfind(|m| m.alert_id == a.alert_id && m.created_at_ms <= exit)
+                        .is_some_and(|m| m.due_by_ms <= exit)
                 }),
             }
         })
