@@ -15,6 +15,7 @@
 //! Nothing here does I/O; every function is pure and unit-tested without a broker.
 
 pub mod acl;
+pub mod civil;
 pub mod codec;
 pub mod fast;
 pub mod ingest;

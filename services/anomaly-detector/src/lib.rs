@@ -269,22 +269,23 @@ impl Processor for AnomalyDetector {
             return Ok(());
         };
         let cfg = &self.cfg;
-        let fleet_key = format!("{:?}/{}", f.instrument_model, f.metric);
-        let fleet = self
-            .fleet
-            .entry(input.partition)
-            .or_default()
-            .entry(fleet_key)
-            .or_default();
+        let kind = specs::metric(&f.metric).map(|m| m.kind);
+        let continuous =
+            kind == Some(MetricKind::Sensor) && (f.spec_low.is_some() || f.spec_high.is_some());
+        // Only continuous readings have a fleet spread worth keeping.
+        let mut fleet = continuous.then(|| {
+            self.fleet
+                .entry(input.partition)
+                .or_default()
+                .entry(format!("{:?}/{}", f.instrument_model, f.metric))
+                .or_default()
+        });
         let m = self
             .instruments
             .entry(f.instrument_serial.clone())
             .or_default()
             .entry(f.metric.clone())
             .or_default();
-        let kind = specs::metric(&f.metric).map(|m| m.kind);
-        let continuous =
-            kind == Some(MetricKind::Sensor) && (f.spec_low.is_some() || f.spec_high.is_some());
         let v = m.series.observe(
             &Observation {
                 end_ms: f.window_end_ms,
@@ -295,15 +296,17 @@ impl Processor for AnomalyDetector {
                 prior: nominal(f.instrument_model, &f.metric),
                 continuous,
                 samples: u32::try_from(f.sample_count).unwrap_or(0),
-                fleet_spread: (fleet.contributors >= FLEET_MIN_CONTRIBUTORS)
-                    .then(|| fleet.log_mean.exp()),
+                fleet_spread: fleet
+                    .as_ref()
+                    .filter(|fl| fl.contributors >= FLEET_MIN_CONTRIBUTORS)
+                    .map(|fl| fl.log_mean.exp()),
                 count: kind == Some(MetricKind::Count),
                 baseline_rules: kind != Some(MetricKind::Environment),
             },
             cfg,
             m.episode.as_ref().is_some_and(|e| !e.predicted_only),
         );
-        if v.learned && continuous && f.variability > 0.0 {
+        if let Some(fleet) = fleet.as_mut().filter(|_| v.learned && f.variability > 0.0) {
             if m.series.learnt_windows() == cfg.warmup_windows + 1 {
                 fleet.contributors += 1;
             }

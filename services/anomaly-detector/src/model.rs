@@ -252,6 +252,16 @@ struct HourBin {
     sum_var: f64,
 }
 
+impl HourBin {
+    /// Mean of the hour's window levels, and its standard deviation within and between windows.
+    fn mean_sd(&self) -> (f64, f64) {
+        let n = f64::from(self.n.max(1));
+        let mean = self.sum / n;
+        let between = (self.sum_sq / n - mean * mean).max(0.0);
+        (mean, (self.sum_var / n + between).sqrt())
+    }
+}
+
 /// One side's trend: the line and how many hours in a row it has (not) predicted a crossing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct SideTrend {
@@ -519,10 +529,7 @@ impl SeriesState {
         cfg: &AnomalyConfig,
         floor: f64,
     ) {
-        let n = bin.n as f64;
-        let mean = bin.sum / n;
-        let between = (bin.sum_sq / n - mean * mean).max(0.0);
-        let sd = (bin.sum_var / n + between).sqrt();
+        let (mean, sd) = bin.mean_sd();
         let t_h = (bin.hour + 1) as f64;
         let at_ms = bin.hour.saturating_add(1).saturating_mul(HOUR_MS);
         let decay = 0.5f64.powf(1.0 / cfg.trend_half_life_hours);
@@ -639,9 +646,7 @@ impl SeriesState {
             self.hour_alarm = false;
             return;
         }
-        let n = bin.n as f64;
-        let mean = bin.sum / n;
-        let sd = (bin.sum_var / n + (bin.sum_sq / n - mean * mean).max(0.0)).sqrt();
+        let (_, sd) = bin.mean_sd();
         let warm = self.hours >= HOUR_WARMUP;
         self.hour_alarm = warm && sd >= cfg.spread_factor * self.hour_spread.max(floor * 0.25);
         if !self.hour_alarm && !in_episode && !self.drifting {

@@ -21,6 +21,8 @@
 
 use std::io::{BufRead, Write};
 
+use seqmon_model::civil::days_from_civil;
+
 use crate::model::{Observation, SeriesState, MIN_SPREAD_SAMPLES};
 use crate::AnomalyConfig;
 
@@ -49,17 +51,6 @@ pub struct ScoreSummary {
     pub gaps: usize,
     /// Rows scored at or above 0.5.
     pub alerts: usize,
-}
-
-/// Days from 1970-01-01 to a civil date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Milliseconds since the epoch of a timestamp field.

@@ -288,14 +288,7 @@ pub fn iso_date_days(s: &str) -> Option<i32> {
     if y < 1900 || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
         return None;
     }
-    // Days from civil (H. Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    i32::try_from(era * 146_097 + doe - 719_468).ok()
+    i32::try_from(seqmon_model::civil::days_from_civil(y, m, day)).ok()
 }
 
 #[cfg(test)]

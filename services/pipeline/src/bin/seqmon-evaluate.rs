@@ -219,11 +219,9 @@ fn main() -> ExitCode {
         );
     }
     let control_rate = false_alert_rate(&control);
-    let slow: Vec<&str> = Scenario::ALL
-        .iter()
+    let slow: Vec<Scenario> = Scenario::ALL
+        .into_iter()
         .filter(|s| s.class() == FaultClass::Slow)
-        .filter_map(|s| serde_json::to_value(s).ok()?.as_str().map(str::to_string))
-        .map(|s| &*s.leak())
         .collect();
     let doc = json!({
         "sweep": {
