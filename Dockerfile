@@ -9,7 +9,7 @@ FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libssl3 zlib1g ca-certificates && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --no-create-home seqmon
 COPY --from=build /src/target/release/validator /src/target/release/privacy-enforcer /src/target/release/feature-extractor \
-     /src/target/release/anomaly-detector /src/target/release/notifier /src/target/release/seqmon-admin \
+     /src/target/release/anomaly-detector /src/target/release/cohort-analyzer /src/target/release/notifier /src/target/release/seqmon-admin \
      /src/target/release/fleet-simulator /src/target/release/seqmon-pipeline /src/target/release/ingest-gateway \
      /src/target/release/collector /usr/local/bin/
 # entrypoint STAGE ARGS...: runs the named stage binary.

@@ -38,6 +38,14 @@ def check(sim, quick=False):
                 misses.append(f"{name}: median lead before spec {med} h < 24 h")
             if p10 is None or p10 < TARGETS["slow_lead_before_spec_h_p10"]:
                 misses.append(f"{name}: p10 lead before spec {p10} h < 6 h")
+    # Fleet attribution (our own target): a fleet cause is named by one alert, which lists the
+    # instruments it hit.
+    for name, c in sim.get("fleet_attribution", {}).items():
+        if c["alerts_per_cause_median"] is None or c["alerts_per_cause_median"] > 1:
+            misses.append(f"{name}: median {c['alerts_per_cause_median']} alerts per fleet cause > 1")
+        listed = c["victims_listed_by_a_fleet_alert"]
+        if listed is None or listed < 0.9:
+            misses.append(f"{name}: {listed} of its instruments listed by a fleet alert < 0.9")
     fa = sim["false_alerts_per_instrument_month"]
     if fa is None or fa > TARGETS["false_alerts_per_instrument_month"]:
         misses.append(f"false alerts per instrument-month {fa} > 0.5")
@@ -65,6 +73,17 @@ def per_fault_table(per_fault, slow):
             f"{fmt(f['first_alert_from_forecast'], 2)} | "
             f"{fmt(f['lead_before_failure_h_median'])} | {fmt(f['part_right'], 3)} | "
             f"{fmt(f.get('maintenance_due_before_spec'), 2)} |")
+    return "\n".join(rows)
+
+
+def fleet_table(fleet):
+    rows = ["| fleet cause | causes | instruments hit, median | alerts per cause, median | max | "
+            "causes named by one alert | instruments listed by a fleet alert |",
+            "|---|---|---|---|---|---|---|"]
+    for name, c in fleet.items():
+        rows.append(f"| {name} | {c['causes']} | {fmt(c['victims_per_cause_median'], 0)} | "
+                    f"{fmt(c['alerts_per_cause_median'], 0)} | {fmt(c['alerts_per_cause_max'], 0)} | "
+                    f"{c['causes_named_by_one_alert']} | {fmt(c['victims_listed_by_a_fleet_alert'], 3)} |")
     return "\n".join(rows)
 
 
@@ -114,6 +133,10 @@ def doc_block(latest):
         "### Per fault (all durations)",
         "",
         per_fault_table(sim["per_fault"], slow),
+        "",
+        "### Fleet attribution (cohort analyzer)",
+        "",
+        fleet_table(sim.get("fleet_attribution", {})),
         "",
     ]
     for dur, d in sim["by_duration"].items():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run-kafka`: the five services as separate processes on the local broker (or
+# `make run-kafka`: the stage services as separate processes on the local broker (or
 # KAFKA_BOOTSTRAP_SERVERS), fed by the simulator; prints each stage's counters, then stops them.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,7 +18,7 @@ port=9301
 # production it comes from a Secret and only the privacy enforcer holds it.
 keyfile="$logs/pseudonym.key"
 ( umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$keyfile" )
-for stage in validator privacy-enforcer feature-extractor anomaly-detector notifier; do
+for stage in validator privacy-enforcer feature-extractor anomaly-detector cohort-analyzer notifier; do
   "$bin/$stage" kafka --topic-prefix "$prefix" --group-id "$prefix$stage" --transactional-id "$prefix$stage-0" \
     --metrics-addr "127.0.0.1:$port" $([ "$stage" = privacy-enforcer ] && echo --pseudonym-key-file "$keyfile") \
     >"$logs/$stage.log" 2>&1 &
@@ -31,7 +31,7 @@ start=$(( ($(date +%s) - 6 * 3600) * 1000 ))
 echo "waiting for the pipeline to drain..."
 sleep "${DRAIN_SECONDS:-20}"
 port=9301
-for stage in validator privacy-enforcer feature-extractor anomaly-detector notifier; do
+for stage in validator privacy-enforcer feature-extractor anomaly-detector cohort-analyzer notifier; do
   echo "== $stage"
   curl -s "http://127.0.0.1:$port/metrics" | grep -E '_(input|accepted|output|dead_letter)_records_total' | grep -v '^#' | grep -v ' 0$' || true
   port=$((port + 1))

@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 
 use seqmon_model::codec::{decode_via_value, writer_schema};
 use seqmon_model::{
-    decode, encode, store, Alert, Anomaly, AvroRecord, DeadLetter, Feature, MaintenanceEntry,
-    PrivacyAudit, SanitizedTelemetry, StateSnapshot, Telemetry,
+    decode, encode, store, Alert, Anomaly, AvroRecord, CohortSignal, DeadLetter, Feature,
+    MaintenanceEntry, PrivacyAudit, SanitizedTelemetry, StateSnapshot, Telemetry,
 };
 use seqmon_simulator::{simulate, FleetConfig};
 
@@ -95,6 +95,7 @@ fn check(bytes: &[u8]) -> Result<serde_json::Value, String> {
         "dead_letter" => both::<DeadLetter>(bytes),
         "privacy_audit" => both::<PrivacyAudit>(bytes),
         "state_snapshot" => both::<StateSnapshot>(bytes),
+        "cohort_signal" => both::<CohortSignal>(bytes),
         other => panic!("no Rust type for schema {other}"),
     }
 }
@@ -116,6 +117,7 @@ fn reencode(bytes: &[u8]) -> Vec<u8> {
         "dead_letter" => again!(DeadLetter),
         "privacy_audit" => again!(PrivacyAudit),
         "state_snapshot" => again!(StateSnapshot),
+        "cohort_signal" => again!(CohortSignal),
         other => panic!("no Rust type for schema {other}"),
     }
 }
@@ -165,6 +167,7 @@ fn direct_decoder_equals_apache_avro_and_reencodes_to_the_same_bytes() {
         "dead_letter",
         "privacy_audit",
         "state_snapshot",
+        "cohort_signal",
     ] {
         let latest = store().latest(name).version;
         assert!(

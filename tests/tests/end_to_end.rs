@@ -1,8 +1,10 @@
-//! End to end on a real Apache Kafka broker: the five services as separate OS processes, the
+//! End to end on a real Apache Kafka broker: the stage services as separate OS processes, the
 //! fleet simulator (another process) producing a simulated fleet with known faults and bad
-//! records. Asserts every injected fault yields its alert exactly once, every bad record lands in
-//! the dead-letter topic with its reason, nothing personal reaches the sanitized topic, and
-//! counts balance on every stage.
+//! records. Asserts every injected fault yields its alert exactly once (an instrument's own, or
+//! the one fleet alert of a cohort that lists it: the software regression hits three
+//! instruments, re-keyed through `cohort.signals`), every bad record lands in the dead-letter
+//! topic with its reason, nothing personal reaches the sanitized topic, and counts balance on
+//! every stage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use seqmon_model::topics::TopicRole;
@@ -13,16 +15,17 @@ use std::time::Duration;
 use seqmon_integration_tests::*;
 use seqmon_model::{decode, Alert, AlertAction, DeadLetter, MaintenanceEntry, PrivacyAudit};
 
-const STAGES: [&str; 5] = [
+const STAGES: [&str; 6] = [
     "validator",
     "privacy-enforcer",
     "feature-extractor",
     "anomaly-detector",
+    "cohort-analyzer",
     "notifier",
 ];
 
 #[test]
-fn five_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record() {
+fn the_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record() {
     let prefix = unique_prefix("e2e");
     create_topics(&prefix, 3);
     let mut services: Vec<Service> = STAGES
@@ -136,9 +139,16 @@ fn five_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record(
         m[3]["anomaly_detector_input_records_total"],
         out(2, TopicRole::Features)
     );
+    // The cohort analyzer reads what the detector re-keyed and what it passed on itself; the
+    // notifier reads both stages' anomalies.
     assert_eq!(
-        m[4]["notifier_input_records_total"],
-        out(3, TopicRole::Anomalies)
+        m[4]["cohort_analyzer_input_records_total"],
+        out(3, TopicRole::CohortSignals) + out(4, TopicRole::CohortSignals)
+    );
+    assert!(out(3, TopicRole::CohortSignals) > 0.0);
+    assert_eq!(
+        m[5]["notifier_input_records_total"],
+        out(3, TopicRole::Anomalies) + out(4, TopicRole::Anomalies)
     );
 
     // The committed topics agree with the counters.
@@ -160,25 +170,50 @@ fn five_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record(
         .filter(|a| a.action == AlertAction::OPEN)
         .collect();
     let mut fault_keys = BTreeSet::new();
+    let mut fleet_alerts = BTreeSet::new();
     for f in &faults {
         let serial = f["instrument_serial"].as_str().unwrap();
         let subsystem = f["subsystem"].as_str().unwrap();
         let start = f["start_ms"].as_i64().unwrap();
-        let hits: Vec<_> = opens
+        // Distinct alerts about the fault: its instrument's own in its subsystem, or a fleet
+        // alert listing the instrument (when it opened or in an update).
+        let hits: BTreeMap<&str, i64> = alerts
             .iter()
-            .filter(|a| a.instrument_serial == serial && format!("{:?}", a.subsystem) == subsystem)
+            .filter(|a| match &a.cohort {
+                Some(_) => a.covers(serial),
+                None => {
+                    a.action == AlertAction::OPEN
+                        && a.instrument_serial == serial
+                        && format!("{:?}", a.subsystem) == subsystem
+                }
+            })
+            .map(|a| (a.alert_id.as_str(), a.event_time_ms))
             .collect();
-        assert_eq!(hits.len(), 1, "fault {f} got {} OPEN alerts", hits.len());
+        assert_eq!(hits.len(), 1, "fault {f} got alerts {hits:?}");
         assert!(
-            hits[0].event_time_ms >= start,
+            hits.values().all(|t| *t >= start),
             "alert before the fault began: {f}"
         );
         fault_keys.insert((serial.to_string(), subsystem.to_string()));
+        fleet_alerts.extend(
+            alerts
+                .iter()
+                .filter(|a| a.cohort.is_some() && a.covers(serial))
+                .map(|a| a.alert_id.clone()),
+        );
     }
+    assert_eq!(
+        fleet_alerts.len(),
+        1,
+        "the software regression's cohort is named by one fleet alert"
+    );
     let false_alerts: Vec<_> = opens
         .iter()
-        .filter(|a| {
-            !fault_keys.contains(&(a.instrument_serial.clone(), format!("{:?}", a.subsystem)))
+        .filter(|a| match &a.cohort {
+            Some(_) => !fleet_alerts.contains(&a.alert_id),
+            None => {
+                !fault_keys.contains(&(a.instrument_serial.clone(), format!("{:?}", a.subsystem)))
+            }
         })
         .collect();
     assert!(

@@ -135,6 +135,7 @@ fn analysis_principals_are_refused_on_every_sensitive_topic() {
     for p in [
         Principal::FeatureExtractor,
         Principal::AnomalyDetector,
+        Principal::CohortAnalyzer,
         Principal::Notifier,
     ] {
         let file = format!("{}.properties", p.name());
@@ -255,6 +256,7 @@ fn the_stages_run_end_to_end_each_with_its_own_principal() {
         "privacy-enforcer",
         "feature-extractor",
         "anomaly-detector",
+        "cohort-analyzer",
         "notifier",
     ]
     .iter()

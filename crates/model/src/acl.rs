@@ -24,6 +24,8 @@ pub enum Principal {
     FeatureExtractor,
     AnomalyDetector,
     Notifier,
+    /// Re-keyed by cohort: names a lot or software version shared by deviating instruments.
+    CohortAnalyzer,
     /// Takes collectors' batches over HTTPS and writes them to raw telemetry, exactly once
     /// (its changelog holds the receipts of the batches it wrote).
     IngestGateway,
@@ -31,13 +33,14 @@ pub enum Principal {
 
 impl Principal {
     /// Every principal.
-    pub const ALL: [Principal; 7] = [
+    pub const ALL: [Principal; 8] = [
         Principal::Collector,
         Principal::Validator,
         Principal::PrivacyEnforcer,
         Principal::FeatureExtractor,
         Principal::AnomalyDetector,
         Principal::Notifier,
+        Principal::CohortAnalyzer,
         Principal::IngestGateway,
     ];
 
@@ -50,6 +53,7 @@ impl Principal {
             Principal::FeatureExtractor => "feature-extractor",
             Principal::AnomalyDetector => "anomaly-detector",
             Principal::Notifier => "notifier",
+            Principal::CohortAnalyzer => "cohort-analyzer",
             Principal::IngestGateway => "ingest-gateway",
         }
     }
@@ -146,6 +150,7 @@ pub const STAGE_TOPICS: &[(Principal, StageTopics)] = &[
             reads: &[TopicRole::Features, TopicRole::ChangelogAnomalyDetector],
             writes: &[
                 TopicRole::Anomalies,
+                TopicRole::CohortSignals,
                 TopicRole::DeadLetters,
                 TopicRole::ChangelogAnomalyDetector,
             ],
@@ -161,6 +166,19 @@ pub const STAGE_TOPICS: &[(Principal, StageTopics)] = &[
                 TopicRole::Maintenance,
                 TopicRole::DeadLetters,
                 TopicRole::ChangelogNotifier,
+            ],
+            consumes: true,
+        },
+    ),
+    (
+        Principal::CohortAnalyzer,
+        StageTopics {
+            reads: &[TopicRole::CohortSignals, TopicRole::ChangelogCohortAnalyzer],
+            writes: &[
+                TopicRole::Anomalies,
+                TopicRole::CohortSignals,
+                TopicRole::DeadLetters,
+                TopicRole::ChangelogCohortAnalyzer,
             ],
             consumes: true,
         },

@@ -248,11 +248,43 @@ pub(crate) mod tests {
             opened_at_ms: 1,
             event_time_ms: 2,
             anomaly_count: 3,
+            cohort: Some(CohortEvidence {
+                kind: CohortKind::REAGENT_KIT_LOT,
+                value: "SBS-20991".into(),
+                members: 4,
+                deviating: 3,
+                instruments: vec!["A1".into(), "A2".into(), "A3".into()],
+            }),
         };
         assert_eq!(
             decode::<Alert>(&encode(&alert).expect("encode")).expect("decode"),
             alert
         );
+        let signal = CohortSignal {
+            signal_id: "s".into(),
+            kind: CohortKind::FLOWCELL_LOT,
+            value: "FC-30001".into(),
+            instrument_serial: "A1".into(),
+            instrument_model: InstrumentModel::MISEQ,
+            event_time_ms: 9,
+            source_partition: 2,
+            source_watermark_ms: 8,
+            signal: CohortSignalKind::DEVIATION,
+            count: true,
+            decide: false,
+            route: vec![CohortKind::SOFTWARE_VERSION.key("1.2")],
+            anomaly: Some(vec![0xC3, 0x01, 7]),
+        };
+        assert_eq!(
+            decode::<CohortSignal>(&encode(&signal).expect("encode")).expect("decode"),
+            signal
+        );
+        assert_eq!(
+            CohortKind::parse_key(&signal.route[0]),
+            Some((CohortKind::SOFTWARE_VERSION, "1.2"))
+        );
+        assert_eq!(CohortKind::parse_key("unknown:x"), None);
+        assert_eq!(CohortKind::parse_key("no-colon"), None);
     }
 
     #[test]

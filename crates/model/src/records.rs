@@ -297,6 +297,7 @@ pub struct Feature {
     pub run_id: Option<String>,
     pub software_version: Option<String>,
     pub reagent_kit_lot: Option<String>,
+    pub flowcell_lot: Option<String>,
 }
 avro_record!(Feature, "feature");
 
@@ -345,8 +346,99 @@ pub struct Anomaly {
     pub predicted_limit_ms: Option<i64>,
     pub predicted_limit_earliest_ms: Option<i64>,
     pub predicted_limit_latest_ms: Option<i64>,
+    pub flowcell_lot: Option<String>,
+    pub cohort: Option<CohortEvidence>,
 }
 avro_record!(Anomaly, "anomaly");
+
+/// What the instruments of a cohort share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CohortKind {
+    UNKNOWN,
+    REAGENT_KIT_LOT,
+    FLOWCELL_LOT,
+    SOFTWARE_VERSION,
+}
+
+impl CohortKind {
+    /// The kind as cohort keys spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CohortKind::UNKNOWN => "unknown",
+            CohortKind::REAGENT_KIT_LOT => "reagent_kit_lot",
+            CohortKind::FLOWCELL_LOT => "flowcell_lot",
+            CohortKind::SOFTWARE_VERSION => "software_version",
+        }
+    }
+
+    /// Words for alert titles and parts lists.
+    pub fn label(self) -> &'static str {
+        match self {
+            CohortKind::UNKNOWN => "cohort",
+            CohortKind::REAGENT_KIT_LOT => "reagent kit lot",
+            CohortKind::FLOWCELL_LOT => "flow-cell lot",
+            CohortKind::SOFTWARE_VERSION => "control software",
+        }
+    }
+
+    /// The Kafka key of the cohort with this value on `cohort.signals`, and the
+    /// `instrument_serial` of its fleet anomalies and alerts: `kind:value`.
+    pub fn key(self, value: &str) -> String {
+        format!("{}:{value}", self.as_str())
+    }
+
+    /// The kind and value of a cohort key; `None` for a key no kind spells.
+    pub fn parse_key(key: &str) -> Option<(CohortKind, &str)> {
+        let (kind, value) = key.split_once(':')?;
+        let kind = [
+            CohortKind::REAGENT_KIT_LOT,
+            CohortKind::FLOWCELL_LOT,
+            CohortKind::SOFTWARE_VERSION,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == kind)?;
+        Some((kind, value))
+    }
+}
+
+/// Instruments sharing a lot or a software version that deviate together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CohortEvidence {
+    pub kind: CohortKind,
+    pub value: String,
+    pub members: i32,
+    pub deviating: i32,
+    pub instruments: Vec<String>,
+}
+
+/// What a cohort signal says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CohortSignalKind {
+    MEMBER,
+    DEVIATION,
+}
+
+/// Membership or deviation of one instrument in one cohort (schema `cohort_signal`, topic
+/// `cohort.signals`, keyed by [`CohortKind::key`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CohortSignal {
+    pub signal_id: String,
+    pub kind: CohortKind,
+    pub value: String,
+    pub instrument_serial: String,
+    pub instrument_model: InstrumentModel,
+    pub event_time_ms: i64,
+    pub source_partition: i32,
+    pub source_watermark_ms: i64,
+    pub signal: CohortSignalKind,
+    pub count: bool,
+    pub decide: bool,
+    /// Keys ([`CohortKind::key`]) of the cohorts still to decide, in order.
+    pub route: Vec<String>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt")]
+    pub anomaly: Option<Vec<u8>>,
+}
+avro_record!(CohortSignal, "cohort_signal");
 
 /// Alert lifecycle step.
 
@@ -373,8 +465,20 @@ pub struct Alert {
     pub opened_at_ms: i64,
     pub event_time_ms: i64,
     pub anomaly_count: i32,
+    pub cohort: Option<CohortEvidence>,
 }
 avro_record!(Alert, "alert");
+
+impl Alert {
+    /// Whether the alert is about this instrument: its own alert, or a fleet alert that lists it
+    /// among the cohort's deviating members.
+    pub fn covers(&self, serial: &str) -> bool {
+        match &self.cohort {
+            Some(c) => c.instruments.iter().any(|s| s == serial),
+            None => self.instrument_serial == serial,
+        }
+    }
+}
 
 /// Maintenance priority.
 

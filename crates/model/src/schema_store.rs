@@ -48,6 +48,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/feature/v1.avsc"),
     ),
     (
+        "feature",
+        2,
+        include_str!("../../../schemas/feature/v2.avsc"),
+    ),
+    (
         "anomaly",
         1,
         include_str!("../../../schemas/anomaly/v1.avsc"),
@@ -57,7 +62,18 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         2,
         include_str!("../../../schemas/anomaly/v2.avsc"),
     ),
+    (
+        "anomaly",
+        3,
+        include_str!("../../../schemas/anomaly/v3.avsc"),
+    ),
     ("alert", 1, include_str!("../../../schemas/alert/v1.avsc")),
+    ("alert", 2, include_str!("../../../schemas/alert/v2.avsc")),
+    (
+        "cohort_signal",
+        1,
+        include_str!("../../../schemas/cohort_signal/v1.avsc"),
+    ),
     (
         "maintenance_entry",
         1,

@@ -61,11 +61,16 @@ pub enum TopicRole {
     /// Ingest-gateway receipts: which batches (client, idempotency key) are already in
     /// `telemetry.raw`.
     ChangelogIngestGateway,
+    /// Repartition topic keyed by cohort (lot or software version): membership and deviations
+    /// of instruments, from the anomaly detector to the cohort analyzer.
+    CohortSignals,
+    /// Cohort-analyzer state.
+    ChangelogCohortAnalyzer,
 }
 
 impl TopicRole {
     /// Every role, in catalogue order.
-    pub const ALL: [TopicRole; 15] = [
+    pub const ALL: [TopicRole; 17] = [
         TopicRole::Raw,
         TopicRole::Validated,
         TopicRole::Sanitized,
@@ -81,6 +86,8 @@ impl TopicRole {
         TopicRole::ChangelogAnomalyDetector,
         TopicRole::ChangelogNotifier,
         TopicRole::ChangelogIngestGateway,
+        TopicRole::CohortSignals,
+        TopicRole::ChangelogCohortAnalyzer,
     ];
 
     /// The role's name in configuration, metrics labels and `seqmon-admin topics`: the only
@@ -102,6 +109,8 @@ impl TopicRole {
             TopicRole::ChangelogAnomalyDetector => "changelog_anomaly_detector",
             TopicRole::ChangelogNotifier => "changelog_notifier",
             TopicRole::ChangelogIngestGateway => "changelog_ingest_gateway",
+            TopicRole::CohortSignals => "cohort_signals",
+            TopicRole::ChangelogCohortAnalyzer => "changelog_cohort_analyzer",
         }
     }
 
@@ -180,6 +189,8 @@ pub const CATALOGUE: &[TopicSpec] = &[
     TopicSpec { role: TopicRole::ChangelogAnomalyDetector, name: "anomaly-detector.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Anomaly-detector baselines per instrument." },
     TopicSpec { role: TopicRole::ChangelogNotifier, name: "notifier.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Notifier open alerts per instrument." },
     TopicSpec { role: TopicRole::ChangelogIngestGateway, name: "ingest-gateway.changelog", schema: "state_snapshot", key: "SHA-256 of client identity and idempotency key", side: PrivacySide::Sensitive, cleanup: Cleanup::CompactDeleteAfterHours(INGEST_RECEIPT_HOURS), doc: "Ingest-gateway receipts: the batches already written to telemetry.raw, so a retried POST is not counted twice." },
+    TopicSpec { role: TopicRole::CohortSignals, name: "cohort.signals", schema: "cohort_signal", key: "cohort (kind:value)", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(7 * DAY), doc: "Repartition topic: instruments' membership of lot and software cohorts and their deviations, keyed by cohort so one cohort-analyzer instance sees a whole cohort." },
+    TopicSpec { role: TopicRole::ChangelogCohortAnalyzer, name: "cohort-analyzer.changelog", schema: "state_snapshot", key: "cohort (kind:value)", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Cohort-analyzer members, deviations and fleet anomalies per cohort." },
 ];
 
 /// Kafka topic configuration entries for a topic.

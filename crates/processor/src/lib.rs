@@ -187,6 +187,11 @@ pub trait Processor: Send {
     /// Handles one input record.
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError>;
 
+    /// How many partitions the input topic has: the Kafka runtime says so once, before the
+    /// first record (file and embedded runs never do: they have one). A stage that merges
+    /// several upstream partitions' clocks needs it to know whom it has not heard from yet.
+    fn on_input_partitions(&mut self, _count: usize) {}
+
     /// Input ended (file mode, embedded mode): flush what waits for more input, such as open
     /// windows. Never called in Kafka mode, where input does not end.
     fn on_end_of_input(&mut self, _out: &mut Emitter) -> Result<(), StageError> {

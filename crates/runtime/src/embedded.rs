@@ -1,7 +1,8 @@
 //! Embedded mode: the stages chained in one process with the same processor code, for `make run`
-//! and tests. A stage's output whose role is the next stage's input role is handed to it at once
-//! (depth-first, so each input's effects complete before the next input); every output, handed
-//! on or not, is also shown to the caller's sink. Offsets are per-topic counters and the partition is 0, so dead letters still
+//! and tests. A stage's output is handed at once to every stage whose input role it has (the
+//! next one, a later one such as the notifier after the detector, or the stage itself for a
+//! repartition topic it re-keys onto), depth-first, so each input's effects complete before the
+//! next input; every output, handed on or not, is also shown to the caller's sink. Offsets are per-topic counters and the partition is 0, so dead letters still
 //! say where their record came from. Nothing is lost: every record either reaches the sink, is
 //! consumed by the next stage, or becomes a dead letter that reaches the sink.
 
@@ -20,14 +21,17 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Chains the stages in order; each stage's main output must be the next one's input.
+    /// Chains the stages in order; every stage after the first must read what an earlier stage
+    /// writes.
     pub fn new(stages: Vec<Driver>) -> Result<Self, RuntimeError> {
-        for pair in stages.windows(2) {
-            let (a, b) = (pair[0].processor(), pair[1].processor());
-            if !a.output_roles().contains(&b.input_role()) {
+        for (i, d) in stages.iter().enumerate().skip(1) {
+            let b = d.processor();
+            if !stages[..i]
+                .iter()
+                .any(|a| a.processor().output_roles().contains(&b.input_role()))
+            {
                 return Err(RuntimeError::Internal(format!(
-                    "{} does not feed {}",
-                    a.stage(),
+                    "no earlier stage feeds {}",
                     b.stage()
                 )));
             }
@@ -87,14 +91,14 @@ impl Chain {
         out: Vec<Emitted>,
         sink: &mut dyn FnMut(&str, &Emitted),
     ) -> Result<(), RuntimeError> {
-        let next_role = self
-            .stages
-            .get(index + 1)
-            .map(|d| d.processor().input_role());
         for e in out {
             sink(e.role.spec().name, &e);
-            if Some(e.role) == next_role {
-                self.feed(index + 1, &e.key, &e.value, sink)?;
+            // Later stages, or this one (a repartition topic); never an earlier one, so
+            // a chain cannot cycle back through another stage.
+            for next in index..self.stages.len() {
+                if self.stages[next].processor().input_role() == e.role {
+                    self.feed(next, &e.key, &e.value, sink)?;
+                }
             }
         }
         Ok(())

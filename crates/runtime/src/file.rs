@@ -6,7 +6,10 @@
 //! dead letter `UNDECODABLE` (so is one that is not UTF-8); one that does not fit the schema is
 //! `WRONG_SCHEMA`; one longer than `--max-line-bytes` is `TOO_LARGE` (its first 4 KiB kept); the
 //! offset of a dead letter is the 1-based line number. Guarantee: every input line is either accepted or
-//! dead-lettered; nothing is dropped. A write failure stops the run with an error.
+//! dead-lettered; nothing is dropped. A write failure stops the run with an error. An output on
+//! the stage's own input role (a repartition topic it re-keys onto, as the cohort analyzer does)
+//! is written and also handed back to the stage at once, as the topic would in Kafka mode (its
+//! dead letters have offset -1).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -197,6 +200,7 @@ pub fn run_file(driver: &mut Driver, args: &FileArgs) -> Result<FileSummary, Run
                     timestamp_ms: None,
                 };
                 driver.handle(&env, &mut out, |_| {})?;
+                feed_back(driver, &mut out, &source_name)?;
             }
             Err((raw, reason, detail)) => {
                 let env = Envelope {
@@ -213,9 +217,38 @@ pub fn run_file(driver: &mut Driver, args: &FileArgs) -> Result<FileSummary, Run
         writers.write_all(&mut out, &mut summary)?;
     }
     driver.finish(&mut out)?;
+    feed_back(driver, &mut out, &source_name)?;
     writers.write_all(&mut out, &mut summary)?;
     writers.flush()?;
     Ok(summary)
+}
+
+/// Hands the outputs on the stage's own input role back to it, depth-first, until none is left.
+fn feed_back(
+    driver: &mut Driver,
+    out: &mut Vec<Emitted>,
+    source: &str,
+) -> Result<(), RuntimeError> {
+    let role = driver.processor().input_role();
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].role == role {
+            let e = out[i].clone();
+            let env = Envelope {
+                key: Some(e.key.as_bytes()),
+                value: &e.value,
+                topic: source,
+                partition: 0,
+                offset: -1,
+                timestamp_ms: None,
+            };
+            let mut more = Vec::new();
+            driver.handle(&env, &mut more, |_| {})?;
+            out.extend(more);
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 struct Writers {

@@ -307,7 +307,23 @@ impl<'a> StageLoop<'a> {
         consumer
             .subscribe(&[&topics.input])
             .map_err(RuntimeError::kafka("subscribe"))?;
-        tracing::info!(stage, input_topic = %topics.input, %group_id, %transactional_id, "exactly-once loop started");
+        let mut driver = driver;
+        let input_partitions = {
+            let mut count = 0;
+            retry("fetch input metadata", shutdown, || {
+                let md = consumer.fetch_metadata(Some(&topics.input), timeout)?;
+                count = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topics.input && t.error().is_none())
+                    .map(|t| t.partitions().len())
+                    .sum();
+                Ok(())
+            })?;
+            count
+        };
+        driver.processor_mut().on_input_partitions(input_partitions);
+        tracing::info!(stage, input_partitions, input_topic = %topics.input, %group_id, %transactional_id, "exactly-once loop started");
         Ok(StageLoop {
             driver,
             cfg,

@@ -24,12 +24,15 @@
 pub mod model;
 pub mod score;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
 use seqmon_model::specs::{self, nominal, MetricKind};
 use seqmon_model::topics::TopicRole;
-use seqmon_model::{Anomaly, AnomalySeverity, AnomalyState, Feature};
+use seqmon_model::{
+    encode, Anomaly, AnomalySeverity, AnomalyState, CohortKind, CohortSignal, CohortSignalKind,
+    Feature, Subsystem,
+};
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +93,14 @@ pub struct AnomalyConfig {
     /// Hours in a row without a forecast that withdraw a standing one.
     #[arg(long, env = "ANOMALY_PREDICTION_CLEAR_HOURS", default_value_t = 6)]
     pub prediction_clear_hours: u32,
+    /// Minutes of event time between an instrument's membership signals to each of its cohorts
+    /// (lots, software version) on `cohort.signals`; a new lot or version is signalled at once.
+    #[arg(long, env = "ANOMALY_COHORT_HEARTBEAT_MINUTES", default_value_t = 60)]
+    pub cohort_heartbeat_minutes: i64,
+    /// Minutes of event time an instrument may fall behind the fastest of its partition and still
+    /// hold back the low watermark cohort signals carry (beyond it, it is silent).
+    #[arg(long, env = "ANOMALY_COHORT_LAG_MINUTES", default_value_t = 360)]
+    pub cohort_lag_minutes: i64,
 }
 
 impl Default for AnomalyConfig {
@@ -149,6 +160,12 @@ impl AnomalyConfig {
         if self.prediction_clear_hours == 0 {
             return bad("prediction_clear_hours", "must be at least 1");
         }
+        if !(1..=24 * 60).contains(&self.cohort_heartbeat_minutes) {
+            return bad("cohort_heartbeat_minutes", "must be 1 to 1440 minutes");
+        }
+        if !(1..=7 * 24 * 60).contains(&self.cohort_lag_minutes) {
+            return bad("cohort_lag_minutes", "must be 1 to 10080 minutes (a week)");
+        }
         Ok(())
     }
 }
@@ -173,6 +190,121 @@ struct Episode {
     #[serde(default)]
     earliest_ms: Option<i64>,
     normal_in_a_row: u32,
+    /// Cohort keys the episode's records go to (the first decides), fixed when it opens so its
+    /// clearing reaches the cohorts its opening reached even after a new lot; empty: straight to
+    /// `anomalies`.
+    #[serde(default)]
+    cohorts: Vec<String>,
+}
+
+/// The cohorts an instrument last told it belongs to: kind → (value, event time of the last
+/// membership signal). State key `~cohorts/<serial>`, on the instrument's partition.
+type Memberships = BTreeMap<CohortKind, (String, i64)>;
+const COHORTS_KEY_PREFIX: &str = "~cohorts/";
+
+/// The latest window end of each instrument of one input partition, for the partition's low
+/// watermark on cohort signals: features of an instrument that was silent or is catching up
+/// come after other instruments' later ones, so the latest event time seen is no bound. Kept
+/// in memory: after a restart it refills as instruments send (until a slow instrument is seen
+/// again the low watermark may run ahead of it; the cohort analyzer then decides early, which
+/// can add an instrument's own alert beside a fleet alert, never lose one).
+#[derive(Debug, Default)]
+struct Progress {
+    latest: BTreeMap<String, i64>,
+    order: BTreeSet<(i64, String)>,
+}
+
+impl Progress {
+    fn observe(&mut self, serial: &str, t: i64) {
+        match self.latest.get(serial) {
+            Some(&old) if old >= t => return,
+            Some(&old) => {
+                self.order.remove(&(old, serial.to_string()));
+            }
+            None => {}
+        }
+        self.latest.insert(serial.to_string(), t);
+        self.order.insert((t, serial.to_string()));
+    }
+
+    /// The slowest instrument's latest window end, leaving out those more than `lag_ms` behind
+    /// the fastest.
+    fn low_watermark(&self, lag_ms: i64) -> i64 {
+        let Some((fastest, _)) = self.order.iter().next_back() else {
+            return i64::MIN;
+        };
+        let floor = fastest.saturating_sub(lag_ms);
+        self.order
+            .range((floor, String::new())..)
+            .next()
+            .map_or(i64::MIN, |(t, _)| *t)
+    }
+}
+
+/// The cohorts whose members share a cause of this metric's departures, in deciding order: a
+/// run-quality figure is the reagent lot's or the flow cell's, an error rate the software's.
+fn cohort_kinds(kind: Option<MetricKind>, subsystem: Subsystem) -> &'static [CohortKind] {
+    match kind {
+        Some(MetricKind::RunQuality) => &[CohortKind::REAGENT_KIT_LOT, CohortKind::FLOWCELL_LOT],
+        Some(MetricKind::Count) if subsystem == Subsystem::SOFTWARE => {
+            &[CohortKind::SOFTWARE_VERSION]
+        }
+        _ => &[],
+    }
+}
+
+/// The value of a cohort kind in a feature's context.
+fn cohort_value(f: &Feature, kind: CohortKind) -> Option<&str> {
+    match kind {
+        CohortKind::REAGENT_KIT_LOT => f.reagent_kit_lot.as_deref(),
+        CohortKind::FLOWCELL_LOT => f.flowcell_lot.as_deref(),
+        CohortKind::SOFTWARE_VERSION => f.software_version.as_deref(),
+        CohortKind::UNKNOWN => None,
+    }
+    .filter(|v| !v.is_empty())
+}
+
+/// Sends an instrument's anomaly: straight to `anomalies`, or, for a metric a cohort may cause,
+/// to each of its cohorts on `cohort.signals` (all count it, the first decides; see the cohort
+/// analyzer).
+fn send_anomaly(
+    out: &mut Emitter,
+    (partition, low_watermark): (i32, i64),
+    cohorts: &[String],
+    a: &Anomaly,
+) -> Result<(), StageError> {
+    let Some((first, rest)) = cohorts.split_first() else {
+        return out.emit(TopicRole::Anomalies, &a.instrument_serial, a);
+    };
+    let bytes = encode(a)?;
+    for (i, key) in std::iter::once(first).chain(rest).enumerate() {
+        let Some((kind, value)) = CohortKind::parse_key(key) else {
+            continue;
+        };
+        out.emit(
+            TopicRole::CohortSignals,
+            key,
+            &CohortSignal {
+                signal_id: format!(
+                    "{key}:{}:{}:{}:{:?}",
+                    a.instrument_serial, a.metric, a.window_end_ms, a.state
+                ),
+                kind,
+                value: value.to_string(),
+                instrument_serial: a.instrument_serial.clone(),
+                instrument_model: a.instrument_model,
+                event_time_ms: a.window_end_ms,
+                source_partition: partition,
+                source_watermark_ms: low_watermark,
+                signal: CohortSignalKind::DEVIATION,
+                count: true,
+                decide: i == 0,
+                route: if i == 0 { rest.to_vec() } else { Vec::new() },
+                anomaly: Some(bytes.clone()),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// The typical window spread of one metric on one model, learnt from the normal windows of the
@@ -198,6 +330,10 @@ pub struct AnomalyDetector {
     instruments: BTreeMap<String, BTreeMap<String, MetricState>>,
     /// Per input partition, per "model/metric".
     fleet: BTreeMap<i32, BTreeMap<String, FleetSpread>>,
+    /// Per instrument, the cohorts it last signalled.
+    memberships: BTreeMap<String, Memberships>,
+    /// Per input partition, its instruments' progress (not persisted; see [`Progress`]).
+    progress: BTreeMap<i32, Progress>,
 }
 
 /// Severity of a present anomaly.
@@ -246,6 +382,8 @@ impl AnomalyDetector {
             cfg,
             instruments: BTreeMap::new(),
             fleet: BTreeMap::new(),
+            memberships: BTreeMap::new(),
+            progress: BTreeMap::new(),
         }
     }
 }
@@ -258,7 +396,7 @@ impl Processor for AnomalyDetector {
         TopicRole::Features
     }
     fn output_roles(&self) -> &'static [TopicRole] {
-        &[TopicRole::Anomalies]
+        &[TopicRole::Anomalies, TopicRole::CohortSignals]
     }
     fn changelog_role(&self) -> Option<TopicRole> {
         Some(TopicRole::ChangelogAnomalyDetector)
@@ -269,6 +407,56 @@ impl Processor for AnomalyDetector {
             return Ok(());
         };
         let cfg = &self.cfg;
+        let source = {
+            let progress = self.progress.entry(input.partition).or_default();
+            progress.observe(&f.instrument_serial, f.window_end_ms);
+            (
+                input.partition,
+                progress.low_watermark(cfg.cohort_lag_minutes * 60_000),
+            )
+        };
+        // Membership of the instrument's cohorts: at once for a new lot or version, hourly after.
+        let memberships = self
+            .memberships
+            .entry(f.instrument_serial.clone())
+            .or_default();
+        for kind in [
+            CohortKind::REAGENT_KIT_LOT,
+            CohortKind::FLOWCELL_LOT,
+            CohortKind::SOFTWARE_VERSION,
+        ] {
+            let Some(value) = cohort_value(&f, kind) else {
+                continue;
+            };
+            let due = memberships.get(&kind).is_none_or(|(was, at)| {
+                was != value || f.window_end_ms >= at + cfg.cohort_heartbeat_minutes * 60_000
+            });
+            if !due {
+                continue;
+            }
+            let key = kind.key(value);
+            out.emit(
+                TopicRole::CohortSignals,
+                &key,
+                &CohortSignal {
+                    signal_id: format!("{key}:{}:{}:MEMBER", f.instrument_serial, f.window_end_ms),
+                    kind,
+                    value: value.to_string(),
+                    instrument_serial: f.instrument_serial.clone(),
+                    instrument_model: f.instrument_model,
+                    event_time_ms: f.window_end_ms,
+                    source_partition: input.partition,
+                    source_watermark_ms: source.1,
+                    signal: CohortSignalKind::MEMBER,
+                    count: false,
+                    decide: false,
+                    route: Vec::new(),
+                    anomaly: None,
+                },
+            )?;
+            memberships.insert(kind, (value.to_string(), f.window_end_ms));
+            out.state_changed(&format!("{COHORTS_KEY_PREFIX}{}", f.instrument_serial));
+        }
         let kind = specs::metric(&f.metric).map(|m| m.kind);
         let continuous =
             kind == Some(MetricKind::Sensor) && (f.spec_low.is_some() || f.spec_high.is_some());
@@ -286,6 +474,14 @@ impl Processor for AnomalyDetector {
             .or_default()
             .entry(f.metric.clone())
             .or_default();
+        // An episode keeps the cohorts it opened with.
+        let route: Vec<String> = match &m.episode {
+            Some(e) => e.cohorts.clone(),
+            None => cohort_kinds(kind, f.subsystem)
+                .iter()
+                .filter_map(|k| cohort_value(&f, *k).map(|v| k.key(v)))
+                .collect(),
+        };
         let v = m.series.observe(
             &Observation {
                 end_ms: f.window_end_ms,
@@ -343,6 +539,8 @@ impl Processor for AnomalyDetector {
             predicted_limit_ms: p.map(|p| p.crossing_ms),
             predicted_limit_earliest_ms: p.map(|p| p.earliest_ms),
             predicted_limit_latest_ms: p.and_then(|p| p.latest_ms),
+            flowcell_lot: f.flowcell_lot.clone(),
+            cohort: None,
         };
         if v.anomalous() {
             let severity = active_severity(&v, &f, cfg);
@@ -358,9 +556,10 @@ impl Processor for AnomalyDetector {
                 .as_ref()
                 .is_none_or(|e| e.predicted_only || severity > e.severity);
             if rises {
-                out.emit(
-                    TopicRole::Anomalies,
-                    &f.instrument_serial,
+                send_anomaly(
+                    out,
+                    source,
+                    &route,
                     &record(
                         AnomalyState::ACTIVE,
                         v.rule(),
@@ -375,6 +574,7 @@ impl Processor for AnomalyDetector {
                 predicted_only: false,
                 earliest_ms: None,
                 normal_in_a_row: 0,
+                cohorts: route.clone(),
             });
             e.severity = e.severity.max(severity);
             e.predicted_only = false;
@@ -396,9 +596,10 @@ impl Processor for AnomalyDetector {
                 }
             };
             if send {
-                out.emit(
-                    TopicRole::Anomalies,
-                    &f.instrument_serial,
+                send_anomaly(
+                    out,
+                    source,
+                    &route,
                     &record(
                         AnomalyState::PREDICTED,
                         "trend_to_limit",
@@ -413,6 +614,7 @@ impl Processor for AnomalyDetector {
                 predicted_only: true,
                 earliest_ms: None,
                 normal_in_a_row: 0,
+                cohorts: route.clone(),
             });
             if send {
                 e.earliest_ms = Some(p.earliest_ms);
@@ -429,9 +631,10 @@ impl Processor for AnomalyDetector {
                 if e.normal_in_a_row >= cfg.clear_windows {
                     m.episode = None;
                     m.series.reset_change();
-                    out.emit(
-                        TopicRole::Anomalies,
-                        &f.instrument_serial,
+                    send_anomaly(
+                        out,
+                        source,
+                        &route,
                         &record(
                             AnomalyState::CLEARED,
                             "cleared",
@@ -464,6 +667,14 @@ impl Processor for AnomalyDetector {
                 .transpose()
                 .map_err(fail);
         }
+        if let Some(serial) = key.strip_prefix(COHORTS_KEY_PREFIX) {
+            return self
+                .memberships
+                .get(serial)
+                .map(serde_json::to_vec)
+                .transpose()
+                .map_err(fail);
+        }
         self.instruments
             .get(key)
             .map(serde_json::to_vec)
@@ -484,6 +695,11 @@ impl Processor for AnomalyDetector {
             self.fleet.insert(p, s);
             return Ok(());
         }
+        if let Some(serial) = key.strip_prefix(COHORTS_KEY_PREFIX) {
+            let s = serde_json::from_slice(state).map_err(|e| fail(e.to_string()))?;
+            self.memberships.insert(serial.to_string(), s);
+            return Ok(());
+        }
         let s = serde_json::from_slice(state).map_err(|e| fail(e.to_string()))?;
         self.instruments.insert(key.to_string(), s);
         Ok(())
@@ -492,6 +708,8 @@ impl Processor for AnomalyDetector {
     fn clear_state(&mut self) {
         self.instruments.clear();
         self.fleet.clear();
+        self.memberships.clear();
+        self.progress.clear();
     }
 
     fn state_keys(&self) -> Vec<String> {
@@ -499,6 +717,11 @@ impl Processor for AnomalyDetector {
             .keys()
             .cloned()
             .chain(self.fleet.keys().map(|p| format!("{FLEET_KEY_PREFIX}{p}")))
+            .chain(
+                self.memberships
+                    .keys()
+                    .map(|k| format!("{COHORTS_KEY_PREFIX}{k}")),
+            )
             .collect()
     }
 }
@@ -530,6 +753,7 @@ mod tests {
             run_id: None,
             software_version: None,
             reagent_kit_lot: None,
+            flowcell_lot: None,
         })
         .unwrap()
     }
@@ -550,6 +774,95 @@ mod tests {
             .iter()
             .map(|e| decode(&e.value).unwrap())
             .collect()
+    }
+
+    fn run_quality(i: i64, level: f64, lot: &str) -> Vec<u8> {
+        let mut f: Feature = decode(&feature(i, level, 0.0)).unwrap();
+        f.subsystem = Subsystem::CHEMISTRY;
+        f.metric = "pct_q30".into();
+        f.spec_low = Some(75.0);
+        f.spec_high = None;
+        f.variability = 0.5;
+        f.reagent_kit_lot = Some(lot.into());
+        f.flowcell_lot = Some("FC-30001".into());
+        f.software_version = Some("1.7.5".into());
+        encode(&f).unwrap()
+    }
+
+    fn feed_all(d: &mut AnomalyDetector, bytes: &[u8]) -> Vec<seqmon_processor::Emitted> {
+        let env = Envelope {
+            key: Some(b"A00001"),
+            value: bytes,
+            topic: TopicRole::Features.spec().name,
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+        };
+        let mut out = Emitter::default();
+        d.process(&env, &mut out).unwrap();
+        out.take().0
+    }
+
+    #[test]
+    fn a_run_quality_departure_goes_to_its_cohorts_and_its_clearing_follows_it() {
+        let mut d = AnomalyDetector::default();
+        let lot = CohortKind::REAGENT_KIT_LOT.key("SBS-1");
+        let fc = CohortKind::FLOWCELL_LOT.key("FC-30001");
+        // Membership: each cohort once at the start, then hourly (12 five-minute windows).
+        let mut members = Vec::new();
+        for i in 0..24 {
+            for e in feed_all(
+                &mut d,
+                &run_quality(i, 90.0 + (i % 2) as f64 * 0.2, "SBS-1"),
+            ) {
+                assert_eq!(e.role, TopicRole::CohortSignals, "quiet: no anomalies");
+                let s: CohortSignal = decode(&e.value).unwrap();
+                assert_eq!(s.signal, CohortSignalKind::MEMBER);
+                members.push((e.key, s.event_time_ms));
+            }
+        }
+        assert_eq!(
+            members.len(),
+            6,
+            "three cohorts at the start and an hour later"
+        );
+        // A collapse: no anomaly record of its own, a deviation for each lot cohort instead.
+        let out = feed_all(&mut d, &run_quality(24, 60.0, "SBS-1"));
+        assert!(
+            out.iter().all(|e| e.role == TopicRole::CohortSignals),
+            "{out:?}"
+        );
+        let devs: Vec<(String, CohortSignal)> = out
+            .iter()
+            .map(|e| (e.key.clone(), decode::<CohortSignal>(&e.value).unwrap()))
+            .filter(|(_, s)| s.signal == CohortSignalKind::DEVIATION)
+            .collect();
+        assert_eq!(devs.len(), 2);
+        assert_eq!(devs[0].0, lot);
+        assert!(devs[0].1.decide && devs[0].1.count && devs[0].1.route == [fc.clone()]);
+        assert_eq!(devs[1].0, fc);
+        assert!(!devs[1].1.decide && devs[1].1.count && devs[1].1.route.is_empty());
+        let a: Anomaly = decode(devs[0].1.anomaly.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            (a.state, a.metric.as_str()),
+            (AnomalyState::ACTIVE, "pct_q30")
+        );
+        // A new lot, then recovery: the clearing goes to the cohorts the episode opened in.
+        let mut cleared_to = Vec::new();
+        for i in 25..60 {
+            for e in feed_all(
+                &mut d,
+                &run_quality(i, 90.0 + (i % 2) as f64 * 0.2, "SBS-2"),
+            ) {
+                let s: CohortSignal = decode(&e.value).unwrap();
+                if s.signal == CohortSignalKind::DEVIATION {
+                    let a: Anomaly = decode(s.anomaly.as_ref().unwrap()).unwrap();
+                    assert_eq!(a.state, AnomalyState::CLEARED);
+                    cleared_to.push(e.key);
+                }
+            }
+        }
+        assert_eq!(cleared_to, [lot, fc]);
     }
 
     #[test]

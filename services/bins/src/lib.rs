@@ -1,2 +1,3 @@
-//! No library code: the binaries in `src/bin/` are the five stage services
-//! (`validator`, `privacy-enforcer`, `feature-extractor`, `anomaly-detector`, `notifier`).
+//! No library code: the binaries in `src/bin/` are the stage services
+//! (`validator`, `privacy-enforcer`, `feature-extractor`, `anomaly-detector`, `cohort-analyzer`,
+//! `notifier`).

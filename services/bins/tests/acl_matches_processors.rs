@@ -39,6 +39,10 @@ fn every_stage_principal_has_exactly_the_topics_its_processor_uses() {
             Box::new(seqmon_anomaly_detector::AnomalyDetector::default()),
         ),
         (
+            Principal::CohortAnalyzer,
+            Box::new(seqmon_cohort_analyzer::CohortAnalyzer::default()),
+        ),
+        (
             Principal::Notifier,
             Box::new(seqmon_notifier::Notifier::default()),
         ),

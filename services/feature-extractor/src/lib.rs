@@ -146,6 +146,7 @@ struct InstrumentState {
     model: Option<InstrumentModel>,
     software_version: Option<String>,
     reagent_kit_lot: Option<String>,
+    flowcell_lot: Option<String>,
     run_id: Option<String>,
     max_event_time_ms: i64,
     /// Windows ending at or before this are closed.
@@ -172,6 +173,9 @@ struct StoredState<S> {
     /// Added later: absent in states written before stuck-sensor detection.
     #[serde(default)]
     repeats: Vec<(String, (f64, u32))>,
+    /// Added later: absent in states written before cohorts.
+    #[serde(default)]
+    flowcell_lot: Option<S>,
 }
 
 /// The feature-extractor processor.
@@ -272,6 +276,7 @@ impl FeatureExtractor {
                 run_id: st.run_id.clone(),
                 software_version: st.software_version.clone(),
                 reagent_kit_lot: st.reagent_kit_lot.clone(),
+                flowcell_lot: st.flowcell_lot.clone(),
             };
             out.emit(TopicRole::Features, serial, &feature)?;
             st.closed_until_ms = st.closed_until_ms.max(start + window);
@@ -407,6 +412,7 @@ impl Processor for FeatureExtractor {
                     .run_configuration
                     .as_ref()
                     .map(|c| c.reagent_kit_lot.clone());
+                st.flowcell_lot = t.run_configuration.as_ref().map(|c| c.flowcell_lot.clone());
                 st.run_id = t.run_id.clone();
             }
         }
@@ -445,6 +451,7 @@ impl Processor for FeatureExtractor {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             repeats: st.repeats.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            flowcell_lot: st.flowcell_lot.as_deref(),
         };
         serde_json::to_vec(&stored)
             .map(Some)
@@ -466,6 +473,7 @@ impl Processor for FeatureExtractor {
                 model: stored.model,
                 software_version: stored.software_version,
                 reagent_kit_lot: stored.reagent_kit_lot,
+                flowcell_lot: stored.flowcell_lot,
                 run_id: stored.run_id,
                 max_event_time_ms: stored.max_event_time_ms,
                 closed_until_ms: stored.closed_until_ms,

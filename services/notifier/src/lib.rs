@@ -108,6 +108,9 @@ pub struct Notifier {
 
 /// The part most likely at fault, as the alert names it.
 pub fn suspected_part(a: &Anomaly) -> String {
+    if let Some(c) = &a.cohort {
+        return format!("{} {}", c.kind.label(), c.value);
+    }
     let rising = a.observed_level > a.baseline_level;
     if let Some(part) = Part::for_metric(&a.metric, rising) {
         return part.label().into();
@@ -229,7 +232,26 @@ impl Notifier {
                 hours_from(a.window_end_ms, crossing)
             ),
             (AlertAction::OPEN, ..) => "opened".to_string(),
+            (AlertAction::UPDATE, ..) if a.cohort.is_some() => "updated".to_string(),
             (AlertAction::UPDATE, ..) => "worsened".to_string(),
+        };
+        let title = match &a.cohort {
+            Some(c) => format!(
+                "Fleet {} {}: {} of {} instruments deviate together ({}); {verb}",
+                c.kind.label(),
+                c.value,
+                c.deviating,
+                c.members,
+                a.metric
+            ),
+            None => format!(
+                "{:?} {} {}: {} {verb}; suspected {}",
+                a.instrument_model,
+                a.instrument_serial,
+                a.subsystem.label(),
+                a.metric,
+                open.suspected_part
+            ),
         };
         Alert {
             alert_id: open.alert_id.clone(),
@@ -240,18 +262,12 @@ impl Notifier {
             severity: open.severity,
             metric: a.metric.clone(),
             score: open.score,
-            title: format!(
-                "{:?} {} {}: {} {verb}; suspected {}",
-                a.instrument_model,
-                a.instrument_serial,
-                a.subsystem.label(),
-                a.metric,
-                open.suspected_part
-            ),
+            title,
             suspected_part: open.suspected_part.clone(),
             opened_at_ms: open.opened_at_ms,
             event_time_ms: a.window_end_ms,
             anomaly_count: open.anomaly_count,
+            cohort: a.cohort.clone(),
         }
     }
 }
@@ -287,6 +303,9 @@ impl Processor for Notifier {
             return Ok(());
         };
         let serial = a.instrument_serial.clone();
+        // A fleet anomaly (the cohort analyzer's) names a lot or version: one alert for the
+        // cohort, no maintenance visit (the remedy is a lot recall or a software rollback).
+        let fleet = a.cohort.is_some();
         let existing = self
             .open
             .get(&serial)
@@ -311,11 +330,13 @@ impl Processor for Notifier {
                     &serial,
                     &Self::alert(&a, &alert, AlertAction::OPEN),
                 )?;
-                out.emit(
-                    TopicRole::Maintenance,
-                    &serial,
-                    &Self::maintenance(&a, &alert, due),
-                )?;
+                if !fleet {
+                    out.emit(
+                        TopicRole::Maintenance,
+                        &serial,
+                        &Self::maintenance(&a, &alert, due),
+                    )?;
+                }
                 self.open
                     .entry(serial.clone())
                     .or_default()
@@ -325,8 +346,9 @@ impl Processor for Notifier {
                 alert.anomaly_count += 1;
                 alert.active_metrics.insert(a.metric.clone());
                 alert.score = alert.score.max(a.score);
-                if a.severity > alert.severity {
-                    alert.severity = a.severity;
+                // A fleet anomaly is re-sent only when its members change: each is news.
+                if a.severity > alert.severity || fleet {
+                    alert.severity = alert.severity.max(a.severity);
                     out.emit(
                         TopicRole::Alerts,
                         &serial,
@@ -336,7 +358,7 @@ impl Processor for Notifier {
                 // The same entry again when the work became more urgent, never a second one.
                 let (p, due) = self.plan(&a);
                 let earlier = alert.due_by_ms.is_none_or(|was| due < was - HOUR_MS);
-                if p < alert.priority || earlier {
+                if !fleet && (p < alert.priority || earlier) {
                     alert.priority = alert.priority.min(p);
                     let due = alert.due_by_ms.map_or(due, |was| was.min(due));
                     alert.due_by_ms = Some(due);
@@ -353,6 +375,10 @@ impl Processor for Notifier {
             }
             (AnomalyState::CLEARED, Some(mut alert)) => {
                 alert.active_metrics.remove(&a.metric);
+                if fleet {
+                    // The cohort cleared as a whole, whichever metric named it.
+                    alert.active_metrics.clear();
+                }
                 if alert.active_metrics.is_empty() {
                     out.emit(
                         TopicRole::Alerts,
@@ -449,6 +475,8 @@ mod tests {
             predicted_limit_ms: None,
             predicted_limit_earliest_ms: None,
             predicted_limit_latest_ms: None,
+            flowcell_lot: None,
+            cohort: None,
         })
         .unwrap()
     }
@@ -466,6 +494,44 @@ mod tests {
         a.predicted_limit_earliest_ms = Some(t + earliest_h * HOUR_MS);
         a.predicted_limit_ms = Some(t + earliest_h * 2 * HOUR_MS);
         encode(&a).unwrap()
+    }
+
+    #[test]
+    fn a_fleet_anomaly_is_one_alert_naming_the_lot_with_no_visit() {
+        use seqmon_model::{CohortEvidence, CohortKind};
+        let mut n = Notifier::default();
+        let fleet = |state: AnomalyState, deviating: i32, t: i64| {
+            let mut a: Anomaly =
+                decode(&anomaly("pct_q30", state, AnomalySeverity::HIGH, t, 70.0)).unwrap();
+            a.instrument_serial = CohortKind::REAGENT_KIT_LOT.key("SBS-20991");
+            a.subsystem = Subsystem::CHEMISTRY;
+            a.cohort = Some(CohortEvidence {
+                kind: CohortKind::REAGENT_KIT_LOT,
+                value: "SBS-20991".into(),
+                members: 6,
+                deviating,
+                instruments: (0..deviating).map(|i| format!("A0010{i}")).collect(),
+            });
+            encode(&a).unwrap()
+        };
+        let (a, m) = feed(&mut n, &fleet(AnomalyState::ACTIVE, 3, 1000));
+        assert_eq!((a.len(), a[0].action), (1, AlertAction::OPEN));
+        assert!(m.is_empty(), "a lot is recalled, not visited");
+        assert_eq!(a[0].suspected_part, "reagent kit lot SBS-20991");
+        assert!(Part::ReagentLot.named_by(&a[0].suspected_part));
+        assert!(a[0].title.contains("3 of 6 instruments"), "{}", a[0].title);
+        assert!(a[0].covers("A00102") && !a[0].covers("A00105"));
+        // More members: the same alert, updated with the new list.
+        let (a2, m2) = feed(&mut n, &fleet(AnomalyState::ACTIVE, 5, 2000));
+        assert_eq!((a2.len(), a2[0].action), (1, AlertAction::UPDATE));
+        assert_eq!(a2[0].alert_id, a[0].alert_id);
+        assert!(m2.is_empty() && a2[0].covers("A00104"));
+        // The cohort clears as a whole, whichever metric named it.
+        let mut cleared: Anomaly = decode(&fleet(AnomalyState::CLEARED, 0, 3000)).unwrap();
+        cleared.metric = "cohort".into();
+        let (a3, _) = feed(&mut n, &encode(&cleared).unwrap());
+        assert_eq!((a3.len(), a3[0].action), (1, AlertAction::RESOLVE));
+        assert!(n.state_keys().is_empty());
     }
 
     #[test]

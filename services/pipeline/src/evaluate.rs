@@ -49,14 +49,21 @@ pub fn outcomes(
         .iter()
         .filter(|a| a.action == AlertAction::OPEN)
         .collect();
+    // A fleet alert reaches an instrument when it opens or when an update lists it.
+    let reaches: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| {
+            a.action == AlertAction::OPEN || (a.cohort.is_some() && a.action == AlertAction::UPDATE)
+        })
+        .collect();
     let outcomes = faults
         .iter()
         .map(|f| {
             let from = f.start_ms.max(sim_start_ms);
             let until = f.repaired_ms.unwrap_or(i64::MAX);
-            let first = opens.iter().find(|a| {
-                a.instrument_serial == f.instrument_serial
-                    && a.subsystem == f.subsystem
+            let first = reaches.iter().find(|a| {
+                a.covers(&f.instrument_serial)
+                    && (a.subsystem == f.subsystem || a.cohort.is_some())
                     && a.event_time_ms >= from
                     && a.event_time_ms < until
             });
@@ -89,12 +96,71 @@ pub fn outcomes(
         .iter()
         .map(|f| (f.instrument_serial.as_str(), f.subsystem))
         .collect();
+    // A fleet alert is false when none of the instruments it lists has a fault.
     let false_alerts = opens
         .into_iter()
-        .filter(|a| !faulty.contains(&(a.instrument_serial.as_str(), a.subsystem)))
+        .filter(|a| match &a.cohort {
+            Some(c) => !c
+                .instruments
+                .iter()
+                .any(|s| faults.iter().any(|f| &f.instrument_serial == s)),
+            None => !faulty.contains(&(a.instrument_serial.as_str(), a.subsystem)),
+        })
         .cloned()
         .collect();
     (outcomes, false_alerts)
+}
+
+/// How one fleet cause (a bad lot, a software regression) reached the service team.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetCauseOutcome {
+    /// Which scenario.
+    pub scenario: Scenario,
+    /// Instruments it hit.
+    pub victims: usize,
+    /// Alerts opened about them while it lasted: fleet alerts listing any of them plus their
+    /// own alerts in its subsystem. One is the goal: the cause, named once.
+    pub alerts: usize,
+    /// Victims a fleet alert listed.
+    pub covered_by_fleet_alert: usize,
+}
+
+/// Per fleet scenario in a run, the alerts it caused.
+pub fn fleet_causes(faults: &[FaultTruth], alerts: &[Alert]) -> Vec<FleetCauseOutcome> {
+    let mut by_scenario: BTreeMap<Scenario, Vec<&FaultTruth>> = BTreeMap::new();
+    for f in faults.iter().filter(|f| f.class == FaultClass::Fleet) {
+        by_scenario.entry(f.scenario).or_default().push(f);
+    }
+    by_scenario
+        .into_iter()
+        .map(|(scenario, victims)| {
+            let from = victims.iter().map(|f| f.start_ms).min().unwrap_or(0);
+            let hit = |a: &Alert| {
+                victims.iter().any(|f| {
+                    a.covers(&f.instrument_serial)
+                        && (a.cohort.is_some() || a.subsystem == f.subsystem)
+                })
+            };
+            let opened = alerts
+                .iter()
+                .filter(|a| a.action == AlertAction::OPEN && a.event_time_ms >= from && hit(a))
+                .count();
+            let covered_by_fleet_alert = victims
+                .iter()
+                .filter(|f| {
+                    alerts
+                        .iter()
+                        .any(|a| a.cohort.is_some() && a.covers(&f.instrument_serial))
+                })
+                .count();
+            FleetCauseOutcome {
+                scenario,
+                victims: victims.len(),
+                alerts: opened,
+                covered_by_fleet_alert,
+            }
+        })
+        .collect()
 }
 
 /// One simulated fleet run through the five stages.
@@ -121,6 +187,8 @@ pub struct RunResult {
     /// Instrument-hours the false alerts are counted over (fault-free instruments only for a
     /// faulty fleet).
     pub clean_instrument_hours: f64,
+    /// Per fleet cause, how many alerts it took.
+    pub fleet_causes: Vec<FleetCauseOutcome>,
 }
 
 /// Simulates one fleet and runs it through the five stages in one process, tick by tick, so a
@@ -172,6 +240,7 @@ pub fn run_fleet(cfg: &FleetConfig) -> Result<RunResult, RuntimeError> {
         false_alerts: false_alerts.len() as u64,
         false_alert_metrics,
         clean_instrument_hours: clean as f64 * cfg.duration_hours,
+        fleet_causes: fleet_causes(&truth, &collected.alerts),
     })
 }
 
@@ -189,10 +258,20 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(r.faults.len(), 14);
+        // Eleven own faults, two bad-lot and three software-rollout instruments.
+        assert_eq!(r.faults.len(), 16);
         let missed: Vec<_> = r.faults.iter().filter(|f| !f.detected).collect();
         assert!(missed.is_empty(), "missed {missed:?}");
         let wrong: Vec<_> = r.faults.iter().filter(|f| !f.part_right).collect();
         assert!(wrong.is_empty(), "wrong part {wrong:?}");
+        // The rollout (three instruments) is named once, by a fleet alert listing them all.
+        let rollout = r
+            .fleet_causes
+            .iter()
+            .find(|c| c.scenario == Scenario::SoftwareRegression)
+            .expect("a rollout");
+        assert_eq!((rollout.victims, rollout.alerts), (3, 1));
+        assert_eq!(rollout.covered_by_fleet_alert, 3);
+        assert_eq!(r.false_alerts, 0);
     }
 }

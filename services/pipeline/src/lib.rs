@@ -2,13 +2,14 @@
 //! simulator or a telemetry JSON-lines file: what `make run` runs. Also scores detection against
 //! the simulator's ground truth.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use seqmon_anomaly_detector::AnomalyDetector;
+use seqmon_cohort_analyzer::CohortAnalyzer;
 use seqmon_feature_extractor::FeatureExtractor;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
-    decode, Alert, AlertAction, Anomaly, AnomalyState, MaintenanceEntry, PrivacyAction, Subsystem,
+    decode, Alert, AlertAction, Anomaly, AnomalyState, MaintenanceEntry, PrivacyAction,
 };
 use seqmon_notifier::Notifier;
 use seqmon_privacy_enforcer::PrivacyEnforcer;
@@ -20,18 +21,19 @@ use seqmon_validator::Validator;
 pub mod evaluate;
 use serde::Serialize;
 
-/// The five stages with default settings, chained.
+/// The five stages and the cohort analyzer with default settings, chained.
 pub fn default_chain() -> Result<Chain, RuntimeError> {
     Chain::new(vec![
         Driver::new(Box::new(Validator::default())),
         Driver::new(Box::new(PrivacyEnforcer::default())),
         Driver::new(Box::new(FeatureExtractor::default())),
         Driver::new(Box::new(AnomalyDetector::default())),
+        Driver::new(Box::new(CohortAnalyzer::default())),
         Driver::new(Box::new(Notifier::default())),
     ])
 }
 
-/// The five stages for replaying recorded or historic telemetry: the validator accepts events of
+/// The stages for replaying recorded or historic telemetry: the validator accepts events of
 /// any age (their timestamps are checked for the future and for clock skew only).
 pub fn historic_chain() -> Result<Chain, RuntimeError> {
     let validator = seqmon_validator::ValidatorConfig {
@@ -43,6 +45,7 @@ pub fn historic_chain() -> Result<Chain, RuntimeError> {
         Driver::new(Box::new(PrivacyEnforcer::default())),
         Driver::new(Box::new(FeatureExtractor::default())),
         Driver::new(Box::new(AnomalyDetector::default())),
+        Driver::new(Box::new(CohortAnalyzer::default())),
         Driver::new(Box::new(Notifier::default())),
     ])
 }
@@ -140,7 +143,9 @@ impl Collected {
             | TopicRole::ChangelogFeatureExtractor
             | TopicRole::ChangelogAnomalyDetector
             | TopicRole::ChangelogNotifier
-            | TopicRole::ChangelogIngestGateway => None,
+            | TopicRole::ChangelogIngestGateway
+            | TopicRole::CohortSignals
+            | TopicRole::ChangelogCohortAnalyzer => None,
         })
     }
 }
@@ -164,31 +169,13 @@ pub struct Summary {
     pub false_alerts: u64,
 }
 
-/// Faults detected: an OPEN alert on the fault's instrument and subsystem at or after its start.
+/// Faults detected: an alert opened on the fault's instrument and subsystem at or after its start,
+/// or a fleet alert listing the instrument (opened or updated); false alerts: opened with no
+/// fault behind them (see [`evaluate::outcomes`]).
 pub fn score(faults: &[FaultTruth], alerts: &[Alert]) -> (u64, u64) {
-    let detected = faults
-        .iter()
-        .filter(|f| {
-            alerts.iter().any(|a| {
-                a.action == AlertAction::OPEN
-                    && a.instrument_serial == f.instrument_serial
-                    && a.subsystem == f.subsystem
-                    && a.event_time_ms >= f.start_ms
-            })
-        })
-        .count() as u64;
-    let faulty: BTreeSet<(&str, Subsystem)> = faults
-        .iter()
-        .map(|f| (f.instrument_serial.as_str(), f.subsystem))
-        .collect();
-    let false_alerts = alerts
-        .iter()
-        .filter(|a| {
-            a.action == AlertAction::OPEN
-                && !faulty.contains(&(a.instrument_serial.as_str(), a.subsystem))
-        })
-        .count() as u64;
-    (detected, false_alerts)
+    let (outcomes, false_alerts) = evaluate::outcomes(faults, alerts, &[], i64::MIN);
+    let detected = outcomes.iter().filter(|o| o.detected).count() as u64;
+    (detected, false_alerts.len() as u64)
 }
 
 /// The summary of a run.

@@ -350,12 +350,24 @@ impl Fleet {
             let copies = (n / 48).max(1);
             let mut scenarios: Vec<Scenario> = Vec::new();
             for round in 0..copies {
-                scenarios.extend(
-                    Scenario::ALL
-                        .iter()
-                        .filter(|s| round == 0 || **s != Scenario::BadReagentLot),
-                );
+                // Fleet causes come once, on several instruments each; the software regression
+                // is placed apart (below).
+                scenarios.extend(Scenario::ALL.iter().filter(|s| {
+                    **s != Scenario::SoftwareRegression
+                        && (round == 0 || **s != Scenario::BadReagentLot)
+                }));
             }
+            // A software update with a regression rolls out to several instruments of one model
+            // at once: they share the new version (a cohort). Chosen first, spread over the
+            // model's instruments, so every fleet has such a cohort.
+            let rollout_model = MODELS[rng.below(MODELS.len())];
+            let of_model: Vec<usize> = (0..n)
+                .filter(|i| instruments[*i].model == rollout_model)
+                .collect();
+            let rollout_size = ((n / 8).max(3)).min(of_model.len());
+            let rollout: Vec<usize> = (0..rollout_size)
+                .map(|i| of_model[i * of_model.len() / rollout_size])
+                .collect();
             let lot_victims = (n / 8).max(2);
             scenarios.extend(std::iter::repeat_n(
                 Scenario::BadReagentLot,
@@ -365,11 +377,31 @@ impl Fleet {
             let horizon = cfg.duration_hours * HOUR as f64;
             let at = |share: f64| cfg.start_time_ms + (horizon * share) as i64;
             let lot_onset = at(rng.range(0.40, 0.5));
-            for (j, scenario) in scenarios.into_iter().take(count).enumerate() {
-                let idx = j * n / count;
+            let rollout_onset = at(rng.range(0.35, 0.55));
+            let placed: Vec<(usize, Scenario)> = {
+                let mut taken: Vec<bool> = (0..n).map(|i| rollout.contains(&i)).collect();
+                let mut placed: Vec<(usize, Scenario)> = rollout
+                    .iter()
+                    .map(|i| (*i, Scenario::SoftwareRegression))
+                    .collect();
+                let count = count.min(n - rollout.len());
+                for (j, scenario) in scenarios.into_iter().take(count).enumerate() {
+                    // Evenly spread, on the next instrument without a fault.
+                    let Some(idx) = (0..n)
+                        .map(|k| (j * n / count.max(1) + k) % n)
+                        .find(|i| !taken[*i])
+                    else {
+                        break;
+                    };
+                    taken[idx] = true;
+                    placed.push((idx, scenario));
+                }
+                placed
+            };
+            for (idx, scenario) in placed {
                 let moment = match scenario.class() {
                     FaultClass::Fleet if scenario == Scenario::BadReagentLot => lot_onset,
-                    FaultClass::Fleet => at(rng.range(0.35, 0.55)),
+                    FaultClass::Fleet => rollout_onset,
                     FaultClass::Slow => at(rng.range(0.5, 0.9)),
                     FaultClass::Abrupt => at(rng.range(0.3, 0.8)),
                     FaultClass::Intermittent => at(rng.range(0.2, 0.6)),
@@ -660,6 +692,17 @@ impl Generator {
                 buffer_expiry_date: (t / 86_400_000) as i32 + 200,
             });
             self.push(inst, c, Expect::Valid);
+            // Instruments report their configuration with every run (as a collector reads it
+            // from each run folder), so a missed update is caught up at the next run.
+            if tick != 0 {
+                let mut c = self.base(inst, t, TelemetryKind::INSTRUMENT_CONFIGURATION);
+                c.instrument_configuration = Some(InstrumentConfiguration {
+                    control_software_version: inst.software.clone(),
+                    rta_version: "3.4.4".into(),
+                    firmware_version: "2.13.0".into(),
+                });
+                self.push(inst, c, Expect::Valid);
+            }
             let mut l = self.base(inst, t, TelemetryKind::OPERATION_LOG);
             l.log_event = Some(OperationLogEvent {
                 code: "I-RUN-001".into(),
@@ -849,6 +892,7 @@ impl Generator {
                     opened_at_ms: t.event_time_ms,
                     event_time_ms: t.event_time_ms,
                     anomaly_count: 1,
+                    cohort: None,
                 };
                 let json = serde_json::to_string(&alert).expect("alert serializes");
                 SimRecord {
@@ -1060,7 +1104,8 @@ mod tests {
             };
             let fleet = Fleet::new(&cfg);
             let end = cfg.start_time_ms + (hours * HOUR as f64) as i64;
-            assert_eq!(fleet.faults().len(), Scenario::ALL.len() + 2);
+            // Every scenario once, a bad lot on three instruments, a software rollout on three.
+            assert_eq!(fleet.faults().len(), Scenario::ALL.len() + 4);
             for f in fleet.faults() {
                 let exit = f
                     .spec_exit_ms

@@ -111,6 +111,48 @@ fn per_fault(runs: &[&RunResult]) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
+/// Per fleet cause (bad lot, software regression): alerts it took and victims a fleet alert
+/// listed.
+fn fleet_attribution(runs: &[&RunResult]) -> serde_json::Value {
+    let mut by: BTreeMap<Scenario, Vec<&seqmon_pipeline::evaluate::FleetCauseOutcome>> =
+        BTreeMap::new();
+    for r in runs {
+        for c in &r.fleet_causes {
+            by.entry(c.scenario).or_default().push(c);
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for (scenario, cs) in by {
+        let mut alerts: Vec<f64> = cs.iter().map(|c| c.alerts as f64).collect();
+        alerts.sort_by(f64::total_cmp);
+        let victims: usize = cs.iter().map(|c| c.victims).sum();
+        let covered: usize = cs.iter().map(|c| c.covered_by_fleet_alert).sum();
+        let key = serde_json::to_value(scenario)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        out.insert(
+            key,
+            json!({
+                "causes": cs.len(),
+                "victims_per_cause_median": round(percentile(
+                    &{
+                        let mut v: Vec<f64> = cs.iter().map(|c| c.victims as f64).collect();
+                        v.sort_by(f64::total_cmp);
+                        v
+                    },
+                    0.5
+                )),
+                "alerts_per_cause_median": round(percentile(&alerts, 0.5)),
+                "alerts_per_cause_max": alerts.last().copied(),
+                "causes_named_by_one_alert": cs.iter().filter(|c| c.alerts == 1).count(),
+                "victims_listed_by_a_fleet_alert": if victims == 0 { serde_json::Value::Null } else { json!((covered as f64 / victims as f64 * 10_000.0).round() / 10_000.0) },
+            }),
+        );
+    }
+    serde_json::Value::Object(out)
+}
+
 fn false_alert_rate(runs: &[&RunResult]) -> serde_json::Value {
     let alerts: u64 = runs.iter().map(|r| r.false_alerts).sum();
     let hours: f64 = runs.iter().map(|r| r.clean_instrument_hours).sum();
@@ -239,6 +281,7 @@ fn main() -> ExitCode {
         "clean_instruments_of_faulty_fleets": false_alert_rate(&faulty),
         "slow_degradations": slow,
         "per_fault": per_fault(&faulty),
+        "fleet_attribution": fleet_attribution(&faulty),
         "by_duration": by_duration,
     });
     if let Some(dir) = cli.out.parent() {
