@@ -50,7 +50,7 @@ kafka-stop:
 topics:
 	$(CARGO) run --release -q -p seqmon-runtime --bin seqmon-admin -- create-topics
 
-## run-kafka: the five services as separate processes on the local broker, fed by the simulator
+## run-kafka: the six services as separate processes on the local broker, fed by the simulator
 run-kafka:
 	tools/run-kafka.sh
 

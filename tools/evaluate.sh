@@ -33,7 +33,7 @@ else
   doc=(--doc docs/detection.md)
 fi
 mkdir -p "$out"
-echo "== simulator sweep (five stages in one process per fleet)"
+echo "== simulator sweep (the six stages in one process per fleet)"
 "$bin/seqmon-evaluate" "${sweep[@]}" ${args[@]+"${args[@]}"} --out "$out/simulation.json"
 echo "== public benchmarks through anomaly-detector score"
 python3 tools/benchmark.py --detector "$bin/anomaly-detector" --cache .cache/benchmarks \

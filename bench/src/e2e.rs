@@ -21,12 +21,13 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use seqmon_model::topics::TopicRole;
 use serde::Serialize;
 
-/// The five services, upstream first.
-pub const STAGES: [&str; 5] = [
+/// The six services, upstream first.
+pub const STAGES: [&str; 6] = [
     "validator",
     "privacy-enforcer",
     "feature-extractor",
     "anomaly-detector",
+    "cohort-analyzer",
     "notifier",
 ];
 
@@ -473,6 +474,7 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
         ("validator", TopicRole::ChangelogValidator),
         ("feature-extractor", TopicRole::ChangelogFeatureExtractor),
         ("anomaly-detector", TopicRole::ChangelogAnomalyDetector),
+        ("cohort-analyzer", TopicRole::ChangelogCohortAnalyzer),
         ("notifier", TopicRole::ChangelogNotifier),
     ] {
         let bytes: usize = latest_sizes(s, &role.topic(&prefix)).values().sum();

@@ -201,6 +201,7 @@ pub(crate) mod tests {
             sensors: Some(SensorReadings {
                 laser_power_mw: Some(498.5),
                 flowcell_temp_c: Some(60.1),
+                run_phase: Some(RunPhase::PRIMING),
                 ..Default::default()
             }),
             log_event: None,
@@ -295,6 +296,12 @@ pub(crate) mod tests {
         // v1 has no `attributes` field: serialize the v1 shape.
         let mut json = serde_json::to_value(&t).expect("json");
         json.as_object_mut().expect("object").remove("attributes");
+        // Nor a run phase (v4).
+        json["sensors"]
+            .as_object_mut()
+            .expect("sensors")
+            .remove("run_phase");
+        t.sensors.as_mut().expect("sensors").run_phase = None;
         let value = crate::json::json_to_avro(&v1.schema, &json).expect("fits v1");
         let mut bytes = header(v1).to_vec();
         bytes.extend(apache_avro::to_avro_datum(&v1.schema, value).expect("encode v1"));

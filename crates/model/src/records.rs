@@ -99,6 +99,40 @@ pub struct SensorReadings {
     pub ambient_temp_c: Option<f64>,
     pub fluidics_pressure_kpa: Option<f64>,
     pub flow_rate_ul_min: Option<f64>,
+    pub run_phase: Option<RunPhase>,
+}
+
+/// What an instrument was doing when it took a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RunPhase {
+    UNKNOWN,
+    IDLE,
+    PRIMING,
+    SEQUENCING,
+    WASH,
+}
+
+impl RunPhase {
+    /// The phase whose baseline and operating spec a sample of this phase is judged against:
+    /// `None` (the spec's own, sequencing) for SEQUENCING, UNKNOWN and instruments that do not
+    /// say; the phase itself otherwise.
+    pub fn own_baseline(phase: Option<RunPhase>) -> Option<RunPhase> {
+        match phase {
+            None | Some(RunPhase::UNKNOWN) | Some(RunPhase::SEQUENCING) => None,
+            Some(p) => Some(p),
+        }
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunPhase::UNKNOWN => "unknown",
+            RunPhase::IDLE => "idle",
+            RunPhase::PRIMING => "priming",
+            RunPhase::SEQUENCING => "sequencing",
+            RunPhase::WASH => "wash",
+        }
+    }
 }
 
 impl SensorReadings {
@@ -298,6 +332,7 @@ pub struct Feature {
     pub software_version: Option<String>,
     pub reagent_kit_lot: Option<String>,
     pub flowcell_lot: Option<String>,
+    pub run_phase: Option<RunPhase>,
 }
 avro_record!(Feature, "feature");
 
@@ -348,6 +383,7 @@ pub struct Anomaly {
     pub predicted_limit_latest_ms: Option<i64>,
     pub flowcell_lot: Option<String>,
     pub cohort: Option<CohortEvidence>,
+    pub run_phase: Option<RunPhase>,
 }
 avro_record!(Anomaly, "anomaly");
 

@@ -28,6 +28,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/telemetry/v3.avsc"),
     ),
     (
+        "telemetry",
+        4,
+        include_str!("../../../schemas/telemetry/v4.avsc"),
+    ),
+    (
         "sanitized_telemetry",
         1,
         include_str!("../../../schemas/sanitized_telemetry/v1.avsc"),
@@ -43,6 +48,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/sanitized_telemetry/v3.avsc"),
     ),
     (
+        "sanitized_telemetry",
+        4,
+        include_str!("../../../schemas/sanitized_telemetry/v4.avsc"),
+    ),
+    (
         "feature",
         1,
         include_str!("../../../schemas/feature/v1.avsc"),
@@ -51,6 +61,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         "feature",
         2,
         include_str!("../../../schemas/feature/v2.avsc"),
+    ),
+    (
+        "feature",
+        3,
+        include_str!("../../../schemas/feature/v3.avsc"),
     ),
     (
         "anomaly",
@@ -66,6 +81,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         "anomaly",
         3,
         include_str!("../../../schemas/anomaly/v3.avsc"),
+    ),
+    (
+        "anomaly",
+        4,
+        include_str!("../../../schemas/anomaly/v4.avsc"),
     ),
     ("alert", 1, include_str!("../../../schemas/alert/v1.avsc")),
     ("alert", 2, include_str!("../../../schemas/alert/v2.avsc")),

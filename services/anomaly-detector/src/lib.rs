@@ -31,7 +31,7 @@ use seqmon_model::specs::{self, nominal, MetricKind};
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     encode, Anomaly, AnomalySeverity, AnomalyState, CohortKind, CohortSignal, CohortSignalKind,
-    Feature, Subsystem,
+    Feature, RunPhase, Subsystem,
 };
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
@@ -429,7 +429,8 @@ impl Processor for AnomalyDetector {
                 continue;
             };
             let due = memberships.get(&kind).is_none_or(|(was, at)| {
-                was != value || f.window_end_ms >= at + cfg.cohort_heartbeat_minutes * 60_000
+                was != value
+                    || f.window_end_ms >= at.saturating_add(cfg.cohort_heartbeat_minutes * 60_000)
             });
             if !due {
                 continue;
@@ -458,6 +459,14 @@ impl Processor for AnomalyDetector {
             out.state_changed(&format!("{COHORTS_KEY_PREFIX}{}", f.instrument_serial));
         }
         let kind = specs::metric(&f.metric).map(|m| m.kind);
+        // A baseline per run phase: the sequencing one (and instruments that do not say) under
+        // the metric's name with the fleet prior and spec; idle, priming and wash under their
+        // own, learnt from the instrument alone.
+        let phase = RunPhase::own_baseline(f.run_phase);
+        let series = match phase {
+            None => f.metric.clone(),
+            Some(p) => format!("{}@{}", f.metric, p.as_str()),
+        };
         let continuous =
             kind == Some(MetricKind::Sensor) && (f.spec_low.is_some() || f.spec_high.is_some());
         // Only continuous readings have a fleet spread worth keeping.
@@ -472,7 +481,7 @@ impl Processor for AnomalyDetector {
             .instruments
             .entry(f.instrument_serial.clone())
             .or_default()
-            .entry(f.metric.clone())
+            .entry(series.clone())
             .or_default();
         // An episode keeps the cohorts it opened with.
         let route: Vec<String> = match &m.episode {
@@ -489,7 +498,10 @@ impl Processor for AnomalyDetector {
                 variability: f.variability,
                 fraction_out_of_spec: f.fraction_out_of_spec,
                 spec: (f.spec_low, f.spec_high),
-                prior: nominal(f.instrument_model, &f.metric),
+                prior: phase
+                    .is_none()
+                    .then(|| nominal(f.instrument_model, &f.metric))
+                    .flatten(),
                 continuous,
                 samples: u32::try_from(f.sample_count).unwrap_or(0),
                 fleet_spread: fleet
@@ -516,7 +528,7 @@ impl Processor for AnomalyDetector {
                       score: f64,
                       severity: AnomalySeverity,
                       p: Option<&Prediction>| Anomaly {
-            anomaly_id: format!("{}:{}:{}", f.instrument_serial, f.metric, f.window_start_ms),
+            anomaly_id: format!("{}:{series}:{}", f.instrument_serial, f.window_start_ms),
             instrument_serial: f.instrument_serial.clone(),
             instrument_model: f.instrument_model,
             subsystem: f.subsystem,
@@ -541,6 +553,7 @@ impl Processor for AnomalyDetector {
             predicted_limit_latest_ms: p.and_then(|p| p.latest_ms),
             flowcell_lot: f.flowcell_lot.clone(),
             cohort: None,
+            run_phase: phase,
         };
         if v.anomalous() {
             let severity = active_severity(&v, &f, cfg);
@@ -754,6 +767,7 @@ mod tests {
             software_version: None,
             reagent_kit_lot: None,
             flowcell_lot: None,
+            run_phase: None,
         })
         .unwrap()
     }
@@ -863,6 +877,34 @@ mod tests {
             }
         }
         assert_eq!(cleared_to, [lot, fc]);
+    }
+
+    #[test]
+    fn each_run_phase_has_its_own_baseline() {
+        let mut d = AnomalyDetector::default();
+        let mut got = Vec::new();
+        // Sequencing at 500 mW with its spec, idle standby at 25 mW without one, interleaved.
+        for i in 0..200 {
+            got.extend(feed(&mut d, &feature(i, 500.0 + (i % 3) as f64, 0.0)));
+            let mut idle: Feature = decode(&feature(i, 25.0 + (i % 3) as f64 * 0.05, 0.0)).unwrap();
+            idle.run_phase = Some(RunPhase::IDLE);
+            idle.spec_low = None;
+            idle.spec_high = None;
+            idle.variability = 0.05;
+            got.extend(feed(&mut d, &encode(&idle).unwrap()));
+        }
+        assert!(got.is_empty(), "{got:?}");
+        // A standby laser that drops is the idle series' anomaly, named by its phase.
+        let mut idle: Feature = decode(&feature(200, 15.0, 0.0)).unwrap();
+        idle.run_phase = Some(RunPhase::IDLE);
+        idle.spec_low = None;
+        idle.spec_high = None;
+        idle.variability = 0.05;
+        let out = feed(&mut d, &encode(&idle).unwrap());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].run_phase, Some(RunPhase::IDLE));
+        assert_eq!(out[0].metric, "laser_power_mw");
+        assert!(d.instruments["A00001"].contains_key("laser_power_mw@idle"));
     }
 
     #[test]

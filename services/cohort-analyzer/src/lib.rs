@@ -9,41 +9,51 @@
 //! - `MEMBER`: an instrument is in the cohort (sent when it joins and hourly after): the cohort's
 //!   size is the instruments heard from within `member_hours`.
 //! - `DEVIATION`: an instrument's anomaly in a metric a cohort can cause (run quality: reagent kit
-//!   lot, then flow-cell lot; operation-log errors: software version). Every cohort of the
-//!   instrument counts it; the first cohort of its route decides.
+//!   lot, then flow-cell lot; operation-log errors: software version). Every cohort on its route
+//!   counts it (ACTIVE deviates, CLEARED no longer); the first decides.
 //!
-//! Deciding. A deviation waits `hold_minutes` of event time in the deciding cohort. When, within
-//! that time, `min_instruments` members and at least `min_share` of the cohort deviate together,
-//! the cohort opens one fleet anomaly (`cohort` set, `instrument_serial` the cohort key, rule
-//! `cohort_deviation`) and folds every waiting and later deviation of its members into it: one
-//! fleet alert names the lot or version instead of one alert per instrument. Otherwise, when
-//! the hold ends, the deviation goes to the next cohort of its route, which decides at once (it
-//! has counted the deviation since it began), and from the last one to `anomalies` under the
-//! instrument's key, unchanged: an instrument's own alert, after the hold. The fleet anomaly is
-//! re-sent when its deviating members change and CLEARED when none deviates any more. Once a
-//! deviation was passed on, its updates and its clearing follow the same way at once; a
-//! deviation that clears while it waits never becomes an alert (it lasted less than the hold).
+//! Deciding. A deviation waits `hold_minutes` of event time in the deciding cohort. When
+//! `min_instruments` members and at least `min_share` of the cohort deviate (ACTIVE) together, the
+//! cohort opens one fleet anomaly (`cohort` set, `instrument_serial` the cohort key, rule
+//! `cohort_deviation`) and folds its members' waiting and later present deviations into it (a
+//! forecast alone keeps waiting): one fleet alert names the lot or version instead of one alert
+//! per instrument. Otherwise, when the hold ends, the deviation goes to the next cohort of its
+//! route, which holds it until its own watermark passes the same due time (it has counted the
+//! deviation since it began), and from the last one to `anomalies` under the instrument's key,
+//! unchanged: an instrument's own alert, after the hold. The fleet anomaly is re-sent when its
+//! deviating members grew by a quarter, or changed an hour after the last report; it clears when
+//! fewer than `min_instruments` deviate, and a folded deviation still standing then goes on as
+//! its instrument's own. Once a deviation was passed on, its updates and its clearing follow the
+//! same way at once; a deviation that clears while it waits never becomes an alert (it lasted
+//! less than the hold). After the input ended (file and embedded runs), nothing waits.
 //!
 //! Event time: signals reach a cohort from every partition of the anomaly detector, each at its
 //! own pace, and within a partition an instrument that was silent or catches up sends after
 //! others' later windows, so the latest event time seen says nothing about what is still to
 //! come. Every signal carries its source partition's low watermark (its slowest instrument's
 //! latest window end); each input partition here keeps the latest per source (state key
-//! `~watermark/<partition>`), and its watermark is the slowest source's, as in Flink; a source more than `source_lag_minutes` of event time behind the
-//! fastest holds nothing back (its instruments are all silent, or its stage is down), so a
-//! decision waits at most that long. Holds end on this watermark, never on the wall clock, so a
-//! replay of the same log gives the same output. A replay whose partitions drift further apart
-//! than the lag may decide early: an instrument's own alert then comes besides its fleet alert,
-//! never instead of it.
-//! Members' hourly signals keep it moving; a partition that receives nothing keeps its
-//! deviations waiting until it does (file and embedded runs release every waiting deviation at
-//! the end of their input).
+//! `~watermark/<partition>`), and its watermark is the slowest source's, as in Flink (a source
+//! not heard from yet stands at the lowest watermark seen). A source more than
+//! `source_lag_minutes` of event time behind the fastest holds nothing back (its instruments are
+//! all silent, or its stage is down), so a decision waits at most that long. Holds end on this
+//! watermark, never on the wall clock. Hourly (in watermark time) every cohort of a partition is
+//! looked at: members not heard from within `member_hours` stop counting, fleets whose members
+//! left close, used-up cohorts are forgotten.
+//!
+//! Limits. Members' hourly signals keep the clock moving; a partition that receives nothing
+//! keeps its deviations waiting until it does. The detector keeps its partitions' instrument
+//! clocks in memory: after a detector restart, until every instrument has sent again, the low
+//! watermark may run ahead, and so may a replay whose partitions drift further apart than the
+//! lag: a decision may then come early, which can add an instrument's own alert beside a fleet
+//! alert, never lose one. Outside those cases a replay of the same log decides the same way.
 //!
 //! Delivery: a pure processor; the runtime gives it exactly-once input and output. State: per
 //! cohort its members, their deviations and decisions, and its fleet episode, persisted to
 //! `cohort-analyzer.changelog` on the partition of the cohort's key. A signal that does not
-//! decode, names no cohort kind, or carries an anomaly that does not decode or belongs to
-//! another instrument is a dead letter with its reason; it changes no state.
+//! decode, names no cohort kind, is keyed by another cohort, comes from a partition the input
+//! does not have, carries a time or a low watermark outside 1970..2200, or carries an
+//! anomaly that does not decode or belongs to another instrument is a dead letter with its
+//! reason; it changes no state.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -63,6 +73,8 @@ const WATERMARK_KEY_PREFIX: &str = "~watermark/";
 const MAX_LISTED: usize = 100;
 /// Updates of one waiting deviation kept (they are re-sent in order if it is passed on).
 const MAX_WAITING_UPDATES: usize = 16;
+/// Latest event time a signal may carry (2200-01-01): beyond it, holds would never end.
+const MAX_EVENT_TIME_MS: i64 = 7_258_118_400_000;
 /// The rule of a fleet anomaly.
 pub const COHORT_RULE: &str = "cohort_deviation";
 
@@ -126,12 +138,13 @@ impl CohortConfig {
 }
 
 /// What a cohort did with one member's deviation in one metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Decision {
     /// Went on along its route: its updates and clearing follow at once.
     Passed,
-    /// Folded into the cohort's fleet anomaly.
-    Folded,
+    /// Folded into the cohort's fleet anomaly. The latest record and the route it would have
+    /// taken are kept, so it goes on as the instrument's own if the fleet closes while it stands.
+    Folded { route: Vec<String>, last: Vec<u8> },
 }
 
 /// A deviation waiting for its hold to end.
@@ -142,6 +155,9 @@ struct Waiting {
     route: Vec<String>,
     /// The anomaly records (single-object encoded), oldest first.
     records: Vec<Vec<u8>>,
+    /// Whether one of them is ACTIVE (a forecast alone is not folded into a fleet anomaly).
+    #[serde(default)]
+    active: bool,
 }
 
 /// A standing deviation of a member, for the fleet anomaly.
@@ -189,9 +205,12 @@ struct Cohort {
 struct Clock {
     /// Source partition → latest low watermark it sent.
     sources: BTreeMap<i32, i64>,
-    /// The earliest watermark any source sent here: where a source not heard from yet stands.
+    /// The lowest watermark any source sent here: where a source not heard from yet stands.
     #[serde(default)]
     first_ms: Option<i64>,
+    /// Watermark of the last sweep of the partition's cohorts (members leaving, fleets closing).
+    #[serde(default)]
+    swept_ms: Option<i64>,
 }
 
 impl Clock {
@@ -203,11 +222,13 @@ impl Clock {
         if event_ms == i64::MIN {
             return false;
         }
-        self.first_ms = Some(self.first_ms.map_or(event_ms, |f| f.min(event_ms)));
+        let first = Some(self.first_ms.map_or(event_ms, |f| f.min(event_ms)));
+        let lowered = first != self.first_ms;
+        self.first_ms = first;
         let c = self.sources.entry(source).or_insert(i64::MIN);
         let moved = event_ms > *c;
         *c = (*c).max(event_ms);
-        moved
+        moved || lowered
     }
 
     /// The slowest of `sources` source partitions (those not heard from yet stand at the first
@@ -238,6 +259,8 @@ pub struct CohortAnalyzer {
     /// Partitions of the input topic, hence of the detector's (co-partitioned); 0 until the
     /// runtime says.
     input_partitions: usize,
+    /// Input ended (file and embedded runs): no more evidence can come, nothing waits.
+    ended: bool,
     /// Index of waiting deviations: (partition, due, cohort key). Entries may be stale (the
     /// deviation cleared or was folded); the cohort's own state is the truth.
     due: BTreeSet<(i32, i64, String)>,
@@ -350,10 +373,19 @@ impl CohortAnalyzer {
         let Some(cohort) = self.cohorts.get_mut(key) else {
             return Ok(());
         };
+        // A member not heard from within member_hours has left (a lot it no longer runs): its
+        // deviations no longer count. Its decisions stay a while longer, so a late clearing of
+        // an alert it passed on still follows it.
         let horizon = watermark.saturating_sub(cfg.member_hours * HOUR_MS);
-        cohort
-            .members
-            .retain(|_, m| m.last_seen_ms >= horizon || !m.waiting.is_empty());
+        let forget = watermark.saturating_sub(7 * cfg.member_hours * HOUR_MS);
+        cohort.members.retain(|_, m| {
+            if m.last_seen_ms < horizon {
+                m.deviating.clear();
+            }
+            m.last_seen_ms >= horizon
+                || !m.waiting.is_empty()
+                || (!m.decided.is_empty() && m.last_seen_ms >= forget)
+        });
         let deviating: Vec<String> = cohort
             .members
             .iter()
@@ -364,7 +396,10 @@ impl CohortAnalyzer {
             && deviating.len() as f64 >= cfg.min_share * cohort.members.len() as f64;
         let state = match &cohort.fleet {
             None if qualifies => Some(AnomalyState::ACTIVE),
-            Some(_) if deviating.is_empty() => Some(AnomalyState::CLEARED),
+            // Fewer than min_instruments left: no longer a fleet cause.
+            Some(_) if deviating.len() < cfg.min_instruments as usize => {
+                Some(AnomalyState::CLEARED)
+            }
             // Re-sent when the deviating members grew by a quarter, or changed an hour after the
             // last report: a lot reaching more instruments is news, each single one is not.
             Some(f)
@@ -385,11 +420,52 @@ impl CohortAnalyzer {
                 reported: deviating.clone(),
                 reported_ms: now_ms,
             });
-            if state == AnomalyState::ACTIVE {
-                // Everything waiting here is the cohort's, not its instruments'.
-                for member in cohort.members.values_mut() {
-                    for metric in std::mem::take(&mut member.waiting).into_keys() {
-                        member.decided.insert(metric, Decision::Folded);
+            for member in cohort.members.values_mut() {
+                if state == AnomalyState::ACTIVE {
+                    // Every present deviation waiting here is the cohort's, not its
+                    // instrument's (a forecast alone keeps waiting).
+                    let present: Vec<String> = member
+                        .waiting
+                        .iter()
+                        .filter(|(_, w)| w.active)
+                        .map(|(m, _)| m.clone())
+                        .collect();
+                    for metric in present {
+                        if let Some(w) = member.waiting.remove(&metric) {
+                            let last = w.records.last().cloned().unwrap_or_default();
+                            member.decided.insert(
+                                metric,
+                                Decision::Folded {
+                                    route: w.route,
+                                    last,
+                                },
+                            );
+                        }
+                    }
+                } else {
+                    // The fleet closed: a folded deviation that still stands goes on as the
+                    // instrument's own; the others are over.
+                    let folded: Vec<(String, Vec<String>, Vec<u8>)> = member
+                        .decided
+                        .iter()
+                        .filter_map(|(m, d)| match d {
+                            Decision::Folded { route, last } => {
+                                Some((m.clone(), route.clone(), last.clone()))
+                            }
+                            Decision::Passed => None,
+                        })
+                        .collect();
+                    for (metric, route, last) in folded {
+                        if member.deviating.contains_key(&metric) && !last.is_empty() {
+                            let a: Anomaly = decode(&last).map_err(|e| StageError::State {
+                                key: key.to_string(),
+                                message: format!("folded deviation: {e}"),
+                            })?;
+                            Self::pass_on(out, &route, &last, &a)?;
+                            member.decided.insert(metric, Decision::Passed);
+                        } else {
+                            member.decided.remove(&metric);
+                        }
                     }
                 }
             }
@@ -506,6 +582,7 @@ fn fleet_anomaly(
             deviating: i32::try_from(deviating.len()).unwrap_or(i32::MAX),
             instruments: deviating.iter().take(MAX_LISTED).cloned().collect(),
         }),
+        run_phase: None,
     }
 }
 
@@ -564,18 +641,72 @@ impl Processor for CohortAnalyzer {
                 }
             },
         };
+        let key = s.kind.key(&s.value);
+        // A record on another cohort's key would put that cohort's state on this partition.
+        if input.key.is_some_and(|k| k != key.as_bytes()) {
+            out.reject(
+                DeadLetterReason::INCONSISTENT_PAYLOAD,
+                "key: not the signal's cohort (kind:value)",
+            );
+            return Ok(());
+        }
+        // Times that would stall or race the clock: a source partition the input does not
+        // have, an event time or watermark outside any instrument's life.
+        let known_source = self.input_partitions == 0
+            || usize::try_from(s.source_partition).is_ok_and(|x| x < self.input_partitions);
+        if !(s.source_partition == -1 || known_source) {
+            out.reject(
+                DeadLetterReason::OUT_OF_RANGE,
+                format!(
+                    "source_partition: {} of {} partitions",
+                    s.source_partition, self.input_partitions
+                ),
+            );
+            return Ok(());
+        }
+        let plausible = |t: i64| (0..=MAX_EVENT_TIME_MS).contains(&t);
+        if !plausible(s.event_time_ms)
+            || !(s.source_watermark_ms == i64::MIN || plausible(s.source_watermark_ms))
+        {
+            out.reject(
+                DeadLetterReason::OUT_OF_RANGE,
+                "event_time_ms / source_watermark_ms: outside 1970..2200",
+            );
+            return Ok(());
+        }
         let p = input.partition;
-        let watermark = {
+        let (watermark, sweep) = {
             let clock = self.clocks.entry(p).or_default();
             if clock.observe(s.source_partition, s.source_watermark_ms) {
                 out.state_changed(&format!("{WATERMARK_KEY_PREFIX}{p}"));
             }
-            clock.watermark(
+            let watermark = clock.watermark(
                 self.input_partitions,
                 self.cfg.source_lag_minutes * MINUTE_MS,
-            )
+            );
+            // Hourly, every cohort of the partition is looked at, signalled or not: members
+            // leave, fleets whose members left close, used-up cohorts are forgotten.
+            let sweep = watermark != i64::MIN
+                && clock
+                    .swept_ms
+                    .is_none_or(|at| watermark >= at.saturating_add(HOUR_MS));
+            if sweep {
+                clock.swept_ms = Some(watermark);
+                out.state_changed(&format!("{WATERMARK_KEY_PREFIX}{p}"));
+            }
+            (watermark, sweep)
         };
-        let key = s.kind.key(&s.value);
+        if sweep {
+            let keys: Vec<String> = self
+                .cohorts
+                .iter()
+                .filter(|(k, c)| c.partition == p && **k != key)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                self.assess(&k, watermark, watermark, out)?;
+            }
+        }
         let hold = self.cfg.hold_minutes * MINUTE_MS;
         let cohort = self.cohorts.entry(key.clone()).or_insert_with(|| Cohort {
             kind: s.kind,
@@ -586,6 +717,7 @@ impl Processor for CohortAnalyzer {
         });
         cohort.partition = p;
         let fleet_open = cohort.fleet.is_some();
+        let ended = self.ended;
         let member = cohort
             .members
             .entry(s.instrument_serial.clone())
@@ -619,10 +751,14 @@ impl Processor for CohortAnalyzer {
             }
             if s.decide {
                 let cleared = a.state == AnomalyState::CLEARED;
-                match member.decided.get(&a.metric).copied() {
-                    Some(Decision::Folded) => {
+                let present = a.state == AnomalyState::ACTIVE;
+                match member.decided.get_mut(&a.metric) {
+                    Some(Decision::Folded { route, last }) => {
                         if cleared {
                             member.decided.remove(&a.metric);
+                        } else {
+                            *route = s.route.clone();
+                            *last = bytes;
                         }
                     }
                     Some(Decision::Passed) => {
@@ -639,8 +775,19 @@ impl Processor for CohortAnalyzer {
                             Self::pass_on(out, &s.route, &bytes, &a)?;
                         }
                     }
-                    None if fleet_open => {
-                        member.decided.insert(a.metric.clone(), Decision::Folded);
+                    None if ended => {
+                        // No more evidence can come: nothing waits.
+                        member.decided.insert(a.metric.clone(), Decision::Passed);
+                        Self::pass_on(out, &s.route, &bytes, &a)?;
+                    }
+                    None if fleet_open && present => {
+                        member.decided.insert(
+                            a.metric.clone(),
+                            Decision::Folded {
+                                route: s.route.clone(),
+                                last: bytes,
+                            },
+                        );
                     }
                     None => {
                         let w = member
@@ -650,12 +797,14 @@ impl Processor for CohortAnalyzer {
                                 due_ms: s.event_time_ms.saturating_add(hold),
                                 route: s.route.clone(),
                                 records: Vec::new(),
+                                active: false,
                             });
                         if w.records.len() >= MAX_WAITING_UPDATES {
                             // Keep the first (the opening) and the latest.
                             w.records.remove(1);
                         }
                         w.records.push(bytes);
+                        w.active |= present;
                         self.due.insert((p, w.due_ms, key.clone()));
                     }
                 }
@@ -669,6 +818,7 @@ impl Processor for CohortAnalyzer {
     /// End of a file or embedded input: every waiting deviation goes on (no more evidence can
     /// come).
     fn on_end_of_input(&mut self, out: &mut Emitter) -> Result<(), StageError> {
+        self.ended = true;
         let keys: Vec<String> = self.cohorts.keys().cloned().collect();
         for key in keys {
             let Some(cohort) = self.cohorts.get_mut(&key) else {
@@ -793,6 +943,7 @@ mod tests {
             predicted_limit_latest_ms: None,
             flowcell_lot: Some("FC-30001".into()),
             cohort: None,
+            run_phase: None,
         }
     }
 
@@ -822,7 +973,10 @@ mod tests {
         c: &mut CohortAnalyzer,
         bytes: &[u8],
     ) -> (Vec<Emitted>, Option<DeadLetterReason>) {
-        let key = CohortKind::REAGENT_KIT_LOT.key(LOT);
+        // Keyed as the detector keys it (the record's own cohort).
+        let key = decode::<CohortSignal>(bytes)
+            .map(|s| s.kind.key(&s.value))
+            .unwrap_or_default();
         let env = Envelope {
             key: Some(key.as_bytes()),
             value: bytes,
@@ -895,18 +1049,27 @@ mod tests {
                 &signal(&format!("A{i}"), 300, Some(&a), &[]),
             )));
         }
-        // (An hour after the last report, a shrinking cohort is re-sent on the way.)
-        assert!(cleared
+        // Below three deviating members the fleet closes (once); the two still deviating then
+        // go on as their instruments' own, and their clearings follow.
+        let fleet_cleared = cleared
             .iter()
-            .all(|a| a.instrument_serial == fleet.instrument_serial));
-        let last = cleared.last().unwrap();
-        assert_eq!(last.state, AnomalyState::CLEARED);
+            .filter(|a| a.instrument_serial == fleet.instrument_serial)
+            .filter(|a| a.state == AnomalyState::CLEARED)
+            .count();
+        assert_eq!(fleet_cleared, 1);
+        let own: Vec<(&str, AnomalyState)> = cleared
+            .iter()
+            .filter(|a| a.cohort.is_none())
+            .map(|a| (a.instrument_serial.as_str(), a.state))
+            .collect();
         assert_eq!(
-            cleared
-                .iter()
-                .filter(|a| a.state == AnomalyState::CLEARED)
-                .count(),
-            1
+            own,
+            [
+                ("A2", AnomalyState::ACTIVE),
+                ("A3", AnomalyState::ACTIVE),
+                ("A2", AnomalyState::CLEARED),
+                ("A3", AnomalyState::CLEARED)
+            ]
         );
     }
 
@@ -1016,6 +1179,46 @@ mod tests {
     }
 
     #[test]
+    fn at_the_end_of_input_a_routed_deviation_still_reaches_anomalies() {
+        let mut c = CohortAnalyzer::default();
+        let next = CohortKind::FLOWCELL_LOT.key("FC-30001");
+        let a = anomaly("A0", AnomalyState::ACTIVE, 10);
+        feed(&mut c, &signal("A0", 10, Some(&a), &[&next]));
+        let mut out = Emitter::default();
+        c.on_end_of_input(&mut out).unwrap();
+        let (emitted, ..) = out.take();
+        assert_eq!(emitted.len(), 1);
+        assert_eq!(emitted[0].role, TopicRole::CohortSignals);
+        // The next cohort decides at once: nothing can wait after the input ended.
+        let hop: CohortSignal = decode(&emitted[0].value).unwrap();
+        let (out, rejected) = feed_bytes(&mut c, &encode(&hop).unwrap());
+        assert_eq!(rejected, None);
+        assert_eq!(anomalies(&out).len(), 1);
+    }
+
+    #[test]
+    fn a_forecast_alone_is_not_folded_into_a_fleet_anomaly() {
+        let mut c = CohortAnalyzer::default();
+        for i in 0..5 {
+            feed(&mut c, &signal(&format!("A{i}"), 0, None, &[]));
+        }
+        let mut p = anomaly("A4", AnomalyState::PREDICTED, 10);
+        p.rule = "trend_to_limit".into();
+        feed(&mut c, &signal("A4", 10, Some(&p), &[]));
+        for i in 0..3 {
+            let a = anomaly(&format!("A{i}"), AnomalyState::ACTIVE, 12);
+            feed(&mut c, &signal(&format!("A{i}"), 12, Some(&a), &[]));
+        }
+        // The fleet opened; A4's forecast still waits and goes on as its own after the hold.
+        let out = anomalies(&feed(&mut c, &signal("A0", 75, None, &[])));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            (out[0].instrument_serial.as_str(), out[0].state),
+            ("A4", AnomalyState::PREDICTED)
+        );
+    }
+
+    #[test]
     fn end_of_input_releases_what_waits() {
         let mut c = CohortAnalyzer::default();
         cohort_with(&mut c, 1);
@@ -1080,6 +1283,35 @@ mod tests {
         garbage.anomaly = Some(vec![0xC3, 0x01, 1, 2, 3]);
         let (_, r) = feed_bytes(&mut c, &encode(&garbage).unwrap());
         assert_eq!(r, Some(DeadLetterReason::UNDECODABLE));
+        // Another cohort's key, a time or a watermark past 2200: refused.
+        let wrong = encode(&signal("A0", 0, None, &[])).unwrap();
+        let env = Envelope {
+            key: Some(b"reagent_kit_lot:OTHER"),
+            value: &wrong,
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+        };
+        let mut out = Emitter::default();
+        c.process(&env, &mut out).unwrap();
+        assert_eq!(
+            out.take().1.map(|r| r.reason),
+            Some(DeadLetterReason::INCONSISTENT_PAYLOAD)
+        );
+        let mut far = signal("A0", 0, None, &[]);
+        far.event_time_ms = i64::MAX;
+        let (_, r) = feed_bytes(&mut c, &encode(&far).unwrap());
+        assert_eq!(r, Some(DeadLetterReason::OUT_OF_RANGE));
+        let mut ahead = signal("A0", 0, None, &[]);
+        ahead.source_watermark_ms = i64::MAX;
+        let (_, r) = feed_bytes(&mut c, &encode(&ahead).unwrap());
+        assert_eq!(r, Some(DeadLetterReason::OUT_OF_RANGE));
+        c.on_input_partitions(3);
+        let mut stranger = signal("A0", 0, None, &[]);
+        stranger.source_partition = 7;
+        let (_, r) = feed_bytes(&mut c, &encode(&stranger).unwrap());
+        assert_eq!(r, Some(DeadLetterReason::OUT_OF_RANGE));
         assert!(c.state_keys().is_empty(), "no state from bad input");
     }
 

@@ -11,7 +11,8 @@
 //! so a replay, or a restart from the changelog, gives the same features.
 //!
 //! A sensor whose reading repeats bit for bit three times in a row is stuck: its readings are left
-//! out until it moves again (a real continuous sensor's noise never repeats exactly).
+//! out until it moves again (a real continuous sensor's noise never repeats exactly); so is one
+//! whose reading repeats across a change of run phase (the quantity it measures changed).
 //!
 //! State: per instrument, the open windows, each sensor's last reading, and the context (model, software version, reagent lot,
 //! run), persisted to `feature-extractor.changelog` with every batch.
@@ -22,7 +23,8 @@ use clap::Args;
 use seqmon_model::specs::operating_spec;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
-    specs, DeadLetterReason, Feature, InstrumentModel, SanitizedTelemetry, Severity, TelemetryKind,
+    specs, DeadLetterReason, Feature, InstrumentModel, RunPhase, SanitizedTelemetry, Severity,
+    TelemetryKind,
 };
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,23 @@ const RUN_METRICS: &[&str] = &[
 const STUCK_REPEATS: u32 = 2;
 /// The derived software metric.
 const ERROR_EVENTS: &str = "error_events_per_window";
+/// Between a metric and its run phase in a window key (`flow_rate_ul_min@idle`).
+const PHASE_SEPARATOR: char = '@';
+/// Samples a phase's part of a window split between run phases needs to go out.
+const MIN_SPLIT_SAMPLES: u32 = 3;
+
+/// The metric and run phase of a window key; no phase for the sequencing (spec) one.
+fn split_series(series: &str) -> (String, Option<RunPhase>) {
+    match series.split_once(PHASE_SEPARATOR) {
+        Some((metric, phase)) => {
+            let phase = [RunPhase::IDLE, RunPhase::PRIMING, RunPhase::WASH]
+                .into_iter()
+                .find(|p| p.as_str() == phase);
+            (metric.to_string(), phase)
+        }
+        None => (series.to_string(), None),
+    }
+}
 
 /// Feature-extractor settings.
 #[derive(Debug, Clone, Args)]
@@ -155,6 +174,8 @@ struct InstrumentState {
     windows: BTreeMap<(i64, String), Acc>,
     /// Per sensor: the last reading and how many times in a row it came back unchanged.
     repeats: BTreeMap<String, (f64, u32)>,
+    /// Per sensor: the run phase its last new reading came in.
+    repeat_phases: BTreeMap<String, Option<RunPhase>>,
 }
 
 /// One instrument's state as stored on the changelog (JSON, state format version 1). Fields are
@@ -176,6 +197,9 @@ struct StoredState<S> {
     /// Added later: absent in states written before cohorts.
     #[serde(default)]
     flowcell_lot: Option<S>,
+    /// Added later: absent in states written before run phases.
+    #[serde(default)]
+    repeat_phases: Vec<(String, Option<RunPhase>)>,
 }
 
 /// The feature-extractor processor.
@@ -224,22 +248,40 @@ impl FeatureExtractor {
         // A window's features go out in catalogue order, where each subsystem's most telling
         // metric comes first (pressure before flow: its direction tells a leak from a clog), so
         // the first anomaly of a subsystem, which names the part, is the telling one.
-        let rank = |metric: &str| {
-            specs::METRICS
-                .iter()
-                .position(|m| m.name == metric)
-                .unwrap_or(usize::MAX)
+        let rank = |series: &str| {
+            let (metric, phase) = split_series(series);
+            (
+                phase.is_some(),
+                specs::METRICS
+                    .iter()
+                    .position(|m| m.name == metric)
+                    .unwrap_or(usize::MAX),
+            )
         };
         closing.sort_by(|a, b| {
             a.0.cmp(&b.0)
                 .then(rank(&a.1).cmp(&rank(&b.1)))
                 .then(a.1.cmp(&b.1))
         });
+        // A window split between run phases (a run starts or ends in it): each phase's part goes
+        // out only with MIN_SPLIT_SAMPLES samples; fewer are too few to judge the phase by.
+        let mut parts: BTreeMap<(i64, String), u32> = BTreeMap::new();
+        for (start, series) in &closing {
+            *parts.entry((*start, split_series(series).0)).or_default() += 1;
+        }
         for key in closing {
             let acc = st.windows.remove(&key).expect("key listed above");
-            let (start, metric) = key;
+            let (start, series) = key;
+            let (metric, phase) = split_series(&series);
+            let split = parts.get(&(start, metric.clone())).is_some_and(|n| *n > 1);
+            if split && acc.n < MIN_SPLIT_SAMPLES {
+                continue;
+            }
             let model = st.model.unwrap_or(InstrumentModel::UNKNOWN);
-            let (spec_low, spec_high) = operating_spec(model, &metric);
+            let (spec_low, spec_high) = match phase {
+                None => operating_spec(model, &metric),
+                Some(_) => (None, None),
+            };
             let n = acc.n as f64;
             let mean = acc.sum / n;
             let variance = if acc.n > 1 {
@@ -257,7 +299,7 @@ impl FeatureExtractor {
                 .map(|m| m.subsystem)
                 .unwrap_or(seqmon_model::Subsystem::OTHER);
             let feature = Feature {
-                feature_id: format!("{serial}:{metric}:{start}"),
+                feature_id: format!("{serial}:{series}:{start}"),
                 instrument_serial: serial.to_string(),
                 instrument_model: model,
                 subsystem,
@@ -277,6 +319,7 @@ impl FeatureExtractor {
                 software_version: st.software_version.clone(),
                 reagent_kit_lot: st.reagent_kit_lot.clone(),
                 flowcell_lot: st.flowcell_lot.clone(),
+                run_phase: phase,
             };
             out.emit(TopicRole::Features, serial, &feature)?;
             st.closed_until_ms = st.closed_until_ms.max(start + window);
@@ -326,6 +369,20 @@ impl Processor for FeatureExtractor {
                 .or_default()
                 .add(hours, v, operating_spec(model, metric));
         };
+        // A sensor's samples outside sequencing go to a window of their own phase (key
+        // `metric@phase`), with no operating spec: the laser idles, the pumps prime and wash.
+        let phase = t
+            .sensors
+            .as_ref()
+            .and_then(|s| RunPhase::own_baseline(s.run_phase));
+        let add_sensor = |st: &mut InstrumentState, metric: &str, v: f64| match phase {
+            None => add(st, metric, v),
+            Some(p) => st
+                .windows
+                .entry((start, format!("{metric}{PHASE_SEPARATOR}{}", p.as_str())))
+                .or_default()
+                .add(hours, v, (None, None)),
+        };
         match t.kind {
             TelemetryKind::SENSOR_READINGS => {
                 if let Some(s) = &t.sensors {
@@ -333,12 +390,23 @@ impl Processor for FeatureExtractor {
                     // is a stuck sensor, not a measurement: it is left out, so a frozen value
                     // neither hides a fault nor fakes one (a stuck temperature against a changing
                     // setpoint would look like a failing heater).
+                    let sample_phase = s.run_phase;
                     let live = |st: &mut InstrumentState, name: &str, v: f64| {
                         let r = st.repeats.entry(name.to_string()).or_insert((v, 0));
+                        let was = st
+                            .repeat_phases
+                            .entry(name.to_string())
+                            .or_insert(sample_phase);
                         if r.0.to_bits() == v.to_bits() {
                             r.1 = r.1.saturating_add(1);
+                            // The same bits after the run phase changed: frozen, whatever the
+                            // count (a priming pressure replayed while sequencing fakes a clog).
+                            if *was != sample_phase {
+                                r.1 = r.1.max(STUCK_REPEATS);
+                            }
                         } else {
                             *r = (v, 0);
+                            *was = sample_phase;
                         }
                         r.1 < STUCK_REPEATS
                     };
@@ -349,7 +417,7 @@ impl Processor for FeatureExtractor {
                         }
                         let fresh = live(st, name, v);
                         if fresh && name != "flowcell_temp_c" {
-                            add(st, name, v);
+                            add_sensor(st, name, v);
                         }
                     }
                     if let (Some(temp), Some(set)) = (s.flowcell_temp_c, s.flowcell_temp_setpoint_c)
@@ -359,7 +427,7 @@ impl Processor for FeatureExtractor {
                             .get("flowcell_temp_c")
                             .is_some_and(|r| r.1 >= STUCK_REPEATS);
                         if !stuck {
-                            add(st, "flowcell_temp_deviation_c", temp - set);
+                            add_sensor(st, "flowcell_temp_deviation_c", temp - set);
                         }
                     }
                 }
@@ -452,6 +520,11 @@ impl Processor for FeatureExtractor {
                 .collect(),
             repeats: st.repeats.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             flowcell_lot: st.flowcell_lot.as_deref(),
+            repeat_phases: st
+                .repeat_phases
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         };
         serde_json::to_vec(&stored)
             .map(Some)
@@ -479,6 +552,7 @@ impl Processor for FeatureExtractor {
                 closed_until_ms: stored.closed_until_ms,
                 windows: stored.windows.into_iter().collect(),
                 repeats: stored.repeats.into_iter().collect(),
+                repeat_phases: stored.repeat_phases.into_iter().collect(),
             },
         );
         Ok(())
@@ -496,7 +570,7 @@ impl Processor for FeatureExtractor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seqmon_model::{decode, encode, SensorReadings, Subsystem};
+    use seqmon_model::{decode, encode, RunPhase, SensorReadings, Subsystem};
     use seqmon_processor::transplant_state;
     use seqmon_processor::Emitted;
 
@@ -542,6 +616,85 @@ mod tests {
 
     fn features(out: &[Emitted]) -> Vec<Feature> {
         out.iter().map(|e| decode(&e.value).unwrap()).collect()
+    }
+
+    fn phased(t: i64, laser: f64, phase: RunPhase) -> Vec<u8> {
+        let mut r: SanitizedTelemetry = decode(&reading(t, laser)).unwrap();
+        r.sensors.as_mut().unwrap().run_phase = Some(phase);
+        encode(&r).unwrap()
+    }
+
+    #[test]
+    fn each_run_phase_has_its_own_windows_and_only_sequencing_its_spec() {
+        let mut p = epoch();
+        // Window 0: 3 samples idle (laser standby, far below spec), then 7 sequencing.
+        // Window 1: 9 sequencing, 1 wash (too few to judge: dropped).
+        let mut out = Vec::new();
+        for i in 0..20 {
+            // (Values vary: a value repeated bit for bit is a stuck sensor.)
+            let x = i as f64 * 0.1;
+            let (laser, phase) = match i {
+                0..=2 => (25.0 + x, RunPhase::IDLE),
+                19 => (25.0 + x, RunPhase::WASH),
+                _ => (500.0 + x, RunPhase::SEQUENCING),
+            };
+            out.extend(feed(&mut p, &phased(i * 30_000, laser, phase)).0);
+        }
+        out.extend(feed(&mut p, &phased(660_000, 26.0, RunPhase::IDLE)).0);
+        let lasers: Vec<Feature> = features(&out)
+            .into_iter()
+            .filter(|f| f.metric == "laser_power_mw")
+            .collect();
+        let summary: Vec<(i64, Option<RunPhase>, i32, bool)> = lasers
+            .iter()
+            .map(|f| {
+                (
+                    f.window_start_ms,
+                    f.run_phase,
+                    f.sample_count,
+                    f.spec_low.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (0, None, 7, true),
+                (0, Some(RunPhase::IDLE), 3, false),
+                (300_000, None, 9, true),
+            ]
+        );
+        assert!(lasers.iter().all(|f| f.fraction_out_of_spec == 0.0));
+    }
+
+    #[test]
+    fn a_reading_repeated_across_a_phase_change_is_a_frozen_sensor() {
+        let mut p = epoch();
+        let mut out = Vec::new();
+        // Priming at 180 (fresh values), then the sensor freezes at its last priming value.
+        for i in 0..5 {
+            out.extend(
+                feed(
+                    &mut p,
+                    &phased(i * 30_000, 180.0 + i as f64, RunPhase::PRIMING),
+                )
+                .0,
+            );
+        }
+        for i in 5..10 {
+            out.extend(feed(&mut p, &phased(i * 30_000, 184.0, RunPhase::SEQUENCING)).0);
+        }
+        out.extend(feed(&mut p, &phased(400_000, 500.5, RunPhase::SEQUENCING)).0);
+        let lasers: Vec<Feature> = features(&out)
+            .into_iter()
+            .filter(|f| f.metric == "laser_power_mw")
+            .collect();
+        assert_eq!(
+            lasers.len(),
+            1,
+            "no sequencing window from a frozen value: {lasers:?}"
+        );
+        assert_eq!(lasers[0].run_phase, Some(RunPhase::PRIMING));
     }
 
     #[test]
@@ -659,9 +812,10 @@ mod tests {
             .unwrap();
         // That layout predates the stuck-sensor counts, which start again empty.
         let mut without_repeats = p.instruments.clone();
-        without_repeats
-            .values_mut()
-            .for_each(|st| st.repeats.clear());
+        without_repeats.values_mut().for_each(|st| {
+            st.repeats.clear();
+            st.repeat_phases.clear();
+        });
         assert_eq!(r.instruments, without_repeats);
         assert_eq!(p.instruments, q.instruments);
     }

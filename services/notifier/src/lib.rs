@@ -128,6 +128,15 @@ pub fn suspected_part(a: &Anomaly) -> String {
     }
 }
 
+/// The series an anomaly is about: its metric, in its run phase (a metric has a baseline per
+/// phase, so an idle-phase clearing does not clear the sequencing one).
+fn series(a: &Anomaly) -> String {
+    match a.run_phase {
+        Some(p) => format!("{} ({})", a.metric, p.as_str()),
+        None => a.metric.clone(),
+    }
+}
+
 fn priority(severity: AnomalySeverity) -> MaintenancePriority {
     match severity {
         AnomalySeverity::CRITICAL => MaintenancePriority::P1,
@@ -249,7 +258,7 @@ impl Notifier {
                 a.instrument_model,
                 a.instrument_serial,
                 a.subsystem.label(),
-                a.metric,
+                series(a),
                 open.suspected_part
             ),
         };
@@ -320,7 +329,7 @@ impl Processor for Notifier {
                     severity: a.severity,
                     score: a.score,
                     anomaly_count: 1,
-                    active_metrics: [a.metric.clone()].into(),
+                    active_metrics: [series(&a)].into(),
                     suspected_part: suspected_part(&a),
                     priority,
                     due_by_ms: Some(due),
@@ -344,7 +353,7 @@ impl Processor for Notifier {
             }
             (AnomalyState::ACTIVE | AnomalyState::PREDICTED, Some(mut alert)) => {
                 alert.anomaly_count += 1;
-                alert.active_metrics.insert(a.metric.clone());
+                alert.active_metrics.insert(series(&a));
                 alert.score = alert.score.max(a.score);
                 // A fleet anomaly is re-sent only when its members change: each is news.
                 if a.severity > alert.severity || fleet {
@@ -374,7 +383,7 @@ impl Processor for Notifier {
                     .insert(a.subsystem, alert);
             }
             (AnomalyState::CLEARED, Some(mut alert)) => {
-                alert.active_metrics.remove(&a.metric);
+                alert.active_metrics.remove(&series(&a));
                 if fleet {
                     // The cohort cleared as a whole, whichever metric named it.
                     alert.active_metrics.clear();
@@ -477,6 +486,7 @@ mod tests {
             predicted_limit_latest_ms: None,
             flowcell_lot: None,
             cohort: None,
+            run_phase: None,
         })
         .unwrap()
     }
@@ -494,6 +504,38 @@ mod tests {
         a.predicted_limit_earliest_ms = Some(t + earliest_h * HOUR_MS);
         a.predicted_limit_ms = Some(t + earliest_h * 2 * HOUR_MS);
         encode(&a).unwrap()
+    }
+
+    #[test]
+    fn a_phase_series_clearing_leaves_the_sequencing_one_open() {
+        use seqmon_model::RunPhase;
+        let mut n = Notifier::default();
+        let in_phase = |state, t, phase| {
+            let mut a: Anomaly = decode(&anomaly(
+                "fluidics_pressure_kpa",
+                state,
+                AnomalySeverity::HIGH,
+                t,
+                90.0,
+            ))
+            .unwrap();
+            a.run_phase = phase;
+            encode(&a).unwrap()
+        };
+        let (a, _) = feed(&mut n, &in_phase(AnomalyState::ACTIVE, 10, None));
+        assert_eq!(a[0].action, AlertAction::OPEN);
+        let (a, _) = feed(
+            &mut n,
+            &in_phase(AnomalyState::ACTIVE, 20, Some(RunPhase::IDLE)),
+        );
+        assert!(a.is_empty(), "the same alert");
+        let (a, _) = feed(
+            &mut n,
+            &in_phase(AnomalyState::CLEARED, 30, Some(RunPhase::IDLE)),
+        );
+        assert!(a.is_empty(), "the sequencing series still stands: {a:?}");
+        let (a, _) = feed(&mut n, &in_phase(AnomalyState::CLEARED, 40, None));
+        assert_eq!(a[0].action, AlertAction::RESOLVE);
     }
 
     #[test]

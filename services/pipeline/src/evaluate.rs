@@ -163,7 +163,7 @@ pub fn fleet_causes(faults: &[FaultTruth], alerts: &[Alert]) -> Vec<FleetCauseOu
         .collect()
 }
 
-/// One simulated fleet run through the five stages.
+/// One simulated fleet run through the six stages.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
     /// Instruments in the fleet.
@@ -191,7 +191,7 @@ pub struct RunResult {
     pub fleet_causes: Vec<FleetCauseOutcome>,
 }
 
-/// Simulates one fleet and runs it through the five stages in one process, tick by tick, so a
+/// Simulates one fleet and runs it through the six stages in one process, tick by tick, so a
 /// month of a large fleet never sits in memory.
 pub fn run_fleet(cfg: &FleetConfig) -> Result<RunResult, RuntimeError> {
     let mut fleet = Fleet::new(cfg).without_json();

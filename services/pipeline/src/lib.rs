@@ -1,4 +1,4 @@
-//! The whole pipeline in one process, same processor code as the five services, fed by the
+//! The whole pipeline in one process, same processor code as the six services, fed by the
 //! simulator or a telemetry JSON-lines file: what `make run` runs. Also scores detection against
 //! the simulator's ground truth.
 
@@ -21,7 +21,7 @@ use seqmon_validator::Validator;
 pub mod evaluate;
 use serde::Serialize;
 
-/// The five stages and the cohort analyzer with default settings, chained.
+/// The six stages with default settings, chained.
 pub fn default_chain() -> Result<Chain, RuntimeError> {
     Chain::new(vec![
         Driver::new(Box::new(Validator::default())),

@@ -1,4 +1,4 @@
-//! `seqmon-pipeline`: the five stages in one process, fed by the fleet simulator (default) or a
+//! `seqmon-pipeline`: the six stages in one process, fed by the fleet simulator (default) or a
 //! telemetry JSON-lines file, printing alerts and maintenance entries as they come and ending
 //! with one JSON summary line. What `make run` runs.
 

@@ -1,4 +1,4 @@
-//! The five stages chained in one process on a simulated fleet, scored against ground truth.
+//! The six stages chained in one process on a simulated fleet, scored against ground truth.
 //! No broker: this checks the stage logic end to end; tests/ checks it over real Kafka.
 
 use seqmon_model::topics::TopicRole;

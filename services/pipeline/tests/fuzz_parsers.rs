@@ -122,7 +122,7 @@ fn mutated_avro_records_end_as_outputs_or_dead_letters() {
         );
     }
     assert_eq!(chain.stages()[0].metrics.input_records.get(), n as u64);
-    eprintln!("fuzz: {n} mutated Avro records through the five stages");
+    eprintln!("fuzz: {n} mutated Avro records through the six stages");
 }
 
 #[test]

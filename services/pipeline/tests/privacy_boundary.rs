@@ -1,4 +1,4 @@
-//! The privacy promise, end to end through the five stages (embedded mode, same processors as
+//! The privacy promise, end to end through the six stages (embedded mode, same processors as
 //! the Kafka services):
 //! - personal, health and genomic data injected into every string field of valid telemetry
 //!   (every record kind; as is, upper/lower case, glued to the real value with `_ - . : /`)

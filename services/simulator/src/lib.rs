@@ -15,7 +15,7 @@ use seqmon_model::codec::{encode_with, header};
 use seqmon_model::parts::Part;
 use seqmon_model::{
     encode, store, Alert, AlertAction, AnomalySeverity, DeadLetterReason, InstrumentConfiguration,
-    InstrumentModel, OperationLogEvent, PrivacyRule, RunConfiguration, RunPerformance,
+    InstrumentModel, OperationLogEvent, PrivacyRule, RunConfiguration, RunPerformance, RunPhase,
     SensorReadings, Severity, Subsystem, Telemetry, TelemetryKind,
 };
 use serde::Serialize;
@@ -201,7 +201,36 @@ const MODELS: [InstrumentModel; 4] = [
 ];
 const BAD_LOT: &str = "SBS-20991-BAD";
 const RUN_HOURS: f64 = 2.0;
-const IDLE_MINUTES: i64 = 10;
+/// A run starts by priming the fluidics, ends with a wash, and the instrument idles until the
+/// next one.
+const PRIMING_MINUTES: i64 = 8;
+const WASH_MINUTES: i64 = 8;
+const IDLE_MINUTES: i64 = 12;
+
+/// The run phase at `since_start` ms after a run started.
+fn run_phase(since_start: i64, run_len: i64) -> RunPhase {
+    if since_start < PRIMING_MINUTES * MINUTE {
+        RunPhase::PRIMING
+    } else if since_start < run_len {
+        RunPhase::SEQUENCING
+    } else if since_start < run_len + WASH_MINUTES * MINUTE {
+        RunPhase::WASH
+    } else {
+        RunPhase::IDLE
+    }
+}
+
+/// How a phase scales the laser, the flow, the pressure and the stage motor's current against
+/// sequencing: the laser idles outside sequencing, the pumps prime fast and wash faster than they
+/// sequence, and stand still when idle.
+fn phase_factors(phase: RunPhase) -> (f64, f64, f64, f64) {
+    match phase {
+        RunPhase::PRIMING => (0.05, 2.0, 1.8, 0.5),
+        RunPhase::WASH => (0.05, 1.5, 1.4, 0.5),
+        RunPhase::IDLE => (0.05, 0.02, 0.15, 0.3),
+        RunPhase::SEQUENCING | RunPhase::UNKNOWN => (1.0, 1.0, 1.0, 1.0),
+    }
+}
 
 /// `YYMMDD` (UTC) of a time in ms since the epoch, as run folder names write the date.
 fn yymmdd(ms: i64) -> String {
@@ -530,8 +559,8 @@ impl Generator {
         }
         let mut json = serde_json::to_value(t).expect("telemetry serializes");
         let bytes = if old_firmware {
-            // Old firmware writes telemetry v1, which has no attributes and none of the run
-            // performance fields added in v3.
+            // Old firmware writes telemetry v1, which has no attributes, none of the run
+            // performance fields added in v3 and no run phase (v4).
             json.as_object_mut().expect("object").remove("attributes");
             if let Some(p) = json
                 .get_mut("run_performance")
@@ -540,6 +569,10 @@ impl Generator {
                 for added in ["pct_aligned", "signal_to_noise", "yield_gbp"] {
                     p.remove(added);
                 }
+            }
+            // Nor the run phase (v4): its samples are judged against the sequencing baseline.
+            if let Some(s) = json.get_mut("sensors").and_then(|s| s.as_object_mut()) {
+                s.remove("run_phase");
             }
             let v1 = store()
                 .version("telemetry", 1)
@@ -647,7 +680,7 @@ impl Generator {
             f.scenario == Scenario::BadReagentLot && t >= f.start_ms && t - step < f.start_ms
         });
         let due = inst.run_id.is_empty()
-            || t >= inst.run_start_ms + run_len + IDLE_MINUTES * MINUTE
+            || t >= inst.run_start_ms + run_len + (WASH_MINUTES + IDLE_MINUTES) * MINUTE
             || lot_change;
         if due {
             inst.run_seq += 1;
@@ -719,9 +752,12 @@ impl Generator {
         }
         let b = &inst.base;
         let phase = (std::f64::consts::TAU * (t % period_ms) as f64 / period_ms as f64).sin();
-        let laser = b.level("laser_power_mw", t) * effect.laser_mul;
-        let flow = b.level("flow_rate_ul_min", t) * effect.flow_mul;
+        let run = run_phase(t - inst.run_start_ms, run_len);
+        let (laser_f, flow_f, pressure_f, current_f) = phase_factors(run);
+        let laser = b.level("laser_power_mw", t) * effect.laser_mul * laser_f;
+        let flow = b.level("flow_rate_ul_min", t) * effect.flow_mul * flow_f;
         let mut s = SensorReadings {
+            run_phase: Some(run),
             laser_power_mw: Some(laser * (1.0 + 0.004 * self.rng.normal())),
             focus_fwhm_px: Some(
                 b.level("focus_fwhm_px", t) + effect.fwhm_add + 0.03 * self.rng.normal(),
@@ -734,7 +770,9 @@ impl Generator {
                     .abs(),
             ),
             stage_motor_current_a: Some(
-                b.level("stage_motor_current_a", t) + effect.current_add + 0.02 * self.rng.normal(),
+                b.level("stage_motor_current_a", t) * current_f
+                    + effect.current_add
+                    + 0.02 * self.rng.normal(),
             ),
             flowcell_temp_setpoint_c: Some(inst.setpoint),
             flowcell_temp_c: Some(
@@ -748,16 +786,23 @@ impl Generator {
             ),
             ambient_temp_c: Some(b.level("ambient_temp_c", t) + 0.3 * self.rng.normal()),
             fluidics_pressure_kpa: Some(
-                b.level("fluidics_pressure_kpa", t) + effect.pressure_add + 1.5 * self.rng.normal(),
+                b.level("fluidics_pressure_kpa", t) * pressure_f
+                    + effect.pressure_add
+                    + 1.5 * self.rng.normal(),
             ),
             flow_rate_ul_min: Some(flow * (1.0 + 0.01 * self.rng.normal())),
         };
-        if self.cfg.sensor_glitches {
+        // Old firmware reports its sensors only while it sequences, and no phase (a sensor of
+        // it freezes at a value it reported).
+        let reported = !inst.old_firmware || run == RunPhase::SEQUENCING;
+        if self.cfg.sensor_glitches && reported {
             self.glitches(inst, t, step, &mut s);
         }
-        let mut r = self.base(inst, t, TelemetryKind::SENSOR_READINGS);
-        r.sensors = Some(s);
-        self.emit_with_bad(inst, r);
+        if reported {
+            let mut r = self.base(inst, t, TelemetryKind::SENSOR_READINGS);
+            r.sensors = Some(s);
+            self.emit_with_bad(inst, r);
+        }
         // Run performance every 5 samples while a run is in progress.
         if in_run && tick % 5 == 0 {
             let total = 322;

@@ -1,6 +1,6 @@
 //! `seqmon-evaluate`: the detection sweep of `make evaluate`. Simulates fleets over seeds, fleet
 //! sizes, durations and bad-record shares, each once with faults and once as a fault-free
-//! control fleet, runs every fleet through the five stages in one process (the same processors
+//! control fleet, runs every fleet through the six stages in one process (the same processors
 //! the services run), scores it against the ground truth and writes the aggregate as JSON.
 
 use std::collections::BTreeMap;
@@ -20,6 +20,9 @@ struct Cli {
     /// Seeds per configuration (seeds 1..=N).
     #[arg(long, default_value_t = 20)]
     seeds: u64,
+    /// Seeds for the durations longer than two days, when fewer (they cost 15 times as much).
+    #[arg(long)]
+    long_seeds: Option<u64>,
     /// Fleet sizes.
     #[arg(long, value_delimiter = ',', default_values_t = [24, 200])]
     fleets: Vec<usize>,
@@ -181,6 +184,9 @@ fn main() -> ExitCode {
     let mut configs = Vec::new();
     for seed in 1..=cli.seeds {
         for (&hours, &interval) in cli.hours.iter().zip(&cli.sample_intervals_s) {
+            if hours > 48.0 && cli.long_seeds.is_some_and(|n| seed > n) {
+                continue;
+            }
             for &instruments in &cli.fleets {
                 for &bad in &cli.bad_shares {
                     for faults in [true, false] {
@@ -268,6 +274,7 @@ fn main() -> ExitCode {
     let doc = json!({
         "sweep": {
             "seeds": cli.seeds,
+            "long_seeds": cli.long_seeds.unwrap_or(cli.seeds),
             "fleets": cli.fleets,
             "hours": cli.hours,
             "sample_intervals_s": cli.sample_intervals_s,
