@@ -43,7 +43,15 @@ fn score(args: impl Iterator<Item = String>) -> ExitCode {
 
 fn main() -> ExitCode {
     let mut args = std::env::args();
-    if std::env::args().nth(1).as_deref() == Some("score") {
+    let first = std::env::args().nth(1);
+    if matches!(first.as_deref(), Some("-h" | "--help" | "help")) {
+        // The runtime's help lists `kafka` and `file`; the third mode is this binary's own.
+        println!(
+            "Also: anomaly-detector score [SETTINGS] < series.csv   backtest the detector on a CSV \
+             `timestamp,value` series (anomaly-detector score --help)\n"
+        );
+    }
+    if first.as_deref() == Some("score") {
         let program = args.next().unwrap_or_default();
         args.next();
         return score(std::iter::once(format!("{program} score")).chain(args));
