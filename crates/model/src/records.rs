@@ -114,12 +114,40 @@ pub enum RunPhase {
 
 impl RunPhase {
     /// The phase whose baseline and operating spec a sample of this phase is judged against:
-    /// `None` (the spec's own, sequencing) for SEQUENCING, UNKNOWN and instruments that do not
-    /// say; the phase itself otherwise.
+    /// `None` (the spec's own, sequencing) for SEQUENCING and instruments that do not say; the
+    /// phase itself otherwise, UNKNOWN included (a phase newer than this build, which may well
+    /// not be sequencing: judged on its own, with no spec).
     pub fn own_baseline(phase: Option<RunPhase>) -> Option<RunPhase> {
         match phase {
-            None | Some(RunPhase::UNKNOWN) | Some(RunPhase::SEQUENCING) => None,
+            None | Some(RunPhase::SEQUENCING) => None,
             Some(p) => Some(p),
+        }
+    }
+
+    /// The name of a metric's series in a phase: the metric for sequencing (see
+    /// [`RunPhase::own_baseline`]), `metric@phase` otherwise (`laser_power_mw@idle`).
+    pub fn series(metric: &str, phase: Option<RunPhase>) -> String {
+        match RunPhase::own_baseline(phase) {
+            None => metric.to_string(),
+            Some(p) => format!("{metric}@{}", p.as_str()),
+        }
+    }
+
+    /// The metric and phase of a series name ([`RunPhase::series`]).
+    pub fn parse_series(series: &str) -> (&str, Option<RunPhase>) {
+        match series.split_once('@') {
+            Some((metric, phase)) => (
+                metric,
+                [
+                    RunPhase::UNKNOWN,
+                    RunPhase::IDLE,
+                    RunPhase::PRIMING,
+                    RunPhase::WASH,
+                ]
+                .into_iter()
+                .find(|p| p.as_str() == phase),
+            ),
+            None => (series, None),
         }
     }
 

@@ -463,10 +463,10 @@ impl Processor for AnomalyDetector {
         // the metric's name with the fleet prior and spec; idle, priming and wash under their
         // own, learnt from the instrument alone.
         let phase = RunPhase::own_baseline(f.run_phase);
-        let series = match phase {
-            None => f.metric.clone(),
-            Some(p) => format!("{}@{}", f.metric, p.as_str()),
-        };
+        let series = RunPhase::series(&f.metric, phase);
+        // (Cohort-caused metrics, run quality and error counts, have no phase: a cohort's
+        // deviations are keyed by metric alone.)
+        debug_assert!(phase.is_none() || cohort_kinds(kind, f.subsystem).is_empty());
         let continuous =
             kind == Some(MetricKind::Sensor) && (f.spec_low.is_some() || f.spec_high.is_some());
         // Only continuous readings have a fleet spread worth keeping.

@@ -41,22 +41,14 @@ const RUN_METRICS: &[&str] = &[
 const STUCK_REPEATS: u32 = 2;
 /// The derived software metric.
 const ERROR_EVENTS: &str = "error_events_per_window";
-/// Between a metric and its run phase in a window key (`flow_rate_ul_min@idle`).
-const PHASE_SEPARATOR: char = '@';
-/// Samples a phase's part of a window split between run phases needs to go out.
-const MIN_SPLIT_SAMPLES: u32 = 3;
+/// Samples a phase's part of a window needs to go out: fewer are too few to judge the phase by
+/// (a part split off by a phase change is kept with fewer only when it is the window's largest).
+const MIN_PHASE_SAMPLES: u32 = 3;
 
-/// The metric and run phase of a window key; no phase for the sequencing (spec) one.
+/// The metric and run phase of a window key ([`RunPhase::series`]).
 fn split_series(series: &str) -> (String, Option<RunPhase>) {
-    match series.split_once(PHASE_SEPARATOR) {
-        Some((metric, phase)) => {
-            let phase = [RunPhase::IDLE, RunPhase::PRIMING, RunPhase::WASH]
-                .into_iter()
-                .find(|p| p.as_str() == phase);
-            (metric.to_string(), phase)
-        }
-        None => (series.to_string(), None),
-    }
+    let (metric, phase) = RunPhase::parse_series(series);
+    (metric.to_string(), phase)
 }
 
 /// Feature-extractor settings.
@@ -263,18 +255,28 @@ impl FeatureExtractor {
                 .then(rank(&a.1).cmp(&rank(&b.1)))
                 .then(a.1.cmp(&b.1))
         });
-        // A window split between run phases (a run starts or ends in it): each phase's part goes
-        // out only with MIN_SPLIT_SAMPLES samples; fewer are too few to judge the phase by.
-        let mut parts: BTreeMap<(i64, String), u32> = BTreeMap::new();
+        // A phase's window goes out only with MIN_PHASE_SAMPLES samples (an idle spell caught
+        // by one or two samples is too little to judge the idle series by); the sequencing part
+        // of a window split by a phase change goes out with fewer only when it is the window's
+        // largest part (at slow sampling every boundary window is split 1 + 2).
+        let mut parts: BTreeMap<(i64, String), (u32, u32)> = BTreeMap::new();
         for (start, series) in &closing {
-            *parts.entry((*start, split_series(series).0)).or_default() += 1;
+            let n = st.windows.get(&(*start, series.clone())).map_or(0, |a| a.n);
+            let e = parts.entry((*start, split_series(series).0)).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(n);
         }
         for key in closing {
             let acc = st.windows.remove(&key).expect("key listed above");
             let (start, series) = key;
             let (metric, phase) = split_series(&series);
-            let split = parts.get(&(start, metric.clone())).is_some_and(|n| *n > 1);
-            if split && acc.n < MIN_SPLIT_SAMPLES {
+            let (count, largest) = parts
+                .get(&(start, metric.clone()))
+                .copied()
+                .unwrap_or((1, 0));
+            let too_few =
+                acc.n < MIN_PHASE_SAMPLES && (phase.is_some() || (count > 1 && acc.n < largest));
+            if too_few {
                 continue;
             }
             let model = st.model.unwrap_or(InstrumentModel::UNKNOWN);
@@ -379,7 +381,7 @@ impl Processor for FeatureExtractor {
             None => add(st, metric, v),
             Some(p) => st
                 .windows
-                .entry((start, format!("{metric}{PHASE_SEPARATOR}{}", p.as_str())))
+                .entry((start, RunPhase::series(metric, Some(p))))
                 .or_default()
                 .add(hours, v, (None, None)),
         };
@@ -390,7 +392,7 @@ impl Processor for FeatureExtractor {
                     // is a stuck sensor, not a measurement: it is left out, so a frozen value
                     // neither hides a fault nor fakes one (a stuck temperature against a changing
                     // setpoint would look like a failing heater).
-                    let sample_phase = s.run_phase;
+                    let sample_phase = RunPhase::own_baseline(s.run_phase);
                     let live = |st: &mut InstrumentState, name: &str, v: f64| {
                         let r = st.repeats.entry(name.to_string()).or_insert((v, 0));
                         let was = st
@@ -665,6 +667,27 @@ mod tests {
             ]
         );
         assert!(lasers.iter().all(|f| f.fraction_out_of_spec == 0.0));
+    }
+
+    #[test]
+    fn at_slow_sampling_a_split_window_keeps_its_larger_sequencing_part() {
+        let mut p = epoch();
+        let mut out = Vec::new();
+        // 120 s sampling: one idle sample, then two sequencing ones, in one window.
+        out.extend(feed(&mut p, &phased(0, 25.0, RunPhase::IDLE)).0);
+        out.extend(feed(&mut p, &phased(120_000, 500.1, RunPhase::SEQUENCING)).0);
+        out.extend(feed(&mut p, &phased(240_000, 500.2, RunPhase::SEQUENCING)).0);
+        // A phase newer than this build is its own series, not sequencing's.
+        out.extend(feed(&mut p, &phased(420_000, 30.0, RunPhase::UNKNOWN)).0);
+        let lasers: Vec<(i64, Option<RunPhase>, i32)> = features(&out)
+            .into_iter()
+            .filter(|f| f.metric == "laser_power_mw")
+            .map(|f| (f.window_start_ms, f.run_phase, f.sample_count))
+            .collect();
+        assert_eq!(lasers, [(0, None, 2)]);
+        assert!(p.instruments["A00001"]
+            .windows
+            .contains_key(&(300_000, "laser_power_mw@unknown".to_string())));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use seqmon_model::parts::Part;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     Alert, AlertAction, Anomaly, AnomalySeverity, AnomalyState, MaintenanceEntry,
-    MaintenancePriority, Subsystem,
+    MaintenancePriority, RunPhase, Subsystem,
 };
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
@@ -131,7 +131,7 @@ pub fn suspected_part(a: &Anomaly) -> String {
 /// The series an anomaly is about: its metric, in its run phase (a metric has a baseline per
 /// phase, so an idle-phase clearing does not clear the sequencing one).
 fn series(a: &Anomaly) -> String {
-    match a.run_phase {
+    match RunPhase::own_baseline(a.run_phase) {
         Some(p) => format!("{} ({})", a.metric, p.as_str()),
         None => a.metric.clone(),
     }
@@ -211,7 +211,7 @@ impl Notifier {
             _ => format!(
                 "{} {} at {:.3} against baseline {:.3} ({}, score {:.1})",
                 a.subsystem.label(),
-                a.metric,
+                series(a),
                 a.observed_level,
                 a.baseline_level,
                 a.rule,
