@@ -773,18 +773,7 @@ mod tests {
     }
 
     fn feed(d: &mut AnomalyDetector, bytes: &[u8]) -> Vec<Anomaly> {
-        let env = Envelope {
-            key: Some(b"A00001"),
-            value: bytes,
-            topic: TopicRole::Features.spec().name,
-            partition: 0,
-            offset: 0,
-            timestamp_ms: None,
-        };
-        let mut out = Emitter::default();
-        d.process(&env, &mut out).unwrap();
-        out.take()
-            .0
+        feed_all(d, bytes)
             .iter()
             .map(|e| decode(&e.value).unwrap())
             .collect()
@@ -879,6 +868,16 @@ mod tests {
         assert_eq!(cleared_to, [lot, fc]);
     }
 
+    /// A laser feature of the idle phase: no spec, its own spread.
+    fn idle(i: i64, level: f64) -> Vec<u8> {
+        let mut f: Feature = decode(&feature(i, level, 0.0)).unwrap();
+        f.run_phase = Some(RunPhase::IDLE);
+        f.spec_low = None;
+        f.spec_high = None;
+        f.variability = 0.05;
+        encode(&f).unwrap()
+    }
+
     #[test]
     fn each_run_phase_has_its_own_baseline() {
         let mut d = AnomalyDetector::default();
@@ -886,21 +885,11 @@ mod tests {
         // Sequencing at 500 mW with its spec, idle standby at 25 mW without one, interleaved.
         for i in 0..200 {
             got.extend(feed(&mut d, &feature(i, 500.0 + (i % 3) as f64, 0.0)));
-            let mut idle: Feature = decode(&feature(i, 25.0 + (i % 3) as f64 * 0.05, 0.0)).unwrap();
-            idle.run_phase = Some(RunPhase::IDLE);
-            idle.spec_low = None;
-            idle.spec_high = None;
-            idle.variability = 0.05;
-            got.extend(feed(&mut d, &encode(&idle).unwrap()));
+            got.extend(feed(&mut d, &idle(i, 25.0 + (i % 3) as f64 * 0.05)));
         }
         assert!(got.is_empty(), "{got:?}");
         // A standby laser that drops is the idle series' anomaly, named by its phase.
-        let mut idle: Feature = decode(&feature(200, 15.0, 0.0)).unwrap();
-        idle.run_phase = Some(RunPhase::IDLE);
-        idle.spec_low = None;
-        idle.spec_high = None;
-        idle.variability = 0.05;
-        let out = feed(&mut d, &encode(&idle).unwrap());
+        let out = feed(&mut d, &idle(200, 15.0));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].run_phase, Some(RunPhase::IDLE));
         assert_eq!(out[0].metric, "laser_power_mw");

@@ -639,6 +639,17 @@ impl Generator {
         }
     }
 
+    /// The instrument's configuration (software, RTA and firmware versions) as of `t`.
+    fn push_configuration(&mut self, inst: &mut Instrument, t: i64) {
+        let mut c = self.base(inst, t, TelemetryKind::INSTRUMENT_CONFIGURATION);
+        c.instrument_configuration = Some(InstrumentConfiguration {
+            control_software_version: inst.software.clone(),
+            rta_version: "3.4.4".into(),
+            firmware_version: "2.13.0".into(),
+        });
+        self.push(inst, c, Expect::Valid);
+    }
+
     fn tick(&mut self, inst: &mut Instrument, t: i64, tick: i64, step: i64) {
         if t < inst.silent_until {
             return;
@@ -651,13 +662,7 @@ impl Generator {
         let effect = active.map(|f| f.effect(&inst.base, t)).unwrap_or_default();
         let period_ms = active.map_or(300_000, |f| f.period_ms.max(1));
         if tick == 0 {
-            let mut c = self.base(inst, t, TelemetryKind::INSTRUMENT_CONFIGURATION);
-            c.instrument_configuration = Some(InstrumentConfiguration {
-                control_software_version: inst.software.clone(),
-                rta_version: "3.4.4".into(),
-                firmware_version: "2.13.0".into(),
-            });
-            self.push(inst, c, Expect::Valid);
+            self.push_configuration(inst, t);
         }
         // Software regression: the instrument updates at the onset.
         if let Some((Scenario::SoftwareRegression, onset)) =
@@ -665,13 +670,7 @@ impl Generator {
         {
             if t >= onset && t - step < onset {
                 inst.software = format!("{}-r1", software_for(inst.model));
-                let mut c = self.base(inst, t, TelemetryKind::INSTRUMENT_CONFIGURATION);
-                c.instrument_configuration = Some(InstrumentConfiguration {
-                    control_software_version: inst.software.clone(),
-                    rta_version: "3.4.4".into(),
-                    firmware_version: "2.13.0".into(),
-                });
-                self.push(inst, c, Expect::Valid);
+                self.push_configuration(inst, t);
             }
         }
         // Runs: back to back with a short idle; a bad reagent lot arrives with a new run.
@@ -728,13 +727,7 @@ impl Generator {
             // Instruments report their configuration with every run (as a collector reads it
             // from each run folder), so a missed update is caught up at the next run.
             if tick != 0 {
-                let mut c = self.base(inst, t, TelemetryKind::INSTRUMENT_CONFIGURATION);
-                c.instrument_configuration = Some(InstrumentConfiguration {
-                    control_software_version: inst.software.clone(),
-                    rta_version: "3.4.4".into(),
-                    firmware_version: "2.13.0".into(),
-                });
-                self.push(inst, c, Expect::Valid);
+                self.push_configuration(inst, t);
             }
             let mut l = self.base(inst, t, TelemetryKind::OPERATION_LOG);
             l.log_event = Some(OperationLogEvent {

@@ -59,6 +59,23 @@ fn round(x: Option<f64>) -> serde_json::Value {
     })
 }
 
+/// A scenario as the JSON names it (`laser_decay`).
+fn scenario_name(scenario: Scenario) -> String {
+    serde_json::to_value(scenario)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `n / of` rounded to four places; null when `of` is 0.
+fn share(n: usize, of: usize) -> serde_json::Value {
+    if of == 0 {
+        serde_json::Value::Null
+    } else {
+        json!((n as f64 / of as f64 * 10_000.0).round() / 10_000.0)
+    }
+}
+
 /// Per-scenario figures over a set of runs.
 fn per_fault(runs: &[&RunResult]) -> serde_json::Value {
     let mut by: BTreeMap<Scenario, Vec<&seqmon_pipeline::evaluate::FaultOutcome>> = BTreeMap::new();
@@ -80,19 +97,8 @@ fn per_fault(runs: &[&RunResult]) -> serde_json::Value {
             .filter_map(|f| f.lead_before_failure_h)
             .collect();
         fail.sort_by(f64::total_cmp);
-        let share = |n: usize, of: usize| {
-            if of == 0 {
-                serde_json::Value::Null
-            } else {
-                json!((n as f64 / of as f64 * 10_000.0).round() / 10_000.0)
-            }
-        };
-        let key = serde_json::to_value(scenario)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
         out.insert(
-            key,
+            scenario_name(scenario),
             json!({
                 "class": fs[0].class,
                 "injected": fs.len(),
@@ -130,12 +136,8 @@ fn fleet_attribution(runs: &[&RunResult]) -> serde_json::Value {
         alerts.sort_by(f64::total_cmp);
         let victims: usize = cs.iter().map(|c| c.victims).sum();
         let covered: usize = cs.iter().map(|c| c.covered_by_fleet_alert).sum();
-        let key = serde_json::to_value(scenario)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
         out.insert(
-            key,
+            scenario_name(scenario),
             json!({
                 "causes": cs.len(),
                 "victims_per_cause_median": round(percentile(
@@ -149,7 +151,7 @@ fn fleet_attribution(runs: &[&RunResult]) -> serde_json::Value {
                 "alerts_per_cause_median": round(percentile(&alerts, 0.5)),
                 "alerts_per_cause_max": alerts.last().copied(),
                 "causes_named_by_one_alert": cs.iter().filter(|c| c.alerts == 1).count(),
-                "victims_listed_by_a_fleet_alert": if victims == 0 { serde_json::Value::Null } else { json!((covered as f64 / victims as f64 * 10_000.0).round() / 10_000.0) },
+                "victims_listed_by_a_fleet_alert": share(covered, victims),
             }),
         );
     }
