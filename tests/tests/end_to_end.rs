@@ -140,7 +140,7 @@ fn the_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record()
         out(2, TopicRole::Features)
     );
     // The cohort analyzer reads what the detector re-keyed and what it passed on itself; the
-    // notifier reads both stages' anomalies.
+    // notifier reads both stages' anomalies and every feature (its clock and run history).
     assert_eq!(
         m[4]["cohort_analyzer_input_records_total"],
         out(3, TopicRole::CohortSignals) + out(4, TopicRole::CohortSignals)
@@ -148,7 +148,7 @@ fn the_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record()
     assert!(out(3, TopicRole::CohortSignals) > 0.0);
     assert_eq!(
         m[5]["notifier_input_records_total"],
-        out(3, TopicRole::Anomalies) + out(4, TopicRole::Anomalies)
+        out(3, TopicRole::Anomalies) + out(4, TopicRole::Anomalies) + out(2, TopicRole::Features)
     );
 
     // The committed topics agree with the counters.

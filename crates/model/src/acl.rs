@@ -29,11 +29,13 @@ pub enum Principal {
     /// Takes collectors' batches over HTTPS and writes them to raw telemetry, exactly once
     /// (its changelog holds the receipts of the batches it wrote).
     IngestGateway,
+    /// Service engineers' console (`seqmon-admin alert ...`): writes commands on alerts.
+    ServiceConsole,
 }
 
 impl Principal {
     /// Every principal.
-    pub const ALL: [Principal; 8] = [
+    pub const ALL: [Principal; 9] = [
         Principal::Collector,
         Principal::Validator,
         Principal::PrivacyEnforcer,
@@ -42,6 +44,7 @@ impl Principal {
         Principal::Notifier,
         Principal::CohortAnalyzer,
         Principal::IngestGateway,
+        Principal::ServiceConsole,
     ];
 
     /// The user name (`User:<name>`), also the stage name of the stage principals.
@@ -55,6 +58,7 @@ impl Principal {
             Principal::Notifier => "notifier",
             Principal::CohortAnalyzer => "cohort-analyzer",
             Principal::IngestGateway => "ingest-gateway",
+            Principal::ServiceConsole => "service-console",
         }
     }
 
@@ -64,6 +68,12 @@ impl Principal {
             Principal::Collector => StageTopics {
                 reads: &[],
                 writes: &[TopicRole::Raw],
+                consumes: false,
+            },
+            Principal::ServiceConsole => StageTopics {
+                // Reads alerts to show them; writes commands. No group, no transactions.
+                reads: &[TopicRole::Alerts],
+                writes: &[TopicRole::AlertCommands],
                 consumes: false,
             },
             Principal::IngestGateway => StageTopics {
@@ -160,7 +170,12 @@ pub const STAGE_TOPICS: &[(Principal, StageTopics)] = &[
     (
         Principal::Notifier,
         StageTopics {
-            reads: &[TopicRole::Anomalies, TopicRole::ChangelogNotifier],
+            reads: &[
+                TopicRole::Anomalies,
+                TopicRole::AlertCommands,
+                TopicRole::Features,
+                TopicRole::ChangelogNotifier,
+            ],
             writes: &[
                 TopicRole::Alerts,
                 TopicRole::Maintenance,

@@ -256,7 +256,62 @@ pub(crate) mod tests {
                 deviating: 3,
                 instruments: vec!["A1".into(), "A2".into(), "A3".into()],
             }),
+            state: AlertState::SNOOZED,
+            transition: AlertTransition::SNOOZED,
+            cause: TransitionCause::COMMAND,
+            sequence: 4,
+            command_id: Some("c1".into()),
+            actor: Some("fse-17".into()),
+            comment: Some("waiting for parts".into()),
+            assignee: Some("fse-17".into()),
+            acknowledged_by: Some("fse-17".into()),
+            snoozed_until_ms: Some(99),
+            resolution: None,
+            escalation_level: 1,
+            reopen_count: 0,
+            evidence: Some(Evidence {
+                metric: "flowcell_temp_c".into(),
+                series: "flowcell_temp_c".into(),
+                rule: "cusum_drift".into(),
+                anomaly_id: "x".into(),
+                observed: 61.2,
+                baseline: 60.0,
+                baseline_stddev: 0.1,
+                slope_per_hour: 0.01,
+                score: 7.5,
+                spec_low: Some(59.0),
+                spec_high: None,
+                recent: vec![SeriesPoint {
+                    window_end_ms: 5,
+                    level: 61.0,
+                }],
+                predicted_limit_ms: Some(10),
+                predicted_limit_earliest_ms: Some(8),
+                predicted_limit_latest_ms: None,
+            }),
         };
+        let command = AlertCommand {
+            command_id: "c1".into(),
+            alert_id: "A00123:thermal:1".into(),
+            instrument_serial: "A00123".into(),
+            action: AlertCommandAction::RESOLVE,
+            issued_by: "fse-17".into(),
+            issued_at_ms: 7,
+            snooze_until_ms: None,
+            resolution: Some(Resolution::PART_REPLACED),
+            assignee: None,
+            comment: None,
+        };
+        assert_eq!(
+            decode::<AlertCommand>(&encode(&command).expect("encode")).expect("decode"),
+            command
+        );
+        assert_eq!(alert_key(&command.alert_id), Some("A00123"));
+        assert_eq!(
+            alert_key("reagent_kit_lot:SBS-1:chemistry:42"),
+            Some("reagent_kit_lot:SBS-1")
+        );
+        assert_eq!(alert_key("nonsense"), None);
         assert_eq!(
             decode::<Alert>(&encode(&alert).expect("encode")).expect("decode"),
             alert

@@ -530,8 +530,222 @@ pub struct Alert {
     pub event_time_ms: i64,
     pub anomaly_count: i32,
     pub cohort: Option<CohortEvidence>,
+    pub state: AlertState,
+    pub transition: AlertTransition,
+    pub cause: TransitionCause,
+    pub sequence: i32,
+    pub command_id: Option<String>,
+    pub actor: Option<String>,
+    pub comment: Option<String>,
+    pub assignee: Option<String>,
+    pub acknowledged_by: Option<String>,
+    pub snoozed_until_ms: Option<i64>,
+    pub resolution: Option<Resolution>,
+    pub escalation_level: i32,
+    pub reopen_count: i32,
+    pub evidence: Option<Evidence>,
 }
 avro_record!(Alert, "alert");
+
+/// Where an alert stands (schema `alert` v3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AlertState {
+    PREDICTED,
+    OPEN,
+    ACKNOWLEDGED,
+    SNOOZED,
+    RESOLVED,
+}
+
+impl AlertState {
+    /// Every state, for metrics and summaries.
+    pub const ALL: [AlertState; 5] = [
+        Self::PREDICTED,
+        Self::OPEN,
+        Self::ACKNOWLEDGED,
+        Self::SNOOZED,
+        Self::RESOLVED,
+    ];
+
+    /// The schema symbol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PREDICTED => "PREDICTED",
+            Self::OPEN => "OPEN",
+            Self::ACKNOWLEDGED => "ACKNOWLEDGED",
+            Self::SNOOZED => "SNOOZED",
+            Self::RESOLVED => "RESOLVED",
+        }
+    }
+}
+
+/// What an alert record says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AlertTransition {
+    PREDICTED,
+    OPENED,
+    WORSENED,
+    UPDATED,
+    ACKNOWLEDGED,
+    SNOOZED,
+    UNSNOOZED,
+    ASSIGNED,
+    ESCALATED,
+    RESOLVED,
+    REOPENED,
+}
+
+impl AlertTransition {
+    /// Every transition, for metrics and summaries.
+    pub const ALL: [AlertTransition; 11] = [
+        Self::PREDICTED,
+        Self::OPENED,
+        Self::WORSENED,
+        Self::UPDATED,
+        Self::ACKNOWLEDGED,
+        Self::SNOOZED,
+        Self::UNSNOOZED,
+        Self::ASSIGNED,
+        Self::ESCALATED,
+        Self::RESOLVED,
+        Self::REOPENED,
+    ];
+
+    /// The schema symbol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PREDICTED => "PREDICTED",
+            Self::OPENED => "OPENED",
+            Self::WORSENED => "WORSENED",
+            Self::UPDATED => "UPDATED",
+            Self::ACKNOWLEDGED => "ACKNOWLEDGED",
+            Self::SNOOZED => "SNOOZED",
+            Self::UNSNOOZED => "UNSNOOZED",
+            Self::ASSIGNED => "ASSIGNED",
+            Self::ESCALATED => "ESCALATED",
+            Self::RESOLVED => "RESOLVED",
+            Self::REOPENED => "REOPENED",
+        }
+    }
+}
+
+/// What caused an alert transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TransitionCause {
+    ANOMALY,
+    FORECAST,
+    COMMAND,
+    TIMER,
+}
+
+/// How an alert ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Resolution {
+    CLEARED,
+    REPAIRED,
+    PART_REPLACED,
+    FALSE_ALARM,
+    NOT_REPRODUCIBLE,
+}
+
+impl Resolution {
+    /// The schema symbol, also what `seqmon-admin alert resolve --resolution` takes (lower case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CLEARED => "CLEARED",
+            Self::REPAIRED => "REPAIRED",
+            Self::PART_REPLACED => "PART_REPLACED",
+            Self::FALSE_ALARM => "FALSE_ALARM",
+            Self::NOT_REPRODUCIBLE => "NOT_REPRODUCIBLE",
+        }
+    }
+
+    /// Whether the work was done: the maintenance entry closes (otherwise it is cancelled).
+    pub fn fixed(self) -> bool {
+        matches!(self, Self::REPAIRED | Self::PART_REPLACED)
+    }
+}
+
+impl std::str::FromStr for Resolution {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Self::CLEARED,
+            Self::REPAIRED,
+            Self::PART_REPLACED,
+            Self::FALSE_ALARM,
+            Self::NOT_REPRODUCIBLE,
+        ]
+        .into_iter()
+        .find(|r| r.as_str().eq_ignore_ascii_case(&s.replace('-', "_")))
+        .ok_or_else(|| {
+            format!("{s:?} is not a resolution (repaired, part_replaced, false_alarm, not_reproducible)")
+        })
+    }
+}
+
+/// One window's level of a series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    pub window_end_ms: i64,
+    pub level: f64,
+}
+
+/// What a person needs to judge an alert or a maintenance entry (schema record `Evidence`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub metric: String,
+    pub series: String,
+    pub rule: String,
+    pub anomaly_id: String,
+    pub observed: f64,
+    pub baseline: f64,
+    pub baseline_stddev: f64,
+    pub slope_per_hour: f64,
+    pub score: f64,
+    pub spec_low: Option<f64>,
+    pub spec_high: Option<f64>,
+    pub recent: Vec<SeriesPoint>,
+    pub predicted_limit_ms: Option<i64>,
+    pub predicted_limit_earliest_ms: Option<i64>,
+    pub predicted_limit_latest_ms: Option<i64>,
+}
+
+/// What a service engineer asks of an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AlertCommandAction {
+    UNKNOWN,
+    ACKNOWLEDGE,
+    SNOOZE,
+    RESOLVE,
+    ASSIGN,
+}
+
+/// A command on an alert (schema `alert_command`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertCommand {
+    pub command_id: String,
+    pub alert_id: String,
+    pub instrument_serial: String,
+    pub action: AlertCommandAction,
+    pub issued_by: String,
+    pub issued_at_ms: i64,
+    pub snooze_until_ms: Option<i64>,
+    pub resolution: Option<Resolution>,
+    pub assignee: Option<String>,
+    pub comment: Option<String>,
+}
+avro_record!(AlertCommand, "alert_command");
+
+/// The Kafka key of an alert's records: its `instrument_serial` (a serial, or a fleet alert's
+/// cohort key), read off an alert id `<key>:<subsystem>:<opened_at_ms>`.
+pub fn alert_key(alert_id: &str) -> Option<&str> {
+    let mut parts = alert_id.rsplitn(3, ':');
+    let opened = parts.next()?;
+    let _subsystem = parts.next()?;
+    let key = parts.next()?;
+    (opened.parse::<i64>().is_ok() && !key.is_empty()).then_some(key)
+}
 
 impl Alert {
     /// Whether the alert is about this instrument: its own alert, or a fleet alert that lists it
@@ -567,8 +781,44 @@ pub struct MaintenanceEntry {
     pub reason: String,
     pub created_at_ms: i64,
     pub predicted_limit_ms: Option<i64>,
+    pub status: MaintenanceStatus,
+    pub revision: i32,
+    pub updated_at_ms: i64,
+    pub resolution: Option<Resolution>,
+    pub visit: Option<Visit>,
+    pub predicted_limit_earliest_ms: Option<i64>,
+    pub predicted_limit_latest_ms: Option<i64>,
+    pub evidence: Option<Evidence>,
 }
 avro_record!(MaintenanceEntry, "maintenance_entry");
+
+/// Whether a maintenance entry's work is still to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MaintenanceStatus {
+    OPEN,
+    CLOSED,
+    CANCELLED,
+}
+
+/// How a visit window was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum VisitBasis {
+    NO_RUN_HISTORY,
+    HABITUAL_IDLE,
+    IDLE_NOW,
+    BETWEEN_RUNS,
+}
+
+/// A proposed service visit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Visit {
+    pub visit_id: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub basis: VisitBasis,
+    pub parts: Vec<String>,
+    pub entry_ids: Vec<String>,
+}
 
 /// Fixed list of dead-letter reasons.
 
@@ -587,12 +837,16 @@ pub enum DeadLetterReason {
     PRIVACY_VIOLATION,
     LATE_EVENT,
     TOO_LARGE,
+    UNKNOWN_ALERT,
+    STALE_TRANSITION,
+    INVALID_COMMAND,
+    DELIVERY_FAILED,
     UNKNOWN,
 }
 
 impl DeadLetterReason {
     /// Every reason, for metrics pre-registration and summaries.
-    pub const ALL: [DeadLetterReason; 14] = [
+    pub const ALL: [DeadLetterReason; 18] = [
         Self::UNDECODABLE,
         Self::UNKNOWN_SCHEMA,
         Self::WRONG_SCHEMA,
@@ -606,6 +860,10 @@ impl DeadLetterReason {
         Self::PRIVACY_VIOLATION,
         Self::LATE_EVENT,
         Self::TOO_LARGE,
+        Self::UNKNOWN_ALERT,
+        Self::STALE_TRANSITION,
+        Self::INVALID_COMMAND,
+        Self::DELIVERY_FAILED,
         Self::UNKNOWN,
     ];
 
@@ -625,6 +883,10 @@ impl DeadLetterReason {
             Self::PRIVACY_VIOLATION => "PRIVACY_VIOLATION",
             Self::LATE_EVENT => "LATE_EVENT",
             Self::TOO_LARGE => "TOO_LARGE",
+            Self::UNKNOWN_ALERT => "UNKNOWN_ALERT",
+            Self::STALE_TRANSITION => "STALE_TRANSITION",
+            Self::INVALID_COMMAND => "INVALID_COMMAND",
+            Self::DELIVERY_FAILED => "DELIVERY_FAILED",
             Self::UNKNOWN => "UNKNOWN",
         }
     }

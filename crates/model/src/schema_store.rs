@@ -89,6 +89,12 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
     ),
     ("alert", 1, include_str!("../../../schemas/alert/v1.avsc")),
     ("alert", 2, include_str!("../../../schemas/alert/v2.avsc")),
+    ("alert", 3, include_str!("../../../schemas/alert/v3.avsc")),
+    (
+        "alert_command",
+        1,
+        include_str!("../../../schemas/alert_command/v1.avsc"),
+    ),
     (
         "cohort_signal",
         1,
@@ -105,6 +111,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/maintenance_entry/v2.avsc"),
     ),
     (
+        "maintenance_entry",
+        3,
+        include_str!("../../../schemas/maintenance_entry/v3.avsc"),
+    ),
+    (
         "dead_letter",
         1,
         include_str!("../../../schemas/dead_letter/v1.avsc"),
@@ -113,6 +124,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         "dead_letter",
         2,
         include_str!("../../../schemas/dead_letter/v2.avsc"),
+    ),
+    (
+        "dead_letter",
+        3,
+        include_str!("../../../schemas/dead_letter/v3.avsc"),
     ),
     (
         "privacy_audit",

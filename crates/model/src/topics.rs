@@ -66,11 +66,13 @@ pub enum TopicRole {
     CohortSignals,
     /// Cohort-analyzer state.
     ChangelogCohortAnalyzer,
+    /// Service engineers' commands on alerts (acknowledge, snooze, resolve, assign).
+    AlertCommands,
 }
 
 impl TopicRole {
     /// Every role, in catalogue order.
-    pub const ALL: [TopicRole; 17] = [
+    pub const ALL: [TopicRole; 18] = [
         TopicRole::Raw,
         TopicRole::Validated,
         TopicRole::Sanitized,
@@ -88,6 +90,7 @@ impl TopicRole {
         TopicRole::ChangelogIngestGateway,
         TopicRole::CohortSignals,
         TopicRole::ChangelogCohortAnalyzer,
+        TopicRole::AlertCommands,
     ];
 
     /// The role's name in configuration, metrics labels and `seqmon-admin topics`: the only
@@ -111,6 +114,7 @@ impl TopicRole {
             TopicRole::ChangelogIngestGateway => "changelog_ingest_gateway",
             TopicRole::CohortSignals => "cohort_signals",
             TopicRole::ChangelogCohortAnalyzer => "changelog_cohort_analyzer",
+            TopicRole::AlertCommands => "alert_commands",
         }
     }
 
@@ -179,7 +183,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
     TopicSpec { role: TopicRole::Sanitized, name: "telemetry.sanitized", schema: "sanitized_telemetry", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(30 * DAY), doc: "Telemetry past the privacy boundary: the only telemetry analysis reads." },
     TopicSpec { role: TopicRole::Features, name: "features", schema: "feature", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(30 * DAY), doc: "Per-window statistics per instrument, subsystem and metric." },
     TopicSpec { role: TopicRole::Anomalies, name: "anomalies", schema: "anomaly", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(90 * DAY), doc: "Departures from each instrument's baseline, and their clearing." },
-    TopicSpec { role: TopicRole::Alerts, name: "alerts", schema: "alert", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "Alert lifecycle (open, update, resolve) for service teams." },
+    TopicSpec { role: TopicRole::Alerts, name: "alerts", schema: "alert", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "Alert lifecycle for service teams: every transition (predicted, opened, acknowledged, snoozed, escalated, resolved, re-opened) with its cause." },
     TopicSpec { role: TopicRole::Maintenance, name: "maintenance.schedule", schema: "maintenance_entry", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "Maintenance and part-replacement schedule entries." },
     TopicSpec { role: TopicRole::PrivacyAudit, name: "privacy.audit", schema: "privacy_audit", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "One record per removal at the privacy boundary: rule and field, never the value." },
     TopicSpec { role: TopicRole::DeadLettersSensitive, name: "deadletter.sensitive", schema: "dead_letter", key: "instrument serial (or the source key)", side: PrivacySide::Sensitive, cleanup: Cleanup::DeleteAfterHours(7 * DAY), doc: "Dead letters of the validator and privacy enforcer; they carry raw bytes, so they stay on the sensitive side." },
@@ -187,10 +191,11 @@ pub const CATALOGUE: &[TopicSpec] = &[
     TopicSpec { role: TopicRole::ChangelogValidator, name: "validator.changelog", schema: "state_snapshot", key: "instrument serial and message id", side: PrivacySide::Sensitive, cleanup: Cleanup::CompactDeleteAfterHours(VALIDATOR_CHANGELOG_HOURS), doc: "Validator state: one record per recent message id." },
     TopicSpec { role: TopicRole::ChangelogFeatureExtractor, name: "feature-extractor.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Feature-extractor open windows per instrument." },
     TopicSpec { role: TopicRole::ChangelogAnomalyDetector, name: "anomaly-detector.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Anomaly-detector baselines per instrument." },
-    TopicSpec { role: TopicRole::ChangelogNotifier, name: "notifier.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Notifier open alerts per instrument." },
+    TopicSpec { role: TopicRole::ChangelogNotifier, name: "notifier.changelog", schema: "state_snapshot", key: "instrument serial", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Notifier alerts, maintenance entries and run history per instrument." },
     TopicSpec { role: TopicRole::ChangelogIngestGateway, name: "ingest-gateway.changelog", schema: "state_snapshot", key: "SHA-256 of client identity and idempotency key", side: PrivacySide::Sensitive, cleanup: Cleanup::CompactDeleteAfterHours(INGEST_RECEIPT_HOURS), doc: "Ingest-gateway receipts: the batches already written to telemetry.raw, so a retried POST is not counted twice." },
     TopicSpec { role: TopicRole::CohortSignals, name: "cohort.signals", schema: "cohort_signal", key: "cohort (kind:value)", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(7 * DAY), doc: "Repartition topic: instruments' membership of lot and software cohorts and their deviations, keyed by cohort so one cohort-analyzer instance sees a whole cohort." },
     TopicSpec { role: TopicRole::ChangelogCohortAnalyzer, name: "cohort-analyzer.changelog", schema: "state_snapshot", key: "cohort (kind:value)", side: PrivacySide::Analysis, cleanup: Cleanup::Compact, doc: "Cohort-analyzer members, deviations and fleet anomalies per cohort." },
+    TopicSpec { role: TopicRole::AlertCommands, name: "alerts.commands", schema: "alert_command", key: "the alert's instrument serial (a fleet alert's cohort key)", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "Service engineers' commands on alerts (acknowledge, snooze, resolve, assign): who, when, what. Co-partitioned with anomalies, so the notifier instance holding an alert reads its commands." },
 ];
 
 /// Kafka topic configuration entries for a topic.

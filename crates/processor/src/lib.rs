@@ -169,6 +169,13 @@ pub trait Processor: Send {
     /// Topic role it reads (see [`seqmon_model::topics::CATALOGUE`]).
     fn input_role(&self) -> TopicRole;
 
+    /// Topic roles it also reads, co-partitioned with the input role (same partition count,
+    /// same key): the instance owning input partition p reads partition p of each, so a key's
+    /// records from every input meet its state in one instance. None by default.
+    fn side_input_roles(&self) -> &'static [TopicRole] {
+        &[]
+    }
+
     /// Topic roles it writes, main output first.
     fn output_roles(&self) -> &'static [TopicRole];
 
@@ -207,6 +214,13 @@ pub trait Processor: Send {
     /// changes; the runtime refuses to restore a snapshot of another version.
     fn state_format_version(&self) -> i32 {
         1
+    }
+
+    /// Whether [`Processor::restore`] reads snapshots of this layout version: by default only
+    /// the version it writes. A stage that migrates an older layout says so here; the runtime
+    /// refuses to restore any other.
+    fn reads_state_format(&self, version: i32) -> bool {
+        version == self.state_format_version()
     }
 
     /// Serialized state of one key, `Ok(None)` when the key has no state (a tombstone). An error

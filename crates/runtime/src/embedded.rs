@@ -1,7 +1,7 @@
 //! Embedded mode: the stages chained in one process with the same processor code, for `make run`
 //! and tests. A stage's output is handed at once to every stage whose input role it has (the
 //! next one, a later one such as the notifier after the detector, or the stage itself for a
-//! repartition topic it re-keys onto), depth-first, so each input's effects complete before the
+//! repartition topic it re-keys onto; side inputs too, such as the notifier's features), depth-first, so each input's effects complete before the
 //! next input; every output, handed on or not, is also shown to the caller's sink. Offsets are per-topic counters and the partition is 0, so dead letters still
 //! say where their record came from. Nothing is lost: every record either reaches the sink, is
 //! consumed by the next stage, or becomes a dead letter that reaches the sink.
@@ -55,17 +55,39 @@ impl Chain {
         value: &[u8],
         sink: &mut dyn FnMut(&str, &Emitted),
     ) -> Result<(), RuntimeError> {
-        self.feed(0, key, value, sink)
+        let role = self.stages[0].processor().input_role();
+        self.feed(0, role, key, value, sink)
+    }
+
+    /// Feeds one record of `role` (a topic no stage of the chain writes, such as the commands
+    /// a service team sends) to every stage that reads it.
+    pub fn push_to(
+        &mut self,
+        role: TopicRole,
+        key: &str,
+        value: &[u8],
+        sink: &mut dyn FnMut(&str, &Emitted),
+    ) -> Result<(), RuntimeError> {
+        let readers: Vec<usize> = (0..self.stages.len())
+            .filter(|i| reads(&self.stages[*i], role))
+            .collect();
+        if readers.is_empty() {
+            return Err(RuntimeError::Internal(format!("no stage reads {role}")));
+        }
+        for index in readers {
+            self.feed(index, role, key, value, sink)?;
+        }
+        Ok(())
     }
 
     fn feed(
         &mut self,
         index: usize,
+        role: TopicRole,
         key: &str,
         value: &[u8],
         sink: &mut dyn FnMut(&str, &Emitted),
     ) -> Result<(), RuntimeError> {
-        let role = self.stages[index].processor().input_role();
         let offset = {
             let o = self.offsets.entry(role).or_insert(0);
             *o += 1;
@@ -96,8 +118,8 @@ impl Chain {
             // Later stages, or this one (a repartition topic); never an earlier one, so
             // a chain cannot cycle back through another stage.
             for next in index..self.stages.len() {
-                if self.stages[next].processor().input_role() == e.role {
-                    self.feed(next, &e.key, &e.value, sink)?;
+                if reads(&self.stages[next], e.role) {
+                    self.feed(next, e.role, &e.key, &e.value, sink)?;
                 }
             }
         }
@@ -113,4 +135,10 @@ impl Chain {
         }
         Ok(())
     }
+}
+
+/// Whether a stage reads `role`, as its input or a side input.
+fn reads(stage: &Driver, role: TopicRole) -> bool {
+    let p = stage.processor();
+    p.input_role() == role || p.side_input_roles().contains(&role)
 }

@@ -22,6 +22,12 @@
 //! state) and stops the service; a changelog record of another state format version stops the
 //! restore rather than be misread.
 //!
+//! Side inputs. A stage may read more topics beside its input (the notifier reads the service
+//! team's commands and the features): they must have the input's partition count (checked at
+//! start-up, which fails naming the topic otherwise), the consumer uses range assignment so the
+//! owner of input partition p owns partition p of each, and their offsets commit in the same
+//! transaction as everything else, so a side input is exactly-once too.
+//!
 //! Timestamps. Every output record carries the Kafka timestamp of the input record that caused it,
 //! so a result's timestamp is its instrument's send time, however many stages it passed.
 
@@ -127,6 +133,8 @@ impl ConsumerContext for RestoreContext {}
 
 /// An input record copied out of the consumer.
 struct Owned {
+    /// Which input (index in `Topics::inputs`).
+    input: usize,
     key: Option<Vec<u8>>,
     value: Vec<u8>,
     partition: i32,
@@ -167,7 +175,10 @@ pub fn outgoing<'v>(
 
 /// The topics a stage reads and writes, resolved once under the deployment prefix.
 struct Topics {
+    /// The main input topic.
     input: String,
+    /// Every input topic with its role: the main one first, then the side inputs.
+    inputs: Vec<(TopicRole, String)>,
     outputs: HashMap<TopicRole, String>,
     changelog: Option<String>,
 }
@@ -177,6 +188,10 @@ impl Topics {
         let p = driver.processor();
         Topics {
             input: cfg.kafka.topic(p.input_role()),
+            inputs: std::iter::once(p.input_role())
+                .chain(p.side_input_roles().iter().copied())
+                .map(|r| (r, cfg.kafka.topic(r)))
+                .collect(),
             outputs: p
                 .output_roles()
                 .iter()
@@ -186,6 +201,11 @@ impl Topics {
                 .collect(),
             changelog: p.changelog_role().map(|r| cfg.kafka.topic(r)),
         }
+    }
+
+    /// The index in `inputs` of a topic this stage reads.
+    fn input_index(&self, topic: &str) -> Option<usize> {
+        self.inputs.iter().position(|(_, t)| t == topic)
     }
 
     fn output(&self, role: TopicRole) -> Result<&str, TxnFailure> {
@@ -203,8 +223,8 @@ struct BatchOutput {
     records: Vec<(Emitted, Option<i64>)>,
     /// Keys whose state changed, with the input partition they belong to.
     changed: BTreeMap<String, i32>,
-    /// Next offset to consume per input partition.
-    next_offsets: BTreeMap<i32, i64>,
+    /// Next offset to consume per input (index in `Topics::inputs`) and partition.
+    next_offsets: BTreeMap<(usize, i32), i64>,
 }
 
 /// One key's state to write to the changelog: bytes, or `None` for a tombstone.
@@ -298,30 +318,47 @@ impl<'a> StageLoop<'a> {
                 cfg.heartbeat_interval_ms.to_string(),
             )
             .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+            // Range assignment gives partition p of every co-partitioned input to one member.
+            .set("partition.assignment.strategy", "range")
             .create_with_context(StageConsumerContext {
                 log: rebalances.clone(),
                 input_topic: topics.input.clone(),
                 metrics: driver.metrics.clone(),
             })
             .map_err(RuntimeError::kafka("create consumer"))?;
+        let names: Vec<&str> = topics.inputs.iter().map(|(_, t)| t.as_str()).collect();
         consumer
-            .subscribe(&[&topics.input])
+            .subscribe(&names)
             .map_err(RuntimeError::kafka("subscribe"))?;
         let mut driver = driver;
-        let input_partitions = {
+        let mut counts = Vec::with_capacity(names.len());
+        for name in &names {
             let mut count = 0;
             retry("fetch input metadata", shutdown, || {
-                let md = consumer.fetch_metadata(Some(&topics.input), timeout)?;
+                let md = consumer.fetch_metadata(Some(name), timeout)?;
                 count = md
                     .topics()
                     .iter()
-                    .filter(|t| t.name() == topics.input && t.error().is_none())
+                    .filter(|t| t.name() == *name && t.error().is_none())
                     .map(|t| t.partitions().len())
                     .sum();
                 Ok(())
             })?;
-            count
-        };
+            counts.push(count);
+        }
+        let input_partitions = counts[0];
+        // Side inputs are co-partitioned with the input: partition p of each goes to the owner
+        // of input partition p (the range assignor, set above, does so for equal counts).
+        if let Some(i) = counts.iter().position(|c| *c != input_partitions) {
+            return Err(RuntimeError::Config {
+                setting: format!("topic {} (--topic-prefix)", names[i]),
+                message: format!(
+                    "has {} partitions but {} has {}: a stage's inputs must be co-partitioned \
+                     (seqmon-admin create-topics --partitions N creates them alike)",
+                    counts[i], names[0], input_partitions
+                ),
+            });
+        }
         driver.processor_mut().on_input_partitions(input_partitions);
         tracing::info!(stage, input_partitions, input_topic = %topics.input, %group_id, %transactional_id, "exactly-once loop started");
         Ok(StageLoop {
@@ -381,8 +418,10 @@ impl<'a> StageLoop<'a> {
                     }
                 }
                 Some(Ok(m)) => {
-                    if m.topic() == self.topics.input && self.assigned.contains(&m.partition()) {
+                    let input = self.topics.input_index(m.topic());
+                    if let Some(input) = input.filter(|_| self.assigned.contains(&m.partition())) {
                         batch.push(Owned {
+                            input,
                             key: m.key().map(<[u8]>::to_vec),
                             value: m.payload().unwrap_or_default().to_vec(),
                             partition: m.partition(),
@@ -480,14 +519,15 @@ impl<'a> StageLoop<'a> {
             next_offsets: BTreeMap::new(),
         };
         let mut emitted: Vec<Emitted> = Vec::new();
-        let input_role = self.driver.processor().input_role();
-        let ring = self
-            .cfg
-            .kafka
-            .key_ring
-            .as_ref()
-            .filter(|_| input_role.spec().side == PrivacySide::Sensitive);
         for m in batch {
+            let (input_role, topic) = &self.topics.inputs[m.input];
+            let input_role = *input_role;
+            let ring = self
+                .cfg
+                .kafka
+                .key_ring
+                .as_ref()
+                .filter(|_| input_role.spec().side == PrivacySide::Sensitive);
             // On the sensitive side the record is opened first; one that does not open is a
             // dead letter (its sealed bytes kept), never a crash.
             let opened = ring.map(|r| {
@@ -505,7 +545,7 @@ impl<'a> StageLoop<'a> {
             let env = Envelope {
                 key: m.key.as_deref(),
                 value,
-                topic: &self.topics.input,
+                topic,
                 partition: m.partition,
                 offset: m.offset,
                 timestamp_ms: m.timestamp_ms,
@@ -527,7 +567,8 @@ impl<'a> StageLoop<'a> {
             // does), so the time from an instrument's event to any result can be read off it.
             out.records
                 .extend(emitted.drain(..).map(|e| (e, m.timestamp_ms)));
-            out.next_offsets.insert(m.partition, m.offset + 1);
+            out.next_offsets
+                .insert((m.input, m.partition), m.offset + 1);
         }
         Ok(out)
     }
@@ -609,11 +650,11 @@ impl<'a> StageLoop<'a> {
     }
 
     /// Waits for every delivery, adds the input offsets to the transaction and commits it.
-    fn commit(&self, next_offsets: &BTreeMap<i32, i64>) -> Result<(), TxnFailure> {
+    fn commit(&self, next_offsets: &BTreeMap<(usize, i32), i64>) -> Result<(), TxnFailure> {
         let timeout = self.cfg.request_timeout();
         let mut tpl = TopicPartitionList::new();
-        for (p, o) in next_offsets {
-            tpl.add_partition_offset(&self.topics.input, *p, Offset::Offset(*o))
+        for ((input, p), o) in next_offsets {
+            tpl.add_partition_offset(&self.topics.inputs[*input].1, *p, Offset::Offset(*o))
                 .map_err(|e| {
                     TxnFailure::Fatal(RuntimeError::Kafka {
                         operation: "offsets",
@@ -644,15 +685,20 @@ impl<'a> StageLoop<'a> {
         }
     }
 
-    /// Seeks every assigned partition back to its committed offset (or the beginning).
+    /// Seeks every assigned partition of every input back to its committed offset (or the
+    /// beginning).
     fn rewind(&self) -> Result<(), RuntimeError> {
         let timeout = self.cfg.request_timeout();
-        let topic = self.topics.input.as_str();
         let committed = self
             .consumer
             .committed(timeout)
             .map_err(RuntimeError::kafka("committed offsets"))?;
-        for p in &self.assigned {
+        let each = self
+            .topics
+            .inputs
+            .iter()
+            .flat_map(|(_, t)| self.assigned.iter().map(move |p| (t.as_str(), p)));
+        for (topic, p) in each {
             let committed_offset = committed
                 .find_partition(topic, *p)
                 .map(|e| e.offset())
@@ -770,7 +816,7 @@ fn restore_state(
     let mut restored = 0u64;
     for (key, snap) in latest {
         let Some(snap) = snap else { continue };
-        if snap.format_version != expected {
+        if !driver.processor().reads_state_format(snap.format_version) {
             return Err(StageError::StateFormat {
                 key,
                 found: snap.format_version,

@@ -8,6 +8,7 @@ use seqmon_runtime::Processor;
 
 fn declared(p: &dyn Processor) -> (Vec<TopicRole>, Vec<TopicRole>) {
     let mut reads = vec![p.input_role()];
+    reads.extend_from_slice(p.side_input_roles());
     let mut writes: Vec<TopicRole> = p.output_roles().to_vec();
     writes.push(p.dead_letter_role());
     if let Some(c) = p.changelog_role() {

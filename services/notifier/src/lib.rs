@@ -1,36 +1,86 @@
-//! Notifier: reads `anomalies`, writes `alerts` and `maintenance.schedule`.
+//! Notifier: reads `anomalies`, the service team's `alerts.commands` and `features`; writes the
+//! alert lifecycle to `alerts` and the maintenance plan to `maintenance.schedule`.
 //!
-//! Alerts are deduplicated per (instrument, subsystem): the first ACTIVE or PREDICTED anomaly of a
-//! subsystem opens an alert and schedules maintenance; further anomalies of the same subsystem
-//! update it only when its severity rises; when every metric of the subsystem has CLEARED, the
-//! alert is resolved. The suspected part comes from the metric and the direction of the departure
-//! (a leak lowers pressure, a clog raises it; see [`seqmon_model::parts::Part`]).
+//! Alerts. One alert per instrument and subsystem (a fleet alert per cohort). A forecast opens
+//! it `PREDICTED`, a present anomaly `OPEN`; a rise in severity is `WORSENED`; commands move it to
+//! `ACKNOWLEDGED`, `SNOOZED` (until a time, or until it worsens) and `RESOLVED` with a
+//! resolution, or assign it. When every series behind it has cleared it resolves itself
+//! (`CLEARED`), but only after the series stayed clear for `resolve_hold_minutes` and the alert
+//! stood for `min_open_minutes` (flap suppression: a recurrence within the hold is silent). A
+//! recurrence within `reopen_window_hours` of any resolution re-opens the same alert id; later it
+//! is a new alert. An alert left unacknowledged escalates after a delay per severity, up to
+//! `max_escalations` times. Every transition is one record on `alerts` with its cause (anomaly,
+//! forecast, command, timer) and a sequence number per alert, and carries the evidence (metric,
+//! rule, recent values against baseline and spec, the forecast crossing and its interval).
 //!
-//! Maintenance: one entry per instrument and part (`entry_id` = serial and part), re-sent under
-//! the same id when its priority rises or its due date moves earlier, never re-issued under a new
-//! id. For a forecast (PREDICTED) the due date is the earliest predicted crossing minus
-//! `margin_hours` (at most half the time left, never before the anomaly, never after the
-//! crossing) and the priority follows the time left (`priority_hours`). For a present anomaly the
-//! due date follows its severity's priority (`due_hours`); with a forecast standing too, the more
-//! urgent of the two.
+//! Commands. Keyed like the alert, on a topic co-partitioned with `anomalies`, so the instance
+//! holding an alert reads its commands; applied exactly once with the rest of the input. A
+//! command for an alert this instance does not hold (`UNKNOWN_ALERT`), one its alert's state does
+//! not allow or issued before the alert last re-opened (`STALE_TRANSITION`), a repeated command id
+//! (`DUPLICATE_MESSAGE`) or a malformed one (`INVALID_COMMAND`) is a dead letter; the alert is
+//! untouched.
 //!
-//! Delivery: a pure processor; the runtime gives it exactly-once input and output. State: open
-//! alerts per instrument, persisted to `notifier.changelog`. An anomaly that does not decode is a
-//! dead letter.
+//! Maintenance. One entry per instrument and part (`entry_id` = serial and part), with a revision
+//! that rises on every change: created by the first anomaly naming the part, updated when the
+//! work becomes more urgent (priority, due date an hour earlier or more) or its visit changes,
+//! `CLOSED` when the alert is resolved as repaired or part replaced, `CANCELLED` when it is
+//! resolved as a false alarm or not reproducible, or when it cleared on its own and did not
+//! recur within the re-open window; re-opened under the same id if the fault recurs. For
+//! `repair_settle_hours` after a repair, an anomaly that moved the metric away from its spec
+//! limits (the repaired part reading better than the baseline learned while it wore) or a LOW
+//! one (the step of the repair itself) is the repair showing, not a recurrence. For a forecast the due date
+//! is the earliest predicted crossing minus `margin_hours` (at most half the time left, never
+//! after the crossing) and the priority follows the time left; for a present anomaly both follow
+//! its severity; with both, the more urgent. Visits: the open entries of an instrument are grouped
+//! from the one due first; an entry joins a visit that starts at most `group_visit_hours` before
+//! it falls due. A visit starts in an idle window learned from the instrument's run phases (see
+//! [`runs`]): never in the middle of a run. A fleet alert asks for no visit (a lot is recalled, a
+//! version rolled back).
+//!
+//! Time. Event time: each input partition's clock is the latest window end seen on it
+//! (anomalies and features; features arrive every few minutes from every running instrument, so
+//! the clock moves even when nothing is anomalous). Timers (end of a snooze, escalation, the
+//! resolve hold, a visit that passed, forgetting a resolved alert) fire when their partition's
+//! clock passes them, before the record that moved it is handled. Commands carry the wall time
+//! they were issued at and do not move the clock.
+//!
+//! Delivery: a pure processor; the runtime gives it exactly-once input and output. State: per
+//! instrument (or cohort) key its alerts, maintenance entries and run history, on
+//! `notifier.changelog` (layout 2; layout 1, open alerts only, is still read). Run history is
+//! persisted when a stretch begins or an hour is folded in, so a restore re-learns at most the
+//! windows since. A record that does not decode, or an anomaly with a value that is not finite,
+//! is a dead letter.
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod runs;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use clap::Args;
+use seqmon_model::codec::writer_schema;
 use seqmon_model::parts::Part;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
-    Alert, AlertAction, Anomaly, AnomalySeverity, AnomalyState, MaintenanceEntry,
-    MaintenancePriority, RunPhase, Subsystem,
+    Alert, AlertAction, AlertCommand, AlertCommandAction, AlertState, AlertTransition, Anomaly,
+    AnomalySeverity, AnomalyState, CohortEvidence, DeadLetterReason, Evidence, Feature,
+    InstrumentModel, MaintenanceEntry, MaintenancePriority, MaintenanceStatus, Resolution,
+    RunPhase, SeriesPoint, Subsystem, TransitionCause, Visit, VisitBasis,
 };
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
 
+use crate::runs::{RunHistory, Slot};
+
+const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
+/// Window levels kept as an alert's recent evidence.
+const RECENT_POINTS: usize = 12;
+/// Command ids remembered per alert, to refuse a repeated one.
+const REMEMBERED_COMMANDS: usize = 32;
+/// Longest comment, assignee or actor a command may carry.
+const MAX_COMMENT_CHARS: usize = 1000;
+const MAX_HANDLE_CHARS: usize = 128;
+/// A visit that passed without the work being closed is re-planned at most this often.
+const REPLAN_MS: i64 = 12 * HOUR_MS;
 
 /// Notifier settings.
 #[derive(Debug, Clone, Args)]
@@ -46,6 +96,41 @@ pub struct NotifierConfig {
     /// most half the time left).
     #[arg(long, env = "NOTIFIER_MARGIN_HOURS", default_value_t = 24)]
     pub margin_hours: i64,
+    /// Minutes every series of an alert must stay clear before it resolves itself (a recurrence
+    /// within them is silent: flap suppression).
+    #[arg(long, env = "NOTIFIER_RESOLVE_HOLD_MINUTES", default_value_t = 120)]
+    pub resolve_hold_minutes: i64,
+    /// Minutes an alert stands at least before it resolves itself.
+    #[arg(long, env = "NOTIFIER_MIN_OPEN_MINUTES", default_value_t = 30)]
+    pub min_open_minutes: i64,
+    /// Hours after a resolution within which a recurrence re-opens the same alert.
+    #[arg(long, env = "NOTIFIER_REOPEN_WINDOW_HOURS", default_value_t = 24)]
+    pub reopen_window_hours: i64,
+    /// Hours after a repair (resolved as repaired or part replaced) during which an anomaly
+    /// that moved the metric away from its spec limits, or a LOW one (the repair showing while
+    /// the detector's baseline re-learns), does not re-open the alert.
+    #[arg(long, env = "NOTIFIER_REPAIR_SETTLE_HOURS", default_value_t = 24)]
+    pub repair_settle_hours: i64,
+    /// Minutes an open alert may stay unacknowledged before it escalates, for LOW, MEDIUM, HIGH
+    /// and CRITICAL severity (0: never); each further escalation after as long again.
+    #[arg(long, env = "NOTIFIER_ESCALATE_AFTER_MINUTES", value_delimiter = ',', default_values_t = [0, 1440, 240, 60])]
+    pub escalate_after_minutes: Vec<i64>,
+    /// Most escalations of one alert.
+    #[arg(long, env = "NOTIFIER_MAX_ESCALATIONS", default_value_t = 3)]
+    pub max_escalations: i32,
+    /// Longest snooze a command may ask for, in hours.
+    #[arg(long, env = "NOTIFIER_MAX_SNOOZE_HOURS", default_value_t = 720)]
+    pub max_snooze_hours: i64,
+    /// Hours a service visit is planned to take.
+    #[arg(long, env = "NOTIFIER_VISIT_HOURS", default_value_t = 2)]
+    pub visit_hours: i64,
+    /// Hours before its due date that an entry may be served by an earlier visit of the same
+    /// instrument (parts grouped into one visit).
+    #[arg(long, env = "NOTIFIER_GROUP_VISIT_HOURS", default_value_t = 168)]
+    pub group_visit_hours: i64,
+    /// Percent of weeks an hour of the week must have been idle to be a habitual idle window.
+    #[arg(long, env = "NOTIFIER_HABITUAL_IDLE_PERCENT", default_value_t = 80)]
+    pub habitual_idle_percent: u8,
 }
 
 impl Default for NotifierConfig {
@@ -61,31 +146,206 @@ impl NotifierConfig {
         let increasing = |v: &[i64], n: usize| {
             v.len() == n && v.iter().all(|h| *h > 0) && v.windows(2).all(|w| w[0] <= w[1])
         };
+        let fail = |id: &str, msg: &str| Err(ConfigError::of::<Self>(id, msg));
         if !increasing(&self.due_hours, 3) {
-            return Err(ConfigError::of::<Self>(
+            return fail(
                 "due_hours",
                 "must be three positive, non-decreasing hours for P1,P2,P3",
-            ));
+            );
         }
         if !increasing(&self.priority_hours, 2) {
-            return Err(ConfigError::of::<Self>(
+            return fail(
                 "priority_hours",
                 "must be two positive, non-decreasing hours for P1,P2",
-            ));
+            );
         }
-        if self.margin_hours < 0 {
-            return Err(ConfigError::of::<Self>(
-                "margin_hours",
-                "must be 0 or more hours",
-            ));
+        for (id, v) in [
+            ("margin_hours", self.margin_hours),
+            ("resolve_hold_minutes", self.resolve_hold_minutes),
+            ("min_open_minutes", self.min_open_minutes),
+            ("reopen_window_hours", self.reopen_window_hours),
+            ("repair_settle_hours", self.repair_settle_hours),
+            ("group_visit_hours", self.group_visit_hours),
+        ] {
+            if !(0..=24 * 365).contains(&v) {
+                return fail(id, "must be 0 or more (and at most a year)");
+            }
+        }
+        if self.escalate_after_minutes.len() != 4
+            || self.escalate_after_minutes.iter().any(|m| *m < 0)
+        {
+            return fail(
+                "escalate_after_minutes",
+                "must be four minutes (0 or more) for LOW,MEDIUM,HIGH,CRITICAL",
+            );
+        }
+        if !(0..=20).contains(&self.max_escalations) {
+            return fail("max_escalations", "must be 0 to 20");
+        }
+        if !(1..=24 * 365).contains(&self.max_snooze_hours) {
+            return fail("max_snooze_hours", "must be 1 to 8760 hours");
+        }
+        if !(1..=72).contains(&self.visit_hours) {
+            return fail("visit_hours", "must be 1 to 72 hours");
+        }
+        if !(1..=100).contains(&self.habitual_idle_percent) {
+            return fail("habitual_idle_percent", "must be 1 to 100");
         }
         Ok(())
     }
+
+    fn escalate_after_ms(&self, severity: AnomalySeverity) -> i64 {
+        let i = match severity {
+            AnomalySeverity::LOW => 0,
+            AnomalySeverity::MEDIUM => 1,
+            AnomalySeverity::HIGH => 2,
+            AnomalySeverity::CRITICAL => 3,
+        };
+        self.escalate_after_minutes[i] * MINUTE_MS
+    }
 }
 
-/// An open alert.
+/// One alert, as the notifier keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct OpenAlert {
+struct AlertRec {
+    alert_id: String,
+    model: InstrumentModel,
+    state: AlertState,
+    opened_at_ms: i64,
+    /// When it last (re-)opened: commands issued before are stale.
+    reopened_at_ms: i64,
+    severity: AnomalySeverity,
+    score: f64,
+    anomaly_count: i32,
+    /// Series (metric in its phase) with an anomaly standing.
+    active: BTreeSet<String>,
+    /// Only forecasts so far since it (re-)opened.
+    predicted_only: bool,
+    suspected_part: String,
+    metric: String,
+    sequence: i32,
+    assignee: Option<String>,
+    acknowledged_by: Option<String>,
+    snoozed_until_ms: Option<i64>,
+    /// The state a snooze returns to.
+    before_snooze: Option<AlertState>,
+    resolution: Option<Resolution>,
+    resolved_at_ms: Option<i64>,
+    escalation_level: i32,
+    /// Since when it waits for an acknowledgement (escalation counts from here).
+    unacked_since_ms: i64,
+    reopen_count: i32,
+    /// Every series cleared at this time; it resolves once the hold has passed.
+    clearing_since_ms: Option<i64>,
+    evidence: Evidence,
+    cohort: Option<CohortEvidence>,
+    commands: VecDeque<String>,
+}
+
+impl AlertRec {
+    fn resolved(&self) -> bool {
+        self.state == AlertState::RESOLVED
+    }
+
+    /// When it resolves itself, if every series has cleared.
+    fn resolve_at(&self, cfg: &NotifierConfig) -> Option<i64> {
+        self.clearing_since_ms.map(|since| {
+            (since + cfg.resolve_hold_minutes * MINUTE_MS)
+                .max(self.reopened_at_ms + cfg.min_open_minutes * MINUTE_MS)
+        })
+    }
+
+    /// When it escalates next, if it waits for an acknowledgement.
+    fn escalate_at(&self, cfg: &NotifierConfig) -> Option<i64> {
+        let waiting = matches!(self.state, AlertState::OPEN | AlertState::PREDICTED);
+        let after = cfg.escalate_after_ms(self.severity);
+        (waiting && after > 0 && self.escalation_level < cfg.max_escalations)
+            .then(|| self.unacked_since_ms + after * i64::from(self.escalation_level + 1))
+    }
+
+    /// Its next timer.
+    fn next_timer(&self, cfg: &NotifierConfig) -> Option<i64> {
+        if self.resolved() {
+            return self
+                .resolved_at_ms
+                .map(|t| t + cfg.reopen_window_hours * HOUR_MS);
+        }
+        [
+            self.resolve_at(cfg),
+            self.escalate_at(cfg),
+            self.snoozed_until_ms
+                .filter(|_| self.state == AlertState::SNOOZED),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// One maintenance entry, as the notifier keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct EntryRec {
+    entry_id: String,
+    alert_id: String,
+    subsystem: Subsystem,
+    model: InstrumentModel,
+    status: MaintenanceStatus,
+    priority: MaintenancePriority,
+    due_by_ms: i64,
+    created_at_ms: i64,
+    revision: i32,
+    reason: String,
+    resolution: Option<Resolution>,
+    visit: Option<Visit>,
+    /// When its visit was last planned.
+    planned_at_ms: i64,
+    evidence: Evidence,
+}
+
+impl EntryRec {
+    fn next_timer(&self) -> Option<i64> {
+        let v = self.visit.as_ref()?;
+        (self.status == MaintenanceStatus::OPEN)
+            .then(|| v.end_ms.max(self.planned_at_ms + REPLAN_MS))
+    }
+}
+
+/// Everything the notifier keeps for one key (an instrument, or a cohort).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Book {
+    /// Input partition the key's records arrive on (timers fire on its clock).
+    partition: i32,
+    alerts: BTreeMap<Subsystem, AlertRec>,
+    /// Maintenance entries by part.
+    entries: BTreeMap<String, EntryRec>,
+    runs: RunHistory,
+}
+
+impl Book {
+    fn new(partition: i32) -> Self {
+        Book {
+            partition,
+            alerts: BTreeMap::new(),
+            entries: BTreeMap::new(),
+            runs: RunHistory::default(),
+        }
+    }
+
+    fn next_timer(&self, cfg: &NotifierConfig) -> Option<i64> {
+        let alerts = self.alerts.values().filter_map(|a| a.next_timer(cfg));
+        let entries = self.entries.values().filter_map(EntryRec::next_timer);
+        alerts.chain(entries).min()
+    }
+
+    /// Nothing worth keeping: no alert, no open entry and no run history.
+    fn is_empty(&self) -> bool {
+        self.alerts.is_empty() && self.entries.is_empty() && self.runs.last_seen_ms().is_none()
+    }
+}
+
+/// Layout 1 of the state: open alerts only.
+#[derive(Debug, Clone, Deserialize)]
+struct LegacyOpenAlert {
     alert_id: String,
     opened_at_ms: i64,
     severity: AnomalySeverity,
@@ -93,17 +353,30 @@ struct OpenAlert {
     anomaly_count: i32,
     active_metrics: BTreeSet<String>,
     suspected_part: String,
-    priority: MaintenancePriority,
-    /// Due date of the entry last sent, so an update only goes out when it moves earlier.
-    #[serde(default)]
-    due_by_ms: Option<i64>,
 }
+
+/// What a transition record says beyond the alert's own fields.
+struct Step<'c> {
+    transition: AlertTransition,
+    action: AlertAction,
+    cause: TransitionCause,
+    at_ms: i64,
+    command: Option<&'c AlertCommand>,
+}
+
+/// A refused command: reason and detail.
+type Refusal = (DeadLetterReason, String);
 
 /// The notifier processor.
 #[derive(Debug, Default)]
 pub struct Notifier {
     cfg: NotifierConfig,
-    open: BTreeMap<String, BTreeMap<Subsystem, OpenAlert>>,
+    books: BTreeMap<String, Book>,
+    /// Event-time clock per input partition: the latest window end seen.
+    clocks: BTreeMap<i32, i64>,
+    /// Pending timers per partition: (due, key), and each key's entry in it.
+    timers: BTreeMap<i32, BTreeSet<(i64, String)>>,
+    timer_of: BTreeMap<String, (i32, i64)>,
 }
 
 /// The part most likely at fault, as the alert names it.
@@ -137,6 +410,61 @@ fn series(a: &Anomaly) -> String {
     }
 }
 
+fn evidence(a: &Anomaly) -> Evidence {
+    Evidence {
+        metric: a.metric.clone(),
+        series: RunPhase::series(&a.metric, a.run_phase),
+        rule: a.rule.clone(),
+        anomaly_id: a.anomaly_id.clone(),
+        observed: a.observed_level,
+        baseline: a.baseline_level,
+        baseline_stddev: a.baseline_stddev,
+        slope_per_hour: a.slope_per_hour,
+        score: a.score,
+        spec_low: a.spec_low,
+        spec_high: a.spec_high,
+        recent: vec![SeriesPoint {
+            window_end_ms: a.window_end_ms,
+            level: a.observed_level,
+        }],
+        predicted_limit_ms: a.predicted_limit_ms,
+        predicted_limit_earliest_ms: a.predicted_limit_earliest_ms,
+        predicted_limit_latest_ms: a.predicted_limit_latest_ms,
+    }
+}
+
+/// Newer evidence from `a`, keeping the recent levels when it is about the same series.
+fn refresh(was: &Evidence, a: &Anomaly) -> Evidence {
+    let mut e = evidence(a);
+    if was.series == e.series {
+        let mut recent = was.recent.clone();
+        push_point(&mut recent, a.window_end_ms, a.observed_level);
+        e.recent = recent;
+        if e.predicted_limit_ms.is_none() && a.state == AnomalyState::ACTIVE {
+            // A present anomaly says nothing of the forecast: the last one stands.
+            e.predicted_limit_ms = was.predicted_limit_ms;
+            e.predicted_limit_earliest_ms = was.predicted_limit_earliest_ms;
+            e.predicted_limit_latest_ms = was.predicted_limit_latest_ms;
+        }
+    }
+    e
+}
+
+fn push_point(recent: &mut Vec<SeriesPoint>, window_end_ms: i64, level: f64) {
+    if !level.is_finite() || recent.iter().any(|p| p.window_end_ms == window_end_ms) {
+        return;
+    }
+    recent.push(SeriesPoint {
+        window_end_ms,
+        level,
+    });
+    recent.sort_by_key(|p| p.window_end_ms);
+    if recent.len() > RECENT_POINTS {
+        let extra = recent.len() - RECENT_POINTS;
+        recent.drain(..extra);
+    }
+}
+
 fn priority(severity: AnomalySeverity) -> MaintenancePriority {
     match severity {
         AnomalySeverity::CRITICAL => MaintenancePriority::P1,
@@ -145,12 +473,56 @@ fn priority(severity: AnomalySeverity) -> MaintenancePriority {
     }
 }
 
+/// `36 h` or `5.2 d` from `now` to `then`.
+fn hours_from(now: i64, then: i64) -> String {
+    let h = (then - now) as f64 / HOUR_MS as f64;
+    if h.abs() < 0.5 {
+        "under an hour".to_string()
+    } else if h.abs() >= 72.0 {
+        format!("{:.1} d", h / 24.0)
+    } else {
+        format!("{h:.0} h")
+    }
+}
+
+/// Whether the anomaly moved its metric away from the nearer spec limit (an improvement, such as
+/// a repaired part reading better than the baseline learned while it wore).
+fn improvement(a: &Anomaly) -> bool {
+    let distance = |v: f64| {
+        let low = a.spec_low.map(|l| v - l);
+        let high = a.spec_high.map(|h| h - v);
+        match (low, high) {
+            (Some(l), Some(h)) => Some(l.min(h)),
+            (l, h) => l.or(h),
+        }
+    };
+    match (distance(a.observed_level), distance(a.baseline_level)) {
+        (Some(now), Some(before)) => now > before,
+        _ => false,
+    }
+}
+
+/// Whether an anomaly's numbers are all finite (a NaN would poison the state it lands in).
+fn finite(a: &Anomaly) -> bool {
+    [
+        a.score,
+        a.observed_level,
+        a.baseline_level,
+        a.baseline_stddev,
+        a.slope_per_hour,
+    ]
+    .iter()
+    .chain(a.spec_low.iter())
+    .chain(a.spec_high.iter())
+    .all(|v| v.is_finite())
+}
+
 impl Notifier {
     /// A notifier with the given settings.
     pub fn new(cfg: NotifierConfig) -> Self {
         Notifier {
             cfg,
-            open: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
@@ -193,8 +565,8 @@ impl Notifier {
         }
     }
 
-    fn maintenance(a: &Anomaly, alert: &OpenAlert, due_by_ms: i64) -> MaintenanceEntry {
-        let reason = match (a.state, a.predicted_limit_ms) {
+    fn reason(a: &Anomaly) -> String {
+        match (a.state, a.predicted_limit_ms) {
             (AnomalyState::PREDICTED, Some(crossing)) => format!(
                 "{} {} at {:.3} forecast to leave spec in {} (earliest in {}; {}, t {:.1})",
                 a.subsystem.label(),
@@ -217,80 +589,883 @@ impl Notifier {
                 a.rule,
                 a.score
             ),
-        };
-        MaintenanceEntry {
-            entry_id: format!("{}:{}", a.instrument_serial, alert.suspected_part),
-            alert_id: alert.alert_id.clone(),
-            instrument_serial: a.instrument_serial.clone(),
-            instrument_model: a.instrument_model,
-            subsystem: a.subsystem,
-            suspected_part: alert.suspected_part.clone(),
-            priority: alert.priority,
-            due_by_ms,
-            reason,
-            created_at_ms: a.window_end_ms,
-            predicted_limit_ms: a.predicted_limit_ms,
         }
     }
 
-    fn alert(a: &Anomaly, open: &OpenAlert, action: AlertAction) -> Alert {
-        let verb = match (action, a.state, a.predicted_limit_ms) {
-            (AlertAction::RESOLVE, ..) => "resolved".to_string(),
-            (_, AnomalyState::PREDICTED, Some(crossing)) => format!(
-                "forecast to leave spec in {}",
-                hours_from(a.window_end_ms, crossing)
+    /// The record of one transition of `rec`, its sequence number taken.
+    fn transition(serial: &str, subsystem: Subsystem, rec: &mut AlertRec, step: Step<'_>) -> Alert {
+        rec.sequence += 1;
+        let verb = match step.transition {
+            AlertTransition::PREDICTED => match rec.evidence.predicted_limit_ms {
+                Some(crossing) => format!(
+                    "forecast to leave spec in {}",
+                    hours_from(step.at_ms, crossing)
+                ),
+                None => "forecast to leave spec".into(),
+            },
+            AlertTransition::OPENED => "opened".into(),
+            AlertTransition::WORSENED => format!("worsened to {:?}", rec.severity),
+            AlertTransition::UPDATED => "updated".into(),
+            AlertTransition::ACKNOWLEDGED => format!(
+                "acknowledged by {}",
+                rec.acknowledged_by.as_deref().unwrap_or("?")
             ),
-            (AlertAction::OPEN, ..) => "opened".to_string(),
-            (AlertAction::UPDATE, ..) if a.cohort.is_some() => "updated".to_string(),
-            (AlertAction::UPDATE, ..) => "worsened".to_string(),
+            AlertTransition::SNOOZED => format!(
+                "snoozed for {}",
+                hours_from(step.at_ms, rec.snoozed_until_ms.unwrap_or(step.at_ms))
+            ),
+            AlertTransition::UNSNOOZED => "snooze ended".into(),
+            AlertTransition::ASSIGNED => {
+                format!(
+                    "assigned to {}",
+                    rec.assignee.as_deref().unwrap_or("nobody")
+                )
+            }
+            AlertTransition::ESCALATED => format!(
+                "unacknowledged for {}: escalated (level {})",
+                hours_from(rec.unacked_since_ms, step.at_ms),
+                rec.escalation_level
+            ),
+            AlertTransition::RESOLVED => format!(
+                "resolved ({})",
+                rec.resolution
+                    .unwrap_or(Resolution::CLEARED)
+                    .as_str()
+                    .to_ascii_lowercase()
+                    .replace('_', " ")
+            ),
+            AlertTransition::REOPENED => format!("re-opened (recurrence {})", rec.reopen_count),
         };
-        let title = match &a.cohort {
+        let title = match &rec.cohort {
             Some(c) => format!(
                 "Fleet {} {}: {} of {} instruments deviate together ({}); {verb}",
                 c.kind.label(),
                 c.value,
                 c.deviating,
                 c.members,
-                a.metric
+                rec.metric
             ),
             None => format!(
                 "{:?} {} {}: {} {verb}; suspected {}",
-                a.instrument_model,
-                a.instrument_serial,
-                a.subsystem.label(),
-                series(a),
-                open.suspected_part
+                rec.model,
+                serial,
+                subsystem.label(),
+                rec.evidence.series,
+                rec.suspected_part
             ),
         };
         Alert {
-            alert_id: open.alert_id.clone(),
-            instrument_serial: a.instrument_serial.clone(),
-            instrument_model: a.instrument_model,
-            subsystem: a.subsystem,
-            action,
-            severity: open.severity,
-            metric: a.metric.clone(),
-            score: open.score,
+            alert_id: rec.alert_id.clone(),
+            instrument_serial: serial.to_string(),
+            instrument_model: rec.model,
+            subsystem,
+            action: step.action,
+            severity: rec.severity,
+            metric: rec.metric.clone(),
+            score: rec.score,
             title,
-            suspected_part: open.suspected_part.clone(),
-            opened_at_ms: open.opened_at_ms,
-            event_time_ms: a.window_end_ms,
-            anomaly_count: open.anomaly_count,
-            cohort: a.cohort.clone(),
+            suspected_part: rec.suspected_part.clone(),
+            opened_at_ms: rec.opened_at_ms,
+            event_time_ms: step.at_ms,
+            anomaly_count: rec.anomaly_count,
+            cohort: rec.cohort.clone(),
+            state: rec.state,
+            transition: step.transition,
+            cause: step.cause,
+            sequence: rec.sequence,
+            command_id: step.command.map(|c| c.command_id.clone()),
+            actor: step.command.map(|c| c.issued_by.clone()),
+            comment: step.command.and_then(|c| c.comment.clone()),
+            assignee: rec.assignee.clone(),
+            acknowledged_by: rec.acknowledged_by.clone(),
+            snoozed_until_ms: rec.snoozed_until_ms,
+            resolution: rec.resolution,
+            escalation_level: rec.escalation_level,
+            reopen_count: rec.reopen_count,
+            evidence: Some(rec.evidence.clone()),
         }
+    }
+
+    fn entry_record(serial: &str, part: &str, e: &EntryRec, at_ms: i64) -> MaintenanceEntry {
+        MaintenanceEntry {
+            entry_id: e.entry_id.clone(),
+            alert_id: e.alert_id.clone(),
+            instrument_serial: serial.to_string(),
+            instrument_model: e.model,
+            subsystem: e.subsystem,
+            suspected_part: part.to_string(),
+            priority: e.priority,
+            due_by_ms: e.due_by_ms,
+            reason: e.reason.clone(),
+            created_at_ms: e.created_at_ms,
+            predicted_limit_ms: e.evidence.predicted_limit_ms,
+            status: e.status,
+            revision: e.revision,
+            updated_at_ms: at_ms,
+            resolution: e.resolution,
+            visit: e.visit.clone(),
+            predicted_limit_earliest_ms: e.evidence.predicted_limit_earliest_ms,
+            predicted_limit_latest_ms: e.evidence.predicted_limit_latest_ms,
+            evidence: Some(e.evidence.clone()),
+        }
+    }
+
+    // ---- time ------------------------------------------------------------------------------
+
+    /// Moves `partition`'s clock to `t` (never back) and fires the timers it passed.
+    fn advance(&mut self, partition: i32, t: i64, out: &mut Emitter) -> Result<(), StageError> {
+        let clock = self.clocks.entry(partition).or_insert(i64::MIN);
+        if t <= *clock {
+            return Ok(());
+        }
+        *clock = t;
+        loop {
+            let due = self
+                .timers
+                .get(&partition)
+                .and_then(|set| set.iter().next().cloned())
+                .filter(|(at, _)| *at <= t);
+            let Some((at, key)) = due else { break };
+            self.unschedule(&key);
+            self.fire(&key, at, out)?;
+            self.reschedule(&key);
+        }
+        Ok(())
+    }
+
+    fn unschedule(&mut self, key: &str) {
+        if let Some((p, at)) = self.timer_of.remove(key) {
+            if let Some(set) = self.timers.get_mut(&p) {
+                set.remove(&(at, key.to_string()));
+            }
+        }
+    }
+
+    /// Files `key`'s next timer (after any change to its book).
+    fn reschedule(&mut self, key: &str) {
+        self.unschedule(key);
+        let Some(book) = self.books.get(key) else {
+            return;
+        };
+        if let Some(at) = book.next_timer(&self.cfg) {
+            self.timers
+                .entry(book.partition)
+                .or_default()
+                .insert((at, key.to_string()));
+            self.timer_of.insert(key.to_string(), (book.partition, at));
+        }
+    }
+
+    /// Fires whatever of `key`'s book is due at `now`.
+    fn fire(&mut self, key: &str, now: i64, out: &mut Emitter) -> Result<(), StageError> {
+        let Some(mut book) = self.books.remove(key) else {
+            return Ok(());
+        };
+        let cfg = self.cfg.clone();
+        let mut resolved = Vec::new();
+        let mut forget = Vec::new();
+        for (subsystem, rec) in book.alerts.iter_mut() {
+            if rec.resolved() {
+                if rec
+                    .resolved_at_ms
+                    .is_some_and(|t| t + cfg.reopen_window_hours * HOUR_MS <= now)
+                {
+                    // No recurrence: work still open for an alert that cleared on its own is
+                    // cancelled now (kept until here, so a flapping fault keeps its entry).
+                    forget.push(*subsystem);
+                    resolved.push((
+                        rec.alert_id.clone(),
+                        rec.resolution.unwrap_or(Resolution::CLEARED),
+                    ));
+                }
+                continue;
+            }
+            if rec.state == AlertState::SNOOZED && rec.snoozed_until_ms.is_some_and(|t| t <= now) {
+                rec.state = rec.before_snooze.take().unwrap_or(AlertState::OPEN);
+                rec.snoozed_until_ms = None;
+                if rec.state != AlertState::ACKNOWLEDGED {
+                    rec.unacked_since_ms = now;
+                    rec.escalation_level = 0;
+                }
+                let step = Step {
+                    transition: AlertTransition::UNSNOOZED,
+                    action: AlertAction::UPDATE,
+                    cause: TransitionCause::TIMER,
+                    at_ms: now,
+                    command: None,
+                };
+                out.emit(
+                    TopicRole::Alerts,
+                    key,
+                    &Self::transition(key, *subsystem, rec, step),
+                )?;
+            }
+            if rec.resolve_at(&cfg).is_some_and(|t| t <= now) {
+                rec.state = AlertState::RESOLVED;
+                rec.resolution = Some(Resolution::CLEARED);
+                rec.resolved_at_ms = Some(now);
+                rec.clearing_since_ms = None;
+                rec.snoozed_until_ms = None;
+                let step = Step {
+                    transition: AlertTransition::RESOLVED,
+                    action: AlertAction::RESOLVE,
+                    cause: TransitionCause::ANOMALY,
+                    at_ms: now,
+                    command: None,
+                };
+                out.emit(
+                    TopicRole::Alerts,
+                    key,
+                    &Self::transition(key, *subsystem, rec, step),
+                )?;
+                continue;
+            }
+            while rec.escalate_at(&cfg).is_some_and(|t| t <= now) {
+                rec.escalation_level += 1;
+                let step = Step {
+                    transition: AlertTransition::ESCALATED,
+                    action: AlertAction::UPDATE,
+                    cause: TransitionCause::TIMER,
+                    at_ms: now,
+                    command: None,
+                };
+                out.emit(
+                    TopicRole::Alerts,
+                    key,
+                    &Self::transition(key, *subsystem, rec, step),
+                )?;
+            }
+        }
+        for s in forget {
+            book.alerts.remove(&s);
+        }
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        for (alert_id, resolution) in resolved {
+            changed.extend(close_entries(&mut book, &alert_id, resolution));
+        }
+        // A visit that passed without the work being closed is planned again.
+        let passed: Vec<String> = book
+            .entries
+            .iter()
+            .filter(|(_, e)| e.next_timer().is_some_and(|t| t <= now))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for part in &passed {
+            if let Some(e) = book.entries.get_mut(part) {
+                e.visit = None;
+            }
+        }
+        changed.extend(self.plan_visits(key, &mut book, now));
+        emit_entries(out, key, &mut book, &changed, now)?;
+        out.state_changed(key);
+        if !book.is_empty() {
+            self.books.insert(key.to_string(), book);
+        }
+        Ok(())
+    }
+
+    // ---- maintenance -----------------------------------------------------------------------
+
+    /// Groups `book`'s open entries into visits; returns the parts whose visit changed. A visit
+    /// that still serves the same entries and still starts in time is kept as it is.
+    fn plan_visits(&self, key: &str, book: &mut Book, now: i64) -> BTreeSet<String> {
+        let mut open: Vec<(i64, String)> = book
+            .entries
+            .iter()
+            .filter(|(_, e)| e.status == MaintenanceStatus::OPEN)
+            .map(|(p, e)| (e.due_by_ms, p.clone()))
+            .collect();
+        open.sort();
+        let visit_ms = self.cfg.visit_hours * HOUR_MS;
+        let group_ms = self.cfg.group_visit_hours * HOUR_MS;
+        let mut changed = BTreeSet::new();
+        let mut i = 0;
+        while i < open.len() {
+            let (anchor_due, anchor) = open[i].clone();
+            // The anchor's visit stands while it is still ahead and still ends by the due date.
+            let kept = book.entries[&anchor].visit.clone().filter(|v| {
+                v.visit_id == format!("{key}:visit:{anchor}")
+                    && v.end_ms > now
+                    && v.end_ms <= anchor_due
+            });
+            let (start, basis) = match &kept {
+                Some(v) => (v.start_ms, v.basis),
+                None => {
+                    let slot =
+                        book.runs
+                            .slot(now, anchor_due, visit_ms, self.cfg.habitual_idle_percent);
+                    let basis = match slot {
+                        Slot::HabitualIdle(_) => VisitBasis::HABITUAL_IDLE,
+                        Slot::BetweenRuns(_) => VisitBasis::BETWEEN_RUNS,
+                        Slot::IdleNow(_) => VisitBasis::IDLE_NOW,
+                        Slot::NoHistory(_) => VisitBasis::NO_RUN_HISTORY,
+                    };
+                    (slot.start(), basis)
+                }
+            };
+            let mut members = vec![anchor.clone()];
+            let mut j = i + 1;
+            while j < open.len() && open[j].0 <= start + group_ms {
+                members.push(open[j].1.clone());
+                j += 1;
+            }
+            let mut parts = members.clone();
+            parts.sort();
+            let mut entry_ids: Vec<String> = members
+                .iter()
+                .map(|p| book.entries[p].entry_id.clone())
+                .collect();
+            entry_ids.sort();
+            let visit = Visit {
+                visit_id: format!("{key}:visit:{anchor}"),
+                start_ms: start,
+                end_ms: start + visit_ms,
+                basis,
+                parts,
+                entry_ids,
+            };
+            for part in &members {
+                let e = book.entries.get_mut(part).expect("member");
+                if e.visit.as_ref() != Some(&visit) {
+                    e.visit = Some(visit.clone());
+                    e.planned_at_ms = now;
+                    changed.insert(part.clone());
+                }
+            }
+            i = j;
+        }
+        changed
+    }
+
+    /// Creates, re-opens or updates the entry for the part `a` names; returns the parts whose
+    /// entry changed.
+    fn note_work(&self, book: &mut Book, a: &Anomaly, alert: &AlertRec) -> BTreeSet<String> {
+        let (p, due) = self.plan(a);
+        let part = alert.suspected_part.clone();
+        let entry_id = format!("{}:{part}", a.instrument_serial);
+        let mut changed = BTreeSet::new();
+        match book.entries.get_mut(&part) {
+            None => {
+                book.entries.insert(
+                    part.clone(),
+                    EntryRec {
+                        entry_id,
+                        alert_id: alert.alert_id.clone(),
+                        subsystem: a.subsystem,
+                        model: a.instrument_model,
+                        status: MaintenanceStatus::OPEN,
+                        priority: p,
+                        due_by_ms: due,
+                        created_at_ms: a.window_end_ms,
+                        revision: 0,
+                        reason: Self::reason(a),
+                        resolution: None,
+                        visit: None,
+                        planned_at_ms: a.window_end_ms,
+                        evidence: alert.evidence.clone(),
+                    },
+                );
+                changed.insert(part);
+            }
+            Some(e) if e.status != MaintenanceStatus::OPEN => {
+                e.status = MaintenanceStatus::OPEN;
+                e.resolution = None;
+                e.alert_id = alert.alert_id.clone();
+                e.priority = p;
+                e.due_by_ms = due;
+                e.reason = Self::reason(a);
+                e.evidence = alert.evidence.clone();
+                e.visit = None;
+                changed.insert(part);
+            }
+            Some(e) => {
+                e.evidence = alert.evidence.clone();
+                // The same entry again when the work became more urgent, never a second one.
+                if p < e.priority || due < e.due_by_ms - HOUR_MS {
+                    e.priority = e.priority.min(p);
+                    e.due_by_ms = e.due_by_ms.min(due);
+                    e.reason = Self::reason(a);
+                    e.alert_id = alert.alert_id.clone();
+                    changed.insert(part);
+                }
+            }
+        }
+        changed
+    }
+
+    // ---- anomalies -------------------------------------------------------------------------
+
+    fn on_anomaly(
+        &mut self,
+        a: Anomaly,
+        partition: i32,
+        out: &mut Emitter,
+    ) -> Result<(), StageError> {
+        let key = a.instrument_serial.clone();
+        let now = a.window_end_ms;
+        let mut book = self
+            .books
+            .remove(&key)
+            .unwrap_or_else(|| Book::new(partition));
+        book.partition = partition;
+        // A fleet anomaly (the cohort analyzer's) names a lot or version: one alert for the
+        // cohort, no maintenance visit (the remedy is a lot recall or a software rollback).
+        let fleet = a.cohort.is_some();
+        let cause = if a.state == AnomalyState::PREDICTED {
+            TransitionCause::FORECAST
+        } else {
+            TransitionCause::ANOMALY
+        };
+        let reopen_ms = self.cfg.reopen_window_hours * HOUR_MS;
+        let mut work = BTreeSet::new();
+        let existing = book.alerts.get(&a.subsystem).cloned();
+        match (a.state, existing) {
+            (AnomalyState::CLEARED, Some(mut rec)) if !rec.resolved() => {
+                rec.active.remove(&series(&a));
+                if fleet {
+                    // The cohort cleared as a whole, whichever metric named it.
+                    rec.active.clear();
+                }
+                if rec.active.is_empty() && rec.clearing_since_ms.is_none() {
+                    rec.clearing_since_ms = Some(now);
+                }
+                book.alerts.insert(a.subsystem, rec);
+                // A hold of zero resolves at once.
+                self.books.insert(key.clone(), book);
+                self.reschedule(&key);
+                if self.timer_of.get(&key).is_some_and(|(_, at)| *at <= now) {
+                    self.unschedule(&key);
+                    self.fire(&key, now, out)?;
+                    self.reschedule(&key);
+                }
+                out.state_changed(&key);
+                return Ok(());
+            }
+            // A clearing for an alert already resolved, or never opened here (its opening fell
+            // before a replay's start): nothing to do.
+            (AnomalyState::CLEARED, _) => {}
+            (_, existing) => {
+                let recent_resolution = existing
+                    .as_ref()
+                    .filter(|r| r.resolved())
+                    .filter(|r| r.resolved_at_ms.is_some_and(|t| now < t + reopen_ms));
+                let settling = recent_resolution.is_some_and(|r| {
+                    r.resolution.is_some_and(Resolution::fixed)
+                        && r.resolved_at_ms
+                            .is_some_and(|t| now < t + self.cfg.repair_settle_hours * HOUR_MS)
+                });
+                if settling && (improvement(&a) || a.severity == AnomalySeverity::LOW) {
+                    // The repair showing, not a recurrence: nothing to tell anyone.
+                    self.books.insert(key.clone(), book);
+                    self.reschedule(&key);
+                    return Ok(());
+                }
+                let predicted = a.state == AnomalyState::PREDICTED;
+                match existing {
+                    Some(mut rec) if !rec.resolved() => {
+                        rec.anomaly_count += 1;
+                        rec.active.insert(series(&a));
+                        rec.score = rec.score.max(a.score);
+                        rec.metric = a.metric.clone();
+                        rec.evidence = refresh(&rec.evidence, &a);
+                        // A recurrence within the resolve hold: silent (flap suppressed).
+                        rec.clearing_since_ms = None;
+                        if fleet {
+                            rec.cohort = a.cohort.clone();
+                        }
+                        let rises = a.severity > rec.severity;
+                        rec.severity = rec.severity.max(a.severity);
+                        let opens = rec.predicted_only && !predicted;
+                        if !predicted {
+                            rec.predicted_only = false;
+                        }
+                        let transition = if opens {
+                            if rec.state == AlertState::PREDICTED {
+                                rec.state = AlertState::OPEN;
+                            }
+                            Some(AlertTransition::OPENED)
+                        } else if rises {
+                            Some(AlertTransition::WORSENED)
+                        } else if fleet {
+                            // A fleet alert is re-sent when its members change: each is news.
+                            Some(AlertTransition::UPDATED)
+                        } else {
+                            None
+                        };
+                        if rises && rec.state == AlertState::SNOOZED {
+                            // Worse than when it was snoozed: the snooze ends.
+                            rec.state = rec.before_snooze.take().unwrap_or(AlertState::OPEN);
+                            rec.snoozed_until_ms = None;
+                        }
+                        if let Some(transition) = transition {
+                            let step = Step {
+                                transition,
+                                action: AlertAction::UPDATE,
+                                cause,
+                                at_ms: now,
+                                command: None,
+                            };
+                            out.emit(
+                                TopicRole::Alerts,
+                                &key,
+                                &Self::transition(&key, a.subsystem, &mut rec, step),
+                            )?;
+                        }
+                        if !fleet {
+                            work = self.note_work(&mut book, &a, &rec);
+                        }
+                        book.alerts.insert(a.subsystem, rec);
+                    }
+                    _ => {
+                        let state = if predicted {
+                            AlertState::PREDICTED
+                        } else {
+                            AlertState::OPEN
+                        };
+                        let (mut rec, transition) = match recent_resolution {
+                            Some(was) => {
+                                let mut rec = was.clone();
+                                rec.reopen_count += 1;
+                                rec.resolution = None;
+                                rec.resolved_at_ms = None;
+                                rec.acknowledged_by = None;
+                                rec.snoozed_until_ms = None;
+                                rec.before_snooze = None;
+                                rec.escalation_level = 0;
+                                rec.severity = a.severity;
+                                rec.score = a.score;
+                                rec.anomaly_count += 1;
+                                (rec, AlertTransition::REOPENED)
+                            }
+                            None => (
+                                AlertRec {
+                                    alert_id: format!(
+                                        "{key}:{}:{}",
+                                        a.subsystem.label(),
+                                        a.window_end_ms
+                                    ),
+                                    model: a.instrument_model,
+                                    state,
+                                    opened_at_ms: now,
+                                    reopened_at_ms: now,
+                                    severity: a.severity,
+                                    score: a.score,
+                                    anomaly_count: 1,
+                                    active: BTreeSet::new(),
+                                    predicted_only: predicted,
+                                    suspected_part: suspected_part(&a),
+                                    metric: a.metric.clone(),
+                                    sequence: 0,
+                                    assignee: None,
+                                    acknowledged_by: None,
+                                    snoozed_until_ms: None,
+                                    before_snooze: None,
+                                    resolution: None,
+                                    resolved_at_ms: None,
+                                    escalation_level: 0,
+                                    unacked_since_ms: now,
+                                    reopen_count: 0,
+                                    clearing_since_ms: None,
+                                    evidence: evidence(&a),
+                                    cohort: a.cohort.clone(),
+                                    commands: VecDeque::new(),
+                                },
+                                if predicted {
+                                    AlertTransition::PREDICTED
+                                } else {
+                                    AlertTransition::OPENED
+                                },
+                            ),
+                        };
+                        rec.state = state;
+                        rec.reopened_at_ms = now;
+                        rec.unacked_since_ms = now;
+                        rec.predicted_only = predicted;
+                        rec.active = [series(&a)].into();
+                        rec.metric = a.metric.clone();
+                        rec.clearing_since_ms = None;
+                        rec.cohort = a.cohort.clone();
+                        if transition == AlertTransition::REOPENED {
+                            rec.evidence = evidence(&a);
+                        }
+                        let step = Step {
+                            transition,
+                            action: AlertAction::OPEN,
+                            cause,
+                            at_ms: now,
+                            command: None,
+                        };
+                        out.emit(
+                            TopicRole::Alerts,
+                            &key,
+                            &Self::transition(&key, a.subsystem, &mut rec, step),
+                        )?;
+                        if !fleet {
+                            work = self.note_work(&mut book, &a, &rec);
+                        }
+                        book.alerts.insert(a.subsystem, rec);
+                    }
+                }
+            }
+        }
+        if !work.is_empty() {
+            work.extend(self.plan_visits(&key, &mut book, now));
+        }
+        emit_entries(out, &key, &mut book, &work, now)?;
+        out.state_changed(&key);
+        self.books.insert(key.clone(), book);
+        self.reschedule(&key);
+        Ok(())
+    }
+
+    // ---- features --------------------------------------------------------------------------
+
+    fn on_feature(&mut self, f: &Feature, partition: i32, out: &mut Emitter) {
+        let key = f.instrument_serial.as_str();
+        let book = self
+            .books
+            .entry(key.to_string())
+            .or_insert_with(|| Book::new(partition));
+        book.partition = partition;
+        let mut changed = book.runs.observe(f.window_end_ms, f.run_phase);
+        // Recent levels of the series an alert stands on.
+        let s = RunPhase::series(&f.metric, f.run_phase);
+        for rec in book.alerts.values_mut() {
+            if !rec.resolved() && rec.evidence.series == s {
+                let before = rec.evidence.recent.len();
+                let last = rec.evidence.recent.last().map(|p| p.window_end_ms);
+                push_point(&mut rec.evidence.recent, f.window_end_ms, f.level);
+                changed |= rec.evidence.recent.len() != before
+                    || rec.evidence.recent.last().map(|p| p.window_end_ms) != last;
+            }
+        }
+        if changed {
+            out.state_changed(key);
+        }
+    }
+
+    // ---- commands --------------------------------------------------------------------------
+
+    /// Checks a command against the alert it names; nothing changes.
+    fn check(&self, c: &AlertCommand) -> Result<(), Refusal> {
+        let invalid = |m: String| Err((DeadLetterReason::INVALID_COMMAND, m));
+        if c.command_id.trim().is_empty() || c.command_id.len() > MAX_HANDLE_CHARS {
+            return invalid("command_id must be 1 to 128 characters".into());
+        }
+        let handle = |v: &str| !v.trim().is_empty() && v.chars().count() <= MAX_HANDLE_CHARS;
+        if !handle(&c.issued_by) {
+            return invalid("issued_by must be 1 to 128 characters".into());
+        }
+        if c.comment
+            .as_ref()
+            .is_some_and(|t| t.chars().count() > MAX_COMMENT_CHARS)
+        {
+            return invalid(format!(
+                "comment longer than {MAX_COMMENT_CHARS} characters"
+            ));
+        }
+        if seqmon_model::alert_key(&c.alert_id) != Some(c.instrument_serial.as_str()) {
+            return invalid(format!(
+                "alert {} is not keyed by {}",
+                c.alert_id, c.instrument_serial
+            ));
+        }
+        match c.action {
+            AlertCommandAction::UNKNOWN => {
+                return invalid("unknown action (a newer console?)".into())
+            }
+            AlertCommandAction::SNOOZE => {
+                let Some(until) = c.snooze_until_ms else {
+                    return invalid("SNOOZE needs snooze_until_ms".into());
+                };
+                if until <= c.issued_at_ms
+                    || until > c.issued_at_ms + self.cfg.max_snooze_hours * HOUR_MS
+                {
+                    return invalid(format!(
+                        "snooze must end after it is issued and within {} h",
+                        self.cfg.max_snooze_hours
+                    ));
+                }
+            }
+            AlertCommandAction::RESOLVE => match c.resolution {
+                None => return invalid("RESOLVE needs a resolution".into()),
+                Some(Resolution::CLEARED) => {
+                    return invalid("CLEARED is the notifier's own resolution".into())
+                }
+                Some(_) => {}
+            },
+            AlertCommandAction::ASSIGN => {
+                if !c.assignee.as_deref().is_some_and(handle) {
+                    return invalid("ASSIGN needs an assignee of 1 to 128 characters".into());
+                }
+            }
+            AlertCommandAction::ACKNOWLEDGE => {}
+        }
+        let rec = self
+            .books
+            .get(&c.instrument_serial)
+            .and_then(|b| b.alerts.values().find(|r| r.alert_id == c.alert_id));
+        let Some(rec) = rec else {
+            return Err((
+                DeadLetterReason::UNKNOWN_ALERT,
+                format!(
+                    "no alert {} (never opened, or resolved long ago)",
+                    c.alert_id
+                ),
+            ));
+        };
+        if rec.commands.contains(&c.command_id) {
+            return Err((
+                DeadLetterReason::DUPLICATE_MESSAGE,
+                format!("command {} was applied already", c.command_id),
+            ));
+        }
+        let stale = |m: String| Err((DeadLetterReason::STALE_TRANSITION, m));
+        if c.issued_at_ms < rec.reopened_at_ms && rec.reopen_count > 0 {
+            return stale(format!(
+                "issued before alert {} re-opened (recurrence {})",
+                c.alert_id, rec.reopen_count
+            ));
+        }
+        let allowed = !matches!(
+            (c.action, rec.state),
+            (_, AlertState::RESOLVED) | (AlertCommandAction::ACKNOWLEDGE, AlertState::ACKNOWLEDGED)
+        );
+        if !allowed {
+            return stale(format!(
+                "{:?} does not apply to an alert {}",
+                c.action,
+                rec.state.as_str()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies a command [`Notifier::check`] accepted.
+    fn apply(&mut self, c: &AlertCommand, out: &mut Emitter) -> Result<(), StageError> {
+        let key = c.instrument_serial.clone();
+        let Some(mut book) = self.books.remove(&key) else {
+            return Ok(());
+        };
+        let Some((subsystem, rec)) = book
+            .alerts
+            .iter_mut()
+            .find(|(_, r)| r.alert_id == c.alert_id)
+        else {
+            self.books.insert(key, book);
+            return Ok(());
+        };
+        let subsystem = *subsystem;
+        // Commands carry wall time; an event clock ahead of it (a replay) keeps its order.
+        let at = c.issued_at_ms;
+        let (transition, action) = match c.action {
+            AlertCommandAction::ACKNOWLEDGE => {
+                rec.state = AlertState::ACKNOWLEDGED;
+                rec.acknowledged_by = Some(c.issued_by.clone());
+                rec.snoozed_until_ms = None;
+                rec.before_snooze = None;
+                (AlertTransition::ACKNOWLEDGED, AlertAction::UPDATE)
+            }
+            AlertCommandAction::SNOOZE => {
+                if rec.state != AlertState::SNOOZED {
+                    rec.before_snooze = Some(rec.state);
+                }
+                rec.state = AlertState::SNOOZED;
+                rec.snoozed_until_ms = c.snooze_until_ms;
+                (AlertTransition::SNOOZED, AlertAction::UPDATE)
+            }
+            AlertCommandAction::ASSIGN => {
+                rec.assignee = c.assignee.clone();
+                (AlertTransition::ASSIGNED, AlertAction::UPDATE)
+            }
+            AlertCommandAction::RESOLVE | AlertCommandAction::UNKNOWN => {
+                rec.state = AlertState::RESOLVED;
+                rec.resolution = c.resolution;
+                rec.resolved_at_ms = Some(
+                    self.clocks
+                        .get(&book.partition)
+                        .copied()
+                        .filter(|t| *t != i64::MIN)
+                        .unwrap_or(at),
+                );
+                rec.active.clear();
+                rec.clearing_since_ms = None;
+                rec.snoozed_until_ms = None;
+                rec.before_snooze = None;
+                (AlertTransition::RESOLVED, AlertAction::RESOLVE)
+            }
+        };
+        rec.commands.push_back(c.command_id.clone());
+        if rec.commands.len() > REMEMBERED_COMMANDS {
+            rec.commands.pop_front();
+        }
+        let step = Step {
+            transition,
+            action,
+            cause: TransitionCause::COMMAND,
+            at_ms: at,
+            command: Some(c),
+        };
+        let record = Self::transition(&key, subsystem, rec, step);
+        out.emit(TopicRole::Alerts, &key, &record)?;
+        let mut changed = BTreeSet::new();
+        if transition == AlertTransition::RESOLVED {
+            let resolution = c.resolution.unwrap_or(Resolution::CLEARED);
+            let alert_id = c.alert_id.clone();
+            changed = close_entries(&mut book, &alert_id, resolution);
+            let now = self
+                .clocks
+                .get(&book.partition)
+                .copied()
+                .unwrap_or(at)
+                .max(at);
+            changed.extend(self.plan_visits(&key, &mut book, now));
+        }
+        emit_entries(out, &key, &mut book, &changed, at)?;
+        out.state_changed(&key);
+        self.books.insert(key.clone(), book);
+        self.reschedule(&key);
+        Ok(())
     }
 }
 
-/// `36 h` or `5.2 d` from `now` to `then`.
-fn hours_from(now: i64, then: i64) -> String {
-    let h = (then - now) as f64 / HOUR_MS as f64;
-    if h.abs() < 0.5 {
-        "under an hour".to_string()
-    } else if h.abs() >= 72.0 {
-        format!("{:.1} d", h / 24.0)
-    } else {
-        format!("{h:.0} h")
+/// Closes (the work was done) or cancels the open entries of an alert; returns their parts.
+fn close_entries(book: &mut Book, alert_id: &str, resolution: Resolution) -> BTreeSet<String> {
+    let mut changed = BTreeSet::new();
+    for (part, e) in book.entries.iter_mut() {
+        if e.alert_id == alert_id && e.status == MaintenanceStatus::OPEN {
+            e.status = if resolution.fixed() {
+                MaintenanceStatus::CLOSED
+            } else {
+                MaintenanceStatus::CANCELLED
+            };
+            e.resolution = Some(resolution);
+            e.visit = None;
+            changed.insert(part.clone());
+        }
     }
+    changed
+}
+
+/// Writes a new revision of each changed entry.
+fn emit_entries(
+    out: &mut Emitter,
+    key: &str,
+    book: &mut Book,
+    parts: &BTreeSet<String>,
+    at_ms: i64,
+) -> Result<(), StageError> {
+    for part in parts {
+        if let Some(e) = book.entries.get_mut(part) {
+            e.revision += 1;
+            out.emit(
+                TopicRole::Maintenance,
+                key,
+                &Notifier::entry_record(key, part, e, at_ms),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 impl Processor for Notifier {
@@ -300,6 +1475,9 @@ impl Processor for Notifier {
     fn input_role(&self) -> TopicRole {
         TopicRole::Anomalies
     }
+    fn side_input_roles(&self) -> &'static [TopicRole] {
+        &[TopicRole::AlertCommands, TopicRole::Features]
+    }
     fn output_roles(&self) -> &'static [TopicRole] {
         &[TopicRole::Alerts, TopicRole::Maintenance]
     }
@@ -308,119 +1486,72 @@ impl Processor for Notifier {
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
-        let Some(a) = out.decode_or_reject::<Anomaly>(input) else {
-            return Ok(());
+        // Three inputs; each record says by its schema fingerprint which it is.
+        let schema = match writer_schema(input.value) {
+            Ok((entry, _)) => entry.name,
+            Err(e) => {
+                out.reject(e.reason(), e.to_string());
+                return Ok(());
+            }
         };
-        let serial = a.instrument_serial.clone();
-        // A fleet anomaly (the cohort analyzer's) names a lot or version: one alert for the
-        // cohort, no maintenance visit (the remedy is a lot recall or a software rollback).
-        let fleet = a.cohort.is_some();
-        let existing = self
-            .open
-            .get(&serial)
-            .and_then(|m| m.get(&a.subsystem))
-            .cloned();
-        match (a.state, existing) {
-            (AnomalyState::ACTIVE | AnomalyState::PREDICTED, None) => {
-                let (priority, due) = self.plan(&a);
-                let alert = OpenAlert {
-                    alert_id: format!("{serial}:{}:{}", a.subsystem.label(), a.window_end_ms),
-                    opened_at_ms: a.window_end_ms,
-                    severity: a.severity,
-                    score: a.score,
-                    anomaly_count: 1,
-                    active_metrics: [series(&a)].into(),
-                    suspected_part: suspected_part(&a),
-                    priority,
-                    due_by_ms: Some(due),
+        match schema {
+            "anomaly" => {
+                let Some(a) = out.decode_or_reject::<Anomaly>(input) else {
+                    return Ok(());
                 };
-                out.emit(
-                    TopicRole::Alerts,
-                    &serial,
-                    &Self::alert(&a, &alert, AlertAction::OPEN),
-                )?;
-                if !fleet {
-                    out.emit(
-                        TopicRole::Maintenance,
-                        &serial,
-                        &Self::maintenance(&a, &alert, due),
-                    )?;
+                if !finite(&a) {
+                    out.reject(
+                        DeadLetterReason::OUT_OF_RANGE,
+                        "a score, level, baseline or limit is not finite",
+                    );
+                    return Ok(());
                 }
-                self.open
-                    .entry(serial.clone())
-                    .or_default()
-                    .insert(a.subsystem, alert);
+                self.advance(input.partition, a.window_end_ms, out)?;
+                self.on_anomaly(a, input.partition, out)
             }
-            (AnomalyState::ACTIVE | AnomalyState::PREDICTED, Some(mut alert)) => {
-                alert.anomaly_count += 1;
-                alert.active_metrics.insert(series(&a));
-                alert.score = alert.score.max(a.score);
-                // A fleet anomaly is re-sent only when its members change: each is news.
-                if a.severity > alert.severity || fleet {
-                    alert.severity = alert.severity.max(a.severity);
-                    out.emit(
-                        TopicRole::Alerts,
-                        &serial,
-                        &Self::alert(&a, &alert, AlertAction::UPDATE),
-                    )?;
-                }
-                // The same entry again when the work became more urgent, never a second one.
-                let (p, due) = self.plan(&a);
-                let earlier = alert.due_by_ms.is_none_or(|was| due < was - HOUR_MS);
-                if !fleet && (p < alert.priority || earlier) {
-                    alert.priority = alert.priority.min(p);
-                    let due = alert.due_by_ms.map_or(due, |was| was.min(due));
-                    alert.due_by_ms = Some(due);
-                    out.emit(
-                        TopicRole::Maintenance,
-                        &serial,
-                        &Self::maintenance(&a, &alert, due),
-                    )?;
-                }
-                self.open
-                    .entry(serial.clone())
-                    .or_default()
-                    .insert(a.subsystem, alert);
+            "feature" => {
+                let Some(f) = out.decode_or_reject::<Feature>(input) else {
+                    return Ok(());
+                };
+                self.advance(input.partition, f.window_end_ms, out)?;
+                self.on_feature(&f, input.partition, out);
+                Ok(())
             }
-            (AnomalyState::CLEARED, Some(mut alert)) => {
-                alert.active_metrics.remove(&series(&a));
-                if fleet {
-                    // The cohort cleared as a whole, whichever metric named it.
-                    alert.active_metrics.clear();
-                }
-                if alert.active_metrics.is_empty() {
-                    out.emit(
-                        TopicRole::Alerts,
-                        &serial,
-                        &Self::alert(&a, &alert, AlertAction::RESOLVE),
-                    )?;
-                    if let Some(m) = self.open.get_mut(&serial) {
-                        m.remove(&a.subsystem);
-                        if m.is_empty() {
-                            self.open.remove(&serial);
-                        }
+            "alert_command" => {
+                let Some(c) = out.decode_or_reject::<AlertCommand>(input) else {
+                    return Ok(());
+                };
+                match self.check(&c) {
+                    Ok(()) => self.apply(&c, out),
+                    Err((reason, detail)) => {
+                        out.reject(reason, detail);
+                        Ok(())
                     }
-                } else {
-                    self.open
-                        .entry(serial.clone())
-                        .or_default()
-                        .insert(a.subsystem, alert);
                 }
             }
-            // A clearing for an alert this notifier never opened (e.g. its opening fell before a
-            // replay's start) has nothing to resolve.
-            (AnomalyState::CLEARED, None) => {}
+            other => {
+                out.reject(
+                    DeadLetterReason::WRONG_SCHEMA,
+                    format!("{other} is none of the notifier's inputs (anomaly, alert_command, feature)"),
+                );
+                Ok(())
+            }
         }
-        out.state_changed(&serial);
-        Ok(())
+    }
+
+    fn state_format_version(&self) -> i32 {
+        2
+    }
+
+    fn reads_state_format(&self, version: i32) -> bool {
+        version == 1 || version == 2
     }
 
     fn snapshot(&self, key: &str) -> Result<Option<Vec<u8>>, StageError> {
-        let Some(m) = self.open.get(key) else {
+        let Some(book) = self.books.get(key) else {
             return Ok(None);
         };
-        let list: Vec<(&Subsystem, &OpenAlert)> = m.iter().collect();
-        serde_json::to_vec(&list)
+        serde_json::to_vec(book)
             .map(Some)
             .map_err(|e| StageError::Snapshot {
                 key: key.into(),
@@ -429,297 +1560,90 @@ impl Processor for Notifier {
     }
 
     fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
-        let list: Vec<(Subsystem, OpenAlert)> =
-            serde_json::from_slice(state).map_err(|e| StageError::State {
-                key: key.into(),
-                message: e.to_string(),
-            })?;
-        self.open
-            .insert(key.to_string(), list.into_iter().collect());
+        let fail = |e: serde_json::Error| StageError::State {
+            key: key.into(),
+            message: e.to_string(),
+        };
+        let book = if state.first() == Some(&b'[') {
+            // Layout 1: the open alerts, as (subsystem, alert) pairs.
+            let list: Vec<(Subsystem, LegacyOpenAlert)> =
+                serde_json::from_slice(state).map_err(fail)?;
+            let mut book = Book::new(0);
+            for (subsystem, old) in list {
+                let metric = old
+                    .active_metrics
+                    .iter()
+                    .next()
+                    .cloned()
+                    .unwrap_or_default();
+                book.alerts.insert(
+                    subsystem,
+                    AlertRec {
+                        alert_id: old.alert_id,
+                        model: InstrumentModel::UNKNOWN,
+                        state: AlertState::OPEN,
+                        opened_at_ms: old.opened_at_ms,
+                        reopened_at_ms: old.opened_at_ms,
+                        severity: old.severity,
+                        score: old.score,
+                        anomaly_count: old.anomaly_count,
+                        active: old.active_metrics,
+                        predicted_only: false,
+                        suspected_part: old.suspected_part,
+                        metric: metric.clone(),
+                        sequence: 1,
+                        assignee: None,
+                        acknowledged_by: None,
+                        snoozed_until_ms: None,
+                        before_snooze: None,
+                        resolution: None,
+                        resolved_at_ms: None,
+                        escalation_level: 0,
+                        unacked_since_ms: old.opened_at_ms,
+                        reopen_count: 0,
+                        clearing_since_ms: None,
+                        evidence: Evidence {
+                            metric: metric.clone(),
+                            series: metric,
+                            rule: String::new(),
+                            anomaly_id: String::new(),
+                            observed: 0.0,
+                            baseline: 0.0,
+                            baseline_stddev: 0.0,
+                            slope_per_hour: 0.0,
+                            score: old.score,
+                            spec_low: None,
+                            spec_high: None,
+                            recent: Vec::new(),
+                            predicted_limit_ms: None,
+                            predicted_limit_earliest_ms: None,
+                            predicted_limit_latest_ms: None,
+                        },
+                        cohort: None,
+                        commands: VecDeque::new(),
+                    },
+                );
+            }
+            book
+        } else {
+            serde_json::from_slice(state).map_err(fail)?
+        };
+        self.books.insert(key.to_string(), book);
+        self.reschedule(key);
         Ok(())
     }
 
     fn clear_state(&mut self) {
-        self.open.clear();
+        self.books.clear();
+        self.clocks.clear();
+        self.timers.clear();
+        self.timer_of.clear();
     }
 
     fn state_keys(&self) -> Vec<String> {
-        self.open.keys().cloned().collect()
+        self.books.keys().cloned().collect()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use seqmon_model::{decode, encode, InstrumentModel};
-
-    fn anomaly(
-        metric: &str,
-        state: AnomalyState,
-        severity: AnomalySeverity,
-        t: i64,
-        observed: f64,
-    ) -> Vec<u8> {
-        encode(&Anomaly {
-            anomaly_id: format!("x{t}"),
-            instrument_serial: "VH00042".into(),
-            instrument_model: InstrumentModel::NEXTSEQ_2000,
-            subsystem: Subsystem::FLUIDICS,
-            metric: metric.into(),
-            state,
-            score: 6.0,
-            severity,
-            rule: "baseline_shift".into(),
-            window_start_ms: t - 300_000,
-            window_end_ms: t,
-            observed_level: observed,
-            baseline_level: 100.0,
-            baseline_stddev: 2.0,
-            slope_per_hour: -20.0,
-            fraction_out_of_spec: 0.0,
-            spec_low: Some(70.0),
-            spec_high: Some(140.0),
-            software_version: None,
-            reagent_kit_lot: None,
-            predicted_limit_ms: None,
-            predicted_limit_earliest_ms: None,
-            predicted_limit_latest_ms: None,
-            flowcell_lot: None,
-            cohort: None,
-            run_phase: None,
-        })
-        .unwrap()
-    }
-
-    fn predicted(t: i64, earliest_h: i64, severity: AnomalySeverity) -> Vec<u8> {
-        let mut a: Anomaly = decode(&anomaly(
-            "fluidics_pressure_kpa",
-            AnomalyState::PREDICTED,
-            severity,
-            t,
-            120.0,
-        ))
-        .unwrap();
-        a.rule = "trend_to_limit".into();
-        a.predicted_limit_earliest_ms = Some(t + earliest_h * HOUR_MS);
-        a.predicted_limit_ms = Some(t + earliest_h * 2 * HOUR_MS);
-        encode(&a).unwrap()
-    }
-
-    #[test]
-    fn a_phase_series_clearing_leaves_the_sequencing_one_open() {
-        use seqmon_model::RunPhase;
-        let mut n = Notifier::default();
-        let in_phase = |state, t, phase| {
-            let mut a: Anomaly = decode(&anomaly(
-                "fluidics_pressure_kpa",
-                state,
-                AnomalySeverity::HIGH,
-                t,
-                90.0,
-            ))
-            .unwrap();
-            a.run_phase = phase;
-            encode(&a).unwrap()
-        };
-        let (a, _) = feed(&mut n, &in_phase(AnomalyState::ACTIVE, 10, None));
-        assert_eq!(a[0].action, AlertAction::OPEN);
-        let (a, _) = feed(
-            &mut n,
-            &in_phase(AnomalyState::ACTIVE, 20, Some(RunPhase::IDLE)),
-        );
-        assert!(a.is_empty(), "the same alert");
-        let (a, _) = feed(
-            &mut n,
-            &in_phase(AnomalyState::CLEARED, 30, Some(RunPhase::IDLE)),
-        );
-        assert!(a.is_empty(), "the sequencing series still stands: {a:?}");
-        let (a, _) = feed(&mut n, &in_phase(AnomalyState::CLEARED, 40, None));
-        assert_eq!(a[0].action, AlertAction::RESOLVE);
-    }
-
-    #[test]
-    fn a_fleet_anomaly_is_one_alert_naming_the_lot_with_no_visit() {
-        use seqmon_model::{CohortEvidence, CohortKind};
-        let mut n = Notifier::default();
-        let fleet = |state: AnomalyState, deviating: i32, t: i64| {
-            let mut a: Anomaly =
-                decode(&anomaly("pct_q30", state, AnomalySeverity::HIGH, t, 70.0)).unwrap();
-            a.instrument_serial = CohortKind::REAGENT_KIT_LOT.key("SBS-20991");
-            a.subsystem = Subsystem::CHEMISTRY;
-            a.cohort = Some(CohortEvidence {
-                kind: CohortKind::REAGENT_KIT_LOT,
-                value: "SBS-20991".into(),
-                members: 6,
-                deviating,
-                instruments: (0..deviating).map(|i| format!("A0010{i}")).collect(),
-            });
-            encode(&a).unwrap()
-        };
-        let (a, m) = feed(&mut n, &fleet(AnomalyState::ACTIVE, 3, 1000));
-        assert_eq!((a.len(), a[0].action), (1, AlertAction::OPEN));
-        assert!(m.is_empty(), "a lot is recalled, not visited");
-        assert_eq!(a[0].suspected_part, "reagent kit lot SBS-20991");
-        assert!(Part::ReagentLot.named_by(&a[0].suspected_part));
-        assert!(a[0].title.contains("3 of 6 instruments"), "{}", a[0].title);
-        assert!(a[0].covers("A00102") && !a[0].covers("A00105"));
-        // More members: the same alert, updated with the new list.
-        let (a2, m2) = feed(&mut n, &fleet(AnomalyState::ACTIVE, 5, 2000));
-        assert_eq!((a2.len(), a2[0].action), (1, AlertAction::UPDATE));
-        assert_eq!(a2[0].alert_id, a[0].alert_id);
-        assert!(m2.is_empty() && a2[0].covers("A00104"));
-        // The cohort clears as a whole, whichever metric named it.
-        let mut cleared: Anomaly = decode(&fleet(AnomalyState::CLEARED, 0, 3000)).unwrap();
-        cleared.metric = "cohort".into();
-        let (a3, _) = feed(&mut n, &encode(&cleared).unwrap());
-        assert_eq!((a3.len(), a3[0].action), (1, AlertAction::RESOLVE));
-        assert!(n.state_keys().is_empty());
-    }
-
-    #[test]
-    fn a_forecast_schedules_before_the_crossing_and_updates_one_entry() {
-        let mut n = Notifier::default();
-        let t0 = 100 * HOUR_MS;
-        let (a, m) = feed(&mut n, &predicted(t0, 200, AnomalySeverity::LOW));
-        assert_eq!((a.len(), a[0].action), (1, AlertAction::OPEN));
-        assert!(
-            a[0].title.contains("forecast to leave spec"),
-            "{}",
-            a[0].title
-        );
-        assert_eq!(a[0].suspected_part, "fluidics line or valve (clog)");
-        assert_eq!(m.len(), 1);
-        // 200 h left: P3, due 24 h before the earliest crossing.
-        assert_eq!(m[0].priority, MaintenancePriority::P3);
-        assert_eq!(m[0].due_by_ms, t0 + 176 * HOUR_MS);
-        assert_eq!(m[0].predicted_limit_ms, Some(t0 + 400 * HOUR_MS));
-        // Closer: the same entry, earlier and more urgent.
-        let t1 = t0 + 10 * HOUR_MS;
-        let (_, m2) = feed(&mut n, &predicted(t1, 30, AnomalySeverity::MEDIUM));
-        assert_eq!(m2.len(), 1);
-        assert_eq!(m2[0].entry_id, m[0].entry_id);
-        assert_eq!(m2[0].priority, MaintenancePriority::P1);
-        // 30 h left: the margin is capped at half the time left, never after the crossing.
-        assert_eq!(m2[0].due_by_ms, t1 + 15 * HOUR_MS);
-        // A present anomaly while the forecast stands: the more urgent of the two, no new entry id.
-        let mut active: Anomaly =
-            decode(&predicted(t1 + 2 * HOUR_MS, 20, AnomalySeverity::HIGH)).unwrap();
-        active.state = AnomalyState::ACTIVE;
-        active.severity = AnomalySeverity::CRITICAL;
-        let (_, m4) = feed(&mut n, &encode(&active).unwrap());
-        assert_eq!(m4.len(), 1);
-        assert_eq!(m4[0].entry_id, m[0].entry_id);
-        assert!(m4[0].due_by_ms <= t1 + 2 * HOUR_MS + 20 * HOUR_MS, "{m4:?}");
-        // The same forecast again: nothing new.
-        let (a3, m3) = feed(
-            &mut n,
-            &predicted(t1 + HOUR_MS, 29, AnomalySeverity::MEDIUM),
-        );
-        assert!(a3.is_empty() && m3.is_empty(), "{a3:?} {m3:?}");
-    }
-
-    fn feed(n: &mut Notifier, bytes: &[u8]) -> (Vec<Alert>, Vec<MaintenanceEntry>) {
-        let env = Envelope {
-            key: Some(b"VH00042"),
-            value: bytes,
-            topic: TopicRole::Anomalies.spec().name,
-            partition: 0,
-            offset: 0,
-            timestamp_ms: None,
-        };
-        let mut out = Emitter::default();
-        n.process(&env, &mut out).unwrap();
-        let recs = out.take().0;
-        (
-            recs.iter()
-                .filter(|e| e.role == TopicRole::Alerts)
-                .map(|e| decode(&e.value).unwrap())
-                .collect(),
-            recs.iter()
-                .filter(|e| e.role == TopicRole::Maintenance)
-                .map(|e| decode(&e.value).unwrap())
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn open_update_dedupe_and_resolve() {
-        let mut n = Notifier::default();
-        let (a, m) = feed(
-            &mut n,
-            &anomaly(
-                "fluidics_pressure_kpa",
-                AnomalyState::ACTIVE,
-                AnomalySeverity::MEDIUM,
-                3_600_000,
-                80.0,
-            ),
-        );
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].action, AlertAction::OPEN);
-        assert_eq!(a[0].suspected_part, "pump seal or fluidics fitting (leak)");
-        assert_eq!(m.len(), 1);
-        assert_eq!(m[0].priority, MaintenancePriority::P3);
-        // P3, due by the P3 horizon: a window's own slope (here steep) is not a forecast.
-        assert_eq!(m[0].due_by_ms, 3_600_000 + 336 * HOUR_MS);
-        // Same severity on another metric of the subsystem: folded in silently.
-        assert_eq!(
-            feed(
-                &mut n,
-                &anomaly(
-                    "flow_rate_ul_min",
-                    AnomalyState::ACTIVE,
-                    AnomalySeverity::MEDIUM,
-                    3_900_000,
-                    200.0
-                )
-            )
-            .0
-            .len(),
-            0
-        );
-        let (a, m) = feed(
-            &mut n,
-            &anomaly(
-                "fluidics_pressure_kpa",
-                AnomalyState::ACTIVE,
-                AnomalySeverity::CRITICAL,
-                4_200_000,
-                60.0,
-            ),
-        );
-        assert_eq!(
-            (a.len(), a[0].action, m.len(), m[0].priority),
-            (1, AlertAction::UPDATE, 1, MaintenancePriority::P1)
-        );
-        assert_eq!(
-            feed(
-                &mut n,
-                &anomaly(
-                    "fluidics_pressure_kpa",
-                    AnomalyState::CLEARED,
-                    AnomalySeverity::LOW,
-                    5_000_000,
-                    100.0
-                )
-            )
-            .0
-            .len(),
-            0,
-            "flow rate still active"
-        );
-        let (a, _) = feed(
-            &mut n,
-            &anomaly(
-                "flow_rate_ul_min",
-                AnomalyState::CLEARED,
-                AnomalySeverity::LOW,
-                5_300_000,
-                250.0,
-            ),
-        );
-        assert_eq!(a[0].action, AlertAction::RESOLVE);
-        assert_eq!(a[0].anomaly_count, 3);
-        assert!(n.open.is_empty());
-    }
-}
+mod tests;

@@ -9,7 +9,8 @@ use seqmon_cohort_analyzer::CohortAnalyzer;
 use seqmon_feature_extractor::FeatureExtractor;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
-    decode, Alert, AlertAction, Anomaly, AnomalyState, MaintenanceEntry, PrivacyAction,
+    decode, Alert, AlertAction, AlertTransition, Anomaly, AnomalyState, MaintenanceEntry,
+    MaintenanceStatus, PrivacyAction,
 };
 use seqmon_notifier::Notifier;
 use seqmon_privacy_enforcer::PrivacyEnforcer;
@@ -19,6 +20,7 @@ use seqmon_simulator::FaultTruth;
 use seqmon_validator::Validator;
 
 pub mod evaluate;
+pub mod service_team;
 use serde::Serialize;
 
 /// The six stages with default settings, chained.
@@ -68,6 +70,8 @@ pub struct Collected {
     pub anomalies_active: u64,
     /// Records the validator forwarded.
     pub validated: u64,
+    /// Commands sent to the notifier (by the simulated service team).
+    pub commands: u64,
 }
 
 impl Collected {
@@ -81,10 +85,11 @@ impl Collected {
             TopicRole::Alerts => {
                 let a: Alert = decode(&e.value).map_err(bad)?;
                 let line = format!(
-                    "{} ALERT {:<7} {:<8} {}",
+                    "{} ALERT {:<12} {:<8} #{} {}",
                     iso_time(a.event_time_ms),
-                    format!("{:?}", a.action),
+                    a.transition.as_str(),
                     format!("{:?}", a.severity),
+                    a.sequence,
                     a.title
                 );
                 self.alerts.push(a);
@@ -92,9 +97,21 @@ impl Collected {
             }
             TopicRole::Maintenance => {
                 let m: MaintenanceEntry = decode(&e.value).map_err(bad)?;
+                let visit = match &m.visit {
+                    Some(v) => format!(
+                        "; visit {} ({:?}, {} part{})",
+                        iso_time(v.start_ms),
+                        v.basis,
+                        v.parts.len(),
+                        if v.parts.len() == 1 { "" } else { "s" }
+                    ),
+                    None => String::new(),
+                };
                 let line = format!(
-                    "{} MAINTENANCE {:?} {} {}: due {} ({})",
-                    iso_time(m.created_at_ms),
+                    "{} MAINTENANCE {:?} r{} {:?} {} {}: due {}{visit} ({})",
+                    iso_time(m.updated_at_ms),
+                    m.status,
+                    m.revision,
                     m.priority,
                     m.instrument_serial,
                     m.suspected_part,
@@ -145,7 +162,8 @@ impl Collected {
             | TopicRole::ChangelogNotifier
             | TopicRole::ChangelogIngestGateway
             | TopicRole::CohortSignals
-            | TopicRole::ChangelogCohortAnalyzer => None,
+            | TopicRole::ChangelogCohortAnalyzer
+            | TopicRole::AlertCommands => None,
         })
     }
 }
@@ -161,8 +179,20 @@ pub struct Summary {
     /// Values the boundary pseudonymized, replaced with OTHER or removed, and records it refused.
     pub privacy: BTreeMap<String, u64>,
     pub anomalies: u64,
+    /// Alerts opened or re-opened (each is a notification).
     pub alerts: u64,
+    /// Alert transitions by kind (acknowledged, resolved, reopened, escalated, ...).
+    pub transitions: BTreeMap<String, u64>,
+    /// Commands the (simulated) service team sent.
+    pub commands: u64,
+    /// Maintenance entry records (revisions included).
     pub maintenance: u64,
+    /// Distinct maintenance entries (instrument and part), and those closed as repaired.
+    pub maintenance_entries: u64,
+    pub maintenance_closed: u64,
+    /// Distinct proposed visits, and entries that shared one with another part.
+    pub visits: u64,
+    pub grouped_entries: u64,
     pub faults_injected: u64,
     pub faults_detected: u64,
     /// Alerts opened on an instrument and subsystem with no injected fault.
@@ -181,6 +211,28 @@ pub fn score(faults: &[FaultTruth], alerts: &[Alert]) -> (u64, u64) {
 /// The summary of a run.
 pub fn summarize(events: u64, collected: &Collected, faults: &[FaultTruth]) -> Summary {
     let (faults_detected, false_alerts) = score(faults, &collected.alerts);
+    let mut transitions: BTreeMap<String, u64> = AlertTransition::ALL
+        .iter()
+        .map(|t| (t.as_str().to_ascii_lowercase(), 0))
+        .collect();
+    for a in &collected.alerts {
+        *transitions
+            .entry(a.transition.as_str().to_ascii_lowercase())
+            .or_default() += 1;
+    }
+    // The latest revision of each entry says where it stands.
+    let mut latest: BTreeMap<&str, &MaintenanceEntry> = BTreeMap::new();
+    for m in &collected.maintenance {
+        let slot = latest.entry(m.entry_id.as_str()).or_insert(m);
+        if m.revision >= slot.revision {
+            *slot = m;
+        }
+    }
+    let visits: std::collections::BTreeSet<&str> = collected
+        .maintenance
+        .iter()
+        .filter_map(|m| m.visit.as_ref().map(|v| v.visit_id.as_str()))
+        .collect();
     Summary {
         events,
         validated: collected.validated,
@@ -204,46 +256,26 @@ pub fn summarize(events: u64, collected: &Collected, faults: &[FaultTruth]) -> S
             .iter()
             .filter(|a| a.action == AlertAction::OPEN)
             .count() as u64,
+        transitions,
+        commands: collected.commands,
         maintenance: collected.maintenance.len() as u64,
+        maintenance_entries: latest.len() as u64,
+        maintenance_closed: latest
+            .values()
+            .filter(|m| m.status == MaintenanceStatus::CLOSED)
+            .count() as u64,
+        visits: visits.len() as u64,
+        grouped_entries: collected
+            .maintenance
+            .iter()
+            .filter(|m| m.visit.as_ref().is_some_and(|v| v.parts.len() > 1))
+            .map(|m| m.entry_id.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64,
         faults_injected: faults.len() as u64,
         faults_detected,
         false_alerts,
     }
 }
 
-/// `2026-11-01T12:05:00Z` for ms since the epoch (UTC, proleptic Gregorian).
-pub fn iso_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::iso_time;
-
-    #[test]
-    fn formats_utc_times() {
-        assert_eq!(iso_time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso_time(1_793_491_200_000), "2026-11-01T00:00:00Z");
-        assert_eq!(
-            iso_time(951_782_400_000 + 86_399_999),
-            "2000-02-29T23:59:59Z"
-        );
-    }
-}
+pub use seqmon_model::civil::iso_time;

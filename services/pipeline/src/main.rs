@@ -1,15 +1,22 @@
 //! `seqmon-pipeline`: the six stages in one process, fed by the fleet simulator (default) or a
 //! telemetry JSON-lines file, printing alerts and maintenance entries as they come and ending
-//! with one JSON summary line. What `make run` runs.
+//! with one JSON summary line. What `make run` runs. On the simulated fleet a simulated service
+//! team answers the alerts (acknowledges, assigns, snoozes, resolves; see
+//! `seqmon_pipeline::service_team`), so the whole alert lifecycle shows.
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use seqmon_pipeline::{default_chain, historic_chain, summarize, Collected};
+use seqmon_model::topics::TopicRole;
+use seqmon_pipeline::service_team::ServiceTeam;
+use seqmon_pipeline::{default_chain, historic_chain, iso_time, summarize, Collected};
 use seqmon_runtime::file::json_line_to_avro;
 use seqmon_runtime::RuntimeError;
 use seqmon_simulator::{simulate, FleetConfig};
+
+/// One input record: key, Avro bytes and, when known, its send time.
+type Input = (String, Vec<u8>, Option<i64>);
 
 /// Run the whole pipeline in one process.
 #[derive(Debug, Parser)]
@@ -43,6 +50,9 @@ struct Cli {
     /// Print only the summary line.
     #[arg(long)]
     quiet: bool,
+    /// No simulated service team: alerts are left unanswered (then they escalate).
+    #[arg(long)]
+    no_service_team: bool,
 }
 
 fn main() -> ExitCode {
@@ -67,7 +77,9 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
         });
     }
     let historic = !cli.run_folder.is_empty();
-    let (records, faults): (Vec<(String, Vec<u8>)>, Vec<_>) = match &cli.input {
+    // Each record with its send time when known (the simulated fleet), which paces the
+    // service team's commands.
+    let (records, faults): (Vec<Input>, Vec<_>) = match &cli.input {
         None if historic => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -86,6 +98,7 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
                         r.instrument_serial.clone(),
                         seqmon_model::encode(&r)
                             .map_err(|e| RuntimeError::Internal(e.to_string()))?,
+                        None,
                     ));
                 }
             }
@@ -102,7 +115,10 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
                 ..Default::default()
             });
             (
-                sim.records.into_iter().map(|r| (r.key, r.bytes)).collect(),
+                sim.records
+                    .into_iter()
+                    .map(|r| (r.key, r.bytes, Some(r.sent_time_ms)))
+                    .collect(),
                 sim.faults,
             )
         }
@@ -119,8 +135,8 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
                 })?;
                 // Lines that do not convert go in as their raw bytes: the validator dead-letters them.
                 out.push(match json_line_to_avro(&line, "telemetry") {
-                    Ok(c) => (c.key.unwrap_or_default(), c.bytes),
-                    Err(_) => (String::new(), line.into_bytes()),
+                    Ok(c) => (c.key.unwrap_or_default(), c.bytes, None),
+                    Err(_) => (String::new(), line.into_bytes(), None),
                 });
             }
             (out, Vec::new())
@@ -132,24 +148,60 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
     } else {
         default_chain()?
     };
-    let mut collected = Collected::default();
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut failure = None;
-    let mut sink = |topic: &str, e: &seqmon_runtime::Emitted| match collected.take(topic, e) {
-        Ok(Some(line)) if !cli.quiet => {
-            let _ = writeln!(out, "{line}");
-        }
-        Ok(_) => {}
-        Err(err) => failure = Some(err),
+    let mut tap = Tap {
+        collected: Collected::default(),
+        out: std::io::stdout().lock(),
+        quiet: cli.quiet,
+        failure: None,
     };
-    for (key, bytes) in &records {
-        chain.push(key, bytes, &mut sink)?;
+    let mut team = (!cli.no_service_team && cli.input.is_none() && !historic)
+        .then(|| ServiceTeam::new(&faults));
+    let mut alerts_seen = 0;
+    for (key, bytes, sent) in &records {
+        // The team's commands due by this record's time go in first, as they would arrive on
+        // the commands topic.
+        if let (Some(team), Some(now)) = (team.as_mut(), sent) {
+            for cmd in team.due(*now) {
+                tap.line(format!(
+                    "{} COMMAND {:<12} {} by {} on {}{}",
+                    iso_time(cmd.issued_at_ms),
+                    format!("{:?}", cmd.action),
+                    cmd.resolution
+                        .map(|r| r.as_str().to_ascii_lowercase())
+                        .or(cmd.assignee.clone())
+                        .unwrap_or_default(),
+                    cmd.issued_by,
+                    cmd.alert_id,
+                    cmd.comment
+                        .as_ref()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
+                ));
+                let bytes = seqmon_model::encode(&cmd)
+                    .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+                tap.collected.commands += 1;
+                chain.push_to(
+                    TopicRole::AlertCommands,
+                    &cmd.instrument_serial,
+                    &bytes,
+                    &mut |topic, e| tap.take(topic, e),
+                )?;
+            }
+        }
+        chain.push(key, bytes, &mut |topic, e| tap.take(topic, e))?;
+        if let Some(team) = team.as_mut() {
+            for a in &tap.collected.alerts[alerts_seen..] {
+                team.observe(a);
+            }
+            alerts_seen = tap.collected.alerts.len();
+        }
     }
-    chain.finish(&mut sink)?;
-    if let Some(e) = failure {
+    chain.finish(&mut |topic, e| tap.take(topic, e))?;
+    if let Some(e) = tap.failure.take() {
         return Err(e);
     }
+    let collected = tap.collected;
+    let mut out = tap.out;
     let summary = summarize(records.len() as u64, &collected, &faults);
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -158,4 +210,28 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
     );
     let _ = writeln!(out, "{}", serde_json::json!({ "summary": summary }));
     Ok(())
+}
+
+/// Where the chain's outputs go: decoded into the summary, printed as they come.
+struct Tap<W: Write> {
+    collected: Collected,
+    out: W,
+    quiet: bool,
+    failure: Option<RuntimeError>,
+}
+
+impl<W: Write> Tap<W> {
+    fn take(&mut self, topic: &str, e: &seqmon_runtime::Emitted) {
+        match self.collected.take(topic, e) {
+            Ok(Some(line)) => self.line(line),
+            Ok(None) => {}
+            Err(err) => self.failure = Some(err),
+        }
+    }
+
+    fn line(&mut self, line: String) {
+        if !self.quiet {
+            let _ = writeln!(self.out, "{line}");
+        }
+    }
 }

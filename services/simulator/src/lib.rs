@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 use seqmon_model::codec::{encode_with, header};
 use seqmon_model::parts::Part;
 use seqmon_model::{
-    encode, store, Alert, AlertAction, AnomalySeverity, DeadLetterReason, InstrumentConfiguration,
-    InstrumentModel, OperationLogEvent, PrivacyRule, RunConfiguration, RunPerformance, RunPhase,
-    SensorReadings, Severity, Subsystem, Telemetry, TelemetryKind,
+    encode, store, Alert, AlertAction, AlertState, AlertTransition, AnomalySeverity,
+    DeadLetterReason, InstrumentConfiguration, InstrumentModel, OperationLogEvent, PrivacyRule,
+    RunConfiguration, RunPerformance, RunPhase, SensorReadings, Severity, Subsystem, Telemetry,
+    TelemetryKind, TransitionCause,
 };
 use serde::Serialize;
 
@@ -931,6 +932,20 @@ impl Generator {
                     event_time_ms: t.event_time_ms,
                     anomaly_count: 1,
                     cohort: None,
+                    state: AlertState::OPEN,
+                    transition: AlertTransition::OPENED,
+                    cause: TransitionCause::ANOMALY,
+                    sequence: 1,
+                    command_id: None,
+                    actor: None,
+                    comment: None,
+                    assignee: None,
+                    acknowledged_by: None,
+                    snoozed_until_ms: None,
+                    resolution: None,
+                    escalation_level: 0,
+                    reopen_count: 0,
+                    evidence: None,
                 };
                 let json = serde_json::to_string(&alert).expect("alert serializes");
                 SimRecord {

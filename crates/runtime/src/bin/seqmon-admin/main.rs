@@ -1,6 +1,9 @@
 //! Administration: `seqmon-admin create-topics` creates every catalogue topic, idempotently;
 //! `seqmon-admin topics` prints the catalogue; `seqmon-admin acls` prints the ACLs that follow
-//! from it (one principal per stage) or applies them with Kafka's own ACL command.
+//! from it (one principal per stage) or applies them with Kafka's own ACL command;
+//! `seqmon-admin alert` lists alerts and acknowledges, snoozes, resolves or assigns them.
+
+mod alert;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -34,6 +37,8 @@ enum Command {
     },
     /// Print the topic catalogue.
     Topics,
+    /// The service team's console: list alerts; acknowledge, snooze, resolve or assign one.
+    Alert(alert::AlertArgs),
     /// The ACLs of a deployment, derived from the topic catalogue: one principal per stage,
     /// each reading and writing only its own topics, groups and transactional ids.
     Acls {
@@ -135,6 +140,7 @@ fn acls_command(topic_prefix: &str, format: AclFormat, apply: Option<&str>) -> E
 async fn main() -> ExitCode {
     seqmon_runtime::service::init_logging();
     match Cli::parse().command {
+        Command::Alert(args) => alert::run(args),
         Command::Acls {
             topic_prefix,
             format,
