@@ -2,6 +2,8 @@
 # `make test`: builds, runs the unit tests, then the real-broker tests. Unless
 # KAFKA_BOOTSTRAP_SERVERS names a cluster, it fetches Apache Kafka from Maven Central on first use
 # (into .cache/, ignored by git), starts one KRaft broker on 127.0.0.1 and stops it afterwards.
+# It also builds a real Prometheus Alertmanager into .cache/ (tools/alertmanager/alertmanager.sh,
+# Go from the machine) for the delivery tests, which start and stop it themselves.
 # Beside it, the secure broker (tools/kafka/broker.sh start --secure: SASL_SSL on 127.0.0.1:19192,
 # mutual TLS on 19193, ACLs; about 15 s to start) for the security tests, which find its client
 # properties files in $KAFKA_SECURE_DIR (set it to use a secure setup of your own instead;
@@ -29,6 +31,9 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fasta
   "$venv/bin/pip" install -q interop numpy fastavro
 fi
 export INTEROP_PYTHON="$venv/bin/python"
+
+echo "== Prometheus Alertmanager, built from its source as the Go module proxy serves it (first time ~90 s)"
+tools/alertmanager/alertmanager.sh build
 
 echo "== tests (unit, embedded pipeline, then real-broker integration)"
 # Integration tests each use their own topics and groups; two at a time suit a 2-core machine.

@@ -31,11 +31,13 @@ pub enum Principal {
     IngestGateway,
     /// Service engineers' console (`seqmon-admin alert ...`): writes commands on alerts.
     ServiceConsole,
+    /// Delivers alert transitions to Alertmanager and webhooks; dead-letters what it gives up.
+    AlertDispatcher,
 }
 
 impl Principal {
     /// Every principal.
-    pub const ALL: [Principal; 9] = [
+    pub const ALL: [Principal; 10] = [
         Principal::Collector,
         Principal::Validator,
         Principal::PrivacyEnforcer,
@@ -45,6 +47,7 @@ impl Principal {
         Principal::CohortAnalyzer,
         Principal::IngestGateway,
         Principal::ServiceConsole,
+        Principal::AlertDispatcher,
     ];
 
     /// The user name (`User:<name>`), also the stage name of the stage principals.
@@ -59,6 +62,7 @@ impl Principal {
             Principal::CohortAnalyzer => "cohort-analyzer",
             Principal::IngestGateway => "ingest-gateway",
             Principal::ServiceConsole => "service-console",
+            Principal::AlertDispatcher => "alert-dispatcher",
         }
     }
 
@@ -75,6 +79,13 @@ impl Principal {
                 reads: &[TopicRole::Alerts],
                 writes: &[TopicRole::AlertCommands],
                 consumes: false,
+            },
+            Principal::AlertDispatcher => StageTopics {
+                reads: &[TopicRole::Alerts],
+                writes: &[TopicRole::DeadLetters],
+                // Its group `<prefix>alert-dispatcher` (no transactions: at least once, with
+                // idempotency keys).
+                consumes: true,
             },
             Principal::IngestGateway => StageTopics {
                 reads: &[TopicRole::ChangelogIngestGateway],

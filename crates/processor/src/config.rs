@@ -33,7 +33,12 @@ impl ConfigError {
 pub struct Secret(String);
 
 impl Secret {
-    /// The secret value, for handing to the Kafka client only.
+    /// Wraps a secret read from a file or the environment.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The secret value, for handing to the client that needs it only.
     pub fn expose(&self) -> &str {
         &self.0
     }
