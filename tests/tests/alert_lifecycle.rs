@@ -208,11 +208,11 @@ fn commands_are_applied_once_and_bad_ones_are_dead_letters() {
     // Refused: a stale transition, an unknown alert, an invalid command, undecodable bytes.
     let (code, out) = console(&prefix, &["ack", &id("A00901"), "--by", "fse-1"]);
     assert!(
-        code == 1 && out.contains("refused: STALE_TRANSITION"),
+        code == 4 && out.contains("refused: STALE_TRANSITION"),
         "{out}"
     );
     let (code, out) = console(&prefix, &["ack", "A00901:optical:1", "--by", "fse-1"]);
-    assert!(code == 1 && out.contains("refused: UNKNOWN_ALERT"), "{out}");
+    assert!(code == 4 && out.contains("refused: UNKNOWN_ALERT"), "{out}");
     let (code, out) = console(
         &prefix,
         &[
@@ -225,7 +225,7 @@ fn commands_are_applied_once_and_bad_ones_are_dead_letters() {
         ],
     );
     assert!(
-        code == 1 && out.contains("refused: INVALID_COMMAND"),
+        code == 4 && out.contains("refused: INVALID_COMMAND"),
         "{out}"
     );
     let (code, out) = console(

@@ -75,8 +75,10 @@ impl Principal {
                 consumes: false,
             },
             Principal::ServiceConsole => StageTopics {
-                // Reads alerts to show them; writes commands. No group, no transactions.
-                reads: &[TopicRole::Alerts],
+                // Reads alerts to show them and the analysis dead letters to see a command
+                // refused; writes commands. No group (it assigns partitions, commits nothing),
+                // no transactions.
+                reads: &[TopicRole::Alerts, TopicRole::DeadLetters],
                 writes: &[TopicRole::AlertCommands],
                 consumes: false,
             },

@@ -301,6 +301,7 @@ pub(crate) mod tests {
             resolution: Some(Resolution::PART_REPLACED),
             assignee: None,
             comment: None,
+            alert_sequence: None,
         };
         assert_eq!(
             decode::<AlertCommand>(&encode(&command).expect("encode")).expect("decode"),

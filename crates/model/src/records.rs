@@ -734,6 +734,7 @@ pub struct AlertCommand {
     pub resolution: Option<Resolution>,
     pub assignee: Option<String>,
     pub comment: Option<String>,
+    pub alert_sequence: Option<i32>,
 }
 avro_record!(AlertCommand, "alert_command");
 

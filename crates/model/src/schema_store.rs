@@ -96,6 +96,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/alert_command/v1.avsc"),
     ),
     (
+        "alert_command",
+        2,
+        include_str!("../../../schemas/alert_command/v2.avsc"),
+    ),
+    (
         "cohort_signal",
         1,
         include_str!("../../../schemas/cohort_signal/v1.avsc"),

@@ -604,7 +604,10 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
-        .set("heartbeat.interval.ms", (cfg.session_timeout_ms / 4).to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (cfg.session_timeout_ms / 4).to_string(),
+        )
         .create_with_context(Ctx {
             generation: generation.clone(),
         })

@@ -65,7 +65,7 @@ use seqmon_model::{
     InstrumentModel, MaintenanceEntry, MaintenancePriority, MaintenanceStatus, Resolution,
     RunPhase, SeriesPoint, Subsystem, TransitionCause, Visit, VisitBasis,
 };
-use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
+use seqmon_processor::{key_str, ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
 
 use crate::runs::{RunHistory, Slot};
@@ -128,6 +128,10 @@ pub struct NotifierConfig {
     /// instrument (parts grouped into one visit).
     #[arg(long, env = "NOTIFIER_GROUP_VISIT_HOURS", default_value_t = 168)]
     pub group_visit_hours: i64,
+    /// Hours a closed or cancelled maintenance entry is kept (then forgotten; a recurrence makes
+    /// it anew, with a higher revision).
+    #[arg(long, env = "NOTIFIER_CLOSED_RETENTION_HOURS", default_value_t = 720)]
+    pub closed_retention_hours: i64,
     /// Percent of weeks an hour of the week must have been idle to be a habitual idle window.
     #[arg(long, env = "NOTIFIER_HABITUAL_IDLE_PERCENT", default_value_t = 80)]
     pub habitual_idle_percent: u8,
@@ -166,6 +170,7 @@ impl NotifierConfig {
             ("reopen_window_hours", self.reopen_window_hours),
             ("repair_settle_hours", self.repair_settle_hours),
             ("group_visit_hours", self.group_visit_hours),
+            ("closed_retention_hours", self.closed_retention_hours),
         ] {
             if !(0..=24 * 365).contains(&v) {
                 return fail(id, "must be 0 or more (and at most a year)");
@@ -232,9 +237,16 @@ struct AlertRec {
     resolution: Option<Resolution>,
     resolved_at_ms: Option<i64>,
     escalation_level: i32,
-    /// Since when it waits for an acknowledgement (escalation counts from here).
+    /// Since when it waits for an acknowledgement.
     unacked_since_ms: i64,
+    /// When it escalates next while it waits (from when it began waiting or last escalated,
+    /// by its severity's delay).
+    #[serde(default)]
+    next_escalation_ms: Option<i64>,
     reopen_count: i32,
+    /// Sequence number of the record that last re-opened it (0: never re-opened).
+    #[serde(default)]
+    reopened_sequence: i32,
     /// Every series cleared at this time; it resolves once the hold has passed.
     clearing_since_ms: Option<i64>,
     evidence: Evidence,
@@ -255,12 +267,27 @@ impl AlertRec {
         })
     }
 
+    fn waiting(&self) -> bool {
+        matches!(self.state, AlertState::OPEN | AlertState::PREDICTED)
+    }
+
     /// When it escalates next, if it waits for an acknowledgement.
     fn escalate_at(&self, cfg: &NotifierConfig) -> Option<i64> {
-        let waiting = matches!(self.state, AlertState::OPEN | AlertState::PREDICTED);
+        self.next_escalation_ms
+            .filter(|_| self.waiting() && self.escalation_level < cfg.max_escalations)
+    }
+
+    /// It begins (again) to wait for an acknowledgement at `now`.
+    fn wait_from(&mut self, now: i64, cfg: &NotifierConfig) {
+        self.unacked_since_ms = now;
+        self.escalation_level = 0;
+        self.schedule_escalation(now, cfg);
+    }
+
+    /// The next escalation, one severity's delay after `now` (none when its delay is 0).
+    fn schedule_escalation(&mut self, now: i64, cfg: &NotifierConfig) {
         let after = cfg.escalate_after_ms(self.severity);
-        (waiting && after > 0 && self.escalation_level < cfg.max_escalations)
-            .then(|| self.unacked_since_ms + after * i64::from(self.escalation_level + 1))
+        self.next_escalation_ms = (after > 0).then(|| now + after);
     }
 
     /// Its next timer.
@@ -300,13 +327,22 @@ struct EntryRec {
     /// When its visit was last planned.
     planned_at_ms: i64,
     evidence: Evidence,
+    /// When it was closed or cancelled (it is forgotten `closed_retention_hours` later).
+    #[serde(default)]
+    closed_at_ms: Option<i64>,
 }
 
 impl EntryRec {
-    fn next_timer(&self) -> Option<i64> {
-        let v = self.visit.as_ref()?;
-        (self.status == MaintenanceStatus::OPEN)
-            .then(|| v.end_ms.max(self.planned_at_ms + REPLAN_MS))
+    fn next_timer(&self, cfg: &NotifierConfig) -> Option<i64> {
+        match self.status {
+            MaintenanceStatus::OPEN => {
+                let v = self.visit.as_ref()?;
+                Some(v.end_ms.max(self.planned_at_ms + REPLAN_MS))
+            }
+            _ => self
+                .closed_at_ms
+                .map(|t| t + cfg.closed_retention_hours * HOUR_MS),
+        }
     }
 }
 
@@ -319,6 +355,10 @@ struct Book {
     /// Maintenance entries by part.
     entries: BTreeMap<String, EntryRec>,
     runs: RunHistory,
+    /// Revisions handed out to its entries: each new revision of any entry takes the next, so
+    /// an entry forgotten after it closed and created again later still rises.
+    #[serde(default)]
+    revisions: i32,
 }
 
 impl Book {
@@ -328,18 +368,23 @@ impl Book {
             alerts: BTreeMap::new(),
             entries: BTreeMap::new(),
             runs: RunHistory::default(),
+            revisions: 0,
         }
     }
 
     fn next_timer(&self, cfg: &NotifierConfig) -> Option<i64> {
         let alerts = self.alerts.values().filter_map(|a| a.next_timer(cfg));
-        let entries = self.entries.values().filter_map(EntryRec::next_timer);
+        let entries = self.entries.values().filter_map(|e| e.next_timer(cfg));
         alerts.chain(entries).min()
     }
 
-    /// Nothing worth keeping: no alert, no open entry and no run history.
+    /// Nothing worth keeping: no alert, no entry, no run history, and no revision handed out
+    /// (the counter must survive its entries, so a later entry's revisions still rise).
     fn is_empty(&self) -> bool {
-        self.alerts.is_empty() && self.entries.is_empty() && self.runs.last_seen_ms().is_none()
+        self.alerts.is_empty()
+            && self.entries.is_empty()
+            && self.runs.last_seen_ms().is_none()
+            && self.revisions == 0
     }
 }
 
@@ -353,6 +398,14 @@ struct LegacyOpenAlert {
     anomaly_count: i32,
     active_metrics: BTreeSet<String>,
     suspected_part: String,
+    #[serde(default = "legacy_priority")]
+    priority: MaintenancePriority,
+    #[serde(default)]
+    due_by_ms: Option<i64>,
+}
+
+fn legacy_priority() -> MaintenancePriority {
+    MaintenancePriority::P3
 }
 
 /// What a transition record says beyond the alert's own fields.
@@ -712,11 +765,16 @@ impl Notifier {
 
     // ---- time ------------------------------------------------------------------------------
 
-    /// Moves `partition`'s clock to `t` (never back) and fires the timers it passed.
+    /// Moves `partition`'s clock to `t` (never back) and fires the timers it passed, each at
+    /// the clock (so a transition never predates the records before it). The clock is state
+    /// too (key `~clock/<partition>`), written once per minute of event time it moves.
     fn advance(&mut self, partition: i32, t: i64, out: &mut Emitter) -> Result<(), StageError> {
         let clock = self.clocks.entry(partition).or_insert(i64::MIN);
         if t <= *clock {
             return Ok(());
+        }
+        if *clock == i64::MIN || t.div_euclid(MINUTE_MS) != clock.div_euclid(MINUTE_MS) {
+            out.state_changed(&clock_key(partition));
         }
         *clock = t;
         loop {
@@ -725,12 +783,20 @@ impl Notifier {
                 .get(&partition)
                 .and_then(|set| set.iter().next().cloned())
                 .filter(|(at, _)| *at <= t);
-            let Some((at, key)) = due else { break };
+            let Some((_, key)) = due else { break };
             self.unschedule(&key);
-            self.fire(&key, at, out)?;
+            self.fire(&key, t, out)?;
             self.reschedule(&key);
         }
         Ok(())
+    }
+
+    /// `partition`'s clock, if it has one.
+    fn clock(&self, partition: i32) -> Option<i64> {
+        self.clocks
+            .get(&partition)
+            .copied()
+            .filter(|t| *t != i64::MIN)
     }
 
     fn unschedule(&mut self, key: &str) {
@@ -783,9 +849,8 @@ impl Notifier {
             if rec.state == AlertState::SNOOZED && rec.snoozed_until_ms.is_some_and(|t| t <= now) {
                 rec.state = rec.before_snooze.take().unwrap_or(AlertState::OPEN);
                 rec.snoozed_until_ms = None;
-                if rec.state != AlertState::ACKNOWLEDGED {
-                    rec.unacked_since_ms = now;
-                    rec.escalation_level = 0;
+                if rec.waiting() {
+                    rec.wait_from(now, &cfg);
                 }
                 let step = Step {
                     transition: AlertTransition::UNSNOOZED,
@@ -820,8 +885,10 @@ impl Notifier {
                 )?;
                 continue;
             }
-            while rec.escalate_at(&cfg).is_some_and(|t| t <= now) {
+            // One escalation per firing; the next one a full delay later.
+            if rec.escalate_at(&cfg).is_some_and(|t| t <= now) {
                 rec.escalation_level += 1;
+                rec.schedule_escalation(now, &cfg);
                 let step = Step {
                     transition: AlertTransition::ESCALATED,
                     action: AlertAction::UPDATE,
@@ -841,13 +908,21 @@ impl Notifier {
         }
         let mut changed: BTreeSet<String> = BTreeSet::new();
         for (alert_id, resolution) in resolved {
-            changed.extend(close_entries(&mut book, &alert_id, resolution));
+            changed.extend(close_entries(&mut book, &alert_id, resolution, now));
         }
+        // Closed work long past is forgotten.
+        book.entries.retain(|_, e| {
+            e.status == MaintenanceStatus::OPEN
+                || e.closed_at_ms
+                    .is_none_or(|t| t + cfg.closed_retention_hours * HOUR_MS > now)
+        });
         // A visit that passed without the work being closed is planned again.
         let passed: Vec<String> = book
             .entries
             .iter()
-            .filter(|(_, e)| e.next_timer().is_some_and(|t| t <= now))
+            .filter(|(_, e)| {
+                e.status == MaintenanceStatus::OPEN && e.next_timer(&cfg).is_some_and(|t| t <= now)
+            })
             .map(|(p, _)| p.clone())
             .collect();
         for part in &passed {
@@ -883,10 +958,12 @@ impl Notifier {
         while i < open.len() {
             let (anchor_due, anchor) = open[i].clone();
             // The anchor's visit stands while it is still ahead and still ends by the due date.
+            // (or, planned when the work was due already, while it is still ahead).
+            let planned_late = anchor_due - visit_ms <= book.entries[&anchor].planned_at_ms;
             let kept = book.entries[&anchor].visit.clone().filter(|v| {
                 v.visit_id == format!("{key}:visit:{anchor}")
                     && v.end_ms > now
-                    && v.end_ms <= anchor_due
+                    && (v.end_ms <= anchor_due || planned_late)
             });
             let (start, basis) = match &kept {
                 Some(v) => (v.start_ms, v.basis),
@@ -963,6 +1040,7 @@ impl Notifier {
                         visit: None,
                         planned_at_ms: a.window_end_ms,
                         evidence: alert.evidence.clone(),
+                        closed_at_ms: None,
                     },
                 );
                 changed.insert(part);
@@ -970,6 +1048,7 @@ impl Notifier {
             Some(e) if e.status != MaintenanceStatus::OPEN => {
                 e.status = MaintenanceStatus::OPEN;
                 e.resolution = None;
+                e.closed_at_ms = None;
                 e.alert_id = alert.alert_id.clone();
                 e.priority = p;
                 e.due_by_ms = due;
@@ -1075,14 +1154,37 @@ impl Notifier {
                         }
                         let rises = a.severity > rec.severity;
                         rec.severity = rec.severity.max(a.severity);
+                        if rises && rec.state == AlertState::SNOOZED {
+                            // Worse than when it was snoozed: the snooze ends.
+                            rec.state = rec.before_snooze.take().unwrap_or(AlertState::OPEN);
+                            rec.snoozed_until_ms = None;
+                            if rec.waiting() {
+                                rec.wait_from(now, &self.cfg);
+                            }
+                        } else if rises && rec.waiting() {
+                            // Worse: the next escalation no later than the new severity's delay.
+                            let was = rec.next_escalation_ms;
+                            rec.schedule_escalation(now, &self.cfg);
+                            rec.next_escalation_ms = match (was, rec.next_escalation_ms) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => b.or(a),
+                            };
+                        }
                         let opens = rec.predicted_only && !predicted;
                         if !predicted {
                             rec.predicted_only = false;
                         }
-                        let transition = if opens {
+                        if opens {
+                            // A forecast come true: what stood as PREDICTED is OPEN now,
+                            // also where a snooze will return to.
                             if rec.state == AlertState::PREDICTED {
                                 rec.state = AlertState::OPEN;
                             }
+                            if rec.before_snooze == Some(AlertState::PREDICTED) {
+                                rec.before_snooze = Some(AlertState::OPEN);
+                            }
+                        }
+                        let transition = if opens {
                             Some(AlertTransition::OPENED)
                         } else if rises {
                             Some(AlertTransition::WORSENED)
@@ -1092,11 +1194,6 @@ impl Notifier {
                         } else {
                             None
                         };
-                        if rises && rec.state == AlertState::SNOOZED {
-                            // Worse than when it was snoozed: the snooze ends.
-                            rec.state = rec.before_snooze.take().unwrap_or(AlertState::OPEN);
-                            rec.snoozed_until_ms = None;
-                        }
                         if let Some(transition) = transition {
                             let step = Step {
                                 transition,
@@ -1164,7 +1261,9 @@ impl Notifier {
                                     resolved_at_ms: None,
                                     escalation_level: 0,
                                     unacked_since_ms: now,
+                                    next_escalation_ms: None,
                                     reopen_count: 0,
+                                    reopened_sequence: 0,
                                     clearing_since_ms: None,
                                     evidence: evidence(&a),
                                     cohort: a.cohort.clone(),
@@ -1179,7 +1278,7 @@ impl Notifier {
                         };
                         rec.state = state;
                         rec.reopened_at_ms = now;
-                        rec.unacked_since_ms = now;
+                        rec.wait_from(now, &self.cfg);
                         rec.predicted_only = predicted;
                         rec.active = [series(&a)].into();
                         rec.metric = a.metric.clone();
@@ -1200,6 +1299,9 @@ impl Notifier {
                             &key,
                             &Self::transition(&key, a.subsystem, &mut rec, step),
                         )?;
+                        if transition == AlertTransition::REOPENED {
+                            rec.reopened_sequence = rec.sequence;
+                        }
                         if !fleet {
                             work = self.note_work(&mut book, &a, &rec);
                         }
@@ -1226,8 +1328,17 @@ impl Notifier {
             .books
             .entry(key.to_string())
             .or_insert_with(|| Book::new(partition));
+        let moved = book.partition != partition;
         book.partition = partition;
-        let mut changed = book.runs.observe(f.window_end_ms, f.run_phase);
+        // Only a sensor's window says which phase the instrument is in.
+        let sensor = seqmon_model::specs::metric(&f.metric).is_some_and(|m| {
+            matches!(
+                m.kind,
+                seqmon_model::specs::MetricKind::Sensor
+                    | seqmon_model::specs::MetricKind::Environment
+            )
+        });
+        let mut changed = book.runs.observe(f.window_end_ms, f.run_phase, sensor) || moved;
         // Recent levels of the series an alert stands on.
         let s = RunPhase::series(&f.metric, f.run_phase);
         for rec in book.alerts.values_mut() {
@@ -1242,33 +1353,64 @@ impl Notifier {
         if changed {
             out.state_changed(key);
         }
+        if moved {
+            // Its timers now run on this partition's clock.
+            let key = key.to_string();
+            self.reschedule(&key);
+        }
     }
 
     // ---- commands --------------------------------------------------------------------------
 
-    /// Checks a command against the alert it names; nothing changes.
-    fn check(&self, c: &AlertCommand) -> Result<(), Refusal> {
+    /// Checks a command against the alert it names, as it arrived (key, partition, record
+    /// timestamp); nothing changes.
+    fn check(&self, c: &AlertCommand, input: &Envelope<'_>) -> Result<(), Refusal> {
         let invalid = |m: String| Err((DeadLetterReason::INVALID_COMMAND, m));
-        if c.command_id.trim().is_empty() || c.command_id.len() > MAX_HANDLE_CHARS {
-            return invalid("command_id must be 1 to 128 characters".into());
+        // Handles are single-line text; a comment may have line breaks and tabs, nothing else
+        // that could steer a terminal.
+        let plain = |v: &str| !v.chars().any(char::is_control);
+        let handle =
+            |v: &str| !v.trim().is_empty() && v.chars().count() <= MAX_HANDLE_CHARS && plain(v);
+        if !handle(&c.command_id) {
+            return invalid("command_id must be 1 to 128 characters, no control characters".into());
         }
-        let handle = |v: &str| !v.trim().is_empty() && v.chars().count() <= MAX_HANDLE_CHARS;
         if !handle(&c.issued_by) {
-            return invalid("issued_by must be 1 to 128 characters".into());
+            return invalid("issued_by must be 1 to 128 characters, no control characters".into());
         }
-        if c.comment
-            .as_ref()
-            .is_some_and(|t| t.chars().count() > MAX_COMMENT_CHARS)
-        {
-            return invalid(format!(
-                "comment longer than {MAX_COMMENT_CHARS} characters"
-            ));
+        if let Some(t) = &c.comment {
+            if t.chars().count() > MAX_COMMENT_CHARS {
+                return invalid(format!(
+                    "comment longer than {MAX_COMMENT_CHARS} characters"
+                ));
+            }
+            if t.chars()
+                .any(|ch| ch.is_control() && ch != '\n' && ch != '\t')
+            {
+                return invalid("comment has control characters".into());
+            }
         }
         if seqmon_model::alert_key(&c.alert_id) != Some(c.instrument_serial.as_str()) {
             return invalid(format!(
                 "alert {} is not keyed by {}",
                 c.alert_id, c.instrument_serial
             ));
+        }
+        let key = key_str(input);
+        if key != c.instrument_serial {
+            return invalid(format!(
+                "the record is keyed {key:?} but names {}: commands are keyed like their alert",
+                c.instrument_serial
+            ));
+        }
+        // Within an hour of the record's own timestamp: a console with a wrong clock, or a
+        // forged time, does not snooze for years or plan visits in the future.
+        if let Some(ts) = input.timestamp_ms {
+            if (c.issued_at_ms - ts).abs() > HOUR_MS {
+                return invalid(format!(
+                    "issued_at_ms {} is more than an hour from the record's timestamp {ts}",
+                    c.issued_at_ms
+                ));
+            }
         }
         match c.action {
             AlertCommandAction::UNKNOWN => {
@@ -1278,9 +1420,10 @@ impl Notifier {
                 let Some(until) = c.snooze_until_ms else {
                     return invalid("SNOOZE needs snooze_until_ms".into());
                 };
-                if until <= c.issued_at_ms
-                    || until > c.issued_at_ms + self.cfg.max_snooze_hours * HOUR_MS
-                {
+                let longest = c
+                    .issued_at_ms
+                    .saturating_add(self.cfg.max_snooze_hours * HOUR_MS);
+                if until <= c.issued_at_ms || until > longest {
                     return invalid(format!(
                         "snooze must end after it is issued and within {} h",
                         self.cfg.max_snooze_hours
@@ -1296,16 +1439,17 @@ impl Notifier {
             },
             AlertCommandAction::ASSIGN => {
                 if !c.assignee.as_deref().is_some_and(handle) {
-                    return invalid("ASSIGN needs an assignee of 1 to 128 characters".into());
+                    return invalid(
+                        "ASSIGN needs an assignee of 1 to 128 characters, no control characters"
+                            .into(),
+                    );
                 }
             }
             AlertCommandAction::ACKNOWLEDGE => {}
         }
-        let rec = self
-            .books
-            .get(&c.instrument_serial)
-            .and_then(|b| b.alerts.values().find(|r| r.alert_id == c.alert_id));
-        let Some(rec) = rec else {
+        let book = self.books.get(&c.instrument_serial);
+        let rec = book.and_then(|b| b.alerts.values().find(|r| r.alert_id == c.alert_id));
+        let (Some(book), Some(rec)) = (book, rec) else {
             return Err((
                 DeadLetterReason::UNKNOWN_ALERT,
                 format!(
@@ -1314,6 +1458,13 @@ impl Notifier {
                 ),
             ));
         };
+        if book.partition >= 0 && book.partition != input.partition {
+            return invalid(format!(
+                "arrived on partition {} but the alert's records are on partition {}: produce \
+                 commands with the partitioner that keys the anomalies",
+                input.partition, book.partition
+            ));
+        }
         if rec.commands.contains(&c.command_id) {
             return Err((
                 DeadLetterReason::DUPLICATE_MESSAGE,
@@ -1321,16 +1472,41 @@ impl Notifier {
             ));
         }
         let stale = |m: String| Err((DeadLetterReason::STALE_TRANSITION, m));
-        if c.issued_at_ms < rec.reopened_at_ms && rec.reopen_count > 0 {
-            return stale(format!(
-                "issued before alert {} re-opened (recurrence {})",
-                c.alert_id, rec.reopen_count
-            ));
+        match c.alert_sequence {
+            Some(seen) if seen > rec.sequence || seen < 1 => {
+                return invalid(format!(
+                    "answers record #{seen}; alert {} is at #{}",
+                    c.alert_id, rec.sequence
+                ))
+            }
+            Some(seen) if seen < rec.reopened_sequence => {
+                return stale(format!(
+                    "answers record #{seen}; alert {} re-opened at #{} (recurrence {})",
+                    c.alert_id, rec.reopened_sequence, rec.reopen_count
+                ))
+            }
+            Some(_) => {}
+            // Without the record it answers, by time: issued before the re-opening (with five
+            // minutes for clocks that differ).
+            None if rec.reopen_count > 0 && c.issued_at_ms + 5 * MINUTE_MS < rec.reopened_at_ms => {
+                return stale(format!(
+                    "issued before alert {} re-opened (recurrence {})",
+                    c.alert_id, rec.reopen_count
+                ))
+            }
+            None => {}
         }
-        let allowed = !matches!(
-            (c.action, rec.state),
-            (_, AlertState::RESOLVED) | (AlertCommandAction::ACKNOWLEDGE, AlertState::ACKNOWLEDGED)
-        );
+        // The part was replaced after all: a repair may still be recorded on an alert that
+        // cleared on its own, while it is remembered.
+        let repair_after_clearing = rec.resolution == Some(Resolution::CLEARED)
+            && c.action == AlertCommandAction::RESOLVE
+            && c.resolution.is_some_and(Resolution::fixed);
+        let allowed = repair_after_clearing
+            || !matches!(
+                (c.action, rec.state),
+                (_, AlertState::RESOLVED)
+                    | (AlertCommandAction::ACKNOWLEDGE, AlertState::ACKNOWLEDGED)
+            );
         if !allowed {
             return stale(format!(
                 "{:?} does not apply to an alert {}",
@@ -1347,6 +1523,7 @@ impl Notifier {
         let Some(mut book) = self.books.remove(&key) else {
             return Ok(());
         };
+        let clock = self.clock(book.partition);
         let Some((subsystem, rec)) = book
             .alerts
             .iter_mut()
@@ -1356,14 +1533,17 @@ impl Notifier {
             return Ok(());
         };
         let subsystem = *subsystem;
-        // Commands carry wall time; an event clock ahead of it (a replay) keeps its order.
+        // The record says when the person acted; planning and timers go by the event clock
+        // (the command's time only when the partition has none yet).
         let at = c.issued_at_ms;
+        let now = clock.unwrap_or(at);
         let (transition, action) = match c.action {
             AlertCommandAction::ACKNOWLEDGE => {
                 rec.state = AlertState::ACKNOWLEDGED;
                 rec.acknowledged_by = Some(c.issued_by.clone());
                 rec.snoozed_until_ms = None;
                 rec.before_snooze = None;
+                rec.next_escalation_ms = None;
                 (AlertTransition::ACKNOWLEDGED, AlertAction::UPDATE)
             }
             AlertCommandAction::SNOOZE => {
@@ -1381,17 +1561,13 @@ impl Notifier {
             AlertCommandAction::RESOLVE | AlertCommandAction::UNKNOWN => {
                 rec.state = AlertState::RESOLVED;
                 rec.resolution = c.resolution;
-                rec.resolved_at_ms = Some(
-                    self.clocks
-                        .get(&book.partition)
-                        .copied()
-                        .filter(|t| *t != i64::MIN)
-                        .unwrap_or(at),
-                );
+                // The re-open and repair-settle windows run from now.
+                rec.resolved_at_ms = Some(now);
                 rec.active.clear();
                 rec.clearing_since_ms = None;
                 rec.snoozed_until_ms = None;
                 rec.before_snooze = None;
+                rec.next_escalation_ms = None;
                 (AlertTransition::RESOLVED, AlertAction::RESOLVE)
             }
         };
@@ -1412,16 +1588,10 @@ impl Notifier {
         if transition == AlertTransition::RESOLVED {
             let resolution = c.resolution.unwrap_or(Resolution::CLEARED);
             let alert_id = c.alert_id.clone();
-            changed = close_entries(&mut book, &alert_id, resolution);
-            let now = self
-                .clocks
-                .get(&book.partition)
-                .copied()
-                .unwrap_or(at)
-                .max(at);
+            changed = close_entries(&mut book, &alert_id, resolution, now);
             changed.extend(self.plan_visits(&key, &mut book, now));
         }
-        emit_entries(out, &key, &mut book, &changed, at)?;
+        emit_entries(out, &key, &mut book, &changed, now)?;
         out.state_changed(&key);
         self.books.insert(key.clone(), book);
         self.reschedule(&key);
@@ -1429,8 +1599,21 @@ impl Notifier {
     }
 }
 
+/// The state key of a partition's clock.
+fn clock_key(partition: i32) -> String {
+    format!("{CLOCK_PREFIX}{partition}")
+}
+
+/// State keys that are partitions' clocks, not instruments.
+const CLOCK_PREFIX: &str = "~clock/";
+
 /// Closes (the work was done) or cancels the open entries of an alert; returns their parts.
-fn close_entries(book: &mut Book, alert_id: &str, resolution: Resolution) -> BTreeSet<String> {
+fn close_entries(
+    book: &mut Book,
+    alert_id: &str,
+    resolution: Resolution,
+    now: i64,
+) -> BTreeSet<String> {
     let mut changed = BTreeSet::new();
     for (part, e) in book.entries.iter_mut() {
         if e.alert_id == alert_id && e.status == MaintenanceStatus::OPEN {
@@ -1441,6 +1624,7 @@ fn close_entries(book: &mut Book, alert_id: &str, resolution: Resolution) -> BTr
             };
             e.resolution = Some(resolution);
             e.visit = None;
+            e.closed_at_ms = Some(now);
             changed.insert(part.clone());
         }
     }
@@ -1457,7 +1641,8 @@ fn emit_entries(
 ) -> Result<(), StageError> {
     for part in parts {
         if let Some(e) = book.entries.get_mut(part) {
-            e.revision += 1;
+            book.revisions = book.revisions.max(e.revision) + 1;
+            e.revision = book.revisions;
             out.emit(
                 TopicRole::Maintenance,
                 key,
@@ -1521,7 +1706,7 @@ impl Processor for Notifier {
                 let Some(c) = out.decode_or_reject::<AlertCommand>(input) else {
                     return Ok(());
                 };
-                match self.check(&c) {
+                match self.check(&c, input) {
                     Ok(()) => self.apply(&c, out),
                     Err((reason, detail)) => {
                         out.reject(reason, detail);
@@ -1548,15 +1733,20 @@ impl Processor for Notifier {
     }
 
     fn snapshot(&self, key: &str) -> Result<Option<Vec<u8>>, StageError> {
+        let fail = |e: serde_json::Error| StageError::Snapshot {
+            key: key.into(),
+            message: e.to_string(),
+        };
+        if let Some(p) = key.strip_prefix(CLOCK_PREFIX) {
+            let clock = p.parse().ok().and_then(|p: i32| self.clock(p));
+            return clock
+                .map(|t| serde_json::to_vec(&t).map_err(fail))
+                .transpose();
+        }
         let Some(book) = self.books.get(key) else {
             return Ok(None);
         };
-        serde_json::to_vec(book)
-            .map(Some)
-            .map_err(|e| StageError::Snapshot {
-                key: key.into(),
-                message: e.to_string(),
-            })
+        serde_json::to_vec(book).map(Some).map_err(fail)
     }
 
     fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
@@ -1564,67 +1754,20 @@ impl Processor for Notifier {
             key: key.into(),
             message: e.to_string(),
         };
+        if let Some(p) = key.strip_prefix(CLOCK_PREFIX) {
+            let p: i32 = p.parse().map_err(|_| StageError::State {
+                key: key.into(),
+                message: "not a partition's clock".into(),
+            })?;
+            let t: i64 = serde_json::from_slice(state).map_err(fail)?;
+            let clock = self.clocks.entry(p).or_insert(i64::MIN);
+            *clock = (*clock).max(t);
+            return Ok(());
+        }
         let book = if state.first() == Some(&b'[') {
-            // Layout 1: the open alerts, as (subsystem, alert) pairs.
             let list: Vec<(Subsystem, LegacyOpenAlert)> =
                 serde_json::from_slice(state).map_err(fail)?;
-            let mut book = Book::new(0);
-            for (subsystem, old) in list {
-                let metric = old
-                    .active_metrics
-                    .iter()
-                    .next()
-                    .cloned()
-                    .unwrap_or_default();
-                book.alerts.insert(
-                    subsystem,
-                    AlertRec {
-                        alert_id: old.alert_id,
-                        model: InstrumentModel::UNKNOWN,
-                        state: AlertState::OPEN,
-                        opened_at_ms: old.opened_at_ms,
-                        reopened_at_ms: old.opened_at_ms,
-                        severity: old.severity,
-                        score: old.score,
-                        anomaly_count: old.anomaly_count,
-                        active: old.active_metrics,
-                        predicted_only: false,
-                        suspected_part: old.suspected_part,
-                        metric: metric.clone(),
-                        sequence: 1,
-                        assignee: None,
-                        acknowledged_by: None,
-                        snoozed_until_ms: None,
-                        before_snooze: None,
-                        resolution: None,
-                        resolved_at_ms: None,
-                        escalation_level: 0,
-                        unacked_since_ms: old.opened_at_ms,
-                        reopen_count: 0,
-                        clearing_since_ms: None,
-                        evidence: Evidence {
-                            metric: metric.clone(),
-                            series: metric,
-                            rule: String::new(),
-                            anomaly_id: String::new(),
-                            observed: 0.0,
-                            baseline: 0.0,
-                            baseline_stddev: 0.0,
-                            slope_per_hour: 0.0,
-                            score: old.score,
-                            spec_low: None,
-                            spec_high: None,
-                            recent: Vec::new(),
-                            predicted_limit_ms: None,
-                            predicted_limit_earliest_ms: None,
-                            predicted_limit_latest_ms: None,
-                        },
-                        cohort: None,
-                        commands: VecDeque::new(),
-                    },
-                );
-            }
-            book
+            self.legacy_book(key, list)
         } else {
             serde_json::from_slice(state).map_err(fail)?
         };
@@ -1641,7 +1784,106 @@ impl Processor for Notifier {
     }
 
     fn state_keys(&self) -> Vec<String> {
-        self.books.keys().cloned().collect()
+        let clocks = self
+            .clocks
+            .iter()
+            .filter(|(_, t)| **t != i64::MIN)
+            .map(|(p, _)| clock_key(*p));
+        self.books.keys().cloned().chain(clocks).collect()
+    }
+}
+
+impl Notifier {
+    /// A book from layout 1 (the open alerts of the notifier before the lifecycle): each alert
+    /// OPEN, never escalated (nobody was asked to acknowledge it), with its maintenance entry
+    /// rebuilt from the priority and due date it had. The partition is unknown (-1) until the
+    /// key's next record, so no timer fires on another partition's clock.
+    fn legacy_book(&self, key: &str, list: Vec<(Subsystem, LegacyOpenAlert)>) -> Book {
+        let mut book = Book::new(-1);
+        for (subsystem, old) in list {
+            let metric = old
+                .active_metrics
+                .iter()
+                .next()
+                .cloned()
+                .unwrap_or_default();
+            let evidence = Evidence {
+                metric: metric.clone(),
+                series: metric.clone(),
+                rule: String::new(),
+                anomaly_id: String::new(),
+                observed: 0.0,
+                baseline: 0.0,
+                baseline_stddev: 0.0,
+                slope_per_hour: 0.0,
+                score: old.score,
+                spec_low: None,
+                spec_high: None,
+                recent: Vec::new(),
+                predicted_limit_ms: None,
+                predicted_limit_earliest_ms: None,
+                predicted_limit_latest_ms: None,
+            };
+            let due = old
+                .due_by_ms
+                .unwrap_or(old.opened_at_ms + self.cfg.due_hours[2] * HOUR_MS);
+            book.entries.insert(
+                old.suspected_part.clone(),
+                EntryRec {
+                    entry_id: format!("{key}:{}", old.suspected_part),
+                    alert_id: old.alert_id.clone(),
+                    subsystem,
+                    model: InstrumentModel::UNKNOWN,
+                    status: MaintenanceStatus::OPEN,
+                    priority: old.priority,
+                    due_by_ms: due,
+                    created_at_ms: old.opened_at_ms,
+                    // Layout 1 sent each entry once or twice under this id: start above that.
+                    revision: 2,
+                    reason: "carried over from the notifier before alert lifecycles".into(),
+                    resolution: None,
+                    visit: None,
+                    planned_at_ms: old.opened_at_ms,
+                    evidence: evidence.clone(),
+                    closed_at_ms: None,
+                },
+            );
+            book.revisions = 2;
+            book.alerts.insert(
+                subsystem,
+                AlertRec {
+                    alert_id: old.alert_id,
+                    model: InstrumentModel::UNKNOWN,
+                    state: AlertState::OPEN,
+                    opened_at_ms: old.opened_at_ms,
+                    reopened_at_ms: old.opened_at_ms,
+                    severity: old.severity,
+                    score: old.score,
+                    anomaly_count: old.anomaly_count,
+                    active: old.active_metrics,
+                    predicted_only: false,
+                    suspected_part: old.suspected_part,
+                    metric,
+                    sequence: 1,
+                    assignee: None,
+                    acknowledged_by: None,
+                    snoozed_until_ms: None,
+                    before_snooze: None,
+                    resolution: None,
+                    resolved_at_ms: None,
+                    escalation_level: 0,
+                    unacked_since_ms: old.opened_at_ms,
+                    next_escalation_ms: None,
+                    reopen_count: 0,
+                    reopened_sequence: 0,
+                    clearing_since_ms: None,
+                    evidence,
+                    cohort: None,
+                    commands: VecDeque::new(),
+                },
+            );
+        }
+        book
     }
 }
 

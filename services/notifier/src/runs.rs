@@ -7,8 +7,13 @@
 //! the ends of the coming runs are projected. And a weekly profile: per hour of the week (UTC),
 //! the share of windows the instrument was idle, a moving average over weeks; an hour idle in
 //! most weeks (a night, a weekend) is a habitual idle window. A window is idle only when its
-//! phase says IDLE; priming, sequencing, wash and phases newer than this build are busy.
-//! Instruments that send no phase teach nothing, and their visits say so.
+//! phase says IDLE; priming, sequencing, wash and phases newer than this build are busy. Only
+//! sensor features say which phase a window is in, and a sensor feature without a phase is
+//! sequencing (the feature extractor leaves the phase out for sequencing, the spec's own) once
+//! the instrument has sent any phase; instruments that never send one teach nothing, and their
+//! visits say so. A window's phase is settled when the next window begins (busy when any of its
+//! features says so), and a silence of more than half an hour breaks the stretch (an instrument
+//! switched off is not a long run).
 
 use seqmon_model::RunPhase;
 use serde::{Deserialize, Serialize};
@@ -19,6 +24,8 @@ const WEEK_HOURS: usize = 168;
 const UNSEEN: u8 = u8::MAX;
 /// Weight of the newest stretch or week in the moving averages.
 const ALPHA: f64 = 0.3;
+/// A gap between windows longer than this breaks the current stretch.
+const GAP_MS: i64 = 30 * 60_000;
 
 /// Where a visit may start, and why there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +55,13 @@ impl Slot {
 /// What one instrument's windows taught about its runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunHistory {
-    /// End of the latest window seen, and whether it was busy.
+    /// Whether the instrument has ever sent a phase (then a phaseless sensor window is
+    /// sequencing).
+    phased: bool,
+    /// The window being gathered (its end), and whether a feature of it said busy.
+    cur_end_ms: i64,
+    cur_busy: bool,
+    /// End of the latest window settled, and whether it was busy.
     last_window_end_ms: i64,
     last_busy: bool,
     /// Start of the current stretch (busy or idle).
@@ -68,6 +81,9 @@ pub struct RunHistory {
 impl Default for RunHistory {
     fn default() -> Self {
         RunHistory {
+            phased: false,
+            cur_end_ms: i64::MIN,
+            cur_busy: false,
             last_window_end_ms: i64::MIN,
             last_busy: false,
             stretch_start_ms: 0,
@@ -88,25 +104,39 @@ fn hour_of_week(hour: i64) -> usize {
 }
 
 impl RunHistory {
-    /// Takes one feature's window. Returns whether something worth persisting changed: a
-    /// stretch began or an hour was folded into the profile (windows within an hour or a
-    /// stretch are re-learned after a restore).
-    pub fn observe(&mut self, window_end_ms: i64, phase: Option<RunPhase>) -> bool {
-        let Some(phase) = phase else {
-            return false;
-        };
-        let busy = phase != RunPhase::IDLE;
-        if window_end_ms == self.last_window_end_ms {
-            // Another metric of the same window: busy if any of them says so.
-            if busy && !self.last_busy {
-                self.last_busy = true;
-                self.acc_idle = self.acc_idle.saturating_sub(1);
+    /// Takes one feature's window: its end, its phase and whether it is a sensor's (only those
+    /// say which phase the instrument is in). Returns whether something worth persisting
+    /// changed: a stretch began or an hour was folded into the profile (windows within an hour
+    /// or a stretch are re-learned after a restore).
+    pub fn observe(&mut self, window_end_ms: i64, phase: Option<RunPhase>, sensor: bool) -> bool {
+        let busy = match phase {
+            Some(p) if sensor => {
+                self.phased = true;
+                p != RunPhase::IDLE
             }
+            None if sensor && self.phased => true,
+            _ => return false,
+        };
+        if window_end_ms == self.cur_end_ms {
+            self.cur_busy |= busy;
             return false;
         }
-        if window_end_ms < self.last_window_end_ms {
+        if window_end_ms < self.cur_end_ms {
             return false;
         }
+        let changed = if self.cur_end_ms == i64::MIN {
+            // The first phase seen: persist that the instrument sends phases.
+            true
+        } else {
+            self.settle(self.cur_end_ms, self.cur_busy)
+        };
+        self.cur_end_ms = window_end_ms;
+        self.cur_busy = busy;
+        changed
+    }
+
+    /// Takes a window whose phase is settled.
+    fn settle(&mut self, window_end_ms: i64, busy: bool) -> bool {
         let mut changed = false;
         let hour = window_end_ms.div_euclid(HOUR_MS);
         if hour != self.acc_hour {
@@ -116,27 +146,28 @@ impl RunHistory {
         self.acc_windows += 1;
         self.acc_idle += u32::from(!busy);
         let first = self.last_window_end_ms == i64::MIN;
-        if first || busy != self.last_busy {
-            if !first {
-                let len = (self.last_window_end_ms - self.stretch_start_ms) as f64;
-                // Only a stretch seen from its start counts (the first one began unseen).
-                if self.stretch_start_ms > 0 && len > 0.0 {
-                    let avg = if self.last_busy {
-                        self.runs_seen += 1;
-                        &mut self.run_len_ms
-                    } else {
-                        &mut self.idle_len_ms
-                    };
-                    *avg = if *avg == 0.0 {
-                        len
-                    } else {
-                        *avg + ALPHA * (len - *avg)
-                    };
-                }
-                self.stretch_start_ms = self.last_window_end_ms;
-            } else {
-                self.stretch_start_ms = 0;
+        let gap = !first && window_end_ms - self.last_window_end_ms > GAP_MS;
+        if first || gap {
+            // A stretch seen from its middle: its length is unknown.
+            self.stretch_start_ms = 0;
+            changed = true;
+        } else if busy != self.last_busy {
+            let len = (self.last_window_end_ms - self.stretch_start_ms) as f64;
+            // Only a stretch seen from its start counts.
+            if self.stretch_start_ms > 0 && len > 0.0 {
+                let avg = if self.last_busy {
+                    self.runs_seen += 1;
+                    &mut self.run_len_ms
+                } else {
+                    &mut self.idle_len_ms
+                };
+                *avg = if *avg == 0.0 {
+                    len
+                } else {
+                    *avg + ALPHA * (len - *avg)
+                };
             }
+            self.stretch_start_ms = self.last_window_end_ms;
             changed = true;
         }
         self.last_window_end_ms = window_end_ms;
@@ -245,7 +276,7 @@ mod tests {
     fn feed(h: &mut RunHistory, from: i64, to: i64, phase_at: impl Fn(i64) -> RunPhase) {
         let mut t = from;
         while t <= to {
-            h.observe(t, Some(phase_at(t)));
+            h.observe(t, Some(phase_at(t)), true);
             t += 5 * MIN;
         }
     }
@@ -318,9 +349,52 @@ mod tests {
     }
 
     #[test]
+    fn phaseless_sequencing_split_windows_and_gaps_are_read_as_sent() {
+        let mut h = RunHistory::default();
+        let t0 = 1_000 * HOUR_MS;
+        let mut t = t0;
+        while t < t0 + 20 * HOUR_MS {
+            match cycle(t) {
+                // Sequencing has no phase on its features; a run metric says nothing.
+                RunPhase::SEQUENCING => {
+                    h.observe(t, None, true);
+                    h.observe(t, None, false);
+                }
+                p => {
+                    h.observe(t, Some(p), true);
+                    // The window where the next run starts: its idle part first.
+                    if cycle(t + 5 * MIN) == RunPhase::SEQUENCING {
+                        h.observe(t, None, true);
+                    }
+                }
+            }
+            t += 5 * MIN;
+        }
+        assert!(
+            (h.run_len_ms - (125 * MIN) as f64).abs() <= (5 * MIN) as f64,
+            "{h:?}"
+        );
+        assert!(
+            (h.idle_len_ms - (25 * MIN) as f64).abs() <= (5 * MIN) as f64,
+            "{h:?}"
+        );
+        // Switched off for three hours mid-run: no run of five hours is learned.
+        let runs = h.runs_seen;
+        let before = h.run_len_ms;
+        h.observe(t + 3 * HOUR_MS, None, true);
+        h.observe(t + 3 * HOUR_MS + 5 * MIN, Some(RunPhase::IDLE), true);
+        h.observe(t + 3 * HOUR_MS + 10 * MIN, Some(RunPhase::IDLE), true);
+        assert_eq!((h.runs_seen, h.run_len_ms), (runs, before));
+    }
+
+    #[test]
     fn no_phase_teaches_nothing() {
         let mut h = RunHistory::default();
-        assert!(!h.observe(5 * MIN, None));
+        assert!(!h.observe(5 * MIN, None, true));
+        assert!(
+            !h.observe(5 * MIN, Some(RunPhase::IDLE), false),
+            "only sensors say"
+        );
         assert_eq!(
             h.slot(HOUR_MS, 10 * HOUR_MS, 2 * HOUR_MS, 80),
             Slot::NoHistory(8 * HOUR_MS)

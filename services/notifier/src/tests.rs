@@ -113,6 +113,7 @@ fn command(alert: &Alert, action: AlertCommandAction, at: i64) -> AlertCommand {
         resolution: None,
         assignee: None,
         comment: None,
+        alert_sequence: None,
     }
 }
 
@@ -153,6 +154,31 @@ fn feed_bytes(n: &mut Notifier, bytes: &[u8]) -> Out {
 
 fn feed<T: seqmon_model::records::AvroRecord + serde::Serialize>(n: &mut Notifier, r: &T) -> Out {
     feed_bytes(n, &encode(r).unwrap())
+}
+
+/// A command, keyed like its alert (as the console writes it), at a record timestamp.
+fn feed_cmd(n: &mut Notifier, c: &AlertCommand, partition: i32, timestamp_ms: Option<i64>) -> Out {
+    let bytes = encode(c).unwrap();
+    let env = Envelope {
+        key: Some(c.instrument_serial.as_bytes()),
+        value: &bytes,
+        topic: TopicRole::AlertCommands.spec().name,
+        partition,
+        offset: 0,
+        timestamp_ms,
+    };
+    let mut out = Emitter::default();
+    n.process(&env, &mut out).unwrap();
+    let (recs, rejection, _) = out.take();
+    Out {
+        alerts: recs
+            .iter()
+            .filter(|e| e.role == TopicRole::Alerts)
+            .map(|e| decode(&e.value).unwrap())
+            .collect(),
+        entries: Vec::new(),
+        rejected: rejection.map(|r| r.reason),
+    }
 }
 
 /// Settings with no resolve hold, no minimum open time and no escalation: one anomaly, one step.
@@ -244,14 +270,12 @@ fn open_update_dedupe_and_resolve() {
     let o = feed(&mut n, &feature(5_300_000 + 23 * HOUR_MS, "x", 1.0, None));
     assert!(o.entries.is_empty());
     let o = feed(&mut n, &feature(5_300_000 + 25 * HOUR_MS, "x", 1.0, None));
-    // Its visit (due 24 h after the CRITICAL anomaly) passed first and was planned again.
-    assert_eq!(o.entries.len(), 2, "{:?}", o.entries);
-    assert_eq!(o.entries[0].status, MaintenanceStatus::OPEN);
-    assert!(o.entries[0].visit.as_ref().unwrap().start_ms >= o.entries[0].due_by_ms);
-    let last = &o.entries[1];
+    // Its visit (due 24 h after the CRITICAL anomaly) passed too: one revision says it all.
+    assert_eq!(o.entries.len(), 1, "{:?}", o.entries);
+    let last = &o.entries[0];
     assert_eq!(last.status, MaintenanceStatus::CANCELLED);
     assert_eq!(last.resolution, Some(Resolution::CLEARED));
-    assert_eq!(last.revision, 4);
+    assert_eq!(last.revision, 3);
     assert!(o.alerts.is_empty(), "the alert is forgotten quietly");
 }
 
@@ -316,8 +340,8 @@ fn a_flap_within_the_hold_is_silent_and_the_hold_resolves_later() {
     );
     assert_eq!(o.alerts.len(), 1);
     assert_eq!(o.alerts[0].transition, AlertTransition::RESOLVED);
-    // At the end of the hold, not at the record that moved the clock past it.
-    assert_eq!(o.alerts[0].event_time_ms, t0 + 70 * MINUTE_MS);
+    // At the clock that passed the end of the hold (never before records already out).
+    assert_eq!(o.alerts[0].event_time_ms, t0 + 71 * MINUTE_MS);
 }
 
 #[test]
@@ -659,7 +683,15 @@ fn a_fleet_anomaly_is_one_alert_naming_the_lot_with_no_visit() {
     // A command on a fleet alert is keyed by the cohort.
     let ack = command(&o2.alerts[0], AlertCommandAction::ACKNOWLEDGE, 2500);
     assert_eq!(ack.instrument_serial, "reagent_kit_lot:SBS-20991");
-    assert_eq!(feed(&mut n, &ack).alerts[0].state, AlertState::ACKNOWLEDGED);
+    assert_eq!(
+        feed(&mut n, &ack).rejected,
+        Some(DeadLetterReason::INVALID_COMMAND),
+        "keyed by the instrument, not the cohort"
+    );
+    assert_eq!(
+        feed_cmd(&mut n, &ack, 0, None).alerts[0].state,
+        AlertState::ACKNOWLEDGED
+    );
     // The cohort clears as a whole, whichever metric named it.
     let mut cleared = fleet(AnomalyState::CLEARED, 0, 3000);
     cleared.metric = "cohort".into();
@@ -828,4 +860,148 @@ fn layout_one_state_is_still_read() {
     let o = feed(&mut n, &cleared("fluidics_pressure_kpa", 20));
     assert_eq!(o.alerts[0].alert_id, "VH00042:fluidics:10");
     assert_eq!(o.alerts[0].transition, AlertTransition::RESOLVED);
+}
+
+#[test]
+fn commands_must_arrive_as_their_alert_does_and_name_the_record_they_answer() {
+    let mut n = Notifier::new(immediate());
+    let t0 = 100 * HOUR_MS;
+    let opened = feed(&mut n, &active(t0, AnomalySeverity::HIGH)).alerts[0].clone();
+    let ack = command(&opened, AlertCommandAction::ACKNOWLEDGE, t0);
+    // Another partition than the alert's records: a producer with another partitioner.
+    assert_eq!(
+        feed_cmd(&mut n, &ack, 3, None).rejected,
+        Some(DeadLetterReason::INVALID_COMMAND)
+    );
+    // A time far from the record's own.
+    assert_eq!(
+        feed_cmd(&mut n, &ack, 0, Some(t0 + 2 * HOUR_MS)).rejected,
+        Some(DeadLetterReason::INVALID_COMMAND)
+    );
+    // Control characters in a handle.
+    let mut escape = ack.clone();
+    escape.issued_by = "fse\u{1b}[2J".into();
+    assert_eq!(
+        feed_cmd(&mut n, &escape, 0, None).rejected,
+        Some(DeadLetterReason::INVALID_COMMAND)
+    );
+    // A record the alert has not reached.
+    let mut ahead = ack.clone();
+    ahead.alert_sequence = Some(9);
+    assert_eq!(
+        feed_cmd(&mut n, &ahead, 0, None).rejected,
+        Some(DeadLetterReason::INVALID_COMMAND)
+    );
+    // Answering record #1: applied.
+    let mut fine = ack.clone();
+    fine.alert_sequence = Some(1);
+    assert_eq!(
+        feed_cmd(&mut n, &fine, 0, Some(t0)).alerts[0].state,
+        AlertState::ACKNOWLEDGED
+    );
+    // It clears, resolves (hold 0), re-opens: a command answering the old episode is stale
+    // whatever its time says.
+    feed(&mut n, &cleared("fluidics_pressure_kpa", t0 + HOUR_MS));
+    let r = feed(&mut n, &active(t0 + 2 * HOUR_MS, AnomalySeverity::HIGH)).alerts[0].clone();
+    assert_eq!(r.transition, AlertTransition::REOPENED);
+    let mut late = command(&opened, AlertCommandAction::RESOLVE, t0 + 3 * HOUR_MS);
+    late.resolution = Some(Resolution::FALSE_ALARM);
+    late.alert_sequence = Some(2);
+    assert_eq!(
+        feed_cmd(&mut n, &late, 0, None).rejected,
+        Some(DeadLetterReason::STALE_TRANSITION)
+    );
+    late.alert_sequence = Some(r.sequence);
+    assert_eq!(feed_cmd(&mut n, &late, 0, None).rejected, None);
+}
+
+#[test]
+fn a_repair_can_be_recorded_after_the_alert_cleared_on_its_own() {
+    let mut n = Notifier::new(immediate());
+    let t0 = 100 * HOUR_MS;
+    let opened = feed(&mut n, &active(t0, AnomalySeverity::HIGH)).alerts[0].clone();
+    let o = feed(&mut n, &cleared("fluidics_pressure_kpa", t0 + HOUR_MS));
+    assert_eq!(o.alerts[0].resolution, Some(Resolution::CLEARED));
+    let mut fixed = command(&opened, AlertCommandAction::RESOLVE, t0 + 2 * HOUR_MS);
+    fixed.resolution = Some(Resolution::PART_REPLACED);
+    let o = feed_cmd(&mut n, &fixed, 0, None);
+    assert_eq!(o.rejected, None);
+    assert_eq!(o.alerts[0].resolution, Some(Resolution::PART_REPLACED));
+    // The entry closed as done; the repair then shows as an improvement: no re-open.
+    let book = &n.books[SERIAL];
+    assert_eq!(
+        book.entries.values().next().unwrap().status,
+        MaintenanceStatus::CLOSED
+    );
+    let mut better = active(t0 + 3 * HOUR_MS, AnomalySeverity::MEDIUM);
+    better.observed_level = 105.0;
+    assert!(feed(&mut n, &better).alerts.is_empty());
+    // A false alarm is not recorded on a cleared alert: it is over already.
+    let mut other = command(&opened, AlertCommandAction::RESOLVE, t0 + 4 * HOUR_MS);
+    other.command_id = "other".into();
+    other.resolution = Some(Resolution::FALSE_ALARM);
+    assert_eq!(
+        feed_cmd(&mut n, &other, 0, None).rejected,
+        Some(DeadLetterReason::STALE_TRANSITION)
+    );
+}
+
+#[test]
+fn a_forecast_come_true_while_snoozed_opens_where_the_snooze_returns() {
+    let mut n = Notifier::new(NotifierConfig {
+        escalate_after_minutes: vec![0, 60, 60, 60],
+        ..immediate()
+    });
+    let t0 = 100 * HOUR_MS;
+    let p = feed(&mut n, &predicted(t0, 100, AnomalySeverity::MEDIUM)).alerts[0].clone();
+    let mut snooze = command(&p, AlertCommandAction::SNOOZE, t0 + MINUTE_MS);
+    snooze.snooze_until_ms = Some(t0 + 5 * HOUR_MS);
+    feed_cmd(&mut n, &snooze, 0, None);
+    let mut now_active = predicted(t0 + HOUR_MS, 90, AnomalySeverity::MEDIUM);
+    now_active.state = AnomalyState::ACTIVE;
+    let o = feed(&mut n, &now_active);
+    assert_eq!(
+        (o.alerts[0].transition, o.alerts[0].state),
+        (AlertTransition::OPENED, AlertState::SNOOZED)
+    );
+    let o = feed(
+        &mut n,
+        &feature(t0 + 5 * HOUR_MS + MINUTE_MS, "x", 1.0, None),
+    );
+    assert_eq!(o.alerts[0].transition, AlertTransition::UNSNOOZED);
+    assert_eq!(o.alerts[0].state, AlertState::OPEN, "not back to PREDICTED");
+    // Escalation counts from the snooze's end, one at a time, never backdated.
+    let o = feed(&mut n, &feature(t0 + 9 * HOUR_MS, "x", 1.0, None));
+    assert_eq!(o.alerts.len(), 1);
+    assert_eq!(o.alerts[0].escalation_level, 1);
+    assert_eq!(o.alerts[0].event_time_ms, t0 + 9 * HOUR_MS);
+}
+
+#[test]
+fn the_clock_is_state_and_closed_entries_are_forgotten_with_rising_revisions() {
+    let mut n = Notifier::new(NotifierConfig {
+        closed_retention_hours: 48,
+        ..immediate()
+    });
+    let t0 = 100 * HOUR_MS;
+    let opened = feed(&mut n, &active(t0, AnomalySeverity::HIGH)).alerts[0].clone();
+    assert!(n.state_keys().contains(&"~clock/0".to_string()));
+    let mut fixed = command(&opened, AlertCommandAction::RESOLVE, t0 + HOUR_MS);
+    fixed.resolution = Some(Resolution::REPAIRED);
+    feed_cmd(&mut n, &fixed, 0, None);
+    let rev = n.books[SERIAL].revisions;
+    // A restore brings the clock back with the books.
+    let mut m = Notifier::new(n.cfg.clone());
+    transplant_state(&n, &mut m).unwrap();
+    assert_eq!(m.clock(0), n.clock(0));
+    feed(&mut m, &feature(t0 + 60 * HOUR_MS, "x", 1.0, None));
+    assert!(
+        m.books[SERIAL].entries.is_empty(),
+        "closed work forgotten after 48 h"
+    );
+    let o = feed(&mut m, &active(t0 + 61 * HOUR_MS, AnomalySeverity::HIGH));
+    assert!(
+        o.entries[0].revision > rev,
+        "a new life of the entry, still a higher revision"
+    );
 }

@@ -7,7 +7,8 @@
 //! simulator's ground truth has the fault behind an alert repaired, it resolves the alert as
 //! repaired then (part replaced when a forecast named the part); an alert with no fault behind
 //! it is resolved as a false alarm after 4 hours; fleet alerts are acknowledged only. Commands
-//! for an alert already resolved are not sent.
+//! for an alert already resolved are not sent, nor those planned for an episode that re-opened;
+//! each names the alert record it answers (`alert_sequence`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,6 +58,7 @@ impl ServiceTeam {
             resolution: None,
             assignee: None,
             comment: None,
+            alert_sequence: Some(alert.sequence),
         };
         self.pending.entry((at, self.next)).or_insert(cmd)
     }
@@ -71,6 +73,8 @@ impl ServiceTeam {
             return;
         }
         self.resolved.remove(&a.alert_id);
+        // A re-opening is a new episode: what was planned for the last one is dropped.
+        self.pending.retain(|_, c| c.alert_id != a.alert_id);
         let t = a.event_time_ms;
         if a.state == AlertState::PREDICTED && a.severity == AnomalySeverity::LOW {
             let snooze = self.schedule(t + 20 * MINUTE_MS, a, AlertCommandAction::SNOOZE);

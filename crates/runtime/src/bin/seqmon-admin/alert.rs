@@ -6,8 +6,11 @@
 //!
 //! Delivery: the command is produced by an idempotent producer and acknowledged by every in-sync
 //! replica; the notifier applies it exactly once. A command whose answer does not come within the
-//! wait is not lost: it stays on the topic and is applied when the notifier reaches it (the
-//! console says so and exits 3).
+//! wait is not lost: it stays on the topic and is applied when the notifier reaches it.
+//!
+//! Exit codes: 0 applied (or sent, with `--wait-secs 0`), 1 an error (Kafka unreachable, a
+//! topic missing), 2 a bad argument (named), 3 no answer within the wait, 4 refused by the
+//! notifier (the dead letter's reason is printed).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -47,6 +50,11 @@ struct Issuer {
     /// Seconds to wait for the notifier's answer (0: do not wait).
     #[arg(long, default_value_t = 30)]
     wait_secs: u64,
+    /// The alert record you act on (its `#sequence`, as `alert list`, webhooks and Alertmanager
+    /// show it): if the alert has re-opened since, the command is refused as stale instead of
+    /// acting on the new episode.
+    #[arg(long)]
+    seen_sequence: Option<i32>,
 }
 
 #[derive(Subcommand)]
@@ -96,17 +104,20 @@ fn now_ms() -> i64 {
 /// `+90m`, `+12h`, `+2d`, or `YYYY-MM-DDTHH:MM[:SS]Z`, as ms since the epoch.
 fn parse_time(text: &str, now: i64) -> Result<i64, String> {
     if let Some(rel) = text.strip_prefix('+') {
-        let (n, unit) = rel.split_at(rel.len().saturating_sub(1));
-        let n: i64 = n
+        let unit = match rel.chars().last() {
+            Some('m') => 60_000,
+            Some('h') => 3_600_000,
+            Some('d') => 86_400_000,
+            _ => return Err(format!("{text:?}: expected +<number><m|h|d>")),
+        };
+        let n: i64 = rel[..rel.len() - 1]
             .parse()
             .map_err(|_| format!("{text:?}: expected +<number><m|h|d>"))?;
-        let unit = match unit {
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(format!("{text:?}: the unit is m, h or d")),
-        };
-        return Ok(now + n * unit);
+        return n
+            .checked_mul(unit)
+            .and_then(|d| now.checked_add(d))
+            .filter(|_| n > 0)
+            .ok_or_else(|| format!("{text:?}: out of range"));
     }
     let bad = || format!("{text:?}: expected YYYY-MM-DDTHH:MM[:SS]Z or +<n><m|h|d>");
     let t = text.strip_suffix('Z').ok_or_else(bad)?;
@@ -165,6 +176,7 @@ pub fn run(args: AlertArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let now = now_ms();
+    let plain = |v: &str| !v.chars().any(char::is_control);
     let (issuer, action) = match command {
         AlertCommandCli::List { state, instrument } => {
             return list(&kafka, state.as_deref(), instrument.as_deref())
@@ -178,8 +190,25 @@ pub fn run(args: AlertArgs) -> ExitCode {
             }
         },
         AlertCommandCli::Resolve { issuer, resolution } => (issuer, Action::Resolve(resolution)),
-        AlertCommandCli::Assign { issuer, to } => (issuer, Action::Assign(to)),
+        AlertCommandCli::Assign { issuer, to } => {
+            if !plain(&to) {
+                eprintln!("error: invalid configuration: --to: control characters");
+                return ExitCode::from(2);
+            }
+            (issuer, Action::Assign(to))
+        }
     };
+    if !plain(&issuer.by) {
+        eprintln!("error: invalid configuration: --by / SEQMON_OPERATOR: control characters");
+        return ExitCode::from(2);
+    }
+    if issuer.comment.as_deref().is_some_and(|c| {
+        c.chars()
+            .any(|ch| ch.is_control() && ch != '\n' && ch != '\t')
+    }) {
+        eprintln!("error: invalid configuration: --comment: control characters");
+        return ExitCode::from(2);
+    }
     match send(&kafka, &issuer, action, now) {
         Ok(code) => code,
         Err(e) => {
@@ -215,6 +244,7 @@ fn command(issuer: &Issuer, action: Action, now: i64, id: String) -> Result<Aler
         resolution: None,
         assignee: None,
         comment: issuer.comment.clone(),
+        alert_sequence: issuer.seen_sequence,
     };
     match action {
         Action::Ack => {}
@@ -318,9 +348,20 @@ fn send(
         return Ok(ExitCode::SUCCESS);
     };
     let deadline = Instant::now() + Duration::from_secs(issuer.wait_secs);
+    let mut reported = false;
     while Instant::now() < deadline {
-        let Some(Ok(m)) = watcher.poll(Duration::from_millis(200)) else {
-            continue;
+        let m = match watcher.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                if !reported {
+                    eprintln!(
+                        "warning: reading the answer: {e} (is Read on {alerts} and {dead} granted?)"
+                    );
+                    reported = true;
+                }
+                continue;
+            }
         };
         let payload = m.payload().unwrap_or_default();
         if m.topic() == alerts {
@@ -333,7 +374,7 @@ fn send(
         } else if let Ok(d) = decode::<DeadLetter>(payload) {
             if d.original_bytes == bytes {
                 println!("refused: {} — {}", d.reason.code(), d.detail);
-                return Ok(ExitCode::FAILURE);
+                return Ok(ExitCode::from(4));
             }
         }
     }
@@ -367,6 +408,8 @@ fn list(kafka: &KafkaConnection, state: Option<&str>, instrument: Option<&str>) 
         }
     };
     let mut shown = 0;
+    // Text from the topic is printed without control characters (no terminal escapes).
+    let clean = |t: &str| t.chars().filter(|c| !c.is_control()).collect::<String>();
     for a in latest.values() {
         let state_ok = match wanted {
             Some(w) => a.state == w,
@@ -377,12 +420,13 @@ fn list(kafka: &KafkaConnection, state: Option<&str>, instrument: Option<&str>) 
         }
         shown += 1;
         println!(
-            "{:<44} {:<12} {:<8} {:<10} {}",
-            a.alert_id,
+            "{:<44} #{:<4} {:<12} {:<8} {:<10} {}",
+            clean(&a.alert_id),
+            a.sequence,
             a.state.as_str(),
             format!("{:?}", a.severity),
-            a.assignee.as_deref().unwrap_or("-"),
-            a.title
+            clean(a.assignee.as_deref().unwrap_or("-")),
+            clean(&a.title)
         );
     }
     eprintln!("{shown} alert(s)");
@@ -454,6 +498,12 @@ fn read_latest(kafka: &KafkaConnection, topic: &str) -> Result<BTreeMap<String, 
             }
         }
     }
+    if !remaining.is_empty() {
+        return Err(format!(
+            "read only part of {topic} within 60 s ({} partition(s) not to their end): not showing a partial list",
+            remaining.len()
+        ));
+    }
     Ok(latest)
 }
 
@@ -473,6 +523,10 @@ mod tests {
             "2026-13-01T00:00Z",
             "2026-11-01 00:00Z",
             "+h",
+            "+5é",
+            "+99999999999999999d",
+            "+0h",
+            "+-3h",
         ] {
             assert!(parse_time(bad, 0).is_err(), "{bad}");
         }
@@ -485,6 +539,7 @@ mod tests {
             by: "fse-1".into(),
             comment: None,
             wait_secs: 0,
+            seen_sequence: Some(3),
         };
         let c = command(
             &issuer,
@@ -495,6 +550,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.instrument_serial, "reagent_kit_lot:SBS-1");
         assert_eq!(c.action, AlertCommandAction::RESOLVE);
+        assert_eq!(c.alert_sequence, Some(3));
         let bad = Issuer {
             alert_id: "nonsense".into(),
             ..issuer
