@@ -11,7 +11,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends libssl3 zlib1g 
 COPY --from=build /src/target/release/validator /src/target/release/privacy-enforcer /src/target/release/feature-extractor \
      /src/target/release/anomaly-detector /src/target/release/cohort-analyzer /src/target/release/notifier /src/target/release/seqmon-admin \
      /src/target/release/fleet-simulator /src/target/release/seqmon-pipeline /src/target/release/ingest-gateway \
-     /src/target/release/collector /usr/local/bin/
+     /src/target/release/collector /src/target/release/alert-dispatcher /usr/local/bin/
 # entrypoint STAGE ARGS...: runs the named stage binary.
 RUN printf '#!/bin/sh\nset -e\nstage="$1"; shift\nexec "/usr/local/bin/$stage" "$@"\n' > /usr/local/bin/entrypoint && chmod +x /usr/local/bin/entrypoint
 USER 10001
