@@ -35,6 +35,15 @@ export INTEROP_PYTHON="$venv/bin/python"
 echo "== Prometheus Alertmanager, built from its source as the Go module proxy serves it (first time ~90 s)"
 tools/alertmanager/alertmanager.sh build
 
+echo "== Helm, built from its source on the Go module proxy (first time ~95 s): the chart lints and renders"
+helm=$(tools/helm/helm.sh path | tail -1)
+"$helm" lint --strict helm/seqmon
+chart_values=(--set privacy.pseudonymKeySecret=k --set encryption.keysSecret=k --set encryption.activeKey=a
+  --set 'networkPolicy.kafkaPeers[0].podSelector.matchLabels.app=kafka' --set ingestGateway.enabled=true
+  --set ingestGateway.tlsSecret=t --set ingestGateway.clientCaSecret=c --set alertDispatcher.enabled=true
+  --set 'alertDispatcher.alertmanagerUrls[0]=http://alertmanager:9093' --set alertDispatcher.webhooksSecret=w)
+"$helm" template seqmon helm/seqmon "${chart_values[@]}" >/dev/null
+
 echo "== tests (unit, embedded pipeline, then real-broker integration)"
 # Integration tests each use their own topics and groups; two at a time suit a 2-core machine.
 cargo test --workspace -- --test-threads=2

@@ -16,14 +16,14 @@
 # and build cache stay under .cache/go/ (nothing goes to $HOME). Needs Go >= 1.26 (GO, else `go`
 # on PATH, else /usr/local/go/bin/go) and curl.
 #
-# Settings (environment): ALERTMANAGER_VERSION (default below), ALERTMANAGER_PORT (19093),
+# Settings (environment): ALERTMANAGER_VERSION (default below), ALERTMANAGER_PORT (19095; 19093 is the local broker's controller),
 # ALERTMANAGER_CACHE_DIR, GO.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 version=${ALERTMANAGER_VERSION:-v0.35.0}
-port=${ALERTMANAGER_PORT:-19093}
+port=${ALERTMANAGER_PORT:-19095}
 cache=${ALERTMANAGER_CACHE_DIR:-$root/.cache/alertmanager}
 bin=$cache/$version/bin/alertmanager
 

@@ -63,11 +63,17 @@ fn lower(s: impl std::fmt::Debug) -> String {
     format!("{s:?}").to_ascii_lowercase()
 }
 
+/// A level for people: three decimals at most, no trailing zeros.
 fn number(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
+    if !v.is_finite() {
+        return String::new();
+    }
+    let t = format!("{v:.3}");
+    let t = t.trim_end_matches('0').trim_end_matches('.');
+    if t == "-0" {
+        "0".into()
     } else {
-        String::new()
+        t.to_string()
     }
 }
 

@@ -62,9 +62,11 @@ pub fn site_of<'a>(inventory: &'a BTreeMap<String, String>, a: &Alert) -> &'a st
 /// Writes dead letters for deliveries given up; retries until the broker takes them.
 #[derive(Clone)]
 struct DeadLetters {
-    producer: FutureProducer,
+    /// None in process (`seqmon-pipeline`): dead letters are counted and logged.
+    producer: Option<FutureProducer>,
     topic: String,
     source_topic: String,
+    counted: Arc<AtomicU64>,
 }
 
 impl DeadLetters {
@@ -87,6 +89,11 @@ impl DeadLetters {
             source_timestamp_ms: origin.timestamp_ms,
             original_bytes: original.to_vec(),
         };
+        let Some(producer) = &self.producer else {
+            self.counted.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(detail = %record.detail, "delivery given up (in process: no dead-letter topic)");
+            return;
+        };
         let Ok(bytes) = encode(&record) else {
             tracing::error!("a dead letter does not encode; dropped");
             return;
@@ -94,7 +101,7 @@ impl DeadLetters {
         let mut attempt = 0u32;
         loop {
             let r = FutureRecord::to(&self.topic).key(key).payload(&bytes);
-            match self.producer.send(r, Duration::from_secs(30)).await {
+            match producer.send(r, Duration::from_secs(30)).await {
                 Ok(_) => return,
                 Err((e, _)) => {
                     attempt += 1;
@@ -519,7 +526,8 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
         .create()
         .map_err(RuntimeError::kafka("create producer"))?;
     let dead = DeadLetters {
-        producer,
+        producer: Some(producer),
+        counted: Arc::new(AtomicU64::new(0)),
         topic: cfg.kafka.topic(TopicRole::DeadLetters),
         source_topic: alerts_topic.clone(),
     };
@@ -737,5 +745,197 @@ fn commit(
     }
     if let Err(e) = consumer.commit(&tpl, mode) {
         tracing::warn!(error = %e, "offset commit failed; the records are redelivered after a restart");
+    }
+}
+
+/// What an in-process delivery did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LocalCounts {
+    /// Receivers configured (Alertmanagers and webhook endpoints).
+    pub receivers: u64,
+    /// Alert records handed over.
+    pub events: u64,
+    /// Deliveries they asked for (one per receiver that subscribed), and how they ended.
+    pub deliveries: u64,
+    pub delivered: u64,
+    pub dead_lettered: u64,
+    /// Not finished when the wait ended.
+    pub unfinished: u64,
+}
+
+/// The dispatcher's receivers in process, without Kafka: what `seqmon-pipeline` (make run)
+/// delivers its alerts with. Same Alertmanager reconciliation and webhook workers; dead letters
+/// are counted instead of written.
+pub struct LocalDelivery {
+    rt: tokio::runtime::Runtime,
+    slots: Vec<Arc<AmSlot>>,
+    hooks: Vec<(Endpoint, mpsc::UnboundedSender<Job>)>,
+    inventory: BTreeMap<String, String>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    counted: Arc<AtomicU64>,
+    counts: LocalCounts,
+}
+
+impl LocalDelivery {
+    /// Starts the receivers `cfg` names (its Kafka settings are not used).
+    pub fn start(cfg: &DispatcherConfig) -> Result<Self, RuntimeError> {
+        cfg.validate()?;
+        let (endpoints, inventory) = cfg.load_files()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|source| RuntimeError::Io {
+                context: "cannot start the tokio runtime".into(),
+                source,
+            })?;
+        let metrics = DispatcherMetrics::new();
+        let retry = RetryCfg {
+            backoff: Backoff {
+                base_ms: cfg.backoff_base_ms,
+                cap_ms: cfg.backoff_cap_ms,
+            },
+            breaker_failures: cfg.breaker_failures,
+            breaker_cooldown_ms: cfg.breaker_cooldown_s * 1000,
+        };
+        let counted = Arc::new(AtomicU64::new(0));
+        let dead = DeadLetters {
+            producer: None,
+            topic: String::new(),
+            source_topic: "alerts".into(),
+            counted: counted.clone(),
+        };
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+        let bad = |setting: &str, message: String| RuntimeError::Config {
+            setting: setting.into(),
+            message,
+        };
+        let _guard = rt.enter();
+        let am_client = client(
+            Duration::from_secs(cfg.alertmanager_timeout_s),
+            cfg.alertmanager_ca_file.as_deref(),
+        )
+        .map_err(|e| bad("--alertmanager-ca-file", e))?;
+        let slots: Vec<Arc<AmSlot>> = cfg
+            .alertmanager_urls
+            .iter()
+            .map(|u| {
+                Arc::new(AmSlot {
+                    url: u.clone(),
+                    state: Mutex::new(AmState::new(cfg.console_url.clone())),
+                    waiting: Mutex::new(BTreeMap::new()),
+                    wake: Notify::new(),
+                })
+            })
+            .collect();
+        for (i, slot) in slots.iter().enumerate() {
+            rt.spawn(am_worker(
+                i,
+                slot.clone(),
+                am_client.clone(),
+                done_tx.clone(),
+                retry,
+                AmCfg {
+                    resend: Duration::from_secs(cfg.resend_interval_s),
+                    batch: cfg.alertmanager_batch,
+                },
+                metrics.clone(),
+            ));
+        }
+        let mut hooks = Vec::new();
+        for ep in endpoints {
+            let c = client(Duration::from_millis(ep.timeout_ms), ep.ca_file.as_deref())
+                .map_err(|e| bad("--webhooks-file", format!("webhook {}: {e}", ep.name)))?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            rt.spawn(webhook_worker(
+                ep.clone(),
+                c,
+                rx,
+                done_tx.clone(),
+                dead.clone(),
+                retry,
+                metrics.clone(),
+            ));
+            hooks.push((ep, tx));
+        }
+        drop(_guard);
+        let receivers = (slots.len() + hooks.len()) as u64;
+        Ok(LocalDelivery {
+            rt,
+            slots,
+            hooks,
+            inventory,
+            done_rx,
+            counted,
+            counts: LocalCounts {
+                receivers,
+                ..Default::default()
+            },
+        })
+    }
+
+    /// Hands one alert record to every receiver that takes it.
+    pub fn submit(&mut self, a: &Alert) {
+        let origin = Origin {
+            generation: 0,
+            partition: 0,
+            offset: self.counts.events as i64,
+            timestamp_ms: Some(now_ms()),
+        };
+        self.counts.events += 1;
+        let site = site_of(&self.inventory, a).to_string();
+        for slot in &self.slots {
+            slot.waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(a.alert_id.clone())
+                .or_default()
+                .push(origin);
+            slot.state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .apply(a, &site);
+            slot.wake.notify_one();
+            self.counts.deliveries += 1;
+        }
+        let bytes = Arc::new(encode(a).unwrap_or_default());
+        let body = Arc::new(webhook::body(a, &site));
+        for (ep, tx) in &self.hooks {
+            if ep.filter.matches(a, &site) {
+                let job = Job {
+                    origin,
+                    key: Arc::new(a.instrument_serial.clone().into_bytes()),
+                    alert_bytes: bytes.clone(),
+                    event_id: webhook::event_id(a),
+                    body: body.clone(),
+                    attempts: 0,
+                };
+                if tx.send(job).is_ok() {
+                    self.counts.deliveries += 1;
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for every delivery to finish; what each came to.
+    pub fn finish(mut self, timeout: Duration) -> LocalCounts {
+        let want = self.counts.deliveries;
+        let mut finished = 0u64;
+        let rx = &mut self.done_rx;
+        self.rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + timeout;
+            while finished < want {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(_)) => finished += 1,
+                    _ => break,
+                }
+            }
+        });
+        let dead = self.counted.load(Ordering::SeqCst);
+        self.counts.dead_lettered = dead;
+        self.counts.delivered = finished.saturating_sub(dead);
+        self.counts.unfinished = want - finished;
+        self.rt.shutdown_timeout(Duration::from_secs(1));
+        self.counts
     }
 }

@@ -72,6 +72,8 @@ pub struct Collected {
     pub validated: u64,
     /// Commands sent to the notifier (by the simulated service team).
     pub commands: u64,
+    /// What the in-process delivery did (set by the caller at the end).
+    pub delivered: seqmon_dispatcher::service::LocalCounts,
 }
 
 impl Collected {
@@ -193,6 +195,9 @@ pub struct Summary {
     /// Distinct proposed visits, and entries that shared one with another part.
     pub visits: u64,
     pub grouped_entries: u64,
+    /// What was delivered to the receivers given with --alertmanager-url / --webhooks-file (as
+    /// the alert dispatcher delivers; all zero without receivers).
+    pub delivered: seqmon_dispatcher::service::LocalCounts,
     pub faults_injected: u64,
     pub faults_detected: u64,
     /// Alerts opened on an instrument and subsystem with no injected fault.
@@ -265,6 +270,7 @@ pub fn summarize(events: u64, collected: &Collected, faults: &[FaultTruth]) -> S
             .filter(|m| m.status == MaintenanceStatus::CLOSED)
             .count() as u64,
         visits: visits.len() as u64,
+        delivered: collected.delivered,
         grouped_entries: collected
             .maintenance
             .iter()

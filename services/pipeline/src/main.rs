@@ -53,6 +53,16 @@ struct Cli {
     /// No simulated service team: alerts are left unanswered (then they escalate).
     #[arg(long)]
     no_service_team: bool,
+    /// Deliver the alerts to this Alertmanager as well (repeatable), as the alert dispatcher
+    /// does, e.g. one started with tools/alertmanager/alertmanager.sh start.
+    #[arg(long = "alertmanager-url")]
+    alertmanager_urls: Vec<String>,
+    /// Deliver the alerts to these webhooks as well (docs/alerting.md has the file's format).
+    #[arg(long)]
+    webhooks_file: Option<std::path::PathBuf>,
+    /// Instrument serial → site, for the site label and webhook filters.
+    #[arg(long)]
+    inventory_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -156,6 +166,31 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
     };
     let mut team = (!cli.no_service_team && cli.input.is_none() && !historic)
         .then(|| ServiceTeam::new(&faults));
+    // Delivery in process, to the receivers given (none: nothing is delivered).
+    let mut delivery = if cli.alertmanager_urls.is_empty() && cli.webhooks_file.is_none() {
+        None
+    } else {
+        let mut args: Vec<String> = vec!["seqmon-pipeline".into()];
+        for u in &cli.alertmanager_urls {
+            args.extend(["--alertmanager-url".into(), u.clone()]);
+        }
+        for (flag, path) in [
+            ("--webhooks-file", &cli.webhooks_file),
+            ("--inventory-file", &cli.inventory_file),
+        ] {
+            if let Some(p) = path {
+                args.extend([flag.into(), p.display().to_string()]);
+            }
+        }
+        let cfg =
+            <seqmon_dispatcher::config::DispatcherConfig as clap::Parser>::try_parse_from(args)
+                .map_err(|e| RuntimeError::Config {
+                    setting: "--alertmanager-url / --webhooks-file".into(),
+                    message: e.to_string(),
+                })?;
+        Some(seqmon_dispatcher::service::LocalDelivery::start(&cfg)?)
+    };
+    let mut delivered_upto = 0;
     let mut alerts_seen = 0;
     for (key, bytes, sent) in &records {
         // The team's commands due by this record's time go in first, as they would arrive on
@@ -195,8 +230,20 @@ fn run(cli: Cli) -> Result<(), RuntimeError> {
             }
             alerts_seen = tap.collected.alerts.len();
         }
+        if let Some(d) = delivery.as_mut() {
+            for a in &tap.collected.alerts[delivered_upto..] {
+                d.submit(a);
+            }
+            delivered_upto = tap.collected.alerts.len();
+        }
     }
     chain.finish(&mut |topic, e| tap.take(topic, e))?;
+    if let Some(mut d) = delivery {
+        for a in &tap.collected.alerts[delivered_upto..] {
+            d.submit(a);
+        }
+        tap.collected.delivered = d.finish(std::time::Duration::from_secs(60));
+    }
     if let Some(e) = tap.failure.take() {
         return Err(e);
     }
