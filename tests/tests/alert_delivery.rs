@@ -206,7 +206,7 @@ fn alertmanager_and_webhooks_get_every_event_through_outages() {
         "--console-url",
         "https://console.example",
         "--resend-interval-s",
-        "5",
+        "30",
         "--backoff-base-ms",
         "100",
         "--backoff-cap-ms",
@@ -218,6 +218,14 @@ fn alertmanager_and_webhooks_get_every_event_through_outages() {
     .map(|s| s.to_string())
     .collect();
     let mut dispatcher = Service::launch("alert-dispatcher", &prefix, args, metrics_port);
+    // Wait until it owns its partitions (the metric says so) before the alerts come.
+    let assigned = |d: &Service| d.metrics().get("dispatcher_assigned_partitions").copied();
+    assert!(
+        wait_until(Duration::from_secs(60), || assigned(&dispatcher)
+            == Some(3.0)),
+        "the dispatcher joins its group; log:\n{}",
+        dispatcher.log_text()
+    );
     let topic = TopicRole::Alerts.topic(&prefix);
     let send = |alerts: Vec<Alert>| {
         produce(
@@ -257,6 +265,9 @@ fn alertmanager_and_webhooks_get_every_event_through_outages() {
     // The dispatcher dies; its successor redelivers what it had not finished.
     dispatcher.kill9();
     dispatcher.restart();
+    assert!(wait_until(Duration::from_secs(60), || assigned(
+        &dispatcher
+    ) == Some(3.0)));
     let am_retried = |d: &Service| {
         d.metrics()
             .get("dispatcher_deliveries_total{outcome=\"retried\",receiver=\"alertmanager-0\"}")
@@ -345,8 +356,10 @@ fn alertmanager_and_webhooks_get_every_event_through_outages() {
         ),
         1,
     );
+    // Within 20 s, while an unposted resolution would still fire for 120 s (endsAt is four
+    // 30 s intervals ahead): the resolutions were posted.
     assert!(
-        wait_until(Duration::from_secs(60), || am_alerts(am_port).as_ref()
+        wait_until(Duration::from_secs(20), || am_alerts(am_port).as_ref()
             == Some(&want)),
         "Alertmanager holds exactly what fires: {:?}",
         am_alerts(am_port)
@@ -364,9 +377,10 @@ fn alertmanager_and_webhooks_get_every_event_through_outages() {
         wait_until(Duration::from_secs(120), || keys(&flaky) == events
             && keys(&slow) == events
             && keys(&emea) == 5),
-        "flaky {} slow {} emea {} of {events}; log:\n{}",
+        "flaky {} slow {} ({:?}) emea {} of {events}; log:\n{}",
         keys(&flaky),
         keys(&slow),
+        slow.seen.lock().unwrap().keys,
         keys(&emea),
         dispatcher.log_text()
     );
@@ -421,12 +435,21 @@ fn alertmanager_and_webhooks_get_every_event_through_outages() {
     alertmanager("stop", am_port);
     alertmanager("start", am_port);
     assert!(
-        wait_until(Duration::from_secs(30), || am_alerts(am_port).as_ref()
+        wait_until(Duration::from_secs(60), || am_alerts(am_port).as_ref()
             == Some(&want)),
         "Alertmanager whole again after its restart: {:?}",
         am_alerts(am_port)
     );
 
+    // Every record's deliveries done: the group's offsets reach the end of the topic.
+    assert!(
+        wait_until(Duration::from_secs(30), || group_lag(
+            &format!("{prefix}alert-dispatcher"),
+            &topic
+        ) == Some(0)),
+        "committed to the end: lag {:?}",
+        group_lag(&format!("{prefix}alert-dispatcher"), &topic)
+    );
     let m = dispatcher.metrics();
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let retried_am =

@@ -48,6 +48,8 @@ struct Desired {
     generator_url: Option<String>,
     /// Highest sequence applied (older records are ignored).
     sequence: i32,
+    /// Rises with every change: a post clears the alert only if nothing changed meanwhile.
+    version: u64,
 }
 
 /// Alertmanager's desired content and what still has to be posted.
@@ -57,6 +59,8 @@ pub struct AmState {
     /// Alert ids whose current form is not yet accepted.
     dirty: BTreeMap<String, ()>,
     console_url: Option<String>,
+    /// Source of versions.
+    changes: u64,
 }
 
 fn lower(s: impl std::fmt::Debug) -> String {
@@ -172,9 +176,10 @@ impl AmState {
         n
     }
 
-    /// Applies one alert record (instrument site from the inventory). Records older than what
-    /// was applied for the alert (a redelivery after a restart) change nothing.
-    pub fn apply(&mut self, a: &Alert, site: &str) {
+    /// Applies one alert record (instrument site from the inventory); whether it changed what
+    /// Alertmanager should hold. Records older than what was applied for the alert (a
+    /// redelivery) change nothing.
+    pub fn apply(&mut self, a: &Alert, site: &str) -> bool {
         let fires = matches!(
             a.state,
             AlertState::PREDICTED | AlertState::OPEN | AlertState::ACKNOWLEDGED
@@ -195,14 +200,15 @@ impl AmState {
             .map(|b| format!("{b}/alerts/{}", a.alert_id));
         let was = self.alerts.get(&a.alert_id);
         if was.is_some_and(|d| d.sequence >= a.sequence) {
-            return;
+            return false;
         }
-        // Everything that fired before and does not now is sent once as resolved.
+        // Everything that fired before and does not now is sent once as resolved; so is a
+        // resolution not posted yet (it stays until a post carries it).
         let mut sets: Vec<(BTreeMap<String, String>, bool)> = Vec::new();
         let mut want = vec![(main, fires), (esc, escalated)];
         if let Some(d) = was {
-            for (labels, firing) in &d.sets {
-                if *firing && !want.iter().any(|(l, f)| l == labels && *f) {
+            for (labels, _) in &d.sets {
+                if !want.iter().any(|(l, f)| l == labels && *f) {
                     sets.push((labels.clone(), false));
                 }
             }
@@ -218,6 +224,8 @@ impl AmState {
             (Some(d), t) if t != seqmon_model::AlertTransition::REOPENED => d.starts_at_ms,
             _ => a.event_time_ms,
         };
+        let changed = was.is_none_or(|d| d.sets != sets || d.annotations != annotations);
+        self.changes += 1;
         self.alerts.insert(
             a.alert_id.clone(),
             Desired {
@@ -226,9 +234,13 @@ impl AmState {
                 starts_at_ms,
                 generator_url,
                 sequence: a.sequence,
+                version: self.changes,
             },
         );
-        self.dirty.insert(a.alert_id.clone(), ());
+        if changed {
+            self.dirty.insert(a.alert_id.clone(), ());
+        }
+        changed
     }
 
     fn render(d: &Desired, now_ms: i64, ttl_ms: i64) -> Vec<AmAlert> {
@@ -253,31 +265,57 @@ impl AmState {
             .collect()
     }
 
-    /// The dirty alerts' current forms, to post now; and their ids, to mark clean once posted.
-    pub fn pending(&self, now_ms: i64, ttl_ms: i64, max: usize) -> (Vec<String>, Vec<AmAlert>) {
-        let ids: Vec<String> = self.dirty.keys().take(max).cloned().collect();
+    /// Dirty alerts' current forms, to post now (about `max` alerts), with the id and version
+    /// of each, to mark clean once posted. An alert with nothing to send is in the list with
+    /// no form (posting it is a no-op that cleans it).
+    pub fn pending(
+        &self,
+        now_ms: i64,
+        ttl_ms: i64,
+        max: usize,
+    ) -> (Vec<(String, u64)>, Vec<AmAlert>) {
+        let mut ids = Vec::new();
         let mut out = Vec::new();
-        for id in &ids {
-            if let Some(d) = self.alerts.get(id) {
-                out.extend(Self::render(d, now_ms, ttl_ms));
+        for id in self.dirty.keys() {
+            if out.len() >= max.max(1) {
+                break;
+            }
+            match self.alerts.get(id) {
+                Some(d) => {
+                    out.extend(Self::render(d, now_ms, ttl_ms));
+                    ids.push((id.clone(), d.version));
+                }
+                None => ids.push((id.clone(), 0)),
             }
         }
         (ids, out)
     }
 
-    /// The posted alerts were accepted: they are clean, and sets sent as resolved are dropped
-    /// (an alert with nothing firing is forgotten).
-    pub fn posted(&mut self, ids: &[String]) {
-        for id in ids {
-            self.dirty.remove(id);
-            if let Some(d) = self.alerts.get_mut(id) {
-                d.sets.retain(|(_, firing)| *firing);
-                if d.sets.is_empty() {
-                    // Keep the sequence so a late redelivery is still recognised as old.
-                    d.annotations.clear();
+    /// The posted forms were accepted: an alert that did not change since `pending` is clean,
+    /// and its sets sent as resolved are dropped; one that changed stays dirty.
+    pub fn posted(&mut self, ids: &[(String, u64)]) {
+        for (id, version) in ids {
+            match self.alerts.get_mut(id) {
+                Some(d) if d.version == *version => {
+                    self.dirty.remove(id);
+                    d.sets.retain(|(_, firing)| *firing);
+                    if d.sets.is_empty() {
+                        // Keep the sequence so a late redelivery is still recognised as old.
+                        d.annotations.clear();
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    self.dirty.remove(id);
                 }
             }
         }
+    }
+
+    /// Drops everything (partitions revoked; the state is rebuilt for the new assignment).
+    pub fn clear(&mut self) {
+        self.alerts.clear();
+        self.dirty.clear();
     }
 
     /// After a restore from the topic: alerts with nothing firing were settled before (their
@@ -317,17 +355,19 @@ impl AmState {
             .count()
     }
 
-    /// Forgets alerts resolved long ago (nothing firing, clean), keeping at most `keep` of them
-    /// so memory stays bounded.
+    /// Forgets the alerts resolved longest ago (nothing firing, clean) beyond `keep` of them,
+    /// so memory stays bounded (a forgotten alert's late redelivery would be posted once more as
+    /// resolved: harmless).
     pub fn prune(&mut self, keep: usize) {
-        let idle: Vec<String> = self
+        let mut idle: Vec<(u64, String)> = self
             .alerts
             .iter()
             .filter(|(id, d)| d.sets.is_empty() && !self.dirty.contains_key(*id))
-            .map(|(id, _)| id.clone())
+            .map(|(id, d)| (d.version, id.clone()))
             .collect();
         if idle.len() > keep {
-            for id in &idle[..idle.len() - keep] {
+            idle.sort();
+            for (_, id) in &idle[..idle.len() - keep] {
                 self.alerts.remove(id);
             }
         }
@@ -414,10 +454,10 @@ mod tests {
         s.posted(&ids);
         assert_eq!(s.firing(5_000, 240_000).len(), 2);
         // A redelivered older record changes nothing.
-        s.apply(
+        assert!(!s.apply(
             &alert(1, AlertState::OPEN, AnomalySeverity::MEDIUM, 0),
             "emea-1",
-        );
+        ));
         assert_eq!(s.dirty_count(), 0);
         // Acknowledged: still fires, the escalation ends.
         s.apply(
@@ -450,6 +490,39 @@ mod tests {
         assert_eq!(s.firing_count(), 0);
         s.prune(0);
         assert!(s.alerts.is_empty());
+    }
+
+    #[test]
+    fn a_change_during_a_post_and_an_unsent_resolution_are_not_lost() {
+        let mut s = AmState::new(None);
+        s.apply(&alert(1, AlertState::OPEN, AnomalySeverity::MEDIUM, 0), "x");
+        let (ids, _) = s.pending(5_000, 1_000, 10);
+        s.posted(&ids);
+        // Worse (the medium set must be resolved): a post starts...
+        s.apply(&alert(2, AlertState::OPEN, AnomalySeverity::HIGH, 0), "x");
+        let (ids, posts) = s.pending(5_000, 1_000, 10);
+        assert_eq!(posts.len(), 2);
+        // ...and while it is in flight the alert escalates: its success must not clean it.
+        s.apply(&alert(3, AlertState::OPEN, AnomalySeverity::HIGH, 1), "x");
+        s.posted(&ids);
+        assert_eq!(s.dirty_count(), 1);
+        let (ids, posts) = s.pending(5_000, 1_000, 10);
+        let mut got = names(&posts);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("SeqmonAlertEscalated".into(), "high".into(), true),
+                ("SeqmonInstrumentAlert".into(), "high".into(), true),
+                ("SeqmonInstrumentAlert".into(), "medium".into(), false),
+            ],
+            "the medium resolution is still carried"
+        );
+        s.posted(&ids);
+        // An assignment changes only the annotations: still a change to post.
+        let mut assigned = alert(4, AlertState::OPEN, AnomalySeverity::HIGH, 1);
+        assigned.assignee = Some("fse-1".into());
+        assert!(s.apply(&assigned, "x"));
     }
 
     #[test]

@@ -83,10 +83,20 @@ impl DispatcherConfig {
         self.kafka.validate()?;
         let fail = |id: &str, msg: String| Err(ConfigError::of::<Self>(id, msg));
         for u in &self.alertmanager_urls {
-            if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+            // Alertmanager inside the cluster is often plain http (its own network policy).
+            let parsed = reqwest::Url::parse(u).map_err(|e| e.to_string());
+            let ok = parsed.as_ref().is_ok_and(|p| {
+                matches!(p.scheme(), "http" | "https")
+                    && p.host_str().is_some_and(|h| !h.is_empty())
+                    && p.username().is_empty()
+                    && p.password().is_none()
+            });
+            if !ok {
                 return fail(
                     "alertmanager_urls",
-                    format!("{u:?} is not an http:// or https:// URL"),
+                    format!(
+                        "{u:?} is not an http:// or https:// URL with a host and no credentials"
+                    ),
                 );
             }
         }

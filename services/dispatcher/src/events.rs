@@ -54,6 +54,8 @@ pub struct DispatcherMetrics {
     pub firing: IntGaugeVec,
     /// Unix time of the loop's last beat (liveness).
     pub heartbeat: IntGauge,
+    /// Partitions of `alerts` this instance owns (0 until it joined its group).
+    pub assigned: IntGauge,
     limiter: Arc<Mutex<BTreeMap<String, Instant>>>,
 }
 
@@ -122,6 +124,12 @@ impl DispatcherMetrics {
         )
         .expect("valid metric");
         reg(Box::new(heartbeat.clone()));
+        let assigned = IntGauge::new(
+            "dispatcher_assigned_partitions",
+            "Partitions of the alerts topic this instance owns.",
+        )
+        .expect("valid metric");
+        reg(Box::new(assigned.clone()));
         DispatcherMetrics {
             registry,
             input_records,
@@ -131,6 +139,7 @@ impl DispatcherMetrics {
             circuit,
             firing,
             heartbeat,
+            assigned,
             limiter: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }

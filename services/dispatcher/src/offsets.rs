@@ -30,6 +30,13 @@ impl OffsetTracker {
         }
     }
 
+    /// Consumption of `partition` starts at `offset`, committed already.
+    pub fn start_at(&mut self, partition: i32, offset: i64) {
+        let p = self.parts.entry(partition).or_default();
+        p.next = p.next.max(offset);
+        p.committed = p.committed.max(offset);
+    }
+
     /// One delivery of the record at `offset` is done.
     pub fn done(&mut self, partition: i32, offset: i64) {
         if let Some(p) = self.parts.get_mut(&partition) {
@@ -92,6 +99,10 @@ mod tests {
         assert_eq!(t.committable(), vec![(0, 13), (1, 6)]);
         assert_eq!(t.committable(), vec![]);
         assert_eq!(t.in_flight(), 0);
+        t.start_at(2, 40);
+        assert_eq!(t.committable(), vec![], "committed already");
+        t.track(2, 40, 0);
+        assert_eq!(t.committable(), vec![(2, 41)]);
         // A stray completion (after a rebalance) changes nothing.
         t.done(0, 3);
         t.forget();

@@ -143,6 +143,16 @@ impl TokenBucket {
         self.at_ms = self.at_ms.max(now_ms);
     }
 
+    /// How long until a token is there (0: now), without taking it.
+    pub fn wait_ms(&mut self, now_ms: u64) -> u64 {
+        self.refill(now_ms);
+        if self.tokens >= 1.0 {
+            0
+        } else {
+            ((1.0 - self.tokens) / self.per_ms).ceil() as u64
+        }
+    }
+
     /// Takes a token if there is one; otherwise how long until there is (ms).
     pub fn take(&mut self, now_ms: u64) -> Result<(), u64> {
         self.refill(now_ms);
@@ -211,6 +221,7 @@ mod tests {
         assert!(b.take(0).is_ok() && b.take(0).is_ok());
         let wait = b.take(0).unwrap_err();
         assert!((900..=1000).contains(&wait), "{wait}");
+        assert!(b.wait_ms(500) > 0 && b.wait_ms(1000) == 0);
         assert!(b.take(1000).is_ok());
         assert!(b.take(1000).is_err());
     }

@@ -121,6 +121,8 @@ struct Job {
     event_id: String,
     body: Arc<Vec<u8>>,
     attempts: u32,
+    /// When it was first tried (ms on the worker's clock).
+    first_try_ms: Option<u64>,
 }
 
 /// Retry settings shared by the receivers.
@@ -138,15 +140,24 @@ struct AmCfg {
     batch: usize,
 }
 
+/// An answer: delivered, or an error that retrying may cure (true) or not (false). Final:
+/// a redirect (not followed: it would turn the POST into a GET, or https into http) and the
+/// answers that say the body itself is refused (400, 410, 413, 415, 422); everything else
+/// (401 while a secret rotates, 404 while a receiver deploys, 429, 5xx, timeouts) is retried.
+/// Errors never carry the URL (it may hold a token).
 fn classify(r: Result<reqwest::StatusCode, reqwest::Error>) -> Result<(), (bool, String)> {
     match r {
         Ok(s) if s.is_success() => Ok(()),
-        Ok(s) if s.as_u16() == 408 || s.as_u16() == 429 || s.is_server_error() => {
-            Err((true, format!("HTTP {s}")))
+        Ok(s) if s.is_redirection() => Err((
+            false,
+            format!("HTTP {s}: redirects are not followed (final)"),
+        )),
+        Ok(s) if [400, 410, 413, 415, 422].contains(&s.as_u16()) => {
+            Err((false, format!("HTTP {s} (final)")))
         }
-        Ok(s) => Err((false, format!("HTTP {s} (final)"))),
+        Ok(s) => Err((true, format!("HTTP {s}"))),
         Err(e) if e.is_timeout() => Err((true, "timed out".into())),
-        Err(e) => Err((true, format!("{e}"))),
+        Err(e) => Err((true, e.without_url().to_string())),
     }
 }
 
@@ -170,12 +181,16 @@ async fn webhook_worker(
     let mut seq = 0u64;
     let mut last_state = BreakerState::Closed;
     let mut open = true;
+    let give_up_ms = ep.give_up_after_s * 1000;
     loop {
         let next_due = waiting.peek().map(|Reverse((due, _))| *due);
         let sleep = match next_due {
             Some(due) => Duration::from_millis(due.saturating_sub(ms())),
             None => Duration::from_secs(3600),
         };
+        // Sleep until the next job is due and the bucket has a token (a due job is not
+        // popped while there is none, so a backlog costs no spinning).
+        let sleep = sleep.max(Duration::from_millis(bucket.wait_ms(ms())));
         tokio::select! {
             job = rx.recv(), if open => match job {
                 Some(job) => {
@@ -186,50 +201,62 @@ async fn webhook_worker(
                 None => open = false,
             },
             _ = tokio::time::sleep(sleep), if next_due.is_some() => {
-                let Some(Reverse((_, id))) = waiting.pop() else { continue };
-                let Some(mut job) = jobs.remove(&id) else { continue };
-                if let Err(wait) = bucket.take(ms()) {
-                    seq += 1;
-                    waiting.push(Reverse((ms() + wait, seq)));
-                    jobs.insert(seq, job);
+                if bucket.wait_ms(ms()) > 0 {
                     continue;
                 }
-                job.attempts += 1;
-                let result = if breaker.admit(ms()) {
-                    let ts = now_ms() / 1000;
-                    let sig = webhook::sign(ep.secret.expose().as_bytes(), ts, &job.body);
-                    let sent = client
-                        .post(&ep.url)
-                        .header("content-type", "application/json")
-                        .header(webhook::TIMESTAMP_HEADER, ts.to_string())
-                        .header(webhook::SIGNATURE_HEADER, sig)
-                        .header(webhook::IDEMPOTENCY_HEADER, &job.event_id)
-                        .body(job.body.as_ref().clone())
-                        .send()
-                        .await
-                        .map(|r| r.status());
-                    let c = classify(sent);
-                    match &c {
-                        Ok(()) => breaker.success(),
-                        Err((true, _)) => breaker.failure(ms()),
-                        // The endpoint answered: it is up.
-                        Err((false, _)) => breaker.success(),
+                let Some(Reverse((_, id))) = waiting.pop() else { continue };
+                let Some(mut job) = jobs.remove(&id) else { continue };
+                // An open circuit sends nothing: the job waits for the probe, without an
+                // attempt counted (the give-up time still runs).
+                if !breaker.admit(ms()) {
+                    let give_up = job.first_try_ms.is_some_and(|t| ms().saturating_sub(t) > give_up_ms);
+                    if !give_up {
+                        let at = breaker.reopens_at().unwrap_or(ms()).max(ms() + 100);
+                        seq += 1;
+                        waiting.push(Reverse((at, seq)));
+                        jobs.insert(seq, job);
+                        continue;
                     }
-                    c
-                } else {
-                    Err((true, "circuit open".to_string()))
-                };
+                    DeliveryDeadLettered { receiver: &receiver, attempts: job.attempts, error: "circuit open past the give-up time" }.emit(&metrics);
+                    let detail = format!("webhook {}: circuit open after {} attempt(s) over {} s; event {}", ep.name, job.attempts, give_up_ms / 1000, job.event_id);
+                    dead.write(&job.origin, &job.key, &job.alert_bytes, DeadLetterReason::DELIVERY_FAILED, detail).await;
+                    let _ = done.send(job.origin);
+                    continue;
+                }
+                let _ = bucket.take(ms());
+                job.attempts += 1;
+                job.first_try_ms.get_or_insert(ms());
+                let ts = now_ms() / 1000;
+                let sig = webhook::sign(ep.secret.expose().as_bytes(), ts, &job.body);
+                let sent = client
+                    .post(&ep.url)
+                    .header("content-type", "application/json")
+                    .header(webhook::TIMESTAMP_HEADER, ts.to_string())
+                    .header(webhook::SIGNATURE_HEADER, sig)
+                    .header(webhook::IDEMPOTENCY_HEADER, &job.event_id)
+                    .body(job.body.as_ref().clone())
+                    .send()
+                    .await
+                    .map(|r| r.status());
+                let result = classify(sent);
+                match &result {
+                    Ok(()) => breaker.success(),
+                    Err((true, _)) => breaker.failure(ms()),
+                    // The endpoint answered: it is up.
+                    Err((false, _)) => breaker.success(),
+                }
                 let state = breaker.state(ms());
                 if state != last_state {
                     CircuitChanged { receiver: &receiver, state }.emit(&metrics);
                     last_state = state;
                 }
+                let out_of_time = job.first_try_ms.is_some_and(|t| ms().saturating_sub(t) > give_up_ms);
                 match result {
                     Ok(()) => {
                         Delivered { receiver: &receiver, events: 1, age_s: age_s(&job.origin) }.emit(&metrics);
                         let _ = done.send(job.origin);
                     }
-                    Err((retriable, error)) if !retriable || job.attempts >= ep.max_attempts => {
+                    Err((retriable, error)) if !retriable || job.attempts >= ep.max_attempts || out_of_time => {
                         DeliveryDeadLettered { receiver: &receiver, attempts: job.attempts, error: &error }.emit(&metrics);
                         let detail = format!("webhook {}: {error} after {} attempt(s); event {}", ep.name, job.attempts, job.event_id);
                         dead.write(&job.origin, &job.key, &job.alert_bytes, DeadLetterReason::DELIVERY_FAILED, detail).await;
@@ -253,18 +280,16 @@ async fn webhook_worker(
 struct AmSlot {
     url: String,
     state: Mutex<AmState>,
-    /// Alert id → records whose delivery completes when that alert is posted.
-    waiting: Mutex<BTreeMap<String, Vec<Origin>>>,
     wake: Notify,
 }
 
-/// Keeps one Alertmanager in step: posts dirty alerts until accepted, re-posts the firing ones
-/// every resend interval.
+/// Keeps one Alertmanager in step: posts dirty alerts until accepted (a refused batch is
+/// halved until the one alert Alertmanager refuses is found and set aside, logged), re-posts
+/// the firing ones every resend interval. A failed re-post never holds back dirty posts.
 async fn am_worker(
     index: usize,
     slot: Arc<AmSlot>,
     client: reqwest::Client,
-    done: mpsc::UnboundedSender<Done>,
     retry: RetryCfg,
     am: AmCfg,
     metrics: DispatcherMetrics,
@@ -278,45 +303,44 @@ async fn am_worker(
     let mut breaker = Breaker::new(retry.breaker_failures, retry.breaker_cooldown_ms);
     let mut last_state = BreakerState::Closed;
     let mut failures = 0u32;
+    let mut size = batch.max(1);
     let mut next_resend = Instant::now();
+    let post = |alerts: Vec<crate::am::AmAlert>| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            if alerts.is_empty() {
+                return Ok(());
+            }
+            classify(
+                client
+                    .post(&url)
+                    .json(&alerts)
+                    .send()
+                    .await
+                    .map(|r| r.status()),
+            )
+        }
+    };
     loop {
-        let resend_now = Instant::now() >= next_resend;
         let (ids, alerts) = {
             let s = slot.state.lock().unwrap_or_else(|e| e.into_inner());
             metrics
                 .firing
                 .with_label_values(&[&receiver])
                 .set(s.firing_count() as i64);
-            if resend_now {
-                (Vec::new(), s.firing(now_ms(), ttl_ms))
-            } else {
-                s.pending(now_ms(), ttl_ms, batch)
-            }
+            s.pending(now_ms(), ttl_ms, size)
         };
-        if alerts.is_empty() && !resend_now {
-            tokio::select! {
-                _ = slot.wake.notified() => {},
-                _ = tokio::time::sleep_until(next_resend.into()) => {},
-            }
-            continue;
-        }
-        let mut ok = true;
-        for chunk in alerts.chunks(batch) {
-            let result = if breaker.admit(ms()) {
-                let sent = client
-                    .post(&url)
-                    .json(chunk)
-                    .send()
-                    .await
-                    .map(|r| r.status());
-                let c = classify(sent);
-                match &c {
+        if !ids.is_empty() {
+            let result = if !alerts.is_empty() && !breaker.admit(ms()) {
+                Err((true, "circuit open".to_string()))
+            } else {
+                let r = post(alerts).await;
+                match &r {
                     Ok(()) => breaker.success(),
                     Err(_) => breaker.failure(ms()),
                 }
-                c
-            } else {
-                Err((true, "circuit open".to_string()))
+                r
             };
             let state = breaker.state(ms());
             if state != last_state {
@@ -327,56 +351,94 @@ async fn am_worker(
                 .emit(&metrics);
                 last_state = state;
             }
-            if let Err((_, error)) = result {
-                failures += 1;
-                let delay = retry.backoff.delay(failures, unit_random());
-                DeliveryRetried {
-                    receiver: &receiver,
-                    attempt: failures,
-                    error: &error,
-                    retry_in_ms: delay,
+            match result {
+                Ok(()) => {
+                    failures = 0;
+                    size = batch.max(1);
+                    let mut s = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.posted(&ids);
+                    s.prune(10_000);
+                    drop(s);
+                    Delivered {
+                        receiver: &receiver,
+                        events: ids.len() as u64,
+                        age_s: None,
+                    }
+                    .emit(&metrics);
                 }
-                .emit(&metrics);
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-                ok = false;
-                break;
+                Err((false, error)) if ids.len() > 1 => {
+                    // Refused as a whole: find the alert it refuses by halving.
+                    size = (ids.len() / 2).max(1);
+                    DeliveryRetried {
+                        receiver: &receiver,
+                        attempt: 1,
+                        error: &error,
+                        retry_in_ms: 0,
+                    }
+                    .emit(&metrics);
+                }
+                Err((false, error)) => {
+                    // One alert Alertmanager will not take: set aside, said loudly.
+                    slot.state
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .posted(&ids);
+                    size = batch.max(1);
+                    DeliveryDeadLettered {
+                        receiver: &receiver,
+                        attempts: 1,
+                        error: &format!("{error}; alert {}", ids[0].0),
+                    }
+                    .emit(&metrics);
+                }
+                Err((true, error)) => {
+                    failures += 1;
+                    let delay = retry.backoff.delay(failures, unit_random());
+                    DeliveryRetried {
+                        receiver: &receiver,
+                        attempt: failures,
+                        error: &error,
+                        retry_in_ms: delay,
+                    }
+                    .emit(&metrics);
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
             }
-        }
-        if !ok {
             continue;
         }
-        failures = 0;
-        if resend_now {
-            next_resend = Instant::now() + resend;
+        if Instant::now() >= next_resend {
+            let firing = slot
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .firing(now_ms(), ttl_ms);
+            let mut ok = true;
+            for chunk in firing.chunks(batch.max(1)) {
+                if let Err((_, error)) = post(chunk.to_vec()).await {
+                    DeliveryRetried {
+                        receiver: &receiver,
+                        attempt: 1,
+                        error: &error,
+                        retry_in_ms: 10_000,
+                    }
+                    .emit(&metrics);
+                    ok = false;
+                    break;
+                }
+            }
+            // A failed re-post is tried again soon, without holding back dirty posts.
+            next_resend = Instant::now()
+                + if ok {
+                    resend
+                } else {
+                    resend.min(Duration::from_secs(10))
+                };
             continue;
         }
-        slot.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .posted(&ids);
-        let finished: Vec<Origin> = {
-            let mut w = slot.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            ids.iter()
-                .flat_map(|id| w.remove(id).unwrap_or_default())
-                .collect()
-        };
-        let oldest = finished
-            .iter()
-            .filter_map(age_s)
-            .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
-        Delivered {
-            receiver: &receiver,
-            events: finished.len() as u64,
-            age_s: oldest,
+        tokio::select! {
+            _ = slot.wake.notified() => {},
+            _ = tokio::time::sleep_until(next_resend.into()) => {},
         }
-        .emit(&metrics);
-        for o in finished {
-            let _ = done.send(o);
-        }
-        slot.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .prune(10_000);
     }
 }
 
@@ -389,20 +451,39 @@ impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = r {
+        if let Rebalance::Revoke(tpl) = r {
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
             self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn post_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
+        match r {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.generation.fetch_add(1, Ordering::SeqCst);
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
         }
     }
 }
 
-/// Rebuilds each Alertmanager's desired state from `alerts` up to the group's committed offsets.
+/// Rebuilds each Alertmanager's desired state for `partitions` from `alerts`, up to the group's
+/// committed offsets, where consumption resumes (a partition with none is consumed from its
+/// start, so nothing is rebuilt for it).
 fn restore(
     cfg: &DispatcherConfig,
     topic: &str,
+    partitions: &[i32],
     slots: &[Arc<AmSlot>],
     inventory: &BTreeMap<String, String>,
+    metrics: &DispatcherMetrics,
 ) -> Result<u64, RuntimeError> {
-    if slots.is_empty() {
+    for s in slots {
+        s.state.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+    if partitions.is_empty() {
         return Ok(0);
     }
     let timeout = cfg.kafka.connect_timeout();
@@ -414,9 +495,8 @@ fn restore(
         .set("isolation.level", "read_committed")
         .create()
         .map_err(RuntimeError::kafka("create restore consumer"))?;
-    let parts = seqmon_runtime::kafka::topic_partitions(&cfg.kafka, topic, timeout)?;
     let mut tpl = TopicPartitionList::new();
-    for p in &parts {
+    for p in partitions {
         tpl.add_partition(topic, *p);
     }
     let committed = c
@@ -425,66 +505,80 @@ fn restore(
     let mut start = TopicPartitionList::new();
     let mut until: BTreeMap<i32, i64> = BTreeMap::new();
     for e in committed.elements() {
-        let (low, _) = c
+        let (low, high) = c
             .fetch_watermarks(topic, e.partition(), timeout)
             .map_err(RuntimeError::kafka("watermarks"))?;
-        if let Offset::Offset(o) = e.offset() {
-            if o > low {
-                until.insert(e.partition(), o);
-                start
-                    .add_partition_offset(topic, e.partition(), Offset::Offset(low))
-                    .map_err(RuntimeError::kafka("assign"))?;
-            }
+        let _ = high;
+        let upto = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        if upto > low {
+            until.insert(e.partition(), upto);
+            start
+                .add_partition_offset(topic, e.partition(), Offset::Offset(low))
+                .map_err(RuntimeError::kafka("assign"))?;
         }
     }
-    if until.is_empty() {
-        return Ok(0);
-    }
-    c.assign(&start).map_err(RuntimeError::kafka("assign"))?;
     let mut n = 0u64;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !until.is_empty() && Instant::now() < deadline {
-        match c.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                if until.get(&m.partition()).is_some_and(|u| m.offset() < *u) {
-                    if let Ok(a) = decode::<Alert>(m.payload().unwrap_or_default()) {
-                        let site = site_of(inventory, &a);
-                        for s in slots {
-                            s.state
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .apply(&a, site);
+    if !until.is_empty() {
+        c.assign(&start).map_err(RuntimeError::kafka("assign"))?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !until.is_empty() {
+            if Instant::now() > deadline {
+                return Err(RuntimeError::Internal(format!(
+                    "rebuilding the Alertmanager state from {topic} took over 300 s; {} partition(s) unread",
+                    until.len()
+                )));
+            }
+            // The liveness probe sees a restore as progress.
+            metrics.heartbeat.set(now_ms() / 1000);
+            match c.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    if until.get(&m.partition()).is_some_and(|u| m.offset() < *u) {
+                        if let Ok(a) = decode::<Alert>(m.payload().unwrap_or_default()) {
+                            let site = site_of(inventory, &a);
+                            for s in slots {
+                                s.state
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .apply(&a, site);
+                            }
+                            n += 1;
                         }
-                        n += 1;
+                    }
+                    if until
+                        .get(&m.partition())
+                        .is_some_and(|u| m.offset() + 1 >= *u)
+                    {
+                        until.remove(&m.partition());
                     }
                 }
-                if until
-                    .get(&m.partition())
-                    .is_some_and(|u| m.offset() + 1 >= *u)
-                {
-                    until.remove(&m.partition());
-                }
-            }
-            Some(Err(e)) => return Err(RuntimeError::kafka("restore")(e)),
-            None => {
-                // The rest of a partition may be transaction markers.
-                if let Ok(pos) = c.position() {
-                    until.retain(|p, u| !matches!(pos.find_partition(topic, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *u));
+                Some(Err(e)) => return Err(RuntimeError::kafka("restore")(e)),
+                None => {
+                    // The rest of a partition may be transaction markers.
+                    if let Ok(pos) = c.position() {
+                        until.retain(|p, u| {
+                            !matches!(pos.find_partition(topic, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *u)
+                        });
+                    }
                 }
             }
         }
     }
     for s in slots {
-        s.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .settle_restored();
+        let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.settle_restored();
+        st.prune(10_000);
+        drop(st);
+        s.wake.notify_one();
     }
     Ok(n)
 }
 
 fn client(timeout: Duration, ca: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)));
     if let Some(path) = ca {
@@ -533,7 +627,8 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
 
-    // Alertmanagers: state rebuilt from the topic first, then kept in step.
+    // Alertmanagers: kept in step by a task each; their state is rebuilt from the topic for
+    // the partitions this instance owns, at every assignment.
     let slots: Vec<Arc<AmSlot>> = cfg
         .alertmanager_urls
         .iter()
@@ -541,18 +636,10 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
             Arc::new(AmSlot {
                 url: u.clone(),
                 state: Mutex::new(AmState::new(cfg.console_url.clone())),
-                waiting: Mutex::new(BTreeMap::new()),
                 wake: Notify::new(),
             })
         })
         .collect();
-    let restored =
-        tokio::task::block_in_place(|| restore(&cfg, &alerts_topic, &slots, &inventory))?;
-    tracing::info!(
-        records = restored,
-        alertmanagers = slots.len(),
-        "Alertmanager state rebuilt from the alerts topic"
-    );
     let am_client = client(
         Duration::from_secs(cfg.alertmanager_timeout_s),
         cfg.alertmanager_ca_file.as_deref(),
@@ -569,7 +656,6 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
             i,
             slot.clone(),
             am_client.clone(),
-            done_tx.clone(),
             retry,
             AmCfg {
                 resend: Duration::from_secs(cfg.resend_interval_s),
@@ -610,6 +696,10 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
+        // A new group starts at the beginning: every retained transition is delivered (the
+        // receivers' idempotency keys absorb what they had). To start a new deployment at the
+        // end instead, set the group's offsets first (kafka-consumer-groups --reset-offsets
+        // --to-latest --group <group> --topic <alerts>).
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
         .set(
@@ -626,19 +716,41 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
     tracing::info!(topic = %alerts_topic, group = %cfg.group(), webhooks = hooks.len(), alertmanagers = slots.len(), "dispatching");
 
     let mut tracker = OffsetTracker::default();
-    let mut seen_generation = 0u64;
+    let mut seen_generation = u64::MAX;
     let mut paused = false;
     let mut commit_tick = tokio::time::interval(Duration::from_secs(1));
     let signal = seqmon_runtime::service::wait_for_signal();
     tokio::pin!(signal);
     let mut stopping: Option<Instant> = None;
+    // A rebalance (seen before any record of the new assignment is handled): deliveries of
+    // the old generation no longer count, and Alertmanager's state is rebuilt for the
+    // partitions owned now, up to their committed offsets, where consumption resumes.
+    let rebalanced = |seen: &mut u64, tracker: &mut OffsetTracker| -> Result<bool, RuntimeError> {
+        let g = generation.load(Ordering::SeqCst);
+        if g == *seen {
+            return Ok(false);
+        }
+        *seen = g;
+        tracker.forget();
+        let owned: Vec<i32> = consumer
+            .assignment()
+            .map(|a| {
+                a.elements_for_topic(&alerts_topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let restored = tokio::task::block_in_place(|| {
+            restore(&cfg, &alerts_topic, &owned, &slots, &inventory, &metrics)
+        })?;
+        metrics.assigned.set(owned.len() as i64);
+        tracing::info!(partitions = ?owned, records = restored, "assignment: Alertmanager state rebuilt from the alerts topic");
+        Ok(true)
+    };
     loop {
         metrics.heartbeat.set(now_ms() / 1000);
-        let g = generation.load(Ordering::SeqCst);
-        if g != seen_generation {
-            seen_generation = g;
-            tracker.forget();
-        }
+        rebalanced(&mut seen_generation, &mut tracker)?;
         let in_flight = tracker.in_flight();
         metrics.in_flight.set(in_flight as i64);
         if let Some(since) = stopping {
@@ -648,17 +760,19 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
                 return Ok(());
             }
         }
-        let want_pause = in_flight >= cfg.max_in_flight || stopping.is_some();
+        // Above --max-in-flight the partitions pause (and resume at half); the consumer is
+        // still polled, so the group and rebalances are served meanwhile.
+        let want_pause = in_flight >= cfg.max_in_flight
+            || stopping.is_some()
+            || (paused && in_flight > cfg.max_in_flight / 2);
         if want_pause != paused {
             if let Ok(a) = consumer.assignment() {
                 let r = if want_pause {
                     consumer.pause(&a)
-                } else if in_flight <= cfg.max_in_flight / 2 || stopping.is_some() {
-                    consumer.resume(&a)
                 } else {
-                    Ok(())
+                    consumer.resume(&a)
                 };
-                if r.is_ok() && (want_pause || in_flight <= cfg.max_in_flight / 2) {
+                if r.is_ok() {
                     paused = want_pause;
                     tracing::info!(
                         paused,
@@ -674,7 +788,7 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
             }
         }
         tokio::select! {
-            m = consumer.recv(), if !paused => {
+            m = consumer.recv() => {
                 let m = match m {
                     Ok(m) => m,
                     Err(e) => {
@@ -683,6 +797,9 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
                         continue;
                     }
                 };
+                // A rebalance served inside this recv: the state is rebuilt first; the record
+                // belongs to the new assignment (consumption resumed at its committed offset).
+                rebalanced(&mut seen_generation, &mut tracker)?;
                 metrics.input_records.inc();
                 let origin = Origin { generation: seen_generation, partition: m.partition(), offset: m.offset(), timestamp_ms: m.timestamp().to_millis() };
                 let key = Arc::new(m.key().unwrap_or_default().to_vec());
@@ -697,18 +814,20 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
                     }
                 };
                 let site = site_of(&inventory, &a).to_string();
-                let targets: Vec<&(Endpoint, mpsc::UnboundedSender<Job>)> = hooks.iter().filter(|(ep, _)| ep.filter.matches(&a, &site)).collect();
-                tracker.track(origin.partition, origin.offset, (slots.len() + targets.len()) as u32);
+                // Alertmanager is state, rebuilt from the topic on every start and assignment
+                // and re-posted every interval: its posts do not hold the offsets back.
                 for slot in &slots {
-                    slot.waiting.lock().unwrap_or_else(|e| e.into_inner()).entry(a.alert_id.clone()).or_default().push(origin);
-                    slot.state.lock().unwrap_or_else(|e| e.into_inner()).apply(&a, &site);
-                    slot.wake.notify_one();
+                    if slot.state.lock().unwrap_or_else(|e| e.into_inner()).apply(&a, &site) {
+                        slot.wake.notify_one();
+                    }
                 }
+                let targets: Vec<&(Endpoint, mpsc::UnboundedSender<Job>)> = hooks.iter().filter(|(ep, _)| ep.filter.matches(&a, &site)).collect();
+                tracker.track(origin.partition, origin.offset, targets.len() as u32);
                 if !targets.is_empty() {
                     let body = Arc::new(webhook::body(&a, &site));
                     let event_id = webhook::event_id(&a);
                     for (_, tx) in targets {
-                        let job = Job { origin, key: key.clone(), alert_bytes: bytes.clone(), event_id: event_id.clone(), body: body.clone(), attempts: 0 };
+                        let job = Job { origin, key: key.clone(), alert_bytes: bytes.clone(), event_id: event_id.clone(), body: body.clone(), attempts: 0, first_try_ms: None };
                         if tx.send(job).is_err() {
                             return Err(RuntimeError::Internal("a webhook task ended".into()));
                         }
@@ -774,6 +893,8 @@ pub struct LocalDelivery {
     done_rx: mpsc::UnboundedReceiver<Done>,
     counted: Arc<AtomicU64>,
     counts: LocalCounts,
+    /// Records handed to the Alertmanagers (delivered once their state is all posted).
+    am_submitted: u64,
 }
 
 impl LocalDelivery {
@@ -823,7 +944,6 @@ impl LocalDelivery {
                 Arc::new(AmSlot {
                     url: u.clone(),
                     state: Mutex::new(AmState::new(cfg.console_url.clone())),
-                    waiting: Mutex::new(BTreeMap::new()),
                     wake: Notify::new(),
                 })
             })
@@ -833,7 +953,6 @@ impl LocalDelivery {
                 i,
                 slot.clone(),
                 am_client.clone(),
-                done_tx.clone(),
                 retry,
                 AmCfg {
                     resend: Duration::from_secs(cfg.resend_interval_s),
@@ -871,6 +990,7 @@ impl LocalDelivery {
                 receivers,
                 ..Default::default()
             },
+            am_submitted: 0,
         })
     }
 
@@ -885,18 +1005,13 @@ impl LocalDelivery {
         self.counts.events += 1;
         let site = site_of(&self.inventory, a).to_string();
         for slot in &self.slots {
-            slot.waiting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(a.alert_id.clone())
-                .or_default()
-                .push(origin);
             slot.state
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .apply(a, &site);
             slot.wake.notify_one();
             self.counts.deliveries += 1;
+            self.am_submitted += 1;
         }
         let bytes = Arc::new(encode(a).unwrap_or_default());
         let body = Arc::new(webhook::body(a, &site));
@@ -909,6 +1024,7 @@ impl LocalDelivery {
                     event_id: webhook::event_id(a),
                     body: body.clone(),
                     attempts: 0,
+                    first_try_ms: None,
                 };
                 if tx.send(job).is_ok() {
                     self.counts.deliveries += 1;
@@ -917,12 +1033,14 @@ impl LocalDelivery {
         }
     }
 
-    /// Waits up to `timeout` for every delivery to finish; what each came to.
+    /// Waits up to `timeout` for every delivery to finish; what each came to. Alertmanager's
+    /// records count as delivered once every alert it should hold has been posted.
     pub fn finish(mut self, timeout: Duration) -> LocalCounts {
-        let want = self.counts.deliveries;
+        let want = self.counts.deliveries - self.am_submitted;
         let mut finished = 0u64;
         let rx = &mut self.done_rx;
-        self.rt.block_on(async {
+        let slots = self.slots.clone();
+        let settled = self.rt.block_on(async {
             let deadline = tokio::time::Instant::now() + timeout;
             while finished < want {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -930,11 +1048,27 @@ impl LocalDelivery {
                     _ => break,
                 }
             }
+            loop {
+                let dirty: usize = slots
+                    .iter()
+                    .map(|s| {
+                        s.state
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .dirty_count()
+                    })
+                    .sum();
+                if dirty == 0 || tokio::time::Instant::now() >= deadline {
+                    return dirty == 0;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         });
         let dead = self.counted.load(Ordering::SeqCst);
+        let am_done = if settled { self.am_submitted } else { 0 };
         self.counts.dead_lettered = dead;
-        self.counts.delivered = finished.saturating_sub(dead);
-        self.counts.unfinished = want - finished;
+        self.counts.delivered = finished.saturating_sub(dead) + am_done;
+        self.counts.unfinished = want - finished + (self.am_submitted - am_done);
         self.rt.shutdown_timeout(Duration::from_secs(1));
         self.counts
     }

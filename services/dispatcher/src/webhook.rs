@@ -95,9 +95,14 @@ pub struct Endpoint {
     pub rate_per_minute: u32,
     #[serde(default = "default_burst")]
     pub burst: u32,
-    /// Attempts per event before it becomes a dead letter.
+    /// Attempts per event before it becomes a dead letter (a request refused by an open
+    /// circuit is not an attempt).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Seconds after its first attempt that an event still undelivered becomes a dead letter,
+    /// attempts left or not (an endpoint down for good costs time, not memory).
+    #[serde(default = "default_give_up")]
+    pub give_up_after_s: u64,
     /// Time allowed for one request, ms.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
@@ -118,12 +123,50 @@ fn default_attempts() -> u32 {
 fn default_timeout() -> u64 {
     10_000
 }
+fn default_give_up() -> u64 {
+    6 * 3600
+}
+
+/// Parses an endpoint URL: `https://`, or `http://` to this host only; no credentials in it
+/// (they would be logged and put in dead letters); a host. The error says what is wrong.
+pub fn check_url(url: &str) -> Result<reqwest::Url, String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("{e}"))?;
+    let local = matches!(
+        u.host_str(),
+        Some("127.0.0.1") | Some("localhost") | Some("[::1]")
+    );
+    match u.scheme() {
+        "https" => {}
+        "http" if local => {}
+        _ => return Err("must be https:// (http:// only on this host)".into()),
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    Ok(u)
+}
+
+/// `scheme://host[:port]` of a URL, for logs (its path may hold a token).
+pub fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}/…",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(unparsable)".into(),
+    }
+}
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("url", &redacted(&self.url))
             .field("secret", &self.secret)
             .field("filter", &self.filter)
             .finish_non_exhaustive()
@@ -152,10 +195,12 @@ impl Endpoint {
                 self.name
             ));
         }
-        let local = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"];
-        if !self.url.starts_with("https://") && !local.iter().any(|p| self.url.starts_with(p)) {
+        if let Err(e) = check_url(&self.url) {
+            return Err(format!("webhook {}: url {e}", self.name));
+        }
+        if !(60..=7 * 86_400).contains(&self.give_up_after_s) {
             return Err(format!(
-                "webhook {}: url must be https:// (http:// only on this host)",
+                "webhook {}: give_up_after_s must be 60 to 604800",
                 self.name
             ));
         }
@@ -275,8 +320,9 @@ pub fn verify(
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(VerifyError::Malformed);
     }
-    if (now_s - ts).abs() > MAX_SKEW_S {
-        return Err(VerifyError::Stale(now_s - ts));
+    let skew = now_s.saturating_sub(ts);
+    if skew.saturating_abs() > MAX_SKEW_S {
+        return Err(VerifyError::Stale(skew));
     }
     let tag: Vec<u8> = (0..32)
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
@@ -392,6 +438,30 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert!(e.webhooks[0].validate().unwrap_err().contains("https"));
+        for bad in [
+            "https://bad host/x",
+            "https://a.example:99999/x",
+            "http://localhost:@evil.example/",
+            "https://user:pw@h.example/x",
+            "ftp://h.example/",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_url("http://127.0.0.1:8080/hook").is_ok());
+        assert_eq!(
+            redacted("https://hooks.example/T0/B1/secret"),
+            "https://hooks.example/…"
+        );
+        assert_eq!(
+            verify(
+                b"k",
+                Some(&i64::MIN.to_string()),
+                Some(&format!("v1={}", "0".repeat(64))),
+                b"",
+                i64::MAX
+            ),
+            Err(VerifyError::Stale(i64::MAX))
+        );
         let mut ok = e.webhooks[0].clone();
         ok.url = "https://example.com/x".into();
         assert!(ok.validate().is_ok());
