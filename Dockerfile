@@ -1,5 +1,5 @@
 # Image holding every seqmon binary. Build: docker build -t seqmon:0.1.0 .
-FROM rust:1.85-bookworm AS build
+FROM rust:1.89-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake libssl-dev zlib1g-dev pkg-config && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -81,7 +81,7 @@ impl PseudonymKey {
     /// A key from hexadecimal text (at least 64 hex digits; surrounding whitespace ignored).
     pub fn from_hex(hex: &str) -> Result<Self, KeyError> {
         let hex = hex.trim().as_bytes();
-        if hex.len() % 2 != 0 {
+        if !hex.len().is_multiple_of(2) {
             return Err(KeyError::NotHex);
         }
         let nibble = |c: u8| match c {
