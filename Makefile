@@ -2,9 +2,13 @@
 CARGO ?= cargo
 export KAFKA_PORT ?= 19092
 
-.PHONY: all build run run-kafka test unit-test bench evaluate lint fmt topics kafka-start kafka-stop clean
+.PHONY: all help build run run-kafka test unit-test bench evaluate lint fmt topics kafka-start kafka-stop clean
 
 all: build
+
+## help: this list
+help:
+	@awk '/^## [a-z][a-z /-]*: / { sub(/^## /, "  make "); print; next } /^## / { sub(/^## /, "       "); print }' $(firstword $(MAKEFILE_LIST))
 
 ## build: release binaries of every service, the simulator, the pipeline and the admin tool
 build:
