@@ -24,25 +24,33 @@ else
   echo "== no secure broker beside an existing cluster: set KAFKA_SECURE_DIR for the security tests"
 fi
 
-echo "== from PyPI: Illumina's interop (collector cross-check) and fastavro (Avro cross-check)"
+echo "== from PyPI: Illumina's interop (collector cross-check), fastavro (Avro cross-check), PyYAML (chart check)"
 venv="$root/.cache/interop-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, yaml" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q interop numpy fastavro
+  "$venv/bin/pip" install -q interop numpy fastavro pyyaml
 fi
 export INTEROP_PYTHON="$venv/bin/python"
 
 echo "== Prometheus Alertmanager, built from its source as the Go module proxy serves it (first time ~90 s)"
 tools/alertmanager/alertmanager.sh build
 
-echo "== Helm, built from its source on the Go module proxy (first time ~95 s): the chart lints and renders"
+echo "== Helm, built from its source on the Go module proxy (first time ~95 s): the chart lints, renders, and"
+echo "   every pod meets Pod Security \"restricted\" (tools/helm/check_chart.py), for several value sets"
 helm=$(tools/helm/helm.sh path | tail -1)
 "$helm" lint --strict helm/seqmon
-chart_values=(--set privacy.pseudonymKeySecret=k --set encryption.keysSecret=k --set encryption.activeKey=a
-  --set 'networkPolicy.kafkaPeers[0].podSelector.matchLabels.app=kafka' --set ingestGateway.enabled=true
-  --set ingestGateway.tlsSecret=t --set ingestGateway.clientCaSecret=c --set alertDispatcher.enabled=true
-  --set 'alertDispatcher.alertmanagerUrls[0]=http://alertmanager:9093' --set alertDispatcher.webhooksSecret=w)
-"$helm" template seqmon helm/seqmon "${chart_values[@]}" >/dev/null
+required=(--set privacy.pseudonymKeySecret=k --set encryption.keysSecret=k --set encryption.activeKey=a
+  --set 'networkPolicy.kafkaPeers[0].podSelector.matchLabels.app=kafka')
+everything=(--set ingestGateway.enabled=true --set ingestGateway.tlsSecret=t --set ingestGateway.clientCaSecret=c
+  --set alertDispatcher.enabled=true --set 'alertDispatcher.alertmanagerUrls[0]=http://alertmanager:9093'
+  --set alertDispatcher.webhooksSecret=w --set alertDispatcher.inventoryConfigMap=i)
+tls=(--set kafka.auth=tls --set kafka.securityProtocol=ssl --set kafka.caSecret=ca --set encryption.enabled=false
+  --set networkPolicy.enabled=false)
+for set in "required" "required everything" "required tls" "required everything tls"; do
+  args=()
+  for name in $set; do eval "args+=(\"\${$name[@]}\")"; done
+  "$helm" template seqmon helm/seqmon "${args[@]}" | "$venv/bin/python" tools/helm/check_chart.py
+done
 
 echo "== tests (unit, embedded pipeline, then real-broker integration)"
 # Integration tests each use their own topics and groups; two at a time suit a 2-core machine.

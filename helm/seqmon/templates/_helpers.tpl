@@ -56,3 +56,47 @@
   secret: { secretName: {{ $secret }}, defaultMode: 0400, items: [ { key: user.crt, path: user.crt }, { key: user.key, path: user.key } ] }
 {{- end }}
 {{- end -}}
+
+{{- /* Pod Security "restricted" for every pod: non-root, the runtime's seccomp profile. */ -}}
+{{- define "seqmon.podSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 10001
+  runAsGroup: 10001
+  fsGroup: 10001
+  seccompProfile: { type: RuntimeDefault }
+{{- end -}}
+
+{{- /* ... and for every container: no privilege escalation, no capabilities, a read-only root
+       filesystem (the services write nothing to disk; logs go to stdout). */ -}}
+{{- define "seqmon.containerSecurity" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  runAsNonRoot: true
+  capabilities: { drop: [ALL] }
+{{- end -}}
+
+{{- /* Spread a component's pods over nodes (best effort) and let at most one be evicted at a
+       time: (dict "root" $ "component" NAME). */ -}}
+{{- define "seqmon.spread" -}}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels: { app.kubernetes.io/component: {{ .component }}, app.kubernetes.io/instance: {{ .root.Release.Name }} }
+{{- end -}}
+
+{{- define "seqmon.pdb" -}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .root.Release.Name }}-{{ .component }}
+  labels: { app.kubernetes.io/component: {{ .component }}, app.kubernetes.io/instance: {{ .root.Release.Name }} }
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels: { app.kubernetes.io/component: {{ .component }}, app.kubernetes.io/instance: {{ .root.Release.Name }} }
+{{- end -}}
