@@ -51,6 +51,12 @@ for set in "required" "required everything" "required tls" "required everything 
   for name in $set; do eval "args+=(\"\${$name[@]}\")"; done
   "$helm" template seqmon helm/seqmon "${args[@]}" | "$venv/bin/python" tools/helm/check_chart.py
 done
+# values.schema.json: a typo or a wrong type fails at template time, not in the cluster.
+for typo in "kafka.securityProtocl=sasl-ssl" "resource.limits.memory=1Gi" "metricsPort=abc" "stages.validatr.replicas=1"; do
+  if "$helm" template seqmon helm/seqmon "${required[@]}" --set "$typo" >/dev/null 2>&1; then
+    echo "values.schema.json accepted --set $typo"; exit 1
+  fi
+done
 
 echo "== tests (unit, embedded pipeline, then real-broker integration)"
 # Integration tests each use their own topics and groups; two at a time suit a 2-core machine.
