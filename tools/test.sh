@@ -12,6 +12,12 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
+# Alertmanager and Helm are built from the Go module proxy meanwhile (mostly downloads, the
+# first time), so their wait overlaps the Rust build; their log: .cache/go-tools.log.
+mkdir -p .cache
+(tools/alertmanager/alertmanager.sh build && tools/helm/helm.sh build) >.cache/go-tools.log 2>&1 &
+go_tools=$!
+
 echo "== build (debug binaries used by the integration tests)"
 cargo build --workspace --bins --tests
 
@@ -33,6 +39,7 @@ fi
 export INTEROP_PYTHON="$venv/bin/python"
 
 echo "== Prometheus Alertmanager, built from its source as the Go module proxy serves it (first time ~90 s)"
+if ! wait "$go_tools"; then cat .cache/go-tools.log; exit 1; fi
 tools/alertmanager/alertmanager.sh build
 
 echo "== Helm, built from its source on the Go module proxy (first time ~95 s): the chart lints, renders, and"
