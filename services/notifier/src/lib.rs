@@ -739,6 +739,33 @@ impl Notifier {
         }
     }
 
+    /// Writes a transition with no command behind it (a timer's, or an anomaly's the timer
+    /// carried out), at `at_ms`.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_timed(
+        out: &mut Emitter,
+        key: &str,
+        subsystem: Subsystem,
+        rec: &mut AlertRec,
+        transition: AlertTransition,
+        action: AlertAction,
+        cause: TransitionCause,
+        at_ms: i64,
+    ) -> Result<(), StageError> {
+        let step = Step {
+            transition,
+            action,
+            cause,
+            at_ms,
+            command: None,
+        };
+        out.emit(
+            TopicRole::Alerts,
+            key,
+            &Self::transition(key, subsystem, rec, step),
+        )
+    }
+
     fn entry_record(serial: &str, part: &str, e: &EntryRec, at_ms: i64) -> MaintenanceEntry {
         MaintenanceEntry {
             entry_id: e.entry_id.clone(),
@@ -852,17 +879,15 @@ impl Notifier {
                 if rec.waiting() {
                     rec.wait_from(now, &cfg);
                 }
-                let step = Step {
-                    transition: AlertTransition::UNSNOOZED,
-                    action: AlertAction::UPDATE,
-                    cause: TransitionCause::TIMER,
-                    at_ms: now,
-                    command: None,
-                };
-                out.emit(
-                    TopicRole::Alerts,
+                Self::emit_timed(
+                    out,
                     key,
-                    &Self::transition(key, *subsystem, rec, step),
+                    *subsystem,
+                    rec,
+                    AlertTransition::UNSNOOZED,
+                    AlertAction::UPDATE,
+                    TransitionCause::TIMER,
+                    now,
                 )?;
             }
             if rec.resolve_at(&cfg).is_some_and(|t| t <= now) {
@@ -871,17 +896,15 @@ impl Notifier {
                 rec.resolved_at_ms = Some(now);
                 rec.clearing_since_ms = None;
                 rec.snoozed_until_ms = None;
-                let step = Step {
-                    transition: AlertTransition::RESOLVED,
-                    action: AlertAction::RESOLVE,
-                    cause: TransitionCause::ANOMALY,
-                    at_ms: now,
-                    command: None,
-                };
-                out.emit(
-                    TopicRole::Alerts,
+                Self::emit_timed(
+                    out,
                     key,
-                    &Self::transition(key, *subsystem, rec, step),
+                    *subsystem,
+                    rec,
+                    AlertTransition::RESOLVED,
+                    AlertAction::RESOLVE,
+                    TransitionCause::ANOMALY,
+                    now,
                 )?;
                 continue;
             }
@@ -889,17 +912,15 @@ impl Notifier {
             if rec.escalate_at(&cfg).is_some_and(|t| t <= now) {
                 rec.escalation_level += 1;
                 rec.schedule_escalation(now, &cfg);
-                let step = Step {
-                    transition: AlertTransition::ESCALATED,
-                    action: AlertAction::UPDATE,
-                    cause: TransitionCause::TIMER,
-                    at_ms: now,
-                    command: None,
-                };
-                out.emit(
-                    TopicRole::Alerts,
+                Self::emit_timed(
+                    out,
                     key,
-                    &Self::transition(key, *subsystem, rec, step),
+                    *subsystem,
+                    rec,
+                    AlertTransition::ESCALATED,
+                    AlertAction::UPDATE,
+                    TransitionCause::TIMER,
+                    now,
                 )?;
             }
         }
