@@ -12,10 +12,11 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-# Alertmanager and Helm are built from the Go module proxy meanwhile (mostly downloads, the
+# Alertmanager, Helm and promcheck (Prometheus' rule parser and metrics linter) are built from the Go module proxy meanwhile (mostly downloads, the
 # first time), so their wait overlaps the Rust build; their log: .cache/go-tools.log.
 mkdir -p .cache
-(tools/alertmanager/alertmanager.sh build && tools/helm/helm.sh build) >.cache/go-tools.log 2>&1 &
+(tools/alertmanager/alertmanager.sh build && tools/helm/helm.sh build && tools/promcheck/promcheck.sh build) \
+  >.cache/go-tools.log 2>&1 &
 go_tools=$!
 
 echo "== build (debug binaries used by the integration tests)"
@@ -30,11 +31,12 @@ else
   echo "== no secure broker beside an existing cluster: set KAFKA_SECURE_DIR for the security tests"
 fi
 
-echo "== from PyPI: Illumina's interop (collector cross-check), fastavro (Avro cross-check), PyYAML (chart check)"
+echo "== from PyPI: Illumina's interop (collector cross-check), fastavro (Avro cross-check), PyYAML and"
+echo "   kubernetes-validate (chart check)"
 venv="$root/.cache/interop-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, yaml" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, yaml, kubernetes_validate" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q interop numpy fastavro pyyaml
+  "$venv/bin/pip" install -q interop numpy fastavro pyyaml kubernetes-validate
 fi
 export INTEROP_PYTHON="$venv/bin/python"
 
@@ -42,9 +44,12 @@ echo "== Prometheus Alertmanager, built from its source as the Go module proxy s
 if ! wait "$go_tools"; then cat .cache/go-tools.log; exit 1; fi
 tools/alertmanager/alertmanager.sh build
 
-echo "== Helm, built from its source on the Go module proxy (first time ~95 s): the chart lints, renders, and"
-echo "   every pod meets Pod Security \"restricted\" (tools/helm/check_chart.py), for several value sets"
+echo "== Helm, built from its source on the Go module proxy (first time ~95 s): the chart lints, renders, every"
+echo "   manifest validates against the Kubernetes schema, every pod meets Pod Security \"restricted\", the"
+echo "   alert rules parse (tools/helm/check_chart.py, promcheck), for several value sets"
 helm=$(tools/helm/helm.sh path | tail -1)
+PROMCHECK=$(tools/promcheck/promcheck.sh path | tail -1)
+export PROMCHECK
 "$helm" lint --strict helm/seqmon
 required=(--set privacy.pseudonymKeySecret=k --set encryption.keysSecret=k --set encryption.activeKey=a
   --set 'networkPolicy.kafkaPeers[0].podSelector.matchLabels.app=kafka')
@@ -53,17 +58,25 @@ everything=(--set ingestGateway.enabled=true --set ingestGateway.tlsSecret=t --s
   --set alertDispatcher.webhooksSecret=w --set alertDispatcher.inventoryConfigMap=i)
 tls=(--set kafka.auth=tls --set kafka.securityProtocol=ssl --set kafka.caSecret=ca --set encryption.enabled=false
   --set networkPolicy.enabled=false)
-for set in "required" "required everything" "required tls" "required everything tls"; do
+monitoring=(--set monitoring.serviceMonitor.enabled=true --set monitoring.prometheusRule.enabled=true
+  --set monitoring.dashboards.enabled=true --set keda.enabled=true)
+for set in "required" "required everything" "required tls" "required everything tls" \
+  "required everything monitoring" "required everything tls monitoring"; do
   args=()
   for name in $set; do eval "args+=(\"\${$name[@]}\")"; done
   "$helm" template seqmon helm/seqmon "${args[@]}" | "$venv/bin/python" tools/helm/check_chart.py
 done
 # values.schema.json: a typo or a wrong type fails at template time, not in the cluster.
-for typo in "kafka.securityProtocl=sasl-ssl" "resource.limits.memory=1Gi" "metricsPort=abc" "stages.validatr.replicas=1"; do
+for typo in "kafka.securityProtocl=sasl-ssl" "resource.limits.memory=1Gi" "metricsPort=abc" \
+  "stages.validatr.replicas=1" "monitoring.serviceMonitor.enable=true" "keda.maxReplicas=3"; do
   if "$helm" template seqmon helm/seqmon "${required[@]}" --set "$typo" >/dev/null 2>&1; then
     echo "values.schema.json accepted --set $typo"; exit 1
   fi
 done
+# KEDA must never scale a stage past its input's partitions (the extra pods would idle).
+if "$helm" template seqmon helm/seqmon "${required[@]}" --set keda.enabled=true --set keda.maxReplicaCount=13 >/dev/null 2>&1; then
+  echo "the chart accepted keda.maxReplicaCount above topics.partitions"; exit 1
+fi
 
 echo "== tests (unit, embedded pipeline, then real-broker integration)"
 # Integration tests each use their own topics and groups; two at a time suit a 2-core machine.

@@ -324,9 +324,10 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
         .collect();
     // Every service has joined its group and holds partitions before the fleet starts.
     let ready_by = Instant::now() + Duration::from_secs(90);
-    for (stage, _, port) in &services {
-        let gauge = format!("{}_assigned_partitions", stage.replace('-', "_"));
-        while scrape(*port, &gauge).unwrap_or(0.0) < 1.0 && Instant::now() < ready_by {
+    for (_, _, port) in &services {
+        while scrape(*port, "seqmon_assigned_partitions").unwrap_or(0.0) < 1.0
+            && Instant::now() < ready_by
+        {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -453,7 +454,7 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
     let mut drained = false;
     let mut seen = 0.0;
     while Instant::now() < drain_by {
-        seen = scrape(services[0].2, "validator_input_records_total").unwrap_or(seen);
+        seen = scrape(services[0].2, "seqmon_input_records_total").unwrap_or(seen);
         if seen >= raw_produced as f64 {
             drained = true;
             break;
@@ -485,9 +486,7 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
     }
     let mut transactions = BTreeMap::new();
     for (stage, _, port) in &services {
-        let m = |name: &str| {
-            scrape(*port, &format!("{}_{name}", stage.replace('-', "_"))).unwrap_or(f64::NAN)
-        };
+        let m = |name: &str| scrape(*port, &format!("seqmon_{name}")).unwrap_or(f64::NAN);
         let count = m("batch_records_count");
         transactions.insert(
             stage.to_string(),

@@ -510,12 +510,12 @@ fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
         .stderr(Stdio::null())
         .spawn()
         .expect("service starts");
-    let counter = format!("{}_input_records_total", stage.replace('-', "_"));
+    let counter = "seqmon_input_records_total";
     let mut started: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut rate = f64::NAN;
     while Instant::now() < deadline {
-        let seen = seqmon_testkit::scrape_counter(port, &counter).unwrap_or(0.0);
+        let seen = seqmon_testkit::scrape_counter(port, counter).unwrap_or(0.0);
         if seen > 0.0 {
             started.get_or_insert_with(Instant::now);
         }

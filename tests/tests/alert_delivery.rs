@@ -219,7 +219,7 @@ fn alertmanager_and_webhooks_get_every_event_through_outages() {
     .collect();
     let mut dispatcher = Service::launch("alert-dispatcher", &prefix, args, metrics_port);
     // Wait until it owns its partitions (the metric says so) before the alerts come.
-    let assigned = |d: &Service| d.metrics().get("dispatcher_assigned_partitions").copied();
+    let assigned = |d: &Service| d.metrics().get("seqmon_assigned_partitions").copied();
     assert!(
         wait_until(Duration::from_secs(60), || assigned(&dispatcher)
             == Some(3.0)),
@@ -270,7 +270,7 @@ fn alertmanager_and_webhooks_get_every_event_through_outages() {
     ) == Some(3.0)));
     let am_retried = |d: &Service| {
         d.metrics()
-            .get("dispatcher_deliveries_total{outcome=\"retried\",receiver=\"alertmanager-0\"}")
+            .get("seqmon_deliveries_total{outcome=\"retried\",receiver=\"alertmanager-0\"}")
             .copied()
             .unwrap_or(0.0)
     };
@@ -453,9 +453,9 @@ fn alertmanager_and_webhooks_get_every_event_through_outages() {
     let m = dispatcher.metrics();
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let retried_am =
-        get("dispatcher_deliveries_total{outcome=\"retried\",receiver=\"alertmanager-0\"}");
+        get("seqmon_deliveries_total{outcome=\"retried\",receiver=\"alertmanager-0\"}");
     let delivered_am =
-        get("dispatcher_deliveries_total{outcome=\"delivered\",receiver=\"alertmanager-0\"}");
+        get("seqmon_deliveries_total{outcome=\"delivered\",receiver=\"alertmanager-0\"}");
     // The 503s came before the kill (these counters are the restarted process's); the receiver
     // saw them, and every event after them.
     assert_eq!(flaky.seen.lock().unwrap().statuses.get(&503), Some(&3));

@@ -41,13 +41,13 @@ fn a_run_folder_reaches_the_raw_topic_and_passes_the_validator() {
     assert!(
         wait_until(Duration::from_secs(60), || metric_sum(
             &validator.metrics(),
-            "validator_accepted_records_total"
+            "seqmon_accepted_records_total"
         ) == expected as f64),
         "validator accepted {:?} of {expected}",
-        validator.metrics().get("validator_accepted_records_total")
+        validator.metrics().get("seqmon_accepted_records_total")
     );
     assert_eq!(
-        metric_sum(&validator.metrics(), "validator_dead_letter_records_total"),
+        metric_sum(&validator.metrics(), "seqmon_dead_letter_records_total"),
         0.0
     );
 }

@@ -77,14 +77,14 @@ fn the_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record()
     let done = wait_until(Duration::from_secs(240), || {
         services[0]
             .metrics()
-            .get("validator_input_records_total")
+            .get("seqmon_input_records_total")
             .copied()
             == Some(events)
     });
     assert!(
         done,
         "validator consumed {:?} of {events}; log:\n{}",
-        services[0].metrics().get("validator_input_records_total"),
+        services[0].metrics().get("seqmon_input_records_total"),
         services[0].log_text()
     );
     let mut last = Vec::new();
@@ -100,54 +100,47 @@ fn the_services_over_kafka_detect_every_fault_and_dead_letter_every_bad_record()
     // Counts balance on every stage: in = accepted + dead letters, and each stage took exactly
     // what the one before it produced.
     for (i, stage) in STAGES.iter().enumerate() {
-        let p = stage.replace('-', "_");
-        let input = m[i][&format!("{p}_input_records_total")];
-        let accepted = m[i][&format!("{p}_accepted_records_total")];
-        let dead = metric_sum(&m[i], &format!("{p}_dead_letter_records_total"));
+        let input = m[i]["seqmon_input_records_total"];
+        let accepted = m[i]["seqmon_accepted_records_total"];
+        let dead = metric_sum(&m[i], "seqmon_dead_letter_records_total");
         assert_eq!(
             input,
             accepted + dead,
             "{stage}: in = accepted + dead letters"
         );
         assert_eq!(
-            metric_sum(
-                &m[i],
-                &format!("{p}_transactions_total{{outcome=\"aborted\"}}")
-            ),
+            metric_sum(&m[i], "seqmon_transactions_total{outcome=\"aborted\"}"),
             0.0,
             "{stage} aborted a transaction"
         );
     }
     let out = |i: usize, role: TopicRole| {
-        m[i].get(&format!(
-            "{}_output_records_total{{output=\"{role}\"}}",
-            STAGES[i].replace('-', "_")
-        ))
-        .copied()
-        .unwrap_or(0.0)
+        m[i].get(&format!("seqmon_output_records_total{{output=\"{role}\"}}"))
+            .copied()
+            .unwrap_or(0.0)
     };
-    assert_eq!(m[0]["validator_input_records_total"], events);
+    assert_eq!(m[0]["seqmon_input_records_total"], events);
     assert_eq!(
-        m[1]["privacy_enforcer_input_records_total"],
+        m[1]["seqmon_input_records_total"],
         out(0, TopicRole::Validated)
     );
     assert_eq!(
-        m[2]["feature_extractor_input_records_total"],
+        m[2]["seqmon_input_records_total"],
         out(1, TopicRole::Sanitized)
     );
     assert_eq!(
-        m[3]["anomaly_detector_input_records_total"],
+        m[3]["seqmon_input_records_total"],
         out(2, TopicRole::Features)
     );
     // The cohort analyzer reads what the detector re-keyed and what it passed on itself; the
     // notifier reads both stages' anomalies and every feature (its clock and run history).
     assert_eq!(
-        m[4]["cohort_analyzer_input_records_total"],
+        m[4]["seqmon_input_records_total"],
         out(3, TopicRole::CohortSignals) + out(4, TopicRole::CohortSignals)
     );
     assert!(out(3, TopicRole::CohortSignals) > 0.0);
     assert_eq!(
-        m[5]["notifier_input_records_total"],
+        m[5]["seqmon_input_records_total"],
         out(3, TopicRole::Anomalies) + out(4, TopicRole::Anomalies) + out(2, TopicRole::Features)
     );
 

@@ -76,11 +76,11 @@ fn kill_restart_matches_uninterrupted(
         &prefix,
         &["--batch-max-records", "20", "--batch-max-wait-ms", "20"],
     );
-    let family = format!("{}_output_records_total", stage.replace('-', "_"));
+    let family = "seqmon_output_records_total";
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut produced_at_kill = 0.0;
     while Instant::now() < deadline {
-        produced_at_kill = metric_sum(&service.metrics(), &family);
+        produced_at_kill = metric_sum(&service.metrics(), family);
         if produced_at_kill >= expected.len() as f64 * 0.3 {
             break;
         }
@@ -197,7 +197,7 @@ fn validator_scale_out_mid_stream_moves_partitions_without_loss_or_duplicates() 
     let group = format!("{prefix}validator");
     assert!(wait_until(Duration::from_secs(60), || metric_sum(
         &first.metrics(),
-        "validator_output_records_total"
+        "seqmon_output_records_total"
     ) >= expected.len()
         as f64
         * 0.2));
@@ -213,7 +213,7 @@ fn validator_scale_out_mid_stream_moves_partitions_without_loss_or_duplicates() 
             == Some(0)),
         "group did not catch up"
     );
-    let processed_by_second = metric_sum(&second.metrics(), "validator_input_records_total");
+    let processed_by_second = metric_sum(&second.metrics(), "seqmon_input_records_total");
     assert!(
         processed_by_second > 0.0,
         "the second instance took over some partitions"

@@ -73,7 +73,7 @@ fn an_aborted_transaction_is_redone_from_committed_offsets_without_loss() {
     let mut stable = 0;
     let drained = wait_until(Duration::from_secs(120), || {
         let m = stage.metrics();
-        let input = metric_sum(&m, "privacy_enforcer_input_records_total");
+        let input = metric_sum(&m, "seqmon_input_records_total");
         stable = if input == last && input >= inputs {
             stable + 1
         } else {
@@ -88,14 +88,8 @@ fn an_aborted_transaction_is_redone_from_committed_offsets_without_loss() {
         stage.log_text()
     );
     let m = stage.metrics();
-    let aborted = metric_sum(
-        &m,
-        "privacy_enforcer_transactions_total{outcome=\"aborted\"}",
-    );
-    let committed = metric_sum(
-        &m,
-        "privacy_enforcer_transactions_total{outcome=\"committed\"}",
-    );
+    let aborted = metric_sum(&m, "seqmon_transactions_total{outcome=\"aborted\"}");
+    let committed = metric_sum(&m, "seqmon_transactions_total{outcome=\"committed\"}");
     assert!(
         aborted >= 1.0,
         "the injected error aborted a transaction; log:\n{}",

@@ -170,14 +170,14 @@ fn the_api_writes_each_batch_once_and_answers_bad_requests_with_a_reason() {
     assert_eq!(ids, expected, "each accepted batch exactly once");
     let m = gw.service.metrics();
     assert!(
-        m.get("ingest_gateway_requests_total{reason=\"duplicate\"}")
+        m.get("seqmon_requests_total{reason=\"duplicate\"}")
             .copied()
             .unwrap_or(0.0)
             >= 1.0,
         "{m:?}"
     );
     assert!(
-        m.get("ingest_gateway_tls_handshake_failures_total")
+        m.get("seqmon_tls_handshake_failures_total")
             .copied()
             .unwrap_or(0.0)
             == 0.0,

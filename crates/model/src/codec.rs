@@ -77,7 +77,11 @@ pub fn header(entry: &SchemaEntry) -> [u8; HEADER_LEN] {
 
 /// Encodes `record` with the newest version of its schema.
 pub fn encode<T: AvroRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
-    encode_with(store().latest(T::SCHEMA_NAME), record)
+    let entry = record
+        .write_version()
+        .and_then(|v| store().version(T::SCHEMA_NAME, v))
+        .unwrap_or_else(|| store().latest(T::SCHEMA_NAME));
+    encode_with(entry, record)
 }
 
 /// Encodes `record` with a given schema version (the simulator writes old versions this way).
@@ -335,6 +339,23 @@ pub(crate) mod tests {
         assert_eq!(
             decode::<CohortSignal>(&encode(&signal).expect("encode")).expect("decode"),
             signal
+        );
+        // Written as version 1 while v1 readers may run; only a watermark needs version 2.
+        let version = |s: &CohortSignal| {
+            writer_schema(&encode(s).expect("encode"))
+                .expect("header")
+                .0
+                .version
+        };
+        assert_eq!(version(&signal), 1);
+        let watermark = CohortSignal {
+            signal: CohortSignalKind::WATERMARK,
+            ..signal.clone()
+        };
+        assert_eq!(version(&watermark), 2);
+        assert_eq!(
+            decode::<CohortSignal>(&encode(&watermark).expect("encode")).expect("decode"),
+            watermark
         );
         assert_eq!(
             CohortKind::parse_key(&signal.route[0]),

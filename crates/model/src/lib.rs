@@ -20,6 +20,7 @@ pub mod codec;
 pub mod fast;
 pub mod ingest;
 pub mod json;
+pub mod partitioning;
 pub mod parts;
 pub mod records;
 pub mod schema_store;

@@ -14,6 +14,13 @@ use serde::{Deserialize, Serialize};
 pub trait AvroRecord: Serialize + for<'de> Deserialize<'de> {
     /// Record-type name: the folder under `schemas/`.
     const SCHEMA_NAME: &'static str;
+
+    /// The schema version this record is written with; `None` for the latest. A record that an
+    /// older version can still express is written with it while readers of that version may
+    /// still run (a rolling upgrade), so they keep reading everything but what is new.
+    fn write_version(&self) -> Option<u32> {
+        None
+    }
 }
 
 macro_rules! avro_record {
@@ -480,10 +487,13 @@ pub struct CohortEvidence {
 pub enum CohortSignalKind {
     MEMBER,
     DEVIATION,
+    /// A detector partition's progress only (v2), sent to every partition of `cohort.signals`.
+    WATERMARK,
 }
 
-/// Membership or deviation of one instrument in one cohort (schema `cohort_signal`, topic
-/// `cohort.signals`, keyed by [`CohortKind::key`]).
+/// Membership or deviation of one instrument in one cohort, or a detector partition's
+/// watermark (schema `cohort_signal`, topic `cohort.signals`, keyed by [`CohortKind::key`];
+/// watermarks by `~watermark/<n>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CohortSignal {
     pub signal_id: String,
@@ -502,7 +512,16 @@ pub struct CohortSignal {
     #[serde(with = "apache_avro::serde_avro_bytes_opt")]
     pub anomaly: Option<Vec<u8>>,
 }
-avro_record!(CohortSignal, "cohort_signal");
+impl AvroRecord for CohortSignal {
+    const SCHEMA_NAME: &'static str = "cohort_signal";
+
+    /// Version 1 but for WATERMARK (v2's only addition): a cohort analyzer older than v2,
+    /// still running during a rolling upgrade, reads every MEMBER and DEVIATION and dead-letters
+    /// only the watermarks it would not use.
+    fn write_version(&self) -> Option<u32> {
+        (self.signal != CohortSignalKind::WATERMARK).then_some(1)
+    }
+}
 
 /// Alert lifecycle step.
 

@@ -106,6 +106,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/cohort_signal/v1.avsc"),
     ),
     (
+        "cohort_signal",
+        2,
+        include_str!("../../../schemas/cohort_signal/v2.avsc"),
+    ),
+    (
         "maintenance_entry",
         1,
         include_str!("../../../schemas/maintenance_entry/v1.avsc"),

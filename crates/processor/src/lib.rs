@@ -176,6 +176,14 @@ pub trait Processor: Send {
         &[]
     }
 
+    /// Output roles whose partitions it addresses by key (a broadcast choosing one key per
+    /// partition with `seqmon_model::partitioning`), taking their partition count to be the
+    /// input's: the Kafka runtime refuses to start when one differs or when the producer's
+    /// partitioner is not Kafka's murmur2. None by default.
+    fn partition_addressed_outputs(&self) -> &'static [TopicRole] {
+        &[]
+    }
+
     /// Topic roles it writes, main output first.
     fn output_roles(&self) -> &'static [TopicRole];
 

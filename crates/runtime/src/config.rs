@@ -285,6 +285,21 @@ impl KafkaConnection {
 
     /// A librdkafka configuration with connection and security settings applied.
     pub fn client_config(&self) -> ClientConfig {
+        self.config_with(&[])
+    }
+
+    /// [`client_config`](Self::client_config) for a producer: records are partitioned as
+    /// Kafka's Java client does (murmur2 of the key; keyless records spread at random), not by
+    /// librdkafka's default (CRC32), so a Java producer feeding the same topic sends an
+    /// instrument to the same partition and co-partitioned topics stay aligned. `--kafka-option
+    /// partitioner=…` still overrides it.
+    pub fn producer_config(&self) -> ClientConfig {
+        self.config_with(&[("partitioner", JAVA_COMPATIBLE_PARTITIONER)])
+    }
+
+    /// The connection's settings, then `defaults`, then the properties file and options (which
+    /// may override both).
+    fn config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers);
         c.set("security.protocol", self.security_protocol.as_librdkafka());
@@ -311,6 +326,9 @@ impl KafkaConnection {
                 c.set(k, v);
             }
         }
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
         for (k, v) in &self.file_properties {
             c.set(k, v.expose());
         }
@@ -322,6 +340,10 @@ impl KafkaConnection {
         c
     }
 }
+
+/// librdkafka's name for the partitioner of Kafka's Java client (`murmur2` of the key, positive,
+/// modulo the partition count; random for a record without a key).
+pub const JAVA_COMPATIBLE_PARTITIONER: &str = "murmur2_random";
 
 /// Settings of the exactly-once Kafka runner.
 #[derive(Debug, Clone, Args)]
@@ -372,9 +394,14 @@ pub struct RunnerConfig {
     /// watermarks), milliseconds; capped by the transaction timeout.
     #[arg(long, env = "SEQMON_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
-    /// Address of the Prometheus /metrics and /healthz endpoint; empty to disable.
+    /// Address of the Prometheus /metrics, /healthz and /readyz endpoint; empty to disable.
     #[arg(long, env = "SEQMON_METRICS_ADDR", default_value = "0.0.0.0:9100")]
     pub metrics_addr: String,
+    /// Most records of consumer lag (summed over the owned input partitions) at which /readyz
+    /// still answers 200: well above the lag of a stage keeping up (a batch or two), well below
+    /// a large fleet's minute of input.
+    #[arg(long, env = "SEQMON_READY_MAX_LAG_RECORDS", default_value_t = 50_000)]
+    pub ready_max_lag_records: i64,
 }
 
 impl RunnerConfig {
@@ -414,6 +441,9 @@ impl RunnerConfig {
         }
         if !(100..=300_000).contains(&self.request_timeout_ms) {
             return bad("request_timeout_ms", "must be 100..=300000");
+        }
+        if self.ready_max_lag_records < 0 {
+            return bad("ready_max_lag_records", "must not be negative");
         }
         if self.group_id.as_deref().is_some_and(str::is_empty) {
             return bad("group_id", "is empty");
@@ -460,6 +490,22 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         parse(&[]).validate().expect("valid");
+    }
+
+    #[test]
+    fn producers_partition_as_the_java_client_unless_told_otherwise() {
+        let cfg = parse(&[]);
+        assert_eq!(
+            cfg.kafka.producer_config().get("partitioner"),
+            Some(JAVA_COMPATIBLE_PARTITIONER)
+        );
+        // Consumers get no producer property (librdkafka would warn about it).
+        assert_eq!(cfg.kafka.client_config().get("partitioner"), None);
+        let told = parse(&["--kafka-option", "partitioner=consistent_random"]);
+        assert_eq!(
+            told.kafka.producer_config().get("partitioner"),
+            Some("consistent_random")
+        );
     }
 
     #[test]

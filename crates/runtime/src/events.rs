@@ -38,14 +38,25 @@ impl RecordDeadLettered<'_> {
 }
 
 /// A transaction committed.
-pub struct TransactionCommitted {
+pub struct TransactionCommitted<T> {
     pub records: usize,
     pub outputs: usize,
     pub elapsed: Duration,
+    /// Kafka timestamps of the inputs it consumed, for the event-to-commit latency.
+    pub input_timestamps_ms: T,
 }
 
-impl TransactionCommitted {
-    pub fn emit(&self, metrics: &StageMetrics) {
+impl<T: Iterator<Item = i64>> TransactionCommitted<T> {
+    pub fn emit(self, metrics: &StageMetrics) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        for ts in self.input_timestamps_ms {
+            // A producer's clock ahead of ours would give a negative latency: count it as none.
+            let seconds = (now_ms - ts).max(0) as f64 / 1e3;
+            metrics.event_to_commit_seconds.observe(seconds);
+        }
         metrics
             .transactions
             .with_label_values(&[TransactionOutcome::Committed.label()])

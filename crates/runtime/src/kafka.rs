@@ -46,7 +46,7 @@ use seqmon_model::topics::{PrivacySide, TopicRole};
 use seqmon_model::{decode, encode, DeadLetterReason, StateSnapshot};
 use seqmon_processor::StageError;
 
-use crate::config::RunnerConfig;
+use crate::config::{RunnerConfig, JAVA_COMPATIBLE_PARTITIONER};
 use crate::driver::Driver;
 use crate::envelope::{self, KeyRing};
 use crate::error::RuntimeError;
@@ -67,10 +67,72 @@ struct RebalanceLog {
 struct StageConsumerContext {
     log: Arc<RebalanceLog>,
     input_topic: String,
+    /// Every input (side inputs too), for the lag of each.
+    inputs: Vec<String>,
+    /// Input partitions owned since the last assignment; `None` until the group is joined and
+    /// after a revocation.
+    owned: Mutex<Option<Vec<i32>>>,
+    /// --ready-max-lag-records.
+    ready_max_lag: i64,
     metrics: StageMetrics,
 }
 
-impl ClientContext for StageConsumerContext {}
+impl ClientContext for StageConsumerContext {
+    /// Every [`STATISTICS_INTERVAL_MS`], on the loop's thread (it polls): the lag of each owned
+    /// input partition, and readiness from it.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let owned = self.owned.lock().expect("lock").clone();
+        let Some(owned) = owned else {
+            self.metrics.ready.set(0);
+            return;
+        };
+        let mut total = 0i64;
+        let mut known = true;
+        for topic in &self.inputs {
+            let partitions = statistics.topics.get(topic).map(|t| &t.partitions);
+            for p in &owned {
+                match partitions.and_then(|ps| ps.get(p)).and_then(partition_lag) {
+                    Some(lag) => {
+                        total += lag;
+                        self.metrics
+                            .consumer_lag
+                            .with_label_values(&[topic.as_str(), &p.to_string()])
+                            .set(lag);
+                    }
+                    None => {
+                        known = false;
+                        let _ = self
+                            .metrics
+                            .consumer_lag
+                            .remove_label_values(&[topic.as_str(), &p.to_string()]);
+                    }
+                }
+            }
+        }
+        let ready = known && self.metrics.restoring.get() == 0 && total <= self.ready_max_lag;
+        self.metrics.ready.set(i64::from(ready));
+    }
+}
+
+/// How often librdkafka reports statistics (consumer lag, readiness).
+const STATISTICS_INTERVAL_MS: u32 = 5_000;
+
+/// Records between what the stage has taken from a partition and its last stable offset (the
+/// end a read_committed consumer can reach), or `None` before both are known.
+fn partition_lag(p: &rdkafka::statistics::Partition) -> Option<i64> {
+    // The application's position moves with the records it takes; transaction markers and
+    // aborted records never reach it, so alone it would stay behind a transactional input's end
+    // for good. With nothing fetched and waiting, librdkafka's fetch position (past markers and
+    // aborted records) is where the application stands.
+    let position = if p.fetchq_cnt == 0 {
+        p.app_offset.max(p.next_offset)
+    } else if p.app_offset >= 0 {
+        p.app_offset
+    } else {
+        p.next_offset
+    };
+    (p.ls_offset >= 0 && position >= 0).then(|| (p.ls_offset - position).max(0))
+}
 
 impl StageConsumerContext {
     /// Emits the rebalance and hands the loop its new assignment (empty after a revocation).
@@ -83,6 +145,10 @@ impl StageConsumerContext {
         }
         .emit(&self.metrics);
         self.log.generation.fetch_add(1, Ordering::SeqCst);
+        // Lag series of partitions no longer owned would linger at their last value.
+        self.metrics.consumer_lag.reset();
+        self.metrics.ready.set(0);
+        *self.owned.lock().expect("lock") = assigned.then(|| parts.clone());
         *self.log.assigned.lock().expect("lock") = Some(if assigned { parts } else { Vec::new() });
     }
 }
@@ -277,13 +343,15 @@ impl<'a> StageLoop<'a> {
         let stage = driver.processor().stage();
         let topics = Topics::of(&driver, cfg);
         let group_id = cfg.group_id(stage);
+        let metrics = driver.metrics.clone();
+        let beat = move || metrics.beat();
         let transactional_id = cfg
             .transactional_id
             .clone()
             .unwrap_or_else(|| default_transactional_id(&cfg.kafka.topic_prefix, stage));
         let producer: ThreadedProducer<DefaultProducerContext> = cfg
             .kafka
-            .client_config()
+            .producer_config()
             .set("transactional.id", &transactional_id)
             .set("enable.idempotence", "true")
             .set(
@@ -299,7 +367,7 @@ impl<'a> StageLoop<'a> {
         // Fences any earlier instance with this transactional id and aborts its open
         // transaction, so the changelog's last stable offset is final before we restore from it.
         let timeout = cfg.request_timeout();
-        retry("init_transactions", shutdown, || {
+        retry("init_transactions", shutdown, &beat, || {
             producer.init_transactions(timeout)
         })?;
 
@@ -320,9 +388,13 @@ impl<'a> StageLoop<'a> {
             .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
             // Range assignment gives partition p of every co-partitioned input to one member.
             .set("partition.assignment.strategy", "range")
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string())
             .create_with_context(StageConsumerContext {
                 log: rebalances.clone(),
                 input_topic: topics.input.clone(),
+                inputs: topics.inputs.iter().map(|(_, t)| t.clone()).collect(),
+                owned: Mutex::new(None),
+                ready_max_lag: cfg.ready_max_lag_records,
                 metrics: driver.metrics.clone(),
             })
             .map_err(RuntimeError::kafka("create consumer"))?;
@@ -334,7 +406,7 @@ impl<'a> StageLoop<'a> {
         let mut counts = Vec::with_capacity(names.len());
         for name in &names {
             let mut count = 0;
-            retry("fetch input metadata", shutdown, || {
+            retry("fetch input metadata", shutdown, &beat, || {
                 let md = consumer.fetch_metadata(Some(name), timeout)?;
                 count = md
                     .topics()
@@ -358,6 +430,48 @@ impl<'a> StageLoop<'a> {
                     counts[i], names[0], input_partitions
                 ),
             });
+        }
+        for role in driver.processor().partition_addressed_outputs() {
+            let name = topics.output(*role).map_err(|_| RuntimeError::Config {
+                setting: format!("output {role}"),
+                message: "is addressed by partition but is not an output of the stage".into(),
+            })?;
+            let mut count = 0;
+            retry("fetch output metadata", shutdown, &beat, || {
+                let md = consumer.fetch_metadata(Some(name), timeout)?;
+                count = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == name && t.error().is_none())
+                    .map(|t| t.partitions().len())
+                    .sum();
+                Ok(())
+            })?;
+            if count != input_partitions {
+                return Err(RuntimeError::Config {
+                    setting: format!("topic {name} (--topic-prefix)"),
+                    message: format!(
+                        "has {count} partitions but {} has {input_partitions}: the stage \
+                         addresses each partition of {name} by key and needs them alike \
+                         (seqmon-admin create-topics --partitions N creates them alike)",
+                        names[0]
+                    ),
+                });
+            }
+            let partitioner = cfg
+                .kafka
+                .producer_config()
+                .get("partitioner")
+                .map(str::to_string);
+            if partitioner.as_deref() != Some(JAVA_COMPATIBLE_PARTITIONER) {
+                return Err(RuntimeError::Config {
+                    setting: "--kafka-option partitioner / --properties-file".into(),
+                    message: format!(
+                        "is {partitioner:?}: this stage addresses partitions of {name} by \
+                         murmur2 keys and needs the {JAVA_COMPATIBLE_PARTITIONER} partitioner"
+                    ),
+                });
+            }
         }
         driver.processor_mut().on_input_partitions(input_partitions);
         tracing::info!(stage, input_partitions, input_topic = %topics.input, %group_id, %transactional_id, "exactly-once loop started");
@@ -457,6 +571,7 @@ impl<'a> StageLoop<'a> {
                     records: batch.len(),
                     outputs,
                     elapsed: started.elapsed(),
+                    input_timestamps_ms: batch.iter().filter_map(|r| r.timestamp_ms),
                 }
                 .emit(&self.driver.metrics);
                 Ok(())
@@ -804,6 +919,9 @@ fn restore_state(
         .as_ref()
         .zip(role)
         .filter(|(_, r)| r.spec().side == PrivacySide::Sensitive);
+    driver.metrics.restoring.set(1);
+    driver.metrics.ready.set(0);
+    let metrics = driver.metrics.clone();
     let latest = read_changelog(
         &cfg.kafka,
         &format!("{group_id}-restore"),
@@ -811,7 +929,10 @@ fn restore_state(
         changelog,
         assigned,
         ring,
-    )?;
+        &|| metrics.beat(),
+    );
+    driver.metrics.restoring.set(0);
+    let latest = latest?;
     let expected = driver.processor().state_format_version();
     let mut restored = 0u64;
     for (key, snap) in latest {
@@ -840,6 +961,8 @@ fn restore_state(
 /// The latest snapshot (or tombstone) of every key on the given changelog partitions, read
 /// committed, opening envelopes with `ring` when the changelog is sealed. `limit` bounds the
 /// whole read; a record that does not open or decode stops it (state is never half-read).
+/// `progress` is called at least every 500 ms while reading (a liveness beat: a long restore is
+/// work, not a hang).
 pub fn read_changelog(
     kafka: &crate::config::KafkaConnection,
     restore_group_id: &str,
@@ -847,6 +970,7 @@ pub fn read_changelog(
     changelog: &str,
     partitions: &[i32],
     ring: Option<(&KeyRing, TopicRole)>,
+    progress: &dyn Fn(),
 ) -> Result<HashMap<String, Option<StateSnapshot>>, RuntimeError> {
     let started = Instant::now();
     let restorer: BaseConsumer<RestoreContext> = kafka
@@ -868,6 +992,7 @@ pub fn read_changelog(
     let mut latest: HashMap<String, Option<StateSnapshot>> = HashMap::new();
     let mut done: HashSet<i32> = HashSet::new();
     while done.len() < partitions.len() {
+        progress();
         if started.elapsed() > limit {
             return Err(RuntimeError::Internal(format!(
                 "restoring {changelog} did not reach the end within {} ms (--restore-timeout-ms)",
@@ -1144,10 +1269,13 @@ impl ConsumerContext for PreflightContext {}
 fn retry(
     operation: &'static str,
     shutdown: &AtomicBool,
+    beat: &dyn Fn(),
     mut f: impl FnMut() -> Result<(), KafkaError>,
 ) -> Result<(), RuntimeError> {
     let mut delay = Duration::from_millis(200);
     loop {
+        // Waiting on the brokers at start-up is work, not a hang: liveness must not restart it.
+        beat();
         match f() {
             Ok(()) => return Ok(()),
             Err(KafkaError::Transaction(t))

@@ -97,7 +97,7 @@ pub fn stage_args(stage: &str, bootstrap: &str, prefix: &str, metrics_port: u16)
 pub fn scrape(port: u16) -> Option<BTreeMap<String, f64>> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
@@ -107,10 +107,43 @@ pub fn scrape(port: u16) -> Option<BTreeMap<String, f64>> {
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .filter_map(|l| {
                 let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
+                Some((without_stage_label(k), v.parse().ok()?))
             })
             .collect(),
     )
+}
+
+/// A series name without its `stage` label (one scrape is one component, so it says nothing):
+/// `seqmon_x_total{outcome="a",stage="s"}` → `seqmon_x_total{outcome="a"}`,
+/// `seqmon_y{stage="s"}` → `seqmon_y`.
+fn without_stage_label(series: &str) -> String {
+    let Some((name, labels)) = series.split_once('{') else {
+        return series.to_string();
+    };
+    let kept: Vec<&str> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|l| !l.is_empty() && !l.starts_with("stage="))
+        .collect();
+    if kept.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{}}}", kept.join(","))
+    }
+}
+
+/// GET `path` from a service's metrics port: (status code, body), `None` while it does not
+/// answer.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
 }
 
 /// Sum of every series of a metric family in a scrape (e.g. all dead-letter reasons).
@@ -136,6 +169,8 @@ pub fn produce(
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
+        // As every seqmon producer: Kafka's Java partitioner, so co-partitioned inputs align.
+        .set("partitioner", "murmur2_random")
         .create()
         .expect("producer");
     let mut n = 0;

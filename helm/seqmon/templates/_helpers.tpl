@@ -100,3 +100,49 @@ spec:
   selector:
     matchLabels: { app.kubernetes.io/component: {{ .component }}, app.kubernetes.io/instance: {{ .root.Release.Name }} }
 {{- end -}}
+
+{{- /* Pod annotations: podAnnotations, and while prometheus.io/scrape is among them the port and
+       path of /metrics, the port always that of metricsPort. */ -}}
+{{- define "seqmon.podAnnotations" -}}
+{{- $a := deepCopy .Values.podAnnotations -}}
+{{- if hasKey $a "prometheus.io/scrape" }}
+{{- $_ := set $a "prometheus.io/port" (toString .Values.metricsPort) }}
+{{- $_ := set $a "prometheus.io/path" "/metrics" }}
+{{- end }}
+{{- toYaml $a }}
+{{- end -}}
+
+{{- /* Health checks of a component's container, all on its metrics port (values probes):
+       (dict "root" $ "ready" PATH), PATH /readyz for the stages, /healthz for the others. */ -}}
+{{- define "seqmon.probes" -}}
+{{- $p := .root.Values.probes -}}
+startupProbe:
+  httpGet: { path: /healthz, port: metrics }
+  periodSeconds: {{ $p.startup.periodSeconds }}
+  failureThreshold: {{ $p.startup.failureThreshold }}
+  timeoutSeconds: {{ $p.timeoutSeconds }}
+livenessProbe:
+  httpGet: { path: /healthz, port: metrics }
+  periodSeconds: {{ $p.liveness.periodSeconds }}
+  failureThreshold: {{ $p.liveness.failureThreshold }}
+  timeoutSeconds: {{ $p.timeoutSeconds }}
+readinessProbe:
+  httpGet: { path: {{ .ready }}, port: metrics }
+  periodSeconds: {{ $p.readiness.periodSeconds }}
+  failureThreshold: {{ $p.readiness.failureThreshold }}
+  timeoutSeconds: {{ $p.timeoutSeconds }}
+{{- end -}}
+
+{{- /* The topics a stage consumes, without kafka.topicPrefix, as JSON: its input first, then its
+       side inputs (each processor's input_role and side_input_roles, names from the catalogue
+       in crates/model/src/topics.rs; check_chart.py checks them against files/acls.json). */ -}}
+{{- define "seqmon.stageInputs" -}}
+{{- $inputs := dict
+      "validator" (list "telemetry.raw")
+      "privacy-enforcer" (list "telemetry.validated")
+      "feature-extractor" (list "telemetry.sanitized")
+      "anomaly-detector" (list "features")
+      "cohort-analyzer" (list "cohort.signals")
+      "notifier" (list "anomalies" "alerts.commands" "features") -}}
+{{- toJson (required (printf "no input topics known for stage %s (templates/_helpers.tpl)" .) (get $inputs .)) -}}
+{{- end -}}

@@ -20,6 +20,12 @@
 //! series per instrument, persisted to `anomaly-detector.changelog` with every batch and restored
 //! before the first record after a restart or rebalance, so output does not depend on restarts.
 //! A feature that does not decode is a dead letter (the runtime's `decode_or_reject`).
+//!
+//! Cohort signals: besides each instrument's MEMBER and DEVIATION signals (keyed by cohort),
+//! each input partition sends its low watermark hourly in event time to every partition of
+//! `cohort.signals` (WATERMARK, keyed `~watermark/<n>` so that Kafka's murmur2 partitioning puts
+//! one in each; the topic is taken to have as many partitions as `features`). Roll the cohort
+//! analyzer out first: one older than cohort_signal v2 dead-letters WATERMARK signals.
 
 pub mod model;
 pub mod score;
@@ -27,11 +33,12 @@ pub mod score;
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
+use seqmon_model::partitioning;
 use seqmon_model::specs::{self, nominal, MetricKind};
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     encode, Anomaly, AnomalySeverity, AnomalyState, CohortKind, CohortSignal, CohortSignalKind,
-    Feature, RunPhase, Subsystem,
+    Feature, InstrumentModel, RunPhase, Subsystem,
 };
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
@@ -212,10 +219,17 @@ const COHORTS_KEY_PREFIX: &str = "~cohorts/";
 struct Progress {
     latest: BTreeMap<String, i64>,
     order: BTreeSet<(i64, String)>,
+    /// The first window end seen since the state was (re)built: until the partition's event
+    /// time has moved on from it, its slower instruments may not have been seen yet.
+    first_ms: Option<i64>,
+    /// The watermark period (watermark ÷ heartbeat) last broadcast to every partition of
+    /// `cohort.signals`.
+    broadcast_period: Option<i64>,
 }
 
 impl Progress {
     fn observe(&mut self, serial: &str, t: i64) {
+        self.first_ms.get_or_insert(t);
         match self.latest.get(serial) {
             Some(&old) if old >= t => return,
             Some(&old) => {
@@ -334,6 +348,9 @@ pub struct AnomalyDetector {
     memberships: BTreeMap<String, Memberships>,
     /// Per input partition, its instruments' progress (not persisted; see [`Progress`]).
     progress: BTreeMap<i32, Progress>,
+    /// Partitions of `cohort.signals`, taken to be those of the input (`seqmon-admin
+    /// create-topics` makes them alike); 0 outside Kafka (one partition: no broadcast needed).
+    signal_partitions: u32,
 }
 
 /// Severity of a present anomaly.
@@ -384,9 +401,71 @@ impl AnomalyDetector {
             fleet: BTreeMap::new(),
             memberships: BTreeMap::new(),
             progress: BTreeMap::new(),
+            signal_partitions: 0,
         }
     }
+
+    /// Hourly in event time, a partition's low watermark goes to every partition of
+    /// `cohort.signals` (a WATERMARK signal keyed `~watermark/<n>`, the key chosen to land in
+    /// that partition under the producers' murmur2 partitioning): a cohort-analyzer partition
+    /// holding few cohorts may get no member of some detector partition, and would otherwise
+    /// wait up to its source lag (hours) before ending any hold.
+    fn broadcast_watermark(
+        &mut self,
+        source: (i32, i64),
+        out: &mut Emitter,
+    ) -> Result<(), StageError> {
+        let (partition, watermark) = source;
+        let partitions = self.signal_partitions;
+        if partitions < 2 || watermark == i64::MIN {
+            return Ok(());
+        }
+        let every = self.cfg.cohort_heartbeat_minutes * 60_000;
+        let progress = self.progress.entry(partition).or_default();
+        // After a restart or rebalance the partition's instruments are learnt again: a
+        // watermark from the first few would run ahead of slower ones, and a broadcast spreads
+        // it to every partition. Wait one heartbeat of event time (every instrument still
+        // sending has sent by then); MEMBER signals carry the watermark meanwhile, as before.
+        let fastest = progress.order.iter().next_back().map(|(t, _)| *t);
+        let settled = progress
+            .first_ms
+            .zip(fastest)
+            .is_some_and(|(first, fastest)| fastest >= first.saturating_add(every));
+        // Once per period of the watermark, so the broadcasts fall at the same watermarks
+        // whenever the detector started.
+        let period = watermark.div_euclid(every);
+        if !settled || progress.broadcast_period.is_some_and(|p| period <= p) {
+            return Ok(());
+        }
+        progress.broadcast_period = Some(period);
+        for target in 0..partitions {
+            let key = partitioning::key_for_partition(WATERMARK_KEY_PREFIX, target, partitions);
+            out.emit(
+                TopicRole::CohortSignals,
+                &key,
+                &CohortSignal {
+                    signal_id: format!("{key}:{partition}:{watermark}:WATERMARK"),
+                    kind: CohortKind::UNKNOWN,
+                    value: String::new(),
+                    instrument_serial: String::new(),
+                    instrument_model: InstrumentModel::UNKNOWN,
+                    event_time_ms: watermark,
+                    source_partition: partition,
+                    source_watermark_ms: watermark,
+                    signal: CohortSignalKind::WATERMARK,
+                    count: false,
+                    decide: false,
+                    route: Vec::new(),
+                    anomaly: None,
+                },
+            )?;
+        }
+        Ok(())
+    }
 }
+
+/// Key prefix of WATERMARK signals on `cohort.signals`.
+const WATERMARK_KEY_PREFIX: &str = "~watermark/";
 
 impl Processor for AnomalyDetector {
     fn stage(&self) -> &'static str {
@@ -402,6 +481,15 @@ impl Processor for AnomalyDetector {
         Some(TopicRole::ChangelogAnomalyDetector)
     }
 
+    fn on_input_partitions(&mut self, count: usize) {
+        self.signal_partitions = u32::try_from(count).unwrap_or(u32::MAX);
+    }
+
+    /// The watermark broadcast reaches each partition of `cohort.signals` by its key.
+    fn partition_addressed_outputs(&self) -> &'static [TopicRole] {
+        &[TopicRole::CohortSignals]
+    }
+
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
         let Some(f) = out.decode_or_reject::<Feature>(input) else {
             return Ok(());
@@ -415,6 +503,8 @@ impl Processor for AnomalyDetector {
                 progress.low_watermark(cfg.cohort_lag_minutes * 60_000),
             )
         };
+        self.broadcast_watermark(source, out)?;
+        let cfg = &self.cfg;
         // Membership of the instrument's cohorts: at once for a new lot or version, hourly after.
         let memberships = self
             .memberships
@@ -804,6 +894,58 @@ mod tests {
         let mut out = Emitter::default();
         d.process(&env, &mut out).unwrap();
         out.take().0
+    }
+
+    #[test]
+    fn each_partition_broadcasts_its_watermark_hourly_to_every_signal_partition() {
+        let watermarks = |out: &[seqmon_processor::Emitted]| -> Vec<(String, CohortSignal)> {
+            out.iter()
+                .filter(|e| e.role == TopicRole::CohortSignals)
+                .map(|e| (e.key.clone(), decode::<CohortSignal>(&e.value).unwrap()))
+                .filter(|(_, s)| s.signal == CohortSignalKind::WATERMARK)
+                .collect()
+        };
+        // Outside Kafka (one partition) there is nothing to broadcast.
+        let mut d = AnomalyDetector::default();
+        assert!(watermarks(&feed_all(&mut d, &feature(0, 500.0, 0.0))).is_empty());
+
+        let mut d = AnomalyDetector::default();
+        d.on_input_partitions(3);
+        let mut sent = Vec::new();
+        for i in 0..25 {
+            sent.push(watermarks(&feed_all(&mut d, &feature(i, 500.0, 0.0))));
+        }
+        // Not before an hour of event time has passed since the first window (5 min): at the
+        // window ending at 65 min, then once per hour of the watermark (at 120 min).
+        let at: Vec<usize> = (0..25).filter(|i| !sent[*i].is_empty()).collect();
+        assert_eq!(at, [12, 23]);
+        for batch in sent.iter().filter(|b| !b.is_empty()) {
+            let mut reached: Vec<u32> = batch
+                .iter()
+                .map(|(k, _)| partitioning::partition_for_key(k.as_bytes(), 3))
+                .collect();
+            reached.sort();
+            assert_eq!(reached, [0, 1, 2], "{batch:?}");
+            for (_, s) in batch {
+                assert_eq!(s.source_partition, 0);
+                assert_eq!(s.source_watermark_ms, s.event_time_ms);
+                assert_eq!(s.kind, CohortKind::UNKNOWN);
+                assert!(s.instrument_serial.is_empty() && s.anomaly.is_none());
+            }
+        }
+        assert_eq!(sent[12][0].1.source_watermark_ms, 13 * 300_000);
+
+        // A restart (state rebuilt, progress forgotten) waits an hour of event time again, and
+        // then broadcasts on the same hourly grid of the watermark.
+        d.clear_state();
+        let after: Vec<i64> = (25..50)
+            .filter(|i| !watermarks(&feed_all(&mut d, &feature(*i, 500.0, 0.0))).is_empty())
+            .collect();
+        assert_eq!(
+            after,
+            [37, 47],
+            "first window 130 min: settled at 190, then 240"
+        );
     }
 
     #[test]

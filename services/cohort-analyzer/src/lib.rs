@@ -35,13 +35,16 @@
 //! `~watermark/<partition>`), and its watermark is the slowest source's, as in Flink (a source
 //! not heard from yet stands at the lowest watermark seen). A source more than
 //! `source_lag_minutes` of event time behind the fastest holds nothing back (its instruments are
-//! all silent, or its stage is down), so a decision waits at most that long. Holds end on this
+//! all silent, or its stage is down), so a decision waits at most that long. Every detector
+//! partition also broadcasts its low watermark hourly to every partition here (WATERMARK
+//! signals, cohort_signal v2), so a partition holding few cohorts still hears from every source
+//! and its holds end when the sources have passed them, not after the lag. Holds end on this
 //! watermark, never on the wall clock. Hourly (in watermark time) every cohort of a partition is
 //! looked at: members not heard from within `member_hours` stop counting, fleets whose members
 //! left close, used-up cohorts are forgotten.
 //!
-//! Limits. Members' hourly signals keep the clock moving; a partition that receives nothing
-//! keeps its deviations waiting until it does. The detector keeps its partitions' instrument
+//! Limits. Members' hourly signals and the detectors' watermark broadcasts keep the clock
+//! moving; a partition that receives nothing keeps its deviations waiting until it does. The detector keeps its partitions' instrument
 //! clocks in memory: after a detector restart, until every instrument has sent again, the low
 //! watermark may run ahead, and so may a replay whose partitions drift further apart than the
 //! lag: a decision may then come early, which can add an instrument's own alert beside a fleet
@@ -50,8 +53,9 @@
 //! Delivery: a pure processor; the runtime gives it exactly-once input and output. State: per
 //! cohort its members, their deviations and decisions, and its fleet episode, persisted to
 //! `cohort-analyzer.changelog` on the partition of the cohort's key. A signal that does not
-//! decode, names no cohort kind, is keyed by another cohort, comes from a partition the input
-//! does not have, carries a time or a low watermark outside 1970..2200, or carries an
+//! decode, names no cohort kind (WATERMARK signals name none), is keyed by another cohort, comes
+//! from a partition the input does not have, carries a time or a low watermark outside
+//! 1970..2200, or carries an
 //! anomaly that does not decode or belongs to another instrument is a dead letter with its
 //! reason; it changes no state.
 
@@ -326,6 +330,83 @@ impl CohortAnalyzer {
             Self::pass_on(out, &w.route, record, &a)?;
         }
         Ok(())
+    }
+
+    /// Moves partition `p`'s clock with a source's watermark and, hourly in watermark time,
+    /// looks at every cohort of the partition but `own` (which the caller assesses itself):
+    /// members leave, fleets whose members left close, used-up cohorts are forgotten. Returns
+    /// the partition's watermark.
+    fn advance_clock(
+        &mut self,
+        p: i32,
+        source_partition: i32,
+        source_watermark_ms: i64,
+        own: Option<&str>,
+        out: &mut Emitter,
+    ) -> Result<i64, StageError> {
+        let (watermark, sweep) = {
+            let clock = self.clocks.entry(p).or_default();
+            if clock.observe(source_partition, source_watermark_ms) {
+                out.state_changed(&format!("{WATERMARK_KEY_PREFIX}{p}"));
+            }
+            let watermark = clock.watermark(
+                self.input_partitions,
+                self.cfg.source_lag_minutes * MINUTE_MS,
+            );
+            let sweep = watermark != i64::MIN
+                && clock
+                    .swept_ms
+                    .is_none_or(|at| watermark >= at.saturating_add(HOUR_MS));
+            if sweep {
+                clock.swept_ms = Some(watermark);
+                out.state_changed(&format!("{WATERMARK_KEY_PREFIX}{p}"));
+            }
+            (watermark, sweep)
+        };
+        if sweep {
+            let keys: Vec<String> = self
+                .cohorts
+                .iter()
+                .filter(|(k, c)| c.partition == p && Some(k.as_str()) != own)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                self.assess(&k, watermark, watermark, out)?;
+            }
+        }
+        Ok(watermark)
+    }
+
+    /// A detector partition's progress alone (sent to every partition, so a partition holding
+    /// few cohorts still hears from every source): moves the clock and ends the holds now due.
+    fn on_watermark(
+        &mut self,
+        s: &CohortSignal,
+        p: i32,
+        out: &mut Emitter,
+    ) -> Result<(), StageError> {
+        let known_source = usize::try_from(s.source_partition)
+            .is_ok_and(|x| self.input_partitions == 0 || x < self.input_partitions);
+        if !known_source {
+            out.reject(
+                DeadLetterReason::OUT_OF_RANGE,
+                format!(
+                    "source_partition: {} of {} partitions (WATERMARK)",
+                    s.source_partition, self.input_partitions
+                ),
+            );
+            return Ok(());
+        }
+        if !(0..=MAX_EVENT_TIME_MS).contains(&s.source_watermark_ms) {
+            out.reject(
+                DeadLetterReason::OUT_OF_RANGE,
+                "source_watermark_ms: outside 1970..2200 (WATERMARK)",
+            );
+            return Ok(());
+        }
+        let watermark =
+            self.advance_clock(p, s.source_partition, s.source_watermark_ms, None, out)?;
+        self.release_due(p, watermark, out)
     }
 
     /// Releases the deviations of partition `p` whose hold ended by `watermark`.
@@ -608,6 +689,9 @@ impl Processor for CohortAnalyzer {
         let Some(s) = out.decode_or_reject::<CohortSignal>(input) else {
             return Ok(());
         };
+        if s.signal == CohortSignalKind::WATERMARK {
+            return self.on_watermark(&s, input.partition, out);
+        }
         if s.kind == CohortKind::UNKNOWN {
             out.reject(
                 DeadLetterReason::INCONSISTENT_PAYLOAD,
@@ -616,7 +700,7 @@ impl Processor for CohortAnalyzer {
             return Ok(());
         }
         let anomaly = match (s.signal, s.anomaly.as_deref()) {
-            (CohortSignalKind::MEMBER, _) => None,
+            (CohortSignalKind::MEMBER | CohortSignalKind::WATERMARK, _) => None,
             (CohortSignalKind::DEVIATION, None) => {
                 out.reject(
                     DeadLetterReason::MISSING_FIELD,
@@ -675,38 +759,13 @@ impl Processor for CohortAnalyzer {
             return Ok(());
         }
         let p = input.partition;
-        let (watermark, sweep) = {
-            let clock = self.clocks.entry(p).or_default();
-            if clock.observe(s.source_partition, s.source_watermark_ms) {
-                out.state_changed(&format!("{WATERMARK_KEY_PREFIX}{p}"));
-            }
-            let watermark = clock.watermark(
-                self.input_partitions,
-                self.cfg.source_lag_minutes * MINUTE_MS,
-            );
-            // Hourly, every cohort of the partition is looked at, signalled or not: members
-            // leave, fleets whose members left close, used-up cohorts are forgotten.
-            let sweep = watermark != i64::MIN
-                && clock
-                    .swept_ms
-                    .is_none_or(|at| watermark >= at.saturating_add(HOUR_MS));
-            if sweep {
-                clock.swept_ms = Some(watermark);
-                out.state_changed(&format!("{WATERMARK_KEY_PREFIX}{p}"));
-            }
-            (watermark, sweep)
-        };
-        if sweep {
-            let keys: Vec<String> = self
-                .cohorts
-                .iter()
-                .filter(|(k, c)| c.partition == p && **k != key)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in keys {
-                self.assess(&k, watermark, watermark, out)?;
-            }
-        }
+        let watermark = self.advance_clock(
+            p,
+            s.source_partition,
+            s.source_watermark_ms,
+            Some(&key),
+            out,
+        )?;
         let hold = self.cfg.hold_minutes * MINUTE_MS;
         let cohort = self.cohorts.entry(key.clone()).or_insert_with(|| Cohort {
             kind: s.kind,
@@ -1148,6 +1207,55 @@ mod tests {
         assert!(feed_from(&mut c, signal("A1", 365, None, &[]), 0).is_empty());
         let out = feed_from(&mut c, signal("A1", 366, None, &[]), 0);
         assert_eq!(anomalies(&out).len(), 1);
+    }
+
+    fn watermark(source: i32, minute: i64) -> CohortSignal {
+        CohortSignal {
+            signal_id: format!("~watermark/0:{source}:{minute}:WATERMARK"),
+            kind: CohortKind::UNKNOWN,
+            value: String::new(),
+            instrument_serial: String::new(),
+            instrument_model: InstrumentModel::UNKNOWN,
+            event_time_ms: T0 + minute * MINUTE_MS,
+            source_partition: source,
+            source_watermark_ms: T0 + minute * MINUTE_MS,
+            signal: CohortSignalKind::WATERMARK,
+            count: false,
+            decide: false,
+            route: Vec::new(),
+            anomaly: None,
+        }
+    }
+
+    #[test]
+    fn watermarks_from_sources_without_members_here_end_holds() {
+        // A lone deviation on a partition where sources 1 and 2 have no member: only their
+        // broadcast watermarks can tell it that nothing earlier will come from them.
+        let mut c = CohortAnalyzer::default();
+        c.on_input_partitions(3);
+        let a = anomaly("A0", AnomalyState::ACTIVE, 10);
+        feed_from(&mut c, signal("A0", 0, None, &[]), 0);
+        assert!(feed_from(&mut c, signal("A0", 10, Some(&a), &[]), 0).is_empty());
+        assert!(feed_from(&mut c, signal("A0", 120, None, &[]), 0).is_empty());
+        assert!(
+            feed(&mut c, &watermark(1, 120)).is_empty(),
+            "source 2 unheard"
+        );
+        let out = feed(&mut c, &watermark(2, 90));
+        assert_eq!(anomalies(&out).len(), 1, "every source past the hold's end");
+        // They change no cohort and hold no state of their own beyond the clock.
+        assert!(!c.cohorts.keys().any(|k| k.starts_with("~")));
+
+        // A watermark from a partition the input does not have, or from no partition, is a
+        // dead letter; a bad time too.
+        for (source, minute) in [(3, 10), (-1, 10)] {
+            let (_, rejected) = feed_bytes(&mut c, &encode(&watermark(source, minute)).unwrap());
+            assert_eq!(rejected, Some(DeadLetterReason::OUT_OF_RANGE));
+        }
+        let mut late = watermark(1, 0);
+        late.source_watermark_ms = -5;
+        let (_, rejected) = feed_bytes(&mut c, &encode(&late).unwrap());
+        assert_eq!(rejected, Some(DeadLetterReason::OUT_OF_RANGE));
     }
 
     #[test]

@@ -196,7 +196,7 @@ impl Out {
                 seqmon_runtime::kafka::preflight(&cli.kafka, cli.kafka.connect_timeout())?;
                 let producer = cli
                     .kafka
-                    .client_config()
+                    .producer_config()
                     .set("enable.idempotence", "true")
                     .create_with_context(seqmon_runtime::kafka::CheckedDelivery::default())
                     .map_err(RuntimeError::kafka("create producer"))?;

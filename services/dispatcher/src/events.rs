@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// What became of one attempt.
@@ -56,6 +55,8 @@ pub struct DispatcherMetrics {
     pub heartbeat: IntGauge,
     /// Partitions of `alerts` this instance owns (0 until it joined its group).
     pub assigned: IntGauge,
+    /// 1 once the group is joined and the owned partitions' state rebuilt (`/readyz`).
+    pub ready: IntGauge,
     limiter: Arc<Mutex<BTreeMap<String, Instant>>>,
 }
 
@@ -68,17 +69,17 @@ impl Default for DispatcherMetrics {
 impl DispatcherMetrics {
     /// Registers the metrics in a fresh registry.
     pub fn new() -> Self {
-        let registry = Registry::new();
+        // Every series carries stage="alert-dispatcher", beside process_* and build info.
+        let registry = seqmon_runtime::metrics::component_registry("alert-dispatcher");
         let reg = |c: Box<dyn prometheus::core::Collector>| {
             registry.register(c).expect("metric names are unique");
         };
-        let input_records =
-            IntCounter::new("dispatcher_input_records_total", "Alert records read.")
-                .expect("valid metric");
+        let input_records = IntCounter::new("seqmon_input_records_total", "Alert records read.")
+            .expect("valid metric");
         reg(Box::new(input_records.clone()));
         let deliveries = IntCounterVec::new(
             Opts::new(
-                "dispatcher_deliveries_total",
+                "seqmon_deliveries_total",
                 "Delivery attempts by receiver and outcome (delivered, retried, dead_lettered).",
             ),
             &["receiver", "outcome"],
@@ -87,7 +88,7 @@ impl DispatcherMetrics {
         reg(Box::new(deliveries.clone()));
         let delivery_latency = HistogramVec::new(
             HistogramOpts::new(
-                "dispatcher_delivery_latency_seconds",
+                "seqmon_delivery_latency_seconds",
                 "Seconds from an alert record's timestamp to its delivery.",
             )
             .buckets(vec![
@@ -97,12 +98,12 @@ impl DispatcherMetrics {
         )
         .expect("valid metric");
         reg(Box::new(delivery_latency.clone()));
-        let in_flight = IntGauge::new("dispatcher_in_flight", "Deliveries not finished.")
-            .expect("valid metric");
+        let in_flight =
+            IntGauge::new("seqmon_in_flight", "Deliveries not finished.").expect("valid metric");
         reg(Box::new(in_flight.clone()));
         let circuit = IntGaugeVec::new(
             Opts::new(
-                "dispatcher_circuit_state",
+                "seqmon_circuit_state",
                 "Circuit breaker per receiver: 0 closed, 1 half-open, 2 open.",
             ),
             &["receiver"],
@@ -111,7 +112,7 @@ impl DispatcherMetrics {
         reg(Box::new(circuit.clone()));
         let firing = IntGaugeVec::new(
             Opts::new(
-                "dispatcher_alertmanager_firing",
+                "seqmon_alertmanager_firing",
                 "Alerts firing in the desired state of each Alertmanager.",
             ),
             &["receiver"],
@@ -119,17 +120,23 @@ impl DispatcherMetrics {
         .expect("valid metric");
         reg(Box::new(firing.clone()));
         let heartbeat = IntGauge::new(
-            "dispatcher_heartbeat_timestamp_seconds",
+            "seqmon_heartbeat_timestamp_seconds",
             "Unix time of the loop's last beat.",
         )
         .expect("valid metric");
         reg(Box::new(heartbeat.clone()));
         let assigned = IntGauge::new(
-            "dispatcher_assigned_partitions",
+            "seqmon_assigned_partitions",
             "Partitions of the alerts topic this instance owns.",
         )
         .expect("valid metric");
         reg(Box::new(assigned.clone()));
+        let ready = IntGauge::new(
+            "seqmon_ready",
+            "1 once joined and the owned partitions' state is rebuilt (what /readyz answers).",
+        )
+        .expect("valid metric");
+        reg(Box::new(ready.clone()));
         DispatcherMetrics {
             registry,
             input_records,
@@ -140,6 +147,7 @@ impl DispatcherMetrics {
             firing,
             heartbeat,
             assigned,
+            ready,
             limiter: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
@@ -154,9 +162,7 @@ impl DispatcherMetrics {
 
     /// Prometheus text.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        seqmon_runtime::metrics::render(&self.registry)
     }
 
     /// Whether a failure line of `receiver` may be written now (one per 30 s).

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use seqmon_dispatcher::config::DispatcherConfig;
 use seqmon_dispatcher::events::DispatcherMetrics;
+use seqmon_runtime::metrics::{Answer, LIVENESS_SILENCE_SECS};
 use seqmon_runtime::RuntimeError;
 
 fn main() -> ExitCode {
@@ -38,20 +39,22 @@ fn run(mut cfg: DispatcherConfig) -> Result<(), RuntimeError> {
         tokio::spawn(seqmon_runtime::metrics::serve_listener_with(
             listener,
             move |path| match path {
-                "/metrics" => (true, m.render()),
+                "/metrics" => Answer::Ok(m.render()),
                 "/healthz" => {
                     let age = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs() as i64)
                         .unwrap_or(0)
                         - m.heartbeat.get();
-                    if age <= 60 {
-                        (true, "ok\n".into())
+                    if age <= LIVENESS_SILENCE_SECS {
+                        Answer::Ok("ok\n".into())
                     } else {
-                        (false, format!("dispatch loop silent for {age} s\n"))
+                        Answer::Unavailable(format!("dispatch loop silent for {age} s\n"))
                     }
                 }
-                _ => (false, String::new()),
+                // Ready once it owns partitions of `alerts` (or joined with none to own).
+                "/readyz" => Answer::health(m.ready.get() == 1, "joined and rebuilt\n".into()),
+                _ => Answer::NotFound,
             },
         ));
         seqmon_dispatcher::service::run(cfg, metrics).await

@@ -614,7 +614,7 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
     let alerts_topic = cfg.kafka.topic(TopicRole::Alerts);
     let producer: FutureProducer = cfg
         .kafka
-        .client_config()
+        .producer_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .create()
@@ -741,10 +741,13 @@ pub async fn run(cfg: DispatcherConfig, metrics: DispatcherMetrics) -> Result<()
                     .collect()
             })
             .unwrap_or_default();
+        metrics.ready.set(0);
         let restored = tokio::task::block_in_place(|| {
             restore(&cfg, &alerts_topic, &owned, &slots, &inventory, &metrics)
         })?;
         metrics.assigned.set(owned.len() as i64);
+        // Generation 0: the loop's first pass, before the group assigned anything.
+        metrics.ready.set(i64::from(g > 0));
         tracing::info!(partitions = ?owned, records = restored, "assignment: Alertmanager state rebuilt from the alerts topic");
         Ok(true)
     };

@@ -79,7 +79,7 @@ impl Writer {
         metrics: GatewayMetrics,
         max_batches: usize,
     ) -> Result<Self, RuntimeError> {
-        let mut config = kafka.client_config();
+        let mut config = kafka.producer_config();
         config
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")

@@ -34,7 +34,7 @@ pub const MAX_FUTURE_SKEW_MS: i64 = 15 * 60 * 1000;
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Why a request was answered the way it was: the `reason` of the answer and the label of
-/// `ingest_gateway_requests_total`.
+/// `seqmon_requests_total{stage="ingest-gateway"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// Written.
@@ -69,6 +69,24 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for the counter's series to exist from start-up.
+    pub const ALL: [Reason; 14] = [
+        Reason::Accepted,
+        Reason::Duplicate,
+        Reason::NotFound,
+        Reason::MethodNotAllowed,
+        Reason::UnsupportedMediaType,
+        Reason::BadIdempotencyKey,
+        Reason::TooLarge,
+        Reason::BadFrame,
+        Reason::IdempotencyKeyReused,
+        Reason::InProgress,
+        Reason::RateLimited,
+        Reason::Timeout,
+        Reason::Unavailable,
+        Reason::Busy,
+    ];
+
     /// The reason code.
     pub fn code(self) -> &'static str {
         match self {

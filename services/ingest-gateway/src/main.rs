@@ -22,6 +22,7 @@ use seqmon_ingest_gateway::limiter::RateLimiter;
 use seqmon_ingest_gateway::metrics::GatewayMetrics;
 use seqmon_ingest_gateway::tls;
 use seqmon_model::topics::TopicRole;
+use seqmon_runtime::metrics::Answer;
 use seqmon_runtime::RuntimeError;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -96,6 +97,7 @@ fn restore_receipts(
         &changelog,
         &partitions,
         ring,
+        &|| {},
     )?;
     let now = now_ms();
     let mut l = ledger
@@ -176,9 +178,14 @@ async fn serve(
         tokio::spawn(async move {
             let served =
                 seqmon_runtime::metrics::serve_listener_with(listener, move |path| match path {
-                    "/metrics" => (true, m.render()),
-                    _ if alive.load(Ordering::SeqCst) => (true, "ok\n".into()),
-                    _ => (false, "the Kafka writer has stopped\n".into()),
+                    "/metrics" => Answer::Ok(m.render()),
+                    "/healthz" | "/readyz" if alive.load(Ordering::SeqCst) => {
+                        Answer::Ok("ok\n".into())
+                    }
+                    "/healthz" | "/readyz" => {
+                        Answer::Unavailable("the Kafka writer has stopped\n".into())
+                    }
+                    _ => Answer::NotFound,
                 });
             if let Err(e) = served.await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");

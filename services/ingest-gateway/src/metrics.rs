@@ -2,10 +2,7 @@
 //! line and the counter together. Labels are fixed sets (the answer's reason code, the
 //! transaction outcome); clients never appear in a label.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::http::Reason;
 
@@ -36,37 +33,43 @@ pub struct GatewayMetrics {
 impl GatewayMetrics {
     /// Registers the gateway's metrics in a fresh registry.
     pub fn new() -> Self {
-        let registry = Registry::new();
+        // Every series carries stage="ingest-gateway", beside process_* and build info.
+        let registry = seqmon_runtime::metrics::component_registry("ingest-gateway");
         let reg = |c: Box<dyn prometheus::core::Collector>| {
             registry.register(c).expect("metric names are unique");
         };
         let requests = IntCounterVec::new(
             Opts::new(
-                "ingest_gateway_requests_total",
+                "seqmon_requests_total",
                 "Requests answered, by reason code.",
             ),
             &["reason"],
         )
         .expect("valid metric");
         reg(Box::new(requests.clone()));
-        let records = IntCounter::new(
-            "ingest_gateway_records_total",
-            "Records written to raw telemetry.",
-        )
-        .expect("valid metric");
+        let records = IntCounter::new("seqmon_records_total", "Records written to raw telemetry.")
+            .expect("valid metric");
         reg(Box::new(records.clone()));
         let transactions = IntCounterVec::new(
             Opts::new(
-                "ingest_gateway_transactions_total",
+                "seqmon_transactions_total",
                 "Kafka transactions, by outcome.",
             ),
             &["outcome"],
         )
         .expect("valid metric");
         reg(Box::new(transactions.clone()));
+        // Every series from start-up: a rate over a series that appears with its first event
+        // misses that event.
+        for r in Reason::ALL {
+            requests.with_label_values(&[r.code()]);
+        }
+        for outcome in ["committed", "aborted"] {
+            transactions.with_label_values(&[outcome]);
+        }
         let batches_per_transaction = Histogram::with_opts(
             HistogramOpts::new(
-                "ingest_gateway_batches_per_transaction",
+                "seqmon_batches_per_transaction",
                 "Batches per committed transaction.",
             )
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
@@ -79,7 +82,7 @@ impl GatewayMetrics {
             g
         };
         let handshake_failures = IntCounter::new(
-            "ingest_gateway_tls_handshake_failures_total",
+            "seqmon_tls_handshake_failures_total",
             "TLS handshakes that failed (missing, untrusted, revoked or expired client certificate).",
         )
         .expect("valid metric");
@@ -90,25 +93,20 @@ impl GatewayMetrics {
             transactions,
             batches_per_transaction,
             handshake_failures,
-            connections: gauge("ingest_gateway_connections", "Client connections open."),
-            receipts: gauge("ingest_gateway_receipts", "Batch receipts held."),
+            connections: gauge("seqmon_connections", "Client connections open."),
+            receipts: gauge("seqmon_receipts", "Batch receipts held."),
             receipts_evicted: gauge(
-                "ingest_gateway_receipts_evicted",
+                "seqmon_receipts_evicted",
                 "Receipts dropped before their window ended (raise --max-receipts).",
             ),
-            writer_up: gauge(
-                "ingest_gateway_writer_up",
-                "1 while the Kafka writer is alive.",
-            ),
+            writer_up: gauge("seqmon_writer_up", "1 while the Kafka writer is alive."),
             registry,
         }
     }
 
     /// Prometheus text.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        seqmon_runtime::metrics::render(&self.registry)
     }
 }
 

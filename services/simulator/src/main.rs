@@ -194,7 +194,7 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
             seqmon_runtime::kafka::preflight(&cli.kafka, cli.kafka.connect_timeout())?;
             let producer: ThreadedProducer<CheckedDelivery> = cli
                 .kafka
-                .client_config()
+                .producer_config()
                 .set("enable.idempotence", "true")
                 .set("linger.ms", "10")
                 .create_with_context(CheckedDelivery::default())
@@ -243,7 +243,7 @@ fn live(cli: &Cli) -> Result<(), RuntimeError> {
     seqmon_runtime::kafka::preflight(&cli.kafka, cli.kafka.connect_timeout())?;
     let producer: ThreadedProducer<CheckedDelivery> = cli
         .kafka
-        .client_config()
+        .producer_config()
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")

@@ -315,7 +315,7 @@ fn send(
         None
     };
     let producer: ThreadedProducer<DefaultProducerContext> = kafka
-        .client_config()
+        .producer_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .create()
