@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export KAFKA_PORT ?= 19092
 
-.PHONY: all help build run run-kafka test unit-test bench evaluate lint fmt topics kafka-start kafka-stop clean
+.PHONY: all help build run run-kafka test unit-test bench evaluate package lint fmt topics kafka-start kafka-stop clean
 
 all: build
 
@@ -34,6 +34,11 @@ bench:
 ## (e.g. ARGS="--seeds 5"); SKAB_DIR=<SKAB checkout>/data adds SKAB.
 evaluate:
 	tools/evaluate.sh $(ARGS)
+
+## package: the collector's Debian package (cargo-deb; systemd unit, settings file) in
+## target/debian/, checked with dpkg-deb and systemd-analyze verify
+package:
+	tools/package.sh
 
 ## unit-test: tests that need no broker
 unit-test:

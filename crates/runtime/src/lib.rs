@@ -4,6 +4,7 @@
 //! [`seqmon_processor`] (re-exported here for the runtimes' callers).
 
 pub mod config;
+pub mod config_file;
 pub mod driver;
 pub mod embedded;
 pub mod envelope;

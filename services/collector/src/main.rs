@@ -3,14 +3,14 @@
 //! lines. It opens no listening socket.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use clap::Parser;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use seqmon_collector::collect::collect_run_with;
 use seqmon_collector::consent::ConsentOverride;
@@ -58,21 +58,52 @@ fn parse_sink(s: &str) -> Result<Sink, String> {
 }
 
 /// Collect instrument and run telemetry from Illumina run folders.
+///
+/// Settings come from flags, then environment variables, then `<VAR>_FILE` files (a secret's
+/// value read from a file), then the --config TOML file (keys: the flags' long names with `_`).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
-    /// Run folder(s) to collect once, as finished runs.
-    #[arg(
-        long = "run-folder",
-        required_unless_present = "watch",
-        conflicts_with = "watch"
-    )]
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the settings (flags, environment, *_FILE secrets, --config file) and the files and
+    /// folders they name, without reading runs or sending anything. Exit 0 with a summary, or 2
+    /// naming the first bad setting.
+    Validate(Box<Settings>),
+}
+
+/// What the collector reads and where it sends it.
+#[derive(Debug, Args)]
+struct Settings {
+    /// TOML file of settings (keys: the long flag names with `_` for `-`; `<key>_file` reads a
+    /// value from a file). Flags and environment variables override it.
+    #[arg(long, env = "COLLECTOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Run folder(s) to collect once, as finished runs (instead of --watch, even when a
+    /// settings file names one).
+    #[arg(long = "run-folder")]
     run_folders: Vec<PathBuf>,
     /// Watch this folder of runs while instruments write them: send each completed cycle once.
     #[arg(long, env = "COLLECTOR_WATCH")]
     watch: Option<PathBuf>,
-    /// Where the watcher keeps its position (what it has sent), one file per run.
-    #[arg(long, env = "COLLECTOR_STATE_DIR", default_value = "collector-state")]
+    /// Where the watcher keeps its position (what it has sent), one file per run; absolute, so
+    /// a restart from another working directory neither re-sends nor skips.
+    #[arg(
+        long,
+        env = "COLLECTOR_STATE_DIR",
+        default_value = "/var/lib/seqmon-collector/state"
+    )]
     state_dir: PathBuf,
     /// Seconds between polls of the watched folder.
     #[arg(long, env = "COLLECTOR_POLL_INTERVAL_S", default_value_t = 30)]
@@ -103,7 +134,11 @@ struct Cli {
     #[arg(long, env = "COLLECTOR_CLIENT_KEY")]
     client_key: Option<PathBuf>,
     /// Where batches wait for the gateway (kept across restarts), with `--to https://`.
-    #[arg(long, env = "COLLECTOR_SPOOL_DIR", default_value = "collector-spool")]
+    #[arg(
+        long,
+        env = "COLLECTOR_SPOOL_DIR",
+        default_value = "/var/lib/seqmon-collector/spool"
+    )]
     spool_dir: PathBuf,
     /// Most MiB of batches kept while the gateway is unreachable; beyond it the oldest are
     /// dropped and counted (spool `dropped-records`).
@@ -132,7 +167,41 @@ struct Cli {
 
 fn main() -> ExitCode {
     seqmon_runtime::service::init_logging();
-    seqmon_runtime::service::exit_code(run(Cli::parse()))
+    seqmon_runtime::service::exit_code(parse().and_then(|cli| match cli.command {
+        Some(Command::Validate(settings)) => validate(*settings),
+        None => run(cli.settings),
+    }))
+}
+
+/// The command line over the environment, `*_FILE` secrets and the --config file.
+fn parse() -> Result<Cli, RuntimeError> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let config =
+        config_path(&args).or_else(|| std::env::var_os("COLLECTOR_CONFIG").map(PathBuf::from));
+    // The subcommand's settings read the same variables as the top level's.
+    let applied = seqmon_runtime::config_file::apply(&Cli::command(), config.as_deref())?;
+    if let Some(config) = &config {
+        tracing::info!(config = %config.display(), settings = ?applied, "settings file read");
+    }
+    // Built again: clap takes the environment's values when a command is built.
+    let matches = Cli::command().get_matches_from(args);
+    Cli::from_arg_matches(&matches).map_err(|e| e.exit())
+}
+
+/// The value of `--config` (or `--config=`) on the command line, before clap parses it.
+fn config_path(args: &[std::ffi::OsString]) -> Option<PathBuf> {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        // Another argument that is not UTF-8 (a run folder's name) says nothing about --config.
+        let Some(a) = a.to_str() else { continue };
+        if a == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    None
 }
 
 /// Where records go: a JSON-lines writer or a Kafka producer.
@@ -151,26 +220,10 @@ enum Out {
 }
 
 impl Out {
-    fn open(cli: &Cli) -> Result<Out, RuntimeError> {
+    fn open(cli: &Settings) -> Result<Out, RuntimeError> {
         Ok(match &cli.to {
             Sink::Https(url) => {
-                let need = |v: &Option<PathBuf>, setting: &str| {
-                    v.clone().ok_or_else(|| RuntimeError::Config {
-                        setting: setting.into(),
-                        message: "required with --to https://".into(),
-                    })
-                };
-                let client = GatewayClient {
-                    url: url.clone(),
-                    ca: need(&cli.gateway_ca, "--gateway-ca / COLLECTOR_GATEWAY_CA")?,
-                    cert: need(&cli.client_cert, "--client-cert / COLLECTOR_CLIENT_CERT")?,
-                    key: need(&cli.client_key, "--client-key / COLLECTOR_CLIENT_KEY")?,
-                    timeout: Duration::from_secs(cli.request_timeout_s),
-                };
-                let uploader = Uploader::new(&client).map_err(|e| RuntimeError::Config {
-                    setting: e.setting.into(),
-                    message: e.message,
-                })?;
+                let uploader = uploader(cli, url)?;
                 let spool = Spool::open(&cli.spool_dir, cli.spool_max_mib.saturating_mul(MIB))
                     .map_err(|source| RuntimeError::Io {
                         context: format!("cannot use --spool-dir {}", cli.spool_dir.display()),
@@ -317,7 +370,7 @@ impl Out {
 
 /// One-shot runs: keeps delivering the spool for up to --send-timeout-s; what is still waiting
 /// then stays spooled for the next run, and the run fails saying so.
-fn finish_delivery(out: &mut Out, cli: &Cli, stop: &AtomicBool) -> Result<(), RuntimeError> {
+fn finish_delivery(out: &mut Out, cli: &Settings, stop: &AtomicBool) -> Result<(), RuntimeError> {
     let until = Instant::now() + Duration::from_secs(cli.send_timeout_s);
     match out.deliver(until, stop)? {
         0 => Ok(()),
@@ -336,10 +389,115 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn run(mut cli: Cli) -> Result<(), RuntimeError> {
-    if cli.to == Sink::Kafka {
-        cli.kafka.validate()?;
-        cli.kafka.load_files()?;
+/// The HTTPS client for the ingest gateway at `url`: reads and checks the CA, certificate and
+/// key files; connects to nothing.
+fn uploader(cli: &Settings, url: &str) -> Result<Uploader, RuntimeError> {
+    let need = |v: &Option<PathBuf>, setting: &str| {
+        v.clone().ok_or_else(|| RuntimeError::Config {
+            setting: setting.into(),
+            message: "required with --to https://".into(),
+        })
+    };
+    let client = GatewayClient {
+        url: url.to_string(),
+        ca: need(&cli.gateway_ca, "--gateway-ca / COLLECTOR_GATEWAY_CA")?,
+        cert: need(&cli.client_cert, "--client-cert / COLLECTOR_CLIENT_CERT")?,
+        key: need(&cli.client_key, "--client-key / COLLECTOR_CLIENT_KEY")?,
+        timeout: Duration::from_secs(cli.request_timeout_s),
+    };
+    Uploader::new(&client).map_err(|e| RuntimeError::Config {
+        setting: e.setting.into(),
+        message: e.message,
+    })
+}
+
+/// `collector validate`: every check of a start, without reading a run, creating a directory
+/// or connecting anywhere; prints what it would do.
+fn validate(mut cli: Settings) -> Result<(), RuntimeError> {
+    checked(&mut cli)?;
+    let bad = |setting: &str, message: String| RuntimeError::Config {
+        setting: setting.into(),
+        message,
+    };
+    let readable_dir = |dir: &Path, setting: &str| {
+        std::fs::read_dir(dir)
+            .map(|_| ())
+            .map_err(|e| bad(setting, format!("{}: {e}", dir.display())))
+    };
+    // A directory the collector will create and write: absolute, and either a directory already
+    // or below one.
+    let writable_dir = |dir: &Path, setting: &str| {
+        if !dir.is_absolute() {
+            return Err(bad(
+                setting,
+                format!("{} is not an absolute path", dir.display()),
+            ));
+        }
+        match dir.ancestors().find(|a| a.exists()) {
+            Some(a) if a.is_dir() => Ok(()),
+            Some(a) => Err(bad(setting, format!("{} is not a directory", a.display()))),
+            None => Err(bad(setting, format!("no part of {} exists", dir.display()))),
+        }
+    };
+    let mut plan = Vec::new();
+    if let Some(dir) = &cli.watch {
+        readable_dir(dir, "--watch / COLLECTOR_WATCH")?;
+        writable_dir(&cli.state_dir, "--state-dir / COLLECTOR_STATE_DIR")?;
+        plan.push(format!(
+            "watch {} every {} s, position in {}",
+            dir.display(),
+            cli.poll_interval_s,
+            cli.state_dir.display()
+        ));
+    }
+    for folder in &cli.run_folders {
+        readable_dir(folder, "--run-folder")?;
+        plan.push(format!("collect {}", folder.display()));
+    }
+    match &cli.to {
+        Sink::Https(url) => {
+            uploader(&cli, url)?;
+            writable_dir(&cli.spool_dir, "--spool-dir / COLLECTOR_SPOOL_DIR")?;
+            plan.push(format!(
+                "send to {url} (client certificate {}), spooled in {} up to {} MiB",
+                cli.client_cert
+                    .as_deref()
+                    .unwrap_or(Path::new("?"))
+                    .display(),
+                cli.spool_dir.display(),
+                cli.spool_max_mib
+            ));
+        }
+        Sink::Kafka => plan.push(format!(
+            "produce to {} at {} ({:?})",
+            cli.kafka.topic(seqmon_model::topics::TopicRole::Raw),
+            cli.kafka.bootstrap_servers,
+            cli.kafka.security_protocol
+        )),
+        Sink::File => plan.push(format!("write JSON lines to {}", cli.output)),
+    }
+    if let Some(c) = cli.consent_override {
+        plan.push(format!("consent override: {c:?}"));
+    }
+    println!("configuration valid");
+    for line in plan {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+/// Checks the settings that need no I/O beyond reading the files they name (Kafka properties
+/// files), and gives the reading limits.
+fn checked(cli: &mut Settings) -> Result<Limits, RuntimeError> {
+    // Checked here, not by clap: --watch may come from the environment or the settings file.
+    if cli.run_folders.is_empty() && cli.watch.is_none() {
+        return Err(RuntimeError::Config {
+            setting: "--run-folder / --watch (COLLECTOR_WATCH)".into(),
+            message: "one is required: run folders to collect once, or a folder to watch".into(),
+        });
+    }
+    if !cli.run_folders.is_empty() {
+        cli.watch = None;
     }
     if cli.poll_interval_s == 0 {
         return Err(RuntimeError::Config {
@@ -384,11 +542,19 @@ fn run(mut cli: Cli) -> Result<(), RuntimeError> {
             message: "must be positive".into(),
         });
     }
-    let limits = Limits {
+    if cli.to == Sink::Kafka {
+        cli.kafka.validate()?;
+        cli.kafka.load_files()?;
+    }
+    Ok(Limits {
         xml_max_bytes: cli.max_xml_mib.saturating_mul(MIB),
         interop_max_bytes: cli.max_interop_mib.saturating_mul(MIB),
         ..Limits::default()
-    };
+    })
+}
+
+fn run(mut cli: Settings) -> Result<(), RuntimeError> {
+    let limits = checked(&mut cli)?;
     let mut out = Out::open(&cli)?;
     if let Some(dir) = &cli.watch {
         let watcher = Watcher::new(dir, &cli.state_dir, cli.consent_override)
