@@ -13,10 +13,13 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use seqmon_model::codec::{decode_via_value, writer_schema};
+use seqmon_model::partitioning::partition_for_key;
+use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     decode, encode, store, Alert, Anomaly, AvroRecord, CohortSignal, DeadLetter, Feature,
     MaintenanceEntry, PrivacyAudit, SanitizedTelemetry, StateSnapshot, Telemetry,
 };
+use seqmon_runtime::{Emitter, Envelope, Processor};
 use seqmon_simulator::{simulate, FleetConfig};
 
 /// Marks a truncated record apache-avro accepts and the direct decoder refuses.
@@ -32,12 +35,34 @@ fn realistic_records() -> Vec<Vec<u8>> {
     let mut all: Vec<Vec<u8>> = sim.records.iter().map(|r| r.bytes.clone()).collect();
     let mut chain = seqmon_pipeline::default_chain().unwrap();
     let mut outputs: Vec<Vec<u8>> = Vec::new();
-    let mut tap = |_: &str, e: &seqmon_runtime::Emitted| outputs.push(e.value.clone());
+    let mut features: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut tap = |_: &str, e: &seqmon_runtime::Emitted| {
+        if e.role == TopicRole::Features {
+            features.push((e.key.clone(), e.value.clone()));
+        }
+        outputs.push(e.value.clone())
+    };
     for r in &sim.records {
         chain.push(&r.key, &r.bytes, &mut tap).unwrap();
     }
     chain.finish(&mut tap).unwrap();
     all.extend(outputs);
+    // On Kafka (several partitions) the detector also broadcasts watermarks (cohort_signal v2).
+    let mut detector = seqmon_anomaly_detector::AnomalyDetector::default();
+    detector.on_input_partitions(3);
+    for (key, value) in &features {
+        let mut out = Emitter::default();
+        let env = Envelope {
+            key: Some(key.as_bytes()),
+            value,
+            topic: TopicRole::Features.spec().name,
+            partition: partition_for_key(key.as_bytes(), 3) as i32,
+            offset: 0,
+            timestamp_ms: None,
+        };
+        detector.process(&env, &mut out).unwrap();
+        all.extend(out.take().0.into_iter().map(|e| e.value));
+    }
     // State snapshots are what the changelogs carry.
     all.push(
         encode(&StateSnapshot {

@@ -1,7 +1,7 @@
-//! The Rust toolchain the project claims is one that builds it: the workspace's `rust-version`
-//! and the Dockerfile's build image are at least the newest `rust-version` among the crates
-//! Cargo.lock pins (a lock file that moved on to crates needing a newer compiler would otherwise
-//! break the image, as uuid 1.29 once did). Reads `cargo metadata --locked --offline`, so the
+//! The Rust toolchain the project claims is one that builds it, and the image's bases are pinned
+//! by digest: the workspace's `rust-version` and the Dockerfile's build image are at least the
+//! newest `rust-version` among the crates Cargo.lock pins (a lock file that moved on to crates
+//! needing a newer compiler would otherwise break the image, as uuid 1.29 once did). Reads `cargo metadata --locked --offline`, so the
 //! lock file itself must be current. clippy's `incompatible_msrv` lint (on in `make lint`)
 //! checks the other half: our own code uses no std API newer than the workspace's rust-version.
 
@@ -72,4 +72,19 @@ fn the_declared_toolchains_build_every_locked_crate() {
         image >= needed,
         "the Dockerfile builds with Rust {image:?}, older than {needed:?}, which {by} needs"
     );
+    // Every base image by digest: a tag can move under us.
+    for from in dockerfile
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FROM "))
+    {
+        let digest = from
+            .split_whitespace()
+            .nth(1)
+            .and_then(|image| image.split_once("@sha256:"))
+            .map(|(_, d)| d);
+        assert!(
+            digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())),
+            "not pinned by digest: {from}"
+        );
+    }
 }
