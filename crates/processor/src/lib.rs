@@ -237,7 +237,9 @@ pub trait Processor: Send {
         Ok(None)
     }
 
-    /// Restores one key's state from a snapshot.
+    /// Restores one key's state from a snapshot. On an error it must hold no state for the key
+    /// (decode first, then insert): the Kafka runtime then quarantines the snapshot (a dead
+    /// letter and a changelog tombstone) and the key starts afresh.
     fn restore(&mut self, _key: &str, _state: &[u8]) -> Result<(), StageError> {
         Ok(())
     }

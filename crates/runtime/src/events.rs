@@ -187,6 +187,29 @@ impl StateRestored<'_> {
     }
 }
 
+/// A state snapshot the processor could not restore was set aside: the key starts afresh, the
+/// next transaction writes the snapshot to the dead-letter topic and tombstones it.
+pub struct StateQuarantined<'a> {
+    pub changelog: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl StateQuarantined<'_> {
+    pub fn emit(&self, metrics: &StageMetrics) {
+        metrics.state_quarantined.inc();
+        // Where, not whose: the key and the state go to the dead letter, not to the log.
+        tracing::error!(
+            changelog = self.changelog,
+            partition = self.partition,
+            offset = self.offset,
+            error = %self.error,
+            "state snapshot does not restore: quarantined, the key starts afresh"
+        );
+    }
+}
+
 /// The consumer reported an error (broker down, fetch failed). Logged at most once per
 /// [`ConsumerErrorLog::INTERVAL`] with the count of errors since the last line, so an outage
 /// writes a bounded number of lines; every error is counted.

@@ -43,7 +43,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use seqmon_model::topics::{PrivacySide, TopicRole};
-use seqmon_model::{decode, encode, DeadLetterReason, StateSnapshot};
+use seqmon_model::{decode, encode, DeadLetter, DeadLetterReason, StateSnapshot};
 use seqmon_processor::StageError;
 
 use crate::config::{RunnerConfig, JAVA_COMPATIBLE_PARTITIONER};
@@ -51,8 +51,8 @@ use crate::driver::Driver;
 use crate::envelope::{self, KeyRing};
 use crate::error::RuntimeError;
 use crate::events::{
-    ConsumerError, ConsumerErrorLog, RebalanceKind, Rebalanced, StateRestored, TransactionAborted,
-    TransactionCommitted,
+    ConsumerError, ConsumerErrorLog, RebalanceKind, Rebalanced, StateQuarantined, StateRestored,
+    TransactionAborted, TransactionCommitted,
 };
 use crate::metrics::StageMetrics;
 use crate::processor::{Emitted, Envelope};
@@ -309,6 +309,8 @@ struct StageLoop<'a> {
     consumer: BaseConsumer<StageConsumerContext>,
     rebalances: Arc<RebalanceLog>,
     assigned: Vec<i32>,
+    /// Snapshots refused at the last restore, written out by the next transaction.
+    quarantined: Vec<Quarantined>,
     consumer_errors: ConsumerErrorLog,
     last_txn: Instant,
 }
@@ -483,6 +485,7 @@ impl<'a> StageLoop<'a> {
             consumer,
             rebalances,
             assigned: Vec::new(),
+            quarantined: Vec::new(),
             consumer_errors: ConsumerErrorLog::default(),
             last_txn: Instant::now(),
         })
@@ -516,7 +519,7 @@ impl<'a> StageLoop<'a> {
                 if let Some(parts) = new_assignment {
                     self.assigned = parts;
                     // Disjoint fields: the polled message still borrows the consumer.
-                    restore_state(
+                    self.quarantined = restore_state(
                         &mut self.driver,
                         self.cfg,
                         self.topics.changelog.as_deref(),
@@ -567,6 +570,7 @@ impl<'a> StageLoop<'a> {
         self.last_txn = started;
         match self.transact(batch) {
             Ok(outputs) => {
+                self.quarantined.clear();
                 TransactionCommitted {
                     records: batch.len(),
                     outputs,
@@ -585,7 +589,7 @@ impl<'a> StageLoop<'a> {
                 self.producer
                     .abort_transaction(self.cfg.request_timeout())
                     .map_err(RuntimeError::kafka("abort_transaction"))?;
-                restore_state(
+                self.quarantined = restore_state(
                     &mut self.driver,
                     self.cfg,
                     self.topics.changelog.as_deref(),
@@ -615,6 +619,11 @@ impl<'a> StageLoop<'a> {
         self.producer
             .begin_transaction()
             .map_err(|e| classify("begin_transaction", e))?;
+        // Quarantined snapshots first: their dead letters, and tombstones that a new snapshot
+        // of the same key in this batch (written after) supersedes.
+        let (letters, tombstones) = self.quarantine_records()?;
+        self.produce_outputs(&letters)?;
+        self.produce_state(&tombstones)?;
         let produced = self.produce_outputs(&output.records)?;
         // A snapshot that fails aborts the transaction: nothing of the batch commits and the
         // changelog keeps the key's previous state. Retrying cannot help, so the stage stops.
@@ -623,7 +632,53 @@ impl<'a> StageLoop<'a> {
             .map_err(|e| TxnFailure::AbortThenStop(e.into()))?;
         self.produce_state(&writes)?;
         self.commit(&output.next_offsets)?;
-        Ok(produced + writes.len())
+        Ok(letters.len() + tombstones.len() + produced + writes.len())
+    }
+
+    /// The dead letters (reason UNDECODABLE, the refused state as the original bytes, the
+    /// changelog record as the source) and changelog tombstones of the quarantined snapshots.
+    #[allow(clippy::type_complexity)]
+    fn quarantine_records(
+        &self,
+    ) -> Result<(Vec<(Emitted, Option<i64>)>, Vec<StateWrite>), TxnFailure> {
+        let Some(changelog) = self.topics.changelog.as_deref() else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let p = self.driver.processor();
+        let mut letters = Vec::with_capacity(self.quarantined.len());
+        let mut tombstones = Vec::with_capacity(self.quarantined.len());
+        for q in &self.quarantined {
+            let letter = DeadLetter {
+                stage: p.stage().to_string(),
+                reason: DeadLetterReason::UNDECODABLE,
+                detail: format!(
+                    "state snapshot does not restore ({}); the key started afresh",
+                    q.error
+                ),
+                source_topic: changelog.to_string(),
+                source_partition: q.partition,
+                source_offset: q.offset,
+                source_key: Some(q.key.as_bytes().to_vec()),
+                source_timestamp_ms: None,
+                original_bytes: q.state.clone(),
+            };
+            let value = encode(&letter)
+                .map_err(|e| TxnFailure::Fatal(RuntimeError::Internal(e.to_string())))?;
+            letters.push((
+                Emitted {
+                    role: p.dead_letter_role(),
+                    key: q.key.clone(),
+                    value,
+                },
+                None,
+            ));
+            tombstones.push(StateWrite {
+                key: q.key.clone(),
+                partition: q.partition,
+                snapshot: None,
+            });
+        }
+        Ok((letters, tombstones))
     }
 
     /// Hands every record of the batch to the processor.
@@ -896,19 +951,33 @@ pub fn topic_partitions(
     Ok(partitions)
 }
 
+/// A key whose snapshot the processor refused at restore: it starts afresh, and the next
+/// transaction writes the snapshot to the dead-letter topic and a tombstone to the changelog.
+struct Quarantined {
+    key: String,
+    partition: i32,
+    offset: i64,
+    state: Vec<u8>,
+    error: String,
+}
+
 /// Rebuilds the processor's state from the changelog partitions matching the assignment.
+/// A snapshot the processor cannot restore (a NaN stored as null by an older version, a
+/// corrupted record) is quarantined, not fatal: one bad key must not crash-loop a stage that
+/// holds the state of a third of the fleet. A snapshot in a format this version does not read
+/// still stops the stage (a downgrade: quarantining would destroy good state).
 fn restore_state(
     driver: &mut Driver,
     cfg: &RunnerConfig,
     changelog: Option<&str>,
     assigned: &[i32],
-) -> Result<(), RuntimeError> {
+) -> Result<Vec<Quarantined>, RuntimeError> {
     driver.processor_mut().clear_state();
     let Some(changelog) = changelog else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     if assigned.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let started = Instant::now();
     let group_id = cfg.group_id(driver.processor().stage());
@@ -922,7 +991,7 @@ fn restore_state(
     driver.metrics.restoring.set(1);
     driver.metrics.ready.set(0);
     let metrics = driver.metrics.clone();
-    let latest = read_changelog(
+    let latest = read_changelog_positioned(
         &cfg.kafka,
         &format!("{group_id}-restore"),
         Duration::from_millis(cfg.restore_timeout_ms),
@@ -935,7 +1004,8 @@ fn restore_state(
     let latest = latest?;
     let expected = driver.processor().state_format_version();
     let mut restored = 0u64;
-    for (key, snap) in latest {
+    let mut quarantined = Vec::new();
+    for (key, (snap, partition, offset)) in latest {
         let Some(snap) = snap else { continue };
         if !driver.processor().reads_state_format(snap.format_version) {
             return Err(StageError::StateFormat {
@@ -945,8 +1015,25 @@ fn restore_state(
             }
             .into());
         }
-        driver.processor_mut().restore(&key, &snap.state_json)?;
-        restored += 1;
+        match driver.processor_mut().restore(&key, &snap.state_json) {
+            Ok(()) => restored += 1,
+            Err(e) => {
+                StateQuarantined {
+                    changelog,
+                    partition,
+                    offset,
+                    error: &e,
+                }
+                .emit(&driver.metrics);
+                quarantined.push(Quarantined {
+                    key,
+                    partition,
+                    offset,
+                    state: snap.state_json,
+                    error: e.to_string(),
+                });
+            }
+        }
     }
     StateRestored {
         changelog,
@@ -955,7 +1042,9 @@ fn restore_state(
         elapsed: started.elapsed(),
     }
     .emit(&driver.metrics);
-    Ok(())
+    // Deterministic order for the records the next transaction writes.
+    quarantined.sort_by_key(|q| (q.partition, q.offset));
+    Ok(quarantined)
 }
 
 /// The latest snapshot (or tombstone) of every key on the given changelog partitions, read
@@ -972,6 +1061,29 @@ pub fn read_changelog(
     ring: Option<(&KeyRing, TopicRole)>,
     progress: &dyn Fn(),
 ) -> Result<HashMap<String, Option<StateSnapshot>>, RuntimeError> {
+    let latest = read_changelog_positioned(
+        kafka,
+        restore_group_id,
+        limit,
+        changelog,
+        partitions,
+        ring,
+        progress,
+    )?;
+    Ok(latest.into_iter().map(|(k, (s, _, _))| (k, s)).collect())
+}
+
+/// [`read_changelog`] with the partition and offset of each key's latest record.
+#[allow(clippy::type_complexity)]
+fn read_changelog_positioned(
+    kafka: &crate::config::KafkaConnection,
+    restore_group_id: &str,
+    limit: Duration,
+    changelog: &str,
+    partitions: &[i32],
+    ring: Option<(&KeyRing, TopicRole)>,
+    progress: &dyn Fn(),
+) -> Result<HashMap<String, (Option<StateSnapshot>, i32, i64)>, RuntimeError> {
     let started = Instant::now();
     let restorer: BaseConsumer<RestoreContext> = kafka
         .client_config()
@@ -989,7 +1101,7 @@ pub fn read_changelog(
     restorer
         .assign(&tpl)
         .map_err(RuntimeError::kafka("assign changelog"))?;
-    let mut latest: HashMap<String, Option<StateSnapshot>> = HashMap::new();
+    let mut latest: HashMap<String, (Option<StateSnapshot>, i32, i64)> = HashMap::new();
     let mut done: HashSet<i32> = HashSet::new();
     while done.len() < partitions.len() {
         progress();
@@ -1034,7 +1146,7 @@ pub fn read_changelog(
                         ))
                     })?),
                 };
-                latest.insert(key, state);
+                latest.insert(key, (state, m.partition(), m.offset()));
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 done.insert(p);

@@ -87,6 +87,8 @@ pub struct StageMetrics {
     pub restore_seconds: Histogram,
     /// 1 while state is being restored.
     pub restoring: IntGauge,
+    /// State snapshots that did not restore and were quarantined.
+    pub state_quarantined: IntCounter,
     /// Consumer errors (fetch failures, broker unreachable).
     pub consumer_errors: IntCounter,
     /// Rebalances, by kind (assigned, revoked, failed).
@@ -167,6 +169,10 @@ impl StageMetrics {
             "restored_state_keys_total",
             "State keys restored from the changelog.",
         );
+        let state_quarantined = counter(
+            "state_quarantined_total",
+            "State snapshots that did not restore: dead-lettered, the key started afresh.",
+        );
         let consumer_errors = counter(
             "consumer_errors_total",
             "Errors reported by the input consumer.",
@@ -237,6 +243,7 @@ impl StageMetrics {
             restored_state_keys,
             restore_seconds,
             restoring,
+            state_quarantined,
             consumer_errors,
             rebalances,
             assigned_partitions,
