@@ -390,6 +390,12 @@ pub struct RunnerConfig {
     /// past it the service stops with an error rather than run on partial state.
     #[arg(long, env = "SEQMON_RESTORE_TIMEOUT_MS", default_value_t = 120_000)]
     pub restore_timeout_ms: u64,
+    /// Transactions aborted in a row after which the stage stops with an error instead of
+    /// redoing the same batch forever (an error retrying cannot fix, reported as one, and a
+    /// restart a supervisor shows). Each redo restores state, so a burst of broker trouble
+    /// stays well below it.
+    #[arg(long, env = "SEQMON_MAX_CONSECUTIVE_ABORTS", default_value_t = 20)]
+    pub max_consecutive_aborts: u32,
     /// Timeout of single broker requests (transaction steps, committed offsets, seeks,
     /// watermarks), milliseconds; capped by the transaction timeout.
     #[arg(long, env = "SEQMON_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
@@ -435,6 +441,9 @@ impl RunnerConfig {
                 "heartbeat_interval_ms",
                 "must be positive and at most a third of --session-timeout-ms",
             );
+        }
+        if self.max_consecutive_aborts == 0 {
+            return bad("max_consecutive_aborts", "must be positive");
         }
         if !(1_000..=3_600_000).contains(&self.restore_timeout_ms) {
             return bad("restore_timeout_ms", "must be 1000..=3600000");

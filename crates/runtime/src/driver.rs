@@ -127,16 +127,17 @@ impl Driver {
             source_offset: input.offset,
         }
         .emit(&self.metrics);
+        let (original_bytes, detail) = carried_payload(input.value, detail);
         let record = DeadLetter {
             stage: stage.to_string(),
             reason,
-            detail: detail.to_string(),
+            detail,
             source_topic: input.topic.to_string(),
             source_partition: input.partition,
             source_offset: input.offset,
             source_key: input.key.map(<[u8]>::to_vec),
             source_timestamp_ms: input.timestamp_ms,
-            original_bytes: input.value.to_vec(),
+            original_bytes,
         };
         let key = input
             .key
@@ -147,5 +148,55 @@ impl Driver {
             key,
             value: encode(&record)?,
         })
+    }
+}
+
+/// Most bytes of the original record a dead letter carries: with its envelope it must stay well
+/// inside the producer's message size (librdkafka's 1,000,000 by default), or the dead letter
+/// itself could not be written and the batch would be redone forever.
+pub const MAX_DEAD_LETTER_PAYLOAD: usize = 512 * 1024;
+
+/// The payload a dead letter carries, and its detail: whole when it fits; else its first
+/// [`MAX_DEAD_LETTER_PAYLOAD`] bytes, with the full length and SHA-256 in the detail.
+fn carried_payload(value: &[u8], detail: &str) -> (Vec<u8>, String) {
+    if value.len() <= MAX_DEAD_LETTER_PAYLOAD {
+        return (value.to_vec(), detail.to_string());
+    }
+    use sha2::{Digest, Sha256};
+    let digest: String = Sha256::digest(value)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // The detail is bounded too (a processor may quote the input in it).
+    let detail: String = detail.chars().take(4096).collect();
+    (
+        value[..MAX_DEAD_LETTER_PAYLOAD].to_vec(),
+        format!(
+            "{detail} [payload truncated to {MAX_DEAD_LETTER_PAYLOAD} of {} bytes, sha256 {digest}]",
+            value.len()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+
+    #[test]
+    fn a_large_payload_is_truncated_with_its_length_and_hash() {
+        let small = vec![7u8; 10];
+        assert_eq!(
+            carried_payload(&small, "d"),
+            (small.clone(), "d".to_string())
+        );
+        let big = vec![1u8; MAX_DEAD_LETTER_PAYLOAD + 5];
+        let (carried, detail) = carried_payload(&big, &"x".repeat(10_000));
+        assert_eq!(carried.len(), MAX_DEAD_LETTER_PAYLOAD);
+        assert!(
+            detail.contains(&format!("of {} bytes", big.len())),
+            "{detail}"
+        );
+        assert!(detail.contains("sha256 "));
+        assert!(detail.len() < 4096 + 200);
     }
 }

@@ -311,6 +311,8 @@ struct StageLoop<'a> {
     assigned: Vec<i32>,
     /// Snapshots refused at the last restore, written out by the next transaction.
     quarantined: Vec<Quarantined>,
+    /// Transactions aborted since the last commit.
+    consecutive_aborts: u32,
     consumer_errors: ConsumerErrorLog,
     last_txn: Instant,
 }
@@ -486,6 +488,7 @@ impl<'a> StageLoop<'a> {
             rebalances,
             assigned: Vec::new(),
             quarantined: Vec::new(),
+            consecutive_aborts: 0,
             consumer_errors: ConsumerErrorLog::default(),
             last_txn: Instant::now(),
         })
@@ -571,6 +574,7 @@ impl<'a> StageLoop<'a> {
         match self.transact(batch) {
             Ok(outputs) => {
                 self.quarantined.clear();
+                self.consecutive_aborts = 0;
                 TransactionCommitted {
                     records: batch.len(),
                     outputs,
@@ -589,6 +593,16 @@ impl<'a> StageLoop<'a> {
                 self.producer
                     .abort_transaction(self.cfg.request_timeout())
                     .map_err(RuntimeError::kafka("abort_transaction"))?;
+                // Not ready while the batch is being redone; a redo that never commits is a
+                // livelock, ended loudly.
+                self.driver.metrics.ready.set(0);
+                self.consecutive_aborts += 1;
+                if self.consecutive_aborts >= self.cfg.max_consecutive_aborts {
+                    return Err(RuntimeError::Internal(format!(
+                        "{} transactions in a row aborted (--max-consecutive-aborts); the last: {e}",
+                        self.consecutive_aborts
+                    )));
+                }
                 self.quarantined = restore_state(
                     &mut self.driver,
                     self.cfg,
