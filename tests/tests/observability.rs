@@ -216,7 +216,23 @@ fn a_stage_partitions_its_output_as_kafkas_java_producer_does() {
         }),
         "validator did not read all {n} records"
     );
-    let validated = read_committed(&TopicRole::Validated.topic(&prefix));
+    // The counters move as records are processed, before their transaction commits: wait
+    // until every validated record counted is readable.
+    let produced = |v: &Service| {
+        v.metrics()
+            .get("seqmon_output_records_total{output=\"validated\"}")
+            .copied()
+    };
+    let mut validated = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            validated = read_committed(&TopicRole::Validated.topic(&prefix));
+            produced(&validator) == Some(validated.len() as f64)
+        }),
+        "committed {} of {:?} validated records",
+        validated.len(),
+        produced(&validator)
+    );
     assert!(!validated.is_empty());
     let mut keys: Vec<String> = validated.iter().map(|r| r.key.clone()).collect();
     keys.sort();

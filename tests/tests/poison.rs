@@ -52,12 +52,20 @@ fn a_record_near_the_size_limit_is_dead_lettered_and_the_stage_goes_on() {
         m.get("seqmon_transactions_total{outcome=\"aborted\"}"),
         Some(&0.0)
     );
-    let letters: Vec<DeadLetter> = read_committed(&TopicRole::DeadLettersSensitive.topic(&prefix))
-        .iter()
-        .chain(read_committed(&TopicRole::DeadLetters.topic(&prefix)).iter())
-        .filter_map(|r| decode::<DeadLetter>(&r.value).ok())
-        .filter(|d| d.source_offset == 0 && d.source_topic == raw)
-        .collect();
+    // Counted when processed, readable once committed.
+    let read = || -> Vec<DeadLetter> {
+        read_committed(&TopicRole::DeadLettersSensitive.topic(&prefix))
+            .iter()
+            .chain(read_committed(&TopicRole::DeadLetters.topic(&prefix)).iter())
+            .filter_map(|r| decode::<DeadLetter>(&r.value).ok())
+            .filter(|d| d.source_offset == 0 && d.source_topic == raw)
+            .collect()
+    };
+    let mut letters = Vec::new();
+    wait_until(Duration::from_secs(30), || {
+        letters = read();
+        !letters.is_empty()
+    });
     assert_eq!(letters.len(), 1, "one dead letter for the large record");
     let d = &letters[0];
     assert_eq!(d.reason, DeadLetterReason::TOO_LARGE);

@@ -83,11 +83,19 @@ fn a_snapshot_that_does_not_restore_is_quarantined_not_a_crash_loop() {
         }),
         "the stage did not process its input"
     );
-    let letters: Vec<DeadLetter> = read_committed(&TopicRole::DeadLetters.topic(&prefix))
-        .iter()
-        .map(|r| decode(&r.value).unwrap())
-        .filter(|d: &DeadLetter| d.source_topic == changelog)
-        .collect();
+    // Counted when processed, readable once committed.
+    let read = || -> Vec<DeadLetter> {
+        read_committed(&TopicRole::DeadLetters.topic(&prefix))
+            .iter()
+            .map(|r| decode(&r.value).unwrap())
+            .filter(|d: &DeadLetter| d.source_topic == changelog)
+            .collect()
+    };
+    let mut letters = Vec::new();
+    wait_until(Duration::from_secs(30), || {
+        letters = read();
+        !letters.is_empty()
+    });
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].reason, DeadLetterReason::UNDECODABLE);
     assert_eq!(letters[0].original_bytes, bad_state);

@@ -22,7 +22,8 @@
 //! A feature that does not decode is a dead letter (the runtime's `decode_or_reject`).
 //!
 //! Cohort signals: besides each instrument's MEMBER and DEVIATION signals (keyed by cohort),
-//! each input partition sends its low watermark hourly in event time to every partition of
+//! each input partition sends its low watermark every `cohort_watermark_minutes` (5) of event
+//! time, once it has seen an hour of it since its state was rebuilt, to every partition of
 //! `cohort.signals` (WATERMARK, keyed `~watermark/<n>` so that Kafka's murmur2 partitioning puts
 //! one in each; the topic is taken to have as many partitions as `features`). Roll the cohort
 //! analyzer out first: one older than cohort_signal v2 dead-letters WATERMARK signals.
@@ -104,6 +105,12 @@ pub struct AnomalyConfig {
     /// (lots, software version) on `cohort.signals`; a new lot or version is signalled at once.
     #[arg(long, env = "ANOMALY_COHORT_HEARTBEAT_MINUTES", default_value_t = 60)]
     pub cohort_heartbeat_minutes: i64,
+    /// Minutes of event time between a partition's watermark broadcasts to every partition of
+    /// `cohort.signals`: how stale a cohort-analyzer partition without members from this one
+    /// may see its progress, so how late a held deviation can go on (the feature window: the
+    /// watermark moves no faster).
+    #[arg(long, env = "ANOMALY_COHORT_WATERMARK_MINUTES", default_value_t = 5)]
+    pub cohort_watermark_minutes: i64,
     /// Minutes of event time an instrument may fall behind the fastest of its partition and still
     /// hold back the low watermark cohort signals carry (beyond it, it is silent).
     #[arg(long, env = "ANOMALY_COHORT_LAG_MINUTES", default_value_t = 360)]
@@ -169,6 +176,9 @@ impl AnomalyConfig {
         }
         if !(1..=24 * 60).contains(&self.cohort_heartbeat_minutes) {
             return bad("cohort_heartbeat_minutes", "must be 1 to 1440 minutes");
+        }
+        if !(1..=24 * 60).contains(&self.cohort_watermark_minutes) {
+            return bad("cohort_watermark_minutes", "must be 1 to 1440 minutes");
         }
         if !(1..=7 * 24 * 60).contains(&self.cohort_lag_minutes) {
             return bad("cohort_lag_minutes", "must be 1 to 10080 minutes (a week)");
@@ -405,7 +415,7 @@ impl AnomalyDetector {
         }
     }
 
-    /// Hourly in event time, a partition's low watermark goes to every partition of
+    /// Every `cohort_watermark_minutes` of event time, a partition's low watermark goes to every partition of
     /// `cohort.signals` (a WATERMARK signal keyed `~watermark/<n>`, the key chosen to land in
     /// that partition under the producers' murmur2 partitioning): a cohort-analyzer partition
     /// holding few cohorts may get no member of some detector partition, and would otherwise
@@ -420,7 +430,8 @@ impl AnomalyDetector {
         if partitions < 2 || watermark == i64::MIN {
             return Ok(());
         }
-        let every = self.cfg.cohort_heartbeat_minutes * 60_000;
+        let settle = self.cfg.cohort_heartbeat_minutes * 60_000;
+        let every = self.cfg.cohort_watermark_minutes * 60_000;
         let progress = self.progress.entry(partition).or_default();
         // After a restart or rebalance the partition's instruments are learnt again: a
         // watermark from the first few would run ahead of slower ones, and a broadcast spreads
@@ -430,7 +441,7 @@ impl AnomalyDetector {
         let settled = progress
             .first_ms
             .zip(fastest)
-            .is_some_and(|(first, fastest)| fastest >= first.saturating_add(every));
+            .is_some_and(|(first, fastest)| fastest >= first.saturating_add(settle));
         // Once per period of the watermark, so the broadcasts fall at the same watermarks
         // whenever the detector started.
         let period = watermark.div_euclid(every);
@@ -897,7 +908,7 @@ mod tests {
     }
 
     #[test]
-    fn each_partition_broadcasts_its_watermark_hourly_to_every_signal_partition() {
+    fn each_partition_broadcasts_its_watermark_to_every_signal_partition() {
         let watermarks = |out: &[seqmon_processor::Emitted]| -> Vec<(String, CohortSignal)> {
             out.iter()
                 .filter(|e| e.role == TopicRole::CohortSignals)
@@ -915,10 +926,10 @@ mod tests {
         for i in 0..25 {
             sent.push(watermarks(&feed_all(&mut d, &feature(i, 500.0, 0.0))));
         }
-        // Not before an hour of event time has passed since the first window (5 min): at the
-        // window ending at 65 min, then once per hour of the watermark (at 120 min).
+        // Not before an hour of event time has passed since the first window (5 min): from the
+        // window ending at 65 min, then once per 5 minutes of the watermark (every window here).
         let at: Vec<usize> = (0..25).filter(|i| !sent[*i].is_empty()).collect();
-        assert_eq!(at, [12, 23]);
+        assert_eq!(at, (12..25).collect::<Vec<_>>());
         for batch in sent.iter().filter(|b| !b.is_empty()) {
             let mut reached: Vec<u32> = batch
                 .iter()
@@ -936,15 +947,15 @@ mod tests {
         assert_eq!(sent[12][0].1.source_watermark_ms, 13 * 300_000);
 
         // A restart (state rebuilt, progress forgotten) waits an hour of event time again, and
-        // then broadcasts on the same hourly grid of the watermark.
+        // then broadcasts on the same 5-minute grid of the watermark.
         d.clear_state();
         let after: Vec<i64> = (25..50)
             .filter(|i| !watermarks(&feed_all(&mut d, &feature(*i, 500.0, 0.0))).is_empty())
             .collect();
         assert_eq!(
             after,
-            [37, 47],
-            "first window 130 min: settled at 190, then 240"
+            (37..50).collect::<Vec<_>>(),
+            "first window 130 min: settled at 190"
         );
     }
 

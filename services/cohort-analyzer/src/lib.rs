@@ -36,8 +36,9 @@
 //! not heard from yet stands at the lowest watermark seen). A source more than
 //! `source_lag_minutes` of event time behind the fastest holds nothing back (its instruments are
 //! all silent, or its stage is down), so a decision waits at most that long. Every detector
-//! partition also broadcasts its low watermark hourly to every partition here (WATERMARK
-//! signals, cohort_signal v2), so a partition holding few cohorts still hears from every source
+//! partition also broadcasts its low watermark every few minutes of event time to every
+//! partition here (WATERMARK signals, cohort_signal v2), so a partition holding few cohorts
+//! still hears from every source
 //! and its holds end when the sources have passed them, not after the lag. Holds end on this
 //! watermark, never on the wall clock. Hourly (in watermark time) every cohort of a partition is
 //! looked at: members not heard from within `member_hours` stop counting, fleets whose members
