@@ -383,6 +383,12 @@ pub struct RunnerConfig {
     /// instance before giving its partitions to another.
     #[arg(long, env = "SEQMON_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u64,
+    /// Static group membership: the instance joins as its transactional id
+    /// (`group.instance.id`), so a restarted instance takes its partitions back at once, with no
+    /// rebalance of the others; an instance that stops for good frees them after the session
+    /// timeout (static members do not leave the group on shutdown).
+    #[arg(long, env = "SEQMON_STATIC_MEMBERSHIP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub static_membership: bool,
     /// Consumer group heartbeat interval, milliseconds (well below the session timeout).
     #[arg(long, env = "SEQMON_HEARTBEAT_INTERVAL_MS", default_value_t = 1_000)]
     pub heartbeat_interval_ms: u64,

@@ -376,9 +376,13 @@ impl<'a> StageLoop<'a> {
         })?;
 
         let rebalances = Arc::new(RebalanceLog::default());
-        let consumer: BaseConsumer<StageConsumerContext> = cfg
-            .kafka
-            .client_config()
+        let mut consumer_config = cfg.kafka.client_config();
+        if cfg.static_membership {
+            // Stable per instance (the chart: prefix, stage, namespace, pod), like the
+            // transactional id, so the two fence a predecessor together.
+            consumer_config.set("group.instance.id", &transactional_id);
+        }
+        let consumer: BaseConsumer<StageConsumerContext> = consumer_config
             .set("group.id", &group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
