@@ -203,6 +203,17 @@ fn spawn(name: &str, args: &[String], log: &PathBuf) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
 }
 
+/// What `read` gives once it gives something, or its empty answer after `timeout`: for the
+/// committed records a stage's counters already report (they move before the commit).
+pub fn read_until_some<T>(timeout: Duration, mut read: impl FnMut() -> Vec<T>) -> Vec<T> {
+    let mut got = Vec::new();
+    wait_until(timeout, || {
+        got = read();
+        !got.is_empty()
+    });
+    got
+}
+
 /// Produces (key, value, timestamp) records and waits for delivery.
 pub fn produce(
     topic: &str,

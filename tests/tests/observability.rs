@@ -76,6 +76,15 @@ fn run_with_stdin(program: &Path, args: &[&str], input: &str) -> (bool, String) 
     (out.status.success(), text)
 }
 
+/// Whether a scrape shows lag 0 on each of `partitions` partitions of `topic`.
+fn caught_up(m: &std::collections::BTreeMap<String, f64>, topic: &str, partitions: i32) -> bool {
+    (0..partitions).all(|p| {
+        m.get(&format!(
+            "seqmon_consumer_lag_records{{partition=\"{p}\",topic=\"{topic}\"}}"
+        )) == Some(&0.0)
+    })
+}
+
 #[test]
 fn readiness_follows_join_restore_and_lag_and_the_metrics_lint_clean() {
     let prefix = unique_prefix("observability");
@@ -102,12 +111,7 @@ fn readiness_follows_join_restore_and_lag_and_the_metrics_lint_clean() {
     let raw = TopicRole::Raw.topic(&prefix);
     assert!(
         wait_until(Duration::from_secs(20), || {
-            let m = validator.metrics();
-            (0..3).all(|p| {
-                m.get(&format!(
-                    "seqmon_consumer_lag_records{{partition=\"{p}\",topic=\"{raw}\"}}"
-                )) == Some(&0.0)
-            })
+            caught_up(&validator.metrics(), &raw, 3)
         }),
         "no zero lag for every partition: {:?}",
         validator
@@ -145,12 +149,7 @@ fn readiness_follows_join_restore_and_lag_and_the_metrics_lint_clean() {
     assert!(
         wait_until(Duration::from_secs(90), || {
             let m = enforcer.metrics();
-            m.get("seqmon_ready") == Some(&1.0)
-                && (0..3).all(|p| {
-                    m.get(&format!(
-                        "seqmon_consumer_lag_records{{partition=\"{p}\",topic=\"{validated}\"}}"
-                    )) == Some(&0.0)
-                })
+            m.get("seqmon_ready") == Some(&1.0) && caught_up(&m, &validated, 3)
         }),
         "the privacy enforcer's lag on {validated} never reached 0: {:?}",
         enforcer

@@ -61,11 +61,7 @@ fn a_record_near_the_size_limit_is_dead_lettered_and_the_stage_goes_on() {
             .filter(|d| d.source_offset == 0 && d.source_topic == raw)
             .collect()
     };
-    let mut letters = Vec::new();
-    wait_until(Duration::from_secs(30), || {
-        letters = read();
-        !letters.is_empty()
-    });
+    let letters = read_until_some(Duration::from_secs(30), read);
     assert_eq!(letters.len(), 1, "one dead letter for the large record");
     let d = &letters[0];
     assert_eq!(d.reason, DeadLetterReason::TOO_LARGE);

@@ -91,11 +91,7 @@ fn a_snapshot_that_does_not_restore_is_quarantined_not_a_crash_loop() {
             .filter(|d: &DeadLetter| d.source_topic == changelog)
             .collect()
     };
-    let mut letters = Vec::new();
-    wait_until(Duration::from_secs(30), || {
-        letters = read();
-        !letters.is_empty()
-    });
+    let letters = read_until_some(Duration::from_secs(30), read);
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].reason, DeadLetterReason::UNDECODABLE);
     assert_eq!(letters[0].original_bytes, bad_state);

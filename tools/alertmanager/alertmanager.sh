@@ -28,6 +28,7 @@ cache=${ALERTMANAGER_CACHE_DIR:-$root/.cache/alertmanager}
 bin=$cache/$version/bin/alertmanager
 
 log() { echo "alertmanager: $*" >&2; }
+. "$root/tools/go-env.sh"
 
 cmd=${1:-}
 [ $# -gt 0 ] && shift
@@ -45,15 +46,9 @@ url=http://127.0.0.1:$port
 
 build() {
   if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then log "built: $bin"; return 0; fi
-  local go=${GO:-}
-  if [ -z "$go" ]; then go=$(command -v go || echo /usr/local/go/bin/go); fi
-  [ -x "$go" ] || command -v "$go" >/dev/null || { log "Go (1.26+) is required: set GO or put go on PATH"; exit 1; }
+  local go src=$cache/$version/src t0=$SECONDS dir
+  use_go 1.26 -mod=mod
   log "building Alertmanager $version with $("$go" version | cut -d' ' -f3) into ${bin%/*} (first time: ~90 s)"
-  local gocache=$root/.cache/go src=$cache/$version/src t0=$SECONDS dir
-  # Go's caches under .cache/go; -modcacherw, or the module cache is read-only (rm -rf fails).
-  # CGO_ENABLED=0 as in upstream's release builds: no C compiler needed.
-  export GOPATH=$gocache GOMODCACHE=$gocache/pkg/mod GOCACHE=$gocache/build GOWORK=off \
-    GOFLAGS="-modcacherw -mod=mod" CGO_ENABLED=0
   # Not `go install .../cmd/alertmanager@$version`: that fails with "ui/web.go: pattern app/dist:
   # no matching files found" (v0.34.2 as well). The web UI's compiled assets are made by npm/elm
   # at release time and are not in the module zip. So: the module's source from the proxy, copied,

@@ -21,20 +21,15 @@ bin=$cache/$version/bin/helm
 module=helm.sh/helm/v3
 
 log() { echo "helm: $*" >&2; }
+. "$root/tools/go-env.sh"
 
 runs() { [ -x "$bin" ] && "$bin" version >/dev/null 2>&1; }
 
 build() {
   if runs; then log "built: $bin"; return 0; fi
-  local go=${GO:-}
-  if [ -z "$go" ]; then go=$(command -v go || echo /usr/local/go/bin/go); fi
-  [ -x "$go" ] || command -v "$go" >/dev/null || { log "Go (1.26+) is required: set GO or put go on PATH"; exit 1; }
+  local go src=$cache/$version/src t0=$SECONDS dir k8s major minor ldflags
+  use_go 1.26 ""
   log "building Helm $version with $("$go" version | cut -d' ' -f3) into ${bin%/*} (first time: a few minutes)"
-  local gocache=$root/.cache/go src=$cache/$version/src t0=$SECONDS dir k8s major minor ldflags
-  # Go's caches under .cache/go; -modcacherw, or the module cache is read-only (rm -rf fails).
-  # CGO_ENABLED=0 as in upstream's release builds: no C compiler needed.
-  export GOPATH=$gocache GOMODCACHE=$gocache/pkg/mod GOCACHE=$gocache/build GOWORK=off \
-    GOFLAGS=-modcacherw CGO_ENABLED=0
   # The module's source (for its go.mod): the ldflags below are those of upstream's Makefile,
   # which sets the version (else `helm version` says "v3.22") and the Kubernetes version that
   # lint and template assume (.Capabilities.KubeVersion; else v1.20) from k8s.io/client-go.

@@ -23,6 +23,7 @@ cache=${PROMCHECK_CACHE_DIR:-$root/.cache/promcheck}
 bin=$cache/bin/promcheck
 
 log() { echo "promcheck: $*" >&2; }
+. "$root/tools/go-env.sh"
 
 # Built, runs (an empty exposition lints clean), and newer than every file it is built from.
 runs() {
@@ -33,16 +34,10 @@ runs() {
 
 build() {
   if runs; then log "built: $bin"; return 0; fi
-  local go=${GO:-}
-  if [ -z "$go" ]; then go=$(command -v go || echo /usr/local/go/bin/go); fi
-  [ -x "$go" ] || command -v "$go" >/dev/null || { log "Go (1.26.7+) is required: set GO or put go on PATH"; exit 1; }
+  local go t0=$SECONDS
+  # -mod=readonly: go.sum is complete and committed; a build never edits go.mod.
+  use_go 1.26.7 -mod=readonly
   log "building with $("$go" version | cut -d' ' -f3) into ${bin%/*} (first time: about a minute)"
-  local gocache=$root/.cache/go t0=$SECONDS
-  # Go's caches under .cache/go, as tools/helm/helm.sh; -modcacherw, or the module cache is
-  # read-only (rm -rf fails). -mod=readonly: go.sum is complete and committed; a build never
-  # edits go.mod. CGO_ENABLED=0: no C compiler needed.
-  export GOPATH=$gocache GOMODCACHE=$gocache/pkg/mod GOCACHE=$gocache/build GOWORK=off \
-    GOFLAGS="-modcacherw -mod=readonly" CGO_ENABLED=0
   mkdir -p "${bin%/*}"
   (cd "$here" && "$go" build -trimpath -buildvcs=false -ldflags "-s -w" -o "$bin" .) \
     || { log "building promcheck failed"; exit 1; }

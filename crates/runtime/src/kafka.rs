@@ -411,21 +411,25 @@ impl<'a> StageLoop<'a> {
             .subscribe(&names)
             .map_err(RuntimeError::kafka("subscribe"))?;
         let mut driver = driver;
-        let mut counts = Vec::with_capacity(names.len());
-        for name in &names {
+        // Partitions of a topic, from the brokers' metadata (0 for a topic they do not have).
+        let partition_count = |name: &str, operation: &'static str| {
             let mut count = 0;
-            retry("fetch input metadata", shutdown, &beat, || {
+            retry(operation, shutdown, &beat, || {
                 let md = consumer.fetch_metadata(Some(name), timeout)?;
                 count = md
                     .topics()
                     .iter()
-                    .filter(|t| t.name() == *name && t.error().is_none())
+                    .filter(|t| t.name() == name && t.error().is_none())
                     .map(|t| t.partitions().len())
                     .sum();
                 Ok(())
-            })?;
-            counts.push(count);
-        }
+            })
+            .map(|()| count)
+        };
+        let counts = names
+            .iter()
+            .map(|name| partition_count(name, "fetch input metadata"))
+            .collect::<Result<Vec<_>, _>>()?;
         let input_partitions = counts[0];
         // Side inputs are co-partitioned with the input: partition p of each goes to the owner
         // of input partition p (the range assignor, set above, does so for equal counts).
@@ -444,17 +448,7 @@ impl<'a> StageLoop<'a> {
                 setting: format!("output {role}"),
                 message: "is addressed by partition but is not an output of the stage".into(),
             })?;
-            let mut count = 0;
-            retry("fetch output metadata", shutdown, &beat, || {
-                let md = consumer.fetch_metadata(Some(name), timeout)?;
-                count = md
-                    .topics()
-                    .iter()
-                    .filter(|t| t.name() == name && t.error().is_none())
-                    .map(|t| t.partitions().len())
-                    .sum();
-                Ok(())
-            })?;
+            let count = partition_count(name, "fetch output metadata")?;
             if count != input_partitions {
                 return Err(RuntimeError::Config {
                     setting: format!("topic {name} (--topic-prefix)"),
@@ -1009,7 +1003,7 @@ fn restore_state(
     driver.metrics.restoring.set(1);
     driver.metrics.ready.set(0);
     let metrics = driver.metrics.clone();
-    let latest = read_changelog_positioned(
+    let latest = read_changelog(
         &cfg.kafka,
         &format!("{group_id}-restore"),
         Duration::from_millis(cfg.restore_timeout_ms),
@@ -1023,8 +1017,15 @@ fn restore_state(
     let expected = driver.processor().state_format_version();
     let mut restored = 0u64;
     let mut quarantined = Vec::new();
-    for (key, (snap, partition, offset)) in latest {
-        let Some(snap) = snap else { continue };
+    for (key, entry) in latest {
+        let ChangelogEntry {
+            snapshot: Some(snap),
+            partition,
+            offset,
+        } = entry
+        else {
+            continue;
+        };
         if !driver.processor().reads_state_format(snap.format_version) {
             return Err(StageError::StateFormat {
                 key,
@@ -1065,6 +1066,13 @@ fn restore_state(
     Ok(quarantined)
 }
 
+/// A key's latest changelog record: its snapshot (`None` for a tombstone) and where it is.
+pub struct ChangelogEntry {
+    pub snapshot: Option<StateSnapshot>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
 /// The latest snapshot (or tombstone) of every key on the given changelog partitions, read
 /// committed, opening envelopes with `ring` when the changelog is sealed. `limit` bounds the
 /// whole read; a record that does not open or decode stops it (state is never half-read).
@@ -1078,30 +1086,7 @@ pub fn read_changelog(
     partitions: &[i32],
     ring: Option<(&KeyRing, TopicRole)>,
     progress: &dyn Fn(),
-) -> Result<HashMap<String, Option<StateSnapshot>>, RuntimeError> {
-    let latest = read_changelog_positioned(
-        kafka,
-        restore_group_id,
-        limit,
-        changelog,
-        partitions,
-        ring,
-        progress,
-    )?;
-    Ok(latest.into_iter().map(|(k, (s, _, _))| (k, s)).collect())
-}
-
-/// [`read_changelog`] with the partition and offset of each key's latest record.
-#[allow(clippy::type_complexity)]
-fn read_changelog_positioned(
-    kafka: &crate::config::KafkaConnection,
-    restore_group_id: &str,
-    limit: Duration,
-    changelog: &str,
-    partitions: &[i32],
-    ring: Option<(&KeyRing, TopicRole)>,
-    progress: &dyn Fn(),
-) -> Result<HashMap<String, (Option<StateSnapshot>, i32, i64)>, RuntimeError> {
+) -> Result<HashMap<String, ChangelogEntry>, RuntimeError> {
     let started = Instant::now();
     let restorer: BaseConsumer<RestoreContext> = kafka
         .client_config()
@@ -1119,7 +1104,7 @@ fn read_changelog_positioned(
     restorer
         .assign(&tpl)
         .map_err(RuntimeError::kafka("assign changelog"))?;
-    let mut latest: HashMap<String, (Option<StateSnapshot>, i32, i64)> = HashMap::new();
+    let mut latest: HashMap<String, ChangelogEntry> = HashMap::new();
     let mut done: HashSet<i32> = HashSet::new();
     while done.len() < partitions.len() {
         progress();
@@ -1164,7 +1149,14 @@ fn read_changelog_positioned(
                         ))
                     })?),
                 };
-                latest.insert(key, (state, m.partition(), m.offset()));
+                latest.insert(
+                    key,
+                    ChangelogEntry {
+                        snapshot: state,
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    },
+                );
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 done.insert(p);

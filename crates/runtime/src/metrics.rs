@@ -307,17 +307,10 @@ impl Answer {
 pub async fn serve(addr: std::net::SocketAddr, metrics: StageMetrics) -> std::io::Result<()> {
     serve_with(addr, move |path| match path {
         "/metrics" => Answer::Ok(metrics.render()),
-        "/healthz" => {
-            let silent = metrics.silence_secs();
-            Answer::health(
-                silent <= LIVENESS_SILENCE_SECS,
-                if silent <= LIVENESS_SILENCE_SECS {
-                    "ok\n".into()
-                } else {
-                    format!("processing loop silent for {silent} s\n")
-                },
-            )
-        }
+        "/healthz" => match metrics.silence_secs() {
+            silent if silent <= LIVENESS_SILENCE_SECS => Answer::Ok("ok\n".into()),
+            silent => Answer::Unavailable(format!("processing loop silent for {silent} s\n")),
+        },
         "/readyz" => {
             // The gauge is set from statistics the loop receives while it polls: a loop that
             // stopped polling would leave it at 1.

@@ -103,8 +103,8 @@ fn restore_receipts(
     let mut l = ledger
         .lock()
         .map_err(|_| RuntimeError::Internal("ledger lock poisoned".into()))?;
-    for (key, snap) in latest {
-        let Some(snap) = snap else { continue };
+    for (key, entry) in latest {
+        let Some(snap) = entry.snapshot else { continue };
         let (k, r): (_, Receipt) = Receipt::from_snapshot(&key, &snap).map_err(|e| {
             RuntimeError::Internal(format!("{changelog}: receipt {key} does not read: {e}"))
         })?;
