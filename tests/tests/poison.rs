@@ -65,10 +65,114 @@ fn a_record_near_the_size_limit_is_dead_lettered_and_the_stage_goes_on() {
     assert_eq!(letters.len(), 1, "one dead letter for the large record");
     let d = &letters[0];
     assert_eq!(d.reason, DeadLetterReason::TOO_LARGE);
-    assert_eq!(d.original_bytes, huge[..MAX_DEAD_LETTER_PAYLOAD]);
+    // A prefix of the record, at most half the producer's record limit.
+    assert!(d.original_bytes.len() <= MAX_DEAD_LETTER_PAYLOAD.min(500_000));
+    assert!(huge.starts_with(&d.original_bytes));
     assert!(
         d.detail.contains("of 999950 bytes, sha256 "),
         "{}",
         d.detail
     );
+}
+
+/// A record the validator accepts whose forwarded copy is over the producer's record limit
+/// (here `message.max.bytes` 300,000, with the validator's own cap raised to 1 MB) used to fail
+/// at produce time: abort, redo, abort. Now the output is replaced by a TOO_LARGE dead letter
+/// of the input, carrying at most half the limit, and the records behind it go through.
+#[test]
+fn an_output_over_the_producer_limit_is_dead_lettered_and_the_stage_goes_on() {
+    let prefix = unique_prefix("poison-output");
+    create_topics(&prefix, 1);
+    let raw = TopicRole::Raw.topic(&prefix);
+    let ts = now_ms();
+    let sim = simulate(&FleetConfig {
+        instruments: 2,
+        duration_hours: 0.5,
+        seed: 11,
+        start_time_ms: (ts - 3_600_000) / 60_000 * 60_000,
+        bad_record_share: 0.0,
+        ..Default::default()
+    });
+    let first = &sim.records[0];
+    let mut big: seqmon_model::Telemetry = decode(&first.bytes).unwrap();
+    for i in 0..4 {
+        big.attributes
+            .insert(format!("pad{i}"), "a".repeat(100_000));
+    }
+    let big_bytes = seqmon_model::encode(&big).unwrap();
+    assert!(big_bytes.len() > 400_000);
+    // Kafka timestamps as the sender's clock gave them (the validator's skew check).
+    let mut records = vec![(
+        first.key.clone(),
+        big_bytes.clone(),
+        Some(first.sent_time_ms),
+    )];
+    records.extend(
+        sim.records[1..]
+            .iter()
+            .map(|r| (r.key.clone(), r.bytes.clone(), Some(r.sent_time_ms))),
+    );
+    let n = produce(&raw, records) as f64;
+
+    let validator = Service::start(
+        "validator",
+        &prefix,
+        &[
+            "--kafka-option",
+            "message.max.bytes=300000",
+            "--max-record-bytes",
+            "1000000",
+            "--max-string-bytes",
+            "200000",
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            validator.metrics().get("seqmon_input_records_total") == Some(&n)
+        }),
+        "the validator did not get past the record with the large output; log:\n{}",
+        validator.log_text()
+    );
+    assert_eq!(
+        validator
+            .metrics()
+            .get("seqmon_transactions_total{outcome=\"aborted\"}"),
+        Some(&0.0)
+    );
+    let read = || -> Vec<DeadLetter> {
+        read_committed(&TopicRole::DeadLettersSensitive.topic(&prefix))
+            .iter()
+            .filter_map(|r| decode::<DeadLetter>(&r.value).ok())
+            .collect()
+    };
+    let letters = read_until_some(Duration::from_secs(30), read);
+    let reasons: Vec<_> = letters
+        .iter()
+        .map(|d| (d.reason, d.source_offset))
+        .collect();
+    assert_eq!(reasons, [(DeadLetterReason::TOO_LARGE, 0)]);
+    let d = &letters[0];
+    assert_eq!(d.source_topic, raw);
+    // At most half the 300,000-byte limit, so the dead letter itself can be produced.
+    assert!(
+        d.original_bytes.len() <= 150_000,
+        "{}",
+        d.original_bytes.len()
+    );
+    assert!(big_bytes.starts_with(&d.original_bytes));
+    assert!(
+        d.detail.contains("validated output") && d.detail.contains("sha256 "),
+        "{}",
+        d.detail
+    );
+    // Everything behind it was forwarded.
+    let forwarded = read_until_some(Duration::from_secs(30), || {
+        let v = read_committed(&TopicRole::Validated.topic(&prefix));
+        if v.len() + 1 == sim.records.len() {
+            v
+        } else {
+            Vec::new()
+        }
+    });
+    assert_eq!(forwarded.len() + 1, sim.records.len());
 }

@@ -14,6 +14,26 @@ pub struct Driver {
     emitter: Emitter,
     /// The stage's metrics.
     pub metrics: StageMetrics,
+    output_limit: Option<OutputLimit>,
+}
+
+/// The largest record the runtime can produce. An output over it could never be written: the
+/// transaction would abort and the batch be redone forever, so the output is replaced by a
+/// TOO_LARGE dead letter of the input that caused it, and the batch goes on.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputLimit {
+    /// Most bytes of key and value (as produced: sealed where sealed) per record.
+    pub max_record_bytes: usize,
+    /// Bytes sealing adds to a value on the sensitive side (0 when nothing is sealed).
+    pub sealing_overhead: usize,
+}
+
+impl OutputLimit {
+    /// Bytes `e` takes as produced.
+    fn produced_bytes(&self, e: &Emitted) -> usize {
+        let sealed = e.role.spec().side == seqmon_model::topics::PrivacySide::Sensitive;
+        e.key.len() + e.value.len() + if sealed { self.sealing_overhead } else { 0 }
+    }
 }
 
 impl Driver {
@@ -31,7 +51,14 @@ impl Driver {
             processor,
             emitter: Emitter::default(),
             metrics,
+            output_limit: None,
         }
+    }
+
+    /// Outputs larger than `limit` become dead letters (Kafka runtimes; in-process runs have no
+    /// record limit).
+    pub fn set_output_limit(&mut self, limit: OutputLimit) {
+        self.output_limit = Some(limit);
     }
 
     /// The processor.
@@ -54,8 +81,11 @@ impl Driver {
     ) -> Result<(), StageError> {
         self.metrics.input_records.inc();
         self.processor.process(input, &mut self.emitter)?;
-        let (records, rejection, keys) = self.emitter.take();
+        let (mut records, rejection, keys) = self.emitter.take();
         keys.into_iter().for_each(&mut changed);
+        if let Some(limit) = self.output_limit {
+            self.replace_oversized(input, &mut records, limit)?;
+        }
         match rejection {
             Some(r) => {
                 // A rejected input forwards nothing but the outputs its stage keeps on a
@@ -105,6 +135,30 @@ impl Driver {
         Ok(())
     }
 
+    /// Replaces every output over `limit` (dead letters aside: they are bounded by
+    /// construction) with a TOO_LARGE dead letter of `input`.
+    fn replace_oversized(
+        &self,
+        input: &Envelope<'_>,
+        records: &mut [Emitted],
+        limit: OutputLimit,
+    ) -> Result<(), StageError> {
+        let dead_letters = self.processor.dead_letter_role();
+        for e in records.iter_mut() {
+            let bytes = limit.produced_bytes(e);
+            if e.role == dead_letters || bytes <= limit.max_record_bytes {
+                continue;
+            }
+            let detail = format!(
+                "the {} output of this record would be {bytes} bytes, over the {} bytes a \
+                 record may take",
+                e.role, limit.max_record_bytes
+            );
+            *e = self.dead_letter(input, DeadLetterReason::TOO_LARGE, &detail)?;
+        }
+        Ok(())
+    }
+
     fn count_output(&self, e: &Emitted) {
         self.metrics
             .output_records
@@ -127,7 +181,11 @@ impl Driver {
             source_offset: input.offset,
         }
         .emit(&self.metrics);
-        let (original_bytes, detail) = carried_payload(input.value, detail);
+        // Half the record limit at most, so the dead letter itself can always be produced.
+        let cap = self.output_limit.map_or(MAX_DEAD_LETTER_PAYLOAD, |l| {
+            MAX_DEAD_LETTER_PAYLOAD.min(l.max_record_bytes / 2)
+        });
+        let (original_bytes, detail) = carried_payload(input.value, detail, cap);
         let record = DeadLetter {
             stage: stage.to_string(),
             reason,
@@ -153,13 +211,14 @@ impl Driver {
 
 /// Most bytes of the original record a dead letter carries: with its envelope it must stay well
 /// inside the producer's message size (librdkafka's 1,000,000 by default), or the dead letter
-/// itself could not be written and the batch would be redone forever.
+/// itself could not be written and the batch would be redone forever. A producer with a smaller
+/// limit carries at most half its limit.
 pub const MAX_DEAD_LETTER_PAYLOAD: usize = 512 * 1024;
 
-/// The payload a dead letter carries, and its detail: whole when it fits; else its first
-/// [`MAX_DEAD_LETTER_PAYLOAD`] bytes, with the full length and SHA-256 in the detail.
-fn carried_payload(value: &[u8], detail: &str) -> (Vec<u8>, String) {
-    if value.len() <= MAX_DEAD_LETTER_PAYLOAD {
+/// The payload a dead letter carries, and its detail: whole when it fits in `cap` bytes; else
+/// its first `cap` bytes, with the full length and SHA-256 in the detail.
+fn carried_payload(value: &[u8], detail: &str, cap: usize) -> (Vec<u8>, String) {
+    if value.len() <= cap {
         return (value.to_vec(), detail.to_string());
     }
     use sha2::{Digest, Sha256};
@@ -170,9 +229,9 @@ fn carried_payload(value: &[u8], detail: &str) -> (Vec<u8>, String) {
     // The detail is bounded too (a processor may quote the input in it).
     let detail: String = detail.chars().take(4096).collect();
     (
-        value[..MAX_DEAD_LETTER_PAYLOAD].to_vec(),
+        value[..cap].to_vec(),
         format!(
-            "{detail} [payload truncated to {MAX_DEAD_LETTER_PAYLOAD} of {} bytes, sha256 {digest}]",
+            "{detail} [payload truncated to {cap} of {} bytes, sha256 {digest}]",
             value.len()
         ),
     )
@@ -181,16 +240,86 @@ fn carried_payload(value: &[u8], detail: &str) -> (Vec<u8>, String) {
 #[cfg(test)]
 mod payload_tests {
     use super::*;
+    use seqmon_model::topics::TopicRole;
+    use seqmon_model::{decode, DeadLetter};
+
+    /// Emits, to `telemetry.validated`, the input repeated `factor` times.
+    struct Amplify {
+        factor: usize,
+    }
+    impl Processor for Amplify {
+        fn stage(&self) -> &'static str {
+            "amplify"
+        }
+        fn input_role(&self) -> TopicRole {
+            TopicRole::Raw
+        }
+        fn output_roles(&self) -> &'static [TopicRole] {
+            &[TopicRole::Validated]
+        }
+        fn dead_letter_role(&self) -> TopicRole {
+            TopicRole::DeadLettersSensitive
+        }
+        fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
+            out.emit_bytes(TopicRole::Validated, "k", &input.value.repeat(self.factor));
+            Ok(())
+        }
+    }
+
+    fn envelope(value: &[u8]) -> Envelope<'_> {
+        Envelope {
+            key: Some(b"k"),
+            value,
+            topic: "telemetry.raw",
+            partition: 2,
+            offset: 41,
+            timestamp_ms: Some(7),
+        }
+    }
+
+    #[test]
+    fn an_output_over_the_record_limit_becomes_a_dead_letter_of_its_input() {
+        let mut driver = Driver::new(Box::new(Amplify { factor: 3 }));
+        driver.set_output_limit(OutputLimit {
+            max_record_bytes: 1000,
+            sealing_overhead: 100,
+        });
+        let mut out = Vec::new();
+        // 3 x 299 + key 1 + sealing 100 = 998: fits.
+        driver
+            .handle(&envelope(&[5u8; 299]), &mut out, |_| {})
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].role, TopicRole::Validated);
+        // 3 x 301 + 1 + 100 = 1004: the output is replaced by a dead letter of the input.
+        out.clear();
+        let input = [6u8; 301];
+        driver.handle(&envelope(&input), &mut out, |_| {}).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].role, TopicRole::DeadLettersSensitive);
+        let letter: DeadLetter = decode(&out[0].value).unwrap();
+        assert_eq!(letter.reason, DeadLetterReason::TOO_LARGE);
+        assert_eq!(letter.original_bytes, input.to_vec());
+        assert_eq!((letter.source_partition, letter.source_offset), (2, 41));
+        assert!(letter.detail.contains("1004 bytes"), "{}", letter.detail);
+        // Without a limit (in-process runs) nothing is replaced.
+        let mut unlimited = Driver::new(Box::new(Amplify { factor: 3 }));
+        out.clear();
+        unlimited
+            .handle(&envelope(&input), &mut out, |_| {})
+            .unwrap();
+        assert_eq!(out[0].role, TopicRole::Validated);
+    }
 
     #[test]
     fn a_large_payload_is_truncated_with_its_length_and_hash() {
         let small = vec![7u8; 10];
         assert_eq!(
-            carried_payload(&small, "d"),
+            carried_payload(&small, "d", MAX_DEAD_LETTER_PAYLOAD),
             (small.clone(), "d".to_string())
         );
         let big = vec![1u8; MAX_DEAD_LETTER_PAYLOAD + 5];
-        let (carried, detail) = carried_payload(&big, &"x".repeat(10_000));
+        let (carried, detail) = carried_payload(&big, &"x".repeat(10_000), MAX_DEAD_LETTER_PAYLOAD);
         assert_eq!(carried.len(), MAX_DEAD_LETTER_PAYLOAD);
         assert!(
             detail.contains(&format!("of {} bytes", big.len())),

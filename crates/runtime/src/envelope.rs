@@ -157,6 +157,11 @@ impl KeyRing {
         aad
     }
 
+    /// Bytes sealing adds to a record: nonce, GCM tag and the envelope header.
+    pub fn sealing_overhead(&self) -> usize {
+        NONCE_LEN + 16 + HEADER.len() + "v1:".len() + self.active.len()
+    }
+
     /// Seals `plaintext` for `role` and `record_key` under the active key: the envelope and the
     /// header value to send with it.
     pub fn seal(&self, role: TopicRole, record_key: &[u8], plaintext: &[u8]) -> (Vec<u8>, String) {

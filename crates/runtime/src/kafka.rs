@@ -20,7 +20,9 @@
 //! SIGTERM finishes the batch in hand, commits it, and leaves the group cleanly. A state snapshot
 //! that cannot be serialized aborts the transaction (the changelog keeps the key's previous
 //! state) and stops the service; a changelog record of another state format version stops the
-//! restore rather than be misread.
+//! restore rather than be misread. An output record larger than the producer may send
+//! (`message.max.bytes` less framing) is replaced, before the transaction, by a TOO_LARGE dead
+//! letter of the input that caused it, so the batch goes on instead of aborting forever.
 //!
 //! Side inputs. A stage may read more topics beside its input (the notifier reads the service
 //! team's commands and the features): they must have the input's partition count (checked at
@@ -41,13 +43,13 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use seqmon_model::topics::{PrivacySide, TopicRole};
 use seqmon_model::{decode, encode, DeadLetter, DeadLetterReason, StateSnapshot};
 use seqmon_processor::StageError;
 
 use crate::config::{RunnerConfig, JAVA_COMPATIBLE_PARTITIONER};
-use crate::driver::Driver;
+use crate::driver::{Driver, OutputLimit};
 use crate::envelope::{self, KeyRing};
 use crate::error::RuntimeError;
 use crate::events::{
@@ -475,6 +477,14 @@ impl<'a> StageLoop<'a> {
                 });
             }
         }
+        driver.set_output_limit(OutputLimit {
+            max_record_bytes: record_limit(&cfg.kafka.producer_config()),
+            sealing_overhead: cfg
+                .kafka
+                .key_ring
+                .as_ref()
+                .map_or(0, KeyRing::sealing_overhead),
+        });
         driver.processor_mut().on_input_partitions(input_partitions);
         tracing::info!(stage, input_partitions, input_topic = %topics.input, %group_id, %transactional_id, "exactly-once loop started");
         Ok(StageLoop {
@@ -1170,6 +1180,24 @@ pub fn read_changelog(
         }
     }
     Ok(latest)
+}
+
+/// librdkafka's default `message.max.bytes`.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room left under `message.max.bytes` for what librdkafka adds to a record (batch and record
+/// headers, our envelope header's framing).
+const RECORD_FRAMING_MARGIN: usize = 1024;
+
+/// The most key and value bytes a record of this producer may take. A topic configured below it
+/// (`max.message.bytes`) still refuses such a record at delivery; that aborts the transaction,
+/// and `--max-consecutive-aborts` stops the stage with the broker's reason.
+fn record_limit(producer: &ClientConfig) -> usize {
+    producer
+        .get("message.max.bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES)
+        .saturating_sub(RECORD_FRAMING_MARGIN)
 }
 
 enum TxnFailure {
