@@ -11,7 +11,9 @@ prefix="run-$(date +%s)."
 bin=target/release
 logs=out/run-kafka/${prefix%.}
 mkdir -p "$logs"
-"$bin/seqmon-admin" create-topics --topic-prefix "$prefix" --partitions 3
+# The simulator replays six hours of history as fast as it can: raw records keep the times
+# they were sent at (a live fleet's raw topic is stamped by the broker).
+"$bin/seqmon-admin" create-topics --topic-prefix "$prefix" --partitions 3 --raw-timestamps producer
 pids=()
 port=9301
 # A pseudonym key for this run only (the privacy enforcer refuses to start without one); in

@@ -372,6 +372,7 @@ fn processor_rows(
                     partition: 0,
                     offset: i as i64,
                     timestamp_ms: None,
+                    arrival_time_ms: None,
                 };
                 d.handle(&env, &mut out, |_| {}).expect("processes");
                 out.clear();

@@ -352,6 +352,7 @@ pub fn reference_outputs(
             partition: r.partition,
             offset: r.offset,
             timestamp_ms: r.timestamp_ms,
+            arrival_time_ms: None,
         };
         let mut out = Vec::new();
         driver.handle(&env, &mut out, |_| {}).unwrap();
@@ -376,4 +377,16 @@ pub fn committed_outputs(prefix: &str, names: &[&str]) -> Vec<Output> {
     }
     got.sort();
     got
+}
+
+/// Runs a future to completion on this thread (the admin client's futures need no runtime).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -333,15 +333,3 @@ fn inputs_that_are_not_co_partitioned_fail_at_start_naming_the_topic() {
         "{text}"
     );
 }
-
-/// Runs a future to completion on this thread (the admin client's futures need no runtime).
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}

@@ -59,6 +59,7 @@ fn realistic_records() -> Vec<Vec<u8>> {
             partition: partition_for_key(key.as_bytes(), 3) as i32,
             offset: 0,
             timestamp_ms: None,
+            arrival_time_ms: None,
         };
         detector.process(&env, &mut out).unwrap();
         all.extend(out.take().0.into_iter().map(|e| e.value));

@@ -176,3 +176,87 @@ fn an_output_over_the_producer_limit_is_dead_lettered_and_the_stage_goes_on() {
     });
     assert_eq!(forwarded.len() + 1, sim.records.len());
 }
+
+/// A clock glitch on a live fleet: `telemetry.raw` stamped by the broker (LogAppendTime), an
+/// instrument whose clock jumped an hour, then five years, ahead (event time, send time and its
+/// producer's timestamp all from that clock). Judged against the broker's receive time, both
+/// are CLOCK_SKEW dead letters, and the instrument's on-time records behind them go through.
+#[test]
+fn a_clock_glitch_is_refused_against_the_brokers_receive_time() {
+    let prefix = unique_prefix("poison-clock");
+    seqmon_testkit::create_topics_with(&bootstrap(), &prefix, 1, "broker");
+    let raw = TopicRole::Raw.topic(&prefix);
+    let now = now_ms();
+    let sim = simulate(&FleetConfig {
+        instruments: 1,
+        duration_hours: 20.0 / 60.0,
+        seed: 13,
+        start_time_ms: now - 20 * 60_000,
+        bad_record_share: 0.0,
+        ..Default::default()
+    });
+    let shift = |r: &seqmon_simulator::SimRecord, ahead: i64, id: &str| {
+        let mut t: seqmon_model::Telemetry = decode(&r.bytes).unwrap();
+        t.message_id = id.to_string();
+        t.event_time_ms += ahead;
+        t.sent_time_ms += ahead;
+        (
+            r.key.clone(),
+            seqmon_model::encode(&t).unwrap(),
+            Some(r.sent_time_ms + ahead),
+        )
+    };
+    // On time: the last minutes, sent now (the broker stamps them now).
+    let recent: Vec<_> = sim
+        .records
+        .iter()
+        .filter(|r| r.sent_time_ms > now - 5 * 60_000)
+        .collect();
+    assert!(recent.len() > 3);
+    let mut records = vec![
+        shift(recent[0], 3_600_000, "glitch-hour"),
+        shift(recent[0], 5 * 365 * 86_400_000, "glitch-years"),
+    ];
+    records.extend(
+        recent
+            .iter()
+            .map(|r| (r.key.clone(), r.bytes.clone(), Some(r.sent_time_ms))),
+    );
+    produce(&raw, records);
+    let stamped = read_committed(&raw);
+    assert!(
+        stamped
+            .iter()
+            .all(|r| r.timestamp_ms.is_some_and(|t| (t - now).abs() < 600_000)),
+        "the broker stamped every record on arrival"
+    );
+
+    let _validator = Service::start("validator", &prefix, &[]);
+    let letters = read_until_some(Duration::from_secs(60), || {
+        read_committed(&TopicRole::DeadLettersSensitive.topic(&prefix))
+            .iter()
+            .filter_map(|r| decode::<DeadLetter>(&r.value).ok())
+            .collect::<Vec<_>>()
+    });
+    let mut refused: Vec<_> = letters
+        .iter()
+        .map(|d| (d.source_offset, d.reason))
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            (0, DeadLetterReason::CLOCK_SKEW),
+            (1, DeadLetterReason::CLOCK_SKEW)
+        ]
+    );
+    let forwarded = read_until_some(Duration::from_secs(30), || {
+        let v = read_committed(&TopicRole::Validated.topic(&prefix));
+        if v.len() == recent.len() {
+            v
+        } else {
+            Vec::new()
+        }
+    });
+    assert_eq!(forwarded.len(), recent.len());
+}

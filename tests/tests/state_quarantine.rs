@@ -1,7 +1,10 @@
 //! A state snapshot the stage cannot restore (what a NaN stored as `null` once did: every
 //! restart failed, for every instrument of the partition) is quarantined on a real broker: the
 //! stage keeps running, the snapshot goes to the dead-letter topic with its provenance, a
-//! tombstone replaces it on the changelog, and the next restart restores cleanly.
+//! tombstone replaces it on the changelog, and the next restart restores cleanly. A changelog
+//! that cannot be read at all (a record that is not a snapshot) does not crash-loop the stage
+//! either: it stays up, not ready, reports `seqmon_state_restore_failing`, leaves its input on
+//! the broker and retries; once an operator supersedes the bad record, it resumes without loss.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -113,5 +116,79 @@ fn a_snapshot_that_does_not_restore_is_quarantined_not_a_crash_loop() {
     assert_eq!(
         stage.metrics().get("seqmon_state_quarantined_total"),
         Some(&0.0)
+    );
+}
+
+#[test]
+fn a_changelog_that_cannot_be_read_holds_the_input_and_is_retried_not_a_crash_loop() {
+    let prefix = unique_prefix("restore-fail");
+    create_topics(&prefix, 1);
+    let changelog = TopicRole::ChangelogFeatureExtractor.topic(&prefix);
+    // Corrupt bytes are one key's problem (quarantined); a snapshot in a state format this
+    // build does not read (a rollback) stops the whole partition's restore.
+    produce(
+        &changelog,
+        [("A00066".to_string(), b"garbage".to_vec(), None)],
+    );
+    let newer = encode(&StateSnapshot {
+        stage: "feature-extractor".into(),
+        key: "A00077".into(),
+        format_version: FeatureExtractor::default().state_format_version() + 1,
+        state_json: b"{}".to_vec(),
+    })
+    .unwrap();
+    produce(&changelog, [("A00077".to_string(), newer, None)]);
+    let inputs = sanitized();
+    let n = produce(&TopicRole::Sanitized.topic(&prefix), inputs) as f64;
+
+    let mut stage = Service::start("feature-extractor", &prefix, &[]);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            stage.metrics().get("seqmon_state_restore_failing") == Some(&1.0)
+        }),
+        "no restore failure reported; log:\n{}",
+        stage.log_text()
+    );
+    // Up, not ready, and the input waits: nothing is processed on missing state.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(
+        stage.child.try_wait().unwrap().is_none(),
+        "the stage exited"
+    );
+    let m = stage.metrics();
+    assert_eq!(m.get("seqmon_ready"), Some(&0.0));
+    assert_eq!(m.get("seqmon_input_records_total"), Some(&0.0));
+    let (status, body) =
+        seqmon_testkit::http_get(stage.metrics_port, "/readyz").expect("/readyz answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("state restore failing"), "{body}");
+    assert!(stage.log_text().contains("state restore failed"));
+
+    // The operator supersedes the record (here with an empty value, which is no snapshot
+    // either) or rolls forward; the next try restores, the input flows, and both records that
+    // are not snapshots are quarantined.
+    produce(&changelog, [("A00077".to_string(), Vec::new(), None)]);
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            stage.metrics().get("seqmon_input_records_total") == Some(&n)
+        }),
+        "the stage did not resume; log:\n{}",
+        stage.log_text()
+    );
+    assert_eq!(
+        stage.metrics().get("seqmon_state_restore_failing"),
+        Some(&0.0)
+    );
+    assert!(
+        stage.child.try_wait().unwrap().is_none(),
+        "the stage exited"
+    );
+    let features = read_until_some(Duration::from_secs(30), || {
+        read_committed(&TopicRole::Features.topic(&prefix))
+    });
+    assert!(!features.is_empty());
+    assert_eq!(
+        stage.metrics().get("seqmon_state_quarantined_total"),
+        Some(&2.0)
     );
 }

@@ -120,7 +120,7 @@ CONTRACT = {
     "seqmon_dead_letter_records_total", "seqmon_output_records_total", "seqmon_transactions_total",
     "seqmon_consumer_lag_records", "seqmon_assigned_partitions", "seqmon_rebalances_total",
     "seqmon_consumer_errors_total", "seqmon_restored_state_keys_total", "seqmon_restoring",
-    "seqmon_state_quarantined_total",
+    "seqmon_state_quarantined_total", "seqmon_state_restore_failing",
     "seqmon_ready", "seqmon_build_info",
     # ingest gateway (formerly ingest_gateway_*)
     "seqmon_requests_total", "seqmon_records_total", "seqmon_tls_handshake_failures_total",

@@ -371,6 +371,63 @@ pub struct Feature {
 }
 avro_record!(Feature, "feature");
 
+/// The first measurement of a record that is not a finite number, by field: measurements must be
+/// finite wherever the schema has one (a NaN or an infinity would poison every sum, baseline and
+/// stored state it reached), so each stage refuses such a record as bad input.
+fn first_non_finite<'a>(
+    fields: impl IntoIterator<Item = (&'a str, Option<f64>)>,
+) -> Option<String> {
+    fields
+        .into_iter()
+        .find(|(_, v)| v.is_some_and(|v| !v.is_finite()))
+        .map(|(name, _)| name.to_string())
+}
+
+impl Telemetry {
+    /// The first sensor, run-performance or log-parameter value that is not finite.
+    pub fn non_finite_measurement(&self) -> Option<String> {
+        first_non_finite(
+            self.sensors
+                .iter()
+                .flat_map(|s| s.fields())
+                .chain(self.run_performance.iter().flat_map(|p| p.metrics())),
+        )
+    }
+}
+
+impl SanitizedTelemetry {
+    /// The first sensor, run-performance or log-parameter value that is not finite.
+    pub fn non_finite_measurement(&self) -> Option<String> {
+        first_non_finite(
+            self.sensors
+                .iter()
+                .flat_map(|s| s.fields())
+                .chain(self.run_performance.iter().flat_map(|p| p.metrics()))
+                .chain(
+                    self.log_event
+                        .iter()
+                        .flat_map(|l| l.parameters.iter().map(|p| (p.name.as_str(), p.number))),
+                ),
+        )
+    }
+}
+
+impl Feature {
+    /// The first statistic or spec limit that is not finite.
+    pub fn non_finite_measurement(&self) -> Option<String> {
+        first_non_finite([
+            ("level", Some(self.level)),
+            ("slope_per_hour", Some(self.slope_per_hour)),
+            ("variability", Some(self.variability)),
+            ("min", Some(self.min)),
+            ("max", Some(self.max)),
+            ("fraction_out_of_spec", Some(self.fraction_out_of_spec)),
+            ("spec_low", self.spec_low),
+            ("spec_high", self.spec_high),
+        ])
+    }
+}
+
 /// Anomaly episode state.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -198,8 +198,34 @@ pub const CATALOGUE: &[TopicSpec] = &[
     TopicSpec { role: TopicRole::AlertCommands, name: "alerts.commands", schema: "alert_command", key: "the alert's instrument serial (a fleet alert's cohort key)", side: PrivacySide::Analysis, cleanup: Cleanup::DeleteAfterHours(365 * DAY), doc: "Service engineers' commands on alerts (acknowledge, snooze, resolve, assign): who, when, what. Co-partitioned with anomalies, so the notifier instance holding an alert reads its commands." },
 ];
 
-/// Kafka topic configuration entries for a topic.
+/// Who sets the Kafka timestamp of records on `telemetry.raw`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RawTimestamps {
+    /// The broker, on arrival (`LogAppendTime`): the validator judges an instrument's clock
+    /// against a clock the instrument cannot set. For live fleets.
+    #[default]
+    Broker,
+    /// The producer (`CreateTime`): the validator can only compare the sender's clock with
+    /// itself. For simulations and backfills of recorded telemetry, whose records must keep the
+    /// times they were sent at.
+    Producer,
+}
+
+/// Kafka topic configuration entries for a topic (`telemetry.raw` stamped by the broker).
 pub fn topic_config(spec: &TopicSpec) -> Vec<(&'static str, String)> {
+    topic_config_with(spec, RawTimestamps::Broker)
+}
+
+/// Kafka topic configuration entries for a topic, `telemetry.raw` stamped as `raw` says.
+pub fn topic_config_with(spec: &TopicSpec, raw: RawTimestamps) -> Vec<(&'static str, String)> {
+    let mut config = cleanup_config(spec);
+    if spec.role == TopicRole::Raw && raw == RawTimestamps::Broker {
+        config.push(("message.timestamp.type", "LogAppendTime".into()));
+    }
+    config
+}
+
+fn cleanup_config(spec: &TopicSpec) -> Vec<(&'static str, String)> {
     match spec.cleanup {
         Cleanup::DeleteAfterHours(h) => vec![
             ("cleanup.policy", "delete".into()),

@@ -23,6 +23,11 @@ use seqmon_model::{AvroRecord, DeadLetterReason};
 
 pub use config::ConfigError;
 
+/// Default of every stage's `max_event_lead_ms`: the validator lets an event time run up to 5
+/// minutes ahead of its arrival (clock jitter), so 10 minutes leaves a margin and still stops a
+/// glitch an hour ahead.
+pub const DEFAULT_MAX_EVENT_LEAD_MS: i64 = 600_000;
+
 /// One input record with its provenance.
 #[derive(Debug, Clone, Copy)]
 pub struct Envelope<'a> {
@@ -38,6 +43,9 @@ pub struct Envelope<'a> {
     pub offset: i64,
     /// Kafka record timestamp, when there is one.
     pub timestamp_ms: Option<i64>,
+    /// When the broker received the record, if the topic stamps it (LogAppendTime): a clock the
+    /// sender cannot set, unlike a producer's timestamp (CreateTime) or the times in the record.
+    pub arrival_time_ms: Option<i64>,
 }
 
 /// Internal error of a stage: a bug or an impossible state, never bad input. The runtime fails
@@ -144,6 +152,47 @@ impl Emitter {
                 None
             }
         }
+    }
+
+    /// Refuses the input (OUT_OF_RANGE) when `field`, a measurement of it, is not a finite
+    /// number (see the records' `non_finite_measurement`). Returns whether it was refused.
+    pub fn reject_non_finite(&mut self, field: Option<String>) -> bool {
+        let Some(field) = field else {
+            return false;
+        };
+        self.reject(
+            DeadLetterReason::OUT_OF_RANGE,
+            format!("{field} is not a finite number"),
+        );
+        true
+    }
+
+    /// Refuses the input (TIMESTAMP_FUTURE) when its event time is more than `max_lead_ms`
+    /// ahead of the time it arrived: the broker's receive time where the topic records it,
+    /// else its Kafka timestamp (on our topics, the raw record's arrival, carried by every
+    /// stage). Nothing sent arrives before it happened, so such a record is a glitch or a
+    /// forgery; taken, it would move the instrument's watermark ahead and turn its real data
+    /// into late events. Returns whether the input was refused (never without a timestamp).
+    pub fn reject_if_ahead(
+        &mut self,
+        input: &Envelope<'_>,
+        event_time_ms: i64,
+        max_lead_ms: i64,
+    ) -> bool {
+        let Some(arrival) = input.arrival_time_ms.or(input.timestamp_ms) else {
+            return false;
+        };
+        let lead = event_time_ms.saturating_sub(arrival);
+        if lead <= max_lead_ms {
+            return false;
+        }
+        self.reject(
+            DeadLetterReason::TIMESTAMP_FUTURE,
+            format!(
+                "event time is {lead} ms ahead of the record's arrival; at most {max_lead_ms} ms"
+            ),
+        );
+        true
     }
 
     /// Whether the current input was refused.

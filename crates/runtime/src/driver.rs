@@ -274,6 +274,7 @@ mod payload_tests {
             partition: 2,
             offset: 41,
             timestamp_ms: Some(7),
+            arrival_time_ms: None,
         }
     }
 

@@ -101,6 +101,7 @@ impl Chain {
             partition: 0,
             offset,
             timestamp_ms: None,
+            arrival_time_ms: None,
         };
         let mut out = Vec::new();
         self.stages[index].handle(&env, &mut out, |_| {})?;

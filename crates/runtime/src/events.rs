@@ -3,6 +3,8 @@
 //! exists without its metric nor a metric without its line. Labels are small fixed sets (reason
 //! codes, outcomes); no event carries a record's value.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use seqmon_model::DeadLetterReason;
@@ -85,11 +87,14 @@ impl TransactionAborted<'_> {
             .transactions
             .with_label_values(&[TransactionOutcome::Aborted.label()])
             .inc();
-        tracing::warn!(
-            error = %self.error,
-            records = self.records,
-            "transaction aborted; restoring state and rewinding to committed offsets"
-        );
+        if let Some(occurrences) = LogLimiter::global().admit("transaction aborted") {
+            tracing::warn!(
+                error = %self.error,
+                records = self.records,
+                occurrences,
+                "transaction aborted; restoring state and rewinding to committed offsets"
+            );
+        }
     }
 }
 
@@ -210,6 +215,32 @@ impl StateQuarantined<'_> {
     }
 }
 
+/// The state of the assigned partitions could not be restored (a changelog record that does
+/// not open or decode, a state format this build does not read, the restore timing out): their
+/// input waits and the restore is retried with backoff, so the stage stays up, says why, and
+/// its alert fires, instead of exiting into a crash loop. Logged once per attempt (attempts
+/// are at least seconds apart).
+pub struct StateRestoreFailed<'a> {
+    pub changelog: &'a str,
+    pub partitions: &'a [i32],
+    pub error: &'a dyn std::fmt::Display,
+    pub retry_in: Duration,
+}
+
+impl StateRestoreFailed<'_> {
+    pub fn emit(&self, metrics: &StageMetrics) {
+        metrics.restore_failing.set(1);
+        metrics.ready.set(0);
+        tracing::error!(
+            changelog = self.changelog,
+            partitions = ?self.partitions,
+            error = %self.error,
+            retry_in_s = self.retry_in.as_secs(),
+            "state restore failed: the partitions' input waits until it succeeds"
+        );
+    }
+}
+
 /// The consumer reported an error (broker down, fetch failed). Logged at most once per
 /// [`ConsumerErrorLog::INTERVAL`] with the count of errors since the last line, so an outage
 /// writes a bounded number of lines; every error is counted.
@@ -236,6 +267,65 @@ impl ConsumerError<'_> {
     }
 }
 
+/// One log line per condition per [`LogLimiter::INTERVAL`], carrying how many occurrences it
+/// stands for: under a broker outage a stage logs each condition (connection refused, request
+/// timed out, transaction aborted, a retried operation) once per interval, not once per
+/// reconnect attempt, retry or abort. Counters are never limited, only lines.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    /// Per condition: when its last line went out, and occurrences since.
+    conditions: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl LogLimiter {
+    /// Least time between two lines of one condition.
+    pub const INTERVAL: Duration = Duration::from_secs(10);
+    /// Most conditions tracked; beyond, unknown conditions share one slot (bounded memory even
+    /// if a client invents a new message every time).
+    const MAX_CONDITIONS: usize = 128;
+
+    /// The process-wide limiter.
+    pub fn global() -> &'static LogLimiter {
+        static GLOBAL: std::sync::OnceLock<LogLimiter> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(LogLimiter::default)
+    }
+
+    /// Counts one occurrence of `condition`; `Some(n)` when a line is due now, standing for `n`
+    /// occurrences (this one included), `None` when it stays quiet.
+    pub fn admit(&self, condition: &str) -> Option<u64> {
+        self.admit_at(condition, Instant::now())
+    }
+
+    fn admit_at(&self, condition: &str, now: Instant) -> Option<u64> {
+        let Ok(mut conditions) = self.conditions.lock() else {
+            return Some(1);
+        };
+        let key = if conditions.len() >= Self::MAX_CONDITIONS && !conditions.contains_key(condition)
+        {
+            "(other conditions)"
+        } else {
+            condition
+        };
+        match conditions.get_mut(key) {
+            None => {
+                conditions.insert(key.to_string(), (now, 0));
+                Some(1)
+            }
+            Some((last, pending)) => {
+                *pending += 1;
+                if now.duration_since(*last) >= Self::INTERVAL {
+                    let n = *pending;
+                    *last = now;
+                    *pending = 0;
+                    Some(n)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
 /// Rate limit of [`ConsumerError`] log lines.
 #[derive(Debug, Default)]
 pub struct ConsumerErrorLog {
@@ -251,6 +341,39 @@ impl ConsumerErrorLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_condition_logs_once_per_interval_with_its_count() {
+        let limiter = LogLimiter::default();
+        let t0 = Instant::now();
+        assert_eq!(limiter.admit_at("FAIL", t0), Some(1));
+        assert_eq!(
+            limiter.admit_at("REQTMOUT", t0),
+            Some(1),
+            "conditions are apart"
+        );
+        let mut lines = 0;
+        // 75 s of an outage, a reconnect attempt every 100 ms.
+        for i in 1..=750u64 {
+            if limiter
+                .admit_at("FAIL", t0 + Duration::from_millis(100 * i))
+                .is_some()
+            {
+                lines += 1;
+            }
+        }
+        assert_eq!(lines, 7, "one line per 10 s");
+        assert_eq!(
+            limiter.admit_at("FAIL", t0 + Duration::from_secs(90)),
+            Some(51),
+            "the next line counts what it stands for"
+        );
+        // Unbounded conditions share one slot past the cap.
+        for i in 0..1000 {
+            limiter.admit_at(&format!("message {i}"), t0);
+        }
+        assert!(limiter.conditions.lock().unwrap().len() <= LogLimiter::MAX_CONDITIONS + 1);
+    }
 
     #[test]
     fn consumer_errors_are_all_counted_and_logged_at_a_bounded_rate() {

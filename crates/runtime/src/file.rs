@@ -198,6 +198,7 @@ pub fn run_file(driver: &mut Driver, args: &FileArgs) -> Result<FileSummary, Run
                     partition: 0,
                     offset,
                     timestamp_ms: None,
+                    arrival_time_ms: None,
                 };
                 driver.handle(&env, &mut out, |_| {})?;
                 feed_back(driver, &mut out, &source_name)?;
@@ -210,6 +211,7 @@ pub fn run_file(driver: &mut Driver, args: &FileArgs) -> Result<FileSummary, Run
                     partition: 0,
                     offset,
                     timestamp_ms: None,
+                    arrival_time_ms: None,
                 };
                 driver.reject_unreadable(&env, reason, &detail, &mut out)?;
             }
@@ -241,6 +243,7 @@ fn feed_back(
                 partition: 0,
                 offset: -1,
                 timestamp_ms: None,
+                arrival_time_ms: None,
             };
             let mut more = Vec::new();
             driver.handle(&env, &mut more, |_| {})?;

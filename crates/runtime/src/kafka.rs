@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, Timestamp};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use seqmon_model::topics::{PrivacySide, TopicRole};
@@ -53,8 +53,8 @@ use crate::driver::{Driver, OutputLimit};
 use crate::envelope::{self, KeyRing};
 use crate::error::RuntimeError;
 use crate::events::{
-    ConsumerError, ConsumerErrorLog, RebalanceKind, Rebalanced, StateQuarantined, StateRestored,
-    TransactionAborted, TransactionCommitted,
+    ConsumerError, ConsumerErrorLog, LogLimiter, RebalanceKind, Rebalanced, StateQuarantined,
+    StateRestoreFailed, StateRestored, TransactionAborted, TransactionCommitted,
 };
 use crate::metrics::StageMetrics;
 use crate::processor::{Emitted, Envelope};
@@ -80,6 +80,13 @@ struct StageConsumerContext {
 }
 
 impl ClientContext for StageConsumerContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        client_log(level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(&error, reason);
+    }
+
     /// Every [`STATISTICS_INTERVAL_MS`], on the loop's thread (it polls): the lag of each owned
     /// input partition, and readiness from it.
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -111,7 +118,10 @@ impl ClientContext for StageConsumerContext {
                 }
             }
         }
-        let ready = known && self.metrics.restoring.get() == 0 && total <= self.ready_max_lag;
+        let ready = known
+            && self.metrics.restoring.get() == 0
+            && self.metrics.restore_failing.get() == 0
+            && total <= self.ready_max_lag;
         self.metrics.ready.set(i64::from(ready));
     }
 }
@@ -183,16 +193,62 @@ fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The client's own log lines and errors, one line per condition per interval (see
+/// [`LogLimiter`]): librdkafka reports every failed reconnect, so a broker outage would
+/// otherwise write a line per client and attempt.
+fn client_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    let Some(occurrences) = LogLimiter::global().admit(fac) else {
+        return;
+    };
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(fac, occurrences, "librdkafka: {message}")
+        }
+        L::Warning => tracing::warn!(fac, occurrences, "librdkafka: {message}"),
+        L::Notice | L::Info => tracing::info!(fac, occurrences, "librdkafka: {message}"),
+        L::Debug => tracing::debug!(fac, occurrences, "librdkafka: {message}"),
+    }
+}
+
+/// A client error, one line per error code per interval (see [`LogLimiter`]).
+fn client_error(error: &KafkaError, reason: &str) {
+    let condition = format!("client error {:?}", error.rdkafka_error_code());
+    if let Some(occurrences) = LogLimiter::global().admit(&condition) {
+        tracing::warn!(error = %error, reason, occurrences, "kafka client error");
+    }
+}
+
+/// Context of the stage's transactional producer: log lines and errors rate-limited.
+pub struct QuietClientContext;
+
+impl ClientContext for QuietClientContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        client_log(level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(&error, reason);
+    }
+}
+
+impl rdkafka::producer::ProducerContext for QuietClientContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
 /// Context of the changelog restore consumer: reaching the end of a partition is how restore
 /// knows it is done, not an error worth a log line.
 struct RestoreContext;
 
 impl ClientContext for RestoreContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        client_log(level, fac, log_message);
+    }
     fn error(&self, error: KafkaError, reason: &str) {
         let eof = matches!(error, KafkaError::PartitionEOF(_))
             || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
         if !eof {
-            tracing::error!(error = %error, reason, "changelog restore consumer error");
+            client_error(&error, reason);
         }
     }
 }
@@ -208,6 +264,8 @@ struct Owned {
     partition: i32,
     offset: i64,
     timestamp_ms: Option<i64>,
+    /// The broker's receive time, on a topic with LogAppendTime.
+    arrival_time_ms: Option<i64>,
     /// The envelope header, when the record is sealed (see [`crate::envelope`]).
     sealed_with: Option<Vec<u8>>,
 }
@@ -307,7 +365,7 @@ struct StageLoop<'a> {
     driver: Driver,
     cfg: &'a RunnerConfig,
     topics: Topics,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<QuietClientContext>,
     consumer: BaseConsumer<StageConsumerContext>,
     rebalances: Arc<RebalanceLog>,
     assigned: Vec<i32>,
@@ -315,6 +373,8 @@ struct StageLoop<'a> {
     quarantined: Vec<Quarantined>,
     /// Transactions aborted since the last commit.
     consecutive_aborts: u32,
+    /// Set while the assigned partitions' state could not be restored: when to try again.
+    restore_retry: Option<RestoreRetry>,
     consumer_errors: ConsumerErrorLog,
     last_txn: Instant,
 }
@@ -355,7 +415,7 @@ impl<'a> StageLoop<'a> {
             .transactional_id
             .clone()
             .unwrap_or_else(|| default_transactional_id(&cfg.kafka.topic_prefix, stage));
-        let producer: ThreadedProducer<DefaultProducerContext> = cfg
+        let producer: ThreadedProducer<QuietClientContext> = cfg
             .kafka
             .producer_config()
             .set("transactional.id", &transactional_id)
@@ -368,7 +428,7 @@ impl<'a> StageLoop<'a> {
             // adds latency; records still batch while a request is in flight.
             .set("linger.ms", "0")
             .set("queue.buffering.max.messages", "200000")
-            .create()
+            .create_with_context(QuietClientContext)
             .map_err(RuntimeError::kafka("create producer"))?;
         // Fences any earlier instance with this transactional id and aborts its open
         // transaction, so the changelog's last stable offset is final before we restore from it.
@@ -497,9 +557,25 @@ impl<'a> StageLoop<'a> {
             assigned: Vec::new(),
             quarantined: Vec::new(),
             consecutive_aborts: 0,
+            restore_retry: None,
             consumer_errors: ConsumerErrorLog::default(),
             last_txn: Instant::now(),
         })
+    }
+
+    /// Restores state for the current assignment (see [`restore_or_wait`]).
+    fn restore(&mut self) -> Result<(), RuntimeError> {
+        restore_or_wait(
+            &mut self.driver,
+            &mut self.quarantined,
+            &mut self.restore_retry,
+            &Inputs {
+                consumer: &self.consumer,
+                topics: &self.topics,
+                assigned: &self.assigned,
+                cfg: self.cfg,
+            },
+        )
     }
 
     /// Fills `batch` with what is fetched for the current assignment: at most
@@ -517,6 +593,13 @@ impl<'a> StageLoop<'a> {
         let linger = Duration::from_millis(self.cfg.batch_linger_ms);
         let started = Instant::now();
         while batch.len() < self.cfg.batch_max_records && started.elapsed() < max_wait {
+            if self
+                .restore_retry
+                .as_ref()
+                .is_some_and(|r| Instant::now() >= r.at)
+            {
+                self.restore()?;
+            }
             let generation = self.rebalances.generation.load(Ordering::SeqCst);
             let remaining = max_wait.saturating_sub(started.elapsed());
             let polled = self.consumer.poll(if batch.is_empty() {
@@ -530,11 +613,16 @@ impl<'a> StageLoop<'a> {
                 if let Some(parts) = new_assignment {
                     self.assigned = parts;
                     // Disjoint fields: the polled message still borrows the consumer.
-                    self.quarantined = restore_state(
+                    restore_or_wait(
                         &mut self.driver,
-                        self.cfg,
-                        self.topics.changelog.as_deref(),
-                        &self.assigned,
+                        &mut self.quarantined,
+                        &mut self.restore_retry,
+                        &Inputs {
+                            consumer: &self.consumer,
+                            topics: &self.topics,
+                            assigned: &self.assigned,
+                            cfg: self.cfg,
+                        },
                     )?;
                 }
             }
@@ -547,7 +635,12 @@ impl<'a> StageLoop<'a> {
                 }
                 Some(Ok(m)) => {
                     let input = self.topics.input_index(m.topic());
-                    if let Some(input) = input.filter(|_| self.assigned.contains(&m.partition())) {
+                    // Nothing is taken while state is missing (records fetched before the
+                    // pause are fetched again after the rewind that ends it).
+                    let restored = self.restore_retry.is_none();
+                    if let Some(input) =
+                        input.filter(|_| restored && self.assigned.contains(&m.partition()))
+                    {
                         batch.push(Owned {
                             input,
                             key: m.key().map(<[u8]>::to_vec),
@@ -555,6 +648,10 @@ impl<'a> StageLoop<'a> {
                             partition: m.partition(),
                             offset: m.offset(),
                             timestamp_ms: m.timestamp().to_millis(),
+                            arrival_time_ms: match m.timestamp() {
+                                Timestamp::LogAppendTime(ms) => Some(ms),
+                                _ => None,
+                            },
                             sealed_with: envelope_header(&m),
                         });
                     }
@@ -611,12 +708,7 @@ impl<'a> StageLoop<'a> {
                         self.consecutive_aborts
                     )));
                 }
-                self.quarantined = restore_state(
-                    &mut self.driver,
-                    self.cfg,
-                    self.topics.changelog.as_deref(),
-                    &self.assigned,
-                )?;
+                self.restore()?;
                 self.rewind()
             }
             Err(TxnFailure::Fatal(e)) => Err(e),
@@ -741,6 +833,7 @@ impl<'a> StageLoop<'a> {
                 partition: m.partition,
                 offset: m.offset,
                 timestamp_ms: m.timestamp_ms,
+                arrival_time_ms: m.arrival_time_ms,
             };
             let changed = &mut out.changed;
             let handled = match &opened {
@@ -869,7 +962,9 @@ impl<'a> StageLoop<'a> {
                 Ok(()) => return Ok(()),
                 Err(KafkaError::Transaction(t)) if t.is_retriable() && attempt < 5 => {
                     attempt += 1;
-                    tracing::warn!(error = %t, attempt, "commit_transaction retriable error; retrying");
+                    if let Some(occurrences) = LogLimiter::global().admit("commit retry") {
+                        tracing::warn!(error = %t, attempt, occurrences, "commit_transaction retriable error; retrying");
+                    }
                     std::thread::sleep(Duration::from_millis(200 << attempt));
                 }
                 Err(e) => return Err(classify("commit_transaction", e)),
@@ -880,44 +975,13 @@ impl<'a> StageLoop<'a> {
     /// Seeks every assigned partition of every input back to its committed offset (or the
     /// beginning).
     fn rewind(&self) -> Result<(), RuntimeError> {
-        let timeout = self.cfg.request_timeout();
-        let committed = self
-            .consumer
-            .committed(timeout)
-            .map_err(RuntimeError::kafka("committed offsets"))?;
-        let each = self
-            .topics
-            .inputs
-            .iter()
-            .flat_map(|(_, t)| self.assigned.iter().map(move |p| (t.as_str(), p)));
-        for (topic, p) in each {
-            let committed_offset = committed
-                .find_partition(topic, *p)
-                .map(|e| e.offset())
-                .filter(|o| matches!(o, Offset::Offset(_)));
-            // Nothing committed yet: start from the partition's first offset (auto.offset.reset
-            // is earliest), resolved here so the seek is to a concrete offset.
-            let offset = match committed_offset {
-                Some(o) => o,
-                None => {
-                    let (low, _) = self
-                        .consumer
-                        .fetch_watermarks(topic, *p, timeout)
-                        .map_err(RuntimeError::kafka("fetch watermarks"))?;
-                    Offset::Offset(low)
-                }
-            };
-            tracing::debug!(
-                topic,
-                partition = *p,
-                ?offset,
-                "rewinding to the committed offset"
-            );
-            self.consumer
-                .seek(topic, *p, offset, timeout)
-                .map_err(RuntimeError::kafka("seek"))?;
+        Inputs {
+            consumer: &self.consumer,
+            topics: &self.topics,
+            assigned: &self.assigned,
+            cfg: self.cfg,
         }
-        Ok(())
+        .rewind()
     }
 
     /// SIGTERM: the last batch is committed; leave the group so partitions move at once.
@@ -993,6 +1057,7 @@ fn restore_state(
     cfg: &RunnerConfig,
     changelog: Option<&str>,
     assigned: &[i32],
+    probe: &BaseConsumer<StageConsumerContext>,
 ) -> Result<Vec<Quarantined>, RuntimeError> {
     driver.processor_mut().clear_state();
     let Some(changelog) = changelog else {
@@ -1002,6 +1067,23 @@ fn restore_state(
         return Ok(Vec::new());
     }
     let started = Instant::now();
+    // No records on the assigned changelog partitions (a new deployment, no keys yet): one
+    // offsets request on the stage's own client instead of a restore consumer that joins,
+    // fetches and waits for the end of every partition.
+    let timeout = cfg.request_timeout();
+    let empty = assigned.iter().all(|p| {
+        matches!(probe.fetch_watermarks(changelog, *p, timeout), Ok((low, high)) if high <= low)
+    });
+    if empty {
+        StateRestored {
+            changelog,
+            partitions: assigned,
+            keys: 0,
+            elapsed: started.elapsed(),
+        }
+        .emit(&driver.metrics);
+        return Ok(Vec::new());
+    }
     let group_id = cfg.group_id(driver.processor().stage());
     let role = driver.processor().changelog_role();
     let ring = cfg
@@ -1025,25 +1107,55 @@ fn restore_state(
     driver.metrics.restoring.set(0);
     let latest = latest?;
     let expected = driver.processor().state_format_version();
+    // A state format this build does not read stops the whole restore before anything is
+    // quarantined or restored (it is retried; nothing is counted twice).
+    for (key, entry) in &latest {
+        if let Some(snap) = &entry.snapshot {
+            if !driver.processor().reads_state_format(snap.format_version) {
+                return Err(StageError::StateFormat {
+                    key: key.clone(),
+                    found: snap.format_version,
+                    expected,
+                }
+                .into());
+            }
+        }
+    }
     let mut restored = 0u64;
     let mut quarantined = Vec::new();
     for (key, entry) in latest {
-        let ChangelogEntry {
-            snapshot: Some(snap),
-            partition,
-            offset,
-        } = entry
-        else {
-            continue;
-        };
-        if !driver.processor().reads_state_format(snap.format_version) {
-            return Err(StageError::StateFormat {
-                key,
-                found: snap.format_version,
-                expected,
+        let (snap, partition, offset) = match entry {
+            ChangelogEntry {
+                snapshot: Some(snap),
+                partition,
+                offset,
+                ..
+            } => (snap, partition, offset),
+            ChangelogEntry {
+                undecodable: Some((bytes, error)),
+                partition,
+                offset,
+                ..
+            } => {
+                let error = format!("not a state snapshot: {error}");
+                StateQuarantined {
+                    changelog,
+                    partition,
+                    offset,
+                    error: &error,
+                }
+                .emit(&driver.metrics);
+                quarantined.push(Quarantined {
+                    key,
+                    partition,
+                    offset,
+                    state: bytes,
+                    error,
+                });
+                continue;
             }
-            .into());
-        }
+            _ => continue,
+        };
         match driver.processor_mut().restore(&key, &snap.state_json) {
             Ok(()) => restored += 1,
             Err(e) => {
@@ -1076,9 +1188,12 @@ fn restore_state(
     Ok(quarantined)
 }
 
-/// A key's latest changelog record: its snapshot (`None` for a tombstone) and where it is.
+/// A key's latest changelog record: its snapshot (`None` for a tombstone, or a record that does
+/// not decode) and where it is.
 pub struct ChangelogEntry {
     pub snapshot: Option<StateSnapshot>,
+    /// A record that is not a state snapshot (corrupt bytes, another schema): its bytes and why.
+    pub undecodable: Option<(Vec<u8>, String)>,
     pub partition: i32,
     pub offset: i64,
 }
@@ -1145,24 +1260,40 @@ pub fn read_changelog(
                     ),
                     _ => None,
                 };
+                let mut undecodable = None;
                 let state = match opened.as_deref().or(m.payload()) {
                     None => None,
-                    Some(bytes) => Some(decode::<StateSnapshot>(bytes).map_err(|e| {
-                        let hint = if ring.is_none() && envelope_header(&m).is_some() {
-                            " (it is sealed: set --encryption-keys-dir and --encryption-active-key)"
-                        } else {
-                            ""
-                        };
-                        RuntimeError::Internal(format!(
-                            "changelog {changelog} record at offset {} does not decode: {e}{hint}",
-                            m.offset()
-                        ))
-                    })?),
+                    Some(bytes) => match decode::<StateSnapshot>(bytes) {
+                        Ok(snapshot) => Some(snapshot),
+                        // A schema this build does not know is a newer build's changelog: stop
+                        // rather than misread (or quarantine) all of it. So is a sealed
+                        // changelog read without its keys.
+                        Err(e)
+                            if e.reason() == DeadLetterReason::UNKNOWN_SCHEMA
+                                || (ring.is_none() && envelope_header(&m).is_some()) =>
+                        {
+                            let hint = if ring.is_none() && envelope_header(&m).is_some() {
+                                " (it is sealed: set --encryption-keys-dir and --encryption-active-key)"
+                            } else {
+                                ""
+                            };
+                            return Err(RuntimeError::Internal(format!(
+                                "changelog {changelog} record at offset {} does not decode: {e}{hint}",
+                                m.offset()
+                            )));
+                        }
+                        // One corrupt record is one key's problem: quarantined by the restore.
+                        Err(e) => {
+                            undecodable = Some((bytes.to_vec(), e.to_string()));
+                            None
+                        }
+                    },
                 };
                 latest.insert(
                     key,
                     ChangelogEntry {
                         snapshot: state,
+                        undecodable,
                         partition: m.partition(),
                         offset: m.offset(),
                     },
@@ -1180,6 +1311,140 @@ pub fn read_changelog(
         }
     }
     Ok(latest)
+}
+
+/// The stage's consumer with its topics and assignment: what rewinding and pausing need, apart
+/// from the rest of the loop (a polled message may still borrow the consumer).
+struct Inputs<'a> {
+    consumer: &'a BaseConsumer<StageConsumerContext>,
+    topics: &'a Topics,
+    assigned: &'a [i32],
+    cfg: &'a RunnerConfig,
+}
+
+impl Inputs<'_> {
+    /// Seeks every assigned partition of every input back to its committed offset (or the
+    /// beginning).
+    fn rewind(&self) -> Result<(), RuntimeError> {
+        let timeout = self.cfg.request_timeout();
+        let committed = self
+            .consumer
+            .committed(timeout)
+            .map_err(RuntimeError::kafka("committed offsets"))?;
+        let each = self
+            .topics
+            .inputs
+            .iter()
+            .flat_map(|(_, t)| self.assigned.iter().map(move |p| (t.as_str(), p)));
+        for (topic, p) in each {
+            let committed_offset = committed
+                .find_partition(topic, *p)
+                .map(|e| e.offset())
+                .filter(|o| matches!(o, Offset::Offset(_)));
+            // Nothing committed yet: start from the partition's first offset (auto.offset.reset
+            // is earliest), resolved here so the seek is to a concrete offset.
+            let offset = match committed_offset {
+                Some(o) => o,
+                None => {
+                    let (low, _) = self
+                        .consumer
+                        .fetch_watermarks(topic, *p, timeout)
+                        .map_err(RuntimeError::kafka("fetch watermarks"))?;
+                    Offset::Offset(low)
+                }
+            };
+            tracing::debug!(
+                topic,
+                partition = *p,
+                ?offset,
+                "rewinding to the committed offset"
+            );
+            self.consumer
+                .seek(topic, *p, offset, timeout)
+                .map_err(RuntimeError::kafka("seek"))?;
+        }
+        Ok(())
+    }
+
+    /// Pauses (or resumes) every input's assigned partitions.
+    fn set_paused(&self, paused: bool) -> Result<(), RuntimeError> {
+        let mut tpl = TopicPartitionList::new();
+        for (_, topic) in &self.topics.inputs {
+            for p in self.assigned {
+                tpl.add_partition(topic, *p);
+            }
+        }
+        if paused {
+            self.consumer
+                .pause(&tpl)
+                .map_err(RuntimeError::kafka("pause partitions"))
+        } else {
+            self.consumer
+                .resume(&tpl)
+                .map_err(RuntimeError::kafka("resume partitions"))
+        }
+    }
+}
+
+/// Restores state for the current assignment. A restore that fails does not stop the stage:
+/// the assigned input partitions are paused (their records wait on the broker), the failure is
+/// reported (error line, `seqmon_state_restore_failing`, not ready) and the restore is tried
+/// again after a backoff (5 s, doubling to 5 min). When it succeeds, the partitions resume from
+/// their committed offsets.
+fn restore_or_wait(
+    driver: &mut Driver,
+    quarantined: &mut Vec<Quarantined>,
+    retry: &mut Option<RestoreRetry>,
+    inputs: &Inputs<'_>,
+) -> Result<(), RuntimeError> {
+    match restore_state(
+        driver,
+        inputs.cfg,
+        inputs.topics.changelog.as_deref(),
+        inputs.assigned,
+        inputs.consumer,
+    ) {
+        Ok(restored) => {
+            *quarantined = restored;
+            if retry.take().is_some() {
+                driver.metrics.restore_failing.set(0);
+                inputs.set_paused(false)?;
+                inputs.rewind()?;
+                tracing::info!(partitions = ?inputs.assigned, "state restored; input resumes");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let delay = retry.as_ref().map_or(RESTORE_RETRY_FIRST, |r| {
+                (r.delay * 2).min(RESTORE_RETRY_MAX)
+            });
+            StateRestoreFailed {
+                changelog: inputs.topics.changelog.as_deref().unwrap_or_default(),
+                partitions: inputs.assigned,
+                error: &e,
+                retry_in: delay,
+            }
+            .emit(&driver.metrics);
+            quarantined.clear();
+            driver.processor_mut().clear_state();
+            inputs.set_paused(true)?;
+            *retry = Some(RestoreRetry {
+                at: Instant::now() + delay,
+                delay,
+            });
+            Ok(())
+        }
+    }
+}
+
+/// When a failed restore is first tried again, and the longest wait between tries.
+const RESTORE_RETRY_FIRST: Duration = Duration::from_secs(5);
+const RESTORE_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// The next try of a failed restore.
+struct RestoreRetry {
+    at: Instant,
+    delay: Duration,
 }
 
 /// librdkafka's default `message.max.bytes`.
@@ -1231,8 +1496,8 @@ fn classify(operation: &'static str, e: KafkaError) -> TxnFailure {
 /// `ThreadedProducer` polls for events with a 100 ms timeout while the producer's own thread
 /// takes those events, so each commit would wait 100 ms after its last delivery (measured:
 /// 100 ms per transaction whatever its size). Once nothing is in flight its flush returns at once.
-pub fn wait_delivered(
-    producer: &ThreadedProducer<DefaultProducerContext>,
+pub fn wait_delivered<C: rdkafka::producer::ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     let deadline = Instant::now() + timeout;
@@ -1431,7 +1696,9 @@ fn retry(
             Err(KafkaError::Transaction(t))
                 if t.is_retriable() && !shutdown.load(Ordering::SeqCst) =>
             {
-                tracing::warn!(operation, error = %t, retry_in_ms = delay.as_millis() as u64, "retriable error");
+                if let Some(occurrences) = LogLimiter::global().admit(operation) {
+                    tracing::warn!(operation, error = %t, occurrences, retry_in_ms = delay.as_millis() as u64, "retriable error");
+                }
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(10));
             }

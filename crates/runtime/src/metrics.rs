@@ -87,6 +87,8 @@ pub struct StageMetrics {
     pub restore_seconds: Histogram,
     /// 1 while state is being restored.
     pub restoring: IntGauge,
+    /// 1 while the assigned partitions' state cannot be restored (retried with backoff).
+    pub restore_failing: IntGauge,
     /// State snapshots that did not restore and were quarantined.
     pub state_quarantined: IntCounter,
     /// Consumer errors (fetch failures, broker unreachable).
@@ -187,6 +189,11 @@ impl StageMetrics {
             "Input partitions assigned to this instance.",
         );
         let restoring = gauge("restoring", "1 while state is being restored.");
+        let restore_failing = gauge(
+            "state_restore_failing",
+            "1 while the assigned partitions' state cannot be restored: their input waits, the \
+             restore is retried with backoff.",
+        );
         let ready = gauge(
             "ready",
             "1 when joined, restored and caught up (what /readyz answers).",
@@ -243,6 +250,7 @@ impl StageMetrics {
             restored_state_keys,
             restore_seconds,
             restoring,
+            restore_failing,
             state_quarantined,
             consumer_errors,
             rebalances,
@@ -322,6 +330,8 @@ pub async fn serve(addr: std::net::SocketAddr, metrics: StageMetrics) -> std::io
                     "ready\n".into()
                 } else if !alive {
                     "processing loop silent\n".into()
+                } else if metrics.restore_failing.get() == 1 {
+                    "state restore failing (see the error log; retried with backoff)\n".into()
                 } else if metrics.restoring.get() == 1 {
                     "restoring state\n".into()
                 } else {

@@ -47,8 +47,15 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Creates every catalogue topic under `prefix` with `seqmon-admin create-topics`.
+/// Creates every catalogue topic under `prefix` with `seqmon-admin create-topics`, with
+/// `telemetry.raw` stamped by the producer: tests and benchmarks replay simulated histories,
+/// whose records must keep the times they were sent at.
 pub fn create_topics(bootstrap: &str, prefix: &str, partitions: u32) {
+    create_topics_with(bootstrap, prefix, partitions, "producer");
+}
+
+/// [`create_topics`] with `--raw-timestamps raw_timestamps` (`broker` as a live fleet's).
+pub fn create_topics_with(bootstrap: &str, prefix: &str, partitions: u32, raw_timestamps: &str) {
     let status = Command::new(workspace_bin("seqmon-admin"))
         .args([
             "create-topics",
@@ -58,6 +65,8 @@ pub fn create_topics(bootstrap: &str, prefix: &str, partitions: u32) {
             prefix,
             "--partitions",
             &partitions.to_string(),
+            "--raw-timestamps",
+            raw_timestamps,
         ])
         .stderr(Stdio::null())
         .status()

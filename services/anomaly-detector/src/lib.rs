@@ -115,6 +115,11 @@ pub struct AnomalyConfig {
     /// hold back the low watermark cohort signals carry (beyond it, it is silent).
     #[arg(long, env = "ANOMALY_COHORT_LAG_MINUTES", default_value_t = 360)]
     pub cohort_lag_minutes: i64,
+    /// Most a feature's window end may run ahead of its record's arrival (the raw record's
+    /// broker receive time, carried by every stage), ms; a feature further ahead is a dead
+    /// letter TIMESTAMP_FUTURE and moves no baseline or watermark.
+    #[arg(long, env = "ANOMALY_MAX_EVENT_LEAD_MS", default_value_t = seqmon_processor::DEFAULT_MAX_EVENT_LEAD_MS)]
+    pub max_event_lead_ms: i64,
 }
 
 impl Default for AnomalyConfig {
@@ -131,6 +136,9 @@ impl AnomalyConfig {
         let positive = |x: f64| x.is_finite() && x > 0.0;
         if self.warmup_windows < 2 {
             return bad("warmup_windows", "must be at least 2");
+        }
+        if !(0..=7 * 86_400_000).contains(&self.max_event_lead_ms) {
+            return bad("max_event_lead_ms", "must be 0..=604800000 (7 days)");
         }
         if !positive(self.z_threshold) {
             return bad("z_threshold", "must be a positive number");
@@ -505,6 +513,11 @@ impl Processor for AnomalyDetector {
         let Some(f) = out.decode_or_reject::<Feature>(input) else {
             return Ok(());
         };
+        if out.reject_non_finite(f.non_finite_measurement())
+            || out.reject_if_ahead(input, f.window_end_ms, self.cfg.max_event_lead_ms)
+        {
+            return Ok(());
+        }
         let cfg = &self.cfg;
         let source = {
             let progress = self.progress.entry(input.partition).or_default();
@@ -901,6 +914,7 @@ mod tests {
             partition: 0,
             offset: 0,
             timestamp_ms: None,
+            arrival_time_ms: None,
         };
         let mut out = Emitter::default();
         d.process(&env, &mut out).unwrap();

@@ -104,6 +104,11 @@ pub struct CohortConfig {
     /// decisions back (beyond it: its instruments are silent, or its stage is down).
     #[arg(long, env = "COHORT_SOURCE_LAG_MINUTES", default_value_t = 360)]
     pub source_lag_minutes: i64,
+    /// Most a signal's event time may run ahead of its record's arrival (the raw record's broker
+    /// receive time, carried by every stage), ms; a signal further ahead is a dead letter
+    /// TIMESTAMP_FUTURE and moves no watermark.
+    #[arg(long, env = "COHORT_MAX_EVENT_LEAD_MS", default_value_t = seqmon_processor::DEFAULT_MAX_EVENT_LEAD_MS)]
+    pub max_event_lead_ms: i64,
 }
 
 impl Default for CohortConfig {
@@ -117,6 +122,9 @@ impl CohortConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |id: &str, message: &str| Err(ConfigError::of::<Self>(id, message));
+        if !(0..=7 * 86_400_000).contains(&self.max_event_lead_ms) {
+            return bad("max_event_lead_ms", "must be 0..=604800000 (7 days)");
+        }
         if !(0..=7 * 24 * 60).contains(&self.hold_minutes) {
             return bad("hold_minutes", "must be 0 to 10080 minutes (a week)");
         }
@@ -690,6 +698,9 @@ impl Processor for CohortAnalyzer {
         let Some(s) = out.decode_or_reject::<CohortSignal>(input) else {
             return Ok(());
         };
+        if out.reject_if_ahead(input, s.event_time_ms, self.cfg.max_event_lead_ms) {
+            return Ok(());
+        }
         if s.signal == CohortSignalKind::WATERMARK {
             return self.on_watermark(&s, input.partition, out);
         }
@@ -1044,6 +1055,7 @@ mod tests {
             partition: 0,
             offset: 0,
             timestamp_ms: None,
+            arrival_time_ms: None,
         };
         let mut out = Emitter::default();
         c.process(&env, &mut out).unwrap();
@@ -1401,6 +1413,7 @@ mod tests {
             partition: 0,
             offset: 0,
             timestamp_ms: None,
+            arrival_time_ms: None,
         };
         let mut out = Emitter::default();
         c.process(&env, &mut out).unwrap();

@@ -71,6 +71,11 @@ pub struct FeatureConfig {
         default_value = "epoch"
     )]
     pub window_alignment: WindowAlignment,
+    /// Most an event time may run ahead of its record's arrival (broker receive time carried
+    /// from telemetry.raw), ms; a record further ahead is a dead letter TIMESTAMP_FUTURE and
+    /// does not move the instrument's watermark.
+    #[arg(long, env = "FEATURES_MAX_EVENT_LEAD_MS", default_value_t = seqmon_processor::DEFAULT_MAX_EVENT_LEAD_MS)]
+    pub max_event_lead_ms: i64,
 }
 
 /// Where window boundaries fall.
@@ -104,6 +109,12 @@ impl FeatureConfig {
             return Err(ConfigError::of::<Self>(
                 "window_ms",
                 "must be 1000..=86400000",
+            ));
+        }
+        if !(0..=7 * 86_400_000).contains(&self.max_event_lead_ms) {
+            return Err(ConfigError::of::<Self>(
+                "max_event_lead_ms",
+                "must be 0..=604800000 (7 days)",
             ));
         }
         if self.allowed_lateness_ms < 0 || self.allowed_lateness_ms > self.window_ms * 10 {
@@ -349,6 +360,11 @@ impl Processor for FeatureExtractor {
         let Some(t) = out.decode_or_reject::<SanitizedTelemetry>(input) else {
             return Ok(());
         };
+        if out.reject_non_finite(t.non_finite_measurement())
+            || out.reject_if_ahead(input, t.event_time_ms, self.cfg.max_event_lead_ms)
+        {
+            return Ok(());
+        }
         let serial = t.instrument_serial.clone();
         let start = self.window_start(&serial, t.event_time_ms);
         let st = self.instruments.entry(serial.clone()).or_default();
@@ -609,11 +625,69 @@ mod tests {
             partition: 0,
             offset: 0,
             timestamp_ms: None,
+            arrival_time_ms: None,
         };
         let mut out = Emitter::default();
         p.process(&env, &mut out).unwrap();
         let (r, rej, _) = out.take();
         (r, rej.map(|r| r.reason))
+    }
+
+    #[test]
+    fn a_measurement_that_is_not_finite_is_refused_and_reaches_no_state() {
+        let mut p = FeatureExtractor::default();
+        let t0 = 1_800_000_000_000;
+        assert_eq!(feed(&mut p, &reading(t0, 150.0)).1, None);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(
+                feed(&mut p, &reading(t0 + 1_000, bad)).1,
+                Some(DeadLetterReason::OUT_OF_RANGE)
+            );
+        }
+        // The state still round-trips (a NaN used to be stored as null and stop every restore).
+        let snap = p.snapshot("A00001").unwrap().unwrap();
+        let mut fresh = FeatureExtractor::default();
+        fresh.restore("A00001", &snap).unwrap();
+    }
+
+    #[test]
+    fn a_record_far_ahead_of_its_arrival_is_refused_and_moves_no_watermark() {
+        let mut p = FeatureExtractor::default();
+        let feed_at = |p: &mut FeatureExtractor, bytes: &[u8], arrival: i64| {
+            let env = Envelope {
+                key: Some(b"A00001"),
+                value: bytes,
+                topic: "telemetry.sanitized",
+                partition: 0,
+                offset: 0,
+                timestamp_ms: Some(arrival),
+                arrival_time_ms: None,
+            };
+            let mut out = Emitter::default();
+            p.process(&env, &mut out).unwrap();
+            out.take().1.map(|r| r.reason)
+        };
+        let t0 = 1_800_000_000_000;
+        assert_eq!(feed_at(&mut p, &reading(t0, 150.0), t0 + 500), None);
+        // An hour, then five years ahead of when it arrived: a clock glitch.
+        for ahead in [3_600_000, 5 * 365 * 86_400_000] {
+            assert_eq!(
+                feed_at(&mut p, &reading(t0 + ahead, 150.0), t0 + 1_000),
+                Some(DeadLetterReason::TIMESTAMP_FUTURE)
+            );
+        }
+        // The instrument's real data goes on: not late, the watermark did not move.
+        for i in 1..30 {
+            let t = t0 + i * 60_000;
+            assert_eq!(
+                feed_at(&mut p, &reading(t, 150.0), t + 500),
+                None,
+                "minute {i}"
+            );
+        }
+        // After a real gap (a day without data, arriving a day later) nothing is refused.
+        let t = t0 + 86_400_000;
+        assert_eq!(feed_at(&mut p, &reading(t, 150.0), t + 500), None);
     }
 
     fn features(out: &[Emitted]) -> Vec<Feature> {

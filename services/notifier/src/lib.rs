@@ -135,6 +135,11 @@ pub struct NotifierConfig {
     /// Percent of weeks an hour of the week must have been idle to be a habitual idle window.
     #[arg(long, env = "NOTIFIER_HABITUAL_IDLE_PERCENT", default_value_t = 80)]
     pub habitual_idle_percent: u8,
+    /// Most an anomaly's or feature's window end may run ahead of its record's arrival (the raw
+    /// record's broker receive time, carried by every stage), ms; a record further ahead is a
+    /// dead letter TIMESTAMP_FUTURE and moves no clock.
+    #[arg(long, env = "NOTIFIER_MAX_EVENT_LEAD_MS", default_value_t = seqmon_processor::DEFAULT_MAX_EVENT_LEAD_MS)]
+    pub max_event_lead_ms: i64,
 }
 
 impl Default for NotifierConfig {
@@ -147,6 +152,12 @@ impl Default for NotifierConfig {
 impl NotifierConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0..=7 * 86_400_000).contains(&self.max_event_lead_ms) {
+            return Err(ConfigError::of::<Self>(
+                "max_event_lead_ms",
+                "must be 0..=604800000 (7 days)",
+            ));
+        }
         let increasing = |v: &[i64], n: usize| {
             v.len() == n && v.iter().all(|h| *h > 0) && v.windows(2).all(|w| w[0] <= w[1])
         };
@@ -1712,6 +1723,9 @@ impl Processor for Notifier {
                     );
                     return Ok(());
                 }
+                if out.reject_if_ahead(input, a.window_end_ms, self.cfg.max_event_lead_ms) {
+                    return Ok(());
+                }
                 self.advance(input.partition, a.window_end_ms, out)?;
                 self.on_anomaly(a, input.partition, out)
             }
@@ -1719,6 +1733,11 @@ impl Processor for Notifier {
                 let Some(f) = out.decode_or_reject::<Feature>(input) else {
                     return Ok(());
                 };
+                if out.reject_non_finite(f.non_finite_measurement())
+                    || out.reject_if_ahead(input, f.window_end_ms, self.cfg.max_event_lead_ms)
+                {
+                    return Ok(());
+                }
                 self.advance(input.partition, f.window_end_ms, out)?;
                 self.on_feature(&f, input.partition, out);
                 Ok(())

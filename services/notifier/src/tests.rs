@@ -133,6 +133,7 @@ fn feed_bytes(n: &mut Notifier, bytes: &[u8]) -> Out {
         partition: 0,
         offset: 0,
         timestamp_ms: None,
+        arrival_time_ms: None,
     };
     let mut out = Emitter::default();
     n.process(&env, &mut out).unwrap();
@@ -166,6 +167,7 @@ fn feed_cmd(n: &mut Notifier, c: &AlertCommand, partition: i32, timestamp_ms: Op
         partition,
         offset: 0,
         timestamp_ms,
+        arrival_time_ms: None,
     };
     let mut out = Emitter::default();
     n.process(&env, &mut out).unwrap();

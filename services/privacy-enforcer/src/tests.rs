@@ -88,6 +88,7 @@ fn run_with(enforcer: &mut PrivacyEnforcer, t: &Telemetry) -> (Vec<Emitted>, Opt
         partition: 1,
         offset: 9,
         timestamp_ms: None,
+        arrival_time_ms: None,
     };
     let mut out = Emitter::default();
     enforcer.process(&env, &mut out).unwrap();

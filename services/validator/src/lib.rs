@@ -431,15 +431,30 @@ impl Validator {
                 return fail(R::MISSING_FIELD, "log_event.code is empty");
             }
         }
-        // Timestamps. The reference is the ingest time when the transport gives one.
+        // Timestamps. The reference is the broker's receive time where the topic records it
+        // (LogAppendTime: a clock the instrument cannot set, so a clock glitch or a forged time
+        // is caught however far it jumps); else the record's Kafka timestamp, which on a topic
+        // stamped by the producer (simulations, backfills) is the sender's own clock.
         if t.event_time_ms > t.sent_time_ms + self.cfg.max_future_ms {
             return fail(
                 R::TIMESTAMP_FUTURE,
                 "event_time_ms is later than sent_time_ms",
             );
         }
-        let reference = match input.timestamp_ms {
-            Some(ingest) => {
+        let reference = match (input.arrival_time_ms, input.timestamp_ms) {
+            (Some(arrival), _) => {
+                if (t.sent_time_ms - arrival).abs() > self.cfg.max_clock_skew_ms {
+                    return fail(R::CLOCK_SKEW, "sent_time_ms differs from the broker's receive time by more than the allowed skew");
+                }
+                if t.event_time_ms > arrival + self.cfg.max_future_ms {
+                    return fail(
+                        R::TIMESTAMP_FUTURE,
+                        "event_time_ms is later than the broker's receive time",
+                    );
+                }
+                arrival
+            }
+            (None, Some(ingest)) => {
                 if (t.sent_time_ms - ingest).abs() > self.cfg.max_clock_skew_ms {
                     return fail(R::CLOCK_SKEW, "sent_time_ms differs from the ingest timestamp by more than the allowed skew");
                 }
@@ -451,7 +466,7 @@ impl Validator {
                 }
                 ingest
             }
-            None => t.sent_time_ms,
+            (None, None) => t.sent_time_ms,
         };
         if t.event_time_ms < reference - self.cfg.max_age_ms {
             return fail(
@@ -599,6 +614,15 @@ mod tests {
         bytes: &[u8],
         ts: Option<i64>,
     ) -> (Vec<seqmon_processor::Emitted>, Option<R>) {
+        run_arrived(v, bytes, ts, None)
+    }
+
+    fn run_arrived(
+        v: &mut Validator,
+        bytes: &[u8],
+        ts: Option<i64>,
+        arrival: Option<i64>,
+    ) -> (Vec<seqmon_processor::Emitted>, Option<R>) {
         let env = Envelope {
             key: Some(b"M01234"),
             value: bytes,
@@ -606,11 +630,38 @@ mod tests {
             partition: 0,
             offset: 0,
             timestamp_ms: ts,
+            arrival_time_ms: arrival,
         };
         let mut out = Emitter::default();
         v.process(&env, &mut out).unwrap();
         let (records, rejection, _) = out.take();
         (records, rejection.map(|r| r.reason))
+    }
+
+    #[test]
+    fn a_clock_glitch_is_caught_against_the_brokers_receive_time_however_far_it_jumps() {
+        let now = 1_800_000_000_000;
+        for ahead in [3_600_000, 5 * 365 * 86_400_000] {
+            // The instrument's clock jumped: event, send and producer timestamp all moved.
+            let mut t = telemetry(&format!("glitch-{ahead}"), now + ahead);
+            t.sent_time_ms = now + ahead;
+            let bytes = encode(&t).unwrap();
+            let mut v = Validator::default();
+            let (_, rej) = run_arrived(&mut v, &bytes, Some(now + ahead), Some(now));
+            assert_eq!(rej, Some(R::CLOCK_SKEW), "{ahead} ms ahead");
+            // The producer's timestamp alone comes from the same clock: it cannot tell.
+            let (_, rej) = run_arrived(&mut v, &bytes, Some(now + ahead), None);
+            assert_eq!(rej, None, "{ahead} ms ahead, producer time only");
+        }
+        // On time, judged by the broker's clock: accepted.
+        let mut t = telemetry("on-time", now - 1_000);
+        t.sent_time_ms = now - 500;
+        let mut v = Validator::default();
+        let (_, rej) = run_arrived(&mut v, &encode(&t).unwrap(), Some(0), Some(now));
+        assert_eq!(
+            rej, None,
+            "the producer's timestamp is ignored when the broker's is known"
+        );
     }
 
     #[test]
@@ -765,6 +816,7 @@ mod tests {
             partition: 0,
             offset: 0,
             timestamp_ms: None,
+            arrival_time_ms: None,
         };
         v.process(&env, &mut out).unwrap();
         let (_, _, changed) = out.take();

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
-use seqmon_model::topics::{topic_config, Cleanup, CATALOGUE};
+use seqmon_model::topics::{topic_config_with, Cleanup, RawTimestamps, CATALOGUE};
 use seqmon_runtime::config::KafkaConnection;
 
 #[derive(Parser)]
@@ -20,6 +20,22 @@ use seqmon_runtime::config::KafkaConnection;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--raw-timestamps`, mapped onto [`RawTimestamps`].
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RawTimestampsArg {
+    Broker,
+    Producer,
+}
+
+impl From<RawTimestampsArg> for RawTimestamps {
+    fn from(a: RawTimestampsArg) -> Self {
+        match a {
+            RawTimestampsArg::Broker => RawTimestamps::Broker,
+            RawTimestampsArg::Producer => RawTimestamps::Producer,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -34,6 +50,16 @@ enum Command {
         /// Replication factor.
         #[arg(long, env = "SEQMON_REPLICATION_FACTOR", default_value_t = 1)]
         replication_factor: i32,
+        /// Who stamps records on telemetry.raw: `broker` (LogAppendTime: the validator judges
+        /// instrument clocks against the broker's) or `producer` (CreateTime: for simulations
+        /// and backfills of recorded telemetry, which keep the times they were sent at).
+        #[arg(
+            long,
+            env = "SEQMON_RAW_TIMESTAMPS",
+            value_enum,
+            default_value = "broker"
+        )]
+        raw_timestamps: RawTimestampsArg,
     },
     /// Print the topic catalogue.
     Topics,
@@ -164,6 +190,7 @@ async fn main() -> ExitCode {
             mut kafka,
             partitions,
             replication_factor,
+            raw_timestamps,
         } => {
             if let Err(e) = kafka.validate().and_then(|()| kafka.load_files()) {
                 eprintln!("error: {e}");
@@ -185,7 +212,10 @@ async fn main() -> ExitCode {
                 }
             };
             let names: Vec<String> = CATALOGUE.iter().map(|t| kafka.topic(t.role)).collect();
-            let configs: Vec<Vec<(&str, String)>> = CATALOGUE.iter().map(topic_config).collect();
+            let configs: Vec<Vec<(&str, String)>> = CATALOGUE
+                .iter()
+                .map(|t| topic_config_with(t, raw_timestamps.into()))
+                .collect();
             let new_topics: Vec<NewTopic> = CATALOGUE
                 .iter()
                 .enumerate()
