@@ -393,7 +393,8 @@ pub struct RunnerConfig {
     #[arg(long, env = "SEQMON_HEARTBEAT_INTERVAL_MS", default_value_t = 1_000)]
     pub heartbeat_interval_ms: u64,
     /// Longest time to rebuild state from the changelog after an assignment, milliseconds;
-    /// past it the service stops with an error rather than run on partial state.
+    /// past it the restore counts as failed (the partitions wait, it is tried again with
+    /// backoff) rather than run on partial state.
     #[arg(long, env = "SEQMON_RESTORE_TIMEOUT_MS", default_value_t = 120_000)]
     pub restore_timeout_ms: u64,
     /// Transactions aborted in a row after which the stage stops with an error instead of

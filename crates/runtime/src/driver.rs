@@ -159,6 +159,19 @@ impl Driver {
         Ok(())
     }
 
+    /// The record limit outputs are held to, if any.
+    pub fn output_limit(&self) -> Option<OutputLimit> {
+        self.output_limit
+    }
+
+    /// Most bytes of a record a dead letter carries: half the record limit at most, so the dead
+    /// letter itself can always be produced.
+    pub fn dead_letter_payload_cap(&self) -> usize {
+        self.output_limit.map_or(MAX_DEAD_LETTER_PAYLOAD, |l| {
+            MAX_DEAD_LETTER_PAYLOAD.min(l.max_record_bytes / 2)
+        })
+    }
+
     fn count_output(&self, e: &Emitted) {
         self.metrics
             .output_records
@@ -181,11 +194,12 @@ impl Driver {
             source_offset: input.offset,
         }
         .emit(&self.metrics);
-        // Half the record limit at most, so the dead letter itself can always be produced.
-        let cap = self.output_limit.map_or(MAX_DEAD_LETTER_PAYLOAD, |l| {
-            MAX_DEAD_LETTER_PAYLOAD.min(l.max_record_bytes / 2)
-        });
-        let (original_bytes, detail) = carried_payload(input.value, detail, cap);
+        let (original_bytes, detail) =
+            carried_payload(input.value, detail, self.dead_letter_payload_cap());
+        // The key goes out twice (record key and source_key): bounded like the rest.
+        let source_key = input
+            .key
+            .map(|k| k[..k.len().min(MAX_DEAD_LETTER_KEY)].to_vec());
         let record = DeadLetter {
             stage: stage.to_string(),
             reason,
@@ -193,13 +207,12 @@ impl Driver {
             source_topic: input.topic.to_string(),
             source_partition: input.partition,
             source_offset: input.offset,
-            source_key: input.key.map(<[u8]>::to_vec),
+            source_key: source_key.clone(),
             source_timestamp_ms: input.timestamp_ms,
             original_bytes,
         };
-        let key = input
-            .key
-            .map(|k| String::from_utf8_lossy(k).into_owned())
+        let key = source_key
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
             .unwrap_or_default();
         Ok(Emitted {
             role: self.processor.dead_letter_role(),
@@ -215,9 +228,26 @@ impl Driver {
 /// limit carries at most half its limit.
 pub const MAX_DEAD_LETTER_PAYLOAD: usize = 512 * 1024;
 
-/// The payload a dead letter carries, and its detail: whole when it fits in `cap` bytes; else
-/// its first `cap` bytes, with the full length and SHA-256 in the detail.
-fn carried_payload(value: &[u8], detail: &str, cap: usize) -> (Vec<u8>, String) {
+/// Most bytes of the source key a dead letter carries (as its key and as `source_key`).
+pub const MAX_DEAD_LETTER_KEY: usize = 1024;
+
+/// Most bytes of a dead letter's detail (a processor may quote the input in it).
+const MAX_DEAD_LETTER_DETAIL: usize = 4096;
+
+/// The first `max` bytes of `text`, cut at a character boundary.
+fn bounded(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The payload a dead letter carries, and its detail (at most [`MAX_DEAD_LETTER_DETAIL`]
+/// bytes): whole when it fits in `cap` bytes; else its first `cap` bytes, with the full length
+/// and SHA-256 in the detail.
+pub(crate) fn carried_payload(value: &[u8], detail: &str, cap: usize) -> (Vec<u8>, String) {
+    let detail = bounded(detail, MAX_DEAD_LETTER_DETAIL);
     if value.len() <= cap {
         return (value.to_vec(), detail.to_string());
     }
@@ -226,8 +256,6 @@ fn carried_payload(value: &[u8], detail: &str, cap: usize) -> (Vec<u8>, String) 
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    // The detail is bounded too (a processor may quote the input in it).
-    let detail: String = detail.chars().take(4096).collect();
     (
         value[..cap].to_vec(),
         format!(

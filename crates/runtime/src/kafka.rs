@@ -81,10 +81,10 @@ struct StageConsumerContext {
 
 impl ClientContext for StageConsumerContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        client_log(level, fac, log_message);
+        client_log("consumer", level, fac, log_message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        client_error(&error, reason);
+        client_error("consumer", &error, reason);
     }
 
     /// Every [`STATISTICS_INTERVAL_MS`], on the loop's thread (it polls): the lag of each owned
@@ -196,26 +196,28 @@ fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
 /// The client's own log lines and errors, one line per condition per interval (see
 /// [`LogLimiter`]): librdkafka reports every failed reconnect, so a broker outage would
 /// otherwise write a line per client and attempt.
-fn client_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+fn client_log(client: &str, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
     use rdkafka::config::RDKafkaLogLevel as L;
-    let Some(occurrences) = LogLimiter::global().admit(fac) else {
+    // Per client and facility: one client's failures do not hide another's (its TLS or SASL
+    // reason, say).
+    let Some(occurrences) = LogLimiter::global().admit(&format!("{client}/{fac}")) else {
         return;
     };
     match level {
         L::Emerg | L::Alert | L::Critical | L::Error => {
-            tracing::error!(fac, occurrences, "librdkafka: {message}")
+            tracing::error!(client, fac, occurrences, "librdkafka: {message}")
         }
-        L::Warning => tracing::warn!(fac, occurrences, "librdkafka: {message}"),
-        L::Notice | L::Info => tracing::info!(fac, occurrences, "librdkafka: {message}"),
-        L::Debug => tracing::debug!(fac, occurrences, "librdkafka: {message}"),
+        L::Warning => tracing::warn!(client, fac, occurrences, "librdkafka: {message}"),
+        L::Notice | L::Info => tracing::info!(client, fac, occurrences, "librdkafka: {message}"),
+        L::Debug => tracing::debug!(client, fac, occurrences, "librdkafka: {message}"),
     }
 }
 
 /// A client error, one line per error code per interval (see [`LogLimiter`]).
-fn client_error(error: &KafkaError, reason: &str) {
-    let condition = format!("client error {:?}", error.rdkafka_error_code());
+fn client_error(client: &str, error: &KafkaError, reason: &str) {
+    let condition = format!("{client} error {:?}", error.rdkafka_error_code());
     if let Some(occurrences) = LogLimiter::global().admit(&condition) {
-        tracing::warn!(error = %error, reason, occurrences, "kafka client error");
+        tracing::warn!(client, error = %error, reason, occurrences, "kafka client error");
     }
 }
 
@@ -224,10 +226,10 @@ pub struct QuietClientContext;
 
 impl ClientContext for QuietClientContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        client_log(level, fac, log_message);
+        client_log("producer", level, fac, log_message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        client_error(&error, reason);
+        client_error("producer", &error, reason);
     }
 }
 
@@ -242,13 +244,13 @@ struct RestoreContext;
 
 impl ClientContext for RestoreContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        client_log(level, fac, log_message);
+        client_log("restore", level, fac, log_message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
         let eof = matches!(error, KafkaError::PartitionEOF(_))
             || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
         if !eof {
-            client_error(&error, reason);
+            client_error("restore", &error, reason);
         }
     }
 }
@@ -744,6 +746,30 @@ impl<'a> StageLoop<'a> {
         let writes = self
             .snapshots(&output.changed)
             .map_err(|e| TxnFailure::AbortThenStop(e.into()))?;
+        // A key's state over the record limit could never be written: every redo would abort
+        // the same way, so stop at once and say so (state is bounded by design; see the stage).
+        if let (Some(limit), Some(role)) = (
+            self.driver.output_limit(),
+            self.driver.processor().changelog_role(),
+        ) {
+            let overhead = if role.spec().side == PrivacySide::Sensitive {
+                limit.sealing_overhead
+            } else {
+                0
+            };
+            if let Some(w) = writes.iter().find(|w| {
+                w.snapshot.as_ref().map_or(0, Vec::len) + w.key.len() + overhead
+                    > limit.max_record_bytes
+            }) {
+                return Err(TxnFailure::AbortThenStop(RuntimeError::Internal(format!(
+                    "a state snapshot of partition {} is {} bytes, over the {} bytes a record may \
+                     take: the stage's state for one key outgrew the record limit",
+                    w.partition,
+                    w.snapshot.as_ref().map_or(0, Vec::len),
+                    limit.max_record_bytes
+                ))));
+            }
+        }
         self.produce_state(&writes)?;
         self.commit(&output.next_offsets)?;
         Ok(letters.len() + tombstones.len() + produced + writes.len())
@@ -762,19 +788,25 @@ impl<'a> StageLoop<'a> {
         let mut letters = Vec::with_capacity(self.quarantined.len());
         let mut tombstones = Vec::with_capacity(self.quarantined.len());
         for q in &self.quarantined {
-            let letter = DeadLetter {
-                stage: p.stage().to_string(),
-                reason: DeadLetterReason::UNDECODABLE,
-                detail: format!(
+            // The state may be as large as a record can be: carried within the cap.
+            let (original_bytes, detail) = crate::driver::carried_payload(
+                &q.state,
+                &format!(
                     "state snapshot does not restore ({}); the key started afresh",
                     q.error
                 ),
+                self.driver.dead_letter_payload_cap(),
+            );
+            let letter = DeadLetter {
+                stage: p.stage().to_string(),
+                reason: DeadLetterReason::UNDECODABLE,
+                detail,
                 source_topic: changelog.to_string(),
                 source_partition: q.partition,
                 source_offset: q.offset,
                 source_key: Some(q.key.as_bytes().to_vec()),
                 source_timestamp_ms: None,
-                original_bytes: q.state.clone(),
+                original_bytes,
             };
             let value = encode(&letter)
                 .map_err(|e| TxnFailure::Fatal(RuntimeError::Internal(e.to_string())))?;
@@ -1121,6 +1153,17 @@ fn restore_state(
             }
         }
     }
+    // Most records not decoding is systemic (a build that cannot read its own state), not a
+    // corrupt record: quarantining would tombstone the whole state, so the restore fails (and
+    // is retried) instead.
+    let undecodable = latest.values().filter(|e| e.undecodable.is_some()).count();
+    if undecodable >= SYSTEMIC_UNDECODABLE_MIN && undecodable * 2 >= latest.len() {
+        return Err(RuntimeError::Internal(format!(
+            "{undecodable} of the {} latest records on {changelog} are not state snapshots: \
+             not quarantined (systemic, not a corrupt record)",
+            latest.len()
+        )));
+    }
     let mut restored = 0u64;
     let mut quarantined = Vec::new();
     for (key, entry) in latest {
@@ -1406,36 +1449,66 @@ fn restore_or_wait(
     ) {
         Ok(restored) => {
             *quarantined = restored;
-            if retry.take().is_some() {
-                driver.metrics.restore_failing.set(0);
-                inputs.set_paused(false)?;
-                inputs.rewind()?;
-                tracing::info!(partitions = ?inputs.assigned, "state restored; input resumes");
-            }
-            Ok(())
-        }
-        Err(e) => {
-            let delay = retry.as_ref().map_or(RESTORE_RETRY_FIRST, |r| {
-                (r.delay * 2).min(RESTORE_RETRY_MAX)
+            // Always resume: librdkafka keeps a partition's pause across a revoke and a later
+            // assignment, so a partition paused under an earlier assignment may be back.
+            let resumed = inputs.set_paused(false).and_then(|()| {
+                if retry.is_some() {
+                    // Records fetched while paused were not taken: fetch them again.
+                    inputs.rewind()
+                } else {
+                    Ok(())
+                }
             });
-            StateRestoreFailed {
-                changelog: inputs.topics.changelog.as_deref().unwrap_or_default(),
-                partitions: inputs.assigned,
-                error: &e,
-                retry_in: delay,
+            match resumed {
+                Ok(()) => {
+                    if retry.take().is_some() {
+                        driver.metrics.restore_failing.set(0);
+                        tracing::info!(partitions = ?inputs.assigned, "state restored; input resumes");
+                    }
+                    Ok(())
+                }
+                Err(e) => fail(driver, quarantined, retry, inputs, &e),
             }
-            .emit(&driver.metrics);
-            quarantined.clear();
-            driver.processor_mut().clear_state();
-            inputs.set_paused(true)?;
-            *retry = Some(RestoreRetry {
-                at: Instant::now() + delay,
-                delay,
-            });
-            Ok(())
         }
+        Err(e) => fail(driver, quarantined, retry, inputs, &e),
     }
 }
+
+/// A restore (or the resume after it) failed: pause, report, and schedule the next try. A
+/// pause that fails too is logged and tried again with the restore: nothing is taken from the
+/// partitions meanwhile (the loop skips their records), so correctness does not depend on it.
+fn fail(
+    driver: &mut Driver,
+    quarantined: &mut Vec<Quarantined>,
+    retry: &mut Option<RestoreRetry>,
+    inputs: &Inputs<'_>,
+    e: &RuntimeError,
+) -> Result<(), RuntimeError> {
+    let delay = retry.as_ref().map_or(RESTORE_RETRY_FIRST, |r| {
+        (r.delay * 2).min(RESTORE_RETRY_MAX)
+    });
+    StateRestoreFailed {
+        changelog: inputs.topics.changelog.as_deref().unwrap_or_default(),
+        partitions: inputs.assigned,
+        error: e,
+        retry_in: delay,
+    }
+    .emit(&driver.metrics);
+    quarantined.clear();
+    driver.processor_mut().clear_state();
+    if let Err(pause) = inputs.set_paused(true) {
+        tracing::error!(error = %pause, "pausing the partitions failed; their records are skipped");
+    }
+    *retry = Some(RestoreRetry {
+        at: Instant::now() + delay,
+        delay,
+    });
+    Ok(())
+}
+
+/// Undecodable changelog records from which on, when they are half of all or more, a restore
+/// fails instead of quarantining them.
+const SYSTEMIC_UNDECODABLE_MIN: usize = 10;
 
 /// When a failed restore is first tried again, and the longest wait between tries.
 const RESTORE_RETRY_FIRST: Duration = Duration::from_secs(5);

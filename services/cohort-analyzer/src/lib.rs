@@ -698,7 +698,9 @@ impl Processor for CohortAnalyzer {
         let Some(s) = out.decode_or_reject::<CohortSignal>(input) else {
             return Ok(());
         };
-        if out.reject_if_ahead(input, s.event_time_ms, self.cfg.max_event_lead_ms) {
+        // Both times move clocks here: the signal's own and its source partition's watermark.
+        let latest = s.event_time_ms.max(s.source_watermark_ms);
+        if out.reject_if_ahead(input, latest, self.cfg.max_event_lead_ms) {
             return Ok(());
         }
         if s.signal == CohortSignalKind::WATERMARK {

@@ -29,7 +29,10 @@ pub struct ValidatorConfig {
     /// Largest allowed lead of event time over send time, ms (clock jitter inside an instrument).
     #[arg(long, env = "VALIDATOR_MAX_FUTURE_MS", default_value_t = 300_000)]
     pub max_future_ms: i64,
-    /// Largest allowed difference between the sender's clock and the ingest timestamp, ms.
+    /// Largest allowed lead of the sender's clock over the reference time (the broker's receive
+    /// time, or the ingest timestamp), ms: nothing is sent after it arrived. A send time behind
+    /// the reference is delivery delay (a collector's spool drained after an outage), allowed
+    /// within --max-age-ms.
     #[arg(long, env = "VALIDATOR_MAX_CLOCK_SKEW_MS", default_value_t = 900_000)]
     pub max_clock_skew_ms: i64,
     /// Oldest accepted event, ms before the reference time (ingest time, or send time).
@@ -443,8 +446,8 @@ impl Validator {
         }
         let reference = match (input.arrival_time_ms, input.timestamp_ms) {
             (Some(arrival), _) => {
-                if (t.sent_time_ms - arrival).abs() > self.cfg.max_clock_skew_ms {
-                    return fail(R::CLOCK_SKEW, "sent_time_ms differs from the broker's receive time by more than the allowed skew");
+                if t.sent_time_ms - arrival > self.cfg.max_clock_skew_ms {
+                    return fail(R::CLOCK_SKEW, "sent_time_ms is later than the broker's receive time by more than the allowed skew");
                 }
                 if t.event_time_ms > arrival + self.cfg.max_future_ms {
                     return fail(
@@ -455,8 +458,8 @@ impl Validator {
                 arrival
             }
             (None, Some(ingest)) => {
-                if (t.sent_time_ms - ingest).abs() > self.cfg.max_clock_skew_ms {
-                    return fail(R::CLOCK_SKEW, "sent_time_ms differs from the ingest timestamp by more than the allowed skew");
+                if t.sent_time_ms - ingest > self.cfg.max_clock_skew_ms {
+                    return fail(R::CLOCK_SKEW, "sent_time_ms is later than the ingest timestamp by more than the allowed skew");
                 }
                 if t.event_time_ms > ingest + self.cfg.max_future_ms {
                     return fail(
@@ -653,6 +656,12 @@ mod tests {
             let (_, rej) = run_arrived(&mut v, &bytes, Some(now + ahead), None);
             assert_eq!(rej, None, "{ahead} ms ahead, producer time only");
         }
+        // Delivered a day late (a collector's spool after an outage): delay, not skew.
+        let mut late = telemetry("spooled", now - 86_400_000);
+        late.sent_time_ms = now - 86_400_000 + 10;
+        let mut v = Validator::default();
+        let (_, rej) = run_arrived(&mut v, &encode(&late).unwrap(), Some(now), Some(now));
+        assert_eq!(rej, None, "delivery delay is not clock skew");
         // On time, judged by the broker's clock: accepted.
         let mut t = telemetry("on-time", now - 1_000);
         t.sent_time_ms = now - 500;
@@ -740,7 +749,7 @@ mod tests {
         t.event_time_ms = t0 + 3_600_000;
         cases.push((encode(&t).unwrap(), None, R::TIMESTAMP_FUTURE));
         t = telemetry("e", t0);
-        cases.push((encode(&t).unwrap(), Some(t0 + 86_400_000), R::CLOCK_SKEW));
+        cases.push((encode(&t).unwrap(), Some(t0 - 86_400_000), R::CLOCK_SKEW));
         t = telemetry("f", t0 - 30 * 86_400_000);
         t.sent_time_ms = t0;
         cases.push((encode(&t).unwrap(), None, R::TIMESTAMP_STALE));
