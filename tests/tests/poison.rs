@@ -122,6 +122,8 @@ fn an_output_over_the_producer_limit_is_dead_lettered_and_the_stage_goes_on() {
             "message.max.bytes=300000",
             "--max-record-bytes",
             "1000000",
+            "--max-input-record-bytes",
+            "1000000",
             "--max-string-bytes",
             "200000",
         ],

@@ -403,6 +403,12 @@ pub struct RunnerConfig {
     /// stays well below it.
     #[arg(long, env = "SEQMON_MAX_CONSECUTIVE_ABORTS", default_value_t = 20)]
     pub max_consecutive_aborts: u32,
+    /// Largest input record a stage takes, bytes; a larger one is a dead letter TOO_LARGE
+    /// before it is decoded. The validator lets at most 256 KiB through (its
+    /// --max-record-bytes), and nothing a stage writes is larger, so anything bigger on a
+    /// topic was not written by the pipeline: bounded here, it cannot grow state or outputs.
+    #[arg(long, env = "SEQMON_MAX_INPUT_RECORD_BYTES", default_value_t = 327_680)]
+    pub max_input_record_bytes: usize,
     /// Timeout of single broker requests (transaction steps, committed offsets, seeks,
     /// watermarks), milliseconds; capped by the transaction timeout.
     #[arg(long, env = "SEQMON_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
@@ -448,6 +454,9 @@ impl RunnerConfig {
                 "heartbeat_interval_ms",
                 "must be positive and at most a third of --session-timeout-ms",
             );
+        }
+        if !(1024..=100_000_000).contains(&self.max_input_record_bytes) {
+            return bad("max_input_record_bytes", "must be 1024..=100000000");
         }
         if self.max_consecutive_aborts == 0 {
             return bad("max_consecutive_aborts", "must be positive");

@@ -15,6 +15,7 @@ pub struct Driver {
     /// The stage's metrics.
     pub metrics: StageMetrics,
     output_limit: Option<OutputLimit>,
+    input_limit: Option<usize>,
 }
 
 /// The largest record the runtime can produce. An output over it could never be written: the
@@ -52,7 +53,14 @@ impl Driver {
             emitter: Emitter::default(),
             metrics,
             output_limit: None,
+            input_limit: None,
         }
+    }
+
+    /// Inputs larger than `max_bytes` become dead letters TOO_LARGE before the processor sees
+    /// them (Kafka runtimes: a record no stage writes cannot grow state or outputs).
+    pub fn set_input_limit(&mut self, max_bytes: usize) {
+        self.input_limit = Some(max_bytes);
     }
 
     /// Outputs larger than `limit` become dead letters (Kafka runtimes; in-process runs have no
@@ -80,6 +88,14 @@ impl Driver {
         mut changed: impl FnMut(String),
     ) -> Result<(), StageError> {
         self.metrics.input_records.inc();
+        if let Some(max) = self.input_limit.filter(|max| input.value.len() > *max) {
+            let detail = format!(
+                "{} bytes; a stage takes at most {max} (--max-input-record-bytes)",
+                input.value.len()
+            );
+            out.push(self.dead_letter(input, DeadLetterReason::TOO_LARGE, &detail)?);
+            return Ok(());
+        }
         self.processor.process(input, &mut self.emitter)?;
         let (mut records, rejection, keys) = self.emitter.take();
         keys.into_iter().for_each(&mut changed);
@@ -331,6 +347,13 @@ mod payload_tests {
         assert_eq!(letter.original_bytes, input.to_vec());
         assert_eq!((letter.source_partition, letter.source_offset), (2, 41));
         assert!(letter.detail.contains("1004 bytes"), "{}", letter.detail);
+        // An input over the input limit is refused before the processor sees it.
+        let mut limited = Driver::new(Box::new(Amplify { factor: 1 }));
+        limited.set_input_limit(300);
+        out.clear();
+        limited.handle(&envelope(&input), &mut out, |_| {}).unwrap();
+        let letter: DeadLetter = decode(&out[0].value).unwrap();
+        assert_eq!((out.len(), letter.reason), (1, DeadLetterReason::TOO_LARGE));
         // Without a limit (in-process runs) nothing is replaced.
         let mut unlimited = Driver::new(Box::new(Amplify { factor: 3 }));
         out.clear();

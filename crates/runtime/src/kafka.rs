@@ -539,6 +539,7 @@ impl<'a> StageLoop<'a> {
                 });
             }
         }
+        driver.set_input_limit(cfg.max_input_record_bytes);
         driver.set_output_limit(OutputLimit {
             max_record_bytes: record_limit(&cfg.kafka.producer_config()),
             sealing_overhead: cfg
