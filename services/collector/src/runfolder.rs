@@ -109,7 +109,13 @@ pub fn run_info(folder: &Path) -> Result<RunInfo, RunFolderError> {
 pub fn run_info_with(folder: &Path, limits: &Limits) -> Result<RunInfo, RunFolderError> {
     let file = folder.join("RunInfo.xml");
     let body = load(&file, limits)?;
-    let doc = parse(&file, &body)?;
+    run_info_from_str(&file, &body)
+}
+
+/// Parses the text of a RunInfo.xml already read; `file` names it in errors.
+pub fn run_info_from_str(file: &Path, body: &str) -> Result<RunInfo, RunFolderError> {
+    let file = file.to_path_buf();
+    let doc = parse(&file, body)?;
     let run = doc
         .descendants()
         .find(|n| n.has_tag_name("Run"))
@@ -200,7 +206,12 @@ pub fn run_parameters_with(
         .find(|p| p.symlink_metadata().is_ok())
         .unwrap_or_else(|| folder.join("RunParameters.xml"));
     let body = load(&file, limits)?;
-    let doc = parse(&file, &body)?;
+    run_parameters_from_str(&file, &body)
+}
+
+/// Parses the text of a RunParameters.xml already read; `file` names it in errors.
+pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters, RunFolderError> {
+    let doc = parse(file, body)?;
     let any = |names: &[(Option<&str>, &str)]| names.iter().find_map(|(p, n)| text(&doc, *p, n));
     // Every occurrence of every consent element, in document order: a repeated element is
     // decided on all its values, never on the first alone.
