@@ -13,9 +13,10 @@
 # fuzz/corpus/<target>/; libFuzzer's new inputs go to out/fuzz/corpus/<target>/ (not committed).
 # --update-corpus minimises seeds + new inputs (`cargo fuzz cmin`) back into fuzz/corpus/.
 # Results: out/fuzz/latest.json (per target: executions, seconds, panics, peak RSS, corpus
-# size) and out/fuzz/logs/; crashing inputs: out/fuzz/artifacts/<target>/ (libFuzzer) or
-# out/fuzz/crashes/ (stable driver). Exits non-zero if any input crashed, leaked memory past
-# the limits or timed out.
+# size, when it finished; a target not run this time keeps its earlier entry) and
+# out/fuzz/logs/; crashing inputs: out/fuzz/artifacts/<target>/ (libFuzzer; an earlier run's
+# are moved to <target>.previous/) or out/fuzz/crashes/ (stable driver). Exits non-zero if any
+# input crashed, leaked memory past the limits or timed out.
 #
 # Options: --runs N, --target NAME (repeatable), --engine libfuzzer|stable, --update-corpus.
 set -euo pipefail
@@ -95,6 +96,10 @@ results=()
 for t in "${targets[@]}"; do
   work="$root/out/fuzz/corpus/$t"
   artifacts="$root/out/fuzz/artifacts/$t"
+  # Artifacts are this run's: those of an earlier run are moved aside.
+  if [ -d "$artifacts" ] && [ -n "$(ls -A "$artifacts")" ]; then
+    rm -rf "$artifacts.previous" && mv "$artifacts" "$artifacts.previous"
+  fi
   mkdir -p "$work" "$artifacts"
   log="$root/out/fuzz/logs/$t.log"
   echo "== $t: $(share "$t") executions (max_len $(max_len "$t"))"
@@ -117,7 +122,7 @@ for t in "${targets[@]}"; do
     grep -E "^==[0-9]+==ERROR|panicked at|SUMMARY" "$log" | head -5 || true
   fi
   printf '   %s executions in %.0f s, peak RSS %s MiB, corpus %s\n' "${executions:-0}" "$seconds" "${peak:-?}" "$corpus"
-  results+=("$t ${executions:-0} $seconds $crashes ${peak:-0} $corpus $status")
+  results+=("$t ${executions:-0} $seconds $crashes ${peak:-0} $corpus $status $(date -u +%Y-%m-%dT%H:%M:%SZ)")
   if [ "$update" = 1 ]; then
     echo "   minimising seeds + new inputs into fuzz/corpus/$t (cargo fuzz cmin)"
     cp -n "$root/fuzz/corpus/$t"/* "$work"/ 2>/dev/null || true
@@ -126,13 +131,19 @@ for t in "${targets[@]}"; do
   fi
 done
 
+# Targets not run this time keep their entry (and its date) from the previous results.
 printf '%s\n' "${results[@]}" | python3 -c '
-import json, sys
+import json, os, sys
 targets = {}
+if os.path.exists(sys.argv[1]):
+    old = json.load(open(sys.argv[1]))
+    if old.get("engine", "").startswith("libFuzzer"):
+        targets = old.get("targets", {})
 for line in sys.stdin:
-    t, ex, sec, crashes, peak, corpus, status = line.split()
+    t, ex, sec, crashes, peak, corpus, status, finished = line.split()
     targets[t] = {"executions": int(ex), "seconds": round(float(sec), 1), "panics": int(crashes),
-                  "peak_rss_mb": int(peak), "corpus": int(corpus), "exit_status": int(status)}
+                  "peak_rss_mb": int(peak), "corpus": int(corpus), "exit_status": int(status),
+                  "finished": finished}
 doc = {"engine": "libFuzzer (cargo-fuzz, nightly, AddressSanitizer, debug assertions)",
        "total_executions": sum(v["executions"] for v in targets.values()),
        "total_seconds": round(sum(v["seconds"] for v in targets.values()), 1),
