@@ -65,6 +65,17 @@ max_len() {
   esac
 }
 
+# Longest input kept when minimising into the committed corpus: smaller, so fuzz/corpus/ stays a
+# few MB (a longer input is cut there; what only it covers is lost from the seeds, not the run).
+corpus_max_len() {
+  case "$1" in
+    runinfo | runparameters) echo 4096 ;;
+    interop) echo 3072 ;;
+    jsonl) echo 1536 ;;
+    *) max_len "$1" ;;
+  esac
+}
+
 if [ "$engine" = auto ]; then
   if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then engine=libfuzzer; else engine=stable; fi
 fi
@@ -126,7 +137,7 @@ for t in "${targets[@]}"; do
   if [ "$update" = 1 ]; then
     echo "   minimising seeds + new inputs into fuzz/corpus/$t (cargo fuzz cmin)"
     cp -n "$root/fuzz/corpus/$t"/* "$work"/ 2>/dev/null || true
-    fuzz cmin -a "$t" "$work" -- -max_len="$(max_len "$t")" -rss_limit_mb=2048 >>"$log" 2>&1
+    fuzz cmin -a "$t" "$work" -- -max_len="$(corpus_max_len "$t")" -rss_limit_mb=2048 >>"$log" 2>&1
     rm -rf "$root/fuzz/corpus/$t" && cp -r "$work" "$root/fuzz/corpus/$t"
   fi
 done
