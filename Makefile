@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export KAFKA_PORT ?= 19092
 
-.PHONY: all help build run run-kafka test unit-test bench evaluate package lint fmt topics kafka-start kafka-stop clean
+.PHONY: all help build run run-kafka test unit-test bench evaluate fuzz package lint fmt topics kafka-start kafka-stop clean
 
 all: build
 
@@ -37,6 +37,13 @@ bench:
 ## (e.g. ARGS="--seeds 5"); SKAB_DIR=<SKAB checkout>/data adds SKAB.
 evaluate:
 	tools/evaluate.sh $(ARGS)
+
+## fuzz: the decoders and parsers (Avro, ingest frames, JSON lines, InterOp, RunInfo/RunParameters
+## XML, privacy grammars and templates) for 10 million inputs: libFuzzer via cargo-fuzz on a
+## nightly toolchain, else the stable mutation driver -> out/fuzz/latest.json. ARGS passes options
+## (e.g. ARGS="--runs 1000000 --target avro --update-corpus")
+fuzz:
+	tools/fuzz.sh $(ARGS)
 
 ## package: the collector's Debian package (cargo-deb; systemd unit, settings file) in
 ## target/debian/, checked with dpkg-deb and systemd-analyze verify

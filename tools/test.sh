@@ -22,6 +22,10 @@ go_tools=$!
 echo "== build (debug binaries used by the integration tests)"
 cargo build --workspace --bins --tests
 
+echo "== fuzz, short (make fuzz runs 10 million inputs): each target's corpus, then up to 20,000 mutated"
+echo "   inputs or 3 s per target"
+cargo run -q -p seqmon-fuzz --bin seqmon-fuzz -- run --inputs 20000 --max-seconds 3 --json out/fuzz/short.json
+
 . tools/kafka/local.sh
 use_local_broker --stop-on-exit
 if [ "${LOCAL_BROKER_STARTED:-0}" = 1 ] || [ -n "${KAFKA_SECURE_DIR:-}" ]; then

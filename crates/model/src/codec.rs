@@ -387,6 +387,33 @@ pub(crate) mod tests {
         assert_eq!(read, t, "attributes defaults to empty");
     }
 
+    /// Found by fuzzing (crates/fuzz, target avro): a record whose map block claims 134 million
+    /// entries made apache-avro's decode (`decode_value`, `decode_via_value`) reserve the map
+    /// first: 260 MB resident for a 375-byte record, and an abort near 512 million entries.
+    #[test]
+    fn a_hostile_block_count_is_refused_before_allocation() {
+        let entry = store().latest("telemetry");
+        let mut t = sample_telemetry();
+        t.attributes.clear();
+        let good = encode(&t).expect("encode");
+        // The attributes map is the last field: its empty block (a single 0) ends the record.
+        assert_eq!(good.last(), Some(&0));
+        for count in [536_870_000i64, 134_217_728, 3_000_000] {
+            let mut bad = good[..good.len() - 1].to_vec();
+            let mut z = ((count << 1) ^ (count >> 63)) as u64;
+            while z >= 0x80 {
+                bad.push((z as u8) | 0x80);
+                z >>= 7;
+            }
+            bad.push(z as u8);
+            bad.extend_from_slice(&[0x02, b'k', 0x02, b'v']);
+            let e = decode_value(&bad, entry.name).expect_err("refused");
+            assert!(e.to_string().contains("allocate"), "{e}");
+            assert!(decode_via_value::<Telemetry>(&bad).is_err());
+            assert!(decode::<Telemetry>(&bad).is_err());
+        }
+    }
+
     #[test]
     fn bad_bytes_give_typed_errors() {
         assert_eq!(

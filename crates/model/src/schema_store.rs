@@ -183,10 +183,20 @@ pub struct SchemaStore {
     latest: HashMap<&'static str, usize>,
 }
 
+/// Most bytes (or items of one array or map block) apache-avro may allocate for one value while
+/// decoding: twice the largest record the pipeline carries (Kafka's default 1 MB message limit,
+/// file mode's default 1 MiB line). Its own default, 512 MiB, let a 20-byte record claim a map
+/// block of 500 million entries, and apache-avro sizes the map before reading one: gigabytes, or
+/// an abort when the allocation fails.
+pub const MAX_DECODE_ALLOCATION: usize = 2 * 1024 * 1024;
+
 impl SchemaStore {
     /// Parses every schema in [`SCHEMA_FILES`]. Panics only on a schema file that does not parse,
     /// which the unit tests rule out before anything ships.
     fn load() -> Self {
+        // Every decode looks the writer schema up here first, so this runs before apache-avro
+        // allocates anything (its limit is set once per process).
+        apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
         let mut entries = Vec::new();
         for (name, version, text) in SCHEMA_FILES {
             let schema = Schema::parse_str(text)

@@ -1293,12 +1293,13 @@ fn value_fits(ty: &SlotType, v: &ParamValue) -> bool {
     }
 }
 
-/// `-?[0-9]{1,6}`, no leading zero.
+/// `-?[0-9]{1,6}`, no leading zero, no `-0` (it would render as `0`).
 fn parse_int(s: &str) -> Option<i64> {
     let digits = s.strip_prefix('-').unwrap_or(s);
     let ok = (1..=MAX_DIGITS).contains(&digits.len())
         && digits.bytes().all(|b| b.is_ascii_digit())
-        && !(digits.len() > 1 && digits.starts_with('0'));
+        && !(digits.len() > 1 && digits.starts_with('0'))
+        && s != "-0";
     ok.then(|| s.parse().ok()).flatten()
 }
 
@@ -2105,6 +2106,25 @@ mod tests {
         ] {
             assert!(c.match_message(m).is_none(), "{m:?}");
         }
+    }
+
+    /// Found by fuzzing (crates/fuzz, target log_message): `-0` in an int slot matched as 0 and
+    /// rendered as `0`, so the rendering was not the message it came from.
+    #[test]
+    fn a_negative_zero_int_does_not_match() {
+        let c = cat();
+        assert_eq!(
+            roundtrip(&c, "Q30 91.4% at cycle 0").map(|r| r.1),
+            Some("Q30 91.4% at cycle 0".to_string())
+        );
+        assert_eq!(roundtrip(&c, "Q30 91.4% at cycle -0"), None);
+        assert_eq!(parse_int("-0"), None);
+        assert_eq!(parse_int("-7"), Some(-7));
+        // A number keeps its sign: -0 renders as -0.
+        assert_eq!(
+            parse_number("-0").map(|(v, d)| format!("{v:.*}", usize::from(d))),
+            Some("-0".into())
+        );
     }
 
     #[test]

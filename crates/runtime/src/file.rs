@@ -48,7 +48,8 @@ pub struct FileArgs {
 const KEPT_OF_LONG_LINE: usize = 4096;
 
 /// One line of input, read with a bound on its length.
-enum Line {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
     /// A whole line (without its newline).
     Whole(Vec<u8>),
     /// A line longer than the bound: its first bytes and its length.
@@ -56,7 +57,8 @@ enum Line {
 }
 
 /// Reads the next line, keeping at most `max` bytes of it; `None` at the end of the input.
-fn read_line(input: &mut dyn BufRead, max: usize) -> std::io::Result<Option<Line>> {
+/// Public for the fuzz targets (`crates/fuzz`), which split input exactly as file mode does.
+pub fn read_line(input: &mut dyn BufRead, max: usize) -> std::io::Result<Option<Line>> {
     let mut kept = Vec::new();
     let mut total = 0usize;
     let mut any = false;

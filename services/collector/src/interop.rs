@@ -343,8 +343,16 @@ pub fn tile_metrics(file: &Path) -> Result<Parsed<TileMetric>, InteropError> {
 
 /// As [`tile_metrics`], refusing a file over `cap` bytes.
 pub fn tile_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<TileMetric>, InteropError> {
-    let b = read(file, cap)?;
-    fixed(file, &b, &[(2, 10)], "2", |r, _| TileMetric {
+    tile_metrics_from_bytes(file, &read(file, cap)?)
+}
+
+/// As [`tile_metrics`], over the bytes of a file already read; `file` names it in errors and
+/// warnings.
+pub fn tile_metrics_from_bytes(
+    file: &Path,
+    bytes: &[u8],
+) -> Result<Parsed<TileMetric>, InteropError> {
+    fixed(file, bytes, &[(2, 10)], "2", |r, _| TileMetric {
         lane: r.u16(),
         tile: r.u16(),
         code: r.u16(),
@@ -359,8 +367,13 @@ pub fn q_metrics(file: &Path) -> Result<Parsed<QMetric>, InteropError> {
 
 /// As [`q_metrics`], refusing a file over `cap` bytes.
 pub fn q_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<QMetric>, InteropError> {
-    let b = read(file, cap)?;
-    fixed(file, &b, &[(4, 206)], "4", |r, _| {
+    q_metrics_from_bytes(file, &read(file, cap)?)
+}
+
+/// As [`q_metrics`], over the bytes of a file already read; `file` names it in errors and
+/// warnings.
+pub fn q_metrics_from_bytes(file: &Path, bytes: &[u8]) -> Result<Parsed<QMetric>, InteropError> {
+    fixed(file, bytes, &[(4, 206)], "4", |r, _| {
         let (lane, tile, cycle) = (r.u16(), r.u16(), r.u16());
         let mut histogram = [0u32; 50];
         for h in histogram.iter_mut() {
@@ -382,8 +395,16 @@ pub fn error_metrics(file: &Path) -> Result<Parsed<ErrorMetric>, InteropError> {
 
 /// As [`error_metrics`], refusing a file over `cap` bytes.
 pub fn error_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<ErrorMetric>, InteropError> {
-    let b = read(file, cap)?;
-    fixed(file, &b, &[(3, 30)], "3", |r, _| ErrorMetric {
+    error_metrics_from_bytes(file, &read(file, cap)?)
+}
+
+/// As [`error_metrics`], over the bytes of a file already read; `file` names it in errors and
+/// warnings.
+pub fn error_metrics_from_bytes(
+    file: &Path,
+    bytes: &[u8],
+) -> Result<Parsed<ErrorMetric>, InteropError> {
+    fixed(file, bytes, &[(3, 30)], "3", |r, _| ErrorMetric {
         lane: r.u16(),
         tile: r.u16(),
         cycle: r.u16(),
@@ -401,8 +422,16 @@ pub fn extraction_metrics_capped(
     file: &Path,
     cap: u64,
 ) -> Result<Parsed<ExtractionMetric>, InteropError> {
-    let b = read(file, cap)?;
-    fixed(file, &b, &[(2, 38)], "2", |r, _| {
+    extraction_metrics_from_bytes(file, &read(file, cap)?)
+}
+
+/// As [`extraction_metrics`], over the bytes of a file already read; `file` names it in errors and
+/// warnings.
+pub fn extraction_metrics_from_bytes(
+    file: &Path,
+    bytes: &[u8],
+) -> Result<Parsed<ExtractionMetric>, InteropError> {
+    fixed(file, bytes, &[(2, 38)], "2", |r, _| {
         let (lane, tile, cycle) = (r.u16(), r.u16(), r.u16());
         let fwhm = [r.f32(), r.f32(), r.f32(), r.f32()];
         let intensity = [r.u16(), r.u16(), r.u16(), r.u16()];
@@ -429,8 +458,16 @@ pub fn corrected_intensity_metrics_capped(
     file: &Path,
     cap: u64,
 ) -> Result<Parsed<CorrectedIntMetric>, InteropError> {
-    let b = read(file, cap)?;
-    fixed(file, &b, &[(2, 48)], "2", |r, _| {
+    corrected_intensity_metrics_from_bytes(file, &read(file, cap)?)
+}
+
+/// As [`corrected_intensity_metrics`], over the bytes of a file already read; `file` names it in errors and
+/// warnings.
+pub fn corrected_intensity_metrics_from_bytes(
+    file: &Path,
+    bytes: &[u8],
+) -> Result<Parsed<CorrectedIntMetric>, InteropError> {
+    fixed(file, bytes, &[(2, 48)], "2", |r, _| {
         let (lane, tile, cycle) = (r.u16(), r.u16(), r.u16());
         let average_intensity = r.u16();
         let corrected = [r.u16(), r.u16(), r.u16(), r.u16()];
@@ -456,8 +493,16 @@ pub fn image_metrics(file: &Path) -> Result<Parsed<ImageMetric>, InteropError> {
 
 /// As [`image_metrics`], refusing a file over `cap` bytes.
 pub fn image_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<ImageMetric>, InteropError> {
-    let b = read(file, cap)?;
-    fixed(file, &b, &[(1, 12)], "1", |r, _| ImageMetric {
+    image_metrics_from_bytes(file, &read(file, cap)?)
+}
+
+/// As [`image_metrics`], over the bytes of a file already read; `file` names it in errors and
+/// warnings.
+pub fn image_metrics_from_bytes(
+    file: &Path,
+    bytes: &[u8],
+) -> Result<Parsed<ImageMetric>, InteropError> {
+    fixed(file, bytes, &[(1, 12)], "1", |r, _| ImageMetric {
         lane: r.u16(),
         tile: r.u16(),
         cycle: r.u16(),
@@ -479,13 +524,23 @@ pub fn empirical_phasing_metrics_capped(
     file: &Path,
     cap: u64,
 ) -> Result<Parsed<EmpiricalPhasingMetric>, InteropError> {
-    let b = read(file, cap)?;
-    fixed(file, &b, &[(1, 14)], "1", |r, _| EmpiricalPhasingMetric {
-        lane: r.u16(),
-        tile: r.u16(),
-        cycle: r.u16(),
-        phasing: r.f32(),
-        prephasing: r.f32(),
+    empirical_phasing_metrics_from_bytes(file, &read(file, cap)?)
+}
+
+/// As [`empirical_phasing_metrics`], over the bytes of a file already read; `file` names it in errors and
+/// warnings.
+pub fn empirical_phasing_metrics_from_bytes(
+    file: &Path,
+    bytes: &[u8],
+) -> Result<Parsed<EmpiricalPhasingMetric>, InteropError> {
+    fixed(file, bytes, &[(1, 14)], "1", |r, _| {
+        EmpiricalPhasingMetric {
+            lane: r.u16(),
+            tile: r.u16(),
+            cycle: r.u16(),
+            phasing: r.f32(),
+            prephasing: r.f32(),
+        }
     })
 }
 
@@ -583,10 +638,18 @@ pub fn index_metrics(file: &Path) -> Result<Parsed<IndexCount>, InteropError> {
 
 /// As [`index_metrics`], refusing a file over `cap` bytes.
 pub fn index_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<IndexCount>, InteropError> {
-    let b = read(file, cap)?;
+    index_metrics_from_bytes(file, &read(file, cap)?)
+}
+
+/// As [`index_metrics`], over the bytes of a file already read; `file` names it in errors and
+/// warnings.
+pub fn index_metrics_from_bytes(
+    file: &Path,
+    bytes: &[u8],
+) -> Result<Parsed<IndexCount>, InteropError> {
     let p = variable(
         file,
-        &b,
+        bytes,
         &[Field::Text, Field::Count, Field::Text, Field::Text],
     )?;
     Ok(Parsed {
@@ -612,8 +675,16 @@ pub fn control_metrics(file: &Path) -> Result<Parsed<ControlCount>, InteropError
 
 /// As [`control_metrics`], refusing a file over `cap` bytes.
 pub fn control_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<ControlCount>, InteropError> {
-    let b = read(file, cap)?;
-    let p = variable(file, &b, &[Field::Text, Field::Text, Field::Count])?;
+    control_metrics_from_bytes(file, &read(file, cap)?)
+}
+
+/// As [`control_metrics`], over the bytes of a file already read; `file` names it in errors and
+/// warnings.
+pub fn control_metrics_from_bytes(
+    file: &Path,
+    bytes: &[u8],
+) -> Result<Parsed<ControlCount>, InteropError> {
+    let p = variable(file, bytes, &[Field::Text, Field::Text, Field::Count])?;
     Ok(Parsed {
         records: p
             .records

@@ -30,6 +30,9 @@ pub enum RunFolderError {
     },
 }
 
+/// Most cycles a run may have in all its reads: InterOp files number cycles with 16 bits.
+pub const MAX_CYCLES: u16 = u16::MAX;
+
 /// One read of the run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadInfo {
@@ -109,7 +112,13 @@ pub fn run_info(folder: &Path) -> Result<RunInfo, RunFolderError> {
 pub fn run_info_with(folder: &Path, limits: &Limits) -> Result<RunInfo, RunFolderError> {
     let file = folder.join("RunInfo.xml");
     let body = load(&file, limits)?;
-    let doc = parse(&file, &body)?;
+    run_info_from_str(&file, &body)
+}
+
+/// Parses the text of a RunInfo.xml already read; `file` names it in errors.
+pub fn run_info_from_str(file: &Path, body: &str) -> Result<RunInfo, RunFolderError> {
+    let file = file.to_path_buf();
+    let doc = parse(&file, body)?;
     let run = doc
         .descendants()
         .find(|n| n.has_tag_name("Run"))
@@ -156,6 +165,14 @@ pub fn run_info_with(folder: &Path, limits: &Limits) -> Result<RunInfo, RunFolde
             element: "Reads/Read",
         });
     }
+    // InterOp numbers cycles with 16 bits, so no run has more (real ones have a few hundred);
+    // more would overflow, or loop for minutes, in everything that walks the run's cycles.
+    if reads.iter().map(|r| u64::from(r.cycles)).sum::<u64>() > u64::from(MAX_CYCLES) {
+        return Err(RunFolderError::Invalid {
+            file,
+            element: "Reads/Read",
+        });
+    }
     reads.sort_by_key(|r| r.number);
     let layout = doc.descendants().find(|n| n.has_tag_name("FlowcellLayout"));
     let attr = |name: &str| {
@@ -164,7 +181,15 @@ pub fn run_info_with(folder: &Path, limits: &Limits) -> Result<RunInfo, RunFolde
             .and_then(|v| v.parse::<u32>().ok())
     };
     let tiles_per_lane = match (attr("SurfaceCount"), attr("SwathCount"), attr("TileCount")) {
-        (Some(a), Some(b), Some(c)) => Some(a * b * c * attr("SectionPerLane").unwrap_or(1)),
+        (Some(a), Some(b), Some(c)) => Some(
+            a.checked_mul(b)
+                .and_then(|t| t.checked_mul(c))
+                .and_then(|t| t.checked_mul(attr("SectionPerLane").unwrap_or(1)))
+                .ok_or(RunFolderError::Invalid {
+                    file: file.clone(),
+                    element: "FlowcellLayout",
+                })?,
+        ),
         _ => None,
     };
     let lane_count = doc
@@ -200,7 +225,12 @@ pub fn run_parameters_with(
         .find(|p| p.symlink_metadata().is_ok())
         .unwrap_or_else(|| folder.join("RunParameters.xml"));
     let body = load(&file, limits)?;
-    let doc = parse(&file, &body)?;
+    run_parameters_from_str(&file, &body)
+}
+
+/// Parses the text of a RunParameters.xml already read; `file` names it in errors.
+pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters, RunFolderError> {
+    let doc = parse(file, body)?;
     let any = |names: &[(Option<&str>, &str)]| names.iter().find_map(|(p, n)| text(&doc, *p, n));
     // Every occurrence of every consent element, in document order: a repeated element is
     // decided on all its values, never on the first alone.
@@ -340,6 +370,60 @@ mod tests {
                 .consent_settings
                 .len(),
             1
+        );
+    }
+
+    /// Reproduced with the runinfo fuzz target (crates/fuzz): a layout whose tile count
+    /// overflows u32 panicked (debug) or wrapped (release); a read of 4294967295 cycles made
+    /// everything that walks the cycles loop for minutes, then overflow. Both are now an
+    /// invalid RunInfo.xml.
+    #[test]
+    fn absurd_layouts_and_cycle_counts_are_invalid_not_a_panic() {
+        let run = |reads: &str, layout: &str| {
+            run_info_from_str(
+                Path::new("RunInfo.xml"),
+                &format!(
+                    r#"<RunInfo><Run Id="r"><Flowcell>F</Flowcell><Instrument>M1</Instrument>
+                    <Reads>{reads}</Reads><FlowcellLayout LaneCount="1" {layout}/></Run></RunInfo>"#
+                ),
+            )
+        };
+        let read = |n: u32, cycles: u32| format!(r#"<Read Number="{n}" NumCycles="{cycles}"/>"#);
+        let big = r#"SurfaceCount="65536" SwathCount="65536" TileCount="1""#;
+        assert_eq!(
+            run(&read(1, 151), big).unwrap_err(),
+            RunFolderError::Invalid {
+                file: "RunInfo.xml".into(),
+                element: "FlowcellLayout"
+            }
+        );
+        let ok = r#"SurfaceCount="2" SwathCount="3" TileCount="12" SectionPerLane="3""#;
+        assert_eq!(run(&read(1, 151), ok).unwrap().tiles_per_lane, Some(216));
+        for reads in [
+            read(1, u32::MAX),
+            read(1, 65535) + &read(2, 1),
+            read(1, u32::MAX) + &read(2, u32::MAX),
+        ] {
+            assert_eq!(
+                run(&reads, ok).unwrap_err(),
+                RunFolderError::Invalid {
+                    file: "RunInfo.xml".into(),
+                    element: "Reads/Read"
+                },
+                "{reads}"
+            );
+        }
+        let most = run(&(read(1, 65000) + &read(2, 535)), ok).unwrap();
+        let keys = vec![(1, 1, 1)];
+        let per_cycle = [crate::collect::CycleKeys {
+            file: Path::new("InterOp/QMetricsOut.bin"),
+            span: crate::collect::CycleSpan::AllCycles,
+            keys,
+        }];
+        assert_eq!(
+            crate::collect::coverage_warnings(&most, &per_cycle, None).len(),
+            1,
+            "65535 cycles are walked, not overflowed"
         );
     }
 
