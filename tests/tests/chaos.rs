@@ -3095,3 +3095,74 @@ fn render(r: &Value) -> String {
     let _ = writeln!(t, "logs: {}", r["logs"].as_str().unwrap_or(""));
     t
 }
+
+/// The oracle itself, without a broker: a record lost, one committed twice and one never expected
+/// are each counted, and only a detector signal differing in its watermark alone is excused.
+#[test]
+fn the_oracle_counts_a_lost_a_duplicated_and_an_extra_record() {
+    let rec = |key: &str, value: &[u8]| Committed {
+        partition: 0,
+        offset: 0,
+        key: key.into(),
+        value: value.to_vec(),
+        timestamp_ms: None,
+        headers: Vec::new(),
+    };
+    let exp = |key: &str, value: &[u8], origin: &str| {
+        (key.to_string(), value.to_vec(), origin.to_string())
+    };
+    let expected = vec![
+        exp("a", b"1", "validator"),
+        exp("b", b"2", "validator"),
+        exp("c", b"3", "validator"),
+    ];
+    let committed = vec![
+        rec("a", b"1"),
+        rec("b", b"2"),
+        rec("b", b"2"),
+        rec("d", b"4"),
+    ];
+    let d = compare(TopicRole::Validated, &expected, &committed);
+    assert_eq!(
+        (d.missing, d.duplicates, d.extra),
+        (1, 1, 1),
+        "{:?}",
+        d.examples
+    );
+    assert_eq!(d.missing_by_origin.get("validator"), Some(&1));
+
+    // cohort.signals: a detector MEMBER signal with another watermark is explained; one with
+    // another event time is not.
+    let signal = |event_time_ms: i64, watermark: i64| {
+        encode(&CohortSignal {
+            signal_id: format!("software_version:1.0:A1:{event_time_ms}:MEMBER"),
+            kind: CohortKind::SOFTWARE_VERSION,
+            value: "1.0".into(),
+            instrument_serial: "A1".into(),
+            instrument_model: seqmon_model::InstrumentModel::UNKNOWN,
+            event_time_ms,
+            source_partition: 0,
+            source_watermark_ms: watermark,
+            signal: CohortSignalKind::MEMBER,
+            count: false,
+            decide: false,
+            route: Vec::new(),
+            anomaly: None,
+        })
+        .unwrap()
+    };
+    let key = "software_version:1.0";
+    let expected = vec![
+        exp(key, &signal(1000, 500), "anomaly-detector"),
+        exp(key, &signal(2000, 500), "anomaly-detector"),
+    ];
+    let committed = vec![rec(key, &signal(1000, 900)), rec(key, &signal(2500, 500))];
+    let d = compare(TopicRole::CohortSignals, &expected, &committed);
+    assert_eq!(
+        (d.missing, d.duplicates, d.extra),
+        (1, 0, 1),
+        "{:?}",
+        d.examples
+    );
+    assert_eq!(d.explained.values().sum::<usize>(), 1, "{:?}", d.explained);
+}
