@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export KAFKA_PORT ?= 19092
 
-.PHONY: all help build run run-kafka test unit-test bench evaluate fuzz package lint fmt topics kafka-start kafka-stop clean
+.PHONY: all help build run run-kafka test unit-test chaos bench evaluate fuzz package lint fmt topics kafka-start kafka-stop clean
 
 all: build
 
@@ -25,6 +25,12 @@ run:
 ## or the cluster named by KAFKA_BOOTSTRAP_SERVERS)
 test:
 	tools/test.sh
+
+## chaos: kill -9 every stage 5 times in open transactions, the broker twice, pause one stage, poison
+## every topic, on >= 100,000 records and a broker of its own (127.0.0.1:29092); an oracle compares
+## every output with an uninterrupted run -> out/chaos/latest.json (make test runs a trimmed one)
+chaos:
+	tools/chaos.sh
 
 ## bench: codec, processor and Kafka stage throughput vs a raw transactional passthrough
 ## (same broker as make test); table on stdout, JSON in out/bench/

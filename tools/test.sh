@@ -83,6 +83,8 @@ if "$helm" template seqmon helm/seqmon "${required[@]}" --set keda.enabled=true 
 fi
 
 echo "== tests (unit, embedded pipeline, then real-broker integration)"
+# The chaos test (tests/tests/chaos.rs, trimmed here; make chaos runs it in full) kills and restarts
+# a broker, so it starts one of its own on 127.0.0.1:29092 (CHAOS_KAFKA_PORT) and stops it after.
 # Integration tests each use their own topics and groups; two at a time suit a 2-core machine.
 cargo test --workspace -- --test-threads=2
 echo "== detection, trimmed (make evaluate runs the full sweep): one seed, 24 instruments, 2 days"

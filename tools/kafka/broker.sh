@@ -6,6 +6,9 @@
 #   tools/kafka/broker.sh start    format a fresh log dir, start, wait until it serves requests
 #   tools/kafka/broker.sh stop     stop the broker this script started
 #   tools/kafka/broker.sh status   exit 0 when it is running
+#   tools/kafka/broker.sh kill     SIGKILL the broker (a crash), keeping its log dir
+#   tools/kafka/broker.sh restart  start it again on the log dir it had (no format: its topics,
+#                                  offsets and open transactions are recovered, as after a crash)
 #
 # With --secure (start|stop|status --secure) the same commands drive a SECOND broker beside the
 # plaintext one, which enforces what the plaintext one cannot: TLS, SASL and ACLs.
@@ -142,13 +145,21 @@ $(single_node_props)
 PROPS
   broker_log4j "$run"
   format_storage "$run"
+  launch
+}
+
+# Starts the JVM on $run as it is and waits until the port answers.
+launch() {
+  # Only what this start logs counts (a restart appends to the same files).
+  local seen
+  seen=$(cat "$run/broker.log" "$run/stdout.log" 2>/dev/null | grep -c "Kafka Server started" || true)
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC \
     -Dlog4j2.configurationFile="$run/log4j2.properties" \
-    -cp "$libs/*" kafka.Kafka "$run/server.properties" >"$run/stdout.log" 2>&1 &
+    -cp "$libs/*" kafka.Kafka "$run/server.properties" >>"$run/stdout.log" 2>&1 &
   echo $! >"$pidfile"
   for _ in $(seq 1 120); do
     if ! running; then log "broker exited during start-up; see $run/stdout.log and $run/broker.log"; tail -20 "$run/stdout.log" >&2; exit 1; fi
-    if grep -q "Kafka Server started" "$run/broker.log" "$run/stdout.log" 2>/dev/null \
+    if [ "$(cat "$run/broker.log" "$run/stdout.log" 2>/dev/null | grep -c "Kafka Server started" || true)" -gt "$seen" ] \
        || (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       log "running (pid $(cat "$pidfile")) on 127.0.0.1:$port"
       return 0
@@ -156,6 +167,26 @@ PROPS
     sleep 0.5
   done
   log "broker did not open 127.0.0.1:$port within 60 s"; exit 1
+}
+
+# kill -9: a crash. The log dir stays for `restart`.
+crash() {
+  if ! running; then log "not running on 127.0.0.1:$port"; exit 1; fi
+  local pid; pid=$(cat "$pidfile")
+  kill -9 "$pid"
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then log "pid $pid survived SIGKILL"; exit 1; fi
+  rm -f "$pidfile"
+  log "killed (SIGKILL, pid $pid); log dir kept in $run"
+}
+
+# Starts the broker again on the log dir a kill (or stop) left, without formatting it.
+restart() {
+  if running; then log "already running (pid $(cat "$pidfile")) on 127.0.0.1:$port"; return 0; fi
+  if [ ! -f "$run/server.properties" ] || [ ! -f "$run/data/meta.properties" ]; then
+    log "no formatted log dir in $run to restart from (use start)"; exit 1
+  fi
+  launch
 }
 
 stop() {
@@ -454,11 +485,13 @@ case "${1:-}:$secure" in
   start:0) start ;;
   stop:0) stop ;;
   status:0) running ;;
+  kill:0) crash ;;
+  restart:0) restart ;;
   start:1) secure_start ;;
   stop:1) stop "$secure_pidfile" "(secure broker)" ;;
   status:1) running "$secure_pidfile" ;;
   secure-topics:*)
     [ $# -ge 2 ] || { echo "usage: $0 secure-topics PREFIX" >&2; exit 2; }
     secure_topics "$2" ;;
-  *) echo "usage: $0 fetch | start|stop|status [--secure] | secure-topics PREFIX" >&2; exit 2 ;;
+  *) echo "usage: $0 fetch | start|stop|status [--secure] | kill|restart | secure-topics PREFIX" >&2; exit 2 ;;
 esac
