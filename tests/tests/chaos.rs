@@ -49,8 +49,10 @@
 //!
 //! Stalls. A monitor samples, every 0.5 s, each stage group's committed offsets (OffsetFetch)
 //! and the last stable offsets of its inputs. A stage stalls while it has readable input beyond
-//! its committed offsets (more than the one offset a transaction marker takes) and its committed
-//! offsets do not move; while the broker is down nothing answers and the stall goes on.
+//! its committed offsets (more than the one offset a transaction marker takes; once the offsets
+//! have stood still for 5 s, a read_committed probe checks the gap holds a record, as a gap of
+//! aborted records and their marker holds none) and its committed offsets do not move; while
+//! the broker is down nothing answers and the stall goes on.
 //! `max_stall_s` is the longest such stretch of any stage; it therefore includes the broker's own
 //! downtime. Per kill, `recovery_s` is the time from the SIGKILL to the restarted process's first
 //! committed transaction.
@@ -624,6 +626,15 @@ fn monitor(
         .set("isolation.level", "read_uncommitted")
         .create()
         .unwrap();
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", format!("{prefix}chaos-probe"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut probed: HashMap<(String, i32, i64, i64), bool> = HashMap::new();
     let timeout = Duration::from_millis(1500);
     // (topic, partition) → (LSO, since) while a transaction holds the LSO there.
     let mut held: HashMap<(String, i32), (i64, f64)> = HashMap::new();
@@ -671,24 +682,48 @@ fn monitor(
                     tpl.add_partition(t, p);
                 }
             }
-            let sample = (|| -> Option<(i64, i64)> {
+            // Committed offsets and, per partition, the gap to the LSO beyond the one offset a
+            // commit marker takes: (topic, partition, committed, LSO, gap).
+            type Gap = (String, i32, i64, i64, i64);
+            let sample = (|| -> Option<(i64, Vec<Gap>)> {
                 let committed = groups[stage].committed_offsets(tpl, timeout).ok()?;
-                let (mut sum, mut lag) = (0i64, 0i64);
+                let mut sum = 0i64;
+                let mut gaps = Vec::new();
                 for e in committed.elements() {
                     let (_, stable) = lso
                         .fetch_watermarks(e.topic(), e.partition(), timeout)
                         .ok()?;
-                    match e.offset() {
+                    let (from, gap) = match e.offset() {
                         Offset::Offset(o) => {
                             sum += o;
-                            lag += (stable - o - 1).max(0);
+                            (o, (stable - o - 1).max(0))
                         }
-                        _ => lag += stable,
+                        _ => (0, stable),
+                    };
+                    if gap > 0 {
+                        gaps.push((e.topic().to_string(), e.partition(), from, stable, gap));
                     }
                 }
-                Some((sum, lag))
+                Some((sum, gaps))
             })();
             let now = t0.elapsed().as_secs_f64();
+            let still_s = state
+                .lock()
+                .unwrap()
+                .get(stage)
+                .map_or(0.0, |p| now - p.last_move_s);
+            // A gap with nothing readable in it (an aborted transaction and its marker at the end
+            // of a partition) is no input: probed once the offsets have stood still for 5 s.
+            let sample = sample.map(|(sum, gaps)| {
+                let lag: i64 = gaps
+                    .iter()
+                    .filter(|g| {
+                        still_s < 5.0 || readable(&probe, &mut probed, g.0.clone(), g.1, g.2, g.3)
+                    })
+                    .map(|g| g.4)
+                    .sum();
+                (sum, lag)
+            });
             let mut all = state.lock().unwrap();
             let p = all.entry(stage).or_default();
             match sample {
@@ -712,6 +747,47 @@ fn monitor(
         if let Some(rest) = Duration::from_millis(500).checked_sub(tick.elapsed()) {
             std::thread::sleep(rest);
         }
+    }
+}
+
+/// Whether a read_committed reader finds a record in [from, lso) of a partition (cached per
+/// state); true when the broker does not say within 3 s (a stall is then not excused).
+fn readable(
+    probe: &BaseConsumer,
+    cache: &mut HashMap<(String, i32, i64, i64), bool>,
+    topic: String,
+    partition: i32,
+    from: i64,
+    lso: i64,
+) -> bool {
+    let key = (topic, partition, from, lso);
+    if let Some(v) = cache.get(&key) {
+        return *v;
+    }
+    let mut tpl = TopicPartitionList::new();
+    if tpl
+        .add_partition_offset(&key.0, partition, Offset::Offset(from))
+        .is_err()
+        || probe.assign(&tpl).is_err()
+    {
+        return true;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let answer = loop {
+        match probe.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => break Some(m.offset() < lso),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break Some(false),
+            _ if Instant::now() > deadline => break None,
+            _ => {}
+        }
+    };
+    let _ = probe.unassign();
+    match answer {
+        Some(v) => {
+            cache.insert(key, v);
+            v
+        }
+        None => true,
     }
 }
 
