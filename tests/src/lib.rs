@@ -343,6 +343,7 @@ pub fn reference_outputs(
     input: &[Committed],
 ) -> Vec<Output> {
     let mut driver = seqmon_runtime::Driver::new(processor);
+    seqmon_runtime::kafka::default_record_limits(&mut driver);
     let mut expected = Vec::new();
     for r in input {
         let env = seqmon_runtime::Envelope {

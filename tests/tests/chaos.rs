@@ -2015,6 +2015,7 @@ fn run_reference(
     records: &[(TopicRole, &Committed)],
 ) -> Vec<Out> {
     let mut driver = Driver::new(processor(stage));
+    seqmon_runtime::kafka::default_record_limits(&mut driver);
     driver
         .processor_mut()
         .on_input_partitions(partitions as usize);
@@ -2029,6 +2030,7 @@ fn run_reference(
             partition: r.partition,
             offset: r.offset,
             timestamp_ms: r.timestamp_ms,
+            arrival_time_ms: None,
         };
         driver.handle(&env, &mut emitted, |_| {}).unwrap();
         outputs.extend(emitted.drain(..).map(|e| (e.role, e.key, e.value)));

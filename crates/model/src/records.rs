@@ -412,6 +412,22 @@ impl SanitizedTelemetry {
     }
 }
 
+impl Anomaly {
+    /// The first score, level, baseline or limit that is not finite.
+    pub fn non_finite_measurement(&self) -> Option<String> {
+        first_non_finite([
+            ("score", Some(self.score)),
+            ("observed_level", Some(self.observed_level)),
+            ("baseline_level", Some(self.baseline_level)),
+            ("baseline_stddev", Some(self.baseline_stddev)),
+            ("slope_per_hour", Some(self.slope_per_hour)),
+            ("fraction_out_of_spec", Some(self.fraction_out_of_spec)),
+            ("spec_low", self.spec_low),
+            ("spec_high", self.spec_high),
+        ])
+    }
+}
+
 impl Feature {
     /// The first statistic or spec limit that is not finite.
     pub fn non_finite_measurement(&self) -> Option<String> {

@@ -345,6 +345,9 @@ impl KafkaConnection {
 /// modulo the partition count; random for a record without a key).
 pub const JAVA_COMPATIBLE_PARTITIONER: &str = "murmur2_random";
 
+/// Default of `--max-input-record-bytes`: 320 KiB (the validator passes at most 256 KiB).
+pub const DEFAULT_MAX_INPUT_RECORD_BYTES: usize = 327_680;
+
 /// Settings of the exactly-once Kafka runner.
 #[derive(Debug, Clone, Args)]
 pub struct RunnerConfig {
@@ -407,7 +410,7 @@ pub struct RunnerConfig {
     /// before it is decoded. The validator lets at most 256 KiB through (its
     /// --max-record-bytes), and nothing a stage writes is larger, so anything bigger on a
     /// topic was not written by the pipeline: bounded here, it cannot grow state or outputs.
-    #[arg(long, env = "SEQMON_MAX_INPUT_RECORD_BYTES", default_value_t = 327_680)]
+    #[arg(long, env = "SEQMON_MAX_INPUT_RECORD_BYTES", default_value_t = DEFAULT_MAX_INPUT_RECORD_BYTES)]
     pub max_input_record_bytes: usize,
     /// Timeout of single broker requests (transaction steps, committed offsets, seeks,
     /// watermarks), milliseconds; capped by the transaction timeout.

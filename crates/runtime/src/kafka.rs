@@ -377,6 +377,8 @@ struct StageLoop<'a> {
     consecutive_aborts: u32,
     /// Set while the assigned partitions' state could not be restored: when to try again.
     restore_retry: Option<RestoreRetry>,
+    /// The consumer hit a fatal error: the loop starts its clients afresh.
+    consumer_fenced: bool,
     consumer_errors: ConsumerErrorLog,
     last_txn: Instant,
 }
@@ -391,9 +393,26 @@ pub fn run_kafka(
     let mut batch: Vec<Owned> = Vec::with_capacity(cfg.batch_max_records);
     while !shutdown.load(Ordering::SeqCst) {
         stage.driver.metrics.beat();
-        stage.collect_batch(&mut batch, &shutdown)?;
-        if !batch.is_empty() {
-            stage.commit_batch(&batch)?;
+        let step = stage.collect_batch(&mut batch, &shutdown).and_then(|()| {
+            if batch.is_empty() {
+                Ok(())
+            } else {
+                stage.commit_batch(&batch)
+            }
+        });
+        if let Err(e) = step {
+            if !stage.consumer_fenced {
+                return Err(e);
+            }
+            // The consumer is dead for good (a static member fenced after a broker restart,
+            // a known librdkafka behaviour): start the clients afresh in this process, as a
+            // restart would, keeping the processor and its metrics. The new producer fences
+            // the old one's transaction; state is restored for the new assignment.
+            tracing::warn!(error = %e, "consumer fenced: starting the stage's clients afresh");
+            let mut driver = stage.into_driver();
+            driver.processor_mut().clear_state();
+            stage = StageLoop::start(driver, cfg, &shutdown)?;
+            batch.clear();
         }
     }
     stage.leave_group();
@@ -561,6 +580,7 @@ impl<'a> StageLoop<'a> {
             quarantined: Vec::new(),
             consecutive_aborts: 0,
             restore_retry: None,
+            consumer_fenced: false,
             consumer_errors: ConsumerErrorLog::default(),
             last_txn: Instant::now(),
         })
@@ -631,6 +651,12 @@ impl<'a> StageLoop<'a> {
             }
             match polled {
                 None => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        self.consumer_fenced = true;
+                        return Err(RuntimeError::Internal(format!(
+                            "the consumer hit a fatal error ({code:?}: {reason})"
+                        )));
+                    }
                     let spaced = self.last_txn.elapsed() >= linger;
                     if shutdown.load(Ordering::SeqCst) || (!batch.is_empty() && spaced) {
                         break;
@@ -660,6 +686,15 @@ impl<'a> StageLoop<'a> {
                     }
                 }
                 Some(Err(e)) => {
+                    // A fatal consumer error (a static member fenced by its own successor
+                    // after a broker restart) ends consumption for good: carrying on would be
+                    // a silent stall. Stop, so the orchestrator starts a fresh instance.
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        self.consumer_fenced = true;
+                        return Err(RuntimeError::Internal(format!(
+                            "the consumer hit a fatal error ({code:?}: {reason})"
+                        )));
+                    }
                     ConsumerError { error: &e }
                         .emit(&self.driver.metrics, &mut self.consumer_errors);
                     std::thread::sleep(Duration::from_millis(100));
@@ -1015,6 +1050,11 @@ impl<'a> StageLoop<'a> {
             cfg: self.cfg,
         }
         .rewind()
+    }
+
+    /// The processor and its metrics, the clients dropped.
+    fn into_driver(self) -> Driver {
+        self.driver
     }
 
     /// SIGTERM: the last batch is committed; leave the group so partitions move at once.
@@ -1519,6 +1559,16 @@ const RESTORE_RETRY_MAX: Duration = Duration::from_secs(300);
 struct RestoreRetry {
     at: Instant,
     delay: Duration,
+}
+
+/// Holds `driver` to the record limits a Kafka stage has with default settings (no sealing):
+/// for in-process reference runs that must give what a stage gives.
+pub fn default_record_limits(driver: &mut Driver) {
+    driver.set_input_limit(crate::config::DEFAULT_MAX_INPUT_RECORD_BYTES);
+    driver.set_output_limit(OutputLimit {
+        max_record_bytes: LIBRDKAFKA_MESSAGE_MAX_BYTES - RECORD_FRAMING_MARGIN,
+        sealing_overhead: 0,
+    });
 }
 
 /// librdkafka's default `message.max.bytes`.

@@ -723,6 +723,9 @@ impl Processor for CohortAnalyzer {
                 return Ok(());
             }
             (CohortSignalKind::DEVIATION, Some(bytes)) => match decode::<Anomaly>(bytes) {
+                Ok(a) if out.reject_non_finite(a.non_finite_measurement()) => {
+                    return Ok(());
+                }
                 Ok(a) if a.instrument_serial == s.instrument_serial && a.cohort.is_none() => {
                     Some((a, bytes.to_vec()))
                 }

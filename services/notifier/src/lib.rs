@@ -566,21 +566,6 @@ fn improvement(a: &Anomaly) -> bool {
     }
 }
 
-/// Whether an anomaly's numbers are all finite (a NaN would poison the state it lands in).
-fn finite(a: &Anomaly) -> bool {
-    [
-        a.score,
-        a.observed_level,
-        a.baseline_level,
-        a.baseline_stddev,
-        a.slope_per_hour,
-    ]
-    .iter()
-    .chain(a.spec_low.iter())
-    .chain(a.spec_high.iter())
-    .all(|v| v.is_finite())
-}
-
 impl Notifier {
     /// A notifier with the given settings.
     pub fn new(cfg: NotifierConfig) -> Self {
@@ -1716,11 +1701,7 @@ impl Processor for Notifier {
                 let Some(a) = out.decode_or_reject::<Anomaly>(input) else {
                     return Ok(());
                 };
-                if !finite(&a) {
-                    out.reject(
-                        DeadLetterReason::OUT_OF_RANGE,
-                        "a score, level, baseline or limit is not finite",
-                    );
+                if out.reject_non_finite(a.non_finite_measurement()) {
                     return Ok(());
                 }
                 if out.reject_if_ahead(input, a.window_end_ms, self.cfg.max_event_lead_ms) {

@@ -71,6 +71,10 @@ pub struct PrivacyConfig {
     /// Most attributes one record may carry; a record with more is refused whole.
     #[arg(long, env = "PRIVACY_MAX_ATTRIBUTES", default_value_t = 64)]
     pub max_attributes: usize,
+    /// Most an event time may run ahead of its record's arrival (the broker receive time the
+    /// validator carried over), ms; a record further ahead is a dead letter TIMESTAMP_FUTURE.
+    #[arg(long, env = "PRIVACY_MAX_EVENT_LEAD_MS", default_value_t = seqmon_processor::DEFAULT_MAX_EVENT_LEAD_MS)]
+    pub max_event_lead_ms: i64,
 }
 
 impl Default for PrivacyConfig {
@@ -83,6 +87,12 @@ impl Default for PrivacyConfig {
 impl PrivacyConfig {
     /// Checks the settings (pure: the key file is read by the binary, after this).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0..=7 * 86_400_000).contains(&self.max_event_lead_ms) {
+            return Err(ConfigError::of::<Self>(
+                "max_event_lead_ms",
+                "must be 0..=604800000 (7 days)",
+            ));
+        }
         for k in &self.extra_attribute_keys {
             let snake = !k.is_empty()
                 && k.len() <= 32
@@ -496,7 +506,9 @@ impl Processor for PrivacyEnforcer {
             return Ok(());
         };
         // The validator refuses these; a record that reached this topic otherwise is still bad.
-        if out.reject_non_finite(t.non_finite_measurement()) {
+        if out.reject_non_finite(t.non_finite_measurement())
+            || out.reject_if_ahead(input, t.event_time_ms, self.cfg.max_event_lead_ms)
+        {
             return Ok(());
         }
         // Every field, by name: a field added to the schema does not compile until it is given
