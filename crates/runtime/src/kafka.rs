@@ -377,8 +377,6 @@ struct StageLoop<'a> {
     consecutive_aborts: u32,
     /// Set while the assigned partitions' state could not be restored: when to try again.
     restore_retry: Option<RestoreRetry>,
-    /// The consumer hit a fatal error: the loop starts its clients afresh.
-    consumer_fenced: bool,
     consumer_errors: ConsumerErrorLog,
     last_txn: Instant,
 }
@@ -401,7 +399,7 @@ pub fn run_kafka(
             }
         });
         if let Err(e) = step {
-            if !stage.consumer_fenced {
+            if stage.consumer.client().fatal_error().is_none() {
                 return Err(e);
             }
             // The consumer is dead for good (a static member fenced after a broker restart,
@@ -580,14 +578,13 @@ impl<'a> StageLoop<'a> {
             quarantined: Vec::new(),
             consecutive_aborts: 0,
             restore_retry: None,
-            consumer_fenced: false,
             consumer_errors: ConsumerErrorLog::default(),
             last_txn: Instant::now(),
         })
     }
 
     /// Restores state for the current assignment (see [`restore_or_wait`]).
-    fn restore(&mut self) -> Result<(), RuntimeError> {
+    fn restore(&mut self) {
         restore_or_wait(
             &mut self.driver,
             &mut self.quarantined,
@@ -598,7 +595,7 @@ impl<'a> StageLoop<'a> {
                 assigned: &self.assigned,
                 cfg: self.cfg,
             },
-        )
+        );
     }
 
     /// Fills `batch` with what is fetched for the current assignment: at most
@@ -621,7 +618,7 @@ impl<'a> StageLoop<'a> {
                 .as_ref()
                 .is_some_and(|r| Instant::now() >= r.at)
             {
-                self.restore()?;
+                self.restore();
             }
             let generation = self.rebalances.generation.load(Ordering::SeqCst);
             let remaining = max_wait.saturating_sub(started.elapsed());
@@ -646,17 +643,12 @@ impl<'a> StageLoop<'a> {
                             assigned: &self.assigned,
                             cfg: self.cfg,
                         },
-                    )?;
+                    );
                 }
             }
             match polled {
                 None => {
-                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                        self.consumer_fenced = true;
-                        return Err(RuntimeError::Internal(format!(
-                            "the consumer hit a fatal error ({code:?}: {reason})"
-                        )));
-                    }
+                    self.consumer_alive()?;
                     let spaced = self.last_txn.elapsed() >= linger;
                     if shutdown.load(Ordering::SeqCst) || (!batch.is_empty() && spaced) {
                         break;
@@ -686,15 +678,7 @@ impl<'a> StageLoop<'a> {
                     }
                 }
                 Some(Err(e)) => {
-                    // A fatal consumer error (a static member fenced by its own successor
-                    // after a broker restart) ends consumption for good: carrying on would be
-                    // a silent stall. Stop, so the orchestrator starts a fresh instance.
-                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                        self.consumer_fenced = true;
-                        return Err(RuntimeError::Internal(format!(
-                            "the consumer hit a fatal error ({code:?}: {reason})"
-                        )));
-                    }
+                    self.consumer_alive()?;
                     ConsumerError { error: &e }
                         .emit(&self.driver.metrics, &mut self.consumer_errors);
                     std::thread::sleep(Duration::from_millis(100));
@@ -746,7 +730,7 @@ impl<'a> StageLoop<'a> {
                         self.consecutive_aborts
                     )));
                 }
-                self.restore()?;
+                self.restore();
                 self.rewind()
             }
             Err(TxnFailure::Fatal(e)) => Err(e),
@@ -1050,6 +1034,18 @@ impl<'a> StageLoop<'a> {
             cfg: self.cfg,
         }
         .rewind()
+    }
+
+    /// Err when the consumer hit a fatal error (a static member fenced by its own successor
+    /// after a broker restart): it will never fetch again, and carrying on would be a silent
+    /// stall; `run_kafka` starts the clients afresh.
+    fn consumer_alive(&self) -> Result<(), RuntimeError> {
+        match self.consumer.client().fatal_error() {
+            None => Ok(()),
+            Some((code, reason)) => Err(RuntimeError::Internal(format!(
+                "the consumer hit a fatal error ({code:?}: {reason})"
+            ))),
+        }
     }
 
     /// The processor and its metrics, the clients dropped.
@@ -1480,7 +1476,7 @@ fn restore_or_wait(
     quarantined: &mut Vec<Quarantined>,
     retry: &mut Option<RestoreRetry>,
     inputs: &Inputs<'_>,
-) -> Result<(), RuntimeError> {
+) {
     match restore_state(
         driver,
         inputs.cfg,
@@ -1506,7 +1502,6 @@ fn restore_or_wait(
                         driver.metrics.restore_failing.set(0);
                         tracing::info!(partitions = ?inputs.assigned, "state restored; input resumes");
                     }
-                    Ok(())
                 }
                 Err(e) => fail(driver, quarantined, retry, inputs, &e),
             }
@@ -1524,7 +1519,7 @@ fn fail(
     retry: &mut Option<RestoreRetry>,
     inputs: &Inputs<'_>,
     e: &RuntimeError,
-) -> Result<(), RuntimeError> {
+) {
     let delay = retry.as_ref().map_or(RESTORE_RETRY_FIRST, |r| {
         (r.delay * 2).min(RESTORE_RETRY_MAX)
     });
@@ -1544,7 +1539,6 @@ fn fail(
         at: Instant::now() + delay,
         delay,
     });
-    Ok(())
 }
 
 /// Undecodable changelog records from which on, when they are half of all or more, a restore

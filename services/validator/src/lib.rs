@@ -444,32 +444,28 @@ impl Validator {
                 "event_time_ms is later than sent_time_ms",
             );
         }
-        let reference = match (input.arrival_time_ms, input.timestamp_ms) {
-            (Some(arrival), _) => {
-                if t.sent_time_ms - arrival > self.cfg.max_clock_skew_ms {
-                    return fail(R::CLOCK_SKEW, "sent_time_ms is later than the broker's receive time by more than the allowed skew");
-                }
-                if t.event_time_ms > arrival + self.cfg.max_future_ms {
+        let clock = match (input.arrival_time_ms, input.timestamp_ms) {
+            (Some(arrival), _) => Some((arrival, "the broker's receive time")),
+            (None, Some(ingest)) => Some((ingest, "the ingest timestamp")),
+            (None, None) => None,
+        };
+        let reference = match clock {
+            Some((at, name)) => {
+                if t.sent_time_ms - at > self.cfg.max_clock_skew_ms {
                     return fail(
-                        R::TIMESTAMP_FUTURE,
-                        "event_time_ms is later than the broker's receive time",
+                        R::CLOCK_SKEW,
+                        &format!("sent_time_ms is later than {name} by more than the allowed skew"),
                     );
                 }
-                arrival
-            }
-            (None, Some(ingest)) => {
-                if t.sent_time_ms - ingest > self.cfg.max_clock_skew_ms {
-                    return fail(R::CLOCK_SKEW, "sent_time_ms is later than the ingest timestamp by more than the allowed skew");
-                }
-                if t.event_time_ms > ingest + self.cfg.max_future_ms {
+                if t.event_time_ms > at + self.cfg.max_future_ms {
                     return fail(
                         R::TIMESTAMP_FUTURE,
-                        "event_time_ms is later than the ingest timestamp",
+                        &format!("event_time_ms is later than {name}"),
                     );
                 }
-                ingest
+                at
             }
-            (None, None) => t.sent_time_ms,
+            None => t.sent_time_ms,
         };
         if t.event_time_ms < reference - self.cfg.max_age_ms {
             return fail(
