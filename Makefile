@@ -73,7 +73,7 @@ kafka-stop:
 
 ## topics: create every catalogue topic on KAFKA_BOOTSTRAP_SERVERS (idempotent)
 topics:
-	$(CARGO) run --release -q -p seqmon-runtime --bin seqmon-admin -- create-topics
+	$(CARGO) run --release -q -p seqmon-admin -- create-topics
 
 ## run-kafka: the six services as separate processes on the local broker, fed by the simulator
 run-kafka:
