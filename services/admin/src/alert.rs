@@ -119,32 +119,8 @@ fn parse_time(text: &str, now: i64) -> Result<i64, String> {
             .filter(|_| n > 0)
             .ok_or_else(|| format!("{text:?}: out of range"));
     }
-    let bad = || format!("{text:?}: expected YYYY-MM-DDTHH:MM[:SS]Z or +<n><m|h|d>");
-    let t = text.strip_suffix('Z').ok_or_else(bad)?;
-    let (date, clock) = t.split_once('T').ok_or_else(bad)?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<Result<_, _>>()?;
-    let c: Vec<i64> = clock
-        .split(':')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<Result<_, _>>()?;
-    if d.len() != 3 || !(2..=3).contains(&c.len()) {
-        return Err(bad());
-    }
-    let (y, mo, day) = (d[0], d[1], d[2]);
-    let (h, mi, s) = (c[0], c[1], c.get(2).copied().unwrap_or(0));
-    if !(1..=12).contains(&mo)
-        || !(1..=31).contains(&day)
-        || !(0..24).contains(&h)
-        || !(0..60).contains(&mi)
-        || !(0..60).contains(&s)
-    {
-        return Err(bad());
-    }
-    let days = seqmon_model::civil::days_from_civil(y, mo, day);
-    Ok(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000)
+    crate::source::parse_utc(text)
+        .ok_or_else(|| format!("{text:?}: expected YYYY-MM-DDTHH:MM[:SS]Z or +<n><m|h|d>"))
 }
 
 /// A random (version 4) UUID.

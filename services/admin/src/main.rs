@@ -4,6 +4,9 @@
 //! `seqmon-admin alert` lists alerts and acknowledges, snoozes, resolves or assigns them.
 
 mod alert;
+mod decode;
+mod source;
+mod tail;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -63,6 +66,9 @@ enum Command {
     },
     /// Print the topic catalogue.
     Topics,
+    /// A topic as JSON lines: every record opened, decoded by its schema fingerprint and
+    /// printed with its partition, offset, timestamp and key (read_committed; commits nothing).
+    Tail(tail::TailArgs),
     /// The service team's console: list alerts; acknowledge, snooze, resolve or assign one.
     Alert(alert::AlertArgs),
     /// The ACLs of a deployment, derived from the topic catalogue: one principal per stage,
@@ -167,6 +173,7 @@ async fn main() -> ExitCode {
     seqmon_runtime::service::init_logging();
     match Cli::parse().command {
         Command::Alert(args) => alert::run(args),
+        Command::Tail(args) => tail::run(args),
         Command::Acls {
             topic_prefix,
             format,
