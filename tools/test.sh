@@ -85,8 +85,11 @@ fi
 echo "== tests (unit, embedded pipeline, then real-broker integration)"
 # The chaos test (tests/tests/chaos.rs, trimmed here; make chaos runs it in full) kills and restarts
 # a broker, so it starts one of its own on 127.0.0.1:29092 (CHAOS_KAFKA_PORT) and stops it after.
-# Integration tests each use their own topics and groups; two at a time suit a 2-core machine.
-cargo test --workspace -- --test-threads=2
+# Integration tests each use their own topics and groups. tools/run-tests.py runs two test
+# binaries at a time (TEST_JOBS), longest first, each with two test threads: most of them wait
+# on a broker or a child process, so this halves the wall time on a 2-core machine. Each
+# binary's output is printed whole when it ends; the slowest are listed at the end.
+python3 tools/run-tests.py -- --test-threads=2
 echo "== detection, trimmed (make evaluate runs the full sweep): one seed, 24 instruments, 2 days"
 tools/evaluate.sh --quick
 if [ "${LOCAL_BROKER_STARTED:-0}" = 1 ]; then echo "== broker log: .cache/kafka/run-${KAFKA_PORT:-19092}/broker.log"; fi
