@@ -19,24 +19,24 @@ mkdir -p .cache
   >.cache/go-tools.log 2>&1 &
 go_tools=$!
 
-echo "== build (debug binaries used by the integration tests)"
+echo "== [${SECONDS} s] build (debug binaries used by the integration tests)"
 cargo build --workspace --bins --tests
 
-echo "== fuzz, short (make fuzz runs 10 million inputs): each target's corpus, then up to 20,000 mutated"
+echo "== [${SECONDS} s] fuzz, short (make fuzz runs 10 million inputs): each target's corpus, then up to 20,000 mutated"
 echo "   inputs or 3 s per target"
 cargo run -q -p seqmon-fuzz --bin seqmon-fuzz -- run --inputs 20000 --max-seconds 3 --json out/fuzz/short.json
 
 . tools/kafka/local.sh
 use_local_broker --stop-on-exit
 if [ "${LOCAL_BROKER_STARTED:-0}" = 1 ] || [ -n "${KAFKA_SECURE_DIR:-}" ]; then
-  echo "== secure broker (SASL_SSL, mutual TLS, ACLs; certificates and passwords made now)"
+  echo "== [${SECONDS} s] secure broker (SASL_SSL, mutual TLS, ACLs; certificates and passwords made now)"
   use_local_secure_broker --stop-on-exit
 else
-  echo "== no secure broker beside an existing cluster: set KAFKA_SECURE_DIR for the security tests"
+  echo "== [${SECONDS} s] no secure broker beside an existing cluster: set KAFKA_SECURE_DIR for the security tests"
 fi
 
-echo "== from PyPI: Illumina's interop (collector cross-check), fastavro (Avro cross-check), pyarrow (export"
-echo "   cross-check), PyYAML and kubernetes-validate (chart check)"
+echo "== [${SECONDS} s] from PyPI: Illumina's interop (collector cross-check), fastavro (Avro cross-check),"
+echo "   pyarrow (export cross-check), PyYAML and kubernetes-validate (chart check)"
 venv="$root/.cache/interop-venv"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, pyarrow, yaml, kubernetes_validate" 2>/dev/null; then
   python3 -m venv "$venv"
@@ -44,11 +44,11 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fasta
 fi
 export INTEROP_PYTHON="$venv/bin/python"
 
-echo "== Prometheus Alertmanager, built from its source as the Go module proxy serves it (first time ~90 s)"
+echo "== [${SECONDS} s] Prometheus Alertmanager, built from its source as the Go module proxy serves it (first time ~90 s)"
 if ! wait "$go_tools"; then cat .cache/go-tools.log; exit 1; fi
 tools/alertmanager/alertmanager.sh build
 
-echo "== Helm, built from its source on the Go module proxy (first time ~95 s): the chart lints, renders, every"
+echo "== [${SECONDS} s] Helm, built from its source on the Go module proxy (first time ~95 s): the chart lints, renders, every"
 echo "   manifest validates against the Kubernetes schema, every pod meets Pod Security \"restricted\", the"
 echo "   alert rules parse (tools/helm/check_chart.py, promcheck), for several value sets"
 helm=$(tools/helm/helm.sh path | tail -1)
@@ -82,12 +82,16 @@ if "$helm" template seqmon helm/seqmon "${required[@]}" --set keda.enabled=true 
   echo "the chart accepted keda.maxReplicaCount above topics.partitions"; exit 1
 fi
 
-echo "== tests (unit, embedded pipeline, then real-broker integration)"
+echo "== [${SECONDS} s] tests (unit, embedded pipeline, then real-broker integration)"
 # The chaos test (tests/tests/chaos.rs, trimmed here; make chaos runs it in full) kills and restarts
 # a broker, so it starts one of its own on 127.0.0.1:29092 (CHAOS_KAFKA_PORT) and stops it after.
-# Integration tests each use their own topics and groups; two at a time suit a 2-core machine.
-cargo test --workspace -- --test-threads=2
-echo "== detection, trimmed (make evaluate runs the full sweep): one seed, 24 instruments, 2 days"
+# Integration tests each use their own topics and groups. tools/run-tests.py runs two test
+# binaries at a time (TEST_JOBS), longest first, each with two test threads: most of them wait
+# on a broker or a child process, so this halves the wall time on a 2-core machine. Each
+# binary's output is printed whole when it ends; the slowest are listed at the end.
+python3 tools/run-tests.py -- --test-threads=2
+echo "== [${SECONDS} s] detection, trimmed (make evaluate runs the full sweep): one seed, 24 instruments, 2 days"
 tools/evaluate.sh --quick
 if [ "${LOCAL_BROKER_STARTED:-0}" = 1 ]; then echo "== broker log: .cache/kafka/run-${KAFKA_PORT:-19092}/broker.log"; fi
 if [ "${LOCAL_SECURE_BROKER_STARTED:-0}" = 1 ]; then echo "== secure broker log: .cache/kafka/secure-run-${KAFKA_SECURE_PORT:-19192}/broker.log"; fi
+echo "== [${SECONDS} s] make test passed"

@@ -323,6 +323,22 @@ print(json.dumps([[r["source_offset"], r["source_key"].hex(), r["original_bytes"
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // And one that starts with the last record of each partition, then follows all of them.
+    let with_data = partitions_with_data.len();
+    let mut last_follower = Command::new(bin("seqmon-admin"))
+        .arg("tail")
+        .args([
+            "--bootstrap-servers",
+            &bootstrap(),
+            "--topic-prefix",
+            &prefix,
+        ])
+        .args(["deadletter.analysis", "--last", "1", "--follow", "--max"])
+        .arg((with_data + 2).to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let fresh: Vec<(String, Vec<u8>, Option<i64>)> = (200..202)
         .map(|i| {
@@ -353,6 +369,32 @@ print(json.dumps([[r["source_offset"], r["source_key"].hex(), r["original_bytes"
         .collect();
     got.sort();
     assert_eq!(got, vec![200, 201]);
+    let done = wait_until(Duration::from_secs(30), || {
+        last_follower.try_wait().unwrap().is_some()
+    });
+    if !done {
+        let _ = last_follower.kill();
+        panic!("tail --last 1 --follow did not see the last records and the two new ones");
+    }
+    let out = last_follower.wait_with_output().unwrap();
+    let lines: Vec<Json> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), with_data + 2);
+    let fresh_seen = lines
+        .iter()
+        .filter(|l| {
+            l["value"]["source_offset"]
+                .as_i64()
+                .is_some_and(|o| o >= 200)
+        })
+        .count();
+    assert_eq!(
+        fresh_seen, 2,
+        "the last of each partition, then the new ones"
+    );
 
     // Bad arguments are named.
     let bad = Command::new(bin("seqmon-admin"))

@@ -265,15 +265,36 @@ fn partition_offsets(
 pub fn read_range(
     kafka: &KafkaConnection,
     range: &TopicRange,
+    on_record: impl FnMut(RawRecord) -> ControlFlow<()>,
+) -> Result<ReadSummary, SourceError> {
+    read_ranges(kafka, std::slice::from_ref(range), on_record)
+}
+
+/// Reads several ranges of one topic, over disjoint partitions, with one consumer and at once
+/// (`tail --last 5 --follow`: each partition from its own offset, all followed together).
+pub fn read_ranges(
+    kafka: &KafkaConnection,
+    ranges: &[TopicRange],
     mut on_record: impl FnMut(RawRecord) -> ControlFlow<()>,
 ) -> Result<ReadSummary, SourceError> {
-    let topic = range.topic.as_str();
+    let Some(first) = ranges.first() else {
+        return Ok(ReadSummary::default());
+    };
+    let topic = first.topic.as_str();
+    if ranges
+        .iter()
+        .any(|r| r.topic != first.topic || r.read_uncommitted != first.read_uncommitted)
+    {
+        return Err(SourceError::Client(
+            "ranges read together must share their topic and isolation".into(),
+        ));
+    }
     let kafka_err = |e: rdkafka::error::KafkaError| SourceError::Kafka {
         topic: topic.to_string(),
         message: e.to_string(),
     };
     let timeout = kafka.connect_timeout();
-    let isolation = if range.read_uncommitted {
+    let isolation = if first.read_uncommitted {
         "read_uncommitted"
     } else {
         "read_committed"
@@ -291,55 +312,58 @@ pub fn read_range(
         .create()
         .map_err(|e| SourceError::Client(e.to_string()))?;
 
-    let watermarks = partition_offsets(&consumer, kafka, topic, range.partitions.as_deref())?;
-    // Start offsets and bounds per partition.
+    // Start offset, end offset and end time per partition.
     let mut start = TopicPartitionList::new();
     let mut bound: BTreeMap<i32, i64> = BTreeMap::new();
-    let start_time = match range.from {
-        From::Timestamp(t) => Some(t),
-        _ => None,
-    };
-    let mut by_time = TopicPartitionList::new();
-    for (&p, &(low, high)) in &watermarks {
-        let offset = match range.from {
-            From::Beginning => low,
-            From::End => high,
-            From::Offset(o) => o.clamp(low, high),
-            From::Timestamp(t) => {
-                by_time
-                    .add_partition_offset(topic, p, Offset::Offset(t))
-                    .map_err(kafka_err)?;
-                low
-            }
-        };
-        start
-            .add_partition_offset(topic, p, Offset::Offset(offset))
-            .map_err(kafka_err)?;
-        let end = match range.until {
-            Until::Follow => i64::MAX,
-            Until::Offset(o) => o.min(high),
-            Until::EndAtStart | Until::Timestamp(_) => high,
-        };
-        bound.insert(p, end);
-    }
-    if start_time.is_some() {
-        // The broker's time index: the earliest offset at or after the time, or the end.
-        let found = consumer
-            .offsets_for_times(by_time, timeout)
-            .map_err(kafka_err)?;
-        for e in found.elements() {
-            let offset = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => {
-                    consumer
-                        .fetch_watermarks(topic, e.partition(), timeout)
-                        .map_err(kafka_err)?
-                        .1
+    let mut until_time: BTreeMap<i32, i64> = BTreeMap::new();
+    let follow = ranges.iter().any(|r| r.until == Until::Follow);
+    let idle_timeout = ranges
+        .iter()
+        .map(|r| r.idle_timeout)
+        .min()
+        .unwrap_or_default();
+    for range in ranges {
+        let watermarks = partition_offsets(&consumer, kafka, topic, range.partitions.as_deref())?;
+        let mut by_time = TopicPartitionList::new();
+        for (&p, &(low, high)) in &watermarks {
+            let offset = match range.from {
+                From::Beginning => low,
+                From::End => high,
+                From::Offset(o) => o.clamp(low, high),
+                From::Timestamp(t) => {
+                    by_time
+                        .add_partition_offset(topic, p, Offset::Offset(t))
+                        .map_err(kafka_err)?;
+                    low
                 }
             };
             start
-                .set_partition_offset(topic, e.partition(), Offset::Offset(offset))
+                .add_partition_offset(topic, p, Offset::Offset(offset))
                 .map_err(kafka_err)?;
+            let end = match range.until {
+                Until::Follow => i64::MAX,
+                Until::Offset(o) => o.min(high),
+                Until::EndAtStart | Until::Timestamp(_) => high,
+            };
+            bound.insert(p, end);
+            if let Until::Timestamp(t) = range.until {
+                until_time.insert(p, t);
+            }
+        }
+        if by_time.count() > 0 {
+            // The broker's time index: the earliest offset at or after the time, or the end.
+            let found = consumer
+                .offsets_for_times(by_time, timeout)
+                .map_err(kafka_err)?;
+            for e in found.elements() {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => watermarks.get(&e.partition()).map_or(0, |w| w.1),
+                };
+                start
+                    .set_partition_offset(topic, e.partition(), Offset::Offset(offset))
+                    .map_err(kafka_err)?;
+            }
         }
     }
 
@@ -355,13 +379,13 @@ pub fn read_range(
             }
         }
     }
-    if open.is_empty() && range.until != Until::Follow {
+    if open.is_empty() && !follow {
         return Ok(summary);
     }
     consumer.assign(&start).map_err(kafka_err)?;
     let mut last_progress = Instant::now();
     loop {
-        if range.until != Until::Follow && open.is_empty() {
+        if !follow && open.is_empty() {
             break;
         }
         match consumer.poll(Duration::from_millis(200)) {
@@ -378,8 +402,8 @@ pub fn read_range(
                     Timestamp::CreateTime(t) => (Some(t), false),
                     Timestamp::LogAppendTime(t) => (Some(t), true),
                 };
-                if let (Until::Timestamp(t), Some(ts)) = (range.until, timestamp_ms) {
-                    if ts >= t {
+                if let (Some(t), Some(ts)) = (until_time.get(&p), timestamp_ms) {
+                    if ts >= *t {
                         open.remove(&p);
                         continue;
                     }
@@ -418,7 +442,7 @@ pub fn read_range(
             }
             Some(Err(e)) => return Err(kafka_err(e)),
             None => {
-                if range.until == Until::Follow {
+                if follow {
                     continue;
                 }
                 // Nothing delivered: positions past the last markers end their partitions.
@@ -434,10 +458,10 @@ pub fn read_range(
                         }
                     }
                 }
-                if !open.is_empty() && last_progress.elapsed() >= range.idle_timeout {
+                if !open.is_empty() && last_progress.elapsed() >= idle_timeout {
                     return Err(SourceError::Stalled {
                         topic: topic.to_string(),
-                        secs: range.idle_timeout.as_secs(),
+                        secs: idle_timeout.as_secs(),
                         partitions: open.len(),
                     });
                 }

@@ -176,8 +176,8 @@ pub fn run(mut args: TailArgs) -> ExitCode {
     let mut failed: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut out = std::io::stdout().lock();
     let mut closed = false;
-    for range in &ranges {
-        let read = source::read_range(&args.kafka, range, |record| {
+    {
+        let read = source::read_ranges(&args.kafka, &ranges, |record| {
             if !args.instruments.is_empty()
                 && !record
                     .key
@@ -220,7 +220,6 @@ pub fn run(mut args: TailArgs) -> ExitCode {
             ControlFlow::Continue(())
         });
         match read {
-            Ok(summary) if summary.stopped_early => break,
             Ok(_) => {}
             Err(e) => {
                 eprintln!("error: {e}");
