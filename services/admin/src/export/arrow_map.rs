@@ -135,7 +135,6 @@ impl Node {
 /// columns) and the converter of its values.
 #[derive(Debug, Clone)]
 pub struct RecordMapping {
-    avro: Schema,
     root: Node,
     arrow: SchemaRef,
 }
@@ -187,7 +186,6 @@ impl RecordMapping {
             true,
         )));
         Ok(RecordMapping {
-            avro: schema.clone(),
             root,
             arrow: Arc::new(arrow_schema::Schema::new(columns)),
         })
@@ -200,15 +198,9 @@ impl RecordMapping {
 
     /// Whether `value` follows the schema (the guard before a value joins a batch, so that a
     /// bad record is skipped alone instead of failing its batch).
+    /// It accepts exactly what [`RecordMapping::to_batch`] converts.
     pub fn check(&self, value: &Value) -> Result<(), MapError> {
-        if value.validate(&self.avro) {
-            Ok(())
-        } else {
-            Err(MapError::Mismatch {
-                path: "(record)".into(),
-                expected: "the newest version of the record type",
-            })
-        }
+        conforms(&self.root, false, value, "")
     }
 
     /// Converts checked rows into one record batch.
@@ -370,6 +362,105 @@ fn mismatch(path: &str, expected: &'static str) -> MapError {
     }
 }
 
+/// The dictionary key of an enum value: its index when the symbol there is its own, else
+/// where its symbol is (the key follows the symbol, whatever index a resolver left).
+fn symbol_index(symbols: &StringArray, value: &Value) -> Option<i32> {
+    let (index, symbol) = match value {
+        Value::Enum(i, s) => (Some(*i as usize), s.as_str()),
+        Value::String(s) => (None, s.as_str()),
+        _ => return None,
+    };
+    match index {
+        Some(i) if i < symbols.len() && symbols.value(i) == symbol => Some(i as i32),
+        _ => symbols
+            .iter()
+            .position(|x| x == Some(symbol))
+            .map(|i| i as i32),
+    }
+}
+
+/// Whether `value` (a field of nullability `nullable`) converts into a column of `node`: the
+/// same cases as [`build`], without building anything.
+fn conforms(node: &Node, nullable: bool, value: &Value, path: &str) -> Result<(), MapError> {
+    let Some(value) = unwrap(value) else {
+        return if nullable {
+            Ok(())
+        } else {
+            Err(mismatch(path, "a value (the field is not nullable)"))
+        };
+    };
+    let ok = match (node, value) {
+        (Node::Prim(p), v) => match (p, v) {
+            (Prim::Null, _) => false,
+            (Prim::Boolean, Value::Boolean(_))
+            | (Prim::Int, Value::Int(_))
+            | (Prim::Long, Value::Long(_) | Value::Int(_))
+            | (Prim::Float, Value::Float(_))
+            | (Prim::Double, Value::Double(_) | Value::Float(_))
+            | (Prim::Bytes, Value::Bytes(_) | Value::Fixed(_, _))
+            | (Prim::String, Value::String(_) | Value::Uuid(_) | Value::Enum(_, _))
+            | (Prim::Date, Value::Date(_) | Value::Int(_))
+            | (Prim::TimeMillis, Value::TimeMillis(_) | Value::Int(_))
+            | (Prim::TimeMicros, Value::TimeMicros(_) | Value::Long(_)) => true,
+            (Prim::Timestamp(unit, _), v) => matches!(
+                (unit, v),
+                (_, Value::Long(_))
+                    | (
+                        TimeUnit::Millisecond,
+                        Value::TimestampMillis(_) | Value::LocalTimestampMillis(_)
+                    )
+                    | (
+                        TimeUnit::Microsecond,
+                        Value::TimestampMicros(_) | Value::LocalTimestampMicros(_)
+                    )
+                    | (
+                        TimeUnit::Nanosecond | TimeUnit::Second,
+                        Value::TimestampNanos(_) | Value::LocalTimestampNanos(_)
+                    )
+            ),
+            _ => false,
+        },
+        (Node::Fixed(size), Value::Fixed(_, b)) => b.len() == *size as usize,
+        (Node::Enum(symbols), v) => symbol_index(symbols, v).is_some(),
+        (Node::List(field, item), Value::Array(items)) => {
+            let path = child_path(path, "item");
+            for v in items {
+                conforms(item, field.is_nullable(), v, &path)?;
+            }
+            true
+        }
+        (Node::Map(entries, value_node), Value::Map(m)) => {
+            let DataType::Struct(entry_fields) = entries.data_type() else {
+                unreachable!("map entries are a struct")
+            };
+            let nullable = entry_fields[1].is_nullable();
+            let path = child_path(path, "value");
+            for v in m.values() {
+                conforms(value_node, nullable, v, &path)?;
+            }
+            true
+        }
+        (Node::Struct(names, nodes, fields), Value::Record(values)) => {
+            for (i, name) in names.iter().enumerate() {
+                let path = child_path(path, name);
+                let field = match values.get(i) {
+                    Some((n, v)) if n == name => Some(v),
+                    _ => values.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+                };
+                let field = field.ok_or_else(|| mismatch(&path, "a field"))?;
+                conforms(&nodes[i], fields[i].is_nullable(), field, &path)?;
+            }
+            true
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(mismatch(path, "a value of the schema's type"))
+    }
+}
+
 /// The children of a struct column, from record values (`None`: the struct is null, and so
 /// is every child, masked by the struct's own null).
 fn struct_children(
@@ -492,20 +583,14 @@ fn build(node: &Node, values: &[Option<&Value>], path: &str) -> Result<ArrayRef,
             )?)
         }
         Node::Enum(symbols) => {
-            let count = symbols.len();
             let mut keys = Vec::with_capacity(values.len());
             for v in values {
                 keys.push(match v {
                     None => None,
-                    Some(Value::Enum(i, _)) if (*i as usize) < count => Some(*i as i32),
-                    Some(Value::String(s)) => Some(
-                        symbols
-                            .iter()
-                            .position(|sym| sym == Some(s.as_str()))
-                            .ok_or_else(|| mismatch(path, "a symbol of the enum"))?
-                            as i32,
+                    Some(v) => Some(
+                        symbol_index(symbols, v)
+                            .ok_or_else(|| mismatch(path, "a symbol of the enum"))?,
                     ),
-                    Some(_) => return Err(mismatch(path, "a symbol of the enum")),
                 });
             }
             Arc::new(DictionaryArray::<Int32Type>::try_new(

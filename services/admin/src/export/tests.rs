@@ -388,6 +388,36 @@ fn a_value_of_another_shape_is_refused_not_converted() {
         .remove(0);
     assert!(mapping.check(&other.value).is_err());
     assert!(mapping.check(&Value::Null).is_err());
+    let feature = decoded_samples(1)
+        .into_iter()
+        .find(|(n, _)| *n == "feature")
+        .unwrap()
+        .1
+        .remove(0)
+        .value;
+    mapping.check(&feature).unwrap();
+    let with = |field: &str, v: Value| {
+        let Value::Record(mut fields) = feature.clone() else {
+            panic!("a record")
+        };
+        fields.iter_mut().find(|(n, _)| n == field).unwrap().1 = v;
+        mapping
+            .check(&Value::Record(fields))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(with("metric", Value::Null).starts_with("metric: "));
+    assert!(
+        with("instrument_model", Value::Enum(999, "X".into())).starts_with("instrument_model: ")
+    );
+    assert!(with("level", Value::String("1.5".into())).starts_with("level: "));
+    // A nullable field takes null.
+    let Value::Record(mut fields) = feature.clone() else {
+        panic!("a record")
+    };
+    fields.iter_mut().find(|(n, _)| n == "spec_low").unwrap().1 =
+        Value::Union(0, Box::new(Value::Null));
+    mapping.check(&Value::Record(fields)).unwrap();
 }
 
 #[test]
