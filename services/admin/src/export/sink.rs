@@ -207,7 +207,9 @@ impl DatasetWriter {
             Format::Parquet => {
                 let props = WriterProperties::builder()
                     .set_compression(Compression::SNAPPY)
+                    // Whichever comes first: a row group is held in memory until it is full.
                     .set_max_row_group_row_count(Some(128 * 1024))
+                    .set_max_row_group_bytes(Some(32 * 1024 * 1024))
                     .set_key_value_metadata(Some(
                         self.settings
                             .metadata
@@ -333,8 +335,8 @@ fn flush_parquet(
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    // The writer closes a row group every 128 Ki rows by itself: that bounds memory, and
-    // flushing per batch would make tiny row groups.
+    // The writer closes a row group at 128 Ki rows or 32 MiB by itself: that bounds memory,
+    // and flushing per batch would make tiny row groups.
     Ok(())
 }
 
