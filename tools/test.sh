@@ -35,12 +35,12 @@ else
   echo "== [${SECONDS} s] no secure broker beside an existing cluster: set KAFKA_SECURE_DIR for the security tests"
 fi
 
-echo "== [${SECONDS} s] from PyPI: Illumina's interop (collector cross-check), fastavro (Avro cross-check), PyYAML and"
-echo "   kubernetes-validate (chart check)"
+echo "== [${SECONDS} s] from PyPI: Illumina's interop (collector cross-check), fastavro (Avro cross-check),"
+echo "   pyarrow (export cross-check), PyYAML and kubernetes-validate (chart check)"
 venv="$root/.cache/interop-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, yaml, kubernetes_validate" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, pyarrow, yaml, kubernetes_validate" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q interop numpy fastavro pyyaml kubernetes-validate
+  "$venv/bin/pip" install -q interop numpy fastavro pyarrow pyyaml kubernetes-validate
 fi
 export INTEROP_PYTHON="$venv/bin/python"
 

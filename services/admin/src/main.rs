@@ -1,10 +1,12 @@
 //! Administration: `seqmon-admin create-topics` creates every catalogue topic, idempotently;
 //! `seqmon-admin topics` prints the catalogue; `seqmon-admin acls` prints the ACLs that follow
 //! from it (one principal per stage) or applies them with Kafka's own ACL command;
-//! `seqmon-admin alert` lists alerts and acknowledges, snoozes, resolves or assigns them.
+//! `seqmon-admin alert` lists alerts and acknowledges, snoozes, resolves or assigns them;
+//! `seqmon-admin export` writes a range of a topic as Parquet or Avro files (export/).
 
 mod alert;
 mod decode;
+mod export;
 mod source;
 mod tail;
 
@@ -69,6 +71,9 @@ enum Command {
     /// A topic as JSON lines: every record opened, decoded by its schema fingerprint and
     /// printed with its partition, offset, timestamp and key (read_committed; commits nothing).
     Tail(tail::TailArgs),
+    /// A range of a topic as Parquet or Avro files in date directories, for pandas, DuckDB
+    /// or Spark (docs/export.md).
+    Export(export::ExportArgs),
     /// The service team's console: list alerts; acknowledge, snooze, resolve or assign one.
     Alert(alert::AlertArgs),
     /// The ACLs of a deployment, derived from the topic catalogue: one principal per stage,
@@ -174,6 +179,7 @@ async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Alert(args) => alert::run(args),
         Command::Tail(args) => tail::run(args),
+        Command::Export(args) => export::run(args),
         Command::Acls {
             topic_prefix,
             format,
