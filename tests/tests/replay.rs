@@ -326,6 +326,61 @@ fn a_replay_is_deterministic_and_leaves_production_alone() {
         text(&out)
     );
 
+    // One stage and those after it, over the later half of the features by event time, with
+    // replay a standing in for production.
+    let features = seen(
+        &TopicRole::Features.topic(&into[0]),
+        TopicRole::Features,
+        &ring,
+    );
+    let ends: Vec<i64> = features
+        .iter()
+        .map(|r| decode::<seqmon_model::Feature>(&r.4).unwrap().window_end_ms)
+        .collect();
+    let middle = (ends.iter().min().unwrap() + ends.iter().max().unwrap()) / 2;
+    let later = ends.iter().filter(|t| **t >= middle).count();
+    let detector_into = format!("replay.{name}-c.");
+    let out = admin(
+        &[
+            "replay",
+            "--bootstrap-servers",
+            &bootstrap(),
+            "--topic-prefix",
+            &into[0],
+            "--into",
+            &detector_into,
+            "--stage",
+            "anomaly-detector",
+            "--downstream",
+            "--time-basis",
+            "event",
+            "--from-time",
+            &middle.to_string(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "replay: {later} source records ({} outside the event-time range)",
+            features.len() - later
+        )),
+        "{}",
+        text(&out)
+    );
+    // Only the detector, the cohort analyzer and the notifier wrote.
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("telemetry."),
+        "{}",
+        text(&out)
+    );
+    let cohort = seen(
+        &TopicRole::CohortSignals.topic(&detector_into),
+        TopicRole::CohortSignals,
+        &ring,
+    );
+    assert!(!cohort.is_empty(), "the detector ran");
+
     // A replay into topics that hold records is refused, naming the setting.
     let again = admin(
         &[
