@@ -9,7 +9,9 @@
 //! transactions happened to interleave, so two runs of the same range would differ; in process,
 //! the order is ours to fix:
 //! 1. the range is read `read_committed` (the shared reader, `source.rs`: throw-away group,
-//!    `assign`, nothing committed) and held in memory;
+//!    `assign`, nothing committed) and held in memory (so a replay is of days, not months);
+//!    with `--time-basis event`, records outside the event-time range, or whose event time
+//!    cannot be read (they do not decode), are left out and counted;
 //! 2. partitions are merged in one fixed order: repeatedly the partition whose next record has
 //!    the smallest Kafka timestamp (ties: lower partition), each partition in offset order;
 //! 3. each record is handed to every selected stage that reads the source topic, and each
@@ -32,7 +34,9 @@
 //! deadletter.sensitive with `--encryption-keys-dir`) carry a random nonce, so there the opened
 //! plaintext is identical, not the envelope. It does not mean "what production wrote": the
 //! stages start with empty state (no baselines, windows or open alerts from before the range:
-//! begin the range earlier to warm them up), the service team's commands are not replayed, open
+//! begin the range earlier to warm them up), only the source topic is read (side inputs are
+//! not: the notifier replayed alone sees no features, so replay it from the detector with
+//! `--downstream`), the service team's commands are not replayed, open
 //! windows at the end of the range are not flushed (as in production, unless `--flush-at-end`),
 //! and the stages whose outputs depend on the interleaving of their inputs across partitions and
 //! topics (the notifier with anomalies and features, the cohort analyzer with its watermarks) see
