@@ -280,6 +280,39 @@ fn a_replay_is_deterministic_and_leaves_production_alone() {
         "bad records were dead-lettered"
     );
 
+    // The offsets the stages were told are those the records got: every audit record points at
+    // a validated record of its instrument and event time in the replay topic (commit markers
+    // counted: 28 transactions shift later offsets by up to 28).
+    let validated: BTreeMap<(i32, i64), (String, i64)> = seen(
+        &TopicRole::Validated.topic(&into[0]),
+        TopicRole::Validated,
+        &ring,
+    )
+    .into_iter()
+    .map(|r| {
+        let t: Telemetry = decode(&r.4).unwrap();
+        ((r.0, r.1), (r.2, t.event_time_ms))
+    })
+    .collect();
+    let audits = seen(
+        &TopicRole::PrivacyAudit.topic(&into[0]),
+        TopicRole::PrivacyAudit,
+        &ring,
+    );
+    assert!(!audits.is_empty());
+    for r in &audits {
+        let a: seqmon_model::PrivacyAudit = decode(&r.4).unwrap();
+        assert_eq!(a.source_topic, TopicRole::Validated.topic(&prefix));
+        assert_eq!(
+            validated.get(&(a.source_partition, a.source_offset)),
+            Some(&(a.instrument_serial.clone(), a.event_time_ms)),
+            "audit of {} points at {}@{}",
+            a.instrument_serial,
+            a.source_partition,
+            a.source_offset
+        );
+    }
+
     // The replay's validator gave what production's did (key and plaintext, as multisets).
     for role in [TopicRole::Validated, TopicRole::DeadLettersSensitive] {
         let strip = |s: Seen| {

@@ -390,6 +390,8 @@ pub struct Replayer {
     /// Partitions written since the last commit.
     touched: std::collections::BTreeSet<(TopicRole, i32)>,
     ring: Option<seqmon_runtime::envelope::KeyRing>,
+    /// Timestamp of the last source record pushed.
+    last_timestamp_ms: Option<i64>,
 }
 
 impl Replayer {
@@ -423,11 +425,13 @@ impl Replayer {
             next_offset: HashMap::new(),
             touched: Default::default(),
             ring,
+            last_timestamp_ms: None,
         }
     }
 
     /// Hands one source record to every stage reading the source; appends what to produce.
     pub fn push(&mut self, r: &SourceRecord, out: &mut Vec<Output>) -> Result<(), ReplayError> {
+        self.last_timestamp_ms = r.timestamp_ms.or(self.last_timestamp_ms);
         let opened = match &self.ring {
             Some(ring) if self.source_role.spec().side == PrivacySide::Sensitive => {
                 Some(ring.open(
@@ -474,7 +478,9 @@ impl Replayer {
         Ok(())
     }
 
-    /// Input ended: flushes each stage in order, feeding what it releases downstream.
+    /// Input ended: flushes each stage in order, feeding what it releases downstream. What it
+    /// releases is stamped with the last source record's timestamp (never the clock, so a
+    /// flushed replay stays deterministic).
     pub fn finish(&mut self, out: &mut Vec<Output>) -> Result<(), ReplayError> {
         for index in 0..self.stages.len() {
             let stage = self.stages[index].processor().stage();
@@ -482,7 +488,7 @@ impl Replayer {
             self.stages[index]
                 .finish(&mut emitted)
                 .map_err(|source| ReplayError::Stage { stage, source })?;
-            self.route(index, emitted, None, out)?;
+            self.route(index, emitted, self.last_timestamp_ms, out)?;
         }
         Ok(())
     }
