@@ -1,12 +1,19 @@
 //! Administration: `seqmon-admin create-topics` creates every catalogue topic, idempotently;
 //! `seqmon-admin topics` prints the catalogue; `seqmon-admin acls` prints the ACLs that follow
 //! from it (one principal per stage) or applies them with Kafka's own ACL command;
-//! `seqmon-admin alert` lists alerts and acknowledges, snoozes, resolves or assigns them;
-//! `seqmon-admin export` writes a range of a topic as Parquet or Avro files (export/).
+//! `seqmon-admin alert` lists alerts and acknowledges, snoozes, resolves or assigns them, and
+//! diffs the alerts of two topic prefixes; `seqmon-admin tail` prints any topic as JSON lines;
+//! `seqmon-admin replay` reprocesses a range of a topic into `replay.<name>.` topics;
+//! `seqmon-admin backfill` loads recorded telemetry; `seqmon-admin export` writes a range of a
+//! topic as Parquet or Avro files (export/).
 
 mod alert;
+mod backfill;
 mod decode;
+mod diff;
 mod export;
+mod progress;
+mod replay;
 mod source;
 mod tail;
 
@@ -76,6 +83,11 @@ enum Command {
     Export(export::ExportArgs),
     /// The service team's console: list alerts; acknowledge, snooze, resolve or assign one.
     Alert(alert::AlertArgs),
+    /// Reprocess a range of a topic through a stage (or the chain) into `replay.<name>.` topics,
+    /// deterministically, leaving production topics and groups alone.
+    Replay(Box<replay::ReplayArgs>),
+    /// Load recorded telemetry (JSON lines or Avro files) into telemetry.raw.
+    Backfill(backfill::BackfillArgs),
     /// The ACLs of a deployment, derived from the topic catalogue: one principal per stage,
     /// each reading and writing only its own topics, groups and transactional ids.
     Acls {
@@ -180,6 +192,8 @@ async fn main() -> ExitCode {
         Command::Alert(args) => alert::run(args),
         Command::Tail(args) => tail::run(args),
         Command::Export(args) => export::run(args),
+        Command::Replay(args) => replay::run(*args).await,
+        Command::Backfill(args) => backfill::run(args),
         Command::Acls {
             topic_prefix,
             format,
