@@ -410,6 +410,30 @@ print(json.dumps([[r["source_offset"], r["source_key"].hex(), r["original_bytes"
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--from-time"));
+    let zero = Command::new(bin("seqmon-admin"))
+        .args([
+            "tail",
+            "--bootstrap-servers",
+            &bootstrap(),
+            "features",
+            "--max",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(zero.status.code(), Some(2), "--max 0 is refused");
+    // A time ago, written as the docs write it (no `=`): the whole day of records.
+    let (ago, _) = tail(
+        &prefix,
+        &[
+            "deadletter.analysis",
+            "--from-time",
+            "-2d",
+            "--instrument",
+            "A00001",
+        ],
+    );
+    assert_eq!(ago.len(), 3);
     let missing = Command::new(bin("seqmon-admin"))
         .args([
             "tail",

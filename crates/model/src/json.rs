@@ -67,8 +67,8 @@ fn convert(
                 _ => Value::Long(l),
             }
         }
-        Schema::Float => Value::Float(json.as_f64().ok_or_else(|| mismatch("a number"))? as f32),
-        Schema::Double => Value::Double(json.as_f64().ok_or_else(|| mismatch("a number"))?),
+        Schema::Float => Value::Float(number(json).ok_or_else(|| mismatch("a number"))? as f32),
+        Schema::Double => Value::Double(number(json).ok_or_else(|| mismatch("a number"))?),
         Schema::String => Value::String(
             json.as_str()
                 .ok_or_else(|| mismatch("a string"))?
@@ -80,11 +80,13 @@ fn convert(
         ),
         Schema::Enum(e) => {
             let s = json.as_str().ok_or_else(|| mismatch("an enum symbol"))?;
-            let idx = e
-                .symbols
-                .iter()
-                .position(|x| x == s)
-                .ok_or_else(|| format!("field {} has unknown symbol {s:?}", here()))?;
+            let idx = e.symbols.iter().position(|x| x == s).ok_or_else(|| {
+                format!(
+                    "field {} has a symbol that {} does not list",
+                    here(),
+                    e.name
+                )
+            })?;
             Value::Enum(idx as u32, s.to_string())
         }
         Schema::Array(a) => {
@@ -101,7 +103,8 @@ fn convert(
             for (k, v) in obj {
                 out.insert(
                     k.clone(),
-                    convert(&m.types, v, names, &format!("{}.{k}", here()))?,
+                    // Map keys are data: the path names the map, not the key.
+                    convert(&m.types, v, names, &format!("{}[key]", here()))?,
                 );
             }
             Value::Map(out)
@@ -137,10 +140,17 @@ fn convert(
             let obj = json.as_object().ok_or_else(|| mismatch("an object"))?;
             for key in obj.keys() {
                 if !r.fields.iter().any(|f| &f.name == key) {
-                    let p = if path.is_empty() {
-                        key.clone()
+                    // Only a name-shaped key is printed: a key is input, and messages must never
+                    // carry values (or terminal escapes) from it.
+                    let shown = if is_avro_name(key) {
+                        key.as_str()
                     } else {
-                        format!("{path}.{key}")
+                        "(a key that is not an Avro name)"
+                    };
+                    let p = if path.is_empty() {
+                        shown.to_string()
+                    } else {
+                        format!("{path}.{shown}")
                     };
                     return Err(format!("field {p} is not in schema {}", r.name));
                 }
@@ -182,8 +192,8 @@ pub fn avro_to_json(value: &Value) -> Json {
         | Value::TimestampMillis(l)
         | Value::TimestampMicros(l)
         | Value::TimeMicros(l) => Json::from(*l),
-        Value::Float(f) => Number::from_f64(*f as f64).map_or(Json::Null, Json::Number),
-        Value::Double(d) => Number::from_f64(*d).map_or(Json::Null, Json::Number),
+        Value::Float(f) => float_to_json(f64::from(*f)),
+        Value::Double(d) => float_to_json(*d),
         Value::String(s) | Value::Enum(_, s) => Json::String(s.clone()),
         Value::Bytes(b) | Value::Fixed(_, b) => Json::String(to_hex(b)),
         Value::Union(_, v) => avro_to_json(v),
@@ -205,6 +215,41 @@ pub fn avro_to_json(value: &Value) -> Json {
             Json::Object(obj)
         }
         other => Json::String(format!("{other:?}")),
+    }
+}
+
+/// Whether `s` is an Avro name (`[A-Za-z_][A-Za-z0-9_]*`, at most 64 characters here).
+fn is_avro_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.len() <= 64
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A float as JSON: a number, or for the values JSON has no number for, the strings `"NaN"`,
+/// `"Infinity"` and `"-Infinity"` (as Jackson and most JSON libraries write them), so they are
+/// neither lost nor confused with `null`.
+pub fn float_to_json(f: f64) -> Json {
+    match Number::from_f64(f) {
+        Some(n) => Json::Number(n),
+        None if f.is_nan() => Json::String("NaN".into()),
+        None if f > 0.0 => Json::String("Infinity".into()),
+        None => Json::String("-Infinity".into()),
+    }
+}
+
+/// A JSON number, or one of the strings [`float_to_json`] writes for non-finite values.
+fn number(json: &Json) -> Option<f64> {
+    match json {
+        Json::String(s) => match s.as_str() {
+            "NaN" => Some(f64::NAN),
+            "Infinity" => Some(f64::INFINITY),
+            "-Infinity" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        other => other.as_f64(),
     }
 }
 
@@ -236,6 +281,62 @@ mod tests {
     use crate::codec::{decode_value, encode};
     use crate::records::*;
     use crate::schema_store::store;
+
+    #[test]
+    fn non_finite_floats_survive_as_strings_both_ways() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[{"name":"d","type":"double"},
+                {"name":"o","type":["null","double"]},{"name":"f","type":"float"}]}"#,
+        )
+        .unwrap();
+        for (d, text) in [
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "Infinity"),
+            (f64::NEG_INFINITY, "-Infinity"),
+        ] {
+            let value = Value::Record(vec![
+                ("d".into(), Value::Double(d)),
+                ("o".into(), Value::Union(1, Box::new(Value::Double(d)))),
+                ("f".into(), Value::Float(d as f32)),
+            ]);
+            let json = avro_to_json(&value);
+            assert_eq!(json, serde_json::json!({"d": text, "o": text, "f": text}));
+            let back = json_to_avro(&schema, &json).unwrap();
+            let Value::Record(fields) = back else {
+                panic!()
+            };
+            let Value::Double(x) = fields[0].1 else {
+                panic!()
+            };
+            assert_eq!(x.to_string(), d.to_string());
+        }
+        assert_eq!(avro_to_json(&Value::Double(1.5)), serde_json::json!(1.5));
+        let enum_schema = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[{"name":"e","type":{"type":"enum","name":"E","symbols":["A"]}},
+                {"name":"m","type":{"type":"map","values":"long"}}]}"#,
+        )
+        .unwrap();
+        for (bad, secret) in [
+            (
+                serde_json::json!({"e": "SECRET_SYMBOL", "m": {}}),
+                "SECRET_SYMBOL",
+            ),
+            (
+                serde_json::json!({"e": "A", "m": {"SECRET_KEY": "x"}}),
+                "SECRET_KEY",
+            ),
+            (
+                serde_json::json!({"e": "A", "m": {}, "\u{1b}[31mx": 1}),
+                "\u{1b}",
+            ),
+        ] {
+            let e = json_to_avro(&enum_schema, &bad).unwrap_err();
+            assert!(!e.contains(secret) && !e.contains('\u{1b}'), "{e}");
+        }
+        assert!(
+            json_to_avro(&schema, &serde_json::json!({"d": "nan", "o": null, "f": 1})).is_err()
+        );
+    }
 
     #[test]
     fn json_and_avro_agree_both_ways() {

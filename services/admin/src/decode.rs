@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Cursor;
+use std::sync::OnceLock;
 
 use apache_avro::schema::{Name, ResolvedSchema, Schema};
 use apache_avro::types::Value;
@@ -18,7 +19,7 @@ use seqmon_model::codec::{self, CodecError};
 use seqmon_model::schema_store::{store, SchemaEntry};
 use seqmon_model::topics::TopicRole;
 use seqmon_runtime::envelope::{self, KeyRing, OpenError};
-use serde_json::{Map, Number, Value as Json};
+use serde_json::{Map, Value as Json};
 
 use crate::source::RawRecord;
 
@@ -154,16 +155,42 @@ pub enum JsonForm {
 pub fn to_json(decoded: &Decoded, form: JsonForm) -> Json {
     match form {
         JsonForm::FileJson => seqmon_model::json::avro_to_json(&decoded.value),
-        JsonForm::AvroJson => avro_json(&decoded.schema.schema, &decoded.value),
+        JsonForm::AvroJson => encode(
+            &decoded.schema.schema,
+            &decoded.value,
+            store_names(decoded.schema),
+        ),
     }
 }
 
-/// The Avro JSON encoding of `value`, which follows `schema`.
-pub fn avro_json(schema: &Schema, value: &Value) -> Json {
-    let names: HashMap<Name, &Schema> = ResolvedSchema::try_from(schema)
+/// The named types of a schema, by name (to follow references).
+fn named_types(schema: &Schema) -> HashMap<Name, &Schema> {
+    ResolvedSchema::try_from(schema)
         .map(|r| r.get_names().iter().map(|(k, v)| (k.clone(), *v)).collect())
-        .unwrap_or_default();
-    encode(schema, value, &names)
+        .unwrap_or_default()
+}
+
+/// [`named_types`] of a schema of the store, worked out once per schema rather than per record.
+fn store_names(entry: &'static SchemaEntry) -> &'static HashMap<Name, &'static Schema> {
+    type ByFingerprint = HashMap<[u8; 8], HashMap<Name, &'static Schema>>;
+    static NAMES: OnceLock<ByFingerprint> = OnceLock::new();
+    static EMPTY: OnceLock<HashMap<Name, &'static Schema>> = OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            store()
+                .entries()
+                .iter()
+                .map(|e| (e.fingerprint, named_types(&e.schema)))
+                .collect()
+        })
+        .get(&entry.fingerprint)
+        .unwrap_or_else(|| EMPTY.get_or_init(HashMap::new))
+}
+
+/// The Avro JSON encoding of `value`, which follows `schema`.
+#[cfg(test)]
+pub fn avro_json(schema: &Schema, value: &Value) -> Json {
+    encode(schema, value, &named_types(schema))
 }
 
 fn encode(schema: &Schema, value: &Value, names: &HashMap<Name, &Schema>) -> Json {
@@ -216,7 +243,6 @@ fn encode(schema: &Schema, value: &Value, names: &HashMap<Name, &Schema>) -> Jso
             // The specification's JSON form of bytes: one code point per byte.
             Json::String(b.iter().map(|&b| char::from(b)).collect())
         }
-        (_, Value::Float(f)) => Number::from_f64(f64::from(*f)).map_or(Json::Null, Json::Number),
         _ => seqmon_model::json::avro_to_json(value),
     }
 }
@@ -333,6 +359,26 @@ mod tests {
             json,
             serde_json::json!({"a": {"string": "s"}, "b": null, "c": "\u{0}A\u{ff}",
                 "d": {"n.E": "Y"}, "e": {"k": {"double": 1.5}}})
+        );
+    }
+
+    #[test]
+    fn non_finite_values_are_named_not_nulled() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[{"name":"d","type":"double"},
+                {"name":"o","type":["null","double"]}]}"#,
+        )
+        .unwrap();
+        let value = Value::Record(vec![
+            ("d".into(), Value::Double(f64::NAN)),
+            (
+                "o".into(),
+                Value::Union(1, Box::new(Value::Double(f64::NEG_INFINITY))),
+            ),
+        ]);
+        assert_eq!(
+            avro_json(&schema, &value),
+            serde_json::json!({"d": "NaN", "o": {"double": "-Infinity"}})
         );
     }
 

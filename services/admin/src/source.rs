@@ -165,9 +165,16 @@ pub fn parse_utc(text: &str) -> Option<i64> {
     }
     let (y, mo, day) = (d[0], d[1], d[2]);
     let (h, mi, s) = (c[0], c[1], c.get(2).copied().unwrap_or(0));
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match mo {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
     if !(1..=9999).contains(&y)
         || !(1..=12).contains(&mo)
-        || !(1..=31).contains(&day)
+        || !(1..=month_days).contains(&day)
         || !(0..24).contains(&h)
         || !(0..60).contains(&mi)
         || !(0..60).contains(&s)
@@ -204,14 +211,46 @@ pub fn parse_time_arg(text: &str, now_ms: i64) -> Result<i64, String> {
     parse_utc(text).ok_or_else(bad)
 }
 
-/// The low and high watermarks of `partitions` of `topic` (all of them when `None`).
+/// Errors after which reading cannot go on: the topic or partition is gone, or access is
+/// refused. Everything else (a broker restart, a leader move) librdkafka retries.
+fn is_fatal(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::UnknownTopicOrPartition
+                | C::UnknownTopic
+                | C::UnknownPartition
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::SaslAuthenticationFailed
+                | C::Authentication
+                | C::OffsetOutOfRange
+                | C::Fatal
+        )
+    )
+}
+
+/// The first and end offsets of `partitions` of `topic` (all of them when `None`). The end is
+/// the last stable offset under read_committed (what a committed reader can reach), else the
+/// high watermark.
 pub fn end_offsets(
     kafka: &KafkaConnection,
     topic: &str,
     partitions: Option<&[i32]>,
+    read_uncommitted: bool,
 ) -> Result<BTreeMap<i32, (i64, i64)>, SourceError> {
     let consumer: BaseConsumer = kafka
         .client_config()
+        .set(
+            "isolation.level",
+            if read_uncommitted {
+                "read_uncommitted"
+            } else {
+                "read_committed"
+            },
+        )
         .create()
         .map_err(|e| SourceError::Client(e.to_string()))?;
     partition_offsets(&consumer, kafka, topic, partitions)
@@ -383,18 +422,30 @@ pub fn read_ranges(
         return Ok(summary);
     }
     consumer.assign(&start).map_err(kafka_err)?;
-    let mut last_progress = Instant::now();
+    // Per open partition, when it last moved (a record, or its position over markers). A
+    // finished partition is paused, so it neither streams on to its end nor hides a stall.
+    let mut moved: BTreeMap<i32, (Instant, i64)> =
+        open.keys().map(|&p| (p, (Instant::now(), -1))).collect();
+    let finish = |p: i32, open: &mut BTreeMap<i32, i64>| {
+        if open.remove(&p).is_some() {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, p);
+            let _ = consumer.pause(&tpl);
+        }
+    };
+    let mut last_check = Instant::now();
+    let mut warned_at: Option<Instant> = None;
     loop {
         if !follow && open.is_empty() {
             break;
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                last_progress = Instant::now();
                 let p = m.partition();
                 let Some(&end) = open.get(&p) else { continue };
+                moved.insert(p, (Instant::now(), m.offset()));
                 if m.offset() >= end {
-                    open.remove(&p);
+                    finish(p, &mut open);
                     continue;
                 }
                 let (timestamp_ms, log_append_time) = match m.timestamp() {
@@ -404,7 +455,7 @@ pub fn read_ranges(
                 };
                 if let (Some(t), Some(ts)) = (until_time.get(&p), timestamp_ms) {
                     if ts >= *t {
-                        open.remove(&p);
+                        finish(p, &mut open);
                         continue;
                     }
                 }
@@ -433,39 +484,58 @@ pub fn read_ranges(
                     .or_insert((m.offset(), m.offset() + 1));
                 entry.1 = m.offset() + 1;
                 if m.offset() + 1 >= end {
-                    open.remove(&p);
+                    finish(p, &mut open);
                 }
                 if on_record(record).is_break() {
                     summary.stopped_early = true;
                     break;
                 }
             }
-            Some(Err(e)) => return Err(kafka_err(e)),
-            None => {
-                if follow {
-                    continue;
+            Some(Err(e)) => {
+                if is_fatal(&e) {
+                    return Err(kafka_err(e));
                 }
-                // Nothing delivered: positions past the last markers end their partitions.
-                if let Ok(position) = consumer.position() {
-                    for e in position.elements() {
-                        if let (Offset::Offset(o), Some(&end)) =
-                            (e.offset(), open.get(&e.partition()))
-                        {
-                            if o >= end {
-                                open.remove(&e.partition());
-                                last_progress = Instant::now();
-                            }
-                        }
-                    }
-                }
-                if !open.is_empty() && last_progress.elapsed() >= idle_timeout {
-                    return Err(SourceError::Stalled {
-                        topic: topic.to_string(),
-                        secs: idle_timeout.as_secs(),
-                        partitions: open.len(),
-                    });
+                // A broker restart or a leader move: librdkafka retries by itself; a bounded
+                // read that stops moving ends as Stalled below. One line per 10 s at most.
+                if warned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    eprintln!("warning: reading {topic}: {e} (retrying)");
+                    warned_at = Some(Instant::now());
                 }
             }
+            None => {}
+        }
+        if follow || last_check.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        last_check = Instant::now();
+        // Positions past the last markers end their partitions; a position that moved is
+        // progress.
+        if let Ok(position) = consumer.position() {
+            for e in position.elements() {
+                let p = e.partition();
+                if let (Offset::Offset(o), Some(&end)) = (e.offset(), open.get(&p)) {
+                    if o >= end {
+                        finish(p, &mut open);
+                    } else if moved.get(&p).is_some_and(|(_, seen)| *seen < o) {
+                        moved.insert(p, (Instant::now(), o));
+                    }
+                }
+            }
+        }
+        let stalled = open
+            .keys()
+            .filter(|p| {
+                moved
+                    .get(p)
+                    .is_some_and(|(t, _)| t.elapsed() >= idle_timeout)
+            })
+            .count();
+        if stalled > 0 {
+            return Err(SourceError::Stalled {
+                topic: topic.to_string(),
+                secs: idle_timeout.as_secs(),
+                partitions: stalled,
+            });
         }
     }
     Ok(summary)
@@ -501,6 +571,7 @@ mod tests {
         assert_eq!(parse_time_arg("1795996800000", now), Ok(1_795_996_800_000));
         assert_eq!(parse_time_arg("-2h", now), Ok(now - 7_200_000));
         assert_eq!(parse_time_arg("-1d", now), Ok(now - 86_400_000));
+        assert!(parse_time_arg("2028-02-29", now).is_ok(), "a leap day");
         for bad in [
             "",
             "-0h",

@@ -39,7 +39,7 @@ pub struct TailArgs {
     from_offset: Option<i64>,
     /// Start at the first record at or after this time: `YYYY-MM-DDTHH:MM[:SS]Z`,
     /// `YYYY-MM-DD`, ms since the epoch, or `-2h` / `-7d` ago (Kafka timestamps).
-    #[arg(long, conflicts_with_all = ["from_end", "last"])]
+    #[arg(long, conflicts_with_all = ["from_end", "last"], allow_hyphen_values = true)]
     from_time: Option<String>,
     /// Start at the end: with --follow, only records written from now on.
     #[arg(long, conflicts_with = "last")]
@@ -48,7 +48,7 @@ pub struct TailArgs {
     #[arg(long)]
     last: Option<u32>,
     /// Stop before the first record at or after this time (same forms as --from-time).
-    #[arg(long, conflicts_with = "follow")]
+    #[arg(long, conflicts_with = "follow", allow_hyphen_values = true)]
     until_time: Option<String>,
     /// Stop before this offset on every partition read (exclusive).
     #[arg(long, conflicts_with_all = ["follow", "until_time"])]
@@ -60,7 +60,8 @@ pub struct TailArgs {
     #[arg(long = "partition", short = 'p')]
     partitions: Vec<i32>,
     /// Only records with this key: the instrument serial on per-instrument topics, the cohort
-    /// (`model:NOVASEQ_6000`) on cohort.signals. Repeat for several.
+    /// (`model:NOVASEQ_6000`) on cohort.signals. Repeat for several. Only the partitions the
+    /// keys hash to are read (the producers' partitioner), unless --partition says otherwise.
     #[arg(long = "instrument", alias = "key")]
     instruments: Vec<String>,
     /// How values are printed.
@@ -73,8 +74,8 @@ pub struct TailArgs {
     /// Print only the values, without topic, partition, offset, timestamp, key and schema.
     #[arg(long)]
     values_only: bool,
-    /// Stop after printing this many records.
-    #[arg(long)]
+    /// Stop after printing this many records (1 or more).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     max: Option<u64>,
     /// Also show records of open and aborted transactions.
     #[arg(long)]
@@ -129,7 +130,33 @@ pub fn run(mut args: TailArgs) -> ExitCode {
         (false, None, Some(o)) => Until::Offset(o),
         (false, None, None) => Until::EndAtStart,
     };
-    let partitions = (!args.partitions.is_empty()).then(|| args.partitions.clone());
+    let partitions = if !args.partitions.is_empty() {
+        Some(args.partitions.clone())
+    } else if !args.instruments.is_empty() {
+        // Every producer partitions by murmur2 of the key, as Kafka's Java client does, so
+        // a key's records are all in one partition.
+        match source::end_offsets(&args.kafka, &topic, None, args.read_uncommitted) {
+            Ok(all) => {
+                let count = all.len() as u32;
+                let mut chosen: Vec<i32> = args
+                    .instruments
+                    .iter()
+                    .map(|k| {
+                        seqmon_model::partitioning::partition_for_key(k.as_bytes(), count) as i32
+                    })
+                    .collect();
+                chosen.sort_unstable();
+                chosen.dedup();
+                Some(chosen)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
 
     // --last N: N before each partition's end, which needs the ends first.
     let ranges: Vec<TopicRange> = match args.last {
@@ -254,7 +281,7 @@ fn last_offsets(
     read_uncommitted: bool,
 ) -> Result<BTreeMap<i32, i64>, source::SourceError> {
     let mut starts = BTreeMap::new();
-    for (p, (low, high)) in source::end_offsets(kafka, topic, partitions)? {
+    for (p, (low, high)) in source::end_offsets(kafka, topic, partitions, read_uncommitted)? {
         if n == 0 {
             starts.insert(p, high);
             continue;
