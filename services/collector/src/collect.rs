@@ -38,7 +38,100 @@ pub struct Collected {
     pub file_errors: Vec<InteropError>,
     /// Metric files that were used but not whole: what was skipped or is missing.
     pub warnings: Vec<InteropWarning>,
+    /// Every file in InterOp/ (and its per-cycle folders), sorted: read, skipped on purpose
+    /// (why), or refused (why).
+    pub files: Vec<FileStatus>,
 }
+
+/// What became of one file of the run's InterOp folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileStatus {
+    pub file: std::path::PathBuf,
+    pub outcome: FileOutcome,
+}
+
+/// Read, skipped on purpose, or refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileOutcome {
+    /// Read whole or in part (its warnings say what was missing).
+    Read,
+    /// Not read, on purpose: why.
+    Skipped(&'static str),
+    /// Could not be used: why (the typed error's text).
+    Refused(String),
+}
+
+impl std::fmt::Display for FileStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.outcome {
+            FileOutcome::Read => write!(f, "{}: read", self.file.display()),
+            FileOutcome::Skipped(why) => write!(f, "{}: skipped: {why}", self.file.display()),
+            FileOutcome::Refused(why) => write!(f, "{}: refused: {why}", self.file.display()),
+        }
+    }
+}
+
+/// The InterOp files this collector reads (each with the versions its reader names).
+pub const READ_FILES: &[&str] = &[
+    "TileMetricsOut.bin",
+    "QMetricsOut.bin",
+    "ErrorMetricsOut.bin",
+    "ExtractionMetricsOut.bin",
+    "EmpiricalPhasingMetricsOut.bin",
+    "CorrectedIntMetricsOut.bin",
+    "ImageMetricsOut.bin",
+    "IndexMetricsOut.bin",
+    "ControlMetricsOut.bin",
+    "ExtendedTileMetricsOut.bin",
+];
+
+/// InterOp files left unread on purpose, and why (also in the README).
+pub const SKIPPED_FILES: &[(&str, &str)] = &[
+    (
+        "QMetricsByLaneOut.bin",
+        "lane totals of the Q-score histograms in QMetricsOut.bin, which is read",
+    ),
+    (
+        "QMetrics2030Out.bin",
+        "counts of Q>=20 and Q>=30 already in the histograms of QMetricsOut.bin, which is read",
+    ),
+    (
+        "PFGridMetricsOut.bin",
+        "sub-tile grid of passing-filter clusters, image-analysis detail (tile figures come from TileMetricsOut.bin)",
+    ),
+    (
+        "FWHMGridMetricsOut.bin",
+        "sub-tile grid of focus, image-analysis detail (tile focus comes from ExtractionMetricsOut.bin)",
+    ),
+    (
+        "OpticalModelMetricsOut.bin",
+        "optical-model parameters of the instrument's image analysis, not documented by Illumina's interop library",
+    ),
+    (
+        "RegistrationMetricsOut.bin",
+        "image registration offsets, image-analysis detail not read by Illumina's interop library",
+    ),
+    (
+        "BasecallingMetricsOut.bin",
+        "base-caller internals, not read by Illumina's interop library",
+    ),
+    (
+        "EventMetricsOut.bin",
+        "instrument software timing events, not read by Illumina's interop library",
+    ),
+    (
+        "QGridMetricsOut.bin",
+        "sub-tile grid of quality, image-analysis detail",
+    ),
+    (
+        "SummaryRunMetricsOut.bin",
+        "NovaSeq X run totals the tile and cycle files already give",
+    ),
+];
+
+/// Why a per-cycle folder's files (`InterOp/C<cycle>.1/`) are not read.
+pub const CYCLE_FOLDER_SKIP: &str =
+    "per-cycle copy written while the run is in progress; the run-level file is read";
 
 /// When a record describes something final, so a live watcher may send it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,6 +406,7 @@ pub fn collect_run_with(
             frontier: 0,
             file_errors: Vec::new(),
             warnings: Vec::new(),
+            files: Vec::new(),
         });
     }
     let cap = limits.interop_max_bytes;
@@ -418,28 +512,59 @@ pub fn collect_run_with(
             &mut report,
         );
     }
-    const KNOWN: &[&str] = &[
-        "TileMetricsOut.bin",
-        "QMetricsOut.bin",
-        "ErrorMetricsOut.bin",
-        "ExtractionMetricsOut.bin",
-        "EmpiricalPhasingMetricsOut.bin",
-        "CorrectedIntMetricsOut.bin",
-        "ImageMetricsOut.bin",
-        "IndexMetricsOut.bin",
-        "ControlMetricsOut.bin",
-    ];
+    // Read and checked for consistency; occupancy has no field in the records yet.
+    if exists("ExtendedTileMetricsOut.bin") {
+        checked(
+            &f("ExtendedTileMetricsOut.bin"),
+            &info,
+            interop::extended_tile_metrics_capped(&f("ExtendedTileMetricsOut.bin"), cap),
+            |r| (r.lane, u16::MAX),
+            &mut report,
+        );
+    }
+    let mut files = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
-        let mut names: Vec<String> = entries
+        let mut names: Vec<(String, bool)> = entries
             .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".bin"))
+            .map(|e| {
+                let dir = e.file_type().is_ok_and(|t| t.is_dir());
+                (e.file_name().to_string_lossy().into_owned(), dir)
+            })
+            .filter(|(n, dir)| n.ends_with(".bin") || (*dir && is_cycle_folder(n)))
             .collect();
         names.sort();
-        for n in names.into_iter().filter(|n| !KNOWN.contains(&n.as_str())) {
-            report
-                .errors
-                .push(InteropError::UnsupportedFile { file: dir.join(n) });
+        for (n, is_dir) in names {
+            let file = dir.join(&n);
+            let outcome = if is_dir {
+                let mut inner: Vec<String> = std::fs::read_dir(&file)
+                    .map(|rd| {
+                        rd.filter_map(|e| e.ok())
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .filter(|n| n.ends_with(".bin"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                inner.sort();
+                for i in inner {
+                    files.push(FileStatus {
+                        file: file.join(i),
+                        outcome: FileOutcome::Skipped(CYCLE_FOLDER_SKIP),
+                    });
+                }
+                continue;
+            } else if let Some(e) = report.errors.iter().find(|e| e.file() == file) {
+                FileOutcome::Refused(e.to_string())
+            } else if READ_FILES.contains(&n.as_str()) {
+                FileOutcome::Read
+            } else if let Some((_, why)) = SKIPPED_FILES.iter().find(|(s, _)| *s == n) {
+                FileOutcome::Skipped(why)
+            } else {
+                let e = InteropError::UnsupportedFile { file: file.clone() };
+                let why = e.to_string();
+                report.errors.push(e);
+                FileOutcome::Refused(why)
+            };
+            files.push(FileStatus { file, outcome });
         }
     }
     let keys = |v: &mut dyn Iterator<Item = (u16, u16, u16)>| v.collect::<Vec<_>>();
@@ -509,7 +634,15 @@ pub fn collect_run_with(
         frontier,
         file_errors: report.errors,
         warnings: report.warnings,
+        files,
     })
+}
+
+/// `C<cycle>.1`, the per-cycle folders RTA 3 writes in InterOp/.
+fn is_cycle_folder(name: &str) -> bool {
+    name.strip_prefix('C')
+        .and_then(|r| r.strip_suffix(".1"))
+        .is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The highest cycle through which every lane has all its tiles in `keys` (lane, tile, cycle);

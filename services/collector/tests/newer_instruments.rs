@@ -1,0 +1,232 @@
+//! The collector on real run folders of the newer instruments (NovaSeq 6000 on RTA 3, ...),
+//! fetched from public repositories into `.cache/run-folders` (see the README.md there). They
+//! are not part of the project: CI, which has only ../shared/data/illumina-runs, skips these
+//! tests (they pass, saying so, when the folder is absent).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use seqmon_collector::collect::{
+    collect_run, FileOutcome, CYCLE_FOLDER_SKIP, READ_FILES, SKIPPED_FILES,
+};
+use seqmon_collector::consent::ConsentOverride;
+use seqmon_collector::interop::{self, InteropError};
+use seqmon_collector::summary::summarize;
+use seqmon_model::TelemetryKind;
+
+const NOW: i64 = 1_796_000_000_000;
+
+fn folders() -> Vec<PathBuf> {
+    let v = seqmon_collector::cached_run_folders();
+    if v.is_empty() {
+        eprintln!("no .cache/run-folders: the newer-instrument real folders are skipped (CI)");
+    }
+    v
+}
+
+/// Every .bin under InterOp/, the per-cycle folders included.
+fn bins(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(bins(&p));
+        } else if p.extension().is_some_and(|x| x == "bin") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// (records, trailing bytes) of a file the collector reads, by its reader.
+fn read_any(file: &Path) -> Result<(usize, usize, usize), InteropError> {
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let n = |p: interop::Parsed<_>| (p.file_records, p.records.len(), p.trailing_bytes);
+    fn n3<T>(p: interop::Parsed<T>) -> (usize, usize, usize) {
+        (p.file_records, p.records.len(), p.trailing_bytes)
+    }
+    Ok(match name {
+        "TileMetricsOut.bin" => n(interop::tile_metrics(file)?),
+        "QMetricsOut.bin" => n3(interop::q_metrics(file)?),
+        "ErrorMetricsOut.bin" => n3(interop::error_metrics(file)?),
+        "ExtractionMetricsOut.bin" => n3(interop::extraction_metrics(file)?),
+        "EmpiricalPhasingMetricsOut.bin" => n3(interop::empirical_phasing_metrics(file)?),
+        "CorrectedIntMetricsOut.bin" => n3(interop::corrected_intensity_metrics(file)?),
+        "ImageMetricsOut.bin" => n3(interop::image_metrics(file)?),
+        "IndexMetricsOut.bin" => n3(interop::index_metrics(file)?),
+        "ControlMetricsOut.bin" => n3(interop::control_metrics(file)?),
+        "ExtendedTileMetricsOut.bin" => n3(interop::extended_tile_metrics(file)?),
+        other => panic!("{other}: no reader"),
+    })
+}
+
+#[test]
+fn every_file_of_the_newer_real_folders_is_read_or_skipped_on_purpose() {
+    let mut read = 0;
+    for folder in folders() {
+        for file in bins(&folder.join("InterOp")) {
+            let name = file.file_name().unwrap().to_str().unwrap().to_string();
+            let version = std::fs::read(&file).unwrap()[0];
+            if READ_FILES.contains(&name.as_str()) {
+                let (records, values, trailing) =
+                    read_any(&file).unwrap_or_else(|e| panic!("{name} v{version} refused: {e}"));
+                assert!(records > 0 && values > 0, "{}", file.display());
+                assert_eq!(trailing, 0, "{}", file.display());
+                read += 1;
+            } else {
+                assert!(
+                    SKIPPED_FILES.iter().any(|(s, _)| *s == name),
+                    "{}: neither read nor skipped on purpose",
+                    file.display()
+                );
+            }
+        }
+    }
+    eprintln!("{read} real metric files of the newer instruments read whole");
+}
+
+#[test]
+fn a_novaseq_6000_rta3_run_gives_lane_figures_and_says_what_became_of_each_file() {
+    for folder in folders() {
+        // Picard's copy of its NovaSeq run has a cut-down RunInfo.xml (no run id): a typed
+        // error, not a panic.
+        let c = match collect_run(&folder, Some(ConsentOverride::OptedIn), NOW) {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(e.to_string().contains("RunInfo.xml"), "{e}");
+                eprintln!("{}: {e}", folder.display());
+                continue;
+            }
+        };
+        assert!(
+            c.file_errors.is_empty(),
+            "{}: {:?}",
+            folder.display(),
+            c.file_errors
+        );
+        for f in &c.files {
+            eprintln!("{f}");
+            let in_cycle_folder = f
+                .file
+                .parent()
+                .and_then(|p| p.file_name())
+                .is_some_and(|n| n.to_string_lossy().starts_with('C'));
+            match &f.outcome {
+                FileOutcome::Read => {}
+                FileOutcome::Skipped(why) => assert!(
+                    in_cycle_folder && *why == CYCLE_FOLDER_SKIP
+                        || SKIPPED_FILES.iter().any(|(_, w)| w == why)
+                ),
+                FileOutcome::Refused(why) => panic!("{}: {why}", f.file.display()),
+            }
+        }
+        let lane_estimates: Vec<_> = c
+            .records
+            .iter()
+            .filter_map(|r| r.run_performance.as_ref())
+            .filter(|p| p.cluster_density_k_per_mm2.is_some())
+            .collect();
+        assert!(
+            c.records
+                .iter()
+                .any(|r| r.kind == TelemetryKind::RUN_CONFIGURATION),
+            "{}",
+            folder.display()
+        );
+        // With TileMetricsOut only, the lane estimates need the run's cycles from other files;
+        // the summary has the lane figures whatever else the run holds.
+        let s = summarize(&folder).unwrap();
+        assert!(!s.lanes.is_empty(), "{}", folder.display());
+        assert!(s
+            .lanes
+            .iter()
+            .all(|l| l.density_per_mm2 > 0.0 && l.pct_pf > 0.0));
+        eprintln!(
+            "{}: {} records, {} lane estimates, lanes {:?}",
+            folder.display(),
+            c.records.len(),
+            lane_estimates.len(),
+            s.lanes
+        );
+    }
+}
+
+/// Illumina's own reader: INTEROP_PYTHON, else the checkout's .cache/interop-venv.
+fn interop_python() -> Option<PathBuf> {
+    std::env::var_os("INTEROP_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.cache/interop-venv/bin/python");
+            p.exists().then_some(p)
+        })
+}
+
+#[test]
+fn lane_figures_of_the_newer_real_folders_match_illuminas_interop() {
+    let folders = folders();
+    if folders.is_empty() {
+        return;
+    }
+    let Some(python) = interop_python() else {
+        eprintln!("no interop venv: the cross-check is skipped (make test installs it)");
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/interop_summary.py");
+    let mut compared = 0;
+    let mut largest: std::collections::BTreeMap<&str, f64> = Default::default();
+    for folder in &folders {
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(folder)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(err) = theirs.get("error") {
+            // interop refuses Picard's cut-down folder (no channel names, no RunParameters).
+            eprintln!("{}: interop: {err}", folder.display());
+            continue;
+        }
+        let ours = summarize(folder).unwrap();
+        let lanes = theirs["lanes"].as_array().unwrap();
+        assert_eq!(lanes.len(), ours.lanes.len(), "{}", folder.display());
+        for (l, t) in ours.lanes.iter().zip(lanes) {
+            for (metric, a, b) in [
+                (
+                    "density_per_mm2",
+                    Some(l.density_per_mm2),
+                    &t["density_per_mm2"],
+                ),
+                ("pct_pf", Some(l.pct_pf), &t["pct_pf"]),
+                ("pct_occupied", l.pct_occupied, &t["pct_occupied"]),
+            ] {
+                let rel = match (a, b.as_f64()) {
+                    (None, None) => continue,
+                    (Some(a), Some(b)) => (a - b).abs() / b.abs().max(1e-12),
+                    _ => panic!(
+                        "{} lane {} {metric}: ours {a:?}, interop {b}",
+                        folder.display(),
+                        l.lane
+                    ),
+                };
+                assert!(
+                    rel <= 1e-5,
+                    "{} lane {} {metric}: ours {a:?}, interop {b}",
+                    folder.display(),
+                    l.lane
+                );
+                let e = largest.entry(metric).or_default();
+                *e = e.max(rel);
+                compared += 1;
+            }
+        }
+    }
+    eprintln!("newer-instrument cross-check: {compared} lane figures; largest relative difference: {largest:?}");
+}
