@@ -87,6 +87,72 @@ fn every_file_of_the_newer_real_folders_is_read_or_skipped_on_purpose() {
     eprintln!("{read} real metric files of the newer instruments read whole");
 }
 
+/// Values of RunParameters.xml elements that name people, places or hosts (read here, in test
+/// code only, to look for them in the output).
+fn forbidden_strings(folder: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(folder.join("RunParameters.xml")) else {
+        return Vec::new();
+    };
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    doc.descendants()
+        .filter(|n| n.is_element())
+        .filter(|n| {
+            let name = n.tag_name().name();
+            matches!(
+                name,
+                "ExperimentName" | "Username" | "ComputerName" | "LibraryTubeSerialBarcode"
+            ) || name.ends_with("Folder")
+                || name.ends_with("Path")
+        })
+        .filter_map(|n| n.text().map(str::trim).map(str::to_string))
+        .filter(|v| v.len() >= 3)
+        .collect()
+}
+
+#[test]
+fn run_configuration_of_a_novaseq_6000_passes_the_privacy_grammars_and_nothing_personal_leaves() {
+    for folder in folders() {
+        let forbidden = forbidden_strings(&folder);
+        if forbidden.is_empty() {
+            continue;
+        }
+        let c = collect_run(&folder, Some(ConsentOverride::OptedIn), NOW).unwrap();
+        let text: String = c
+            .records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect();
+        for s in &forbidden {
+            assert!(
+                !text.contains(s.as_str()),
+                "{}: {s:?} left",
+                folder.display()
+            );
+        }
+        let rc = c
+            .records
+            .iter()
+            .find_map(|r| r.run_configuration.as_ref())
+            .unwrap();
+        for lot in [&rc.flowcell_lot, &rc.reagent_kit_lot, &rc.buffer_lot] {
+            assert!(
+                seqmon_privacy::grammar::lot_number(lot),
+                "{}: lot {lot:?}",
+                folder.display()
+            );
+        }
+        // 2020-09-16 and 2020-09-23 (RfidsInfo's month-first dates).
+        assert!(rc.reagent_kit_expiry_date > 18_000 && rc.buffer_expiry_date > 18_000);
+        let model = c.records[0].instrument_model;
+        assert_eq!(model, seqmon_model::InstrumentModel::NOVASEQ_6000);
+        eprintln!(
+            "{}: {} forbidden strings absent; {rc:?}",
+            folder.display(),
+            forbidden.len()
+        );
+    }
+}
+
 #[test]
 fn a_novaseq_6000_rta3_run_gives_lane_figures_and_says_what_became_of_each_file() {
     for folder in folders() {
