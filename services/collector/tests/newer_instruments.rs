@@ -296,3 +296,118 @@ fn lane_figures_of_the_newer_real_folders_match_illuminas_interop() {
     }
     eprintln!("newer-instrument cross-check: {compared} lane figures; largest relative difference: {largest:?}");
 }
+
+/// Relative difference, NaN (ours) matching null (theirs).
+fn rel(ours: f32, theirs: &serde_json::Value) -> f64 {
+    match theirs.as_f64() {
+        None => {
+            assert!(ours.is_nan(), "ours {ours}, interop null");
+            0.0
+        }
+        Some(b) => (f64::from(ours) - b).abs() / b.abs().max(1e-12),
+    }
+}
+
+#[test]
+fn every_tile_and_extended_tile_record_matches_illuminas_interop() {
+    let folders = folders();
+    let Some(python) = interop_python().filter(|_| !folders.is_empty()) else {
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop_records.py");
+    let theirs = |file: &Path, kind: &str| -> serde_json::Value {
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(file)
+            .arg(kind)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (mut files, mut values, mut largest) = (0, 0, 0f64);
+    for folder in &folders {
+        for file in bins(&folder.join("InterOp")) {
+            let name = file.file_name().unwrap().to_str().unwrap();
+            if name == "TileMetricsOut.bin" {
+                let ours = interop::tile_metrics(&file).unwrap().records;
+                let mut by_tile: std::collections::BTreeMap<(u16, u16), Vec<(u16, f32)>> =
+                    Default::default();
+                for t in &ours {
+                    by_tile
+                        .entry((t.lane, t.tile))
+                        .or_default()
+                        .push((t.code, t.value));
+                }
+                let t = theirs(&file, "tile");
+                let records = t["records"].as_array().unwrap();
+                assert_eq!(records.len(), by_tile.len(), "{}: tiles", file.display());
+                for r in records {
+                    let key = (
+                        r["lane"].as_u64().unwrap() as u16,
+                        r["tile"].as_u64().unwrap() as u16,
+                    );
+                    let codes = &by_tile[&key];
+                    let code = |c: u16| codes.iter().find(|(k, _)| *k == c).map(|(_, v)| *v);
+                    let mut pairs = vec![
+                        (code(102), &r["clusters"]),
+                        (code(103), &r["clusters_pf"]),
+                        (code(100), &r["density"]),
+                        (code(101), &r["density_pf"]),
+                    ];
+                    for a in r["aligned"].as_array().unwrap() {
+                        let read = a[0].as_u64().unwrap() as u16;
+                        pairs.push((code(300 + read - 1), &a[1]));
+                    }
+                    assert_eq!(
+                        codes.len(),
+                        pairs.len(),
+                        "{} {key:?}: values",
+                        file.display()
+                    );
+                    for (o, b) in pairs {
+                        let d = rel(o.unwrap(), b);
+                        assert!(
+                            d <= 1e-5,
+                            "{} {key:?}: ours {o:?}, interop {b}",
+                            file.display()
+                        );
+                        largest = largest.max(d);
+                        values += 1;
+                    }
+                }
+                files += 1;
+            } else if name == "ExtendedTileMetricsOut.bin" {
+                let ours = interop::extended_tile_metrics(&file).unwrap().records;
+                let t = theirs(&file, "extended_tile");
+                let records = t["records"].as_array().unwrap();
+                assert_eq!(records.len(), ours.len(), "{}", file.display());
+                for (o, r) in ours.iter().zip(records) {
+                    assert_eq!(
+                        (u64::from(o.lane), u64::from(o.tile)),
+                        (r["lane"].as_u64().unwrap(), r["tile"].as_u64().unwrap())
+                    );
+                    let (x, y) = o.upper_left.unwrap();
+                    for (a, b) in [
+                        (o.occupied, &r["occupied"]),
+                        (x, &r["upper_left"][0]),
+                        (y, &r["upper_left"][1]),
+                    ] {
+                        let d = rel(a, b);
+                        assert!(d <= 1e-5, "{}: ours {a}, interop {b}", file.display());
+                        largest = largest.max(d);
+                        values += 1;
+                    }
+                }
+                files += 1;
+            }
+        }
+    }
+    eprintln!(
+        "record-level cross-check: {files} files, {values} values, largest relative difference {largest:e}"
+    );
+}
