@@ -691,7 +691,7 @@ fn build_records(
     let serial = info.instrument.clone();
     let total_cycles: u32 = info.reads.iter().map(|r| r.cycles).sum();
     // Run start: the first extraction, else the run date at midnight UTC.
-    let date_ms = parse_run_date(&info.date)
+    let date_ms = run_start_day(info)
         .map(|d| d as i64 * 86_400_000)
         .unwrap_or(0);
     let start_ms = ext
@@ -955,10 +955,96 @@ fn build_records(
     out
 }
 
-/// `YYMMDD` (older RunInfo) or an ISO date → days since the epoch.
-fn parse_run_date(s: &str) -> Option<i32> {
+/// The run's start day: from the run id's date prefix (`YYMMDD_…`, NovaSeq X `YYYYMMDD_…`),
+/// which every instrument writes the same way, else from RunInfo's Date.
+pub fn run_start_day(info: &RunInfo) -> Option<i32> {
+    let prefix = info.run_id.split('_').next().unwrap_or("");
+    let from_id = match prefix.len() {
+        6 | 8 if prefix.bytes().all(|b| b.is_ascii_digit()) => {
+            let (y, rest) = prefix.split_at(prefix.len() - 4);
+            let year = if y.len() == 2 {
+                format!("20{y}")
+            } else {
+                y.to_string()
+            };
+            iso_date_days(&format!("{year}-{}-{}", &rest[..2], &rest[2..]))
+        }
+        _ => None,
+    };
+    from_id.or_else(|| parse_run_date(&info.date))
+}
+
+/// `YYMMDD` (older RunInfo), a RunInfo v5 date as the instrument's locale wrote it
+/// (`9/12/2023 3:43:46 PM` month first, `17/01/2020 12:52:58` day first; read month first
+/// unless the first number cannot be a month) or an ISO date (RunInfo v6) → days since the
+/// epoch.
+pub fn parse_run_date(s: &str) -> Option<i32> {
     if s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()) {
         return iso_date_days(&format!("20{}-{}-{}", &s[..2], &s[2..4], &s[4..6]));
     }
+    let mut parts = s.split(' ').next()?.split('/');
+    if let (Some(a), Some(b), Some(y), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    {
+        let two = |v: &str| (v.len() <= 2 && !v.is_empty()).then(|| format!("{v:0>2}"));
+        let (a, b) = (two(a)?, two(b)?);
+        let (m, d) = if a.parse::<u8>().ok()? > 12 {
+            (b, a)
+        } else {
+            (a, b)
+        };
+        return iso_date_days(&format!("{m}/{d}/{y}"));
+    }
     iso_date_days(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_dates_of_every_runinfo_version() {
+        // 2023-09-12 is day 19612.
+        for s in [
+            "230912",
+            "9/12/2023 3:43:46 PM",
+            "09/12/2023 15:43:46",
+            "2023-09-12T19:55:57Z",
+        ] {
+            assert_eq!(parse_run_date(s), Some(19612), "{s}");
+        }
+        for s in [
+            "",
+            "13/40/2023 1:00:00 PM",
+            "9/12/23",
+            "1/2/3/2023",
+            "123/1/2023",
+        ] {
+            assert_eq!(parse_run_date(s), None, "{s}");
+        }
+        assert_eq!(parse_run_date("12/09/2023 15:43:46"), Some(19_700)); // month first
+        assert_eq!(parse_run_date("17/01/2020 12:52:58"), Some(18_278)); // day first
+        let info = |id: &str, date: &str| RunInfo {
+            run_id: id.into(),
+            instrument: "X".into(),
+            flowcell: "F".into(),
+            date: date.into(),
+            reads: Vec::new(),
+            lane_count: 1,
+            tiles_per_lane: None,
+        };
+        // The run id wins over an ambiguous locale date.
+        assert_eq!(
+            run_start_day(&info("230912_A00187_1009_AHK33MDRX3", "12/9/2023")),
+            Some(19_612)
+        );
+        assert_eq!(
+            run_start_day(&info("20230912_LH00188_0028_B22F52TLT3", "")),
+            Some(19_612)
+        );
+        assert_eq!(
+            run_start_day(&info("run-x", "2023-09-12T19:55:57Z")),
+            Some(19_612)
+        );
+    }
 }

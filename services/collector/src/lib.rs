@@ -43,7 +43,8 @@ pub fn sample_run_folders() -> Vec<std::path::PathBuf> {
     v
 }
 
-/// Real run folders fetched from public repositories into `.cache/run-folders` of the checkout
+/// Real run folders (each with a RunInfo.xml; some with RunInfo and RunParameters only)
+/// fetched from public repositories into `.cache/run-folders` of the checkout
 /// (`SEQMON_CACHED_RUN_FOLDERS` if set): newer instruments than shared/data has (NovaSeq 6000 on
 /// RTA 3, ...), never committed; see the README.md there for their sources and licences. Empty
 /// when absent: CI, which has only shared/data/illumina-runs, skips them.
@@ -57,7 +58,7 @@ pub fn cached_run_folders() -> Vec<std::path::PathBuf> {
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.path())
-                .filter(|p| p.join("InterOp").is_dir())
+                .filter(|p| p.join("RunInfo.xml").is_file())
                 .collect()
         })
         .unwrap_or_default();

@@ -251,6 +251,27 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
             ))
         })
         .collect();
+    // NovaSeq X and NextSeq 1000/2000 list their consumables: ConsumableInfo/ConsumableInfo
+    // with Type (FlowCell, Reagent, Buffer, SampleTube, Lyo, ...) and LotNumber, ExpirationDate
+    // among others; only these two fields of these three types are read.
+    let consumable = |kind: &str, field: &str| {
+        doc.descendants()
+            .filter(|n| {
+                n.has_tag_name("ConsumableInfo")
+                    && n.parent_element()
+                        .is_some_and(|p| p.has_tag_name("ConsumableInfo"))
+            })
+            .find(|n| {
+                n.children()
+                    .any(|c| c.has_tag_name("Type") && c.text().map(str::trim) == Some(kind))
+            })
+            .and_then(|n| n.children().find(|c| c.has_tag_name(field)))
+            .and_then(|c| c.text())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    };
+    let or_consumable =
+        |v: Option<String>, kind: &str, field: &str| v.or_else(|| consumable(kind, field));
     Ok(RunParameters {
         application_name: any(&[
             (Some("Setup"), "ApplicationName"),
@@ -270,47 +291,71 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
             (None, "FirmwareVersion"),
         ]),
         chemistry: any(&[(None, "Chemistry")]),
-        reagent_kit: any(&[
-            (Some("ReagentKitRFIDTag"), "LotNumber"),
-            (Some("ReagentKitRfidTag"), "LotNumber"),
-            (None, "ReagentKitBarcode"),
-            (None, "ReagentKitSerial"),
-            (Some("ReagentKitRFIDTag"), "SerialNumber"),
-            (Some("ReagentKitRfidTag"), "SerialNumber"),
-            // NovaSeq 6000 (RfidsInfo): the SBS cartridge is the reagent kit.
-            (Some("RfidsInfo"), "SbsLotNumber"),
-        ]),
-        reagent_kit_expiry: any(&[
-            (Some("ReagentKitRFIDTag"), "ExpirationDate"),
-            (Some("ReagentKitRfidTag"), "ExpirationDate"),
-            (Some("RfidsInfo"), "SbsExpirationdate"),
-        ]),
-        flowcell_lot: any(&[
-            (Some("FlowcellRFIDTag"), "LotNumber"),
-            (Some("FlowCellRfidTag"), "LotNumber"),
-            (Some("FlowcellRFIDTag"), "PartNumber"),
-            (Some("FlowCellRfidTag"), "PartNumber"),
-            (Some("RfidsInfo"), "FlowCellLotNumber"),
-        ]),
-        flowcell_expiry: any(&[
-            (Some("FlowcellRFIDTag"), "ExpirationDate"),
-            (Some("FlowCellRfidTag"), "ExpirationDate"),
-            (Some("RfidsInfo"), "FlowCellExpirationdate"),
-        ]),
-        buffer: any(&[
-            (Some("PR2BottleRFIDTag"), "LotNumber"),
-            (Some("PR2BottleRfidTag"), "LotNumber"),
-            (None, "PR2BottleBarcode"),
-            (None, "PR2BottleSerial"),
-            (Some("PR2BottleRFIDTag"), "SerialNumber"),
-            (Some("PR2BottleRfidTag"), "SerialNumber"),
-            (Some("RfidsInfo"), "BufferLotNumber"),
-        ]),
-        buffer_expiry: any(&[
-            (Some("PR2BottleRFIDTag"), "ExpirationDate"),
-            (Some("PR2BottleRfidTag"), "ExpirationDate"),
-            (Some("RfidsInfo"), "BufferExpirationdate"),
-        ]),
+        reagent_kit: or_consumable(
+            any(&[
+                (Some("ReagentKitRFIDTag"), "LotNumber"),
+                (Some("ReagentKitRfidTag"), "LotNumber"),
+                (None, "ReagentKitBarcode"),
+                (None, "ReagentKitSerial"),
+                (Some("ReagentKitRFIDTag"), "SerialNumber"),
+                (Some("ReagentKitRfidTag"), "SerialNumber"),
+                // NovaSeq 6000 (RfidsInfo): the SBS cartridge is the reagent kit.
+                (Some("RfidsInfo"), "SbsLotNumber"),
+            ]),
+            "Reagent",
+            "LotNumber",
+        ),
+        reagent_kit_expiry: or_consumable(
+            any(&[
+                (Some("ReagentKitRFIDTag"), "ExpirationDate"),
+                (Some("ReagentKitRfidTag"), "ExpirationDate"),
+                (Some("RfidsInfo"), "SbsExpirationdate"),
+            ]),
+            "Reagent",
+            "ExpirationDate",
+        ),
+        flowcell_lot: or_consumable(
+            any(&[
+                (Some("FlowcellRFIDTag"), "LotNumber"),
+                (Some("FlowCellRfidTag"), "LotNumber"),
+                (Some("FlowcellRFIDTag"), "PartNumber"),
+                (Some("FlowCellRfidTag"), "PartNumber"),
+                (Some("RfidsInfo"), "FlowCellLotNumber"),
+            ]),
+            "FlowCell",
+            "LotNumber",
+        ),
+        flowcell_expiry: or_consumable(
+            any(&[
+                (Some("FlowcellRFIDTag"), "ExpirationDate"),
+                (Some("FlowCellRfidTag"), "ExpirationDate"),
+                (Some("RfidsInfo"), "FlowCellExpirationdate"),
+            ]),
+            "FlowCell",
+            "ExpirationDate",
+        ),
+        buffer: or_consumable(
+            any(&[
+                (Some("PR2BottleRFIDTag"), "LotNumber"),
+                (Some("PR2BottleRfidTag"), "LotNumber"),
+                (None, "PR2BottleBarcode"),
+                (None, "PR2BottleSerial"),
+                (Some("PR2BottleRFIDTag"), "SerialNumber"),
+                (Some("PR2BottleRfidTag"), "SerialNumber"),
+                (Some("RfidsInfo"), "BufferLotNumber"),
+            ]),
+            "Buffer",
+            "LotNumber",
+        ),
+        buffer_expiry: or_consumable(
+            any(&[
+                (Some("PR2BottleRFIDTag"), "ExpirationDate"),
+                (Some("PR2BottleRfidTag"), "ExpirationDate"),
+                (Some("RfidsInfo"), "BufferExpirationdate"),
+            ]),
+            "Buffer",
+            "ExpirationDate",
+        ),
         consent_settings,
     })
 }
