@@ -1,6 +1,6 @@
 //! Readers of Illumina InterOp binary metric files: Tile v2 and v3, Q v4 to v7, Error v3,
-//! Extraction v2 and v3, CorrectedInt v2, Image v1, EmpiricalPhasing v1 and v2, Index v1,
-//! Control v1 and ExtendedTile v1 to v3. Each layout is described at its reader, with where in
+//! Extraction v2 and v3, CorrectedInt v2 and v4, Image v1 and v3, EmpiricalPhasing v1 and v2,
+//! Index v1 and v2, Control v1 and ExtendedTile v1 to v3. Each layout is described at its reader, with where in
 //! Illumina's interop library (github.com/Illumina/interop) it was learnt. Every failure (no
 //! header, unknown version, a record size the layout contradicts, a record that cannot be, such
 //! as an unknown record kind or a tile number beyond 16 bits) is a typed [`InteropError`]
@@ -319,6 +319,22 @@ fn fixed<T>(
     check_size(file, version, size, usize::from(expected))?;
     records(file, bytes, 2, usize::from(size), |r, out| {
         out.push(parse(r, version));
+        Ok(())
+    })
+}
+
+/// One version of fixed-size records after the 2-byte header whose records can be refused.
+fn fixed_fallible<T>(
+    file: &Path,
+    bytes: &[u8],
+    version: u8,
+    size: usize,
+    parse: impl Fn(&mut Rec<'_>) -> Result<T, String>,
+) -> Result<Parsed<T>, InteropError> {
+    let (_, found) = header(file, bytes, 2)?;
+    check_size(file, version, found, size)?;
+    records(file, bytes, 2, size, |r, out| {
+        out.push(parse(r)?);
         Ok(())
     })
 }
@@ -697,7 +713,7 @@ pub fn extraction_metrics_from_bytes(
     }
 }
 
-/// CorrectedIntMetricsOut.bin, v2.
+/// CorrectedIntMetricsOut.bin, v2 (RTA 1, 2) and v4 (RTA 3: base calls only).
 pub fn corrected_intensity_metrics(
     file: &Path,
 ) -> Result<Parsed<CorrectedIntMetric>, InteropError> {
@@ -718,7 +734,34 @@ pub fn corrected_intensity_metrics_from_bytes(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Parsed<CorrectedIntMetric>, InteropError> {
-    fixed(file, bytes, &[(2, 48)], "2", |r, _| {
+    let (version, _) = header(file, bytes, 2)?;
+    if version == 4 {
+        // v4 (Illumina interop, src/interop/model/metrics/corrected_intensity_metric.cpp,
+        // generic_layout<corrected_intensity_metric, 4>): header version u8, record size u8
+        // (28); record lane u16, tile u32, cycle u16, base calls u32 × 5 (no call, A, C, G, T).
+        // No intensities and no signal to noise: those are 0 here.
+        return fixed_fallible(file, bytes, 4, 28, |r| {
+            let (lane, tile, cycle) = (r.u16(), tile16(r.u32())?, r.u16());
+            let mut base_calls = [0f32; 5];
+            for b in base_calls.iter_mut() {
+                *b = r.u32() as f32;
+            }
+            Ok(CorrectedIntMetric {
+                lane,
+                tile,
+                cycle,
+                average_intensity: 0,
+                corrected: [0; 4],
+                called: [0; 4],
+                base_calls,
+                signal_to_noise: 0.0,
+            })
+        });
+    }
+    // v2 (same file, generic_layout<corrected_intensity_metric, 2>): header version u8, record
+    // size u8 (48); record lane u16, tile u16, cycle u16, average intensity u16, corrected
+    // intensity u16 × 4, called intensity u16 × 4, base calls f32 × 5, signal to noise f32.
+    fixed(file, bytes, &[(2, 48)], "2, 4", |r, _| {
         let (lane, tile, cycle) = (r.u16(), r.u16(), r.u16());
         let average_intensity = r.u16();
         let corrected = [r.u16(), r.u16(), r.u16(), r.u16()];
@@ -737,7 +780,7 @@ pub fn corrected_intensity_metrics_from_bytes(
     })
 }
 
-/// ImageMetricsOut.bin, v1.
+/// ImageMetricsOut.bin, v1 and v3 (RTA 3, per-channel contrast).
 pub fn image_metrics(file: &Path) -> Result<Parsed<ImageMetric>, InteropError> {
     image_metrics_capped(file, default_cap())
 }
@@ -753,7 +796,44 @@ pub fn image_metrics_from_bytes(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Parsed<ImageMetric>, InteropError> {
-    fixed(file, bytes, &[(1, 12)], "1", |r, _| ImageMetric {
+    let (version, size) = header(file, bytes, 2)?;
+    if version == 3 {
+        // v3 (Illumina interop, src/interop/model/metrics/image_metric.cpp, generic_layout
+        // <image_metric, 3>): header version u8, record size u8, channel count u8 (> 0);
+        // record lane u16, tile u32, cycle u16, min contrast u16 × channels, max contrast u16
+        // × channels. Given as one value per channel, as v1 writes them.
+        let channels = *bytes.get(2).ok_or(InteropError::NoHeader {
+            file: file.to_path_buf(),
+        })?;
+        if channels == 0 || channels > 4 {
+            return Err(InteropError::Inconsistent {
+                file: file.to_path_buf(),
+                offset: 2,
+                detail: format!("{channels} channels (1 to 4 known)"),
+            });
+        }
+        let n = usize::from(channels);
+        check_size(file, version, size, 8 + 4 * n)?;
+        return records(file, bytes, 3, usize::from(size), |r, out| {
+            let (lane, tile, cycle) = (r.u16(), tile16(r.u32())?, r.u16());
+            let min: Vec<u16> = (0..n).map(|_| r.u16()).collect();
+            let max: Vec<u16> = (0..n).map(|_| r.u16()).collect();
+            for (channel, (lo, hi)) in min.into_iter().zip(max).enumerate() {
+                out.push(ImageMetric {
+                    lane,
+                    tile,
+                    cycle,
+                    channel: channel as u16,
+                    min_contrast: lo,
+                    max_contrast: hi,
+                });
+            }
+            Ok(())
+        });
+    }
+    // v1 (generic_layout<image_metric, 1>): header version u8, record size u8 (12); record
+    // lane u16, tile u16, cycle u16, channel u16, min contrast u16, max contrast u16.
+    fixed(file, bytes, &[(1, 12)], "1, 3", |r, _| ImageMetric {
         lane: r.u16(),
         tile: r.u16(),
         cycle: r.u16(),
@@ -896,19 +976,25 @@ fn variable(
     file: &Path,
     bytes: &[u8],
     layout: &[Field],
+    supported: &'static str,
 ) -> Result<Parsed<(u16, u16, u16, u32)>, InteropError> {
     if bytes.is_empty() {
         return Err(InteropError::NoHeader {
             file: file.to_path_buf(),
         });
     }
-    if bytes[0] != 1 {
-        return Err(InteropError::UnsupportedVersion {
-            file: file.to_path_buf(),
-            version: bytes[0],
-            supported: "1",
-        });
-    }
+    // Version 2 (IndexMetricsOut only) widens the tile to 32 bits and the count to 64.
+    let wide = match bytes[0] {
+        1 => false,
+        2 if supported.contains('2') => true,
+        version => {
+            return Err(InteropError::UnsupportedVersion {
+                file: file.to_path_buf(),
+                version,
+                supported,
+            })
+        }
+    };
     let mut records = Vec::new();
     let mut at = 1;
     while at < bytes.len() {
@@ -924,12 +1010,21 @@ fn variable(
         let mut head = [0u16; 3];
         let mut count = 0u32;
         'record: {
-            for h in head.iter_mut() {
-                let Some(p) = need(2, &mut at) else {
+            for (i, h) in head.iter_mut().enumerate() {
+                let width = if wide && i == 1 { 4 } else { 2 };
+                let Some(p) = need(width, &mut at) else {
                     complete = false;
                     break 'record;
                 };
-                *h = u16::from_le_bytes([bytes[p], bytes[p + 1]]);
+                let mut v = [0u8; 4];
+                v[..width].copy_from_slice(&bytes[p..p + width]);
+                *h = u16::try_from(u32::from_le_bytes(v)).map_err(|_| {
+                    InteropError::Inconsistent {
+                        file: file.to_path_buf(),
+                        offset: start,
+                        detail: "tile number beyond 16 bits".into(),
+                    }
+                })?;
             }
             for f in layout {
                 match f {
@@ -946,11 +1041,20 @@ fn variable(
                         }
                     }
                     Field::Count => {
-                        let Some(p) = need(4, &mut at) else {
+                        let width = if wide { 8 } else { 4 };
+                        let Some(p) = need(width, &mut at) else {
                             complete = false;
                             break 'record;
                         };
-                        count = u32::from_le_bytes(bytes[p..p + 4].try_into().expect("4 bytes"));
+                        let mut v = [0u8; 8];
+                        v[..width].copy_from_slice(&bytes[p..p + width]);
+                        count = u32::try_from(u64::from_le_bytes(v)).map_err(|_| {
+                            InteropError::Inconsistent {
+                                file: file.to_path_buf(),
+                                offset: start,
+                                detail: "cluster count beyond 32 bits".into(),
+                            }
+                        })?;
                     }
                 }
             }
@@ -983,7 +1087,8 @@ enum Field {
     Count,
 }
 
-/// IndexMetricsOut.bin, v1: (lane, tile, read, clusters) per index; names are not kept.
+/// IndexMetricsOut.bin, v1 and v2 (bcl-convert, RTA 3): (lane, tile, read, clusters) per index;
+/// names are not kept.
 pub fn index_metrics(file: &Path) -> Result<Parsed<IndexCount>, InteropError> {
     index_metrics_capped(file, default_cap())
 }
@@ -999,10 +1104,15 @@ pub fn index_metrics_from_bytes(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Parsed<IndexCount>, InteropError> {
+    // Illumina interop, src/interop/model/metrics/index_metric.cpp, generic_layout
+    // <index_metric, 1 and 2>: header version u8 only; records of variable length: lane u16,
+    // tile u16 (v2: u32), read u16, index name (u16 length + bytes), clusters u32 (v2: u64),
+    // sample name, project name (each u16 length + bytes).
     let p = variable(
         file,
         bytes,
         &[Field::Text, Field::Count, Field::Text, Field::Text],
+        "1, 2",
     )?;
     Ok(Parsed {
         records: p
@@ -1039,7 +1149,10 @@ pub fn control_metrics_from_bytes(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Parsed<ControlCount>, InteropError> {
-    let p = variable(file, bytes, &[Field::Text, Field::Text, Field::Count])?;
+    // Illumina's interop does not read this file; the layout is the v1 files of real MiSeq
+    // runs: header version u8; records lane u16, tile u16, read u16, control name, index name
+    // (u16 length + bytes each), clusters u32.
+    let p = variable(file, bytes, &[Field::Text, Field::Text, Field::Count], "1")?;
     Ok(Parsed {
         records: p
             .records
@@ -1400,6 +1513,64 @@ mod tests {
         assert!(matches!(
             extended_tile_metrics_from_bytes(f, &[4, 18]),
             Err(InteropError::UnsupportedVersion { version: 4, .. })
+        ));
+        // CorrectedInt v4: base calls only.
+        let ci = le(&[
+            &[4, 28, 1, 0],
+            &1101u32.to_le_bytes(),
+            &[2, 0],
+            &[5u32, 10, 20, 30, 40].map(u32::to_le_bytes).concat(),
+        ]);
+        let c = corrected_intensity_metrics_from_bytes(f, &ci)
+            .unwrap()
+            .records[0];
+        assert_eq!(
+            (c.tile, c.base_calls),
+            (1101, [5.0, 10.0, 20.0, 30.0, 40.0])
+        );
+        assert!(matches!(
+            corrected_intensity_metrics_from_bytes(f, &[4, 48]),
+            Err(InteropError::RecordSize { expected: 28, .. })
+        ));
+        // Image v3, two channels: one value per channel.
+        let im = le(&[
+            &[3, 16, 2, 1, 0],
+            &1101u32.to_le_bytes(),
+            &[9, 0, 1, 0, 2, 0, 3, 0, 4, 0],
+        ]);
+        let v = image_metrics_from_bytes(f, &im).unwrap().records;
+        assert_eq!(
+            v.iter()
+                .map(|i| (i.channel, i.min_contrast, i.max_contrast))
+                .collect::<Vec<_>>(),
+            [(0, 1, 3), (1, 2, 4)]
+        );
+        assert!(matches!(
+            image_metrics_from_bytes(f, &[3, 8, 0]),
+            Err(InteropError::Inconsistent { .. })
+        ));
+        // Index v2: 32-bit tile, 64-bit count, names skipped.
+        let ix = le(&[
+            &[2, 1, 0],
+            &1101u32.to_le_bytes(),
+            &[1, 0, 2, 0],
+            b"AC",
+            &7u64.to_le_bytes(),
+            &[1, 0],
+            b"s",
+            &[0, 0],
+        ]);
+        let p = index_metrics_from_bytes(f, &ix).unwrap();
+        assert_eq!((p.records[0].tile, p.records[0].clusters), (1101, 7));
+        let mut big = ix.clone();
+        big[3..7].copy_from_slice(&70_000u32.to_le_bytes());
+        assert!(matches!(
+            index_metrics_from_bytes(f, &big),
+            Err(InteropError::Inconsistent { .. })
+        ));
+        assert!(matches!(
+            control_metrics_from_bytes(f, &[2]),
+            Err(InteropError::UnsupportedVersion { version: 2, .. })
         ));
     }
 }
