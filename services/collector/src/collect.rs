@@ -3,7 +3,10 @@
 //! cycle. Only a run whose instrument opted in is collected. Unreadable metric files are reported
 //! as typed errors and the rest of the run is still collected; files used but not whole (a
 //! partial last record, a header only, cycles or tiles missing against the run) are reported as
-//! typed warnings naming the file, so partial figures are never silent.
+//! typed warnings naming the file, so partial figures are never silent. A per-cycle metric file
+//! the run lacks at run level is read from its copies in the per-cycle folders
+//! (`InterOp/C<cycle>.1/`, RTA 3), each holding its own cycle only; [`Collected::files`] says
+//! of every file whether it was read, skipped on purpose (why) or refused (why).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -129,9 +132,10 @@ pub const SKIPPED_FILES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Why a per-cycle folder's files (`InterOp/C<cycle>.1/`) are not read.
+/// Why a per-cycle folder's copy (`InterOp/C<cycle>.1/`) of a file read is not read: the
+/// run-level file is, or (tile metrics without one) the latest copy.
 pub const CYCLE_FOLDER_SKIP: &str =
-    "per-cycle copy written while the run is in progress; the run-level file is read";
+    "per-cycle copy; the run-level file (tile metrics without one: the latest copy) is read";
 
 /// When a record describes something final, so a live watcher may send it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,85 +419,140 @@ pub fn collect_run_with(
     let f = |name: &str| dir.join(name);
     // Present at all (a dangling link or a FIFO is present, and refused by the reader).
     let exists = |name: &str| dir.join(name).symlink_metadata().is_ok();
-    let tiles_file = f("TileMetricsOut.bin");
-    let tiles = if exists("TileMetricsOut.bin") {
-        checked(
-            &tiles_file,
-            &info,
-            interop::tile_metrics_capped(&tiles_file, cap),
-            |t| (t.lane, u16::MAX),
-            &mut report,
-        )
+    // Files read from the per-cycle folders (InterOp/C<cycle>.1/) for want of run-level ones.
+    let mut merged: Vec<std::path::PathBuf> = Vec::new();
+    // Tile metrics are a snapshot of the whole run: the run-level file, else the latest copy
+    // in a cycle folder.
+    let tiles_file = if exists("TileMetricsOut.bin") {
+        Some(f("TileMetricsOut.bin"))
     } else {
-        Vec::new()
+        cycle_files(&dir, "TileMetricsOut.bin").pop().map(|(_, p)| {
+            merged.push(p.clone());
+            p
+        })
     };
-    let q = if exists("QMetricsOut.bin") {
+    let tiles = tiles_file
+        .as_ref()
+        .map(|file| {
+            checked(
+                file,
+                &info,
+                interop::tile_metrics_capped(file, cap),
+                |t| (t.lane, u16::MAX),
+                &mut report,
+            )
+        })
+        .unwrap_or_default();
+    let tiles_file = tiles_file.unwrap_or_else(|| f("TileMetricsOut.bin"));
+    let q = per_cycle_metric(
+        &dir,
+        "QMetricsOut.bin",
+        cap,
+        interop::q_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("QMetricsOut.bin"),
             &info,
-            interop::q_metrics_capped(&f("QMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
-    let err = if exists("ErrorMetricsOut.bin") {
+    })
+    .unwrap_or_default();
+    let err = per_cycle_metric(
+        &dir,
+        "ErrorMetricsOut.bin",
+        cap,
+        interop::error_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("ErrorMetricsOut.bin"),
             &info,
-            interop::error_metrics_capped(&f("ErrorMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
-    let ext = if exists("ExtractionMetricsOut.bin") {
+    })
+    .unwrap_or_default();
+    let ext = per_cycle_metric(
+        &dir,
+        "ExtractionMetricsOut.bin",
+        cap,
+        interop::extraction_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("ExtractionMetricsOut.bin"),
             &info,
-            interop::extraction_metrics_capped(&f("ExtractionMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
+    })
+    .unwrap_or_default();
     // Read and checked for consistency; nothing from them is sent yet.
-    let phasing = if exists("EmpiricalPhasingMetricsOut.bin") {
+    let phasing = per_cycle_metric(
+        &dir,
+        "EmpiricalPhasingMetricsOut.bin",
+        cap,
+        interop::empirical_phasing_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("EmpiricalPhasingMetricsOut.bin"),
             &info,
-            interop::empirical_phasing_metrics_capped(&f("EmpiricalPhasingMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
-    let corrected = if exists("CorrectedIntMetricsOut.bin") {
+    })
+    .unwrap_or_default();
+    let corrected = per_cycle_metric(
+        &dir,
+        "CorrectedIntMetricsOut.bin",
+        cap,
+        interop::corrected_intensity_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("CorrectedIntMetricsOut.bin"),
             &info,
-            interop::corrected_intensity_metrics_capped(&f("CorrectedIntMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
-    let image = if exists("ImageMetricsOut.bin") {
+    })
+    .unwrap_or_default();
+    let image = per_cycle_metric(
+        &dir,
+        "ImageMetricsOut.bin",
+        cap,
+        interop::image_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("ImageMetricsOut.bin"),
             &info,
-            interop::image_metrics_capped(&f("ImageMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
+    })
+    .unwrap_or_default();
     if exists("IndexMetricsOut.bin") {
         checked(
             &f("IndexMetricsOut.bin"),
@@ -546,9 +605,24 @@ pub fn collect_run_with(
                     .unwrap_or_default();
                 inner.sort();
                 for i in inner {
+                    let path = file.join(&i);
+                    let outcome = if let Some(e) = report.errors.iter().find(|e| e.file() == path) {
+                        FileOutcome::Refused(e.to_string())
+                    } else if merged.contains(&path) {
+                        FileOutcome::Read
+                    } else if let Some((_, why)) = SKIPPED_FILES.iter().find(|(s, _)| *s == i) {
+                        FileOutcome::Skipped(why)
+                    } else if READ_FILES.contains(&i.as_str()) {
+                        FileOutcome::Skipped(CYCLE_FOLDER_SKIP)
+                    } else {
+                        let e = InteropError::UnsupportedFile { file: path.clone() };
+                        let why = e.to_string();
+                        report.errors.push(e);
+                        FileOutcome::Refused(why)
+                    };
                     files.push(FileStatus {
-                        file: file.join(i),
-                        outcome: FileOutcome::Skipped(CYCLE_FOLDER_SKIP),
+                        file: path,
+                        outcome,
                     });
                 }
                 continue;
@@ -640,9 +714,77 @@ pub fn collect_run_with(
 
 /// `C<cycle>.1`, the per-cycle folders RTA 3 writes in InterOp/.
 fn is_cycle_folder(name: &str) -> bool {
-    name.strip_prefix('C')
-        .and_then(|r| r.strip_suffix(".1"))
-        .is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
+    cycle_of_folder(name).is_some()
+}
+
+/// The cycle of a `C<cycle>.1` folder name.
+fn cycle_of_folder(name: &str) -> Option<u16> {
+    name.strip_prefix('C')?
+        .strip_suffix(".1")
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()
+}
+
+/// The copies of `name` in the per-cycle folders of `dir`, by cycle.
+fn cycle_files(dir: &Path, name: &str) -> Vec<(u16, std::path::PathBuf)> {
+    let mut v: Vec<(u16, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let cycle = cycle_of_folder(&e.file_name().to_string_lossy())?;
+                    let file = e.path().join(name);
+                    file.symlink_metadata().is_ok().then_some((cycle, file))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A per-cycle metric file: `InterOp/<name>` when the run has it (the run-level file), else
+/// its copies in the per-cycle folders `InterOp/C<cycle>.1/` merged, as RTA 3 writes them
+/// while the run goes on. A per-cycle copy holding a record of another cycle makes the whole
+/// file inconsistent; an unreadable copy refuses it (a typed error naming that copy). Copies
+/// used are added to `merged`. `None` when the run has neither.
+fn per_cycle_metric<T>(
+    dir: &Path,
+    name: &str,
+    cap: u64,
+    read: impl Fn(&Path, u64) -> Result<interop::Parsed<T>, InteropError>,
+    cycle: impl Fn(&T) -> u16,
+    merged: &mut Vec<std::path::PathBuf>,
+) -> Option<Result<interop::Parsed<T>, InteropError>> {
+    let top = dir.join(name);
+    if top.symlink_metadata().is_ok() {
+        return Some(read(&top, cap));
+    }
+    let mut all: Option<interop::Parsed<T>> = None;
+    for (c, file) in cycle_files(dir, name) {
+        merged.push(file.clone());
+        let p = match read(&file, cap) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some((i, r)) = p.records.iter().enumerate().find(|(_, r)| cycle(r) != c) {
+            return Some(Err(InteropError::Inconsistent {
+                detail: format!("a record of cycle {} in the folder of cycle {c}", cycle(r)),
+                file,
+                offset: i,
+            }));
+        }
+        match &mut all {
+            None => all = Some(p),
+            Some(a) => {
+                a.records.extend(p.records);
+                a.warnings.extend(p.warnings);
+                a.trailing_bytes += p.trailing_bytes;
+                a.file_records += p.file_records;
+            }
+        }
+    }
+    all.map(Ok)
 }
 
 /// The highest cycle through which every lane has all its tiles in `keys` (lane, tile, cycle);
