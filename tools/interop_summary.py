@@ -28,7 +28,8 @@ def main(folder):
     lanes = []
     for lane in range(summary.lane_count()):
         l = summary.at(0).at(lane)
-        lanes.append({"lane": l.lane(), "density_per_mm2": number(l.density().mean()), "pct_pf": number(l.percent_pf().mean())})
+        lanes.append({"lane": l.lane(), "density_per_mm2": number(l.density().mean()), "pct_pf": number(l.percent_pf().mean()),
+                      "pct_occupied": number(l.percent_occupied().mean())})
     print(json.dumps({
         "yield_gbp": number(total.yield_g()),
         "pct_q30": number(total.percent_gt_q30()),

@@ -1,4 +1,4 @@
-//! The collector's readers of a run folder, over bytes: the nine InterOp binary formats,
+//! The collector's readers of a run folder, over bytes: the ten InterOp binary formats,
 //! RunInfo.xml and RunParameters.xml, and what consumes their output at once (lane figures,
 //! coverage against the run, the consent decision, dates).
 //!
@@ -21,44 +21,30 @@ use seqmon_collector::summary::lane_figures;
 /// Every InterOp reader on the same bytes (each checks the header for itself).
 pub fn interop(data: &[u8]) {
     let file = Path::new("InterOp/fuzz.bin");
-    // (record size, result) of the fixed-size formats: record counts must add up.
+    // The fixed-size formats (each version's header and record size come with the result):
+    // header + whole records × record size + trailing bytes must be the whole file.
     let fixed = [
-        (10, interop::tile_metrics_from_bytes(file, data).map(counts)),
-        (206, interop::q_metrics_from_bytes(file, data).map(counts)),
-        (
-            30,
-            interop::error_metrics_from_bytes(file, data).map(counts),
-        ),
-        (
-            38,
-            interop::extraction_metrics_from_bytes(file, data).map(counts),
-        ),
-        (
-            48,
-            interop::corrected_intensity_metrics_from_bytes(file, data).map(counts),
-        ),
-        (
-            12,
-            interop::image_metrics_from_bytes(file, data).map(counts),
-        ),
-        (
-            14,
-            interop::empirical_phasing_metrics_from_bytes(file, data).map(counts),
-        ),
+        interop::tile_metrics_from_bytes(file, data).map(counts),
+        interop::q_metrics_from_bytes(file, data).map(counts),
+        interop::error_metrics_from_bytes(file, data).map(counts),
+        interop::extraction_metrics_from_bytes(file, data).map(counts),
+        interop::corrected_intensity_metrics_from_bytes(file, data).map(counts),
+        interop::image_metrics_from_bytes(file, data).map(counts),
+        interop::empirical_phasing_metrics_from_bytes(file, data).map(counts),
+        interop::extended_tile_metrics_from_bytes(file, data).map(counts),
     ];
-    for (size, parsed) in fixed {
-        if let Ok((records, trailing, warnings)) = parsed {
-            let body = data.len() - 2;
-            assert_eq!(records * size + trailing, body, "bytes unaccounted for");
-            assert!(trailing < size);
-            check_warnings(records, trailing, body, &warnings);
-        }
+    for (records, trailing, warnings, header, size) in fixed.into_iter().flatten() {
+        let body = data.len() - header;
+        assert!(size > 0);
+        assert_eq!(records * size + trailing, body, "bytes unaccounted for");
+        assert!(trailing < size);
+        check_warnings(records, trailing, body, &warnings);
     }
     let variable = [
         interop::index_metrics_from_bytes(file, data).map(counts),
         interop::control_metrics_from_bytes(file, data).map(counts),
     ];
-    for (records, trailing, warnings) in variable.into_iter().flatten() {
+    for (records, trailing, warnings, _, _) in variable.into_iter().flatten() {
         assert!(trailing < data.len());
         check_warnings(records, trailing, data.len() - 1, &warnings);
     }
@@ -89,8 +75,15 @@ pub fn interop(data: &[u8]) {
     }
 }
 
-fn counts<T>(p: Parsed<T>) -> (usize, usize, Vec<InteropWarning>) {
-    (p.records.len(), p.trailing_bytes, p.warnings)
+/// (whole records in the file, trailing bytes, warnings, header bytes, record size).
+fn counts<T>(p: Parsed<T>) -> (usize, usize, Vec<InteropWarning>, usize, usize) {
+    (
+        p.file_records,
+        p.trailing_bytes,
+        p.warnings,
+        p.header_bytes,
+        p.record_size,
+    )
 }
 
 fn check_warnings(records: usize, trailing: usize, body: usize, warnings: &[InteropWarning]) {

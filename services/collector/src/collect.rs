@@ -3,7 +3,10 @@
 //! cycle. Only a run whose instrument opted in is collected. Unreadable metric files are reported
 //! as typed errors and the rest of the run is still collected; files used but not whole (a
 //! partial last record, a header only, cycles or tiles missing against the run) are reported as
-//! typed warnings naming the file, so partial figures are never silent.
+//! typed warnings naming the file, so partial figures are never silent. A per-cycle metric file
+//! the run lacks at run level is read from its copies in the per-cycle folders
+//! (`InterOp/C<cycle>.1/`, RTA 3), each holding its own cycle only; [`Collected::files`] says
+//! of every file whether it was read, skipped on purpose (why) or refused (why).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,7 +41,101 @@ pub struct Collected {
     pub file_errors: Vec<InteropError>,
     /// Metric files that were used but not whole: what was skipped or is missing.
     pub warnings: Vec<InteropWarning>,
+    /// Every file in InterOp/ (and its per-cycle folders), sorted: read, skipped on purpose
+    /// (why), or refused (why).
+    pub files: Vec<FileStatus>,
 }
+
+/// What became of one file of the run's InterOp folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileStatus {
+    pub file: std::path::PathBuf,
+    pub outcome: FileOutcome,
+}
+
+/// Read, skipped on purpose, or refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileOutcome {
+    /// Read whole or in part (its warnings say what was missing).
+    Read,
+    /// Not read, on purpose: why.
+    Skipped(&'static str),
+    /// Could not be used: why (the typed error's text).
+    Refused(String),
+}
+
+impl std::fmt::Display for FileStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.outcome {
+            FileOutcome::Read => write!(f, "{}: read", self.file.display()),
+            FileOutcome::Skipped(why) => write!(f, "{}: skipped: {why}", self.file.display()),
+            FileOutcome::Refused(why) => write!(f, "{}: refused: {why}", self.file.display()),
+        }
+    }
+}
+
+/// The InterOp files this collector reads (each with the versions its reader names).
+pub const READ_FILES: &[&str] = &[
+    "TileMetricsOut.bin",
+    "QMetricsOut.bin",
+    "ErrorMetricsOut.bin",
+    "ExtractionMetricsOut.bin",
+    "EmpiricalPhasingMetricsOut.bin",
+    "CorrectedIntMetricsOut.bin",
+    "ImageMetricsOut.bin",
+    "IndexMetricsOut.bin",
+    "ControlMetricsOut.bin",
+    "ExtendedTileMetricsOut.bin",
+];
+
+/// InterOp files left unread on purpose, and why (also in the README).
+pub const SKIPPED_FILES: &[(&str, &str)] = &[
+    (
+        "QMetricsByLaneOut.bin",
+        "lane totals of the Q-score histograms in QMetricsOut.bin, which is read",
+    ),
+    (
+        "QMetrics2030Out.bin",
+        "counts of Q>=20 and Q>=30 already in the histograms of QMetricsOut.bin, which is read",
+    ),
+    (
+        "PFGridMetricsOut.bin",
+        "sub-tile grid of passing-filter clusters, image-analysis detail (tile figures come from TileMetricsOut.bin)",
+    ),
+    (
+        "FWHMGridMetricsOut.bin",
+        "sub-tile grid of focus, image-analysis detail (tile focus comes from ExtractionMetricsOut.bin)",
+    ),
+    (
+        "OpticalModelMetricsOut.bin",
+        "optical-model parameters of the instrument's image analysis, not documented by Illumina's interop library",
+    ),
+    (
+        "RegistrationMetricsOut.bin",
+        "image registration offsets, image-analysis detail not read by Illumina's interop library",
+    ),
+    (
+        "BasecallingMetricsOut.bin",
+        "base-caller internals, not read by Illumina's interop library",
+    ),
+    (
+        "EventMetricsOut.bin",
+        "instrument software timing events, not read by Illumina's interop library",
+    ),
+    (
+        "QGridMetricsOut.bin",
+        "sub-tile grid of quality, image-analysis detail",
+    ),
+    (
+        "SummaryRunMetricsOut.bin",
+        "NovaSeq X run totals the tile and cycle files already give",
+    ),
+];
+
+/// Why a per-cycle folder's copy (`InterOp/C<cycle>.1/`) of a file read is not read: the
+/// run-level file is, or (tile metrics without one) the latest copy.
+pub const CYCLE_FOLDER_SKIP: &str =
+    "per-cycle copy; the run-level file (tile metrics without one: the latest copy) is read";
 
 /// When a record describes something final, so a live watcher may send it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,6 +410,7 @@ pub fn collect_run_with(
             frontier: 0,
             file_errors: Vec::new(),
             warnings: Vec::new(),
+            files: Vec::new(),
         });
     }
     let cap = limits.interop_max_bytes;
@@ -321,85 +419,140 @@ pub fn collect_run_with(
     let f = |name: &str| dir.join(name);
     // Present at all (a dangling link or a FIFO is present, and refused by the reader).
     let exists = |name: &str| dir.join(name).symlink_metadata().is_ok();
-    let tiles_file = f("TileMetricsOut.bin");
-    let tiles = if exists("TileMetricsOut.bin") {
-        checked(
-            &tiles_file,
-            &info,
-            interop::tile_metrics_capped(&tiles_file, cap),
-            |t| (t.lane, u16::MAX),
-            &mut report,
-        )
+    // Files read from the per-cycle folders (InterOp/C<cycle>.1/) for want of run-level ones.
+    let mut merged: Vec<std::path::PathBuf> = Vec::new();
+    // Tile metrics are a snapshot of the whole run: the run-level file, else the latest copy
+    // in a cycle folder.
+    let tiles_file = if exists("TileMetricsOut.bin") {
+        Some(f("TileMetricsOut.bin"))
     } else {
-        Vec::new()
+        cycle_files(&dir, "TileMetricsOut.bin").pop().map(|(_, p)| {
+            merged.push(p.clone());
+            p
+        })
     };
-    let q = if exists("QMetricsOut.bin") {
+    let tiles = tiles_file
+        .as_ref()
+        .map(|file| {
+            checked(
+                file,
+                &info,
+                interop::tile_metrics_capped(file, cap),
+                |t| (t.lane, u16::MAX),
+                &mut report,
+            )
+        })
+        .unwrap_or_default();
+    let tiles_file = tiles_file.unwrap_or_else(|| f("TileMetricsOut.bin"));
+    let q = per_cycle_metric(
+        &dir,
+        "QMetricsOut.bin",
+        cap,
+        interop::q_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("QMetricsOut.bin"),
             &info,
-            interop::q_metrics_capped(&f("QMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
-    let err = if exists("ErrorMetricsOut.bin") {
+    })
+    .unwrap_or_default();
+    let err = per_cycle_metric(
+        &dir,
+        "ErrorMetricsOut.bin",
+        cap,
+        interop::error_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("ErrorMetricsOut.bin"),
             &info,
-            interop::error_metrics_capped(&f("ErrorMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
-    let ext = if exists("ExtractionMetricsOut.bin") {
+    })
+    .unwrap_or_default();
+    let ext = per_cycle_metric(
+        &dir,
+        "ExtractionMetricsOut.bin",
+        cap,
+        interop::extraction_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("ExtractionMetricsOut.bin"),
             &info,
-            interop::extraction_metrics_capped(&f("ExtractionMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
+    })
+    .unwrap_or_default();
     // Read and checked for consistency; nothing from them is sent yet.
-    let phasing = if exists("EmpiricalPhasingMetricsOut.bin") {
+    let phasing = per_cycle_metric(
+        &dir,
+        "EmpiricalPhasingMetricsOut.bin",
+        cap,
+        interop::empirical_phasing_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("EmpiricalPhasingMetricsOut.bin"),
             &info,
-            interop::empirical_phasing_metrics_capped(&f("EmpiricalPhasingMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
-    let corrected = if exists("CorrectedIntMetricsOut.bin") {
+    })
+    .unwrap_or_default();
+    let corrected = per_cycle_metric(
+        &dir,
+        "CorrectedIntMetricsOut.bin",
+        cap,
+        interop::corrected_intensity_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("CorrectedIntMetricsOut.bin"),
             &info,
-            interop::corrected_intensity_metrics_capped(&f("CorrectedIntMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
-    let image = if exists("ImageMetricsOut.bin") {
+    })
+    .unwrap_or_default();
+    let image = per_cycle_metric(
+        &dir,
+        "ImageMetricsOut.bin",
+        cap,
+        interop::image_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    )
+    .map(|p| {
         checked(
             &f("ImageMetricsOut.bin"),
             &info,
-            interop::image_metrics_capped(&f("ImageMetricsOut.bin"), cap),
+            p,
             |r| (r.lane, r.cycle),
             &mut report,
         )
-    } else {
-        Vec::new()
-    };
+    })
+    .unwrap_or_default();
     if exists("IndexMetricsOut.bin") {
         checked(
             &f("IndexMetricsOut.bin"),
@@ -418,28 +571,74 @@ pub fn collect_run_with(
             &mut report,
         );
     }
-    const KNOWN: &[&str] = &[
-        "TileMetricsOut.bin",
-        "QMetricsOut.bin",
-        "ErrorMetricsOut.bin",
-        "ExtractionMetricsOut.bin",
-        "EmpiricalPhasingMetricsOut.bin",
-        "CorrectedIntMetricsOut.bin",
-        "ImageMetricsOut.bin",
-        "IndexMetricsOut.bin",
-        "ControlMetricsOut.bin",
-    ];
+    // Read and checked for consistency; occupancy has no field in the records yet.
+    if exists("ExtendedTileMetricsOut.bin") {
+        checked(
+            &f("ExtendedTileMetricsOut.bin"),
+            &info,
+            interop::extended_tile_metrics_capped(&f("ExtendedTileMetricsOut.bin"), cap),
+            |r| (r.lane, u16::MAX),
+            &mut report,
+        );
+    }
+    let mut files = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
-        let mut names: Vec<String> = entries
+        let mut names: Vec<(String, bool)> = entries
             .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".bin"))
+            .map(|e| {
+                let dir = e.file_type().is_ok_and(|t| t.is_dir());
+                (e.file_name().to_string_lossy().into_owned(), dir)
+            })
+            .filter(|(n, dir)| n.ends_with(".bin") || (*dir && is_cycle_folder(n)))
             .collect();
         names.sort();
-        for n in names.into_iter().filter(|n| !KNOWN.contains(&n.as_str())) {
-            report
-                .errors
-                .push(InteropError::UnsupportedFile { file: dir.join(n) });
+        for (n, is_dir) in names {
+            let file = dir.join(&n);
+            let outcome = if is_dir {
+                let mut inner: Vec<String> = std::fs::read_dir(&file)
+                    .map(|rd| {
+                        rd.filter_map(|e| e.ok())
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .filter(|n| n.ends_with(".bin"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                inner.sort();
+                for i in inner {
+                    let path = file.join(&i);
+                    let outcome = if let Some(e) = report.errors.iter().find(|e| e.file() == path) {
+                        FileOutcome::Refused(e.to_string())
+                    } else if merged.contains(&path) {
+                        FileOutcome::Read
+                    } else if let Some((_, why)) = SKIPPED_FILES.iter().find(|(s, _)| *s == i) {
+                        FileOutcome::Skipped(why)
+                    } else if READ_FILES.contains(&i.as_str()) {
+                        FileOutcome::Skipped(CYCLE_FOLDER_SKIP)
+                    } else {
+                        let e = InteropError::UnsupportedFile { file: path.clone() };
+                        let why = e.to_string();
+                        report.errors.push(e);
+                        FileOutcome::Refused(why)
+                    };
+                    files.push(FileStatus {
+                        file: path,
+                        outcome,
+                    });
+                }
+                continue;
+            } else if let Some(e) = report.errors.iter().find(|e| e.file() == file) {
+                FileOutcome::Refused(e.to_string())
+            } else if READ_FILES.contains(&n.as_str()) {
+                FileOutcome::Read
+            } else if let Some((_, why)) = SKIPPED_FILES.iter().find(|(s, _)| *s == n) {
+                FileOutcome::Skipped(why)
+            } else {
+                let e = InteropError::UnsupportedFile { file: file.clone() };
+                let why = e.to_string();
+                report.errors.push(e);
+                FileOutcome::Refused(why)
+            };
+            files.push(FileStatus { file, outcome });
         }
     }
     let keys = |v: &mut dyn Iterator<Item = (u16, u16, u16)>| v.collect::<Vec<_>>();
@@ -509,7 +708,83 @@ pub fn collect_run_with(
         frontier,
         file_errors: report.errors,
         warnings: report.warnings,
+        files,
     })
+}
+
+/// `C<cycle>.1`, the per-cycle folders RTA 3 writes in InterOp/.
+fn is_cycle_folder(name: &str) -> bool {
+    cycle_of_folder(name).is_some()
+}
+
+/// The cycle of a `C<cycle>.1` folder name.
+fn cycle_of_folder(name: &str) -> Option<u16> {
+    name.strip_prefix('C')?
+        .strip_suffix(".1")
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()
+}
+
+/// The copies of `name` in the per-cycle folders of `dir`, by cycle.
+fn cycle_files(dir: &Path, name: &str) -> Vec<(u16, std::path::PathBuf)> {
+    let mut v: Vec<(u16, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let cycle = cycle_of_folder(&e.file_name().to_string_lossy())?;
+                    let file = e.path().join(name);
+                    file.symlink_metadata().is_ok().then_some((cycle, file))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A per-cycle metric file: `InterOp/<name>` when the run has it (the run-level file), else
+/// its copies in the per-cycle folders `InterOp/C<cycle>.1/` merged, as RTA 3 writes them
+/// while the run goes on. A per-cycle copy holding a record of another cycle makes the whole
+/// file inconsistent; an unreadable copy refuses it (a typed error naming that copy). Copies
+/// used are added to `merged`. `None` when the run has neither.
+fn per_cycle_metric<T>(
+    dir: &Path,
+    name: &str,
+    cap: u64,
+    read: impl Fn(&Path, u64) -> Result<interop::Parsed<T>, InteropError>,
+    cycle: impl Fn(&T) -> u16,
+    merged: &mut Vec<std::path::PathBuf>,
+) -> Option<Result<interop::Parsed<T>, InteropError>> {
+    let top = dir.join(name);
+    if top.symlink_metadata().is_ok() {
+        return Some(read(&top, cap));
+    }
+    let mut all: Option<interop::Parsed<T>> = None;
+    for (c, file) in cycle_files(dir, name) {
+        merged.push(file.clone());
+        let p = match read(&file, cap) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some((i, r)) = p.records.iter().enumerate().find(|(_, r)| cycle(r) != c) {
+            return Some(Err(InteropError::Inconsistent {
+                detail: format!("a record of cycle {} in the folder of cycle {c}", cycle(r)),
+                file,
+                offset: i,
+            }));
+        }
+        match &mut all {
+            None => all = Some(p),
+            Some(a) => {
+                a.records.extend(p.records);
+                a.warnings.extend(p.warnings);
+                a.trailing_bytes += p.trailing_bytes;
+                a.file_records += p.file_records;
+            }
+        }
+    }
+    all.map(Ok)
 }
 
 /// The highest cycle through which every lane has all its tiles in `keys` (lane, tile, cycle);
@@ -558,7 +833,7 @@ fn build_records(
     let serial = info.instrument.clone();
     let total_cycles: u32 = info.reads.iter().map(|r| r.cycles).sum();
     // Run start: the first extraction, else the run date at midnight UTC.
-    let date_ms = parse_run_date(&info.date)
+    let date_ms = run_start_day(info)
         .map(|d| d as i64 * 86_400_000)
         .unwrap_or(0);
     let start_ms = ext
@@ -822,10 +1097,96 @@ fn build_records(
     out
 }
 
-/// `YYMMDD` (older RunInfo) or an ISO date → days since the epoch.
-fn parse_run_date(s: &str) -> Option<i32> {
+/// The run's start day: from the run id's date prefix (`YYMMDD_…`, NovaSeq X `YYYYMMDD_…`),
+/// which every instrument writes the same way, else from RunInfo's Date.
+pub fn run_start_day(info: &RunInfo) -> Option<i32> {
+    let prefix = info.run_id.split('_').next().unwrap_or("");
+    let from_id = match prefix.len() {
+        6 | 8 if prefix.bytes().all(|b| b.is_ascii_digit()) => {
+            let (y, rest) = prefix.split_at(prefix.len() - 4);
+            let year = if y.len() == 2 {
+                format!("20{y}")
+            } else {
+                y.to_string()
+            };
+            iso_date_days(&format!("{year}-{}-{}", &rest[..2], &rest[2..]))
+        }
+        _ => None,
+    };
+    from_id.or_else(|| parse_run_date(&info.date))
+}
+
+/// `YYMMDD` (older RunInfo), a RunInfo v5 date as the instrument's locale wrote it
+/// (`9/12/2023 3:43:46 PM` month first, `17/01/2020 12:52:58` day first; read month first
+/// unless the first number cannot be a month) or an ISO date (RunInfo v6) → days since the
+/// epoch.
+pub fn parse_run_date(s: &str) -> Option<i32> {
     if s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()) {
         return iso_date_days(&format!("20{}-{}-{}", &s[..2], &s[2..4], &s[4..6]));
     }
+    let mut parts = s.split(' ').next()?.split('/');
+    if let (Some(a), Some(b), Some(y), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    {
+        let two = |v: &str| (v.len() <= 2 && !v.is_empty()).then(|| format!("{v:0>2}"));
+        let (a, b) = (two(a)?, two(b)?);
+        let (m, d) = if a.parse::<u8>().ok()? > 12 {
+            (b, a)
+        } else {
+            (a, b)
+        };
+        return iso_date_days(&format!("{m}/{d}/{y}"));
+    }
     iso_date_days(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_dates_of_every_runinfo_version() {
+        // 2023-09-12 is day 19612.
+        for s in [
+            "230912",
+            "9/12/2023 3:43:46 PM",
+            "09/12/2023 15:43:46",
+            "2023-09-12T19:55:57Z",
+        ] {
+            assert_eq!(parse_run_date(s), Some(19612), "{s}");
+        }
+        for s in [
+            "",
+            "13/40/2023 1:00:00 PM",
+            "9/12/23",
+            "1/2/3/2023",
+            "123/1/2023",
+        ] {
+            assert_eq!(parse_run_date(s), None, "{s}");
+        }
+        assert_eq!(parse_run_date("12/09/2023 15:43:46"), Some(19_700)); // month first
+        assert_eq!(parse_run_date("17/01/2020 12:52:58"), Some(18_278)); // day first
+        let info = |id: &str, date: &str| RunInfo {
+            run_id: id.into(),
+            instrument: "X".into(),
+            flowcell: "F".into(),
+            date: date.into(),
+            reads: Vec::new(),
+            lane_count: 1,
+            tiles_per_lane: None,
+        };
+        // The run id wins over an ambiguous locale date.
+        assert_eq!(
+            run_start_day(&info("230912_A00187_1009_AHK33MDRX3", "12/9/2023")),
+            Some(19_612)
+        );
+        assert_eq!(
+            run_start_day(&info("20230912_LH00188_0028_B22F52TLT3", "")),
+            Some(19_612)
+        );
+        assert_eq!(
+            run_start_day(&info("run-x", "2023-09-12T19:55:57Z")),
+            Some(19_612)
+        );
+    }
 }

@@ -1,7 +1,10 @@
-//! Readers of Illumina InterOp binary metric files, for the format versions found in real run
-//! folders: Tile v2, Q v4, Error v3, Extraction v2, CorrectedInt v2, Image v1, EmpiricalPhasing v1,
-//! Index v1 and Control v1. Every failure is a typed [`InteropError`] naming the file, and the
-//! file is not used. Files are read through [`crate::files::read_bounded`]: regular files only,
+//! Readers of Illumina InterOp binary metric files: Tile v2 and v3, Q v4 to v7, Error v3,
+//! Extraction v2 and v3, CorrectedInt v2 and v4, Image v1 and v3, EmpiricalPhasing v1 and v2,
+//! Index v1 and v2, Control v1 and ExtendedTile v1 to v3. Each layout is described at its reader, with where in
+//! Illumina's interop library (github.com/Illumina/interop) it was learnt. Every failure (no
+//! header, unknown version, a record size the layout contradicts, a record that cannot be, such
+//! as an unknown record kind or a tile number beyond 16 bits) is a typed [`InteropError`]
+//! naming the file, and the file is not used. Files are read through [`crate::files::read_bounded`]: regular files only,
 //! up to a size cap.
 //!
 //! A short file is used, never silently: a file whose last record is half-written (the
@@ -132,6 +135,13 @@ pub struct Parsed<T> {
     pub records: Vec<T>,
     pub trailing_bytes: usize,
     pub warnings: Vec<InteropWarning>,
+    /// Bytes of the header (version, record size and what the version adds).
+    pub header_bytes: usize,
+    /// Bytes of one record (0 for the variable-length formats).
+    pub record_size: usize,
+    /// Whole records in the file; differs from `records.len()` where one file record gives
+    /// several values (TileMetricsOut v3) or none (its empty records).
+    pub file_records: usize,
 }
 
 /// The warnings of a file of `records` whole records, `trailing` bytes after them and a body
@@ -252,6 +262,11 @@ pub struct ControlCount {
 struct Rec<'a>(&'a [u8], usize);
 
 impl Rec<'_> {
+    fn u8(&mut self) -> u8 {
+        let v = self.0[self.1];
+        self.1 += 1;
+        v
+    }
     fn u16(&mut self) -> u16 {
         let v = u16::from_le_bytes([self.0[self.1], self.0[self.1 + 1]]);
         self.1 += 2;
@@ -291,12 +306,7 @@ fn fixed<T>(
     supported_text: &'static str,
     parse: impl Fn(&mut Rec<'_>, u8) -> T,
 ) -> Result<Parsed<T>, InteropError> {
-    if bytes.len() < 2 {
-        return Err(InteropError::NoHeader {
-            file: file.to_path_buf(),
-        });
-    }
-    let (version, size) = (bytes[0], bytes[1]);
+    let (version, size) = header(file, bytes, 2)?;
     let expected = supported
         .iter()
         .find(|(v, _)| *v == version)
@@ -306,27 +316,88 @@ fn fixed<T>(
             version,
             supported: supported_text,
         })?;
-    if size != expected {
+    check_size(file, version, size, usize::from(expected))?;
+    records(file, bytes, 2, usize::from(size), |r, out| {
+        out.push(parse(r, version));
+        Ok(())
+    })
+}
+
+/// One version of fixed-size records after the 2-byte header whose records can be refused.
+fn fixed_fallible<T>(
+    file: &Path,
+    bytes: &[u8],
+    version: u8,
+    size: usize,
+    parse: impl Fn(&mut Rec<'_>) -> Result<T, String>,
+) -> Result<Parsed<T>, InteropError> {
+    let (_, found) = header(file, bytes, 2)?;
+    check_size(file, version, found, size)?;
+    records(file, bytes, 2, size, |r, out| {
+        out.push(parse(r)?);
+        Ok(())
+    })
+}
+
+/// The version and record size bytes, once the file holds at least `len` header bytes.
+fn header(file: &Path, bytes: &[u8], len: usize) -> Result<(u8, u8), InteropError> {
+    if bytes.len() < len.max(2) {
+        return Err(InteropError::NoHeader {
+            file: file.to_path_buf(),
+        });
+    }
+    Ok((bytes[0], bytes[1]))
+}
+
+/// A record size in the header that disagrees with the layout is refused.
+fn check_size(file: &Path, version: u8, found: u8, expected: usize) -> Result<(), InteropError> {
+    if usize::from(found) != expected || expected == 0 {
         return Err(InteropError::RecordSize {
             file: file.to_path_buf(),
             version,
-            found: size,
-            expected,
+            found,
+            expected: u8::try_from(expected).unwrap_or(u8::MAX),
         });
     }
-    let body = &bytes[2..];
-    let n = body.len() / size as usize;
-    let mut records = Vec::with_capacity(n);
+    Ok(())
+}
+
+/// Whole records of `size` (> 0) bytes after `start` header bytes; a record `parse` rejects
+/// makes the file [`InteropError::Inconsistent`] at that record's byte offset. `parse` reads
+/// exactly `size` bytes (the layouts guarantee it; sizes are checked against them first).
+fn records<T>(
+    file: &Path,
+    bytes: &[u8],
+    start: usize,
+    size: usize,
+    mut parse: impl FnMut(&mut Rec<'_>, &mut Vec<T>) -> Result<(), String>,
+) -> Result<Parsed<T>, InteropError> {
+    let body = &bytes[start..];
+    let n = body.len() / size;
+    let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let mut r = Rec(&body[i * size as usize..(i + 1) * size as usize], 0);
-        records.push(parse(&mut r, version));
+        let mut r = Rec(&body[i * size..(i + 1) * size], 0);
+        parse(&mut r, &mut out).map_err(|detail| InteropError::Inconsistent {
+            file: file.to_path_buf(),
+            offset: start + i * size,
+            detail,
+        })?;
     }
-    let trailing_bytes = body.len() % size as usize;
+    let trailing_bytes = body.len() % size;
     Ok(Parsed {
-        warnings: short_file_warnings(file, records.len(), trailing_bytes, body.len()),
-        records,
+        warnings: short_file_warnings(file, n, trailing_bytes, body.len()),
+        records: out,
         trailing_bytes,
+        header_bytes: start,
+        record_size: size,
+        file_records: n,
     })
+}
+
+/// A 32-bit tile number (the newer layouts) as the 16 bits every tile number of a real flow
+/// cell fits in (NovaSeq X: at most 5 digits).
+fn tile16(tile: u32) -> Result<u16, String> {
+    u16::try_from(tile).map_err(|_| format!("tile number {tile} out of range"))
 }
 
 /// .NET DateTime.ToBinary ticks (100 ns since 0001-01-01, kind in the top two bits) → Unix ms.
@@ -336,7 +407,10 @@ fn dotnet_ticks_to_unix_ms(raw: u64) -> i64 {
     (ticks - TICKS_AT_UNIX_EPOCH) / 10_000
 }
 
-/// TileMetricsOut.bin, v2.
+/// TileMetricsOut.bin, v2 (MiSeq, HiSeq, NextSeq 500: RTA 1 and 2) and v3 (RTA 3: NovaSeq,
+/// NextSeq 1000/2000, iSeq, NovaSeq X). v3 values are given as the v2 codes the rest of the
+/// collector knows: 102/103 clusters and PF clusters, 100/101 their densities, 300 + r - 1 the
+/// % aligned of read r.
 pub fn tile_metrics(file: &Path) -> Result<Parsed<TileMetric>, InteropError> {
     tile_metrics_capped(file, default_cap())
 }
@@ -352,15 +426,85 @@ pub fn tile_metrics_from_bytes(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Parsed<TileMetric>, InteropError> {
-    fixed(file, bytes, &[(2, 10)], "2", |r, _| TileMetric {
-        lane: r.u16(),
-        tile: r.u16(),
-        code: r.u16(),
-        value: r.f32(),
-    })
+    let (version, size) = header(file, bytes, 2)?;
+    match version {
+        // v2 (Illumina interop, src/interop/model/metrics/tile_metric.cpp, generic_layout
+        // <tile_metric, 2>): header version u8, record size u8 (10); record lane u16, tile u16,
+        // code u16, value f32. Codes: 100 density, 101 PF density, 102 clusters, 103 PF
+        // clusters, 200 + 2(r-1) / 201 + 2(r-1) phasing / prephasing of read r, 300 + r - 1
+        // % aligned of read r.
+        2 => fixed(file, bytes, &[(2, 10)], "2, 3", |r, _| TileMetric {
+            lane: r.u16(),
+            tile: r.u16(),
+            code: r.u16(),
+            value: r.f32(),
+        }),
+        // v3 (same file, generic_layout<tile_metric, 3>): header version u8, record size u8
+        // (15), tile area in mm² f32; record lane u16, tile u32, kind u8, then by kind: 't'
+        // clusters f32, PF clusters f32 (densities are these over the area); 'r' read u32,
+        // % aligned f32; 0 an empty record whose 8 bytes are all zero. Any other kind is
+        // refused, as Illumina's reader does.
+        3 => {
+            let header_len = 6;
+            check_size(file, version, size, 15)?;
+            if bytes.len() < header_len {
+                return Err(InteropError::NoHeader {
+                    file: file.to_path_buf(),
+                });
+            }
+            let area = f32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+            records(file, bytes, header_len, 15, |r, out| {
+                let lane = r.u16();
+                let tile = tile16(r.u32())?;
+                let mut push = |code: u16, value: f32| {
+                    out.push(TileMetric {
+                        lane,
+                        tile,
+                        code,
+                        value,
+                    })
+                };
+                match r.u8() {
+                    b't' => {
+                        let (clusters, pf) = (r.f32(), r.f32());
+                        push(102, clusters);
+                        push(103, pf);
+                        // Illumina's reader leaves densities unknown without an area.
+                        if area.is_finite() && area > 0.0 {
+                            push(100, clusters / area);
+                            push(101, pf / area);
+                        }
+                    }
+                    b'r' => {
+                        let read = r.u32();
+                        let aligned = r.f32();
+                        match u16::try_from(read) {
+                            Ok(read @ 1..=99) => push(300 + read - 1, aligned),
+                            _ => return Err(format!("read number {read} out of range")),
+                        }
+                    }
+                    0 => {
+                        if (r.u32(), r.u32()) != (0, 0) {
+                            return Err("empty record with non-zero bytes".into());
+                        }
+                    }
+                    kind => return Err(format!("unknown record kind {kind}")),
+                }
+                Ok(())
+            })
+        }
+        _ => Err(InteropError::UnsupportedVersion {
+            file: file.to_path_buf(),
+            version,
+            supported: "2, 3",
+        }),
+    }
 }
 
-/// QMetricsOut.bin, v4.
+/// QMetricsOut.bin, v4 to v7 (v4 MiSeq/HiSeq; v5, v6 RTA 2 with or without Q-score bins; v7
+/// RTA 3). Binned histograms are given as the 50-bin histogram with each bin's count at its
+/// representative Q score, which is how Illumina's reader counts %>=Q30 (a bin counts when its
+/// value is >= 30).
 pub fn q_metrics(file: &Path) -> Result<Parsed<QMetric>, InteropError> {
     q_metrics_capped(file, default_cap())
 }
@@ -373,18 +517,91 @@ pub fn q_metrics_capped(file: &Path, cap: u64) -> Result<Parsed<QMetric>, Intero
 /// As [`q_metrics`], over the bytes of a file already read; `file` names it in errors and
 /// warnings.
 pub fn q_metrics_from_bytes(file: &Path, bytes: &[u8]) -> Result<Parsed<QMetric>, InteropError> {
-    fixed(file, bytes, &[(4, 206)], "4", |r, _| {
-        let (lane, tile, cycle) = (r.u16(), r.u16(), r.u16());
-        let mut histogram = [0u32; 50];
-        for h in histogram.iter_mut() {
+    // Layouts from Illumina interop, src/interop/model/metrics/q_metric.cpp, generic_layout
+    // <q_metric, 4..7>. Header: version u8, record size u8, then from v5: has-bins u8 and, when
+    // set, bin count u8 (> 0) and the bins: v5, v6 all lower bounds, then all upper bounds, then
+    // all values (u8 each); v7 (lower, upper, value) per bin. Record: lane u16, tile u16 (v7:
+    // u32), cycle u16, then counts u32: v4, v5 50 (v5 binned: bin i's count at index value-1);
+    // v6 50, or one per bin; v7 one per bin.
+    let (version, size) = header(file, bytes, 2)?;
+    if !(4..=7).contains(&version) {
+        return Err(InteropError::UnsupportedVersion {
+            file: file.to_path_buf(),
+            version,
+            supported: "4, 5, 6, 7",
+        });
+    }
+    let mut at = 2;
+    let mut bins: Vec<u8> = Vec::new();
+    if version >= 5 {
+        let no_header = || InteropError::NoHeader {
+            file: file.to_path_buf(),
+        };
+        let has_bins = *bytes.get(at).ok_or_else(no_header)?;
+        at += 1;
+        if has_bins != 0 {
+            let n = usize::from(*bytes.get(at).ok_or_else(no_header)?);
+            at += 1;
+            if n == 0 {
+                return Err(InteropError::Inconsistent {
+                    file: file.to_path_buf(),
+                    offset: at - 1,
+                    detail: "Q-score bins announced, zero bins given".into(),
+                });
+            }
+            let table = bytes.get(at..at + 3 * n).ok_or_else(no_header)?;
+            bins = if version == 7 {
+                table.chunks(3).map(|b| b[2]).collect()
+            } else {
+                table[2 * n..].to_vec()
+            };
+            if let Some(bad) = bins.iter().find(|v| !(1..=50).contains(*v)) {
+                return Err(InteropError::Inconsistent {
+                    file: file.to_path_buf(),
+                    offset: at,
+                    detail: format!("Q-score bin value {bad} outside 1..50"),
+                });
+            }
+            at += 3 * n;
+        }
+    }
+    let id_bytes = if version == 7 { 8 } else { 6 };
+    let counts = match version {
+        4 | 5 => 50,
+        6 if bins.is_empty() => 50,
+        _ => bins.len(),
+    };
+    check_size(file, version, size, id_bytes + 4 * counts)?;
+    records(file, bytes, at, usize::from(size), |r, out| {
+        let lane = r.u16();
+        let tile = if version == 7 {
+            tile16(r.u32())?
+        } else {
+            r.u16()
+        };
+        let cycle = r.u16();
+        let mut raw = [0u32; 50];
+        for h in raw.iter_mut().take(counts) {
             *h = r.u32();
         }
-        QMetric {
+        let histogram = if bins.is_empty() {
+            raw
+        } else {
+            let mut h = [0u32; 50];
+            for (i, v) in bins.iter().enumerate() {
+                let v = usize::from(*v - 1);
+                // v5 stores the full histogram; the bins pick their values' counts from it.
+                h[v] = h[v].saturating_add(if version == 5 { raw[v] } else { raw[i] });
+            }
+            h
+        };
+        out.push(QMetric {
             lane,
             tile,
             cycle,
             histogram,
-        }
+        });
+        Ok(())
     })
 }
 
@@ -412,7 +629,8 @@ pub fn error_metrics_from_bytes(
     })
 }
 
-/// ExtractionMetricsOut.bin, v2.
+/// ExtractionMetricsOut.bin, v2 (RTA 1, 2) and v3 (RTA 3). v3 holds one to four channels (two
+/// on the two-channel instruments) and no time; missing channels and the time are 0.
 pub fn extraction_metrics(file: &Path) -> Result<Parsed<ExtractionMetric>, InteropError> {
     extraction_metrics_capped(file, default_cap())
 }
@@ -431,22 +649,71 @@ pub fn extraction_metrics_from_bytes(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Parsed<ExtractionMetric>, InteropError> {
-    fixed(file, bytes, &[(2, 38)], "2", |r, _| {
-        let (lane, tile, cycle) = (r.u16(), r.u16(), r.u16());
-        let fwhm = [r.f32(), r.f32(), r.f32(), r.f32()];
-        let intensity = [r.u16(), r.u16(), r.u16(), r.u16()];
-        ExtractionMetric {
-            lane,
-            tile,
-            cycle,
-            fwhm,
-            intensity,
-            time_ms: dotnet_ticks_to_unix_ms(r.u64()),
+    let (version, size) = header(file, bytes, 2)?;
+    match version {
+        // v2 (Illumina interop, src/interop/model/metrics/extraction_metric.cpp, generic_layout
+        // <extraction_metric, 2>): header version u8, record size u8 (38); record lane u16,
+        // tile u16, cycle u16, FWHM f32 × 4, max intensity u16 × 4, time u64 (.NET ticks).
+        2 => fixed(file, bytes, &[(2, 38)], "2, 3", |r, _| {
+            let (lane, tile, cycle) = (r.u16(), r.u16(), r.u16());
+            let fwhm = [r.f32(), r.f32(), r.f32(), r.f32()];
+            let intensity = [r.u16(), r.u16(), r.u16(), r.u16()];
+            ExtractionMetric {
+                lane,
+                tile,
+                cycle,
+                fwhm,
+                intensity,
+                time_ms: dotnet_ticks_to_unix_ms(r.u64()),
+            }
+        }),
+        // v3 (generic_layout<extraction_metric, 3>): header version u8, record size u8,
+        // channel count u8 (> 0); record lane u16, tile u32, cycle u16, FWHM f32 × channels,
+        // max intensity u16 × channels.
+        3 => {
+            let channels = *bytes.get(2).ok_or(InteropError::NoHeader {
+                file: file.to_path_buf(),
+            })?;
+            if !(1..=4).contains(&channels) {
+                return Err(InteropError::Inconsistent {
+                    file: file.to_path_buf(),
+                    offset: 2,
+                    detail: format!("{channels} channels (1 to 4 known)"),
+                });
+            }
+            let n = usize::from(channels);
+            check_size(file, version, size, 8 + 6 * n)?;
+            records(file, bytes, 3, usize::from(size), |r, out| {
+                let lane = r.u16();
+                let tile = tile16(r.u32())?;
+                let cycle = r.u16();
+                let (mut fwhm, mut intensity) = ([0f32; 4], [0u16; 4]);
+                for f in fwhm.iter_mut().take(n) {
+                    *f = r.f32();
+                }
+                for i in intensity.iter_mut().take(n) {
+                    *i = r.u16();
+                }
+                out.push(ExtractionMetric {
+                    lane,
+                    tile,
+                    cycle,
+                    fwhm,
+                    intensity,
+                    time_ms: 0,
+                });
+                Ok(())
+            })
         }
-    })
+        _ => Err(InteropError::UnsupportedVersion {
+            file: file.to_path_buf(),
+            version,
+            supported: "2, 3",
+        }),
+    }
 }
 
-/// CorrectedIntMetricsOut.bin, v2.
+/// CorrectedIntMetricsOut.bin, v2 (RTA 1, 2) and v4 (RTA 3: base calls only).
 pub fn corrected_intensity_metrics(
     file: &Path,
 ) -> Result<Parsed<CorrectedIntMetric>, InteropError> {
@@ -467,7 +734,34 @@ pub fn corrected_intensity_metrics_from_bytes(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Parsed<CorrectedIntMetric>, InteropError> {
-    fixed(file, bytes, &[(2, 48)], "2", |r, _| {
+    let (version, _) = header(file, bytes, 2)?;
+    if version == 4 {
+        // v4 (Illumina interop, src/interop/model/metrics/corrected_intensity_metric.cpp,
+        // generic_layout<corrected_intensity_metric, 4>): header version u8, record size u8
+        // (28); record lane u16, tile u32, cycle u16, base calls u32 × 5 (no call, A, C, G, T).
+        // No intensities and no signal to noise: those are 0 here.
+        return fixed_fallible(file, bytes, 4, 28, |r| {
+            let (lane, tile, cycle) = (r.u16(), tile16(r.u32())?, r.u16());
+            let mut base_calls = [0f32; 5];
+            for b in base_calls.iter_mut() {
+                *b = r.u32() as f32;
+            }
+            Ok(CorrectedIntMetric {
+                lane,
+                tile,
+                cycle,
+                average_intensity: 0,
+                corrected: [0; 4],
+                called: [0; 4],
+                base_calls,
+                signal_to_noise: 0.0,
+            })
+        });
+    }
+    // v2 (same file, generic_layout<corrected_intensity_metric, 2>): header version u8, record
+    // size u8 (48); record lane u16, tile u16, cycle u16, average intensity u16, corrected
+    // intensity u16 × 4, called intensity u16 × 4, base calls f32 × 5, signal to noise f32.
+    fixed(file, bytes, &[(2, 48)], "2, 4", |r, _| {
         let (lane, tile, cycle) = (r.u16(), r.u16(), r.u16());
         let average_intensity = r.u16();
         let corrected = [r.u16(), r.u16(), r.u16(), r.u16()];
@@ -486,7 +780,7 @@ pub fn corrected_intensity_metrics_from_bytes(
     })
 }
 
-/// ImageMetricsOut.bin, v1.
+/// ImageMetricsOut.bin, v1 and v3 (RTA 3, per-channel contrast).
 pub fn image_metrics(file: &Path) -> Result<Parsed<ImageMetric>, InteropError> {
     image_metrics_capped(file, default_cap())
 }
@@ -502,7 +796,44 @@ pub fn image_metrics_from_bytes(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Parsed<ImageMetric>, InteropError> {
-    fixed(file, bytes, &[(1, 12)], "1", |r, _| ImageMetric {
+    let (version, size) = header(file, bytes, 2)?;
+    if version == 3 {
+        // v3 (Illumina interop, src/interop/model/metrics/image_metric.cpp, generic_layout
+        // <image_metric, 3>): header version u8, record size u8, channel count u8 (> 0);
+        // record lane u16, tile u32, cycle u16, min contrast u16 × channels, max contrast u16
+        // × channels. Given as one value per channel, as v1 writes them.
+        let channels = *bytes.get(2).ok_or(InteropError::NoHeader {
+            file: file.to_path_buf(),
+        })?;
+        if channels == 0 || channels > 4 {
+            return Err(InteropError::Inconsistent {
+                file: file.to_path_buf(),
+                offset: 2,
+                detail: format!("{channels} channels (1 to 4 known)"),
+            });
+        }
+        let n = usize::from(channels);
+        check_size(file, version, size, 8 + 4 * n)?;
+        return records(file, bytes, 3, usize::from(size), |r, out| {
+            let (lane, tile, cycle) = (r.u16(), tile16(r.u32())?, r.u16());
+            let min: Vec<u16> = (0..n).map(|_| r.u16()).collect();
+            let max: Vec<u16> = (0..n).map(|_| r.u16()).collect();
+            for (channel, (lo, hi)) in min.into_iter().zip(max).enumerate() {
+                out.push(ImageMetric {
+                    lane,
+                    tile,
+                    cycle,
+                    channel: channel as u16,
+                    min_contrast: lo,
+                    max_contrast: hi,
+                });
+            }
+            Ok(())
+        });
+    }
+    // v1 (generic_layout<image_metric, 1>): header version u8, record size u8 (12); record
+    // lane u16, tile u16, cycle u16, channel u16, min contrast u16, max contrast u16.
+    fixed(file, bytes, &[(1, 12)], "1, 3", |r, _| ImageMetric {
         lane: r.u16(),
         tile: r.u16(),
         cycle: r.u16(),
@@ -512,7 +843,7 @@ pub fn image_metrics_from_bytes(
     })
 }
 
-/// EmpiricalPhasingMetricsOut.bin, v1.
+/// EmpiricalPhasingMetricsOut.bin, v1 (RTA 2) and v2 (RTA 3).
 pub fn empirical_phasing_metrics(
     file: &Path,
 ) -> Result<Parsed<EmpiricalPhasingMetric>, InteropError> {
@@ -533,14 +864,109 @@ pub fn empirical_phasing_metrics_from_bytes(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Parsed<EmpiricalPhasingMetric>, InteropError> {
-    fixed(file, bytes, &[(1, 14)], "1", |r, _| {
-        EmpiricalPhasingMetric {
-            lane: r.u16(),
-            tile: r.u16(),
+    // Illumina interop, src/interop/model/metrics/phasing_metric.cpp, generic_layout
+    // <phasing_metric, 1 and 2>: header version u8, record size u8 (v1 14, v2 16); record lane
+    // u16, tile u16 (v2: u32), cycle u16, phasing weight f32, prephasing weight f32.
+    let (version, size) = header(file, bytes, 2)?;
+    let expected = match version {
+        1 => 14,
+        2 => 16,
+        _ => {
+            return Err(InteropError::UnsupportedVersion {
+                file: file.to_path_buf(),
+                version,
+                supported: "1, 2",
+            })
+        }
+    };
+    check_size(file, version, size, expected)?;
+    records(file, bytes, 2, expected, |r, out| {
+        let lane = r.u16();
+        let tile = if version == 2 {
+            tile16(r.u32())?
+        } else {
+            r.u16()
+        };
+        out.push(EmpiricalPhasingMetric {
+            lane,
+            tile,
             cycle: r.u16(),
             phasing: r.f32(),
             prephasing: r.f32(),
+        });
+        Ok(())
+    })
+}
+
+/// Occupancy of a tile on a patterned flow cell (ExtendedTileMetricsOut v1 to v3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExtendedTileMetric {
+    pub lane: u16,
+    pub tile: u16,
+    /// Clusters in occupied wells.
+    pub occupied: f32,
+    /// Upper-left corner of the tile in the flow cell's image coordinates (v3).
+    pub upper_left: Option<(f32, f32)>,
+}
+
+/// ExtendedTileMetricsOut.bin, v1 to v3 (NovaSeq 6000, NovaSeq X, HiSeq X/4000).
+pub fn extended_tile_metrics(file: &Path) -> Result<Parsed<ExtendedTileMetric>, InteropError> {
+    extended_tile_metrics_capped(file, default_cap())
+}
+
+/// As [`extended_tile_metrics`], refusing a file over `cap` bytes.
+pub fn extended_tile_metrics_capped(
+    file: &Path,
+    cap: u64,
+) -> Result<Parsed<ExtendedTileMetric>, InteropError> {
+    extended_tile_metrics_from_bytes(file, &read(file, cap)?)
+}
+
+/// As [`extended_tile_metrics`], over the bytes of a file already read; `file` names it in
+/// errors and warnings.
+pub fn extended_tile_metrics_from_bytes(
+    file: &Path,
+    bytes: &[u8],
+) -> Result<Parsed<ExtendedTileMetric>, InteropError> {
+    // Illumina interop, src/interop/model/metrics/extended_tile_metric.cpp, generic_layout
+    // <extended_tile_metric, 1..3>: header version u8, record size u8. Record v1 (10): lane
+    // u16, tile u16, code u16 (0: occupied clusters; others refused), value f32 (NaN read as
+    // 0); v2 (10): lane u16, tile u32, occupied clusters f32; v3 (18): as v2, then the tile's
+    // upper-left x f32, y f32.
+    let (version, size) = header(file, bytes, 2)?;
+    let expected = match version {
+        1 | 2 => 10,
+        3 => 18,
+        _ => {
+            return Err(InteropError::UnsupportedVersion {
+                file: file.to_path_buf(),
+                version,
+                supported: "1, 2, 3",
+            })
         }
+    };
+    check_size(file, version, size, expected)?;
+    records(file, bytes, 2, expected, |r, out| {
+        let lane = r.u16();
+        let (tile, occupied) = if version == 1 {
+            let tile = r.u16();
+            let code = r.u16();
+            if code != 0 {
+                return Err(format!("unknown extended tile code {code}"));
+            }
+            let v = r.f32();
+            (tile, if v.is_nan() { 0.0 } else { v })
+        } else {
+            (tile16(r.u32())?, r.f32())
+        };
+        let upper_left = (version == 3).then(|| (r.f32(), r.f32()));
+        out.push(ExtendedTileMetric {
+            lane,
+            tile,
+            occupied,
+            upper_left,
+        });
+        Ok(())
     })
 }
 
@@ -550,19 +976,25 @@ fn variable(
     file: &Path,
     bytes: &[u8],
     layout: &[Field],
+    supported: &'static str,
 ) -> Result<Parsed<(u16, u16, u16, u32)>, InteropError> {
     if bytes.is_empty() {
         return Err(InteropError::NoHeader {
             file: file.to_path_buf(),
         });
     }
-    if bytes[0] != 1 {
-        return Err(InteropError::UnsupportedVersion {
-            file: file.to_path_buf(),
-            version: bytes[0],
-            supported: "1",
-        });
-    }
+    // Version 2 (IndexMetricsOut only) widens the tile to 32 bits and the count to 64.
+    let wide = match bytes[0] {
+        1 => false,
+        2 if supported.contains('2') => true,
+        version => {
+            return Err(InteropError::UnsupportedVersion {
+                file: file.to_path_buf(),
+                version,
+                supported,
+            })
+        }
+    };
     let mut records = Vec::new();
     let mut at = 1;
     while at < bytes.len() {
@@ -578,12 +1010,21 @@ fn variable(
         let mut head = [0u16; 3];
         let mut count = 0u32;
         'record: {
-            for h in head.iter_mut() {
-                let Some(p) = need(2, &mut at) else {
+            for (i, h) in head.iter_mut().enumerate() {
+                let width = if wide && i == 1 { 4 } else { 2 };
+                let Some(p) = need(width, &mut at) else {
                     complete = false;
                     break 'record;
                 };
-                *h = u16::from_le_bytes([bytes[p], bytes[p + 1]]);
+                let mut v = [0u8; 4];
+                v[..width].copy_from_slice(&bytes[p..p + width]);
+                *h = u16::try_from(u32::from_le_bytes(v)).map_err(|_| {
+                    InteropError::Inconsistent {
+                        file: file.to_path_buf(),
+                        offset: start,
+                        detail: "tile number beyond 16 bits".into(),
+                    }
+                })?;
             }
             for f in layout {
                 match f {
@@ -600,11 +1041,20 @@ fn variable(
                         }
                     }
                     Field::Count => {
-                        let Some(p) = need(4, &mut at) else {
+                        let width = if wide { 8 } else { 4 };
+                        let Some(p) = need(width, &mut at) else {
                             complete = false;
                             break 'record;
                         };
-                        count = u32::from_le_bytes(bytes[p..p + 4].try_into().expect("4 bytes"));
+                        let mut v = [0u8; 8];
+                        v[..width].copy_from_slice(&bytes[p..p + width]);
+                        count = u32::try_from(u64::from_le_bytes(v)).map_err(|_| {
+                            InteropError::Inconsistent {
+                                file: file.to_path_buf(),
+                                offset: start,
+                                detail: "cluster count beyond 32 bits".into(),
+                            }
+                        })?;
                     }
                 }
             }
@@ -613,16 +1063,22 @@ fn variable(
             let trailing_bytes = bytes.len() - start;
             return Ok(Parsed {
                 warnings: short_file_warnings(file, records.len(), trailing_bytes, bytes.len() - 1),
+                file_records: records.len(),
                 records,
                 trailing_bytes,
+                header_bytes: 1,
+                record_size: 0,
             });
         }
         records.push((head[0], head[1], head[2], count));
     }
     Ok(Parsed {
         warnings: short_file_warnings(file, records.len(), 0, bytes.len() - 1),
+        file_records: records.len(),
         records,
         trailing_bytes: 0,
+        header_bytes: 1,
+        record_size: 0,
     })
 }
 
@@ -631,7 +1087,8 @@ enum Field {
     Count,
 }
 
-/// IndexMetricsOut.bin, v1: (lane, tile, read, clusters) per index; names are not kept.
+/// IndexMetricsOut.bin, v1 and v2 (bcl-convert, RTA 3): (lane, tile, read, clusters) per index;
+/// names are not kept.
 pub fn index_metrics(file: &Path) -> Result<Parsed<IndexCount>, InteropError> {
     index_metrics_capped(file, default_cap())
 }
@@ -647,10 +1104,15 @@ pub fn index_metrics_from_bytes(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Parsed<IndexCount>, InteropError> {
+    // Illumina interop, src/interop/model/metrics/index_metric.cpp, generic_layout
+    // <index_metric, 1 and 2>: header version u8 only; records of variable length: lane u16,
+    // tile u16 (v2: u32), read u16, index name (u16 length + bytes), clusters u32 (v2: u64),
+    // sample name, project name (each u16 length + bytes).
     let p = variable(
         file,
         bytes,
         &[Field::Text, Field::Count, Field::Text, Field::Text],
+        "1, 2",
     )?;
     Ok(Parsed {
         records: p
@@ -665,6 +1127,9 @@ pub fn index_metrics_from_bytes(
             .collect(),
         trailing_bytes: p.trailing_bytes,
         warnings: p.warnings,
+        header_bytes: p.header_bytes,
+        record_size: p.record_size,
+        file_records: p.file_records,
     })
 }
 
@@ -684,7 +1149,10 @@ pub fn control_metrics_from_bytes(
     file: &Path,
     bytes: &[u8],
 ) -> Result<Parsed<ControlCount>, InteropError> {
-    let p = variable(file, bytes, &[Field::Text, Field::Text, Field::Count])?;
+    // Illumina's interop does not read this file; the layout is the v1 files of real MiSeq
+    // runs: header version u8; records lane u16, tile u16, read u16, control name, index name
+    // (u16 length + bytes each), clusters u32.
+    let p = variable(file, bytes, &[Field::Text, Field::Text, Field::Count], "1")?;
     Ok(Parsed {
         records: p
             .records
@@ -698,6 +1166,9 @@ pub fn control_metrics_from_bytes(
             .collect(),
         trailing_bytes: p.trailing_bytes,
         warnings: p.warnings,
+        header_bytes: p.header_bytes,
+        record_size: p.record_size,
+        file_records: p.file_records,
     })
 }
 
@@ -858,5 +1329,248 @@ mod tests {
             InteropError::UnsupportedVersion { version: 7, .. }
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn le(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn newer_layouts_read_and_malformed_ones_are_typed_errors() {
+        let f = Path::new("InterOp/X.bin");
+        // Tile v3: area 2.0 mm²; a tile record, a read record, an empty record.
+        let tile = le(&[
+            &[3, 15],
+            &2.0f32.to_le_bytes(),
+            &[1, 0],
+            &2101u32.to_le_bytes(),
+            b"t",
+            &100.0f32.to_le_bytes(),
+            &80.0f32.to_le_bytes(),
+            &[1, 0],
+            &2101u32.to_le_bytes(),
+            b"r",
+            &1u32.to_le_bytes(),
+            &97.5f32.to_le_bytes(),
+            &[0; 15],
+        ]);
+        let p = tile_metrics_from_bytes(f, &tile).unwrap();
+        assert_eq!((p.file_records, p.header_bytes, p.record_size), (3, 6, 15));
+        let codes: Vec<(u16, f32)> = p.records.iter().map(|t| (t.code, t.value)).collect();
+        assert_eq!(
+            codes,
+            [
+                (102, 100.0),
+                (103, 80.0),
+                (100, 50.0),
+                (101, 40.0),
+                (300, 97.5)
+            ]
+        );
+        let mut bad = tile.clone();
+        bad[12] = b'x';
+        assert!(matches!(
+            tile_metrics_from_bytes(f, &bad),
+            Err(InteropError::Inconsistent { offset: 6, .. })
+        ));
+        let mut big = tile.clone();
+        big[8..12].copy_from_slice(&70_000u32.to_le_bytes());
+        assert!(matches!(
+            tile_metrics_from_bytes(f, &big),
+            Err(InteropError::Inconsistent { detail, .. }) if detail.contains("tile number 70000")
+        ));
+        assert!(matches!(
+            tile_metrics_from_bytes(f, &[3, 15, 0]),
+            Err(InteropError::NoHeader { .. })
+        ));
+        assert!(matches!(
+            tile_metrics_from_bytes(f, &[3, 10, 0, 0, 0, 0]),
+            Err(InteropError::RecordSize { expected: 15, .. })
+        ));
+        // Q v7 with three bins (values 14, 21, 38): counts land at their values.
+        let q7 = le(&[
+            &[7, 20, 1, 3],
+            &[2, 19, 14, 20, 24, 21, 25, 40, 38],
+            &[1, 0],
+            &1101u32.to_le_bytes(),
+            &[5, 0],
+            &10u32.to_le_bytes(),
+            &20u32.to_le_bytes(),
+            &70u32.to_le_bytes(),
+        ]);
+        let q = q_metrics_from_bytes(f, &q7).unwrap();
+        let h = &q.records[0].histogram;
+        assert_eq!((q.records[0].tile, q.records[0].cycle), (1101, 5));
+        assert_eq!(
+            (h[13], h[20], h[37], h.iter().sum::<u32>()),
+            (10, 20, 70, 100)
+        );
+        // Q v6 binned: lowers, then uppers, then values.
+        let q6 = le(&[
+            &[6, 14, 1, 2],
+            &[2, 30, 29, 40, 20, 35],
+            &[1, 0, 1, 0, 1, 0],
+            &3u32.to_le_bytes(),
+            &4u32.to_le_bytes(),
+        ]);
+        let h = q_metrics_from_bytes(f, &q6).unwrap().records[0].histogram;
+        assert_eq!((h[19], h[34]), (3, 4));
+        // Q v6 unbinned is v4's record.
+        let mut q6u = vec![6, 206, 0];
+        q6u.extend([1, 0, 1, 0, 1, 0]);
+        q6u.extend((1..=50u32).flat_map(|i| i.to_le_bytes()));
+        assert_eq!(
+            q_metrics_from_bytes(f, &q6u).unwrap().records[0].histogram[49],
+            50
+        );
+        // Q bins: a value beyond Q50, zero bins, a table cut short, a size that disagrees.
+        let mut b = q7.clone();
+        b[6] = 60;
+        assert!(matches!(
+            q_metrics_from_bytes(f, &b),
+            Err(InteropError::Inconsistent { .. })
+        ));
+        assert!(matches!(
+            q_metrics_from_bytes(f, &[7, 8, 1, 0]),
+            Err(InteropError::Inconsistent { .. })
+        ));
+        assert!(matches!(
+            q_metrics_from_bytes(f, &q7[..7]),
+            Err(InteropError::NoHeader { .. })
+        ));
+        let mut b = q7.clone();
+        b[1] = 24;
+        assert!(matches!(
+            q_metrics_from_bytes(f, &b),
+            Err(InteropError::RecordSize {
+                found: 24,
+                expected: 20,
+                ..
+            })
+        ));
+        assert!(matches!(
+            q_metrics_from_bytes(f, &[8, 20]),
+            Err(InteropError::UnsupportedVersion { version: 8, .. })
+        ));
+        // Extraction v3, two channels.
+        let x3 = le(&[
+            &[3, 20, 2],
+            &[2, 0],
+            &2201u32.to_le_bytes(),
+            &[7, 0],
+            &2.5f32.to_le_bytes(),
+            &3.0f32.to_le_bytes(),
+            &[0x10, 0x27, 0x20, 0x4e],
+        ]);
+        let x = extraction_metrics_from_bytes(f, &x3).unwrap().records[0];
+        assert_eq!((x.lane, x.tile, x.cycle), (2, 2201, 7));
+        assert_eq!(
+            (x.fwhm, x.intensity),
+            ([2.5, 3.0, 0.0, 0.0], [10_000, 20_000, 0, 0])
+        );
+        assert!(matches!(
+            extraction_metrics_from_bytes(f, &[3, 8, 0]),
+            Err(InteropError::Inconsistent { .. })
+        ));
+        assert!(matches!(
+            extraction_metrics_from_bytes(f, &[3, 38, 4]),
+            Err(InteropError::RecordSize { expected: 32, .. })
+        ));
+        // Empirical phasing v2 and extended tile v1..v3.
+        let ph = le(&[
+            &[2, 16, 1, 0],
+            &1101u32.to_le_bytes(),
+            &[3, 0],
+            &0.1f32.to_le_bytes(),
+            &0.2f32.to_le_bytes(),
+        ]);
+        let r = empirical_phasing_metrics_from_bytes(f, &ph)
+            .unwrap()
+            .records[0];
+        assert_eq!((r.tile, r.cycle, r.phasing), (1101, 3, 0.1));
+        let e1 = le(&[&[1, 10, 1, 0, 5, 0, 0, 0], &f32::NAN.to_le_bytes()]);
+        assert_eq!(
+            extended_tile_metrics_from_bytes(f, &e1).unwrap().records[0].occupied,
+            0.0
+        );
+        let mut e1bad = e1.clone();
+        e1bad[6] = 1;
+        assert!(matches!(
+            extended_tile_metrics_from_bytes(f, &e1bad),
+            Err(InteropError::Inconsistent { .. })
+        ));
+        let e3 = le(&[
+            &[3, 18, 1, 0],
+            &1101u32.to_le_bytes(),
+            &9.0f32.to_le_bytes(),
+            &1.0f32.to_le_bytes(),
+            &2.0f32.to_le_bytes(),
+            &[1, 0],
+        ]);
+        let p = extended_tile_metrics_from_bytes(f, &e3).unwrap();
+        assert_eq!(p.records[0].upper_left, Some((1.0, 2.0)));
+        assert_eq!(p.trailing_bytes, 2);
+        assert!(matches!(
+            extended_tile_metrics_from_bytes(f, &[4, 18]),
+            Err(InteropError::UnsupportedVersion { version: 4, .. })
+        ));
+        // CorrectedInt v4: base calls only.
+        let ci = le(&[
+            &[4, 28, 1, 0],
+            &1101u32.to_le_bytes(),
+            &[2, 0],
+            &[5u32, 10, 20, 30, 40].map(u32::to_le_bytes).concat(),
+        ]);
+        let c = corrected_intensity_metrics_from_bytes(f, &ci)
+            .unwrap()
+            .records[0];
+        assert_eq!(
+            (c.tile, c.base_calls),
+            (1101, [5.0, 10.0, 20.0, 30.0, 40.0])
+        );
+        assert!(matches!(
+            corrected_intensity_metrics_from_bytes(f, &[4, 48]),
+            Err(InteropError::RecordSize { expected: 28, .. })
+        ));
+        // Image v3, two channels: one value per channel.
+        let im = le(&[
+            &[3, 16, 2, 1, 0],
+            &1101u32.to_le_bytes(),
+            &[9, 0, 1, 0, 2, 0, 3, 0, 4, 0],
+        ]);
+        let v = image_metrics_from_bytes(f, &im).unwrap().records;
+        assert_eq!(
+            v.iter()
+                .map(|i| (i.channel, i.min_contrast, i.max_contrast))
+                .collect::<Vec<_>>(),
+            [(0, 1, 3), (1, 2, 4)]
+        );
+        assert!(matches!(
+            image_metrics_from_bytes(f, &[3, 8, 0]),
+            Err(InteropError::Inconsistent { .. })
+        ));
+        // Index v2: 32-bit tile, 64-bit count, names skipped.
+        let ix = le(&[
+            &[2, 1, 0],
+            &1101u32.to_le_bytes(),
+            &[1, 0, 2, 0],
+            b"AC",
+            &7u64.to_le_bytes(),
+            &[1, 0],
+            b"s",
+            &[0, 0],
+        ]);
+        let p = index_metrics_from_bytes(f, &ix).unwrap();
+        assert_eq!((p.records[0].tile, p.records[0].clusters), (1101, 7));
+        let mut big = ix.clone();
+        big[3..7].copy_from_slice(&70_000u32.to_le_bytes());
+        assert!(matches!(
+            index_metrics_from_bytes(f, &big),
+            Err(InteropError::Inconsistent { .. })
+        ));
+        assert!(matches!(
+            control_metrics_from_bytes(f, &[2]),
+            Err(InteropError::UnsupportedVersion { version: 2, .. })
+        ));
     }
 }

@@ -42,3 +42,26 @@ pub fn sample_run_folders() -> Vec<std::path::PathBuf> {
     v.sort();
     v
 }
+
+/// Real run folders (each with a RunInfo.xml; some with RunInfo and RunParameters only)
+/// fetched from public repositories into `.cache/run-folders` of the checkout
+/// (`SEQMON_CACHED_RUN_FOLDERS` if set): newer instruments than shared/data has (NovaSeq 6000 on
+/// RTA 3, ...), never committed; see the README.md there for their sources and licences. Empty
+/// when absent: CI, which has only shared/data/illumina-runs, skips them.
+pub fn cached_run_folders() -> Vec<std::path::PathBuf> {
+    let dir = std::env::var_os("SEQMON_CACHED_RUN_FOLDERS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/run-folders")
+        });
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.join("RunInfo.xml").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

@@ -605,8 +605,21 @@ fn run(mut cli: Settings) -> Result<(), RuntimeError> {
     for folder in &cli.run_folders {
         match collect_run_with(folder, cli.consent_override, now, &limits) {
             Ok(c) => {
-                for e in &c.file_errors {
-                    tracing::warn!(error = %e, "metric file skipped");
+                // Per file: read, skipped on purpose (why) or refused (why).
+                for f in &c.files {
+                    match f.outcome {
+                        seqmon_collector::collect::FileOutcome::Refused(_) => {
+                            tracing::warn!("{f}")
+                        }
+                        _ => tracing::info!("{f}"),
+                    }
+                }
+                for e in c
+                    .file_errors
+                    .iter()
+                    .filter(|e| !c.files.iter().any(|f| f.file == e.file()))
+                {
+                    tracing::warn!(error = %e, "metric file refused");
                 }
                 // Used, but not whole: the figures built from these files are partial.
                 for w in &c.warnings {

@@ -251,10 +251,33 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
             ))
         })
         .collect();
+    // NovaSeq X and NextSeq 1000/2000 list their consumables: ConsumableInfo/ConsumableInfo
+    // with Type (FlowCell, Reagent, Buffer, SampleTube, Lyo, ...) and LotNumber, ExpirationDate
+    // among others; only these two fields of these three types are read.
+    let consumable = |kind: &str, field: &str| {
+        doc.descendants()
+            .filter(|n| {
+                n.has_tag_name("ConsumableInfo")
+                    && n.parent_element()
+                        .is_some_and(|p| p.has_tag_name("ConsumableInfo"))
+            })
+            .find(|n| {
+                n.children()
+                    .any(|c| c.has_tag_name("Type") && c.text().map(str::trim) == Some(kind))
+            })
+            .and_then(|n| n.children().find(|c| c.has_tag_name(field)))
+            .and_then(|c| c.text())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    };
+    let or_consumable =
+        |v: Option<String>, kind: &str, field: &str| v.or_else(|| consumable(kind, field));
     Ok(RunParameters {
         application_name: any(&[
             (Some("Setup"), "ApplicationName"),
             (None, "ApplicationName"),
+            // NovaSeq 6000: "NovaSeq Control Software".
+            (None, "Application"),
         ]),
         application_version: any(&[
             (Some("Setup"), "ApplicationVersion"),
@@ -268,53 +291,93 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
             (None, "FirmwareVersion"),
         ]),
         chemistry: any(&[(None, "Chemistry")]),
-        reagent_kit: any(&[
-            (Some("ReagentKitRFIDTag"), "LotNumber"),
-            (Some("ReagentKitRfidTag"), "LotNumber"),
-            (None, "ReagentKitBarcode"),
-            (None, "ReagentKitSerial"),
-            (Some("ReagentKitRFIDTag"), "SerialNumber"),
-            (Some("ReagentKitRfidTag"), "SerialNumber"),
-        ]),
-        reagent_kit_expiry: any(&[
-            (Some("ReagentKitRFIDTag"), "ExpirationDate"),
-            (Some("ReagentKitRfidTag"), "ExpirationDate"),
-        ]),
-        flowcell_lot: any(&[
-            (Some("FlowcellRFIDTag"), "LotNumber"),
-            (Some("FlowCellRfidTag"), "LotNumber"),
-            (Some("FlowcellRFIDTag"), "PartNumber"),
-            (Some("FlowCellRfidTag"), "PartNumber"),
-        ]),
-        flowcell_expiry: any(&[
-            (Some("FlowcellRFIDTag"), "ExpirationDate"),
-            (Some("FlowCellRfidTag"), "ExpirationDate"),
-        ]),
-        buffer: any(&[
-            (Some("PR2BottleRFIDTag"), "LotNumber"),
-            (Some("PR2BottleRfidTag"), "LotNumber"),
-            (None, "PR2BottleBarcode"),
-            (None, "PR2BottleSerial"),
-            (Some("PR2BottleRFIDTag"), "SerialNumber"),
-            (Some("PR2BottleRfidTag"), "SerialNumber"),
-        ]),
-        buffer_expiry: any(&[
-            (Some("PR2BottleRFIDTag"), "ExpirationDate"),
-            (Some("PR2BottleRfidTag"), "ExpirationDate"),
-        ]),
+        reagent_kit: or_consumable(
+            any(&[
+                (Some("ReagentKitRFIDTag"), "LotNumber"),
+                (Some("ReagentKitRfidTag"), "LotNumber"),
+                (None, "ReagentKitBarcode"),
+                (None, "ReagentKitSerial"),
+                (Some("ReagentKitRFIDTag"), "SerialNumber"),
+                (Some("ReagentKitRfidTag"), "SerialNumber"),
+                // NovaSeq 6000 (RfidsInfo): the SBS cartridge is the reagent kit.
+                (Some("RfidsInfo"), "SbsLotNumber"),
+            ]),
+            "Reagent",
+            "LotNumber",
+        ),
+        reagent_kit_expiry: or_consumable(
+            any(&[
+                (Some("ReagentKitRFIDTag"), "ExpirationDate"),
+                (Some("ReagentKitRfidTag"), "ExpirationDate"),
+                (Some("RfidsInfo"), "SbsExpirationdate"),
+            ]),
+            "Reagent",
+            "ExpirationDate",
+        ),
+        flowcell_lot: or_consumable(
+            any(&[
+                (Some("FlowcellRFIDTag"), "LotNumber"),
+                (Some("FlowCellRfidTag"), "LotNumber"),
+                (Some("FlowcellRFIDTag"), "PartNumber"),
+                (Some("FlowCellRfidTag"), "PartNumber"),
+                (Some("RfidsInfo"), "FlowCellLotNumber"),
+            ]),
+            "FlowCell",
+            "LotNumber",
+        ),
+        flowcell_expiry: or_consumable(
+            any(&[
+                (Some("FlowcellRFIDTag"), "ExpirationDate"),
+                (Some("FlowCellRfidTag"), "ExpirationDate"),
+                (Some("RfidsInfo"), "FlowCellExpirationdate"),
+            ]),
+            "FlowCell",
+            "ExpirationDate",
+        ),
+        buffer: or_consumable(
+            any(&[
+                (Some("PR2BottleRFIDTag"), "LotNumber"),
+                (Some("PR2BottleRfidTag"), "LotNumber"),
+                (None, "PR2BottleBarcode"),
+                (None, "PR2BottleSerial"),
+                (Some("PR2BottleRFIDTag"), "SerialNumber"),
+                (Some("PR2BottleRfidTag"), "SerialNumber"),
+                (Some("RfidsInfo"), "BufferLotNumber"),
+            ]),
+            "Buffer",
+            "LotNumber",
+        ),
+        buffer_expiry: or_consumable(
+            any(&[
+                (Some("PR2BottleRFIDTag"), "ExpirationDate"),
+                (Some("PR2BottleRfidTag"), "ExpirationDate"),
+                (Some("RfidsInfo"), "BufferExpirationdate"),
+            ]),
+            "Buffer",
+            "ExpirationDate",
+        ),
         consent_settings,
     })
 }
 
-/// Days since 1970-01-01 of an ISO date (`2013-12-14T00:00:00` or `2013-12-14`); `None` for
+/// Days since 1970-01-01 of an ISO date (`2013-12-14T00:00:00` or `2013-12-14`), or of the
+/// US date NovaSeq 6000 writes in RfidsInfo (`10/22/2020 00:00:00`, month first); `None` for
 /// the .NET "no date" value `0001-01-01` or anything unparseable.
 pub fn iso_date_days(s: &str) -> Option<i32> {
     let d = s.get(..10)?;
-    let (y, m, day): (i64, i64, i64) = (
-        d.get(..4)?.parse().ok()?,
-        d.get(5..7)?.parse().ok()?,
-        d.get(8..10)?.parse().ok()?,
-    );
+    let (y, m, day): (i64, i64, i64) = if d.as_bytes().get(2) == Some(&b'/') {
+        (
+            d.get(6..10)?.parse().ok()?,
+            d.get(..2)?.parse().ok()?,
+            d.get(3..5)?.parse().ok()?,
+        )
+    } else {
+        (
+            d.get(..4)?.parse().ok()?,
+            d.get(5..7)?.parse().ok()?,
+            d.get(8..10)?.parse().ok()?,
+        )
+    };
     if y < 1900 || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
         return None;
     }
@@ -432,6 +495,9 @@ mod tests {
         assert_eq!(iso_date_days("1970-01-02T00:00:00"), Some(1));
         assert_eq!(iso_date_days("2013-12-14T00:00:00"), Some(16053));
         assert_eq!(iso_date_days("0001-01-01T00:00:00"), None);
+        assert_eq!(iso_date_days("12/14/2013 00:00:00"), Some(16053));
+        assert_eq!(iso_date_days("14/12/2013 00:00:00"), None);
+        assert_eq!(iso_date_days("1/2/2013"), None);
         let e = run_info(Path::new("/nonexistent")).unwrap_err();
         assert!(e.to_string().contains("RunInfo.xml"));
     }

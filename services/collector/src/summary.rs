@@ -20,6 +20,9 @@ pub struct LaneSummary {
     pub density_per_mm2: f64,
     /// Percent of clusters passing filter, mean over tiles.
     pub pct_pf: f64,
+    /// Percent of clusters in occupied wells (patterned flow cells), mean over tiles of each
+    /// tile's occupied clusters over its clusters; `None` without ExtendedTileMetricsOut.bin.
+    pub pct_occupied: Option<f64>,
 }
 
 /// Run figures; `None` where the run lacks the metric file.
@@ -151,6 +154,14 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
     }
     let tiles_file = dir.join("TileMetricsOut.bin");
     let tiles = interop::tile_metrics(&tiles_file).map_err(|e| e.to_string())?;
+    let ext_tiles_file = dir.join("ExtendedTileMetricsOut.bin");
+    let occupancy = if ext_tiles_file.exists() {
+        let x = interop::extended_tile_metrics(&ext_tiles_file).map_err(|e| e.to_string())?;
+        warnings.extend(x.warnings.iter().map(|w| w.to_string()));
+        lane_occupancy(&tiles.records, &x.records)
+    } else {
+        BTreeMap::new()
+    };
     warnings.extend(tiles.warnings.iter().map(|w| w.to_string()));
     warnings.extend(
         coverage_warnings(
@@ -167,8 +178,39 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
         pct_q30: q30,
         error_rate_pct: error,
         first_cycle_intensity: intensity,
-        lanes: lane_figures(&tiles.records).into_values().collect(),
+        lanes: lane_figures(&tiles.records)
+            .into_values()
+            .map(|mut l| {
+                l.pct_occupied = occupancy.get(&l.lane).copied();
+                l
+            })
+            .collect(),
     })
+}
+
+/// % occupied per lane: the mean over tiles of a tile's occupied clusters over its clusters
+/// (tile code 102), as Illumina's interop summary computes it; tiles without both are left out.
+pub fn lane_occupancy(
+    tiles: &[interop::TileMetric],
+    extended: &[interop::ExtendedTileMetric],
+) -> BTreeMap<u16, f64> {
+    let clusters: BTreeMap<(u16, u16), f64> = tiles
+        .iter()
+        .filter(|t| t.code == 102)
+        .map(|t| ((t.lane, t.tile), f64::from(t.value)))
+        .collect();
+    let mut lanes: BTreeMap<u16, (f64, u32)> = BTreeMap::new();
+    for x in extended.iter().filter(|x| x.occupied.is_finite()) {
+        if let Some(n) = clusters.get(&(x.lane, x.tile)).filter(|n| **n > 0.0) {
+            let l = lanes.entry(x.lane).or_default();
+            l.0 += f64::from(x.occupied) / n * 100.0;
+            l.1 += 1;
+        }
+    }
+    lanes
+        .into_iter()
+        .map(|(lane, (sum, n))| (lane, sum / f64::from(n)))
+        .collect()
 }
 
 /// Density and %PF per lane from tile metrics: means over tiles (a tile's %PF is its PF
@@ -204,6 +246,7 @@ pub fn lane_figures(tiles: &[interop::TileMetric]) -> BTreeMap<u16, LaneSummary>
                     lane,
                     density_per_mm2: d / f64::from(nd.max(1)),
                     pct_pf: pf / f64::from(npf.max(1)),
+                    pct_occupied: None,
                 },
             )
         })

@@ -246,4 +246,156 @@ mod tests {
         }
         std::fs::remove_dir_all(&base).unwrap();
     }
+
+    /// The records of a per-cycle metric file of `src`, by cycle, each with the file's header:
+    /// what RTA 3 writes in `InterOp/C<cycle>.1/`. For the layouts with a 16-bit tile (the
+    /// sample MiSeq run's), where the cycle follows lane and tile.
+    fn split_by_cycle(file: &Path) -> BTreeMap<u16, Vec<u8>> {
+        let bytes = std::fs::read(file).unwrap();
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let (header, size) = match name {
+            "QMetricsOut.bin" => {
+                let p = crate::interop::q_metrics(file).unwrap();
+                (p.header_bytes, p.record_size)
+            }
+            "ExtractionMetricsOut.bin" => {
+                let p = crate::interop::extraction_metrics(file).unwrap();
+                (p.header_bytes, p.record_size)
+            }
+            "CorrectedIntMetricsOut.bin" => {
+                let p = crate::interop::corrected_intensity_metrics(file).unwrap();
+                (p.header_bytes, p.record_size)
+            }
+            other => panic!("{other}"),
+        };
+        let mut out: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
+        for rec in bytes[header..].chunks_exact(size) {
+            let cycle = u16::from_le_bytes([rec[4], rec[5]]);
+            out.entry(cycle)
+                .or_insert_with(|| bytes[..header].to_vec())
+                .extend_from_slice(rec);
+        }
+        out
+    }
+
+    #[test]
+    fn a_run_written_in_per_cycle_folders_is_sent_cycle_by_cycle_once_across_restarts() {
+        let base = std::env::temp_dir().join(format!("watch-cycles-{}", std::process::id()));
+        let (runs_dir, state_dir) = (base.join("runs"), base.join("state"));
+        let src = runs().join("miseq-2014-02-single-read");
+        let run = runs_dir.join("run");
+        std::fs::create_dir_all(run.join("InterOp")).unwrap();
+        for f in ["RunInfo.xml", "runParameters.xml"] {
+            std::fs::copy(src.join(f), run.join(f)).unwrap();
+        }
+        // Tile metrics stay run-level (a snapshot); the per-cycle files go to C<cycle>.1.
+        for f in [
+            "TileMetricsOut.bin",
+            "IndexMetricsOut.bin",
+            "ControlMetricsOut.bin",
+        ] {
+            std::fs::copy(src.join("InterOp").join(f), run.join("InterOp").join(f)).unwrap();
+        }
+        let per_cycle: Vec<(&str, BTreeMap<u16, Vec<u8>>)> = [
+            "QMetricsOut.bin",
+            "ExtractionMetricsOut.bin",
+            "CorrectedIntMetricsOut.bin",
+        ]
+        .into_iter()
+        .map(|n| (n, split_by_cycle(&src.join("InterOp").join(n))))
+        .collect();
+        let last = *per_cycle[0].1.keys().last().unwrap();
+        // Writes cycles 1..=through, and a half-written copy of the next cycle's Q file.
+        let write_through = |through: u16| {
+            for (name, cycles) in &per_cycle {
+                for (c, bytes) in cycles.range(..=through) {
+                    let d = run.join(format!("InterOp/C{c}.1"));
+                    std::fs::create_dir_all(&d).unwrap();
+                    std::fs::write(d.join(name), bytes).unwrap();
+                }
+            }
+            if let Some(next) = per_cycle[0].1.get(&(through + 1)) {
+                let d = run.join(format!("InterOp/C{}.1", through + 1));
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::write(d.join("QMetricsOut.bin"), &next[..next.len() / 2]).unwrap();
+            }
+        };
+        let mut sent: BTreeMap<String, usize> = BTreeMap::new();
+        let mut values: BTreeMap<String, Telemetry> = BTreeMap::new();
+        let mut polls = Vec::new();
+        for through in [3, 17, 30, last] {
+            write_through(through);
+            // A new watcher each poll: a restart in between.
+            let w = Watcher::new(&runs_dir, &state_dir, None).unwrap();
+            let mut n = 0;
+            for p in w.pending(0).unwrap() {
+                for r in &p.records {
+                    *sent.entry(r.message_id.clone()).or_default() += 1;
+                    values.insert(r.message_id.clone(), r.clone());
+                    let cycle = r.run_performance.as_ref().map_or(0, |p| p.cycle);
+                    if r.kind == seqmon_model::TelemetryKind::RUN_PERFORMANCE
+                        && r.run_performance
+                            .as_ref()
+                            .unwrap()
+                            .cluster_density_k_per_mm2
+                            .is_none()
+                    {
+                        assert!(
+                            cycle <= i32::from(through),
+                            "cycle {cycle} sent at {through}"
+                        );
+                    }
+                }
+                n += p.records.len();
+                w.mark_sent(&p.run_id, &p.records).unwrap();
+            }
+            polls.push(n);
+        }
+        std::fs::write(run.join("RTAComplete.txt"), "done").unwrap();
+        let w = Watcher::new(&runs_dir, &state_dir, None).unwrap();
+        for p in w.pending(0).unwrap() {
+            for r in &p.records {
+                *sent.entry(r.message_id.clone()).or_default() += 1;
+                values.insert(r.message_id.clone(), r.clone());
+            }
+            polls.push(p.records.len());
+            w.mark_sent(&p.run_id, &p.records).unwrap();
+        }
+        assert!(polls.iter().all(|n| *n > 0), "{polls:?}");
+        assert!(
+            sent.values().all(|n| *n == 1),
+            "every record sent exactly once"
+        );
+        let full = crate::collect::collect_run(&src, None, 0).unwrap();
+        let all: BTreeSet<&String> = full.records.iter().map(|r| &r.message_id).collect();
+        assert_eq!(sent.keys().collect::<BTreeSet<_>>(), all, "nothing skipped");
+        for r in &full.records {
+            assert_eq!(
+                &values[&r.message_id], r,
+                "sent before its cycle was complete"
+            );
+        }
+        // The summary says the per-cycle copies were read.
+        let c = crate::collect::collect_run(&run, None, 0).unwrap();
+        assert!(c.file_errors.is_empty(), "{:?}", c.file_errors);
+        let read = c
+            .files
+            .iter()
+            .filter(|f| f.outcome == crate::collect::FileOutcome::Read)
+            .count();
+        assert_eq!(read, 3 + 3 * usize::from(last), "{:?}", c.files);
+        // A per-cycle copy holding another cycle's records refuses that file, naming the copy.
+        let wrong = run.join("InterOp/C1.1/QMetricsOut.bin");
+        std::fs::write(&wrong, &per_cycle[0].1[&2]).unwrap();
+        let c = crate::collect::collect_run(&run, None, 0).unwrap();
+        assert!(matches!(
+            c.file_errors.as_slice(),
+            [crate::interop::InteropError::Inconsistent { file, detail, .. }]
+                if *file == wrong && detail.contains("cycle 2 in the folder of cycle 1")
+        ));
+        assert!(c.files.iter().any(
+            |f| f.file == wrong && matches!(f.outcome, crate::collect::FileOutcome::Refused(_))
+        ));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -1,0 +1,55 @@
+"""Prints the records of one InterOp file as Illumina's `interop` package reads them, as JSON,
+for the record-level cross-check in newer_instruments.rs.
+
+Usage: python interop_records.py FILE KIND   (KIND: tile | extended_tile)
+
+interop reads <folder>/InterOp/<canonical name>; the file is linked under that name in a
+temporary folder, so files of the per-cycle folders (C<cycle>.1) can be read too.
+"""
+import json
+import math
+import os
+import sys
+import tempfile
+
+from interop import py_interop_comm, py_interop_metrics
+
+NAMES = {"tile": "TileMetricsOut.bin", "extended_tile": "ExtendedTileMetricsOut.bin"}
+
+
+def number(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def main(path, kind):
+    with tempfile.TemporaryDirectory() as tmp:
+        os.mkdir(os.path.join(tmp, "InterOp"))
+        os.symlink(os.path.abspath(path), os.path.join(tmp, "InterOp", NAMES[kind]))
+        out = []
+        if kind == "tile":
+            s = py_interop_metrics.base_tile_metrics()
+            py_interop_comm.read_interop(tmp, s)
+            for i in range(s.size()):
+                t = s.at(i)
+                reads = t.read_metrics()
+                out.append({
+                    "lane": t.lane(), "tile": t.tile(),
+                    "clusters": number(t.cluster_count()), "clusters_pf": number(t.cluster_count_pf()),
+                    "density": number(t.cluster_density()), "density_pf": number(t.cluster_density_pf()),
+                    "aligned": [[reads[j].read(), number(reads[j].percent_aligned())] for j in range(len(reads))],
+                })
+        else:
+            s = py_interop_metrics.base_extended_tile_metrics()
+            py_interop_comm.read_interop(tmp, s)
+            for i in range(s.size()):
+                t = s.at(i)
+                out.append({
+                    "lane": t.lane(), "tile": t.tile(),
+                    "occupied": number(t.cluster_count_occupied()),
+                    "upper_left": [number(t.upper_left().x()), number(t.upper_left().y())],
+                })
+        print(json.dumps({"version": s.version(), "records": out}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
