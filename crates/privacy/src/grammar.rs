@@ -347,7 +347,7 @@ fn consumable_suffix(b: &[u8]) -> bool {
 ///
 /// | form | grammar | real examples | source |
 /// |---|---|---|---|
-/// | lot / part number | 8 digits starting 15, 18, 20 or 23 that are not a date (YYYYMMDD, YYYYDDMM, DDMMYYYY, MMDDYYYY in 1900–2099) | 20411871, 20405542 (iSeq), 20452046 (NextSeq 2000 cartridge), 20209948, 20200578, 20207676, 20264129, 20249426, 20263483, 20243203 (NovaSeq 6000), 20742703, 20799103, 18026054, 23090501 (NovaSeq X), 15028382, 15023445, 15033572, 15033571, 15041807 (MiSeq part numbers), 15065973, 15057941, 15057934 (NextSeq part numbers) | [interop], [ngl], [fcinfo], [taca], [runs] |
+/// | lot / part number | 8 digits starting 15, 18, 20, 23 or 50 that are not a date (YYYYMMDD, YYYYDDMM, DDMMYYYY, MMDDYYYY in 1900–2099) | 50000090, 50000574 (NovaSeq 6000 and v1.5 BufferLotNumber, [checkqc], [cg]), 20411871, 20405542 (iSeq), 20452046 (NextSeq 2000 cartridge), 20209948, 20200578, 20207676, 20264129, 20249426, 20263483, 20243203 (NovaSeq 6000), 20742703, 20799103, 18026054, 23090501 (NovaSeq X), 15028382, 15023445, 15033572, 15033571, 15041807 (MiSeq part numbers), 15065973, 15057941, 15057934 (NextSeq part numbers) | [interop], [ngl], [fcinfo], [taca], [runs] |
 /// | lot with revision | 8 digits (not a date) + `-` + one upper-case letter | 20444017-D (NextSeq 2000 FlowCellLotNumber) | [interop] |
 /// | consumable serial | `MS`/`NS`/`NV`/`FY`/`EC`/`LC` + 7 digits starting 0, 2 or 4 + `-` + suffix (`00PR2`, `NNNV<d>`, `BUFFR`, `REAGT`, `RGSBS`, `RGCPE`, `LIB`, `LC<d>`, `FC<d>`, `EC<dd>`) | MS2131346-00PR2, MS2012501-300V2, MS2013376-050V2, MS2106444-00PR2, NS2276310-BUFFR, NS2263047-REAGT, NV2061137-RGSBS, NV2049937-RGCPE, NV2065139-BUFFR, NV0017846-LIB, FY0027716-FC6, EC0003549-EC05, LC2019066-LC1, LC4064650-LC3 | [runs], [interop], [ngl], [fcinfo], [taca] |
 /// | simulator form | `SBS-`/`FC-`/`BUF-` + 5 digits; `SBS-` + 5 digits + `-BAD` | SBS-20123, FC-30123, BUF-40123, SBS-20991-BAD | [sim] |
@@ -359,12 +359,12 @@ fn consumable_suffix(b: &[u8]) -> bool {
 /// has a lot's shape.
 pub fn lot_number(s: &str) -> bool {
     let b = s.as_bytes();
-    // Illumina lot and part numbers seen start 15, 18, 20 or 23; a date, a record number or a
+    // Illumina lot and part numbers seen start 15, 18, 20, 23 or 50; a date, a record number or a
     // national id of 8 digits mostly does not.
     let lot8 = |x: &[u8]| {
         x.len() == 8
             && digits(x)
-            && matches!(&x[..2], b"15" | b"18" | b"20" | b"23")
+            && matches!(&x[..2], b"15" | b"18" | b"20" | b"23" | b"50")
             && !eight_digit_date(x)
     };
     match b.len() {
@@ -795,6 +795,8 @@ mod tests {
     ];
 
     const LOTS: &[(&str, &str)] = &[
+        ("50000090", "checkqc NovaSeq 6000 BufferLotNumber"),
+        ("50000574", "cg NovaSeq 6000 v1.5 BufferLotNumber"),
         ("20411871", "interop iSeq FlowcellEEPROMTag"),
         ("20405542", "interop iSeq ReagentKitRFIDTag"),
         ("20452046", "interop NextSeq 2000 CartridgeLotNumber"),
