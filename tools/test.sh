@@ -38,9 +38,9 @@ fi
 echo "== [${SECONDS} s] from PyPI: Illumina's interop (collector cross-check), fastavro (Avro cross-check),"
 echo "   pyarrow (export cross-check), PyYAML and kubernetes-validate (chart check)"
 venv="$root/.cache/interop-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, pyarrow, yaml, kubernetes_validate" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, pyarrow, pandas, yaml, kubernetes_validate" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q interop numpy fastavro pyarrow pyyaml kubernetes-validate
+  "$venv/bin/pip" install -q interop numpy fastavro pyarrow pandas pyyaml kubernetes-validate
 fi
 export INTEROP_PYTHON="$venv/bin/python"
 

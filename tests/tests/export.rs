@@ -95,7 +95,9 @@ fn expected(
 const CHECK: &str = r#"
 import datetime, glob, json, os, sys
 import fastavro
+import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 schema_path, expected_path, root, fmt, event_field = sys.argv[1:6]
@@ -153,9 +155,10 @@ def canon(s, v):
     return v
 
 type_errors = []
-def check_type(s, f_type, nullable, path):
+def check_type(s, f_type, nullable, path, nested=False):
     s = resolve(s)
-    union_null = isinstance(s, list) and "null" in s
+    # The fields of a nested record are nullable in Arrow (their record can be null).
+    union_null = (isinstance(s, list) and "null" in s) or nested
     if isinstance(s, list):
         (s,) = [b for b in s if b != "null"]
         s = resolve(s)
@@ -186,7 +189,7 @@ def check_type(s, f_type, nullable, path):
         if got != want: type_errors.append(f"{path}: fields {got} != {want}")
         for f in s["fields"]:
             c = f_type.field(f["name"])
-            check_type(f["type"], c.type, c.nullable, f"{path}.{f['name']}")
+            check_type(f["type"], c.type, c.nullable, f"{path}.{f['name']}", nested=True)
     elif t == "array":
         check_type(s["items"], f_type.value_type, f_type.value_field.nullable, f"{path}[]")
     elif t == "map":
@@ -201,7 +204,7 @@ def date_of(row):
 
 report = {"files": 0, "rows": 0, "mismatches": [], "dates": [], "type_errors": type_errors,
           "columns": [], "null_cells": 0}
-dirs = sorted(d for d in os.listdir(root) if not d.startswith("."))
+dirs = sorted(d for d in os.listdir(root) if not d.startswith((".", "_")))
 report["dates"] = dirs
 leftovers = [p for p in glob.glob(os.path.join(root, "**", ".*"), recursive=True)]
 report["leftovers"] = leftovers
@@ -213,6 +216,9 @@ if fmt == "parquet":
         for path in sorted(glob.glob(os.path.join(root, d, "part-*.parquet"))):
             report["files"] += 1
             table = pq.read_table(path)
+            # As analysts open it: every array valid, and into pandas.
+            table.validate(full=True)
+            table.to_pandas()
             if report["files"] == 1:
                 report["columns"] = table.column_names
                 for f in schema["fields"]:
@@ -249,8 +255,14 @@ if fmt == "parquet":
     if missing: report["mismatches"].append(f"{missing} expected rows missing")
     # The directory as one Hive-partitioned dataset, as Spark or DuckDB see it.
     whole = pq.read_table(root, partitioning="hive")
+    whole.validate(full=True)
     report["dataset_rows"] = whole.num_rows
     report["dataset_dates"] = sorted(set(str(v) for v in whole.column("date").to_pylist()))
+    report["pandas_rows"] = len(pd.read_parquet(root))
+    # The date as a date (docs/export.md), not the dictionary<string> pyarrow infers.
+    typed = pq.read_table(root, partitioning=ds.partitioning(
+        pa.schema([("date", pa.date32())]), flavor="hive"))
+    report["typed_date"] = str(typed.schema.field("date").type)
 else:
     by_date = {}
     for r in expected:
@@ -333,7 +345,23 @@ fn check(
         "no temporary file is left: {report}"
     );
     assert_eq!(report["rows"], json!(expected.rows.len()), "{report}");
+    if format == "parquet" {
+        assert_eq!(
+            report["pandas_rows"],
+            json!(expected.rows.len()),
+            "{report}"
+        );
+        assert_eq!(report["typed_date"], json!("date32[day]"), "{report}");
+    }
     report
+}
+
+/// The total bytes the summary's first line reports.
+fn summary_bytes(stdout: &str) -> u64 {
+    let first = stdout.lines().next().unwrap();
+    let at = first.find(" bytes)").unwrap();
+    let start = first[..at].rfind('(').unwrap() + 1;
+    first[start..at].parse().unwrap()
 }
 
 /// The `date=…` directories the summary lists, and the sum of its per-file records.
@@ -454,6 +482,7 @@ fn export_writes_parquet_and_avro_that_pyarrow_and_fastavro_read_back_field_for_
     assert_eq!(san_expected.skipped, 0);
 
     // Sanitized telemetry, both formats.
+    let mut sizes = Vec::new();
     for (format, extra) in [
         ("parquet", None),
         ("avro", Some("deflate")),
@@ -483,6 +512,10 @@ fn export_writes_parquet_and_avro_that_pyarrow_and_fastavro_read_back_field_for_
         assert!(stdout.contains("  skipped: 0"), "{stdout}");
         let (dates, records) = summary_files(&stdout);
         assert_eq!(records as usize, san_expected.rows.len(), "{stdout}");
+        sizes.push((
+            format!("{format}{}", extra.unwrap_or("")),
+            summary_bytes(&stdout),
+        ));
         let report = check(
             &python,
             &work,
@@ -512,6 +545,108 @@ fn export_writes_parquet_and_avro_that_pyarrow_and_fastavro_read_back_field_for_
             assert_eq!(report["codec"], json!(extra.unwrap()));
         }
     }
+    eprintln!(
+        "{} sanitized records, bytes per format: {sizes:?}",
+        san_expected.rows.len()
+    );
+    let (parquet, deflate) = (sizes[0].1, sizes[1].1);
+    assert!(
+        deflate < 2 * parquet,
+        "Avro blocks of 1 MiB deflate about as well as Parquet: {sizes:?}"
+    );
+
+    // The same range again: appended beside the parts there, and the summary says so.
+    let san_parquet = work.join("sanitized-parquet-");
+    let (code, stdout, stderr) = export(
+        &prefix,
+        &[
+            "telemetry.sanitized",
+            "--out",
+            san_parquet.to_str().unwrap(),
+            "--format",
+            "parquet",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (dates, _) = summary_files(&stdout);
+    assert!(
+        stdout.contains(&format!(
+            "  already there: {} part(s), {} records",
+            dates.len(),
+            san_expected.rows.len()
+        )),
+        "{stdout}"
+    );
+    // Another format into it: refused, naming --out; nothing written.
+    let before = std::fs::read_dir(san_parquet.join(&dates[0]))
+        .unwrap()
+        .count();
+    let (code, stdout, stderr) = export(
+        &prefix,
+        &[
+            "telemetry.sanitized",
+            "--out",
+            san_parquet.to_str().unwrap(),
+            "--format",
+            "avro",
+        ],
+    );
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("--out") && stderr.contains("parquet"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(san_parquet.join(&dates[0]))
+            .unwrap()
+            .count(),
+        before
+    );
+
+    // A temporary file a killed export left does not stop the next one.
+    let leftover = work.join("leftover");
+    std::fs::create_dir_all(leftover.join(&dates[0])).unwrap();
+    std::fs::write(
+        leftover.join(&dates[0]).join(".part-00000.parquet.tmp"),
+        b"partial",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = export(
+        &prefix,
+        &[
+            "telemetry.sanitized",
+            "--out",
+            leftover.to_str().unwrap(),
+            "--format",
+            "parquet",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(leftover.join(&dates[0]).join("part-00000.parquet").exists());
+
+    // A reader that stops early (`| head`): no panic, exit 0.
+    let mut child = Command::new(bin("seqmon-admin"))
+        .args([
+            "export",
+            "--bootstrap-servers",
+            &bootstrap(),
+            "--topic-prefix",
+            &prefix,
+            "telemetry.sanitized",
+            "--out",
+            work.join("piped").to_str().unwrap(),
+            "--format",
+            "avro",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 
     // Sealed raw telemetry: refused without the key ring; exported with it, the records that
     // do not decode skipped and counted.
@@ -550,8 +685,19 @@ fn export_writes_parquet_and_avro_that_pyarrow_and_fastavro_read_back_field_for_
         stdout.contains(&format!("  skipped: {}", raw_expected.skipped)),
         "{stdout}"
     );
-    let (_, records) = summary_files(&stdout);
+    let (raw_dates, records) = summary_files(&stdout);
     assert_eq!(records as usize, raw_expected.rows.len());
+    // Plaintext of sealed records: readable by its owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&raw_out), 0o700);
+        assert_eq!(mode(&raw_out.join(&raw_dates[0])), 0o700);
+        assert_eq!(
+            mode(&raw_out.join(&raw_dates[0]).join("part-00000.parquet")),
+            0o600
+        );
+    }
     check(
         &python,
         &work,

@@ -15,7 +15,9 @@
 //! | ["null", T]                            | T, nullable                                     |
 //! | array<T> / map<T> / record             | List<T> / Map<Utf8, T> (keys sorted) / Struct   |
 //!
-//! A field that is not a union is non-nullable in Arrow. Unions of two or more non-null
+//! A top-level field that is not a union is non-nullable in Arrow; the fields of nested records
+//! are all nullable in Arrow (a null parent makes its children null), while the check of
+//! values keeps Avro's nullability. Unions of two or more non-null
 //! branches, decimals and durations are refused with [`MapError::Unsupported`] (no record type
 //! in the store has them; Parquet has no union type).
 //!
@@ -97,8 +99,10 @@ enum Node {
     List(FieldRef, Box<Node>),
     /// Entries field (a struct of key and value), value node.
     Map(FieldRef, Box<Node>),
-    /// Field names in schema order, their nodes, and the Arrow fields.
-    Struct(Vec<String>, Vec<Node>, Fields),
+    /// Field names in schema order, their nodes, the Arrow fields, and whether each field is
+    /// nullable in Avro (what [`conforms`] checks; the Arrow field of a nested record is
+    /// nullable even where Avro's is not, see [`map_schema`]).
+    Struct(Vec<String>, Vec<Node>, Fields, Vec<bool>),
 }
 
 impl Node {
@@ -126,7 +130,7 @@ impl Node {
             }
             Node::List(item, _) => DataType::List(item.clone()),
             Node::Map(entries, _) => DataType::Map(entries.clone(), false),
-            Node::Struct(_, _, fields) => DataType::Struct(fields.clone()),
+            Node::Struct(_, _, fields, _) => DataType::Struct(fields.clone()),
         }
     }
 }
@@ -161,7 +165,7 @@ impl RecordMapping {
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         let (root, nullable) = map_schema(schema, &names, "")?;
-        let Node::Struct(_, _, fields) = &root else {
+        let Node::Struct(_, _, fields, _) = &root else {
             return Err(MapError::Unsupported {
                 path: "(top level)".into(),
                 avro: "a non-record top-level type".into(),
@@ -206,7 +210,7 @@ impl RecordMapping {
     /// Converts checked rows into one record batch.
     pub fn to_batch(&self, rows: &[Row]) -> Result<RecordBatch, MapError> {
         let values: Vec<Option<&Value>> = rows.iter().map(|r| Some(&r.value)).collect();
-        let Node::Struct(names, nodes, _) = &self.root else {
+        let Node::Struct(names, nodes, _, _) = &self.root else {
             unreachable!("RecordMapping::new only accepts records")
         };
         let mut columns = struct_children(names, nodes, &values, "")?;
@@ -294,14 +298,21 @@ fn map_schema(
             let mut field_names = Vec::with_capacity(r.fields.len());
             let mut nodes = Vec::with_capacity(r.fields.len());
             let mut fields = Vec::with_capacity(r.fields.len());
+            let mut avro_nullable = Vec::with_capacity(r.fields.len());
             for f in &r.fields {
                 let (node, nullable) = map_schema(&f.schema, names, &child_path(path, &f.name))?;
-                fields.push(Field::new(&f.name, node.data_type(), nullable));
+                // The fields of a nested record are nullable in Arrow whatever Avro says: where
+                // the record itself is null its children hold nulls too, and a child declared
+                // non-nullable makes readers take those slots as values (pyarrow reads an
+                // all-null dictionary child as "Index 0 out of bounds").
+                let arrow_nullable = nullable || !path.is_empty();
+                fields.push(Field::new(&f.name, node.data_type(), arrow_nullable));
+                avro_nullable.push(nullable);
                 field_names.push(f.name.clone());
                 nodes.push(node);
             }
             Ok((
-                Node::Struct(field_names, nodes, Fields::from(fields)),
+                Node::Struct(field_names, nodes, Fields::from(fields), avro_nullable),
                 false,
             ))
         }
@@ -440,7 +451,7 @@ fn conforms(node: &Node, nullable: bool, value: &Value, path: &str) -> Result<()
             }
             true
         }
-        (Node::Struct(names, nodes, fields), Value::Record(values)) => {
+        (Node::Struct(names, nodes, _, avro_nullable), Value::Record(values)) => {
             for (i, name) in names.iter().enumerate() {
                 let path = child_path(path, name);
                 let field = match values.get(i) {
@@ -448,7 +459,7 @@ fn conforms(node: &Node, nullable: bool, value: &Value, path: &str) -> Result<()
                     _ => values.iter().find(|(n, _)| n == name).map(|(_, v)| v),
                 };
                 let field = field.ok_or_else(|| mismatch(&path, "a field"))?;
-                conforms(&nodes[i], fields[i].is_nullable(), field, &path)?;
+                conforms(&nodes[i], avro_nullable[i], field, &path)?;
             }
             true
         }
@@ -656,7 +667,7 @@ fn build(node: &Node, values: &[Option<&Value>], path: &str) -> Result<ArrayRef,
                 false,
             )?)
         }
-        Node::Struct(names, nodes, fields) => {
+        Node::Struct(names, nodes, fields, _) => {
             let children = struct_children(names, nodes, values, path)?;
             Arc::new(StructArray::try_new_with_length(
                 fields.clone(),

@@ -12,19 +12,25 @@
 //! Sensitive topics (telemetry.raw, telemetry.validated, deadletter.sensitive and the sealed
 //! changelogs) are refused unless the key ring (`--encryption-keys-dir`,
 //! `--encryption-active-key`) is given, and the export fails if the ring opens none of their
-//! records.
+//! records; their files are plaintext, so they are created 0600 in directories created 0700.
+//!
+//! A directory holds one dataset: parts of another format or record type there are refused
+//! (exit 2). Parts already there are kept and counted in the summary; the new ones are added
+//! beside them, so exporting the same range twice holds its rows twice.
 //!
 //! Failure: a record that cannot be exported (a tombstone, undecodable bytes, an unknown
 //! schema, another record type, an envelope that does not open) is skipped and counted by
 //! reason, never silently dropped; the summary (stdout) lists every file with its records and
 //! bytes, then the skips. A file error stops the export and removes the incomplete files.
 //! Exit codes: 0 exported, 1 Kafka unreachable, a topic missing or a file error, 2 a bad
-//! argument or setting (named), or a sealed topic the given keys do not open.
+//! argument or setting (named), an `--out` holding another dataset, or a sealed topic the given
+//! keys do not open. A closed stdout (`| head`) ends the summary quietly.
 
 pub mod arrow_map;
 pub mod sink;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,7 +47,7 @@ use seqmon_runtime::envelope::KeyRing;
 use crate::decode::{self, Resolve};
 use crate::source::{self, From, RawRecord, TopicRange, Until};
 use arrow_map::{MapError, RecordMapping, Row};
-use sink::{AvroCodec, DatasetWriter, FileSummary, Format, SinkError, SinkSettings};
+use sink::{AvroCodec, DatasetWriter, Existing, FileSummary, Format, SinkError, SinkSettings};
 
 /// `seqmon-admin export`.
 #[derive(Debug, Args)]
@@ -51,7 +57,9 @@ pub struct ExportArgs {
     /// The topic: a catalogue name (`telemetry.sanitized`, `features`, …; the --topic-prefix is
     /// added) or a full topic name.
     topic: String,
-    /// Output directory (created if missing); files already there are never overwritten.
+    /// Output directory (created if missing); files already there are never overwritten. It
+    /// must not hold parts of another format or record type; new parts are added beside the
+    /// ones there (the same range exported twice is there twice).
     #[arg(long)]
     out: PathBuf,
     /// File format.
@@ -213,6 +221,7 @@ impl Exporter {
             }
         })?);
         let mut settings = self.settings.clone();
+        settings.record_type = latest.name.to_string();
         settings
             .metadata
             .push(("seqmon.record_type".into(), latest.name.into()));
@@ -277,6 +286,14 @@ impl Exporter {
         )?;
         self.written += 1;
         Ok(())
+    }
+
+    /// The parts the directory held before (none until the record type is known).
+    pub fn existing(&self) -> Existing {
+        self.target
+            .as_ref()
+            .map(|t| t.writer.existing())
+            .unwrap_or_default()
     }
 
     /// Closes the files: what was written, in path order.
@@ -392,13 +409,12 @@ pub fn run(mut args: ExportArgs) -> ExitCode {
         max_rows_per_file: args.max_records_per_file,
         batch_rows: 8192,
         metadata: vec![("seqmon.topic".into(), topic.clone())],
+        record_type: String::new(),
+        private: sealed_topic,
     };
     let mut exporter = match Exporter::new(role, keys, settings) {
         Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e),
     };
     let mut failure: Option<ExportError> = None;
     let mut filtered = 0u64;
@@ -421,10 +437,7 @@ pub fn run(mut args: ExportArgs) -> ExitCode {
         }
     });
     let read = match (read, failure) {
-        (_, Some(e)) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        (_, Some(e)) => return fail(e),
         (Err(e), None) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
@@ -438,56 +451,100 @@ pub fn run(mut args: ExportArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let (written, skipped) = (exporter.written, exporter.skipped.clone());
+    let (written, skipped, existing) = (
+        exporter.written,
+        exporter.skipped.clone(),
+        exporter.existing(),
+    );
     let files = match exporter.finish() {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e),
     };
-    print_summary(&topic, &args, &read, &files, written, filtered, &skipped);
-    ExitCode::SUCCESS
+    let summary = Summary {
+        topic: &topic,
+        out: &args.out,
+        read: &read,
+        files: &files,
+        written,
+        filtered,
+        skipped: &skipped,
+        existing,
+    };
+    match print_summary(&mut std::io::stdout().lock(), &summary) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader stopped reading (`| head`): the export is done, nothing to report.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing the summary: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn print_summary(
-    topic: &str,
-    args: &ExportArgs,
-    read: &source::ReadSummary,
-    files: &[FileSummary],
-    written: u64,
-    filtered: u64,
-    skipped: &BTreeMap<Skip, u64>,
-) {
-    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    println!(
-        "{topic}: {} records read, {written} written to {} file(s) ({bytes} bytes) in {}",
-        read.records,
-        files.len(),
-        args.out.display()
-    );
-    for (partition, (first, next)) in &read.per_partition {
-        println!("  partition {partition}: offsets {first}..{next}");
+/// Reports a failed export: exit 2 for an `--out` holding another dataset, else 1.
+fn fail(e: ExportError) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        ExportError::Sink(SinkError::Conflict { .. }) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     }
-    for f in files {
-        println!(
+}
+
+/// What [`print_summary`] reports.
+pub struct Summary<'a> {
+    pub topic: &'a str,
+    pub out: &'a std::path::Path,
+    pub read: &'a source::ReadSummary,
+    pub files: &'a [FileSummary],
+    pub written: u64,
+    pub filtered: u64,
+    pub skipped: &'a BTreeMap<Skip, u64>,
+    pub existing: Existing,
+}
+
+/// Writes the summary; stops at the first write error (a closed pipe among them).
+pub fn print_summary(w: &mut impl Write, s: &Summary) -> std::io::Result<()> {
+    let bytes: u64 = s.files.iter().map(|f| f.bytes).sum();
+    writeln!(
+        w,
+        "{}: {} records read, {} written to {} file(s) ({bytes} bytes) in {}",
+        s.topic,
+        s.read.records,
+        s.written,
+        s.files.len(),
+        s.out.display()
+    )?;
+    if s.existing.parts > 0 {
+        writeln!(
+            w,
+            "  already there: {} part(s), {} records (kept; the new parts were added beside them)",
+            s.existing.parts, s.existing.records
+        )?;
+    }
+    for (partition, (first, next)) in &s.read.per_partition {
+        writeln!(w, "  partition {partition}: offsets {first}..{next}")?;
+    }
+    for f in s.files {
+        writeln!(
+            w,
             "  {:<48} {:>10} records {:>12} bytes",
             f.path, f.records, f.bytes
-        );
+        )?;
     }
-    if filtered > 0 {
-        println!("  filtered out (--instrument): {filtered}");
+    if s.filtered > 0 {
+        writeln!(w, "  filtered out (--instrument): {}", s.filtered)?;
     }
     // Names merged: several decode kinds can share a name.
     let mut by_name: BTreeMap<&str, u64> = BTreeMap::new();
-    for (why, n) in skipped {
+    for (why, n) in s.skipped {
         *by_name.entry(why.name()).or_default() += n;
     }
     let total: u64 = by_name.values().sum();
-    println!("  skipped: {total}");
+    writeln!(w, "  skipped: {total}")?;
     for (name, n) in by_name {
-        println!("    {name}: {n}");
+        writeln!(w, "    {name}: {n}")?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -312,12 +312,13 @@ fn arrow_types_follow_the_avro_types() {
         field("telemetry", &["sensors", "run_phase"]),
         (dict.clone(), true)
     );
+    // Nested fields are nullable in Arrow even where Avro's are not (their record can be null).
     assert_eq!(
         field(
             "telemetry",
             &["run_configuration", "reagent_kit_expiry_date"]
         ),
-        (DataType::Date32, false)
+        (DataType::Date32, true)
     );
     assert!(matches!(
         field("telemetry", &["attributes"]).0,
@@ -485,6 +486,8 @@ fn settings(out: &Path, format: Format, max_rows_per_file: u64) -> SinkSettings 
         max_rows_per_file,
         batch_rows: 5,
         metadata: vec![("seqmon.topic".into(), "test".into())],
+        record_type: "test".into(),
+        private: false,
     }
 }
 
@@ -626,6 +629,9 @@ fn dataset(dir: &Path) -> Vec<(String, usize)> {
     let mut out = Vec::new();
     for date in std::fs::read_dir(dir).unwrap() {
         let date = date.unwrap();
+        if date.file_name() == sink::MANIFEST {
+            continue;
+        }
         for file in std::fs::read_dir(date.path()).unwrap() {
             let file = file.unwrap();
             let name = file.file_name().into_string().unwrap();
@@ -743,5 +749,292 @@ fn sealed_records_open_with_the_ring_and_types_without_event_time_use_the_kafka_
             ("date=2026-09-22/part-00000.parquet", 1),
             ("date=2026-09-23/part-00000.parquet", 1),
         ]
+    );
+}
+
+/// Alerts whose optional `cohort` (a record holding an enum) is null in every row: the nested
+/// fields must be nullable in Arrow, or readers take the masked dictionary slots as values
+/// (pyarrow: "Index 0 out of bounds").
+#[test]
+fn a_null_nested_record_holding_an_enum_writes_valid_parquet() {
+    let (name, mut rows) = decoded_samples(6)
+        .into_iter()
+        .find(|(n, _)| *n == "alert")
+        .unwrap();
+    for row in &mut rows {
+        let Value::Record(fields) = &mut row.value else {
+            panic!("a record")
+        };
+        let (_, cohort) = fields.iter_mut().find(|(n, _)| n == "cohort").unwrap();
+        *cohort = Value::Union(0, Box::new(Value::Null));
+    }
+    let latest = store().latest(name);
+    let mapping = Arc::new(RecordMapping::new(&latest.schema).unwrap());
+    let DataType::Struct(cohort) = mapping
+        .arrow_schema()
+        .field_with_name("cohort")
+        .unwrap()
+        .data_type()
+        .clone()
+    else {
+        panic!("cohort is a struct")
+    };
+    for f in cohort.iter() {
+        assert!(f.is_nullable(), "cohort.{} is not nullable", f.name());
+    }
+    let dir = TempDir::new("nullcohort");
+    let mut writer = DatasetWriter::new(
+        settings(&dir.0, Format::Parquet, 100),
+        mapping.clone(),
+        &latest.schema,
+    )
+    .unwrap();
+    for row in &rows {
+        mapping.check(&row.value).unwrap();
+        writer.write("2026-11-30", row.clone()).unwrap();
+    }
+    let files = writer.finish().unwrap();
+    let batches = read_parquet(&dir.0.join(&files[0].path));
+    for b in &batches {
+        for c in b.columns() {
+            c.to_data().validate_full().unwrap();
+        }
+        assert_eq!(
+            b.column_by_name("cohort").unwrap().null_count(),
+            b.num_rows()
+        );
+    }
+    // The Avro check still refuses a null where Avro has none.
+    let mut bad = rows[0].value.clone();
+    let Value::Record(fields) = &mut bad else {
+        unreachable!()
+    };
+    let (_, id) = fields.iter_mut().find(|(n, _)| n == "alert_id").unwrap();
+    *id = Value::Null;
+    assert!(mapping.check(&bad).is_err());
+}
+
+fn one_row(name: &str) -> (Arc<RecordMapping>, &'static Schema, Row) {
+    let (_, rows) = decoded_samples(1)
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap();
+    let latest = store().latest(name);
+    let mapping = Arc::new(RecordMapping::new(&latest.schema).unwrap());
+    (mapping, &latest.schema, rows[0].clone())
+}
+
+fn part_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_leftover_temporary_file_and_a_concurrent_export_overwrite_nothing() {
+    let (mapping, schema, row) = one_row("feature");
+    let dir = TempDir::new("leftover");
+    let date_dir = dir.0.join("date=2026-11-30");
+    std::fs::create_dir_all(&date_dir).unwrap();
+    // What a killed export of an earlier version leaves.
+    std::fs::write(date_dir.join(".part-00000.parquet.tmp"), b"partial").unwrap();
+    std::fs::write(date_dir.join(".part-00001.parquet.tmp"), b"partial").unwrap();
+    // Two exports into one directory, both open at once.
+    let mut a = DatasetWriter::new(
+        settings(&dir.0, Format::Parquet, 100),
+        mapping.clone(),
+        schema,
+    )
+    .unwrap();
+    let mut b = DatasetWriter::new(
+        settings(&dir.0, Format::Parquet, 100),
+        mapping.clone(),
+        schema,
+    )
+    .unwrap();
+    a.write("2026-11-30", row.clone()).unwrap();
+    b.write("2026-11-30", row.clone()).unwrap();
+    b.write("2026-11-30", row.clone()).unwrap();
+    let files_a = a.finish().unwrap();
+    let files_b = b.finish().unwrap();
+    assert_eq!(files_a[0].path, "date=2026-11-30/part-00000.parquet");
+    assert_eq!(files_b[0].path, "date=2026-11-30/part-00001.parquet");
+    let rows = |p: &str| -> usize {
+        read_parquet(&dir.0.join(p))
+            .iter()
+            .map(|b| b.num_rows())
+            .sum()
+    };
+    assert_eq!((rows(&files_a[0].path), rows(&files_b[0].path)), (1, 2));
+    assert_eq!(
+        part_names(&date_dir),
+        [
+            ".part-00000.parquet.tmp",
+            ".part-00001.parquet.tmp",
+            "part-00000.parquet",
+            "part-00001.parquet"
+        ]
+    );
+}
+
+#[test]
+fn a_directory_of_another_format_or_record_type_is_refused_and_existing_parts_are_counted() {
+    let (mapping, schema, row) = one_row("feature");
+    let dir = TempDir::new("mixed");
+    let mut first = DatasetWriter::new(
+        settings(&dir.0, Format::Parquet, 100),
+        mapping.clone(),
+        schema,
+    )
+    .unwrap();
+    assert_eq!(first.existing(), sink::Existing::default());
+    first.write("2026-11-30", row.clone()).unwrap();
+    first.write("2026-12-01", row.clone()).unwrap();
+    first.write("2026-12-01", row.clone()).unwrap();
+    first.finish().unwrap();
+    let manifest = std::fs::read_to_string(dir.0.join(sink::MANIFEST)).unwrap();
+    assert_eq!(manifest, r#"{"format":"parquet","record_type":"test"}"#);
+
+    let refused =
+        |settings: SinkSettings| match DatasetWriter::new(settings, mapping.clone(), schema) {
+            Err(e @ SinkError::Conflict { .. }) => e.to_string(),
+            Err(e) => panic!("another error: {e}"),
+            Ok(_) => panic!("accepted"),
+        };
+    let avro = refused(settings(&dir.0, Format::Avro, 100));
+    assert!(
+        avro.starts_with("--out ") && avro.contains("parquet"),
+        "{avro}"
+    );
+    let mut other_type = settings(&dir.0, Format::Parquet, 100);
+    other_type.record_type = "alert".into();
+    assert!(refused(other_type).contains("holds test records as parquet"));
+
+    // A directory of before the manifest: its parts tell the format.
+    std::fs::remove_file(dir.0.join(sink::MANIFEST)).unwrap();
+    assert!(refused(settings(&dir.0, Format::Avro, 100)).contains("holds parquet parts"));
+
+    // Same type and format: accepted, the parts there counted.
+    let again =
+        DatasetWriter::new(settings(&dir.0, Format::Parquet, 100), mapping, schema).unwrap();
+    assert_eq!(
+        again.existing(),
+        sink::Existing {
+            parts: 2,
+            records: 3
+        }
+    );
+}
+
+#[test]
+fn avro_parts_are_counted_and_written_in_blocks_of_a_mebibyte() {
+    let (name, rows) = decoded_samples(400)
+        .into_iter()
+        .find(|(n, _)| *n == "telemetry")
+        .unwrap();
+    let latest = store().latest(name);
+    let mapping = Arc::new(RecordMapping::new(&latest.schema).unwrap());
+    let dir = TempDir::new("blocks");
+    let mut writer = DatasetWriter::new(
+        settings(&dir.0, Format::Avro, 1_000_000),
+        mapping.clone(),
+        &latest.schema,
+    )
+    .unwrap();
+    for row in &rows {
+        writer.write("2026-11-30", row.clone()).unwrap();
+    }
+    let files = writer.finish().unwrap();
+    let path = dir.0.join(&files[0].path);
+    let (blocks, records) =
+        sink::avro_blocks(std::io::BufReader::new(std::fs::File::open(&path).unwrap())).unwrap();
+    assert_eq!(records, rows.len() as u64);
+    // The library's default (16 000 bytes) cut these into about one block per 38 records.
+    assert_eq!(
+        blocks,
+        1,
+        "{} records, {} bytes",
+        rows.len(),
+        files[0].bytes
+    );
+    let again =
+        DatasetWriter::new(settings(&dir.0, Format::Avro, 100), mapping, &latest.schema).unwrap();
+    assert_eq!(again.existing().records, rows.len() as u64);
+}
+
+#[test]
+fn exports_of_sensitive_topics_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let (mapping, schema, row) = one_row("telemetry");
+    let dir = TempDir::new("private");
+    let out = dir.0.join("raw");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mut private = settings(&out, Format::Parquet, 100);
+    private.private = true;
+    let mut writer = DatasetWriter::new(private, mapping.clone(), schema).unwrap();
+    writer.write("2026-11-30", row.clone()).unwrap();
+    let files = writer.finish().unwrap();
+    assert_eq!(mode(&out), 0o700);
+    assert_eq!(mode(&out.join("date=2026-11-30")), 0o700);
+    assert_eq!(mode(&out.join(&files[0].path)), 0o600);
+    assert_eq!(mode(&out.join(sink::MANIFEST)), 0o600);
+    // Everything else as the umask says (not narrowed).
+    let public = dir.0.join("sanitized");
+    let mut writer =
+        DatasetWriter::new(settings(&public, Format::Parquet, 100), mapping, schema).unwrap();
+    writer.write("2026-11-30", row).unwrap();
+    let files = writer.finish().unwrap();
+    assert_ne!(mode(&public.join(&files[0].path)) & 0o044, 0);
+}
+
+/// A writer whose reader has gone (`| head`).
+struct ClosedPipe;
+
+impl std::io::Write for ClosedPipe {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_summary_stops_at_a_closed_pipe_without_panicking() {
+    let read = crate::source::ReadSummary {
+        records: 3,
+        per_partition: BTreeMap::from([(0, (0, 3))]),
+        stopped_early: false,
+    };
+    let files = [FileSummary {
+        path: "date=2026-11-30/part-00000.parquet".into(),
+        records: 3,
+        bytes: 100,
+    }];
+    let skipped = BTreeMap::new();
+    let summary = Summary {
+        topic: "t",
+        out: Path::new("/tmp/x"),
+        read: &read,
+        files: &files,
+        written: 3,
+        filtered: 0,
+        skipped: &skipped,
+        existing: sink::Existing {
+            parts: 2,
+            records: 7,
+        },
+    };
+    let err = print_summary(&mut ClosedPipe, &summary).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+    let mut text = Vec::new();
+    print_summary(&mut text, &summary).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("already there: 2 part(s), 7 records"),
+        "{text}"
     );
 }
