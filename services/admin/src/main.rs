@@ -288,3 +288,41 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_ago_are_values_not_flags() {
+        // `--from-time -7d` as the docs write it, without `=`.
+        for args in [
+            &[
+                "seqmon-admin",
+                "tail",
+                "features",
+                "--from-time",
+                "-7d",
+                "--until-time",
+                "-1h",
+            ][..],
+            &[
+                "seqmon-admin",
+                "export",
+                "features",
+                "--out",
+                "d",
+                "--format",
+                "parquet",
+                "--from-time",
+                "-7d",
+                "--until-time",
+                "-1d",
+            ],
+        ] {
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
+    }
+}

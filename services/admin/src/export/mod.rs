@@ -73,11 +73,11 @@ pub struct ExportArgs {
     from_offset: Option<i64>,
     /// Start at the first record whose Kafka timestamp is at or after this time:
     /// `YYYY-MM-DDTHH:MM[:SS]Z`, `YYYY-MM-DD`, ms since the epoch, or `-7d` / `-12h` ago.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     from_time: Option<String>,
     /// Stop before the first record whose Kafka timestamp is at or after this time (same
     /// forms); at the latest at the end offsets seen when the export began.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     until_time: Option<String>,
     /// Only these partitions (repeat the option for several).
     #[arg(long = "partition", short = 'p')]
