@@ -1,9 +1,11 @@
 //! Administration: `seqmon-admin create-topics` creates every catalogue topic, idempotently;
 //! `seqmon-admin topics` prints the catalogue; `seqmon-admin acls` prints the ACLs that follow
 //! from it (one principal per stage) or applies them with Kafka's own ACL command;
-//! `seqmon-admin alert` lists alerts and acknowledges, snoozes, resolves or assigns them.
+//! `seqmon-admin alert` lists alerts and acknowledges, snoozes, resolves or assigns them;
+//! `seqmon-admin schemas` publishes the catalogue's schemas to a schema registry and lists them.
 
 mod alert;
+mod schemas;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -65,6 +67,8 @@ enum Command {
     Topics,
     /// The service team's console: list alerts; acknowledge, snooze, resolve or assign one.
     Alert(alert::AlertArgs),
+    /// The catalogue's schemas in a schema registry (Confluent-compatible API): publish, list.
+    Schemas(schemas::SchemasArgs),
     /// The ACLs of a deployment, derived from the topic catalogue: one principal per stage,
     /// each reading and writing only its own topics, groups and transactional ids.
     Acls {
@@ -167,6 +171,7 @@ async fn main() -> ExitCode {
     seqmon_runtime::service::init_logging();
     match Cli::parse().command {
         Command::Alert(args) => alert::run(args),
+        Command::Schemas(args) => schemas::run(args).await,
         Command::Acls {
             topic_prefix,
             format,
