@@ -36,11 +36,12 @@ else
 fi
 
 echo "== from PyPI: Illumina's interop (collector cross-check), fastavro (Avro cross-check), PyYAML and"
-echo "   kubernetes-validate (chart check)"
+echo "   kubernetes-validate (chart check), confluent-kafka with its schema-registry and Avro extras (the"
+echo "   Confluent framing's independent decoder)"
 venv="$root/.cache/interop-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, yaml, kubernetes_validate" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, yaml, kubernetes_validate, confluent_kafka.schema_registry.avro" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q interop numpy fastavro pyyaml kubernetes-validate
+  "$venv/bin/pip" install -q interop numpy fastavro pyyaml kubernetes-validate "confluent-kafka[avro,schemaregistry]==2.16.1"
 fi
 export INTEROP_PYTHON="$venv/bin/python"
 
