@@ -35,7 +35,7 @@ pub const CONFLUENT_HEADER_LEN: usize = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// Fewer bytes than a header.
-    #[error("record is {0} bytes, shorter than the 10-byte single-object header")]
+    #[error("record is {0} bytes, shorter than its header (10 bytes single-object, 5 Confluent)")]
     TooShort(usize),
     /// The first two bytes are not `C3 01`.
     #[error("record does not start with the Avro single-object marker C3 01")]
@@ -133,7 +133,12 @@ pub fn encode_value(entry: &SchemaEntry, value: Value) -> Result<Vec<u8>, CodecE
 /// or the Confluent one (registry id, resolved through the ids installed at start-up).
 #[inline]
 pub fn writer_schema(bytes: &[u8]) -> Result<(&'static SchemaEntry, &[u8]), CodecError> {
-    writer_schema_in(bytes, registry_ids())
+    // One byte tells the framings apart: `C3` (single object) or `00` (Confluent). The
+    // installed ids are only looked at for the latter, so the single-object path is as before.
+    if bytes.first() == Some(&CONFLUENT_MAGIC) {
+        return confluent_writer_schema(bytes, registry_ids());
+    }
+    single_object_writer_schema(bytes)
 }
 
 /// [`writer_schema`] with the registry ids given rather than the installed ones.
@@ -141,17 +146,14 @@ pub fn writer_schema_in<'b>(
     bytes: &'b [u8],
     ids: Option<&RegistryIds>,
 ) -> Result<(&'static SchemaEntry, &'b [u8]), CodecError> {
-    // One byte tells the framings apart: `C3` (single object) or `00` (Confluent).
-    if bytes.first() == Some(&CONFLUENT_MAGIC) && bytes.len() >= CONFLUENT_HEADER_LEN {
-        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        let entry = ids
-            .and_then(|ids| ids.get(id))
-            .ok_or(CodecError::UnknownSchemaId {
-                id,
-                registry_loaded: ids.is_some(),
-            })?;
-        return Ok((entry, &bytes[CONFLUENT_HEADER_LEN..]));
+    if bytes.first() == Some(&CONFLUENT_MAGIC) {
+        return confluent_writer_schema(bytes, ids);
     }
+    single_object_writer_schema(bytes)
+}
+
+#[inline]
+fn single_object_writer_schema(bytes: &[u8]) -> Result<(&'static SchemaEntry, &[u8]), CodecError> {
     if bytes.len() < HEADER_LEN {
         return Err(CodecError::TooShort(bytes.len()));
     }
@@ -164,6 +166,23 @@ pub fn writer_schema_in<'b>(
         .by_fingerprint(&fp)
         .ok_or_else(|| CodecError::UnknownSchema(format!("{:016x}", u64::from_le_bytes(fp))))?;
     Ok((entry, &bytes[HEADER_LEN..]))
+}
+
+fn confluent_writer_schema<'b>(
+    bytes: &'b [u8],
+    ids: Option<&RegistryIds>,
+) -> Result<(&'static SchemaEntry, &'b [u8]), CodecError> {
+    if bytes.len() < CONFLUENT_HEADER_LEN {
+        return Err(CodecError::TooShort(bytes.len()));
+    }
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let entry = ids
+        .and_then(|ids| ids.get(id))
+        .ok_or(CodecError::UnknownSchemaId {
+            id,
+            registry_loaded: ids.is_some(),
+        })?;
+    Ok((entry, &bytes[CONFLUENT_HEADER_LEN..]))
 }
 
 /// The Confluent header for a schema-registry id.
