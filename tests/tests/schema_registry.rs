@@ -8,12 +8,13 @@
 //! "Testing"). What is real: the broker, the stage binaries, `seqmon-admin schemas publish`, and
 //! the independent decoder (tools/schema-registry/confluent_read.py: fastavro on the body after
 //! the 5-byte header, with the schema fetched from the registry by id, and confluent-kafka's own
-//! AvroDeserializer, which must agree).
+//! AvroDeserializer, which must agree) and writer (confluent-kafka's AvroSerializer).
 //!
 //! Flow: publish the catalogue's schemas (twice: the second run registers nothing); sanitized
 //! telemetry from the simulator through the validator and privacy enforcer in process, produced
-//! with every other record in the Confluent framing (and one with an id the registry never
-//! gave); the feature extractor (writing `features` in the Confluent framing) and the anomaly
+//! with every other record in the Confluent framing by confluent-kafka's own AvroSerializer
+//! (tools/schema-registry/confluent_write.py; its bytes must equal our writer's), and one with
+//! an id the registry never gave; the feature extractor (writing `features` in the Confluent framing) and the anomaly
 //! detector as OS processes. Their committed outputs must equal those of the stages in process
 //! over the same committed inputs (bodies compared, framing aside), and the independent decoder's
 //! field values must equal ours for every feature.
@@ -30,7 +31,7 @@ use seqmon_feature_extractor::FeatureExtractor;
 use seqmon_integration_tests::*;
 use seqmon_model::codec::{to_confluent, writer_schema, CONFLUENT_MAGIC, MAGIC};
 use seqmon_model::topics::TopicRole;
-use seqmon_model::{decode, DeadLetter, DeadLetterReason, Feature};
+use seqmon_model::{decode, DeadLetter, DeadLetterReason, Feature, SanitizedTelemetry};
 use seqmon_runtime::config::Secret;
 use seqmon_runtime::embedded::Chain;
 use seqmon_runtime::schema_registry::{self, RegistryClient};
@@ -79,6 +80,10 @@ impl Drop for StubRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn root() -> PathBuf {
@@ -252,19 +257,76 @@ fn confluent_framing_is_written_read_mixed_and_agrees_with_an_independent_decode
         "{} sanitized records",
         sanitized.len()
     );
-    // Every other record in the Confluent framing, as another writer on the topic would.
-    for (i, (_, value, _)) in sanitized.iter_mut().enumerate() {
-        if i % 2 == 1 {
-            *value = to_confluent(value, |e| sanitized_ids.get(&e.version).copied()).unwrap();
-        }
-    }
-    // And one with an id the registry never gave: a dead letter UNKNOWN_SCHEMA, not a crash.
+    // Every other record written by confluent-kafka's AvroSerializer (Confluent's own writer,
+    // which looks the id up in the registry), the rest passed through as they are, by one
+    // producer so the topic keeps their order; and one record with an id the registry never
+    // gave: a dead letter UNKNOWN_SCHEMA, not a crash.
     let mut unknown = vec![CONFLUENT_MAGIC, 0x7f, 0xff, 0xff, 0xff];
     unknown.extend_from_slice(&[0u8; 8]);
-    let unknown_key = sanitized[0].0.clone();
-    sanitized.insert(10, (unknown_key.clone(), unknown, sanitized[10].2));
+    let unknown_at = 10;
+    let mut lines = String::new();
+    for (i, (key, value, ts)) in sanitized.iter().enumerate() {
+        if i == unknown_at {
+            let line =
+                serde_json::json!({"key": key, "timestamp_ms": ts, "raw_hex": hex(&unknown)});
+            lines.push_str(&format!("{line}\n"));
+        }
+        let line = if i % 2 == 1 {
+            let record: SanitizedTelemetry = decode(value).unwrap();
+            serde_json::json!({"key": key, "timestamp_ms": ts, "record": record})
+        } else {
+            serde_json::json!({"key": key, "timestamp_ms": ts, "raw_hex": hex(value)})
+        };
+        lines.push_str(&format!("{line}\n"));
+    }
     let sanitized_topic = TopicRole::Sanitized.topic(&prefix);
-    produce(&sanitized_topic, sanitized.clone());
+    // Through a file, not a pipe: the writer prints while it reads, and a full stdout pipe
+    // nobody reads yet would stall both.
+    let records_file = std::env::temp_dir().join(format!("{}records.jsonl", prefix));
+    std::fs::write(&records_file, &lines).unwrap();
+    let written = Command::new(&python)
+        .arg(root().join("tools/schema-registry/confluent_write.py"))
+        .args([
+            "--bootstrap",
+            &bootstrap(),
+            "--topic",
+            &sanitized_topic,
+            "--subject",
+        ])
+        .arg(schema_registry::subject(&prefix, TopicRole::Sanitized))
+        .args([
+            "--registry-url",
+            &registry.url,
+            "--user",
+            USER,
+            "--password",
+            PASSWORD,
+        ])
+        .stdin(std::fs::File::open(&records_file).unwrap())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&records_file);
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    // Confluent's serializer wrote, byte for byte, what our writer writes in that framing.
+    let written: Vec<String> = String::from_utf8(written.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(written.len(), sanitized.len() + 1);
+    let mut by_confluent = 0;
+    for (i, (_, value, _)) in sanitized.iter().enumerate() {
+        let produced = &written[if i >= unknown_at { i + 1 } else { i }];
+        if i % 2 == 1 {
+            let ours = to_confluent(value, |e| sanitized_ids.get(&e.version).copied()).unwrap();
+            assert_eq!(produced, &hex(&ours), "record {i}");
+            by_confluent += 1;
+        }
+    }
 
     // The feature extractor writes `features` in the Confluent framing; the anomaly detector
     // reads them. Both read with the registry.
@@ -389,6 +451,7 @@ fn confluent_framing_is_written_read_mixed_and_agrees_with_an_independent_decode
     }
     eprintln!(
         "schema registry interop: {} input records ({confluent_in} Confluent-framed, \
+         {by_confluent} of them by confluent-kafka's AvroSerializer byte for byte as ours; \
          {single_in} single-object), outputs {per_topic:?} equal to the in-process run, \
          {} features ({fields} field values) equal to fastavro's and confluent-kafka's decode, \
          in {:.1} s",
