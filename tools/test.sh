@@ -36,11 +36,12 @@ else
 fi
 
 echo "== [${SECONDS} s] from PyPI: Illumina's interop (collector cross-check), fastavro (Avro cross-check),"
-echo "   pyarrow (export cross-check), PyYAML and kubernetes-validate (chart check)"
+echo "   pyarrow and pandas (export cross-check), confluent-kafka with its schema-registry and Avro extras"
+echo "   (the Confluent framing's independent decoder), PyYAML and kubernetes-validate (chart check)"
 venv="$root/.cache/interop-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, pyarrow, pandas, yaml, kubernetes_validate" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, pyarrow, pandas, yaml, kubernetes_validate, confluent_kafka.schema_registry.avro" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q interop numpy fastavro pyarrow pandas pyyaml kubernetes-validate
+  "$venv/bin/pip" install -q interop numpy fastavro pyarrow pandas pyyaml kubernetes-validate "confluent-kafka[avro,schemaregistry]==2.16.1"
 fi
 export INTEROP_PYTHON="$venv/bin/python"
 

@@ -3,8 +3,16 @@
 //! header which schema wrote a record; we resolve that writer schema to our newest version of the
 //! same record type.
 //!
+//! Readers also accept the Confluent framing the Kafka ecosystem (Kafka Connect, ksqlDB, kcat)
+//! expects: magic byte `00`, the 4-byte big-endian schema-registry id, then the same Avro binary
+//! body. The id is resolved through the [`RegistryIds`] installed at start-up; the first byte
+//! tells the framings apart (`C3` or `00`), so the single-object path costs one byte compare
+//! more than before. Writers produce the single-object encoding; [`to_confluent`] reframes a
+//! record for a topic configured for the Confluent framing.
+//!
 //! Decoding never panics: every failure is a typed [`CodecError`] that maps onto a dead-letter
-//! reason.
+//! reason. An id no installed registry map knows is `UNKNOWN_SCHEMA`, like an unknown
+//! fingerprint.
 
 use std::io::Cursor;
 
@@ -12,18 +20,22 @@ use apache_avro::types::Value;
 use apache_avro::{from_avro_datum, from_value, write_avro_datum_ref};
 
 use crate::records::{AvroRecord, DeadLetterReason};
-use crate::schema_store::{store, SchemaEntry};
+use crate::schema_store::{registry_ids, store, RegistryIds, SchemaEntry};
 
 /// The two marker bytes of the single-object encoding.
 pub const MAGIC: [u8; 2] = [0xC3, 0x01];
 /// Header length: marker and fingerprint.
 pub const HEADER_LEN: usize = 10;
+/// The first byte of the Confluent framing.
+pub const CONFLUENT_MAGIC: u8 = 0;
+/// Confluent header length: magic byte and 4-byte big-endian schema id.
+pub const CONFLUENT_HEADER_LEN: usize = 5;
 
 /// Why bytes could not be turned into a record, or a record into bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// Fewer bytes than a header.
-    #[error("record is {0} bytes, shorter than the 10-byte single-object header")]
+    #[error("record is {0} bytes, shorter than its header (10 bytes single-object, 5 Confluent)")]
     TooShort(usize),
     /// The first two bytes are not `C3 01`.
     #[error("record does not start with the Avro single-object marker C3 01")]
@@ -31,6 +43,10 @@ pub enum CodecError {
     /// The fingerprint names no schema we know.
     #[error("writer schema fingerprint {0} is not in the schema store")]
     UnknownSchema(String),
+    /// A Confluent-framed record whose schema id is not among the registry ids loaded at
+    /// start-up (or no schema registry is configured).
+    #[error("schema registry id {id} is unknown ({})", if *.registry_loaded { "not among the ids loaded from --schema-registry-url at start-up" } else { "no --schema-registry-url is configured" })]
+    UnknownSchemaId { id: u32, registry_loaded: bool },
     /// A known schema, but of another record type than the topic carries.
     #[error("record was written with schema {found}, expected {expected}")]
     WrongSchema {
@@ -60,7 +76,9 @@ impl CodecError {
             | CodecError::BadMagic
             | CodecError::Body { .. }
             | CodecError::Trailing(_) => DeadLetterReason::UNDECODABLE,
-            CodecError::UnknownSchema(_) => DeadLetterReason::UNKNOWN_SCHEMA,
+            CodecError::UnknownSchema(_) | CodecError::UnknownSchemaId { .. } => {
+                DeadLetterReason::UNKNOWN_SCHEMA
+            }
             CodecError::WrongSchema { .. } => DeadLetterReason::WRONG_SCHEMA,
             CodecError::Encode { .. } => DeadLetterReason::UNKNOWN,
         }
@@ -111,8 +129,31 @@ pub fn encode_value(entry: &SchemaEntry, value: Value) -> Result<Vec<u8>, CodecE
     Ok(out)
 }
 
-/// Splits the header off and finds the writer schema.
+/// Splits the header off and finds the writer schema: the single-object header (fingerprint)
+/// or the Confluent one (registry id, resolved through the ids installed at start-up).
+#[inline]
 pub fn writer_schema(bytes: &[u8]) -> Result<(&'static SchemaEntry, &[u8]), CodecError> {
+    // One byte tells the framings apart: `C3` (single object) or `00` (Confluent). The
+    // installed ids are only looked at for the latter, so the single-object path is as before.
+    if bytes.first() == Some(&CONFLUENT_MAGIC) {
+        return confluent_writer_schema(bytes, registry_ids());
+    }
+    single_object_writer_schema(bytes)
+}
+
+/// [`writer_schema`] with the registry ids given rather than the installed ones.
+pub fn writer_schema_in<'b>(
+    bytes: &'b [u8],
+    ids: Option<&RegistryIds>,
+) -> Result<(&'static SchemaEntry, &'b [u8]), CodecError> {
+    if bytes.first() == Some(&CONFLUENT_MAGIC) {
+        return confluent_writer_schema(bytes, ids);
+    }
+    single_object_writer_schema(bytes)
+}
+
+#[inline]
+fn single_object_writer_schema(bytes: &[u8]) -> Result<(&'static SchemaEntry, &[u8]), CodecError> {
     if bytes.len() < HEADER_LEN {
         return Err(CodecError::TooShort(bytes.len()));
     }
@@ -125,6 +166,48 @@ pub fn writer_schema(bytes: &[u8]) -> Result<(&'static SchemaEntry, &[u8]), Code
         .by_fingerprint(&fp)
         .ok_or_else(|| CodecError::UnknownSchema(format!("{:016x}", u64::from_le_bytes(fp))))?;
     Ok((entry, &bytes[HEADER_LEN..]))
+}
+
+fn confluent_writer_schema<'b>(
+    bytes: &'b [u8],
+    ids: Option<&RegistryIds>,
+) -> Result<(&'static SchemaEntry, &'b [u8]), CodecError> {
+    if bytes.len() < CONFLUENT_HEADER_LEN {
+        return Err(CodecError::TooShort(bytes.len()));
+    }
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let entry = ids
+        .and_then(|ids| ids.get(id))
+        .ok_or(CodecError::UnknownSchemaId {
+            id,
+            registry_loaded: ids.is_some(),
+        })?;
+    Ok((entry, &bytes[CONFLUENT_HEADER_LEN..]))
+}
+
+/// The Confluent header for a schema-registry id.
+pub fn confluent_header(id: u32) -> [u8; CONFLUENT_HEADER_LEN] {
+    let mut h = [CONFLUENT_MAGIC; CONFLUENT_HEADER_LEN];
+    h[1..].copy_from_slice(&id.to_be_bytes());
+    h
+}
+
+/// Reframes a single-object record (as [`encode`] writes it) in the Confluent framing, with the
+/// registry id `id_of` gives its writer schema. The Avro body is copied unchanged. `None` from
+/// `id_of` (the version is not registered) is [`CodecError::Encode`].
+pub fn to_confluent(
+    single_object: &[u8],
+    id_of: impl FnOnce(&'static SchemaEntry) -> Option<u32>,
+) -> Result<Vec<u8>, CodecError> {
+    let (entry, body) = writer_schema_in(single_object, None)?;
+    let id = id_of(entry).ok_or_else(|| CodecError::Encode {
+        schema: entry.name,
+        message: format!("version {} has no schema registry id", entry.version),
+    })?;
+    let mut out = Vec::with_capacity(CONFLUENT_HEADER_LEN + body.len());
+    out.extend_from_slice(&confluent_header(id));
+    out.extend_from_slice(body);
+    Ok(out)
 }
 
 /// Decodes bytes into the generic Avro value of the newest version of `expected`, resolving
@@ -412,6 +495,126 @@ pub(crate) mod tests {
             assert!(decode_via_value::<Telemetry>(&bad).is_err());
             assert!(decode::<Telemetry>(&bad).is_err());
         }
+    }
+
+    /// Registry ids 1000 + i for store entry i, built from the schema texts as a registry would
+    /// hold them (so the match is by fingerprint, not by index).
+    fn sample_registry_ids() -> RegistryIds {
+        let mut ids = RegistryIds::default();
+        for (i, (_, _, text)) in crate::schema_store::SCHEMA_FILES.iter().enumerate() {
+            ids.add(1000 + i as u32, text).expect("our own schema");
+        }
+        ids
+    }
+
+    #[test]
+    fn confluent_framing_reads_like_the_single_object_encoding() {
+        let ids = sample_registry_ids();
+        let t = sample_telemetry();
+        let single = encode(&t).expect("encode");
+        let latest = store().latest("telemetry");
+        let index = store()
+            .entries()
+            .iter()
+            .position(|e| std::ptr::eq(e, latest))
+            .expect("in store") as u32;
+        let framed = to_confluent(&single, |e| {
+            assert!(std::ptr::eq(e, latest));
+            Some(1000 + index)
+        })
+        .expect("reframe");
+        assert_eq!(framed[0], CONFLUENT_MAGIC);
+        assert_eq!(&framed[1..5], &(1000 + index).to_be_bytes());
+        assert_eq!(&framed[5..], &single[HEADER_LEN..], "the body is unchanged");
+        let (writer, body) = writer_schema_in(&framed, Some(&ids)).expect("known id");
+        assert!(std::ptr::eq(writer, latest));
+        assert_eq!(body, &single[HEADER_LEN..]);
+        // Through the process-wide ids (what every stage's decode uses).
+        crate::schema_store::install_registry_ids(ids.clone()).expect("first install");
+        crate::schema_store::install_registry_ids(ids).expect("same map again is a no-op");
+        assert_eq!(decode::<Telemetry>(&framed).expect("decode"), t);
+        assert_eq!(decode_via_value::<Telemetry>(&framed).expect("decode"), t);
+        // An old version keeps its own id, and resolves to the newest on reading.
+        let v1 = store().version("telemetry", 1).expect("v1");
+        let v1_index = store()
+            .entries()
+            .iter()
+            .position(|e| std::ptr::eq(e, v1))
+            .expect("in store") as u32;
+        let mut old = confluent_header(1000 + v1_index).to_vec();
+        let mut json = serde_json::to_value(&t).expect("json");
+        json.as_object_mut().expect("object").remove("attributes");
+        json["sensors"]
+            .as_object_mut()
+            .expect("sensors")
+            .remove("run_phase");
+        let value = crate::json::json_to_avro(&v1.schema, &json).expect("fits v1");
+        old.extend(apache_avro::to_avro_datum(&v1.schema, value).expect("encode v1"));
+        let read: Telemetry = decode(&old).expect("v1 resolves");
+        assert_eq!(read.instrument_serial, t.instrument_serial);
+        assert!(read.attributes.is_empty());
+    }
+
+    #[test]
+    fn confluent_framing_errors_are_typed() {
+        let ids = sample_registry_ids();
+        let unknown = [0u8, 0, 0, 0, 7, 2, 4];
+        let e = writer_schema_in(&unknown, Some(&ids)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CodecError::UnknownSchemaId {
+                    id: 7,
+                    registry_loaded: true
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(e.reason(), DeadLetterReason::UNKNOWN_SCHEMA);
+        let e = writer_schema_in(&unknown, None).unwrap_err();
+        assert!(e.to_string().contains("no --schema-registry-url"), "{e}");
+        assert_eq!(e.reason(), DeadLetterReason::UNKNOWN_SCHEMA);
+        // Shorter than a Confluent header: too short, never an out-of-bounds read.
+        for short in [&[0u8][..], &[0, 0, 0, 1]] {
+            assert!(matches!(
+                writer_schema_in(short, Some(&ids)).unwrap_err(),
+                CodecError::TooShort(_)
+            ));
+        }
+        // A known id of another record type is WRONG_SCHEMA, as with a fingerprint.
+        let alert = store().latest("alert");
+        let alert_index = store()
+            .entries()
+            .iter()
+            .position(|e| std::ptr::eq(e, alert))
+            .expect("in store") as u32;
+        let mut wrong = confluent_header(1000 + alert_index).to_vec();
+        wrong.extend([0u8; 3]);
+        let (writer, _) = writer_schema_in(&wrong, Some(&ids)).expect("known id");
+        assert_eq!(writer.name, "alert");
+        // A version without an id cannot be written in the Confluent framing.
+        let single = encode(&sample_telemetry()).expect("encode");
+        assert!(matches!(
+            to_confluent(&single, |_| None).unwrap_err(),
+            CodecError::Encode { .. }
+        ));
+        // Registry schemas that are not ours, or answer inconsistently, are refused.
+        let mut ids = RegistryIds::default();
+        assert!(matches!(
+            ids.add(1, r#"{"type":"record","name":"x","fields":[]}"#),
+            Err(crate::schema_store::RegistryIdError::NotOurs { id: 1, .. })
+        ));
+        assert!(matches!(
+            ids.add(2, "not json"),
+            Err(crate::schema_store::RegistryIdError::Unparsable { id: 2, .. })
+        ));
+        ids.add(3, crate::schema_store::SCHEMA_FILES[0].2)
+            .expect("ours");
+        assert!(matches!(
+            ids.add(3, crate::schema_store::SCHEMA_FILES[1].2),
+            Err(crate::schema_store::RegistryIdError::Conflict { id: 3, .. })
+        ));
+        assert_eq!(ids.len(), 1);
     }
 
     #[test]

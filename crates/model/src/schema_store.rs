@@ -322,6 +322,110 @@ pub fn crc64_avro(data: &[u8]) -> u64 {
     })
 }
 
+/// Schema-registry ids of our schema versions: the id → version map a reader needs for records
+/// in the Confluent framing (magic byte 0, 4-byte big-endian schema id, Avro binary body).
+///
+/// Built from the schemas a registry holds (see `seqmon_runtime::schema_registry`), matched to
+/// the store by fingerprint, so an id resolves only to a version compiled into this binary; a
+/// registry schema that is none of ours gets no entry, and its records fail to decode as
+/// `UNKNOWN_SCHEMA`. Installed once per process at start-up ([`install_registry_ids`]);
+/// decoding itself never does I/O.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RegistryIds {
+    /// Registry id → index into [`SchemaStore::entries`].
+    by_id: HashMap<u32, usize>,
+}
+
+/// Why a registry schema could not be added to [`RegistryIds`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryIdError {
+    /// The registry's schema text does not parse as Avro.
+    #[error("registry schema id {id} does not parse as Avro: {message}")]
+    Unparsable { id: u32, message: String },
+    /// The schema parses but is no version compiled into this binary.
+    #[error("registry schema id {id} (fingerprint {fingerprint}) is not in the schema store")]
+    NotOurs { id: u32, fingerprint: String },
+    /// One id was given two different schemas (a registry answering inconsistently).
+    #[error("registry schema id {id} names both {first} and {second}")]
+    Conflict {
+        id: u32,
+        first: String,
+        second: String,
+    },
+}
+
+impl RegistryIds {
+    /// Adds the schema a registry holds under `id`; returns the store entry it is.
+    pub fn add(
+        &mut self,
+        id: u32,
+        schema_text: &str,
+    ) -> Result<&'static SchemaEntry, RegistryIdError> {
+        let schema = Schema::parse_str(schema_text).map_err(|e| RegistryIdError::Unparsable {
+            id,
+            message: e.to_string(),
+        })?;
+        let fp = fingerprint(&schema);
+        let index =
+            store()
+                .by_fingerprint
+                .get(&fp)
+                .copied()
+                .ok_or_else(|| RegistryIdError::NotOurs {
+                    id,
+                    fingerprint: crate::json::to_hex(&fp),
+                })?;
+        let entry = &store().entries[index];
+        if let Some(&previous) = self.by_id.get(&id) {
+            if previous != index {
+                let other = &store().entries[previous];
+                return Err(RegistryIdError::Conflict {
+                    id,
+                    first: format!("{} v{}", other.name, other.version),
+                    second: format!("{} v{}", entry.name, entry.version),
+                });
+            }
+        }
+        self.by_id.insert(id, index);
+        Ok(entry)
+    }
+
+    /// The schema version registered under `id`, if it is one of ours.
+    #[inline]
+    pub fn get(&self, id: u32) -> Option<&'static SchemaEntry> {
+        self.by_id.get(&id).map(|&i| &store().entries[i])
+    }
+
+    /// How many ids are known.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether no id is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+static REGISTRY_IDS: OnceLock<RegistryIds> = OnceLock::new();
+
+/// Installs the process's registry ids (once, at start-up, before records are decoded).
+/// Installing the same map again is a no-op; a different one is refused (returned), since
+/// decoders may already have resolved ids against the first.
+pub fn install_registry_ids(ids: RegistryIds) -> Result<(), RegistryIds> {
+    match REGISTRY_IDS.set(ids) {
+        Ok(()) => Ok(()),
+        Err(ids) if REGISTRY_IDS.get() == Some(&ids) => Ok(()),
+        Err(ids) => Err(ids),
+    }
+}
+
+/// The installed registry ids, if a registry was configured.
+#[inline]
+pub fn registry_ids() -> Option<&'static RegistryIds> {
+    REGISTRY_IDS.get()
+}
+
 /// The process-wide schema store.
 pub fn store() -> &'static SchemaStore {
     static STORE: OnceLock<SchemaStore> = OnceLock::new();

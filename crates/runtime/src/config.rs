@@ -139,6 +139,22 @@ pub struct KafkaConnection {
     /// an expired certificate or bad credentials stop the program then, with the reason.
     #[arg(long, env = "KAFKA_CONNECT_TIMEOUT_MS", default_value_t = 30_000)]
     pub connect_timeout_ms: u64,
+    /// Schema registry with the Confluent-compatible REST API, `http://host:port[/path]` (for
+    /// Apicurio: `.../apis/ccompat/v7`). When set, the registry ids of the catalogue's schemas
+    /// are loaded at start-up, so records in the Confluent framing (magic byte 0 and a schema
+    /// id) are read like the single-object encoding; unset, such records are dead letters
+    /// UNKNOWN_SCHEMA. See docs/schema-registry.md.
+    #[arg(long, env = "SEQMON_SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+    /// User name for HTTP basic authentication to the schema registry.
+    #[arg(long, env = "SEQMON_SCHEMA_REGISTRY_USERNAME")]
+    pub schema_registry_username: Option<String>,
+    /// Password for HTTP basic authentication to the schema registry.
+    #[arg(long, env = "SEQMON_SCHEMA_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub schema_registry_password: Option<Secret>,
+    /// The registry ids read by [`KafkaConnection::load_files`] from --schema-registry-url.
+    #[arg(skip)]
+    pub schema_registry: Option<std::sync::Arc<crate::schema_registry::LoadedRegistry>>,
 }
 
 impl KafkaConnection {
@@ -226,14 +242,75 @@ impl KafkaConnection {
                 "encryption needs both a keys folder and the id of the active key".into(),
             );
         }
+        if let Some(url) = &self.schema_registry_url {
+            if let Err(e) = self.registry_client(url) {
+                return bad("schema_registry_url", e.to_string());
+            }
+        }
+        if self.schema_registry_password.is_some() && self.schema_registry_username.is_none() {
+            return bad(
+                "schema_registry_username",
+                "a schema registry password is set without a user name".into(),
+            );
+        }
+        if self.schema_registry_username.is_some() && self.schema_registry_url.is_none() {
+            return bad(
+                "schema_registry_url",
+                "schema registry credentials are set without a registry URL".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// A client of the schema registry at `url` with these settings' credentials.
+    pub fn registry_client(
+        &self,
+        url: &str,
+    ) -> Result<crate::schema_registry::RegistryClient, crate::schema_registry::RegistryError> {
+        let password = Secret::default();
+        let user = self.schema_registry_username.as_deref().map(|name| {
+            (
+                name,
+                self.schema_registry_password.as_ref().unwrap_or(&password),
+            )
+        });
+        crate::schema_registry::RegistryClient::new(url, user, self.connect_timeout())
+    }
+
+    /// Loads the registry ids of the catalogue's schemas from --schema-registry-url (once, at
+    /// start-up) and installs them for every decoder of the process.
+    fn load_schema_registry(&mut self) -> Result<(), ConfigError> {
+        let Some(url) = self.schema_registry_url.clone() else {
+            return Ok(());
+        };
+        let bad = |message: String| ConfigError::of::<Self>("schema_registry_url", message);
+        let client = self.registry_client(&url).map_err(|e| bad(e.to_string()))?;
+        let prefix = self.topic_prefix.clone();
+        let loaded = client
+            .run(crate::schema_registry::load(&client, &prefix))
+            .map_err(|e| bad(format!("cannot load the schema ids: {e}")))?;
+        seqmon_model::schema_store::install_registry_ids(loaded.ids.clone()).map_err(|_| {
+            bad("another registry's ids are already installed in this process".into())
+        })?;
+        tracing::info!(
+            registry = %loaded.url,
+            ids = loaded.ids.len(),
+            subjects = loaded.subjects.len(),
+            foreign = loaded.foreign,
+            "schema registry ids loaded"
+        );
+        self.schema_registry = Some(std::sync::Arc::new(loaded));
         Ok(())
     }
 
     /// Reads the files the settings name (once, at start-up, before any client is created):
-    /// --properties-file and the encryption key ring. A missing or malformed file is a
-    /// configuration error naming the setting (and the line), never the secret.
+    /// --properties-file and the encryption key ring; and, with --schema-registry-url, the
+    /// registry ids of the catalogue's schemas. A missing or malformed file, or a registry that
+    /// cannot be read, is a configuration error naming the setting (and the line), never the
+    /// secret.
     pub fn load_files(&mut self) -> Result<(), ConfigError> {
         self.load_properties_file()?;
+        self.load_schema_registry()?;
         if let (Some(dir), Some(active)) = (&self.encryption_keys_dir, &self.encryption_active_key)
         {
             self.key_ring = Some(
@@ -424,6 +501,14 @@ pub struct RunnerConfig {
     /// a large fleet's minute of input.
     #[arg(long, env = "SEQMON_READY_MAX_LAG_RECORDS", default_value_t = 50_000)]
     pub ready_max_lag_records: i64,
+    /// Output topics, by role (`features`, `anomalies`, `alerts`, `sanitized`, ...;
+    /// comma-separated), that this stage writes in the Confluent framing (magic byte 0 and the
+    /// schema-registry id) instead of the single-object encoding, for Kafka Connect, ksqlDB and
+    /// kcat. Needs --schema-registry-url with every schema version of those topics published
+    /// (`seqmon-admin schemas publish`). Roles the stage does not write are ignored; sensitive
+    /// topics and state changelogs are refused.
+    #[arg(long, env = "SEQMON_CONFLUENT_FRAMING_TOPICS", value_delimiter = ',')]
+    pub confluent_framing_topics: Vec<TopicRole>,
 }
 
 impl RunnerConfig {
@@ -481,7 +566,49 @@ impl RunnerConfig {
         {
             return bad("metrics_addr", "is not ip:port");
         }
+        for role in &self.confluent_framing_topics {
+            if let Some(why) = crate::schema_registry::not_offered_reason(*role) {
+                return Err(ConfigError::of::<Self>(
+                    "confluent_framing_topics",
+                    format!("{role} {why}: not offered in the Confluent framing"),
+                ));
+            }
+        }
+        if !self.confluent_framing_topics.is_empty() && self.kafka.schema_registry_url.is_none() {
+            return bad(
+                "confluent_framing_topics",
+                "needs --schema-registry-url (the framing carries the registry's schema ids)",
+            );
+        }
         Ok(())
+    }
+
+    /// Per output topic written in the Confluent framing: our schema version → registry id.
+    /// Needs the registry loaded ([`KafkaConnection::load_files`]); a version of such a topic's
+    /// record type that the registry does not hold is a configuration error naming
+    /// --confluent-framing-topics.
+    pub fn confluent_ids(
+        &self,
+    ) -> Result<
+        std::collections::HashMap<TopicRole, std::collections::HashMap<u32, u32>>,
+        ConfigError,
+    > {
+        let mut out = std::collections::HashMap::new();
+        if self.confluent_framing_topics.is_empty() {
+            return Ok(out);
+        }
+        let bad = |message: String| ConfigError::of::<Self>("confluent_framing_topics", message);
+        let loaded = self
+            .kafka
+            .schema_registry
+            .as_ref()
+            .ok_or_else(|| bad("the schema registry's ids are not loaded".into()))?;
+        for role in &self.confluent_framing_topics {
+            let ids = crate::schema_registry::writer_ids(loaded, *role)
+                .map_err(|why| bad(format!("{role}: {why}")))?;
+            out.insert(*role, ids);
+        }
+        Ok(out)
     }
 
     /// The consumer group of `stage`: --group-id, else the topic prefix and the stage name (the

@@ -308,6 +308,8 @@ struct Topics {
     /// Every input topic with its role: the main one first, then the side inputs.
     inputs: Vec<(TopicRole, String)>,
     outputs: HashMap<TopicRole, String>,
+    /// Outputs written in the Confluent framing: our schema version → registry id.
+    confluent: HashMap<TopicRole, HashMap<u32, u32>>,
     changelog: Option<String>,
 }
 
@@ -328,6 +330,7 @@ impl Topics {
                 .map(|r| (r, cfg.kafka.topic(r)))
                 .collect(),
             changelog: p.changelog_role().map(|r| cfg.kafka.topic(r)),
+            confluent: HashMap::new(),
         }
     }
 
@@ -426,7 +429,15 @@ impl<'a> StageLoop<'a> {
         shutdown: &AtomicBool,
     ) -> Result<Self, RuntimeError> {
         let stage = driver.processor().stage();
-        let topics = Topics::of(&driver, cfg);
+        let mut topics = Topics::of(&driver, cfg);
+        topics.confluent = cfg
+            .confluent_ids()?
+            .into_iter()
+            .filter(|(role, _)| topics.outputs.contains_key(role))
+            .collect();
+        for role in topics.confluent.keys() {
+            tracing::info!(stage, topic = %topics.outputs[role], "writing the Confluent framing");
+        }
         let group_id = cfg.group_id(stage);
         let metrics = driver.metrics.clone();
         let beat = move || metrics.beat();
@@ -913,7 +924,25 @@ impl<'a> StageLoop<'a> {
     fn produce_outputs(&self, records: &[(Emitted, Option<i64>)]) -> Result<usize, TxnFailure> {
         let ring = self.cfg.kafka.key_ring.as_ref();
         for (e, stamp) in records {
-            let (value, headers) = outgoing(ring, e.role, e.key.as_bytes(), &e.value);
+            let reframed;
+            let plain = match self.topics.confluent.get(&e.role) {
+                // Offered topics are never sealed (checked at start-up), so the framing is the
+                // outermost layer.
+                Some(ids) => {
+                    reframed = seqmon_model::codec::to_confluent(&e.value, |entry| {
+                        ids.get(&entry.version).copied()
+                    })
+                    .map_err(|err| {
+                        TxnFailure::Fatal(RuntimeError::Internal(format!(
+                            "cannot write {} in the Confluent framing: {err}",
+                            e.role
+                        )))
+                    })?;
+                    reframed.as_slice()
+                }
+                None => e.value.as_slice(),
+            };
+            let (value, headers) = outgoing(ring, e.role, e.key.as_bytes(), plain);
             let mut record = BaseRecord::to(self.topics.output(e.role)?)
                 .key(e.key.as_bytes())
                 .payload(value.as_ref());

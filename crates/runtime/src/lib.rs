@@ -13,6 +13,7 @@ pub mod events;
 pub mod file;
 pub mod kafka;
 pub mod metrics;
+pub mod schema_registry;
 pub mod service;
 
 pub use driver::Driver;

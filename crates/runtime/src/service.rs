@@ -102,6 +102,8 @@ pub fn run_kafka_service(
     processor: Box<dyn Processor>,
     runner: &RunnerConfig,
 ) -> Result<(), RuntimeError> {
+    // Before any broker I/O: every output written in the Confluent framing has its ids.
+    runner.confluent_ids()?;
     crate::kafka::preflight(&runner.kafka, runner.kafka.connect_timeout())?;
     let driver = Driver::new(processor);
     let shutdown = Arc::new(AtomicBool::new(false));

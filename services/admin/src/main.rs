@@ -5,7 +5,8 @@
 //! diffs the alerts of two topic prefixes; `seqmon-admin tail` prints any topic as JSON lines;
 //! `seqmon-admin replay` reprocesses a range of a topic into `replay.<name>.` topics;
 //! `seqmon-admin backfill` loads recorded telemetry; `seqmon-admin export` writes a range of a
-//! topic as Parquet or Avro files (export/).
+//! topic as Parquet or Avro files (export/); `seqmon-admin schemas` publishes the catalogue's
+//! schemas to a schema registry and lists them.
 
 mod alert;
 mod backfill;
@@ -14,6 +15,7 @@ mod diff;
 mod export;
 mod progress;
 mod replay;
+mod schemas;
 mod source;
 mod tail;
 
@@ -88,6 +90,8 @@ enum Command {
     Replay(Box<replay::ReplayArgs>),
     /// Load recorded telemetry (JSON lines or Avro files) into telemetry.raw.
     Backfill(backfill::BackfillArgs),
+    /// The catalogue's schemas in a schema registry (Confluent-compatible API): publish, list.
+    Schemas(schemas::SchemasArgs),
     /// The ACLs of a deployment, derived from the topic catalogue: one principal per stage,
     /// each reading and writing only its own topics, groups and transactional ids.
     Acls {
@@ -194,6 +198,7 @@ async fn main() -> ExitCode {
         Command::Export(args) => export::run(args),
         Command::Replay(args) => replay::run(*args).await,
         Command::Backfill(args) => backfill::run(args),
+        Command::Schemas(args) => schemas::run(args).await,
         Command::Acls {
             topic_prefix,
             format,
