@@ -481,7 +481,8 @@ fn backfill_loads_good_lines_sealed_and_reports_bad_ones_by_line() {
             let mut t = sample();
             t.message_id = format!("backfill-{i}");
             t.instrument_serial = format!("BF{i:03}");
-            t.sent_time_ms = 1_780_000_000_000 + i * 1000;
+            // Recent: telemetry.raw (producer-stamped here) keeps 3 days.
+            t.sent_time_ms = now_ms() - 3_600_000 + i * 1000;
             t
         })
         .collect();
@@ -548,6 +549,47 @@ fn backfill_loads_good_lines_sealed_and_reports_bad_ones_by_line() {
         assert_eq!(*ts, Some(records[i].sent_time_ms));
         assert_eq!(encode(t).unwrap(), encode(&records[i]).unwrap());
     }
+
+    // A recording older than the retention would be deleted within minutes: refused, nothing
+    // produced; without a key ring the plaintext would land on a sealed topic: refused.
+    let mut old = records[0].clone();
+    old.message_id = "backfill-old".into();
+    old.sent_time_ms = now_ms() - 5 * 24 * 3_600_000;
+    let old_path = dir.join("old.jsonl");
+    std::fs::write(&old_path, line(&old) + "\n").unwrap();
+    let base = [
+        "backfill",
+        "--bootstrap-servers",
+        &bootstrap(),
+        "--topic-prefix",
+        &prefix,
+        "--file",
+        old_path.to_str().unwrap(),
+    ];
+    let keyed = [
+        "--encryption-keys-dir",
+        keys.to_str().unwrap(),
+        "--encryption-active-key",
+        "k1",
+    ];
+    let refused = admin(&[&base[..], &keyed[..]].concat(), &[]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("1 record(s)")
+            && said.contains("retention.ms")
+            && said.contains("--accept-old-records"),
+        "{said}"
+    );
+    let unsealed = admin(&base, &[]);
+    assert_eq!(unsealed.status.code(), Some(2), "{}", text(&unsealed));
+    assert!(
+        String::from_utf8_lossy(&unsealed.stderr).contains("--encryption-keys-dir"),
+        "{}",
+        text(&unsealed)
+    );
+    let after: i64 = end_offsets(&raw).iter().map(|(_, high)| high).sum();
+    assert_eq!(after, 5, "a refused backfill produced");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -13,8 +13,20 @@
 //! with the active key when `--encryption-keys-dir` is set (as `crates/runtime/src/envelope.rs`
 //! seals for the collector and the gateway), by an idempotent producer acknowledged by every
 //! in-sync replica: a retry never writes a record twice within one run. Running the same file
-//! twice writes it twice; the validator's message-id de-duplication drops the second copy
-//! within its horizon.
+//! twice writes it twice; the validator's message-id de-duplication drops the second copy only
+//! within its horizon (an hour): a file loaded again later is processed again, so load each file
+//! once.
+//!
+//! Nothing is produced until every file has been read once (pass 1): bad lines are reported
+//! first, and records the target topic would lose are counted from its `message.timestamp.type`
+//! and `retention.ms` (described at start): on a producer-stamped topic (CreateTime) a
+//! `sent_time_ms` older than the retention is deleted within minutes; on a broker-stamped one
+//! (LogAppendTime) an event time older than the validator's maximum age (VALIDATOR_MAX_AGE_MS)
+//! is dead-lettered TIMESTAMP_STALE. Either refuses the run (exit 2) unless
+//! `--accept-old-records`. Without `--encryption-keys-dir` the run is refused (telemetry.raw
+//! holds sealed records) unless `--unsealed`. A `sent_time_ms` not in (0, now + 1 day] is a bad
+//! line. A delivery failure names the last line known delivered (checked every 10,000 records).
+//! A UTF-8 byte-order mark before line 1 is skipped; a gzip file is refused, named as such.
 //!
 //! Bad input is never dropped silently: a line that is not JSON, does not fit the schema, has no
 //! instrument serial or is longer than `--max-line-bytes` is reported on stderr with its line
@@ -22,7 +34,8 @@
 //! apart. A record the broker refuses fails the run. Values are never printed.
 //!
 //! Exit codes: 0 every record loaded; 3 loaded, but some lines were bad (reported); 1 an error
-//! (a file unreadable, Kafka unreachable, a record not delivered); 2 a bad argument (named).
+//! (a file unreadable, Kafka unreachable, a record not delivered); 2 a bad argument (named), or
+//! records the topic would lose (above).
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -59,6 +72,109 @@ pub struct BackfillArgs {
     /// Bad lines printed on stderr (every one is counted whatever this is).
     #[arg(long, default_value_t = 100)]
     max_reported: u64,
+    /// Load plaintext into telemetry.raw without `--encryption-keys-dir`: only for a deployment
+    /// that does not seal its sensitive topics (local tests).
+    #[arg(long)]
+    unsealed: bool,
+    /// Load records that will be lost anyway, knowingly: older than the topic's `retention.ms`
+    /// (a producer-stamped topic deletes them within minutes) or, on a broker-stamped topic,
+    /// older than the validator's maximum age (dead-lettered TIMESTAMP_STALE).
+    #[arg(long)]
+    accept_old_records: bool,
+    /// The validator's maximum event age (its VALIDATOR_MAX_AGE_MS), for the check above.
+    #[arg(long, env = "VALIDATOR_MAX_AGE_MS", default_value_t = 7 * 24 * 3_600_000)]
+    validator_max_age_ms: i64,
+}
+
+/// Records delivered between two flushes: a delivery failure names the last line known
+/// delivered, at most this many records back.
+const CHECKPOINT_RECORDS: u64 = 10_000;
+
+/// How `telemetry.raw` stamps and keeps records (its topic configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetTopic {
+    /// `message.timestamp.type` is `LogAppendTime`: the broker stamps the arrival time.
+    pub broker_stamped: bool,
+    /// `retention.ms`; `None` when unlimited (-1).
+    pub retention_ms: Option<i64>,
+}
+
+/// Records that would be lost once loaded, by why.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Doomed {
+    /// Stamped with a `sent_time_ms` older than the retention (less an hour for the load).
+    pub expiring: u64,
+    /// Event time older than the validator's maximum age at arrival (broker-stamped topic).
+    pub stale: u64,
+}
+
+impl Doomed {
+    /// Counts `l` if it would be lost in `target` at `now_ms`.
+    pub fn count(&mut self, l: &Loaded, target: TargetTopic, max_age_ms: i64, now_ms: i64) {
+        if target.broker_stamped {
+            if l.event_time_ms < now_ms - max_age_ms {
+                self.stale += 1;
+            }
+        } else if let Some(retention) = target.retention_ms {
+            // An hour's margin: a load takes time and segments are deleted when they expire.
+            if l.timestamp_ms < now_ms - retention + 3_600_000 {
+                self.expiring += 1;
+            }
+        }
+    }
+}
+
+/// `message.timestamp.type` and `retention.ms` of `topic`.
+fn describe_target(kafka: &KafkaConnection, topic: &str) -> Result<TargetTopic, String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = kafka
+        .client_config()
+        .create()
+        .map_err(|e| format!("cannot create an admin client: {e}"))?;
+    let opts = AdminOptions::new().request_timeout(Some(kafka.connect_timeout()));
+    let spec = [ResourceSpecifier::Topic(topic)];
+    // Called from the tool's async main: the admin future is driven on a thread of its own.
+    let result = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())
+                    .and_then(|rt| {
+                        rt.block_on(admin.describe_configs(&spec, &opts))
+                            .map_err(|e| e.to_string())
+                    })
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the describe thread failed".into()))
+    })?;
+    let resource = result
+        .into_iter()
+        .next()
+        .ok_or("no answer")?
+        .map_err(|code| format!("{topic}: {code}"))?;
+    let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+    let retention_ms = match value("retention.ms") {
+        Some(v) => {
+            let ms: i64 = v
+                .parse()
+                .map_err(|_| format!("{topic}: retention.ms {v:?} is not a number"))?;
+            (ms >= 0).then_some(ms)
+        }
+        None => return Err(format!("{topic}: retention.ms not described")),
+    };
+    Ok(TargetTopic {
+        broker_stamped: value("message.timestamp.type").as_deref() == Some("LogAppendTime"),
+        retention_ms,
+    })
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Format of a backfill file.
@@ -82,6 +198,8 @@ pub enum BackfillError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{path} is gzip-compressed: decompress it first (gunzip -k {path})")]
+    Gzip { path: String },
     #[error("{0}")]
     Kafka(String),
 }
@@ -93,6 +211,10 @@ pub struct Loaded {
     pub key: String,
     /// `sent_time_ms`: the Kafka timestamp.
     pub timestamp_ms: i64,
+    /// `event_time_ms`: what the validator's maximum age is checked against.
+    pub event_time_ms: i64,
+    /// `line 12` or `record 3`: where it is in its file (for a delivery failure).
+    pub location: String,
     /// Single-object Avro bytes, before sealing.
     pub value: Vec<u8>,
 }
@@ -122,6 +244,11 @@ fn sniff(path: &Path) -> Result<InputFormat, BackfillError> {
     let n = f
         .read(&mut head)
         .map_err(|source| read_error(path, source))?;
+    if n >= 2 && head[..2] == [0x1f, 0x8b] {
+        return Err(BackfillError::Gzip {
+            path: path.display().to_string(),
+        });
+    }
     Ok(if n >= 4 && &head == b"Obj\x01" {
         InputFormat::AvroContainer
     } else if n >= 2 && head[..2] == [0xc3, 0x01] {
@@ -138,16 +265,28 @@ fn read_error(path: &Path, source: std::io::Error) -> BackfillError {
     }
 }
 
+/// Latest `sent_time_ms` accepted: a day past the clock (a later one is a bad line, as are 0 and
+/// negative ones, which Kafka would stamp with the clock or refuse).
+pub const MAX_SENT_AHEAD_MS: i64 = 24 * 3_600_000;
+
 /// Checks single-object telemetry bytes and makes the record to load.
-fn loaded(value: Vec<u8>) -> Result<Loaded, String> {
+fn loaded(value: Vec<u8>, location: &str, now_ms: i64) -> Result<Loaded, String> {
     let t: Telemetry = decode(&value).map_err(|e| e.to_string())?;
     if t.instrument_serial.is_empty() {
         return Err("instrument_serial is empty: the record would have no key".into());
     }
+    if t.sent_time_ms <= 0 || t.sent_time_ms > now_ms.saturating_add(MAX_SENT_AHEAD_MS) {
+        return Err(
+            "sent_time_ms is not a time between the epoch and a day from now: it cannot be the record's Kafka timestamp"
+                .into(),
+        );
+    }
     Ok(Loaded {
         key: t.instrument_serial,
         timestamp_ms: t.sent_time_ms,
+        event_time_ms: t.event_time_ms,
         value,
+        location: location.to_string(),
     })
 }
 
@@ -157,11 +296,14 @@ pub fn read_file(
     path: &Path,
     format: InputFormat,
     max_line_bytes: usize,
+    now_ms: i64,
     on_good: &mut dyn FnMut(Loaded) -> Result<(), BackfillError>,
     on_bad: &mut dyn FnMut(Bad),
 ) -> Result<FileCounts, BackfillError> {
+    // Sniffed whatever the format, so a gzip file is named as such, not "line 1: not UTF-8".
+    let sniffed = sniff(path)?;
     let format = match format {
-        InputFormat::Auto => sniff(path)?,
+        InputFormat::Auto => sniffed,
         f => f,
     };
     let file = File::open(path).map_err(|source| read_error(path, source))?;
@@ -190,7 +332,12 @@ pub fn read_file(
                     }
                     Line::Whole(bytes) => bytes,
                 };
-                let Ok(text) = std::str::from_utf8(&text) else {
+                // A byte-order mark (editors on Windows write one) is not part of line 1.
+                let text = match text.strip_prefix(b"\xef\xbb\xbf") {
+                    Some(rest) if number == 1 => rest,
+                    _ => &text[..],
+                };
+                let Ok(text) = std::str::from_utf8(text) else {
                     bad(&mut counts, format!("line {number}"), "not UTF-8".into());
                     continue;
                 };
@@ -200,7 +347,7 @@ pub fn read_file(
                 }
                 match json_line_to_avro(text, "telemetry")
                     .map_err(|(_, e)| e)
-                    .and_then(|c| loaded(c.bytes))
+                    .and_then(|c| loaded(c.bytes, &format!("line {number}"), now_ms))
                 {
                     Ok(l) => {
                         counts.good += 1;
@@ -246,7 +393,7 @@ pub fn read_file(
                             );
                             continue;
                         }
-                        match loaded(record) {
+                        match loaded(record, &location, now_ms) {
                             Ok(l) => {
                                 counts.good += 1;
                                 on_good(l)?;
@@ -283,7 +430,7 @@ pub fn read_file(
                 let result = value
                     .map_err(|e| e.to_string())
                     .and_then(|v| encode_value(latest, v).map_err(|e| e.to_string()))
-                    .and_then(loaded);
+                    .and_then(|v| loaded(v, &location, now_ms));
                 match result {
                     Ok(l) => {
                         counts.good += 1;
@@ -306,6 +453,9 @@ pub fn read_file(
 }
 
 /// Runs `seqmon-admin backfill`.
+///
+/// Two passes: the first reads every file, reports bad lines and counts what the target topic
+/// would lose, before anything is produced; the second produces.
 pub fn run(args: BackfillArgs) -> ExitCode {
     let BackfillArgs {
         mut kafka,
@@ -314,6 +464,9 @@ pub fn run(args: BackfillArgs) -> ExitCode {
         max_line_bytes,
         dry_run,
         max_reported,
+        unsealed,
+        accept_old_records,
+        validator_max_age_ms,
     } = args;
     if let Err(e) = kafka.validate().and_then(|()| kafka.load_files()) {
         eprintln!("error: {e}");
@@ -321,6 +474,10 @@ pub fn run(args: BackfillArgs) -> ExitCode {
     }
     if max_line_bytes == 0 {
         eprintln!("error: invalid configuration: --max-line-bytes: must be positive");
+        return ExitCode::from(2);
+    }
+    if validator_max_age_ms <= 0 {
+        eprintln!("error: invalid configuration: --validator-max-age-ms / VALIDATOR_MAX_AGE_MS: must be positive");
         return ExitCode::from(2);
     }
     for f in &files {
@@ -332,51 +489,42 @@ pub fn run(args: BackfillArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if !dry_run && kafka.key_ring.is_none() && !unsealed {
+        eprintln!(
+            "error: invalid configuration: --encryption-keys-dir: telemetry.raw holds sealed records; \
+             give the key ring (and --encryption-active-key), or --unsealed if this deployment does not seal"
+        );
+        return ExitCode::from(2);
+    }
     let topic = kafka.topic(TopicRole::Raw);
-    let producer: Option<ThreadedProducer<CheckedDelivery>> = if dry_run {
+    let now_ms = now();
+    let target = if dry_run {
         None
     } else {
         if let Err(e) = seqmon_runtime::kafka::preflight(&kafka, kafka.connect_timeout()) {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
-        match kafka
-            .producer_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create_with_context(CheckedDelivery::default())
-        {
-            Ok(p) => Some(p),
+        match describe_target(&kafka, &topic) {
+            Ok(t) => Some(t),
             Err(e) => {
-                eprintln!("error: cannot create a Kafka producer: {e}");
+                eprintln!("error: cannot read the configuration of {topic}: {e}");
                 return ExitCode::FAILURE;
             }
         }
     };
-    let ring = kafka.key_ring.clone();
+
+    // Pass 1: check.
     let mut total = FileCounts::default();
     let mut reported = 0u64;
+    let mut doomed = Doomed::default();
     for path in &files {
         let name = path.display().to_string();
         let mut on_good = |l: Loaded| -> Result<(), BackfillError> {
-            let Some(producer) = &producer else {
-                return Ok(());
-            };
-            let (value, headers) = seqmon_runtime::kafka::outgoing(
-                ring.as_ref(),
-                TopicRole::Raw,
-                l.key.as_bytes(),
-                &l.value,
-            );
-            let mut record = BaseRecord::to(&topic)
-                .key(l.key.as_bytes())
-                .payload(value.as_ref())
-                .timestamp(l.timestamp_ms);
-            if let Some(h) = headers {
-                record = record.headers(h);
+            if let Some(t) = target {
+                doomed.count(&l, t, validator_max_age_ms, now_ms);
             }
-            seqmon_runtime::kafka::send(producer, record)
-                .map_err(|e| BackfillError::Kafka(format!("cannot produce to {topic}: {e}")))
+            Ok(())
         };
         let mut on_bad = |b: Bad| {
             reported += 1;
@@ -384,7 +532,14 @@ pub fn run(args: BackfillArgs) -> ExitCode {
                 eprintln!("{name}: {}: {}", b.location, b.reason);
             }
         };
-        match read_file(path, format, max_line_bytes, &mut on_good, &mut on_bad) {
+        match read_file(
+            path,
+            format,
+            max_line_bytes,
+            now_ms,
+            &mut on_good,
+            &mut on_bad,
+        ) {
             Ok(c) => {
                 total.read += c.read;
                 total.good += c.good;
@@ -403,12 +558,63 @@ pub fn run(args: BackfillArgs) -> ExitCode {
             reported - max_reported
         );
     }
-    if let Some(producer) = &producer {
-        if let Err(e) = producer.flush(Duration::from_secs(120)) {
-            eprintln!("error: records not acknowledged by {topic}: {e}");
-            return ExitCode::FAILURE;
+    if let Some(t) = target {
+        let mut lost = Vec::new();
+        if doomed.expiring > 0 {
+            lost.push(format!(
+                "{} record(s) have a sent_time_ms older than {topic}'s retention.ms ({} h, less an hour): the topic keeps producer timestamps (CreateTime), so retention deletes them within minutes",
+                doomed.expiring,
+                t.retention_ms.unwrap_or_default() / 3_600_000
+            ));
         }
-        if let Err(e) = producer.context().check("backfill") {
+        if doomed.stale > 0 {
+            lost.push(format!(
+                "{} record(s) have an event_time_ms older than the validator's maximum age (VALIDATOR_MAX_AGE_MS, {} h): {topic} is stamped by the broker (LogAppendTime), so the validator dead-letters them as TIMESTAMP_STALE",
+                doomed.stale,
+                validator_max_age_ms / 3_600_000
+            ));
+        }
+        if !lost.is_empty() {
+            if accept_old_records {
+                for l in &lost {
+                    eprintln!("warning: {l} (loaded anyway: --accept-old-records)");
+                }
+            } else {
+                for l in &lost {
+                    eprintln!("error: {l}");
+                }
+                eprintln!(
+                    "error: invalid configuration: --accept-old-records: not given, nothing produced; \
+                     backfill historic data into a dedicated prefix with unlimited retention and replay it (docs/data-engineering.md)"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+
+    // Pass 2: produce.
+    if !dry_run {
+        let producer: ThreadedProducer<CheckedDelivery> = match kafka
+            .producer_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create_with_context(CheckedDelivery::default())
+        {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: cannot create a Kafka producer: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = produce_files(
+            &producer,
+            &kafka,
+            &topic,
+            &files,
+            format,
+            max_line_bytes,
+            now_ms,
+        ) {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
@@ -431,6 +637,87 @@ pub fn run(args: BackfillArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Pass 2: produces every good record; flushes every [`CHECKPOINT_RECORDS`] so a failure can
+/// name the last line known delivered.
+fn produce_files(
+    producer: &ThreadedProducer<CheckedDelivery>,
+    kafka: &KafkaConnection,
+    topic: &str,
+    files: &[PathBuf],
+    format: InputFormat,
+    max_line_bytes: usize,
+    now_ms: i64,
+) -> Result<(), String> {
+    let ring = kafka.key_ring.clone();
+    let mut delivered: Option<String> = None;
+    let mut pending: Option<String> = None;
+    let mut since_checkpoint = 0u64;
+    let known = |d: &Option<String>| match d {
+        Some(at) => format!("every record up to {at} was delivered"),
+        None => "no record is known delivered".to_string(),
+    };
+    let checkpoint = |pending: &Option<String>, delivered: &mut Option<String>| {
+        let flushed = producer
+            .flush(Duration::from_secs(120))
+            .map_err(|e| format!("records not acknowledged by {topic}: {e}"))
+            .and_then(|()| {
+                producer
+                    .context()
+                    .check("backfill")
+                    .map_err(|e| e.to_string())
+            });
+        match flushed {
+            Ok(()) => {
+                delivered.clone_from(pending);
+                Ok(())
+            }
+            Err(e) => Err(format!("{e}; {}", known(delivered))),
+        }
+    };
+    for path in files {
+        let name = path.display().to_string();
+        let mut on_good = |l: Loaded| -> Result<(), BackfillError> {
+            let (value, headers) = seqmon_runtime::kafka::outgoing(
+                ring.as_ref(),
+                TopicRole::Raw,
+                l.key.as_bytes(),
+                &l.value,
+            );
+            let mut record = BaseRecord::to(topic)
+                .key(l.key.as_bytes())
+                .payload(value.as_ref())
+                .timestamp(l.timestamp_ms);
+            if let Some(h) = headers {
+                record = record.headers(h);
+            }
+            seqmon_runtime::kafka::send(producer, record).map_err(|e| {
+                BackfillError::Kafka(format!(
+                    "cannot produce {name} {} to {topic}: {e}; {}",
+                    l.location,
+                    known(&delivered)
+                ))
+            })?;
+            pending = Some(format!("{name} {}", l.location));
+            since_checkpoint += 1;
+            if since_checkpoint >= CHECKPOINT_RECORDS {
+                since_checkpoint = 0;
+                checkpoint(&pending, &mut delivered).map_err(BackfillError::Kafka)?;
+            }
+            Ok(())
+        };
+        read_file(
+            path,
+            format,
+            max_line_bytes,
+            now_ms,
+            &mut on_good,
+            &mut |_| {},
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    checkpoint(&pending, &mut delivered)
 }
 
 #[cfg(test)]
@@ -463,6 +750,7 @@ mod tests {
             path,
             format,
             4096,
+            now(),
             &mut |l| {
                 good.push(l);
                 Ok(())
@@ -543,6 +831,87 @@ mod tests {
             bad[1]
         );
         std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn a_bad_sent_time_a_bom_and_gzip_are_named() {
+        let good = serde_json::to_string(&telemetry("A1", "m1")).unwrap();
+        let mut far = telemetry("B2", "m2");
+        far.sent_time_ms = i64::MAX;
+        let mut zero = telemetry("C3", "m3");
+        zero.sent_time_ms = 0;
+        let text = format!(
+            "\u{feff}{good}\n{}\n{}\n{good}\n",
+            serde_json::to_string(&far).unwrap(),
+            serde_json::to_string(&zero).unwrap()
+        );
+        let p = temp("bom.jsonl", text.as_bytes());
+        let (counts, good, bad) = read_all(&p, InputFormat::JsonLines);
+        assert_eq!((counts.read, counts.good, counts.bad), (4, 2, 2), "{bad:?}");
+        assert_eq!(good[0].location, "line 1");
+        assert_eq!(
+            bad.iter().map(|b| b.location.as_str()).collect::<Vec<_>>(),
+            ["line 2", "line 3"]
+        );
+        assert!(bad[0].reason.contains("sent_time_ms"), "{bad:?}");
+        std::fs::remove_file(p).unwrap();
+
+        let p = temp("lines.jsonl.gz", &[0x1f, 0x8b, 8, 0, 0, 0]);
+        let e = read_file(
+            &p,
+            InputFormat::Auto,
+            4096,
+            now(),
+            &mut |_| Ok(()),
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("gzip-compressed: decompress it first"), "{e}");
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn records_a_topic_would_lose_are_counted_by_its_stamping() {
+        let now = 1_800_000_000_000;
+        let day = 24 * 3_600_000;
+        let rec = |sent: i64, event: i64| Loaded {
+            key: "A1".into(),
+            timestamp_ms: sent,
+            event_time_ms: event,
+            value: vec![],
+            location: "line 1".into(),
+        };
+        let producer = TargetTopic {
+            broker_stamped: false,
+            retention_ms: Some(3 * day),
+        };
+        let broker = TargetTopic {
+            broker_stamped: true,
+            retention_ms: Some(3 * day),
+        };
+        let unlimited = TargetTopic {
+            broker_stamped: false,
+            retention_ms: None,
+        };
+        let mut d = Doomed::default();
+        for r in [
+            rec(now - 4 * day, now - 4 * day),
+            rec(now - day, now - 8 * day),
+        ] {
+            d.count(&r, producer, 7 * day, now);
+            d.count(&r, broker, 7 * day, now);
+            d.count(&r, unlimited, 7 * day, now);
+        }
+        // Producer-stamped: the 4-day-old one expires; broker-stamped: the 8-day-old event is
+        // stale; unlimited retention loses nothing.
+        assert_eq!(
+            d,
+            Doomed {
+                expiring: 1,
+                stale: 1
+            }
+        );
     }
 
     #[test]
