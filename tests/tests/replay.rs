@@ -395,7 +395,7 @@ fn a_replay_is_deterministic_and_leaves_production_alone() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!(
-            "replay: {later} source records ({} outside the event-time range)",
+            "replay: {later} source records ({} outside the event-time range, 0 sealed records that did not open)",
             features.len() - later
         )),
         "{}",
@@ -434,6 +434,102 @@ fn a_replay_is_deterministic_and_leaves_production_alone() {
         String::from_utf8_lossy(&again.stderr).contains("--into"),
         "{}",
         text(&again)
+    );
+
+    // A sealed source without the key ring, or with one that does not open it, is refused
+    // before anything is created (rather than every record dropped or dead-lettered).
+    let wrong = dir.join("wrong-keys");
+    write_key(&wrong, "k1", 8);
+    for (case, extra) in [
+        ("no keys", vec![]),
+        (
+            "wrong keys",
+            vec![
+                "--encryption-keys-dir",
+                wrong.to_str().unwrap(),
+                "--encryption-active-key",
+                "k1",
+            ],
+        ),
+    ] {
+        let unsealed_into = format!("replay.{name}-{}.", case.replace(' ', "-"));
+        for basis in ["kafka", "event"] {
+            let base = [
+                "replay",
+                "--bootstrap-servers",
+                &bootstrap(),
+                "--topic-prefix",
+                &prefix,
+                "--into",
+                &unsealed_into,
+                "--stage",
+                "validator",
+                "--time-basis",
+                basis,
+                "--from-time",
+                "-30d",
+            ];
+            let out = admin(&[&base[..], &extra[..]].concat(), &[]);
+            assert_eq!(out.status.code(), Some(2), "{case} {basis}: {}", text(&out));
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("--encryption-keys-dir"),
+                "{case}: {}",
+                text(&out)
+            );
+        }
+        assert!(
+            end_offsets(&TopicRole::Validated.topic(&unsealed_into))
+                .iter()
+                .all(|(_, h)| *h == 0),
+            "{case}: a refused replay wrote"
+        );
+    }
+
+    // Both replays completed: diff compares them without a warning, and finds nothing. A
+    // replay prefix without its completion marker (killed) is compared with a warning, and
+    // --exit-code says there are differences.
+    let same = admin(
+        &[
+            "alert",
+            "--bootstrap-servers",
+            &bootstrap(),
+            "diff",
+            "--before",
+            &into[0],
+            "--after",
+            &into[1],
+            "--exit-code",
+        ],
+        &[],
+    );
+    assert_eq!(same.status.code(), Some(0), "{}", text(&same));
+    assert!(
+        !String::from_utf8_lossy(&same.stderr).contains("completion marker"),
+        "{}",
+        text(&same)
+    );
+    let killed = format!("replay.{name}-killed.");
+    create_topics(&killed, 1);
+    let partial = admin(
+        &[
+            "alert",
+            "--bootstrap-servers",
+            &bootstrap(),
+            "diff",
+            "--before",
+            &into[0],
+            "--after",
+            &killed,
+            "--exit-code",
+        ],
+        &[],
+    );
+    assert_eq!(partial.status.code(), Some(1), "{}", text(&partial));
+    let said = String::from_utf8_lossy(&partial.stderr);
+    assert!(
+        said.contains(&format!("{killed}manifest holds no completion marker"))
+            && !said.contains(&format!("{}manifest", into[0])),
+        "{said}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

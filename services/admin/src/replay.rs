@@ -273,51 +273,28 @@ fn checked(e: seqmon_runtime::processor::ConfigError) -> ReplayError {
     }
 }
 
-/// The privacy enforcer as its service builds it: pseudonym key (never the public demo key) and
-/// the operator's templates, from `PRIVACY_*`.
+/// The privacy enforcer as its service builds it (`seqmon_services::build_privacy_enforcer`:
+/// pseudonym key, never the public demo key, and the operator's templates), from `PRIVACY_*`.
 fn privacy_enforcer() -> Result<Box<dyn Processor>, ReplayError> {
-    use seqmon_privacy::pseudonym::PseudonymKey;
-    use seqmon_privacy::template::TemplateCatalogue;
-    use seqmon_privacy_enforcer::{PrivacyConfig, PrivacyEnforcer};
+    use seqmon_privacy_enforcer::PrivacyConfig;
     use seqmon_runtime::processor::config::setting_name;
     let cfg: PrivacyConfig = settings_from_env("privacy-enforcer")?;
-    cfg.validate().map_err(checked)?;
-    let name = setting_name::<PrivacyConfig>;
-    let hex = match (&cfg.pseudonym_key, &cfg.pseudonym_key_file) {
-        (Some(k), _) => k.expose().to_string(),
-        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-            config(
-                &name("pseudonym_key_file"),
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?,
-        (None, None) => {
-            return Err(config(
-                &name("pseudonym_key_file"),
-                "is required to replay through the privacy enforcer (the deployment's key, so pseudonyms match production)",
-            ))
-        }
-    };
-    if seqmon_privacy_enforcer::is_demo_key(&hex) {
+    if cfg.pseudonym_key.is_none() && cfg.pseudonym_key_file.is_none() {
         return Err(config(
-            &name("pseudonym_key_file"),
-            "holds the public demo key",
+            &setting_name::<PrivacyConfig>("pseudonym_key_file"),
+            "is required to replay through the privacy enforcer (the deployment's key, so pseudonyms match production)",
         ));
     }
-    let key = PseudonymKey::from_hex(&hex)
-        .map_err(|e| config(&name("pseudonym_key_file"), e.to_string()))?;
-    let mut templates = TemplateCatalogue::builtin();
-    if let Some(path) = &cfg.log_templates_file {
-        let bad = |m: String| config(&name("log_templates_file"), m);
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-        let extra =
-            TemplateCatalogue::parse(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        templates
-            .extend(extra)
-            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    match seqmon_services::build_privacy_enforcer(&cfg) {
+        Ok(p) => Ok(Box::new(p)),
+        Err(seqmon_runtime::RuntimeError::Config { setting, message }) => {
+            Err(ReplayError::Config { setting, message })
+        }
+        Err(e) => Err(config(
+            "privacy-enforcer settings (environment)",
+            e.to_string(),
+        )),
     }
-    Ok(Box::new(PrivacyEnforcer::new(cfg, key, templates)))
 }
 
 /// A stage's processor, configured as its service is (environment, then defaults).
