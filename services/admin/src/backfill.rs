@@ -57,7 +57,9 @@ use seqmon_runtime::kafka::CheckedDelivery;
 pub struct BackfillArgs {
     #[command(flatten)]
     kafka: Box<KafkaConnection>,
-    /// Files to load, in order (repeat the flag for several).
+    /// Files to load, in order (repeat the flag for several). Load each file once: a file
+    /// loaded twice is loaded twice, and the validator drops repeated message ids only within
+    /// its one-hour horizon.
     #[arg(long = "file", required = true)]
     files: Vec<PathBuf>,
     /// What the files hold; `auto` looks at their first bytes.
@@ -417,39 +419,233 @@ pub fn read_file(
         }
         InputFormat::AvroContainer => {
             let latest = store().latest("telemetry");
-            let reader = apache_avro::Reader::with_schema(&latest.schema, BufReader::new(file))
-                .map_err(|e| {
-                    read_error(
-                        path,
-                        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+            let mut input = BufReader::new(file);
+            let bad_file = |m: String| {
+                read_error(
+                    path,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, m),
+                )
+            };
+            let header = container::header(&mut input).map_err(bad_file)?;
+            let mut index = 0u64;
+            'blocks: while let Some(block) =
+                container::next_block(&mut input, &header).map_err(bad_file)?
+            {
+                let mut cursor = std::io::Cursor::new(&block.data[..]);
+                for _ in 0..block.count {
+                    index += 1;
+                    counts.read += 1;
+                    let location = format!("record {index}");
+                    let result = apache_avro::from_avro_datum(
+                        &header.schema,
+                        &mut cursor,
+                        Some(&latest.schema),
                     )
-                })?;
-            for (i, value) in reader.enumerate() {
-                counts.read += 1;
-                let location = format!("record {}", i + 1);
-                let result = value
                     .map_err(|e| e.to_string())
                     .and_then(|v| encode_value(latest, v).map_err(|e| e.to_string()))
                     .and_then(|v| loaded(v, &location, now_ms));
-                match result {
-                    Ok(l) => {
-                        counts.good += 1;
-                        on_good(l)?;
-                    }
-                    Err(e) => {
-                        // A block that does not decode leaves the reader without a position.
-                        bad(
-                            &mut counts,
-                            location,
-                            format!("{e}; the rest of the file is not read"),
-                        );
-                        break;
+                    match result {
+                        Ok(l) => {
+                            counts.good += 1;
+                            on_good(l)?;
+                        }
+                        Err(e) => {
+                            // A record that does not decode leaves the block without a position.
+                            bad(
+                                &mut counts,
+                                location,
+                                format!("{e}; the rest of the file is not read"),
+                            );
+                            break 'blocks;
+                        }
                     }
                 }
             }
         }
     }
     Ok(counts)
+}
+
+/// Avro object container files read block by block here, not by apache-avro's `Reader`: its
+/// allocation limit is process-wide, set to 2 MiB per value by the schema store
+/// (`MAX_DECODE_ALLOCATION`) and applied to whole blocks, which Spark writes far larger. A block
+/// may be up to [`container::MAX_BLOCK_BYTES`]; each record in it still decodes under the
+/// store's per-value limit. Codecs: `null` and `snappy` (Spark's default); others are refused
+/// by name.
+pub mod container {
+    use std::io::Read;
+
+    /// Largest block accepted, compressed or not: a larger one is refused, naming this limit.
+    pub const MAX_BLOCK_BYTES: usize = 64 * 1024 * 1024;
+    /// Largest header metadata accepted (the writer schema is in it).
+    const MAX_METADATA_BYTES: usize = 16 * 1024 * 1024;
+
+    /// A container's writer schema, codec and sync marker.
+    pub struct Header {
+        pub schema: apache_avro::Schema,
+        pub snappy: bool,
+        pub sync: [u8; 16],
+    }
+
+    /// One block: its record count and its data, decompressed.
+    pub struct Block {
+        pub count: u64,
+        pub data: Vec<u8>,
+    }
+
+    fn long(input: &mut impl Read) -> Result<Option<i64>, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let mut b = [0u8; 1];
+            match input.read(&mut b) {
+                Ok(0) if shift == 0 => return Ok(None),
+                Ok(0) => return Err("the file ends inside a number".into()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            value |= u64::from(b[0] & 0x7f) << shift;
+            if b[0] & 0x80 == 0 {
+                return Ok(Some((value >> 1) as i64 ^ -((value & 1) as i64)));
+            }
+        }
+        Err("a number longer than 10 bytes".into())
+    }
+
+    fn bytes(input: &mut impl Read, len: i64, limit: usize, what: &str) -> Result<Vec<u8>, String> {
+        let len = usize::try_from(len).map_err(|_| format!("{what}: negative length"))?;
+        if len > limit {
+            return Err(format!(
+                "{what} of {len} bytes is over the limit of {limit} bytes ({} MiB)",
+                limit >> 20
+            ));
+        }
+        let mut out = vec![0u8; len];
+        input
+            .read_exact(&mut out)
+            .map_err(|e| format!("{what}: {e}"))?;
+        Ok(out)
+    }
+
+    /// Reads `Obj\x01`, the metadata map and the sync marker.
+    pub fn header(input: &mut impl Read) -> Result<Header, String> {
+        let mut magic = [0u8; 4];
+        input.read_exact(&mut magic).map_err(|e| e.to_string())?;
+        if &magic != b"Obj\x01" {
+            return Err("not an Avro object container file".into());
+        }
+        let (mut schema, mut codec) = (None, None);
+        let mut total = 0usize;
+        loop {
+            let mut count = long(input)?.ok_or("the file ends in its header")?;
+            if count == 0 {
+                break;
+            }
+            if count < 0 {
+                count = -count;
+                long(input)?; // the block's size in bytes: not needed
+            }
+            for _ in 0..count {
+                let n = long(input)?.ok_or("the file ends in its header")?;
+                let key = bytes(input, n, MAX_METADATA_BYTES, "a metadata key")?;
+                let n = long(input)?.ok_or("the file ends in its header")?;
+                let value = bytes(input, n, MAX_METADATA_BYTES, "a metadata value")?;
+                total += key.len() + value.len();
+                if total > MAX_METADATA_BYTES {
+                    return Err("the header's metadata is over 16 MiB".into());
+                }
+                match &key[..] {
+                    b"avro.schema" => schema = Some(value),
+                    b"avro.codec" => codec = Some(value),
+                    _ => {}
+                }
+            }
+        }
+        let mut sync = [0u8; 16];
+        input.read_exact(&mut sync).map_err(|e| e.to_string())?;
+        let schema = schema.ok_or("the header has no avro.schema")?;
+        let schema = std::str::from_utf8(&schema)
+            .map_err(|e| e.to_string())
+            .and_then(|t| apache_avro::Schema::parse_str(t).map_err(|e| e.to_string()))
+            .map_err(|e| format!("the writer schema does not parse: {e}"))?;
+        let snappy = match codec.as_deref() {
+            None | Some(b"null") => false,
+            Some(b"snappy") => true,
+            Some(other) => {
+                return Err(format!(
+                    "codec {:?} is not supported (null and snappy are): re-write the file uncompressed or with snappy",
+                    String::from_utf8_lossy(other)
+                ))
+            }
+        };
+        Ok(Header {
+            schema,
+            snappy,
+            sync,
+        })
+    }
+
+    /// The next block, or `None` at the end of the file.
+    pub fn next_block(input: &mut impl Read, header: &Header) -> Result<Option<Block>, String> {
+        let Some(count) = long(input)? else {
+            return Ok(None);
+        };
+        let count = u64::try_from(count).map_err(|_| "a block with a negative record count")?;
+        let size = long(input)?.ok_or("the file ends in a block header")?;
+        let raw = bytes(input, size, MAX_BLOCK_BYTES, "a container block")?;
+        let mut sync = [0u8; 16];
+        input
+            .read_exact(&mut sync)
+            .map_err(|e| format!("after a block: {e}"))?;
+        if sync != header.sync {
+            return Err("a block is not followed by the file's sync marker (corrupt file)".into());
+        }
+        let data = if header.snappy {
+            let (body, crc) = raw
+                .split_at_checked(raw.len().saturating_sub(4))
+                .filter(|(_, c)| c.len() == 4)
+                .ok_or("a snappy block shorter than its checksum")?;
+            let len = snap::raw::decompress_len(body).map_err(|e| format!("snappy: {e}"))?;
+            if len > MAX_BLOCK_BYTES {
+                return Err(format!(
+                    "a container block of {len} bytes uncompressed is over the limit of {MAX_BLOCK_BYTES} bytes (64 MiB)"
+                ));
+            }
+            let data = snap::raw::Decoder::new()
+                .decompress_vec(body)
+                .map_err(|e| format!("snappy: {e}"))?;
+            if crc32(&data).to_be_bytes() != crc {
+                return Err("a snappy block's checksum does not match (corrupt file)".into());
+            }
+            data
+        } else {
+            raw
+        };
+        Ok(Some(Block { count, data }))
+    }
+
+    /// CRC-32 (IEEE), as Avro's snappy codec appends it.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for b in data {
+            crc ^= u32::from(*b);
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xedb8_8320 & (!(crc & 1)).wrapping_add(1));
+            }
+        }
+        !crc
+    }
+
+    #[cfg(test)]
+    pub(crate) mod tests {
+        pub(crate) fn crc(data: &[u8]) -> u32 {
+            super::crc32(data)
+        }
+
+        #[test]
+        fn crc32_is_ieee() {
+            assert_eq!(super::crc32(b"123456789"), 0xcbf4_3926);
+        }
+    }
 }
 
 /// Runs `seqmon-admin backfill`.
@@ -912,6 +1108,87 @@ mod tests {
                 stale: 1
             }
         );
+    }
+
+    /// A container file with one block of `records`, written here (apache-avro's writer has no
+    /// snappy without its feature).
+    fn container_file(records: &[Telemetry], codec: &str) -> Vec<u8> {
+        fn long(out: &mut Vec<u8>, v: i64) {
+            let mut z = ((v << 1) ^ (v >> 63)) as u64;
+            loop {
+                let b = (z & 0x7f) as u8;
+                z >>= 7;
+                if z == 0 {
+                    out.push(b);
+                    break;
+                }
+                out.push(b | 0x80);
+            }
+        }
+        let schema = &store().latest("telemetry").schema;
+        let mut data = Vec::new();
+        for t in records {
+            let v = apache_avro::to_value(t).unwrap().resolve(schema).unwrap();
+            data.extend(apache_avro::to_avro_datum(schema, v).unwrap());
+        }
+        if codec == "snappy" {
+            let mut c = snap::raw::Encoder::new().compress_vec(&data).unwrap();
+            c.extend(container::tests::crc(&data).to_be_bytes());
+            data = c;
+        }
+        let mut out = b"Obj\x01".to_vec();
+        long(&mut out, 2);
+        for (k, v) in [
+            ("avro.schema", schema.canonical_form()),
+            ("avro.codec", codec.to_string()),
+        ] {
+            long(&mut out, k.len() as i64);
+            out.extend(k.as_bytes());
+            long(&mut out, v.len() as i64);
+            out.extend(v.as_bytes());
+        }
+        long(&mut out, 0);
+        let sync = [7u8; 16];
+        out.extend(sync);
+        long(&mut out, records.len() as i64);
+        long(&mut out, data.len() as i64);
+        out.extend(data);
+        out.extend(sync);
+        out
+    }
+
+    #[test]
+    fn large_and_snappy_container_blocks_load_and_other_codecs_are_named() {
+        let many: Vec<Telemetry> = (0..20_000)
+            .map(|i| {
+                let mut t = telemetry(&format!("S{i:05}"), &format!("message-id-{i:08}"));
+                t.attributes.insert("note".into(), "x".repeat(200));
+                t
+            })
+            .collect();
+        for codec in ["null", "snappy"] {
+            let bytes = container_file(&many, codec);
+            let p = temp(&format!("big-{codec}.avro"), &bytes);
+            let (counts, good, bad) = read_all(&p, InputFormat::Auto);
+            assert_eq!((counts.good, counts.bad), (20_000, 0), "{codec}: {bad:?}");
+            assert_eq!(good[19_999].key, "S19999");
+            std::fs::remove_file(p).unwrap();
+        }
+        // The uncompressed block is over apache-avro's 2 MiB limit the schema store sets.
+        assert!(container_file(&many, "null").len() > 2 * 1024 * 1024);
+        let p = temp("deflate.avro", &container_file(&many[..1], "deflate"));
+        let e = read_file(
+            &p,
+            InputFormat::Auto,
+            4096,
+            now(),
+            &mut |_| Ok(()),
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("codec \"deflate\" is not supported"), "{e}");
+        std::fs::remove_file(p).unwrap();
     }
 
     #[test]
