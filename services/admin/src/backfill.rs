@@ -260,6 +260,35 @@ fn sniff(path: &Path) -> Result<InputFormat, BackfillError> {
     })
 }
 
+/// Fills `buf` as far as the input goes; the bytes read (fewer only at the end).
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// A reader keeping every byte read through it: apache-avro reads a datum exactly (no
+/// read-ahead), so what it kept is the record's body.
+struct Recording<'a, R> {
+    inner: &'a mut R,
+    seen: Vec<u8>,
+}
+
+impl<R: Read> Read for Recording<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
 fn read_error(path: &Path, source: std::io::Error) -> BackfillError {
     BackfillError::Read {
         path: path.display().to_string(),
@@ -360,33 +389,37 @@ pub fn read_file(
             }
         }
         InputFormat::AvroSingleObject => {
-            let mut bytes = Vec::new();
-            BufReader::new(file)
-                .read_to_end(&mut bytes)
-                .map_err(|source| read_error(path, source))?;
-            let mut at = 0usize;
+            // Streamed: one record in memory at a time, however large the file.
+            let file_len = file.metadata().map_or(0, |m| m.len());
+            let mut input = BufReader::new(file);
+            let mut at = 0u64;
             let mut index = 0u64;
-            while at < bytes.len() {
+            loop {
+                let mut header = [0u8; 10];
+                let got = read_up_to(&mut input, &mut header)
+                    .map_err(|source| read_error(path, source))?;
+                if got == 0 {
+                    break;
+                }
                 index += 1;
                 counts.read += 1;
                 let location = format!("record {index} (byte {at})");
                 // Where the record ends is known only once its body decodes with its writer
                 // schema; a record that does not leaves the rest of the file unsplittable.
-                let length = writer_schema(&bytes[at..])
+                let length = writer_schema(&header[..got])
                     .map_err(|e| e.to_string())
-                    .and_then(|(entry, body)| {
-                        let mut cursor = std::io::Cursor::new(body);
-                        apache_avro::from_avro_datum(&entry.schema, &mut cursor, None)
+                    .and_then(|(entry, _)| {
+                        let mut body = Recording {
+                            inner: &mut input,
+                            seen: header.to_vec(),
+                        };
+                        apache_avro::from_avro_datum(&entry.schema, &mut body, None)
                             .map_err(|e| format!("{} v{}: {e}", entry.name, entry.version))?;
-                        Ok((
-                            entry,
-                            bytes[at..].len() - body.len() + cursor.position() as usize,
-                        ))
+                        Ok((entry, body.seen))
                     });
                 match length {
-                    Ok((entry, len)) => {
-                        let record = bytes[at..at + len].to_vec();
-                        at += len;
+                    Ok((entry, record)) => {
+                        at += record.len() as u64;
                         if entry.name != "telemetry" {
                             bad(
                                 &mut counts,
@@ -409,7 +442,7 @@ pub fn read_file(
                             location,
                             format!(
                                 "{e}; the remaining {} bytes cannot be split into records and are not loaded",
-                                bytes.len() - at
+                                file_len.saturating_sub(at)
                             ),
                         );
                         break;
