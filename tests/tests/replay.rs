@@ -63,6 +63,39 @@ fn end_offsets(topic: &str) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// A topic's configuration value, described by the broker (the admin future driven by parking
+/// this thread: the client's background thread wakes it).
+fn topic_setting(topic: &str, name: &str) -> Option<String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let spec = [ResourceSpecifier::Topic(topic)];
+    let opts = AdminOptions::new();
+    let mut future = std::pin::pin!(admin.describe_configs(&spec, &opts));
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let result = loop {
+        if let Poll::Ready(r) = future.as_mut().poll(&mut cx) {
+            break r;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    };
+    let resource = result.unwrap().into_iter().next()?.ok()?;
+    resource.get(name).and_then(|e| e.value.clone())
+}
+
 /// The committed offsets of `group` on `topic`'s partitions.
 fn committed(group: &str, topic: &str, partitions: i32) -> Vec<Offset> {
     let c: BaseConsumer = ClientConfig::new()
@@ -413,6 +446,16 @@ fn a_replay_is_deterministic_and_leaves_production_alone() {
         &ring,
     );
     assert!(!cohort.is_empty(), "the detector ran");
+
+    // Replay topics keep their records (unlimited retention: they carry old timestamps), and
+    // each complete replay left its completion marker (one record and its commit marker).
+    for into in &into {
+        assert_eq!(
+            topic_setting(&TopicRole::Features.topic(into), "retention.ms").as_deref(),
+            Some("-1")
+        );
+        assert_eq!(end_offsets(&format!("{into}manifest"))[0].1, 2);
+    }
 
     // A replay into topics that hold records is refused, naming the setting.
     let again = admin(
