@@ -63,6 +63,39 @@ fn end_offsets(topic: &str) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// A topic's configuration value, described by the broker (the admin future driven by parking
+/// this thread: the client's background thread wakes it).
+fn topic_setting(topic: &str, name: &str) -> Option<String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let spec = [ResourceSpecifier::Topic(topic)];
+    let opts = AdminOptions::new();
+    let mut future = std::pin::pin!(admin.describe_configs(&spec, &opts));
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let result = loop {
+        if let Poll::Ready(r) = future.as_mut().poll(&mut cx) {
+            break r;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    };
+    let resource = result.unwrap().into_iter().next()?.ok()?;
+    resource.get(name).and_then(|e| e.value.clone())
+}
+
 /// The committed offsets of `group` on `topic`'s partitions.
 fn committed(group: &str, topic: &str, partitions: i32) -> Vec<Offset> {
     let c: BaseConsumer = ClientConfig::new()
@@ -395,7 +428,7 @@ fn a_replay_is_deterministic_and_leaves_production_alone() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!(
-            "replay: {later} source records ({} outside the event-time range)",
+            "replay: {later} source records ({} outside the event-time range, 0 sealed records that did not open)",
             features.len() - later
         )),
         "{}",
@@ -413,6 +446,16 @@ fn a_replay_is_deterministic_and_leaves_production_alone() {
         &ring,
     );
     assert!(!cohort.is_empty(), "the detector ran");
+
+    // Replay topics keep their records (unlimited retention: they carry old timestamps), and
+    // each complete replay left its completion marker (one record and its commit marker).
+    for into in &into {
+        assert_eq!(
+            topic_setting(&TopicRole::Features.topic(into), "retention.ms").as_deref(),
+            Some("-1")
+        );
+        assert_eq!(end_offsets(&format!("{into}manifest"))[0].1, 2);
+    }
 
     // A replay into topics that hold records is refused, naming the setting.
     let again = admin(
@@ -434,6 +477,102 @@ fn a_replay_is_deterministic_and_leaves_production_alone() {
         String::from_utf8_lossy(&again.stderr).contains("--into"),
         "{}",
         text(&again)
+    );
+
+    // A sealed source without the key ring, or with one that does not open it, is refused
+    // before anything is created (rather than every record dropped or dead-lettered).
+    let wrong = dir.join("wrong-keys");
+    write_key(&wrong, "k1", 8);
+    for (case, extra) in [
+        ("no keys", vec![]),
+        (
+            "wrong keys",
+            vec![
+                "--encryption-keys-dir",
+                wrong.to_str().unwrap(),
+                "--encryption-active-key",
+                "k1",
+            ],
+        ),
+    ] {
+        let unsealed_into = format!("replay.{name}-{}.", case.replace(' ', "-"));
+        for basis in ["kafka", "event"] {
+            let base = [
+                "replay",
+                "--bootstrap-servers",
+                &bootstrap(),
+                "--topic-prefix",
+                &prefix,
+                "--into",
+                &unsealed_into,
+                "--stage",
+                "validator",
+                "--time-basis",
+                basis,
+                "--from-time",
+                "-30d",
+            ];
+            let out = admin(&[&base[..], &extra[..]].concat(), &[]);
+            assert_eq!(out.status.code(), Some(2), "{case} {basis}: {}", text(&out));
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("--encryption-keys-dir"),
+                "{case}: {}",
+                text(&out)
+            );
+        }
+        assert!(
+            end_offsets(&TopicRole::Validated.topic(&unsealed_into))
+                .iter()
+                .all(|(_, h)| *h == 0),
+            "{case}: a refused replay wrote"
+        );
+    }
+
+    // Both replays completed: diff compares them without a warning, and finds nothing. A
+    // replay prefix without its completion marker (killed) is compared with a warning, and
+    // --exit-code says there are differences.
+    let same = admin(
+        &[
+            "alert",
+            "--bootstrap-servers",
+            &bootstrap(),
+            "diff",
+            "--before",
+            &into[0],
+            "--after",
+            &into[1],
+            "--exit-code",
+        ],
+        &[],
+    );
+    assert_eq!(same.status.code(), Some(0), "{}", text(&same));
+    assert!(
+        !String::from_utf8_lossy(&same.stderr).contains("completion marker"),
+        "{}",
+        text(&same)
+    );
+    let killed = format!("replay.{name}-killed.");
+    create_topics(&killed, 1);
+    let partial = admin(
+        &[
+            "alert",
+            "--bootstrap-servers",
+            &bootstrap(),
+            "diff",
+            "--before",
+            &into[0],
+            "--after",
+            &killed,
+            "--exit-code",
+        ],
+        &[],
+    );
+    assert_eq!(partial.status.code(), Some(1), "{}", text(&partial));
+    let said = String::from_utf8_lossy(&partial.stderr);
+    assert!(
+        said.contains(&format!("{killed}manifest holds no completion marker"))
+            && !said.contains(&format!("{}manifest", into[0])),
+        "{said}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -481,7 +620,8 @@ fn backfill_loads_good_lines_sealed_and_reports_bad_ones_by_line() {
             let mut t = sample();
             t.message_id = format!("backfill-{i}");
             t.instrument_serial = format!("BF{i:03}");
-            t.sent_time_ms = 1_780_000_000_000 + i * 1000;
+            // Recent: telemetry.raw (producer-stamped here) keeps 3 days.
+            t.sent_time_ms = now_ms() - 3_600_000 + i * 1000;
             t
         })
         .collect();
@@ -548,6 +688,47 @@ fn backfill_loads_good_lines_sealed_and_reports_bad_ones_by_line() {
         assert_eq!(*ts, Some(records[i].sent_time_ms));
         assert_eq!(encode(t).unwrap(), encode(&records[i]).unwrap());
     }
+
+    // A recording older than the retention would be deleted within minutes: refused, nothing
+    // produced; without a key ring the plaintext would land on a sealed topic: refused.
+    let mut old = records[0].clone();
+    old.message_id = "backfill-old".into();
+    old.sent_time_ms = now_ms() - 5 * 24 * 3_600_000;
+    let old_path = dir.join("old.jsonl");
+    std::fs::write(&old_path, line(&old) + "\n").unwrap();
+    let base = [
+        "backfill",
+        "--bootstrap-servers",
+        &bootstrap(),
+        "--topic-prefix",
+        &prefix,
+        "--file",
+        old_path.to_str().unwrap(),
+    ];
+    let keyed = [
+        "--encryption-keys-dir",
+        keys.to_str().unwrap(),
+        "--encryption-active-key",
+        "k1",
+    ];
+    let refused = admin(&[&base[..], &keyed[..]].concat(), &[]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("1 record(s)")
+            && said.contains("retention.ms")
+            && said.contains("--accept-old-records"),
+        "{said}"
+    );
+    let unsealed = admin(&base, &[]);
+    assert_eq!(unsealed.status.code(), Some(2), "{}", text(&unsealed));
+    assert!(
+        String::from_utf8_lossy(&unsealed.stderr).contains("--encryption-keys-dir"),
+        "{}",
+        text(&unsealed)
+    );
+    let after: i64 = end_offsets(&raw).iter().map(|(_, high)| high).sum();
+    assert_eq!(after, 5, "a refused backfill produced");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -72,14 +72,7 @@ enum AlertCommandCli {
     /// Alerts added, removed or changed between two topic prefixes (e.g. production and a
     /// replay after a detector change), matched by instrument, subsystem, metric and opening
     /// window.
-    Diff {
-        /// Prefix of the run before the change (`""` for unprefixed production topics).
-        #[arg(long)]
-        before: String,
-        /// Prefix of the run after it, e.g. `replay.detector-v2.`.
-        #[arg(long)]
-        after: String,
-    },
+    Diff(crate::diff::DiffArgs),
     /// Acknowledge: someone is on it (escalation stops).
     Ack(Issuer),
     /// Snooze until a time: `--until 2026-12-01T08:00:00Z` or `--until +12h` (m, h, d).
@@ -168,9 +161,7 @@ pub fn run(args: AlertArgs) -> ExitCode {
         AlertCommandCli::List { state, instrument } => {
             return list(&kafka, state.as_deref(), instrument.as_deref())
         }
-        AlertCommandCli::Diff { before, after } => {
-            return crate::diff::run(&kafka, &before, &after)
-        }
+        AlertCommandCli::Diff(args) => return crate::diff::run(&kafka, &args),
         AlertCommandCli::Ack(i) => (i, Action::Ack),
         AlertCommandCli::Snooze { issuer, until } => match parse_time(&until, now) {
             Ok(t) => (issuer, Action::Snooze(t)),

@@ -10,8 +10,15 @@
 //!
 //! Both topics are read whole, `read_committed`, with the shared reader (nothing committed, no
 //! group joined). A record that does not decode as an alert is counted and reported, never
-//! guessed at. Exit codes: 0 compared (differences or not: read them from the output), 1 a
-//! topic could not be read, 2 a bad argument.
+//! guessed at. `--from-time`/`--until-time` keep only alerts opened (`opened_at_ms`) in that
+//! range on both sides, so a one-day replay compares with that day of production's year.
+//!
+//! A `replay.` prefix whose `replay.<name>.manifest` holds no completion marker (the replay was
+//! killed, or is still running) is compared, with a warning on stderr: its alerts may be partial.
+//!
+//! Exit codes: 0 compared (with `--exit-code`: and no differences), 1 differences with
+//! `--exit-code` (as `git diff`), or a topic could not be read, 2 a bad argument (a prefix
+//! other than `""` that does not end with `.`, a range whose end is not after its start).
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -23,6 +30,26 @@ use seqmon_model::{decode, Alert};
 use seqmon_runtime::config::KafkaConnection;
 
 use crate::source::{self, TopicRange};
+
+/// `seqmon-admin alert diff ...`.
+#[derive(clap::Args)]
+pub struct DiffArgs {
+    /// Prefix of the run before the change (`""` for unprefixed production topics).
+    #[arg(long)]
+    pub before: String,
+    /// Prefix of the run after it, e.g. `replay.detector-v2.`.
+    #[arg(long)]
+    pub after: String,
+    /// Only alerts opened at or after this time (`opened_at_ms`): `2026-11-01`, ms, `-1d`.
+    #[arg(long, allow_hyphen_values = true)]
+    pub from_time: Option<String>,
+    /// Only alerts opened before this time.
+    #[arg(long, allow_hyphen_values = true)]
+    pub until_time: Option<String>,
+    /// Exit 1 when there are differences (as `git diff --exit-code`).
+    #[arg(long)]
+    pub exit_code: bool,
+}
 
 /// What identifies an alert across two runs.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -200,13 +227,74 @@ fn read_alerts(kafka: &KafkaConnection, prefix: &str) -> Result<(Vec<Alert>, u64
     Ok((alerts, undecodable))
 }
 
+/// Whether a replay prefix has its completion marker (a record on `<prefix>manifest`).
+fn completed(kafka: &KafkaConnection, prefix: &str) -> bool {
+    let range = TopicRange {
+        topic: crate::replay::manifest_topic(prefix),
+        partitions: None,
+        from: source::From::Beginning,
+        until: source::Until::EndAtStart,
+        read_uncommitted: false,
+        idle_timeout: std::time::Duration::from_secs(30),
+    };
+    let mut found = false;
+    let read = source::read_range(kafka, &range, |r| {
+        found |= r.value.is_some();
+        ControlFlow::Break(())
+    });
+    read.is_ok() && found
+}
+
 /// Runs `seqmon-admin alert diff`.
-pub fn run(kafka: &KafkaConnection, before: &str, after: &str) -> ExitCode {
+pub fn run(kafka: &KafkaConnection, args: &DiffArgs) -> ExitCode {
+    let (before, after) = (args.before.as_str(), args.after.as_str());
     if before == after {
         eprintln!(
             "error: invalid configuration: --after: the same prefix as --before ({before:?})"
         );
         return ExitCode::from(2);
+    }
+    for (flag, prefix) in [("--before", before), ("--after", after)] {
+        if !prefix.is_empty() && !prefix.ends_with('.') {
+            eprintln!("error: invalid configuration: {flag}: {prefix:?} is a prefix and must end with '.' (e.g. {prefix}.)");
+            return ExitCode::from(2);
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut bounds = [None, None];
+    for (i, (flag, value)) in [
+        ("--from-time", &args.from_time),
+        ("--until-time", &args.until_time),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Some(v) = value {
+            match source::parse_time_arg(v, now) {
+                Ok(t) => bounds[i] = Some(t),
+                Err(e) => {
+                    eprintln!("error: invalid configuration: {flag}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    let [from, until] = bounds;
+    if let (Some(f), Some(u)) = (from, until) {
+        if f >= u {
+            eprintln!("error: invalid configuration: --until-time: is not after --from-time");
+            return ExitCode::from(2);
+        }
+    }
+    for prefix in [before, after] {
+        if prefix.starts_with("replay.") && !completed(kafka, prefix) {
+            eprintln!(
+                "warning: {} holds no completion marker: the replay {prefix} was killed or is still running, its alerts may be partial",
+                crate::replay::manifest_topic(prefix)
+            );
+        }
     }
     let mut runs = Vec::new();
     for prefix in [before, after] {
@@ -218,7 +306,12 @@ pub fn run(kafka: &KafkaConnection, before: &str, after: &str) -> ExitCode {
                         TopicRole::Alerts.topic(prefix)
                     );
                 }
-                runs.push(histories(alerts));
+                let mut h = histories(alerts);
+                h.retain(|k, _| {
+                    from.is_none_or(|f| k.opened_at_ms >= f)
+                        && until.is_none_or(|u| k.opened_at_ms < u)
+                });
+                runs.push(h);
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -252,5 +345,9 @@ pub fn run(kafka: &KafkaConnection, before: &str, after: &str) -> ExitCode {
         runs[1].len(),
         TopicRole::Alerts.topic(after)
     );
-    ExitCode::SUCCESS
+    if args.exit_code && !differences.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

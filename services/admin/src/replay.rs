@@ -46,9 +46,22 @@
 //! `PRIVACY_*`, `FEATURES_*`, ...; defaults otherwise), so exporting a changed setting replays
 //! the change; the privacy enforcer needs its pseudonym key (`PRIVACY_PSEUDONYM_KEY_FILE`).
 //!
-//! Refusals (exit 2, naming the setting): a prefix that does not start with `replay.` or end
-//! with `.`, a topic name it would make that is a production topic (or is not a legal topic
-//! name), replay topics that already hold records, a stage setting that does not validate.
+//! Replay topics are created with unlimited retention (`--retention-hours` to bound it): their
+//! records carry the source's old timestamps, which production's retention would delete at
+//! once. Delete them when done. After the last transaction, one record on
+//! `replay.<name>.manifest` (range, settings, counts) marks the replay complete; `alert diff`
+//! warns about a `replay.` prefix without it (a killed replay).
+//!
+//! A sealed source needs the key ring: a sealed record read without one, or a first sealed
+//! record that does not open with it, refuses the replay (exit 2, `--encryption-keys-dir`).
+//! A later record that does not open is counted apart (never as outside an event-time range;
+//! on the Kafka basis the validator dead-letters it UNDECODABLE) and the exit code is 3.
+//!
+//! Refusals (exit 2, naming the setting), all before anything is written: a prefix that does
+//! not start with `replay.` or end with `.` (or holds `..`), a topic name it would make that is
+//! a production topic, is not a legal topic name or collides with an existing one ('.' and '_'),
+//! replay topics that already hold records, a stage setting that does not validate, a range
+//! whose end is not after its start, a `--partition` the source does not have.
 //! Failures (exit 1): the source cannot be read, Kafka refuses the transactional id or a
 //! transaction; an open transaction is aborted, so the replay topics hold whole batches only.
 //!
@@ -136,10 +149,10 @@ pub struct ReplayArgs {
     until_offset: Option<i64>,
     /// Start time: `2026-11-01T00:00:00Z`, `2026-11-01` (UTC midnight), ms since the epoch, or a
     /// time ago (`-2d`).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     from_time: Option<String>,
     /// End time (exclusive), same forms; by default the end of the topic when the replay begins.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     until_time: Option<String>,
     /// Whether the times are Kafka timestamps or the records' event times.
     #[arg(long, value_enum, default_value = "kafka")]
@@ -151,9 +164,14 @@ pub struct ReplayArgs {
     /// does; production never does, so by default neither does a replay.
     #[arg(long)]
     flush_at_end: bool,
-    /// Replication factor of the replay topics.
-    #[arg(long, default_value_t = 1)]
+    /// Replication factor of the replay topics (-1: the broker's default).
+    #[arg(long, env = "SEQMON_REPLICATION_FACTOR", default_value_t = -1, allow_hyphen_values = true)]
     replication_factor: i32,
+    /// Retention of the replay topics, hours; unlimited by default. Their records carry the
+    /// source's (old) timestamps, so production's retention would delete them at once: delete
+    /// the topics when done instead.
+    #[arg(long)]
+    retention_hours: Option<u64>,
 }
 
 /// Why a replay did not run or stopped.
@@ -203,6 +221,13 @@ pub fn check_prefix(into: &str, kafka: &KafkaConnection) -> Result<(), ReplayErr
             format!("the name in {into:?} must be letters, digits, '.', '_' or '-'"),
         ));
     }
+    // `replay.x..` would share `replay.x.`'s transactional id, `replay.x`.
+    if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
+        return Err(config(
+            "--into",
+            format!("the name in {into:?} must not start or end with '.' nor hold \"..\""),
+        ));
+    }
     let production: Vec<String> = TopicRole::ALL.iter().map(|r| kafka.topic(*r)).collect();
     for spec in CATALOGUE {
         let topic = spec.role.topic(into);
@@ -225,6 +250,12 @@ pub fn check_prefix(into: &str, kafka: &KafkaConnection) -> Result<(), ReplayErr
     Ok(())
 }
 
+/// The transactional id of a replay: its prefix without the final dot (`replay.x.` ->
+/// `replay.x`); [`check_prefix`] has refused names ending in `.`, so no two prefixes share one.
+pub fn transactional_id(into: &str) -> String {
+    into.strip_suffix('.').unwrap_or(into).to_string()
+}
+
 /// The settings `A` of a stage service from its environment variables, else their defaults.
 fn settings_from_env<A: Args + FromArgMatches>(stage: &'static str) -> Result<A, ReplayError> {
     let cmd = A::augment_args(ClapCommand::new(stage).no_binary_name(true));
@@ -242,51 +273,28 @@ fn checked(e: seqmon_runtime::processor::ConfigError) -> ReplayError {
     }
 }
 
-/// The privacy enforcer as its service builds it: pseudonym key (never the public demo key) and
-/// the operator's templates, from `PRIVACY_*`.
+/// The privacy enforcer as its service builds it (`seqmon_services::build_privacy_enforcer`:
+/// pseudonym key, never the public demo key, and the operator's templates), from `PRIVACY_*`.
 fn privacy_enforcer() -> Result<Box<dyn Processor>, ReplayError> {
-    use seqmon_privacy::pseudonym::PseudonymKey;
-    use seqmon_privacy::template::TemplateCatalogue;
-    use seqmon_privacy_enforcer::{PrivacyConfig, PrivacyEnforcer};
+    use seqmon_privacy_enforcer::PrivacyConfig;
     use seqmon_runtime::processor::config::setting_name;
     let cfg: PrivacyConfig = settings_from_env("privacy-enforcer")?;
-    cfg.validate().map_err(checked)?;
-    let name = setting_name::<PrivacyConfig>;
-    let hex = match (&cfg.pseudonym_key, &cfg.pseudonym_key_file) {
-        (Some(k), _) => k.expose().to_string(),
-        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-            config(
-                &name("pseudonym_key_file"),
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?,
-        (None, None) => {
-            return Err(config(
-                &name("pseudonym_key_file"),
-                "is required to replay through the privacy enforcer (the deployment's key, so pseudonyms match production)",
-            ))
-        }
-    };
-    if seqmon_privacy_enforcer::is_demo_key(&hex) {
+    if cfg.pseudonym_key.is_none() && cfg.pseudonym_key_file.is_none() {
         return Err(config(
-            &name("pseudonym_key_file"),
-            "holds the public demo key",
+            &setting_name::<PrivacyConfig>("pseudonym_key_file"),
+            "is required to replay through the privacy enforcer (the deployment's key, so pseudonyms match production)",
         ));
     }
-    let key = PseudonymKey::from_hex(&hex)
-        .map_err(|e| config(&name("pseudonym_key_file"), e.to_string()))?;
-    let mut templates = TemplateCatalogue::builtin();
-    if let Some(path) = &cfg.log_templates_file {
-        let bad = |m: String| config(&name("log_templates_file"), m);
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-        let extra =
-            TemplateCatalogue::parse(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        templates
-            .extend(extra)
-            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    match seqmon_services::build_privacy_enforcer(&cfg) {
+        Ok(p) => Ok(Box::new(p)),
+        Err(seqmon_runtime::RuntimeError::Config { setting, message }) => {
+            Err(ReplayError::Config { setting, message })
+        }
+        Err(e) => Err(config(
+            "privacy-enforcer settings (environment)",
+            e.to_string(),
+        )),
     }
-    Ok(Box::new(PrivacyEnforcer::new(cfg, key, templates)))
 }
 
 /// A stage's processor, configured as its service is (environment, then defaults).
@@ -392,6 +400,8 @@ pub struct Replayer {
     ring: Option<seqmon_runtime::envelope::KeyRing>,
     /// Timestamp of the last source record pushed.
     last_timestamp_ms: Option<i64>,
+    /// Sealed source records that did not open.
+    pub unopenable: u64,
 }
 
 impl Replayer {
@@ -426,6 +436,7 @@ impl Replayer {
             touched: Default::default(),
             ring,
             last_timestamp_ms: None,
+            unopenable: 0,
         }
     }
 
@@ -443,6 +454,9 @@ impl Replayer {
             }
             _ => None,
         };
+        if matches!(opened, Some(Err(_))) {
+            self.unopenable += 1;
+        }
         let value: &[u8] = match &opened {
             Some(Ok(plain)) => plain,
             _ => &r.value,
@@ -641,6 +655,9 @@ fn parse_time(setting: &str, s: &str) -> Result<i64, ReplayError> {
 pub struct ReplaySummary {
     pub source_records: u64,
     pub skipped_by_event_time: u64,
+    /// Sealed records that did not open with the key ring (after the first, which must): not
+    /// placed in an event-time range; on the Kafka basis, dead-lettered UNDECODABLE.
+    pub unopenable: u64,
     pub transactions: u64,
     pub written: BTreeMap<String, u64>,
 }
@@ -655,9 +672,10 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
                 .map(|(t, n)| format!("{t}={n}"))
                 .collect();
             eprintln!(
-                "replay: {} source records ({} outside the event-time range), {} transactions; written: {}",
+                "replay: {} source records ({} outside the event-time range, {} sealed records that did not open), {} transactions; written: {}",
                 summary.source_records,
                 summary.skipped_by_event_time,
+                summary.unopenable,
                 summary.transactions,
                 if written.is_empty() {
                     "nothing".to_string()
@@ -665,6 +683,13 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
                     written.join(" ")
                 }
             );
+            if summary.unopenable > 0 {
+                eprintln!(
+                    "error: {} sealed source record(s) did not open with the key ring (--encryption-keys-dir): the replay is incomplete",
+                    summary.unopenable
+                );
+                return ExitCode::from(3);
+            }
             ExitCode::SUCCESS
         }
         Err(e @ ReplayError::Config { .. }) => {
@@ -693,6 +718,7 @@ async fn replay(args: ReplayArgs) -> Result<ReplaySummary, ReplayError> {
         batch_records,
         flush_at_end,
         replication_factor,
+        retention_hours,
     } = args;
     kafka
         .validate()
@@ -702,8 +728,27 @@ async fn replay(args: ReplayArgs) -> Result<ReplaySummary, ReplayError> {
     if batch_records == 0 {
         return Err(config("--batch-records", "must be positive"));
     }
-    if !(1..=10).contains(&replication_factor) {
-        return Err(config("--replication-factor", "must be 1..=10"));
+    if replication_factor != -1 && !(1..=10).contains(&replication_factor) {
+        return Err(config(
+            "--replication-factor / SEQMON_REPLICATION_FACTOR",
+            "must be -1 (the broker's default) or 1..=10",
+        ));
+    }
+    let retention_ms = match retention_hours {
+        None => -1,
+        Some(0) => return Err(config("--retention-hours", "must be positive")),
+        Some(h) => i64::try_from(h)
+            .ok()
+            .and_then(|h| h.checked_mul(3_600_000))
+            .ok_or_else(|| config("--retention-hours", "too large"))?,
+    };
+    if let (Some(f), Some(u)) = (from_offset, until_offset) {
+        if f >= u {
+            return Err(config(
+                "--until-offset",
+                format!("{u} is not after --from-offset {f}"),
+            ));
+        }
     }
     let from_time = from_time
         .map(|t| parse_time("--from-time", &t))
@@ -711,6 +756,14 @@ async fn replay(args: ReplayArgs) -> Result<ReplaySummary, ReplayError> {
     let until_time = until_time
         .map(|t| parse_time("--until-time", &t))
         .transpose()?;
+    if let (Some(f), Some(u)) = (from_time, until_time) {
+        if f >= u {
+            return Err(config(
+                "--until-time",
+                "is not after --from-time (the end is exclusive)",
+            ));
+        }
+    }
     let chain = selected(stage, downstream);
     let processors: Vec<Box<dyn Processor>> = chain
         .iter()
@@ -745,10 +798,19 @@ async fn replay(args: ReplayArgs) -> Result<ReplaySummary, ReplayError> {
         seqmon_runtime::kafka::topic_partitions(&kafka, &source_topic, kafka.connect_timeout())
             .map_err(|e| ReplayError::Kafka(e.to_string()))?;
     let partition_count = source_partitions.len() as u32;
-
-    // The replay topics: created with the source's partition count, and empty.
+    let mut seen_partitions = std::collections::BTreeSet::new();
+    for p in &partitions {
+        if *p < 0 || *p as u32 >= partition_count {
+            return Err(config(
+                "--partition",
+                format!("{source_topic} has no partition {p} (it has {partition_count})"),
+            ));
+        }
+        if !seen_partitions.insert(*p) {
+            return Err(config("--partition", format!("{p} is given twice")));
+        }
+    }
     let roles = output_roles(&chain)?;
-    prepare_topics(&kafka, &into, &roles, partition_count, replication_factor).await?;
 
     // Read the range.
     let event = time_basis == TimeBasis::Event;
@@ -772,26 +834,54 @@ async fn replay(args: ReplayArgs) -> Result<ReplaySummary, ReplayError> {
     let mut by_partition: BTreeMap<i32, VecDeque<SourceRecord>> = BTreeMap::new();
     let mut progress = Progress::new("reading");
     let ring = kafka.key_ring.clone();
-    let opener = ring
-        .as_ref()
-        .filter(|_| source_role.spec().side == PrivacySide::Sensitive);
+    let sensitive = source_role.spec().side == PrivacySide::Sensitive;
+    let mut first_sealed_checked = false;
+    let mut refusal: Option<ReplayError> = None;
     source::read_range(&kafka, &range, |r| {
         let record = SourceRecord::from(r);
-        if event {
-            let plain;
-            let value = match opener {
-                Some(ring) => {
-                    plain = ring
-                        .open(
-                            source_role,
-                            record.key.as_deref().unwrap_or_default(),
-                            record.sealed_with.as_deref(),
-                            &record.value,
-                        )
-                        .unwrap_or_default();
-                    &plain[..]
+        // The first sealed record must open: without the key ring (or with the wrong one) every
+        // record would be dead-lettered, or fall outside an event-time range.
+        let opened = match (&ring, &record.sealed_with) {
+            (_, None) => None,
+            (None, Some(_)) => {
+                refusal = Some(config(
+                    "--encryption-keys-dir",
+                    format!(
+                        "{source_topic} holds sealed records: give the key ring that opens them"
+                    ),
+                ));
+                return ControlFlow::Break(());
+            }
+            (Some(ring), Some(with)) => {
+                let result = ring.open(
+                    source_role,
+                    record.key.as_deref().unwrap_or_default(),
+                    Some(with),
+                    &record.value,
+                );
+                if result.is_err() && !first_sealed_checked {
+                    refusal = Some(config(
+                        "--encryption-keys-dir",
+                        format!(
+                            "the first sealed record of {source_topic} (partition {}, offset {}) does not open with the key ring given",
+                            record.partition, record.offset
+                        ),
+                    ));
+                    return ControlFlow::Break(());
                 }
-                None => &record.value[..],
+                first_sealed_checked = true;
+                Some(result)
+            }
+        };
+        if event {
+            let value = match &opened {
+                Some(Ok(plain)) if sensitive => &plain[..],
+                Some(Err(_)) if sensitive => {
+                    // Its event time is unknown: a failure, not "outside the range".
+                    summary.unopenable += 1;
+                    return ControlFlow::Continue(());
+                }
+                _ => &record.value[..],
             };
             let inside = event_time(source_role, value).is_some_and(|t| {
                 from_time.is_none_or(|f| t >= f) && until_time.is_none_or(|u| t < u)
@@ -810,10 +900,29 @@ async fn replay(args: ReplayArgs) -> Result<ReplaySummary, ReplayError> {
         ControlFlow::Continue(())
     })?;
     progress.done();
+    if let Some(e) = refusal {
+        return Err(e);
+    }
     let records = merge_in_order(by_partition);
 
+    // The replay topics: created with the source's partition count, and empty.
+    let retention = ("retention.ms", retention_ms.to_string());
+    let mut specs: Vec<(String, Vec<(&'static str, String)>)> = roles
+        .iter()
+        .map(|r| {
+            let mut cfg: Vec<(&'static str, String)> = topic_config(r.spec())
+                .into_iter()
+                .filter(|(k, _)| *k != "retention.ms")
+                .collect();
+            cfg.push(retention.clone());
+            (r.topic(&into), cfg)
+        })
+        .collect();
+    specs.push((manifest_topic(&into), vec![retention.clone()]));
+    prepare_topics(&kafka, &specs, partition_count, replication_factor).await?;
+
     // Process and produce.
-    let transactional_id = into.trim_end_matches('.').to_string();
+    let transactional_id = transactional_id(&into);
     let producer: ThreadedProducer<DefaultProducerContext> = kafka
         .producer_config()
         .set("transactional.id", &transactional_id)
@@ -874,6 +983,52 @@ async fn replay(args: ReplayArgs) -> Result<ReplaySummary, ReplayError> {
         )?;
     }
     progress.done();
+    summary.unopenable += replayer.unopenable;
+
+    // The completion marker, last: `alert diff` warns about a replay without one (killed).
+    let manifest = serde_json::json!({
+        "completed_at_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "into": into,
+        "stage": format!("{stage:?}"),
+        "downstream": downstream,
+        "source_topic": range.topic,
+        "partitions": partitions,
+        "from_offset": from_offset,
+        "until_offset": until_offset,
+        "from_time_ms": from_time,
+        "until_time_ms": until_time,
+        "time_basis": format!("{time_basis:?}"),
+        "batch_records": batch_records,
+        "flush_at_end": flush_at_end,
+        "source_records": summary.source_records,
+        "skipped_by_event_time": summary.skipped_by_event_time,
+        "unopenable": summary.unopenable,
+        "transactions": summary.transactions,
+        "written": summary.written,
+    })
+    .to_string();
+    let manifest_name = manifest_topic(&into);
+    producer
+        .begin_transaction()
+        .map_err(|e| ReplayError::Kafka(format!("begin transaction: {e}")))?;
+    let written = seqmon_runtime::kafka::send(
+        &producer,
+        BaseRecord::to(&manifest_name)
+            .key(transactional_id.as_bytes())
+            .payload(manifest.as_bytes())
+            .partition(0),
+    )
+    .and_then(|()| seqmon_runtime::kafka::wait_delivered(&producer, timeout))
+    .and_then(|()| producer.commit_transaction(timeout));
+    if let Err(e) = written {
+        let _ = producer.abort_transaction(timeout);
+        return Err(ReplayError::Kafka(format!(
+            "the completion marker on {manifest_name}: {e} (the replay's records are written; alert diff will call it incomplete)"
+        )));
+    }
     Ok(summary)
 }
 
@@ -897,12 +1052,13 @@ fn transact(
         .begin_transaction()
         .map_err(|e| ReplayError::Kafka(format!("begin transaction: {e}")))?;
     for o in out {
-        let topic = topics.get(&o.role).ok_or_else(|| {
-            ReplayError::Kafka(format!(
-                "a stage wrote to {}, which it does not declare",
+        let Some(topic) = topics.get(&o.role) else {
+            let _ = producer.abort_transaction(timeout);
+            return Err(ReplayError::Kafka(format!(
+                "a stage wrote to {}, which it does not declare (the open transaction was aborted)",
                 o.role
-            ))
-        })?;
+            )));
+        };
         let (value, headers) =
             seqmon_runtime::kafka::outgoing(ring, o.role, o.key.as_bytes(), &o.value);
         let mut record = BaseRecord::to(topic)
@@ -926,11 +1082,23 @@ fn transact(
     Ok(())
 }
 
+/// Whether Kafka sees two topic names as colliding ('.' and '_' are the same in metric names).
+pub fn colliding(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || matches!((x, y), (b'.', b'_') | (b'_', b'.')))
+}
+
+/// The completion marker's topic: one record, written after the last transaction.
+pub fn manifest_topic(into: &str) -> String {
+    format!("{into}manifest")
+}
+
 /// Creates the replay topics (the source's partition count) and checks they are empty.
 async fn prepare_topics(
     kafka: &KafkaConnection,
-    into: &str,
-    roles: &[TopicRole],
+    specs: &[(String, Vec<(&'static str, String)>)],
     partitions: u32,
     replication_factor: i32,
 ) -> Result<(), ReplayError> {
@@ -938,11 +1106,31 @@ async fn prepare_topics(
         .client_config()
         .create()
         .map_err(|e| ReplayError::Kafka(format!("cannot create an admin client: {e}")))?;
-    let names: Vec<String> = roles.iter().map(|r| r.topic(into)).collect();
-    let configs: Vec<Vec<(&str, String)>> = roles.iter().map(|r| topic_config(r.spec())).collect();
-    let new_topics: Vec<NewTopic> = names
+    let names: Vec<String> = specs.iter().map(|(n, _)| n.clone()).collect();
+    let timeout = kafka.connect_timeout().max(Duration::from_secs(10));
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .create()
+        .map_err(|e| ReplayError::Kafka(format!("cannot create a consumer: {e}")))?;
+    // Kafka refuses a topic whose name differs from an existing one only by '.' versus '_'.
+    let existing = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|e| ReplayError::Kafka(format!("listing the topics: {e}")))?;
+    for name in &names {
+        if let Some(other) = existing
+            .topics()
+            .iter()
+            .map(|t| t.name())
+            .find(|t| *t != name && colliding(t, name))
+        {
+            return Err(config(
+                "--into",
+                format!("{name} collides with the existing topic {other} (Kafka treats '.' and '_' alike): choose another name"),
+            ));
+        }
+    }
+    let new_topics: Vec<NewTopic> = specs
         .iter()
-        .zip(&configs)
         .map(|(name, cfg)| {
             let mut t = NewTopic::new(
                 name,
@@ -963,16 +1151,17 @@ async fn prepare_topics(
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, RDKafkaErrorCode::InvalidTopic)) => {
+                return Err(config(
+                    "--into",
+                    format!("Kafka refuses {name} as a topic name (or it collides with another)"),
+                ))
+            }
             Err((name, code)) => {
                 return Err(ReplayError::Kafka(format!("cannot create {name}: {code}")))
             }
         }
     }
-    let timeout = kafka.connect_timeout().max(Duration::from_secs(10));
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .create()
-        .map_err(|e| ReplayError::Kafka(format!("cannot create a consumer: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     for name in &names {
         // A topic just created may take a moment to show all its partitions.
@@ -1047,6 +1236,8 @@ mod tests {
             "replay.",
             "replay.x",
             "replay..",
+            "replay.x..",
+            "replay.x..y.",
             "replay.a b.",
             "prod.replay.x.",
         ] {
@@ -1058,6 +1249,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("production topic"), "{e}");
+    }
+
+    #[test]
+    fn transactional_ids_and_colliding_names() {
+        assert_eq!(transactional_id("replay.x."), "replay.x");
+        assert!(colliding("replay.x.x.alerts", "replay.x_x.alerts"));
+        assert!(!colliding("replay.x.alerts", "replay.y.alerts"));
+        assert!(!colliding("replay.x.alerts", "replay.x.alerts2"));
+        assert_eq!(manifest_topic("replay.x."), "replay.x.manifest");
     }
 
     #[test]
