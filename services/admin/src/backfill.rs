@@ -503,7 +503,8 @@ pub fn read_file(
 /// allocation limit is process-wide, set to 2 MiB per value by the schema store
 /// (`MAX_DECODE_ALLOCATION`) and applied to whole blocks, which Spark writes far larger. A block
 /// may be up to [`container::MAX_BLOCK_BYTES`]; each record in it still decodes under the
-/// store's per-value limit. Codecs: `null` and `snappy` (Spark's default); others are refused
+/// store's per-value limit. Codecs: `null`, `deflate` (what `seqmon-admin export` writes) and
+/// `snappy` (Spark's default); others are refused
 /// by name.
 pub mod container {
     use std::io::Read;
@@ -513,10 +514,18 @@ pub mod container {
     /// Largest header metadata accepted (the writer schema is in it).
     const MAX_METADATA_BYTES: usize = 16 * 1024 * 1024;
 
+    /// How a container's blocks are compressed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BlockCodec {
+        Null,
+        Deflate,
+        Snappy,
+    }
+
     /// A container's writer schema, codec and sync marker.
     pub struct Header {
         pub schema: apache_avro::Schema,
-        pub snappy: bool,
+        pub codec: BlockCodec,
         pub sync: [u8; 16],
     }
 
@@ -600,19 +609,20 @@ pub mod container {
             .map_err(|e| e.to_string())
             .and_then(|t| apache_avro::Schema::parse_str(t).map_err(|e| e.to_string()))
             .map_err(|e| format!("the writer schema does not parse: {e}"))?;
-        let snappy = match codec.as_deref() {
-            None | Some(b"null") => false,
-            Some(b"snappy") => true,
+        let codec = match codec.as_deref() {
+            None | Some(b"null") => BlockCodec::Null,
+            Some(b"snappy") => BlockCodec::Snappy,
+            Some(b"deflate") => BlockCodec::Deflate,
             Some(other) => {
                 return Err(format!(
-                    "codec {:?} is not supported (null and snappy are): re-write the file uncompressed or with snappy",
+                    "codec {:?} is not supported (null, deflate and snappy are): re-write the file with one of them",
                     String::from_utf8_lossy(other)
                 ))
             }
         };
         Ok(Header {
             schema,
-            snappy,
+            codec,
             sync,
         })
     }
@@ -632,7 +642,17 @@ pub mod container {
         if sync != header.sync {
             return Err("a block is not followed by the file's sync marker (corrupt file)".into());
         }
-        let data = if header.snappy {
+        let data = if header.codec == BlockCodec::Deflate {
+            // Raw deflate (RFC 1951), as Avro writes it; bounded like every block.
+            miniz_oxide::inflate::decompress_to_vec_with_limit(&raw, MAX_BLOCK_BYTES).map_err(
+                |e| match e.status {
+                    miniz_oxide::inflate::TINFLStatus::HasMoreOutput => format!(
+                        "a container block over the limit of {MAX_BLOCK_BYTES} bytes (64 MiB) uncompressed"
+                    ),
+                    _ => format!("deflate: the block does not inflate ({:?})", e.status),
+                },
+            )?
+        } else if header.codec == BlockCodec::Snappy {
             let (body, crc) = raw
                 .split_at_checked(raw.len().saturating_sub(4))
                 .filter(|(_, c)| c.len() == 4)
@@ -1164,6 +1184,9 @@ mod tests {
             let v = apache_avro::to_value(t).unwrap().resolve(schema).unwrap();
             data.extend(apache_avro::to_avro_datum(schema, v).unwrap());
         }
+        if codec == "deflate" {
+            data = miniz_oxide::deflate::compress_to_vec(&data, 6);
+        }
         if codec == "snappy" {
             let mut c = snap::raw::Encoder::new().compress_vec(&data).unwrap();
             c.extend(container::tests::crc(&data).to_be_bytes());
@@ -1199,7 +1222,7 @@ mod tests {
                 t
             })
             .collect();
-        for codec in ["null", "snappy"] {
+        for codec in ["null", "snappy", "deflate"] {
             let bytes = container_file(&many, codec);
             let p = temp(&format!("big-{codec}.avro"), &bytes);
             let (counts, good, bad) = read_all(&p, InputFormat::Auto);
@@ -1209,7 +1232,7 @@ mod tests {
         }
         // The uncompressed block is over apache-avro's 2 MiB limit the schema store sets.
         assert!(container_file(&many, "null").len() > 2 * 1024 * 1024);
-        let p = temp("deflate.avro", &container_file(&many[..1], "deflate"));
+        let p = temp("zstd.avro", &container_file(&many[..1], "zstandard"));
         let e = read_file(
             &p,
             InputFormat::Auto,
@@ -1220,7 +1243,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("codec \"deflate\" is not supported"), "{e}");
+        assert!(e.contains("codec \"zstandard\" is not supported"), "{e}");
         std::fs::remove_file(p).unwrap();
     }
 
