@@ -19,12 +19,31 @@ mkdir -p .cache
   >.cache/go-tools.log 2>&1 &
 go_tools=$!
 
+# Likewise Apache Kafka from Maven Central (unless KAFKA_BOOTSTRAP_SERVERS names a cluster) and
+# the Python checkers from PyPI: Illumina's interop (collector cross-check), fastavro (Avro
+# cross-check), pyarrow and pandas (export cross-check), confluent-kafka with its schema-registry
+# and Avro extras (the Confluent framing's independent decoder), PyYAML and kubernetes-validate
+# (chart check). Their log: .cache/fetch.log.
+venv="$root/.cache/interop-venv"
+(
+  if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then tools/kafka/broker.sh fetch; fi
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, pyarrow, pandas, yaml, kubernetes_validate, confluent_kafka.schema_registry.avro" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q interop numpy fastavro pyarrow pandas pyyaml kubernetes-validate "confluent-kafka[avro,schemaregistry]==2.16.1"
+  fi
+) >.cache/fetch.log 2>&1 &
+fetches=$!
+
 echo "== [${SECONDS} s] build (debug binaries used by the integration tests)"
 cargo build --workspace --bins --tests
 
 echo "== [${SECONDS} s] fuzz, short (make fuzz runs 10 million inputs): each target's corpus, then up to 20,000 mutated"
 echo "   inputs or 3 s per target"
 cargo run -q -p seqmon-fuzz --bin seqmon-fuzz -- run --inputs 20000 --max-seconds 3 --json out/fuzz/short.json
+
+echo "== [${SECONDS} s] Kafka and the Python checkers, fetched during the build"
+if ! wait "$fetches"; then cat .cache/fetch.log; exit 1; fi
+export INTEROP_PYTHON="$venv/bin/python"
 
 . tools/kafka/local.sh
 use_local_broker --stop-on-exit
@@ -34,16 +53,6 @@ if [ "${LOCAL_BROKER_STARTED:-0}" = 1 ] || [ -n "${KAFKA_SECURE_DIR:-}" ]; then
 else
   echo "== [${SECONDS} s] no secure broker beside an existing cluster: set KAFKA_SECURE_DIR for the security tests"
 fi
-
-echo "== [${SECONDS} s] from PyPI: Illumina's interop (collector cross-check), fastavro (Avro cross-check),"
-echo "   pyarrow and pandas (export cross-check), confluent-kafka with its schema-registry and Avro extras"
-echo "   (the Confluent framing's independent decoder), PyYAML and kubernetes-validate (chart check)"
-venv="$root/.cache/interop-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import interop, fastavro, pyarrow, pandas, yaml, kubernetes_validate, confluent_kafka.schema_registry.avro" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q interop numpy fastavro pyarrow pandas pyyaml kubernetes-validate "confluent-kafka[avro,schemaregistry]==2.16.1"
-fi
-export INTEROP_PYTHON="$venv/bin/python"
 
 echo "== [${SECONDS} s] Prometheus Alertmanager, built from its source as the Go module proxy serves it (first time ~90 s)"
 if ! wait "$go_tools"; then cat .cache/go-tools.log; exit 1; fi

@@ -21,7 +21,8 @@ use seqmon_model::{
     Telemetry,
 };
 
-/// Raw single-object bytes: `C3 01`, fingerprint, body.
+/// Raw bytes as a reader takes them: single-object (`C3 01`, fingerprint, body) or the
+/// Confluent framing (`00`, schema id, body).
 pub fn single_object(data: &[u8]) {
     match writer_schema(data) {
         Ok((writer, _)) => by_name(writer.name, data),
@@ -29,7 +30,11 @@ pub fn single_object(data: &[u8]) {
             assert!(
                 matches!(
                     e,
-                    CodecError::TooShort(_) | CodecError::BadMagic | CodecError::UnknownSchema(_)
+                    CodecError::TooShort(_)
+                        | CodecError::BadMagic
+                        | CodecError::UnknownSchema(_)
+                        // A Confluent-framed header (00 + id) whose id no registry gave us.
+                        | CodecError::UnknownSchemaId { .. }
                 ),
                 "a header error is not a header error: {e:?}"
             );
