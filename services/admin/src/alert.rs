@@ -98,12 +98,7 @@ enum AlertCommandCli {
     },
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::source::now_ms;
 
 /// `+90m`, `+12h`, `+2d`, or `YYYY-MM-DDTHH:MM[:SS]Z`, as ms since the epoch.
 fn parse_time(text: &str, now: i64) -> Result<i64, String> {

@@ -185,6 +185,28 @@ pub fn parse_utc(text: &str) -> Option<i64> {
     Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000)
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `--from-time` and `--until-time` of a command, parsed against one `now`; the error names
+/// the option.
+pub fn time_bounds(
+    from: Option<&str>,
+    until: Option<&str>,
+) -> Result<(Option<i64>, Option<i64>), String> {
+    let now = now_ms();
+    let parse = |name: &str, v: Option<&str>| {
+        v.map(|t| parse_time_arg(t, now).map_err(|e| format!("--{name}: {e}")))
+            .transpose()
+    };
+    Ok((parse("from-time", from)?, parse("until-time", until)?))
+}
+
 /// A time on the command line: `YYYY-MM-DDTHH:MM[:SS]Z`, `YYYY-MM-DD` (UTC midnight), ms since
 /// the epoch (13 digits or more), or a time ago: `-90m`, `-12h`, `-7d`.
 pub fn parse_time_arg(text: &str, now_ms: i64) -> Result<i64, String> {

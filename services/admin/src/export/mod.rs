@@ -337,35 +337,20 @@ fn event_time(value: &Value, field: &str) -> Option<i64> {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Runs `export`.
 pub fn run(mut args: ExportArgs) -> ExitCode {
     if let Err(e) = args.kafka.validate().and_then(|()| args.kafka.load_files()) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let now = now_ms();
-    let parse = |name: &str, v: &Option<String>| -> Result<Option<i64>, String> {
-        v.as_deref()
-            .map(|t| source::parse_time_arg(t, now).map_err(|e| format!("--{name}: {e}")))
-            .transpose()
-    };
-    let (from_time, until_time) = match (
-        parse("from-time", &args.from_time),
-        parse("until-time", &args.until_time),
-    ) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: invalid argument: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (from_time, until_time) =
+        match source::time_bounds(args.from_time.as_deref(), args.until_time.as_deref()) {
+            Ok(bounds) => bounds,
+            Err(e) => {
+                eprintln!("error: invalid argument: {e}");
+                return ExitCode::from(2);
+            }
+        };
     if args.from_offset.is_some_and(|o| o < 0) {
         eprintln!("error: invalid argument: --from-offset must be 0 or more");
         return ExitCode::from(2);
