@@ -35,6 +35,8 @@ type Make = fn() -> Box<dyn Processor>;
 
 /// Kafka measurements need at least this many input records to mean anything.
 const MIN_KAFKA_RECORDS: usize = 1000;
+/// The notifier's input in the Kafka section: as long as the other stages' (see `kafka_rows`).
+const NOTIFIER_KAFKA_RECORDS: usize = 100_000;
 /// In-process processor measurements repeat their input up to at least this many records.
 const MIN_PROCESSOR_RECORDS: usize = 20_000;
 
@@ -135,6 +137,24 @@ struct Row {
     records_per_s: f64,
     /// Ratio to the section's baseline (passthrough for Kafka stages), when there is one.
     ratio: Option<f64>,
+}
+
+/// What a stateful stage wrote to its changelog over a Kafka run, and what restoring it costs.
+#[derive(Debug, Serialize)]
+struct StateRow {
+    stage: String,
+    /// Input records of the run.
+    input_records: usize,
+    /// Instruments in the fleet the records came from.
+    instruments: usize,
+    /// Changelog records and bytes (key + value) written over the run, tombstones included.
+    changelog_records: u64,
+    changelog_bytes: u64,
+    /// Bytes the compacted changelog keeps (latest record per key), per 1,000 instruments.
+    kept_bytes_per_1000: f64,
+    /// A fresh instance's restore: seconds (its own histogram) and keys, per 1,000 instruments.
+    restore_s_per_1000: f64,
+    restored_keys: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -536,11 +556,158 @@ fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
     rate
 }
 
+/// The fleet's anomalies played `target / len` times over, each repetition shifted past the end
+/// of the previous one, with anomaly ids of its own.
+fn repeated_history(anomalies: &[(String, Vec<u8>)], target: usize) -> Keyed {
+    let decoded: Vec<(String, Anomaly)> = anomalies
+        .iter()
+        .map(|(k, v)| (k.clone(), decode::<Anomaly>(v).expect("an anomaly")))
+        .collect();
+    let first = decoded
+        .iter()
+        .map(|(_, a)| a.window_start_ms)
+        .min()
+        .unwrap_or(0);
+    let last = decoded
+        .iter()
+        .map(|(_, a)| a.window_end_ms)
+        .max()
+        .unwrap_or(0);
+    let span = last - first + 86_400_000;
+    let mut out = Vec::with_capacity(target);
+    for rep in 0.. {
+        for (key, a) in &decoded {
+            if out.len() >= target {
+                return out;
+            }
+            let shift = rep * span;
+            let mut a = a.clone();
+            a.anomaly_id = format!("{}#{rep}", a.anomaly_id);
+            a.window_start_ms += shift;
+            a.window_end_ms += shift;
+            for t in [
+                &mut a.predicted_limit_ms,
+                &mut a.predicted_limit_earliest_ms,
+                &mut a.predicted_limit_latest_ms,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *t += shift;
+            }
+            out.push((key.clone(), encode(&a).expect("encodes")));
+        }
+    }
+    out
+}
+
+/// The changelog of a stage that keeps state.
+fn stateful(stage: &str) -> Option<TopicRole> {
+    match stage {
+        "validator" => Some(TopicRole::ChangelogValidator),
+        "feature-extractor" => Some(TopicRole::ChangelogFeatureExtractor),
+        "anomaly-detector" => Some(TopicRole::ChangelogAnomalyDetector),
+        "notifier" => Some(TopicRole::ChangelogNotifier),
+        _ => None,
+    }
+}
+
+/// Reads a stage's changelog after its run (every record: what it wrote; the latest per key:
+/// what compaction keeps), then starts a fresh instance of the stage on it and reads how long
+/// its restore took from its own metrics.
+fn state_row(cli: &Cli, stage: &str, prefix: &str, changelog: TopicRole, n: usize) -> StateRow {
+    let topic = changelog.topic(prefix);
+    let consumer: BaseConsumer = client(cli)
+        .set("group.id", format!("{prefix}state-reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..cli.partitions {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut latest: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    let mut eof = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while eof.len() < cli.partitions as usize && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let key = m.key().unwrap_or_default().to_vec();
+                let size = key.len() + m.payload().map_or(0, <[u8]>::len);
+                records += 1;
+                bytes += size as u64;
+                match m.payload() {
+                    Some(_) => latest.insert(key, size),
+                    None => latest.remove(&key),
+                };
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+            }
+            _ => {}
+        }
+    }
+    let kept: usize = latest.values().sum();
+    // A fresh instance in the same group: it restores the whole changelog, then finds nothing
+    // left to read.
+    let port = seqmon_testkit::free_port();
+    let mut child = Command::new(seqmon_testkit::workspace_bin(stage))
+        .args(seqmon_testkit::stage_args(
+            stage,
+            &cli.bootstrap_servers,
+            prefix,
+            port,
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("service starts");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut restore_s = f64::NAN;
+    let mut restored_keys = f64::NAN;
+    while Instant::now() < deadline {
+        let m = seqmon_testkit::scrape(port).unwrap_or_default();
+        if m.get("seqmon_restore_duration_seconds_count").copied() >= Some(1.0) {
+            restore_s = m
+                .get("seqmon_restore_duration_seconds_sum")
+                .copied()
+                .unwrap_or(f64::NAN);
+            restored_keys = m
+                .get("seqmon_restored_state_keys_total")
+                .copied()
+                .unwrap_or(f64::NAN);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let per_1000 = 1000.0 / cli.instruments.max(1) as f64;
+    StateRow {
+        stage: stage.to_string(),
+        input_records: n,
+        instruments: cli.instruments,
+        changelog_records: records,
+        changelog_bytes: bytes,
+        kept_bytes_per_1000: kept as f64 * per_1000,
+        restore_s_per_1000: restore_s * per_1000,
+        restored_keys,
+    }
+}
+
 fn kafka_rows(
     cli: &Cli,
     raw: &[(String, Vec<u8>)],
     by_role: &BTreeMap<TopicRole, Vec<(String, Vec<u8>)>>,
     rows: &mut Vec<Row>,
+    state: &mut Vec<StateRow>,
 ) {
     let prefix = format!("bench-{}.", std::process::id());
     e2e::create_topics(&cli.bootstrap_servers, &prefix, cli.partitions);
@@ -580,18 +747,15 @@ fn kafka_rows(
         ),
     ];
     for (stage, role, mut records) in inputs {
-        // Anomalies are rare in a healthy fleet: the notifier's input is the fleet's anomalies
-        // repeated (it handles them as updates of the same alerts), as in the processor rows.
+        // Anomalies are rare in a healthy fleet: the notifier's input is the fleet's anomaly
+        // history played again and again, each time later (after the last one ended) and with
+        // its own anomaly ids, until it is as long as the other stages' inputs: the alerts open,
+        // escalate and resolve as they did, once per repetition.
         let mut label = stage.to_string();
-        if stage == "notifier" && !records.is_empty() && records.len() < MIN_KAFKA_RECORDS {
+        if stage == "notifier" && !records.is_empty() && records.len() < NOTIFIER_KAFKA_RECORDS {
             let original = records.len();
-            records = records
-                .iter()
-                .cycle()
-                .take(5 * MIN_KAFKA_RECORDS)
-                .cloned()
-                .collect();
-            label = format!("notifier ({original} anomalies repeated)");
+            records = repeated_history(&records, NOTIFIER_KAFKA_RECORDS);
+            label = format!("notifier ({original} anomalies, repeated)");
         }
         let n = records.len();
         if n < MIN_KAFKA_RECORDS {
@@ -610,6 +774,9 @@ fn kafka_rows(
             n,
         );
         let svc = service(cli, stage, &prefix, n);
+        if let Some(changelog) = stateful(stage) {
+            state.push(state_row(cli, stage, &prefix, changelog, n));
+        }
         rows.push(Row {
             section: "kafka",
             name: format!("passthrough on {role}"),
@@ -643,11 +810,12 @@ fn main() -> ExitCode {
         t.elapsed().as_secs_f64()
     );
     let mut rows = Vec::new();
+    let mut state = Vec::new();
     if !cli.only_e2e {
         codec_rows(&cli, &raw, &by_role, &mut rows);
         processor_rows(&cli, &raw, &by_role, &mut rows);
         if !cli.no_kafka {
-            kafka_rows(&cli, &raw, &by_role, &mut rows);
+            kafka_rows(&cli, &raw, &by_role, &mut rows, &mut state);
         }
     }
     let e2e_runs = if cli.no_kafka {
@@ -670,6 +838,36 @@ fn main() -> ExitCode {
             r.ratio.map(|x| format!("{x:.2}")).unwrap_or_default()
         );
     }
+    if !state.is_empty() {
+        println!();
+        println!(
+            "state over the kafka runs: changelog written, kept after compaction, and a fresh instance's restore"
+        );
+        println!(
+            "  {:<18} {:>9} {:>10} {:>12} {:>10} {:>16} {:>16} {:>9}",
+            "stage",
+            "inputs",
+            "records",
+            "bytes",
+            "B/input",
+            "kept B/1000 inst",
+            "restore s/1000",
+            "keys"
+        );
+        for r in &state {
+            println!(
+                "  {:<18} {:>9} {:>10} {:>12} {:>10.0} {:>16.0} {:>16.3} {:>9.0}",
+                r.stage,
+                r.input_records,
+                r.changelog_records,
+                r.changelog_bytes,
+                r.changelog_bytes as f64 / r.input_records.max(1) as f64,
+                r.kept_bytes_per_1000,
+                r.restore_s_per_1000,
+                r.restored_keys
+            );
+        }
+    }
     print_e2e(&e2e_runs, cli.e2e_p99_target_ms);
     if let Some(r) = &soak_run {
         println!();
@@ -685,7 +883,7 @@ fn main() -> ExitCode {
         }
     }
     let machine = serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
-    let doc = serde_json::json!({ "machine": machine, "instruments": cli.instruments, "duration_hours": cli.duration_hours, "rounds": cli.rounds, "partitions": cli.partitions, "batch": cli.batch, "rows": rows, "e2e": { "duration_s": cli.e2e_duration_s, "batch": cli.e2e_batch, "warmup_s": cli.e2e_warmup_s, "batch_wait_ms": cli.e2e_batch_wait_ms, "batch_linger_ms": cli.e2e_batch_linger_ms, "window_ms": cli.e2e_window_ms, "window_alignment": cli.e2e_window_alignment, "lateness_ms": cli.e2e_lateness_ms, "p99_target_ms": cli.e2e_p99_target_ms, "runs": e2e_runs, "soak": soak_run, "soak_dedup_horizon_ms": cli.e2e_soak_dedup_horizon_ms } });
+    let doc = serde_json::json!({ "machine": machine, "instruments": cli.instruments, "duration_hours": cli.duration_hours, "rounds": cli.rounds, "partitions": cli.partitions, "batch": cli.batch, "rows": rows, "state": state, "e2e": { "duration_s": cli.e2e_duration_s, "batch": cli.e2e_batch, "warmup_s": cli.e2e_warmup_s, "batch_wait_ms": cli.e2e_batch_wait_ms, "batch_linger_ms": cli.e2e_batch_linger_ms, "window_ms": cli.e2e_window_ms, "window_alignment": cli.e2e_window_alignment, "lateness_ms": cli.e2e_lateness_ms, "p99_target_ms": cli.e2e_p99_target_ms, "runs": e2e_runs, "soak": soak_run, "soak_dedup_horizon_ms": cli.e2e_soak_dedup_horizon_ms } });
     if let Some(dir) = std::path::Path::new(&cli.json).parent() {
         let _ = std::fs::create_dir_all(dir);
     }

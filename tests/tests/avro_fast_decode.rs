@@ -17,7 +17,8 @@ use seqmon_model::partitioning::partition_for_key;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     decode, encode, store, Alert, Anomaly, AvroRecord, CohortSignal, DeadLetter, Feature,
-    MaintenanceEntry, PrivacyAudit, SanitizedTelemetry, StateSnapshot, Telemetry,
+    FeatureExtractorState, MaintenanceEntry, PrivacyAudit, SanitizedTelemetry, StateSnapshot,
+    Telemetry,
 };
 use seqmon_runtime::{Emitter, Envelope, Processor};
 use seqmon_simulator::{simulate, FleetConfig};
@@ -36,9 +37,13 @@ fn realistic_records() -> Vec<Vec<u8>> {
     let mut chain = seqmon_pipeline::default_chain().unwrap();
     let mut outputs: Vec<Vec<u8>> = Vec::new();
     let mut features: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut sanitized: Vec<(String, Vec<u8>)> = Vec::new();
     let mut tap = |_: &str, e: &seqmon_runtime::Emitted| {
         if e.role == TopicRole::Features {
             features.push((e.key.clone(), e.value.clone()));
+        }
+        if e.role == TopicRole::Sanitized {
+            sanitized.push((e.key.clone(), e.value.clone()));
         }
         outputs.push(e.value.clone())
     };
@@ -63,6 +68,31 @@ fn realistic_records() -> Vec<Vec<u8>> {
         };
         detector.process(&env, &mut out).unwrap();
         all.extend(out.take().0.into_iter().map(|e| e.value));
+    }
+    // The feature extractor's changelog records (bases and deltas), written after every
+    // 5 records as the Kafka runtime would after a transaction.
+    let mut extractor = seqmon_feature_extractor::FeatureExtractor::default();
+    for (n, chunk) in sanitized.chunks(5).enumerate() {
+        let mut changed = std::collections::BTreeSet::new();
+        for (i, (key, value)) in chunk.iter().enumerate() {
+            let mut out = Emitter::default();
+            let env = Envelope {
+                key: Some(key.as_bytes()),
+                value,
+                topic: TopicRole::Sanitized.spec().name,
+                partition: 0,
+                offset: (n * 5 + i) as i64,
+                timestamp_ms: None,
+                arrival_time_ms: None,
+            };
+            extractor.process(&env, &mut out).unwrap();
+            changed.extend(out.take().2);
+        }
+        for key in changed {
+            for record in extractor.state_records(&key).unwrap() {
+                all.extend(record.value);
+            }
+        }
     }
     // State snapshots are what the changelogs carry.
     all.push(
@@ -121,6 +151,7 @@ fn check(bytes: &[u8]) -> Result<serde_json::Value, String> {
         "dead_letter" => both::<DeadLetter>(bytes),
         "privacy_audit" => both::<PrivacyAudit>(bytes),
         "state_snapshot" => both::<StateSnapshot>(bytes),
+        "feature_extractor_state" => both::<FeatureExtractorState>(bytes),
         "cohort_signal" => both::<CohortSignal>(bytes),
         other => panic!("no Rust type for schema {other}"),
     }
@@ -143,6 +174,7 @@ fn reencode(bytes: &[u8]) -> Vec<u8> {
         "dead_letter" => again!(DeadLetter),
         "privacy_audit" => again!(PrivacyAudit),
         "state_snapshot" => again!(StateSnapshot),
+        "feature_extractor_state" => again!(FeatureExtractorState),
         "cohort_signal" => again!(CohortSignal),
         other => panic!("no Rust type for schema {other}"),
     }
@@ -194,6 +226,7 @@ fn direct_decoder_equals_apache_avro_and_reencodes_to_the_same_bytes() {
         "privacy_audit",
         "state_snapshot",
         "cohort_signal",
+        "feature_extractor_state",
     ] {
         let latest = store().latest(name).version;
         assert!(

@@ -144,6 +144,26 @@ fn kill_restart_matches_uninterrupted(
     if probe.changelog_role().is_some() {
         assert!(log.contains("state restored"), "{stage} restored its state");
     }
+    if let Some(role) = probe
+        .changelog_role()
+        .filter(|_| stage == "feature-extractor")
+    {
+        // The restore had bases and deltas to assemble (state format 2), not only bases.
+        let changelog = read_committed(&role.topic(&prefix));
+        let deltas = changelog
+            .iter()
+            .filter(|r| r.key.contains('\u{1f}'))
+            .count();
+        assert!(
+            deltas > 0 && deltas < changelog.len(),
+            "{stage}: {deltas} deltas among {} changelog records",
+            changelog.len()
+        );
+        eprintln!(
+            "{stage}: changelog {} records, {deltas} of them deltas",
+            changelog.len()
+        );
+    }
     assert!(service.terminate().success());
     eprintln!("{stage}: {} outputs, killed after {produced_at_kill} (input lag {lag_at_kill}); output identical to the uninterrupted run", expected.len());
 }

@@ -17,8 +17,8 @@ use seqmon_model::codec::{
 };
 use seqmon_model::{
     encode, store, Alert, AlertCommand, Anomaly, AvroRecord, CohortSignal, DeadLetter,
-    DeadLetterReason, Feature, MaintenanceEntry, PrivacyAudit, SanitizedTelemetry, StateSnapshot,
-    Telemetry,
+    DeadLetterReason, Feature, FeatureExtractorState, MaintenanceEntry, PrivacyAudit,
+    SanitizedTelemetry, StateSnapshot, Telemetry,
 };
 
 /// Raw bytes as a reader takes them: single-object (`C3 01`, fingerprint, body) or the
@@ -71,6 +71,7 @@ fn by_name(name: &str, bytes: &[u8]) {
         "dead_letter" => both::<DeadLetter>(bytes),
         "privacy_audit" => both::<PrivacyAudit>(bytes),
         "state_snapshot" => both::<StateSnapshot>(bytes),
+        "feature_extractor_state" => both::<FeatureExtractorState>(bytes),
         other => panic!("schema {other} has no Rust type in the fuzz target: add it"),
     }
 }

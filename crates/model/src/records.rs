@@ -1066,3 +1066,78 @@ pub struct StateSnapshot {
     pub state_json: Vec<u8>,
 }
 avro_record!(StateSnapshot, "state_snapshot");
+
+/// The feature extractor's state on its changelog (schema `feature_extractor_state`, inside a
+/// [`StateSnapshot`] of state format 2): a base or a delta; see the feature extractor's `state`
+/// module for how they are written and assembled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureExtractorState {
+    pub base_offset: i64,
+    pub base: Option<FeatureExtractorBase>,
+    pub delta: Option<DeltaInputs>,
+}
+
+avro_record!(FeatureExtractorState, "feature_extractor_state");
+
+/// Everything held for one instrument.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureExtractorBase {
+    pub instrument_model: Option<InstrumentModel>,
+    pub software_version: Option<String>,
+    pub reagent_kit_lot: Option<String>,
+    pub flowcell_lot: Option<String>,
+    pub run_id: Option<String>,
+    pub max_event_time_ms: i64,
+    pub closed_until_ms: i64,
+    pub windows: Vec<WindowSums>,
+    pub repeats: Vec<SensorRepeat>,
+    pub repeat_phases: Vec<SensorPhase>,
+}
+
+/// Running sums of one series in one open window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowSums {
+    pub start_ms: i64,
+    pub series: String,
+    pub n: i32,
+    pub sum: f64,
+    pub sum_sq: f64,
+    pub sum_t: f64,
+    pub sum_tt: f64,
+    pub sum_tv: f64,
+    pub min: f64,
+    pub max: f64,
+    pub out_of_spec: i32,
+}
+
+/// A sensor's last reading and its unchanged repeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorRepeat {
+    pub sensor: String,
+    pub last: f64,
+    pub repeats: i32,
+}
+
+/// The run phase of a sensor's last new reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorPhase {
+    pub sensor: String,
+    pub phase: Option<RunPhase>,
+}
+
+/// Inputs folded in after the base.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeltaInputs {
+    pub slot: i32,
+    pub inputs: Vec<FoldedInput>,
+}
+
+/// One input record as it was read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoldedInput {
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub arrival_time_ms: Option<i64>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub value: Vec<u8>,
+}

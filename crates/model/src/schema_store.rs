@@ -155,6 +155,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         1,
         include_str!("../../../schemas/state_snapshot/v1.avsc"),
     ),
+    (
+        "feature_extractor_state",
+        1,
+        include_str!("../../../schemas/feature_extractor_state/v1.avsc"),
+    ),
 ];
 
 /// One parsed schema version.

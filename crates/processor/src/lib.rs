@@ -12,6 +12,10 @@
 //! request ([`Processor::snapshot`], a `Result`: a failure aborts the transaction, so the
 //! changelog keeps the previous state) and restores it ([`Processor::restore`]); the runtime
 //! refuses a snapshot written in another [`Processor::state_format_version`] rather than misread it.
+//! A stage whose state changes a little per record may write it as several changelog records per
+//! key ([`Processor::state_records`]: a base and deltas, each under its own changelog key); the
+//! runtime hands every record back to [`Processor::restore`] and then calls
+//! [`Processor::finish_restore`] once, which assembles them.
 
 pub mod config;
 
@@ -210,6 +214,27 @@ impl Emitter {
     }
 }
 
+/// One record for a stage's changelog: its changelog key (the state key, or a sub-key of it that
+/// the stage chose) and value, `None` for a tombstone. It goes to the partition of the input
+/// record that changed the state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRecord {
+    /// Changelog key.
+    pub key: String,
+    /// Serialized state, or `None` to delete the key.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A changelog key whose state could not be assembled at [`Processor::finish_restore`]: the
+/// stage holds no state for the key it belongs to, and the runtime quarantines the record.
+#[derive(Debug)]
+pub struct RestoreFailure {
+    /// The changelog key of the record to quarantine.
+    pub changelog_key: String,
+    /// Why.
+    pub error: StageError,
+}
+
 /// A stage's logic. Required: [`Processor::process`]; every other hook has an empty default.
 pub trait Processor: Send {
     /// Stage name: `validator`, `privacy-enforcer`, ... Used for metrics, dead letters, changelogs.
@@ -286,11 +311,31 @@ pub trait Processor: Send {
         Ok(None)
     }
 
-    /// Restores one key's state from a snapshot. On an error it must hold no state for the key
-    /// (decode first, then insert): the Kafka runtime then quarantines the snapshot (a dead
-    /// letter and a changelog tombstone) and the key starts afresh.
+    /// The changelog records to write for a key whose state changed in this batch. By default
+    /// one record under the key itself holding [`Processor::snapshot`]; a stage may instead write
+    /// what changed (deltas) under sub-keys of its own. Called once per changed key per
+    /// transaction; when the transaction aborts, the runtime clears and restores state, so
+    /// whatever the stage noted as written is rebuilt from what the changelog really holds.
+    fn state_records(&mut self, key: &str) -> Result<Vec<StateRecord>, StageError> {
+        Ok(vec![StateRecord {
+            key: key.to_string(),
+            value: self.snapshot(key)?,
+        }])
+    }
+
+    /// Restores from one changelog record (any key [`Processor::state_records`] wrote, in no
+    /// particular order). On an error it must hold no state for the key (decode first, then
+    /// insert): the Kafka runtime then quarantines the record (a dead letter and a changelog
+    /// tombstone) and the key starts afresh.
     fn restore(&mut self, _key: &str, _state: &[u8]) -> Result<(), StageError> {
         Ok(())
+    }
+
+    /// Called once after every changelog record was handed to [`Processor::restore`]: a stage
+    /// that writes several records per key assembles them here. The keys it could not assemble
+    /// hold no state afterwards and are returned, to be quarantined.
+    fn finish_restore(&mut self) -> Vec<RestoreFailure> {
+        Vec::new()
     }
 
     /// Drops all state (partitions revoked, or a transaction aborted and state is rebuilt).
@@ -318,6 +363,9 @@ pub fn transplant_state(from: &dyn Processor, to: &mut dyn Processor) -> Result<
         if let Some(state) = from.snapshot(key)? {
             to.restore(key, &state)?;
         }
+    }
+    if let Some(failure) = to.finish_restore().into_iter().next() {
+        return Err(failure.error);
     }
     Ok(keys.len())
 }

@@ -958,30 +958,34 @@ impl<'a> StageLoop<'a> {
     }
 
     /// The state to write for every changed key, wrapped in [`StateSnapshot`]s.
-    fn snapshots(&self, changed: &BTreeMap<String, i32>) -> Result<Vec<StateWrite>, StageError> {
+    fn snapshots(
+        &mut self,
+        changed: &BTreeMap<String, i32>,
+    ) -> Result<Vec<StateWrite>, StageError> {
         if self.topics.changelog.is_none() {
             return Ok(Vec::new());
         }
-        let p = self.driver.processor();
-        changed
-            .iter()
-            .map(|(key, partition)| {
-                let snapshot = match p.snapshot(key)? {
+        let p = self.driver.processor_mut();
+        let mut writes = Vec::with_capacity(changed.len());
+        for (key, partition) in changed {
+            for record in p.state_records(key)? {
+                let snapshot = match record.value {
                     None => None,
                     Some(state) => Some(encode(&StateSnapshot {
                         stage: p.stage().to_string(),
-                        key: key.clone(),
+                        key: record.key.clone(),
                         format_version: p.state_format_version(),
                         state_json: state,
                     })?),
                 };
-                Ok(StateWrite {
-                    key: key.clone(),
+                writes.push(StateWrite {
+                    key: record.key,
                     partition: *partition,
                     snapshot,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(writes)
     }
 
     fn produce_state(&self, writes: &[StateWrite]) -> Result<(), TxnFailure> {
@@ -1232,14 +1236,14 @@ fn restore_state(
     }
     let mut restored = 0u64;
     let mut quarantined = Vec::new();
-    for (key, entry) in latest {
+    for (key, entry) in &latest {
         let (snap, partition, offset) = match entry {
             ChangelogEntry {
                 snapshot: Some(snap),
                 partition,
                 offset,
                 ..
-            } => (snap, partition, offset),
+            } => (snap, *partition, *offset),
             ChangelogEntry {
                 undecodable: Some((bytes, error)),
                 partition,
@@ -1249,23 +1253,23 @@ fn restore_state(
                 let error = format!("not a state snapshot: {error}");
                 StateQuarantined {
                     changelog,
-                    partition,
-                    offset,
+                    partition: *partition,
+                    offset: *offset,
                     error: &error,
                 }
                 .emit(&driver.metrics);
                 quarantined.push(Quarantined {
-                    key,
-                    partition,
-                    offset,
-                    state: bytes,
+                    key: key.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                    state: bytes.clone(),
                     error,
                 });
                 continue;
             }
             _ => continue,
         };
-        match driver.processor_mut().restore(&key, &snap.state_json) {
+        match driver.processor_mut().restore(key, &snap.state_json) {
             Ok(()) => restored += 1,
             Err(e) => {
                 StateQuarantined {
@@ -1276,15 +1280,47 @@ fn restore_state(
                 }
                 .emit(&driver.metrics);
                 quarantined.push(Quarantined {
-                    key,
+                    key: key.clone(),
                     partition,
                     offset,
-                    state: snap.state_json,
+                    state: snap.state_json.clone(),
                     error: e.to_string(),
                 });
             }
         }
     }
+    // A stage that writes several records per key assembles them now; a record it could not
+    // use is quarantined like one that did not restore.
+    for failure in driver.processor_mut().finish_restore() {
+        let Some(ChangelogEntry {
+            snapshot: Some(snap),
+            partition,
+            offset,
+            ..
+        }) = latest.get(&failure.changelog_key)
+        else {
+            return Err(RuntimeError::Internal(format!(
+                "the stage could not assemble changelog key {} that it was never given: {}",
+                failure.changelog_key, failure.error
+            )));
+        };
+        restored = restored.saturating_sub(1);
+        StateQuarantined {
+            changelog,
+            partition: *partition,
+            offset: *offset,
+            error: &failure.error,
+        }
+        .emit(&driver.metrics);
+        quarantined.push(Quarantined {
+            key: failure.changelog_key,
+            partition: *partition,
+            offset: *offset,
+            state: snap.state_json.clone(),
+            error: failure.error.to_string(),
+        });
+    }
+    drop(latest);
     StateRestored {
         changelog,
         partitions: assigned,

@@ -14,8 +14,11 @@
 //! out until it moves again (a real continuous sensor's noise never repeats exactly); so is one
 //! whose reading repeats across a change of run phase (the quantity it measures changed).
 //!
-//! State: per instrument, the open windows, each sensor's last reading, and the context (model, software version, reagent lot,
-//! run), persisted to `feature-extractor.changelog` with every batch.
+//! State: per instrument, the open windows, each sensor's last reading, and the context (model,
+//! software version, reagent lot, run), persisted to `feature-extractor.changelog` in the same
+//! transaction as the features, as a base and deltas (see [`state`]).
+
+mod state;
 
 use std::collections::BTreeMap;
 
@@ -23,11 +26,15 @@ use clap::Args;
 use seqmon_model::specs::operating_spec;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
-    specs, DeadLetterReason, Feature, InstrumentModel, RunPhase, SanitizedTelemetry, Severity,
-    TelemetryKind,
+    specs, DeadLetterReason, DeltaInputs, Feature, FeatureExtractorBase, FeatureExtractorState,
+    FoldedInput, InstrumentModel, RunPhase, SanitizedTelemetry, SensorPhase, SensorRepeat,
+    Severity, TelemetryKind, WindowSums,
 };
-use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
+use seqmon_processor::{
+    ConfigError, Emitter, Envelope, Processor, RestoreFailure, StageError, StateRecord,
+};
 use serde::{Deserialize, Serialize};
+use state::{ChangelogKey, Journal, RestoredDelta, Restoring};
 
 /// Run-performance metrics turned into features.
 const RUN_METRICS: &[&str] = &[
@@ -181,7 +188,102 @@ struct InstrumentState {
     repeat_phases: BTreeMap<String, Option<RunPhase>>,
 }
 
-/// One instrument's state as stored on the changelog (JSON, state format version 1). Fields are
+impl Acc {
+    fn stored(&self, start_ms: i64, series: &str) -> WindowSums {
+        WindowSums {
+            start_ms,
+            series: series.to_string(),
+            n: self.n as i32,
+            sum: self.sum,
+            sum_sq: self.sum_sq,
+            sum_t: self.sum_t,
+            sum_tt: self.sum_tt,
+            sum_tv: self.sum_tv,
+            min: self.min,
+            max: self.max,
+            out_of_spec: self.out_of_spec as i32,
+        }
+    }
+
+    fn from_stored(w: &WindowSums) -> Self {
+        Acc {
+            n: w.n.max(0) as u32,
+            sum: w.sum,
+            sum_sq: w.sum_sq,
+            sum_t: w.sum_t,
+            sum_tt: w.sum_tt,
+            sum_tv: w.sum_tv,
+            min: w.min,
+            max: w.max,
+            out_of_spec: w.out_of_spec.max(0) as u32,
+        }
+    }
+}
+
+impl InstrumentState {
+    fn stored(&self) -> FeatureExtractorBase {
+        FeatureExtractorBase {
+            instrument_model: self.model,
+            software_version: self.software_version.clone(),
+            reagent_kit_lot: self.reagent_kit_lot.clone(),
+            flowcell_lot: self.flowcell_lot.clone(),
+            run_id: self.run_id.clone(),
+            max_event_time_ms: self.max_event_time_ms,
+            closed_until_ms: self.closed_until_ms,
+            windows: self
+                .windows
+                .iter()
+                .map(|((start, series), acc)| acc.stored(*start, series))
+                .collect(),
+            repeats: self
+                .repeats
+                .iter()
+                .map(|(sensor, (last, repeats))| SensorRepeat {
+                    sensor: sensor.clone(),
+                    last: *last,
+                    repeats: (*repeats).min(i32::MAX as u32) as i32,
+                })
+                .collect(),
+            repeat_phases: self
+                .repeat_phases
+                .iter()
+                .map(|(sensor, phase)| SensorPhase {
+                    sensor: sensor.clone(),
+                    phase: *phase,
+                })
+                .collect(),
+        }
+    }
+
+    fn from_stored(b: FeatureExtractorBase) -> Self {
+        InstrumentState {
+            model: b.instrument_model,
+            software_version: b.software_version,
+            reagent_kit_lot: b.reagent_kit_lot,
+            flowcell_lot: b.flowcell_lot,
+            run_id: b.run_id,
+            max_event_time_ms: b.max_event_time_ms,
+            closed_until_ms: b.closed_until_ms,
+            windows: b
+                .windows
+                .iter()
+                .map(|w| ((w.start_ms, w.series.clone()), Acc::from_stored(w)))
+                .collect(),
+            repeats: b
+                .repeats
+                .into_iter()
+                .map(|r| (r.sensor, (r.last, r.repeats.max(0) as u32)))
+                .collect(),
+            repeat_phases: b
+                .repeat_phases
+                .into_iter()
+                .map(|p| (p.sensor, p.phase))
+                .collect(),
+        }
+    }
+}
+
+/// One instrument's state as stored on the changelog by state format 1 (JSON), still read. Fields are
 /// named; serde also reads the positional array that earlier builds wrote in the same order, so
 /// the layout version did not change. Windows are a list because JSON object keys must be
 /// strings.
@@ -210,6 +312,12 @@ struct StoredState<S> {
 pub struct FeatureExtractor {
     cfg: FeatureConfig,
     instruments: BTreeMap<String, InstrumentState>,
+    /// Per instrument, what its changelog holds and the inputs not yet written.
+    journals: BTreeMap<String, Journal>,
+    /// Deltas read by a restore in progress, applied by `finish_restore`.
+    restoring: BTreeMap<String, Restoring>,
+    /// Set while a restore runs deltas' inputs again: they are not journaled a second time.
+    replaying: bool,
 }
 
 impl FeatureExtractor {
@@ -217,8 +325,91 @@ impl FeatureExtractor {
     pub fn new(cfg: FeatureConfig) -> Self {
         FeatureExtractor {
             cfg,
-            instruments: BTreeMap::new(),
+            ..Default::default()
         }
+    }
+
+    /// The base record of one instrument: its whole state, identified by `base_offset`.
+    fn encode_base(&self, key: &str, base_offset: i64) -> Result<Option<Vec<u8>>, StageError> {
+        let Some(st) = self.instruments.get(key) else {
+            return Ok(None);
+        };
+        let record = FeatureExtractorState {
+            base_offset,
+            base: Some(st.stored()),
+            delta: None,
+        };
+        seqmon_model::encode(&record)
+            .map(Some)
+            .map_err(|e| StageError::Snapshot {
+                key: key.into(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Restores a state written by state format 1 (JSON): a base with no identity on the
+    /// changelog, so the next write is a base.
+    fn restore_json(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
+        let stored: StoredState<String> =
+            serde_json::from_slice(state).map_err(|e| StageError::State {
+                key: key.into(),
+                message: e.to_string(),
+            })?;
+        self.instruments.insert(
+            key.to_string(),
+            InstrumentState {
+                model: stored.model,
+                software_version: stored.software_version,
+                reagent_kit_lot: stored.reagent_kit_lot,
+                flowcell_lot: stored.flowcell_lot,
+                run_id: stored.run_id,
+                max_event_time_ms: stored.max_event_time_ms,
+                closed_until_ms: stored.closed_until_ms,
+                windows: stored.windows.into_iter().collect(),
+                repeats: stored.repeats.into_iter().collect(),
+                repeat_phases: stored.repeat_phases.into_iter().collect(),
+            },
+        );
+        self.journals.insert(key.to_string(), Journal::default());
+        Ok(())
+    }
+
+    /// Runs an instrument's deltas (already checked: its base's, slots 1..=n) through the
+    /// extractor again; what they emit was committed long ago and is dropped.
+    fn replay_deltas(
+        &mut self,
+        serial: &str,
+        deltas: Vec<RestoredDelta>,
+    ) -> Result<(), StageError> {
+        let mut scratch = Emitter::default();
+        self.replaying = true;
+        let mut result = Ok(());
+        'replay: for delta in &deltas {
+            for input in &delta.inputs {
+                let envelope = Envelope {
+                    key: Some(serial.as_bytes()),
+                    value: &input.value,
+                    topic: "",
+                    partition: 0,
+                    offset: input.offset,
+                    timestamp_ms: input.timestamp_ms,
+                    arrival_time_ms: input.arrival_time_ms,
+                };
+                // A replayed input refused now (settings changed since) folds nothing in.
+                if let Err(e) = self.process(&envelope, &mut scratch) {
+                    result = Err(e);
+                    break 'replay;
+                }
+                scratch.take();
+            }
+        }
+        self.replaying = false;
+        result?;
+        if let Some(j) = self.journals.get_mut(serial) {
+            j.deltas = deltas.len() as u32;
+            j.delta_bytes = deltas.iter().map(|d| d.bytes).sum();
+        }
+        Ok(())
     }
 
     /// Start of the window holding `t` for this instrument.
@@ -508,7 +699,19 @@ impl Processor for FeatureExtractor {
         if self.window_start(&serial, watermark) > closed_before {
             self.close_windows(&serial, watermark, out)?;
         }
-        out.state_changed(&serial);
+        if !self.replaying {
+            self.journals
+                .entry(serial.clone())
+                .or_default()
+                .pending
+                .push(FoldedInput {
+                    offset: input.offset,
+                    timestamp_ms: input.timestamp_ms,
+                    arrival_time_ms: input.arrival_time_ms,
+                    value: input.value.to_vec(),
+                });
+            out.state_changed(&serial);
+        }
         Ok(())
     }
 
@@ -520,64 +723,173 @@ impl Processor for FeatureExtractor {
         Ok(())
     }
 
+    fn state_format_version(&self) -> i32 {
+        2
+    }
+
+    fn reads_state_format(&self, version: i32) -> bool {
+        // 1: one JSON record per instrument; 2: Avro bases and deltas.
+        matches!(version, 1 | 2)
+    }
+
+    /// The whole state of one instrument as a base record (what a restore of it needs alone).
+    /// It already holds what the deltas on the changelog hold, so it never takes the changelog
+    /// base's identity (-1: no delta belongs to it).
     fn snapshot(&self, key: &str) -> Result<Option<Vec<u8>>, StageError> {
-        let Some(st) = self.instruments.get(key) else {
-            return Ok(None);
+        self.encode_base(key, -1)
+    }
+
+    fn state_records(&mut self, key: &str) -> Result<Vec<StateRecord>, StageError> {
+        if !self.instruments.contains_key(key) {
+            self.journals.remove(key);
+            return Ok(vec![StateRecord {
+                key: key.to_string(),
+                value: None,
+            }]);
+        }
+        let journal = self.journals.entry(key.to_string()).or_default();
+        let Some(last) = journal.pending.last().map(|i| i.offset) else {
+            // Nothing folded in since the last write: the changelog is current.
+            return Ok(Vec::new());
         };
-        let stored = StoredState {
-            model: st.model,
-            software_version: st.software_version.as_deref(),
-            reagent_kit_lot: st.reagent_kit_lot.as_deref(),
-            run_id: st.run_id.as_deref(),
-            max_event_time_ms: st.max_event_time_ms,
-            closed_until_ms: st.closed_until_ms,
-            windows: st
-                .windows
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            repeats: st.repeats.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            flowcell_lot: st.flowcell_lot.as_deref(),
-            repeat_phases: st
-                .repeat_phases
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+        if journal.next_is_base() {
+            journal.pending.clear();
+            let value = self.encode_base(key, last)?;
+            let journal = self.journals.entry(key.to_string()).or_default();
+            *journal = Journal {
+                base_offset: Some(last),
+                base_bytes: value.as_ref().map_or(0, Vec::len),
+                ..Journal::default()
+            };
+            return Ok(vec![StateRecord {
+                key: key.to_string(),
+                value,
+            }]);
+        }
+        let base_offset = journal.base_offset.unwrap_or(-1);
+        let slot = journal.deltas + 1;
+        let record = FeatureExtractorState {
+            base_offset,
+            base: None,
+            delta: Some(DeltaInputs {
+                slot: slot as i32,
+                inputs: std::mem::take(&mut journal.pending),
+            }),
         };
-        serde_json::to_vec(&stored)
-            .map(Some)
-            .map_err(|e| StageError::Snapshot {
-                key: key.into(),
-                message: e.to_string(),
-            })
+        let value = seqmon_model::encode(&record).map_err(|e| StageError::Snapshot {
+            key: key.into(),
+            message: e.to_string(),
+        })?;
+        journal.deltas = slot;
+        journal.delta_bytes += value.len();
+        Ok(vec![StateRecord {
+            key: ChangelogKey::delta(key, slot),
+            value: Some(value),
+        }])
     }
 
     fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
-        let stored: StoredState<String> =
-            serde_json::from_slice(state).map_err(|e| StageError::State {
-                key: key.into(),
-                message: e.to_string(),
-            })?;
-        self.instruments.insert(
-            key.to_string(),
-            InstrumentState {
-                model: stored.model,
-                software_version: stored.software_version,
-                reagent_kit_lot: stored.reagent_kit_lot,
-                flowcell_lot: stored.flowcell_lot,
-                run_id: stored.run_id,
-                max_event_time_ms: stored.max_event_time_ms,
-                closed_until_ms: stored.closed_until_ms,
-                windows: stored.windows.into_iter().collect(),
-                repeats: stored.repeats.into_iter().collect(),
-                repeat_phases: stored.repeat_phases.into_iter().collect(),
-            },
-        );
-        Ok(())
+        let refused = |message: String| StageError::State {
+            key: key.into(),
+            message,
+        };
+        let changelog_key = ChangelogKey::parse(key)
+            .ok_or_else(|| refused("not a key this stage writes".into()))?;
+        // State format 1 wrote JSON (never starting like the Avro single-object marker C3 01).
+        if matches!(state.first(), Some(b'{' | b'[')) {
+            let ChangelogKey::Base(serial) = changelog_key else {
+                return Err(refused("a JSON state under a delta key".into()));
+            };
+            return self.restore_json(serial, state);
+        }
+        let record: FeatureExtractorState =
+            seqmon_model::decode(state).map_err(|e| refused(e.to_string()))?;
+        match (changelog_key, record.base, record.delta) {
+            (ChangelogKey::Base(serial), Some(base), None) => {
+                self.instruments
+                    .insert(serial.to_string(), InstrumentState::from_stored(base));
+                self.journals.insert(
+                    serial.to_string(),
+                    Journal {
+                        // A snapshot taken outside the changelog (-1) has no deltas after it.
+                        base_offset: (record.base_offset >= 0).then_some(record.base_offset),
+                        base_bytes: state.len(),
+                        ..Journal::default()
+                    },
+                );
+                Ok(())
+            }
+            (ChangelogKey::Delta(serial, slot), None, Some(delta)) => {
+                if delta.slot != slot as i32 {
+                    return Err(refused(format!(
+                        "delta slot {} under the key of slot {slot}",
+                        delta.slot
+                    )));
+                }
+                self.restoring
+                    .entry(serial.to_string())
+                    .or_default()
+                    .deltas
+                    .insert(
+                        slot,
+                        RestoredDelta {
+                            base_offset: record.base_offset,
+                            inputs: delta.inputs,
+                            bytes: state.len(),
+                        },
+                    );
+                Ok(())
+            }
+            _ => Err(refused(
+                "neither a base under an instrument's key nor a delta under a slot's".into(),
+            )),
+        }
+    }
+
+    fn finish_restore(&mut self) -> Vec<RestoreFailure> {
+        let mut failures = Vec::new();
+        for (serial, restoring) in std::mem::take(&mut self.restoring) {
+            // Deltas of an instrument with no base (its base was quarantined or deleted) or of
+            // an older base are stale: a delta is only ever written after its base.
+            let Some(base_offset) = self.journals.get(&serial).and_then(|j| j.base_offset) else {
+                continue;
+            };
+            let current: Vec<(u32, RestoredDelta)> = restoring
+                .deltas
+                .into_iter()
+                .filter(|(_, d)| d.base_offset == base_offset)
+                .collect();
+            let contiguous = current
+                .iter()
+                .enumerate()
+                .all(|(i, (slot, _))| *slot as usize == i + 1);
+            let outcome = if contiguous {
+                self.replay_deltas(&serial, current.into_iter().map(|(_, d)| d).collect())
+            } else {
+                Err(StageError::State {
+                    key: serial.clone(),
+                    message: format!(
+                        "the deltas after base {base_offset} have a gap (slots {:?})",
+                        current.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+                    ),
+                })
+            };
+            if let Err(error) = outcome {
+                self.instruments.remove(&serial);
+                self.journals.remove(&serial);
+                failures.push(RestoreFailure {
+                    changelog_key: serial,
+                    error,
+                });
+            }
+        }
+        failures
     }
 
     fn clear_state(&mut self) {
         self.instruments.clear();
+        self.journals.clear();
+        self.restoring.clear();
     }
 
     fn state_keys(&self) -> Vec<String> {
@@ -591,6 +903,7 @@ mod tests {
     use seqmon_model::{decode, encode, RunPhase, SensorReadings, Subsystem};
     use seqmon_processor::transplant_state;
     use seqmon_processor::Emitted;
+    use state::ChangelogKey;
 
     fn reading(t: i64, laser: f64) -> Vec<u8> {
         encode(&SanitizedTelemetry {
@@ -868,6 +1181,31 @@ mod tests {
         );
     }
 
+    /// One instrument's state as state format 1 wrote it (JSON, named fields).
+    fn json_v1(st: &InstrumentState) -> Vec<u8> {
+        serde_json::to_vec(&StoredState {
+            model: st.model,
+            software_version: st.software_version.as_deref(),
+            reagent_kit_lot: st.reagent_kit_lot.as_deref(),
+            run_id: st.run_id.as_deref(),
+            max_event_time_ms: st.max_event_time_ms,
+            closed_until_ms: st.closed_until_ms,
+            windows: st
+                .windows
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            repeats: st.repeats.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            flowcell_lot: st.flowcell_lot.as_deref(),
+            repeat_phases: st
+                .repeat_phases
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        })
+        .unwrap()
+    }
+
     #[test]
     fn snapshots_restore_floats_bit_for_bit() {
         let mut p = FeatureExtractor::default();
@@ -886,10 +1224,15 @@ mod tests {
         }
         let mut q = FeatureExtractor::default();
         transplant_state(&p, &mut q).unwrap();
-        // The positional layout earlier builds wrote reads into the same state.
+        // State format 1 (JSON, named fields) restores to the same bits.
         let key = p.state_keys()[0].clone();
-        let named: serde_json::Value =
-            serde_json::from_slice(&p.snapshot(&key).unwrap().unwrap()).unwrap();
+        let v1 = json_v1(&p.instruments[&key]);
+        let mut from_json = FeatureExtractor::default();
+        from_json.restore(&key, &v1).unwrap();
+        assert!(from_json.finish_restore().is_empty());
+        assert_eq!(from_json.instruments, p.instruments);
+        // So does the positional layout that earlier builds of format 1 wrote.
+        let named: serde_json::Value = serde_json::from_slice(&v1).unwrap();
         let positional = serde_json::Value::Array(
             [
                 "model",
@@ -915,6 +1258,219 @@ mod tests {
         });
         assert_eq!(r.instruments, without_repeats);
         assert_eq!(p.instruments, q.instruments);
+    }
+
+    /// A compacted changelog as the broker would keep it: the latest record per key.
+    #[derive(Default)]
+    struct Changelog {
+        latest: BTreeMap<String, Vec<u8>>,
+        bytes_written: usize,
+        records_written: usize,
+    }
+
+    impl Changelog {
+        fn write(&mut self, records: Vec<StateRecord>) {
+            for r in records {
+                self.records_written += 1;
+                self.bytes_written += r.key.len() + r.value.as_ref().map_or(0, Vec::len);
+                match r.value {
+                    Some(v) => self.latest.insert(r.key, v),
+                    None => self.latest.remove(&r.key),
+                };
+            }
+        }
+
+        /// A fresh extractor restored from it, records handed over in reverse key order.
+        fn restore(&self, cfg: &FeatureConfig) -> (FeatureExtractor, Vec<RestoreFailure>) {
+            let mut p = FeatureExtractor::new(cfg.clone());
+            for (k, v) in self.latest.iter().rev() {
+                p.restore(k, v).unwrap();
+            }
+            let failures = p.finish_restore();
+            (p, failures)
+        }
+    }
+
+    fn sample(serial: &str, t: i64, value: f64, phase: Option<RunPhase>) -> Vec<u8> {
+        let mut r: SanitizedTelemetry = decode(&reading(t, value)).unwrap();
+        r.instrument_serial = serial.to_string();
+        let s = r.sensors.as_mut().unwrap();
+        s.run_phase = phase;
+        // Every sensor a real instrument reports, each moving.
+        let wobble = |k: i64| (t / 1_000 % k) as f64 * 0.37;
+        s.focus_fwhm_px = Some(2.1 + wobble(3) * 0.01);
+        s.focus_z_offset_um = Some(0.4 + wobble(5) * 0.01);
+        s.stage_position_error_um = Some(0.2 + wobble(7) * 0.01);
+        s.stage_motor_current_a = Some(1.2 + wobble(11) * 0.01);
+        s.flowcell_temp_c = Some(60.0 + wobble(5) * 0.01);
+        s.chiller_temp_c = Some(4.0 + wobble(13) * 0.01);
+        s.ambient_temp_c = Some(22.0 + wobble(17) * 0.01);
+        s.fluidics_pressure_kpa = Some(200.0 + wobble(19));
+        s.flow_rate_ul_min = Some(150.0 + wobble(23));
+        encode(&r).unwrap()
+    }
+
+    /// Runs inputs in batches as the Kafka runtime does: process every record, then write the
+    /// changed keys' state records; returns what the batch emitted.
+    fn batch(
+        p: &mut FeatureExtractor,
+        inputs: &[(String, Vec<u8>, i64)],
+        log: &mut Changelog,
+        json_bytes: &mut usize,
+    ) -> Vec<Emitted> {
+        let mut emitted = Vec::new();
+        let mut changed = std::collections::BTreeSet::new();
+        for (serial, value, offset) in inputs {
+            let env = Envelope {
+                key: Some(serial.as_bytes()),
+                value,
+                topic: "telemetry.sanitized",
+                partition: 0,
+                offset: *offset,
+                timestamp_ms: None,
+                arrival_time_ms: None,
+            };
+            let mut out = Emitter::default();
+            p.process(&env, &mut out).unwrap();
+            let (records, _, keys) = out.take();
+            emitted.extend(records);
+            changed.extend(keys);
+        }
+        for key in changed {
+            *json_bytes += key.len() + json_v1(&p.instruments[&key]).len();
+            let records = p.state_records(&key).unwrap();
+            log.write(records);
+        }
+        emitted
+    }
+
+    #[test]
+    fn bases_and_deltas_restore_to_the_same_state_and_output_at_any_point() {
+        let cfg = FeatureConfig {
+            window_ms: 60_000,
+            allowed_lateness_ms: 2_000,
+            window_alignment: WindowAlignment::Instrument,
+            ..Default::default()
+        };
+        let serials = ["A00001", "B00002", "C00003"];
+        let t0 = 1_800_000_000_000;
+        let inputs: Vec<(String, Vec<u8>, i64)> = (0..900i64)
+            .map(|i| {
+                let serial = serials[(i % 3) as usize];
+                let t = t0 + (i / 3) * 1_000;
+                let phase = (i % 97 < 9).then_some(RunPhase::WASH);
+                let value = 500.0 - (i % 11) as f64 * 0.5;
+                (serial.to_string(), sample(serial, t, value, phase), i)
+            })
+            .collect();
+        let mut straight = FeatureExtractor::new(cfg.clone());
+        let mut unused = (Changelog::default(), 0);
+        let expected: Vec<Emitted> = inputs
+            .chunks(4)
+            .flat_map(|c| batch(&mut straight, c, &mut unused.0, &mut unused.1))
+            .collect();
+        assert!(expected.len() > 100, "{} features", expected.len());
+
+        // The same inputs in batches of 1, 2, 3, 7, 1, ... with a crash and a restore from the
+        // changelog every 50-odd records.
+        let mut log = Changelog::default();
+        let mut json_bytes = 0;
+        let mut p = FeatureExtractor::new(cfg.clone());
+        let mut got = Vec::new();
+        let (mut at, mut n, mut restores) = (0, 0, 0);
+        let sizes = [1, 2, 3, 7, 1, 1, 5];
+        while at < inputs.len() {
+            let size = sizes[n % sizes.len()].min(inputs.len() - at);
+            got.extend(batch(
+                &mut p,
+                &inputs[at..at + size],
+                &mut log,
+                &mut json_bytes,
+            ));
+            at += size;
+            n += 1;
+            if n % 23 == 0 {
+                let (restored, failures) = log.restore(&cfg);
+                assert!(failures.is_empty(), "{failures:?}");
+                assert_eq!(restored.instruments, p.instruments, "after {at} records");
+                p = restored;
+                restores += 1;
+            }
+        }
+        assert!(restores > 10);
+        assert_eq!(got, expected);
+        assert_eq!(p.instruments, straight.instruments);
+        // What format 1 wrote (each changed instrument's JSON after every batch) against what
+        // is written now, and what a restore reads.
+        let stored: usize = log.latest.iter().map(|(k, v)| k.len() + v.len()).sum();
+        eprintln!(
+            "{} inputs: written {} B in {} records ({} B per input), format 1 would write {} B \
+             ({} B per input); changelog holds {} B",
+            inputs.len(),
+            log.bytes_written,
+            log.records_written,
+            log.bytes_written / inputs.len(),
+            json_bytes,
+            json_bytes / inputs.len(),
+            stored
+        );
+        assert!(log.bytes_written * 3 < json_bytes);
+        // Never more than a base and MAX_DELTAS deltas per instrument.
+        assert!(log.latest.len() <= serials.len() * (1 + state::MAX_DELTAS as usize));
+    }
+
+    #[test]
+    fn deltas_with_a_gap_or_of_an_older_base_never_fold_in() {
+        let cfg = FeatureConfig::default();
+        let t0 = 1_800_000_000_000;
+        let mut log = Changelog::default();
+        let mut p = FeatureExtractor::new(cfg.clone());
+        let mut unused = 0;
+        for i in 0..5i64 {
+            let input = (
+                "A00001".to_string(),
+                sample("A00001", t0 + i * 1_000, 1.0, None),
+                i,
+            );
+            batch(&mut p, &[input], &mut log, &mut unused);
+        }
+        // A base and deltas 1..=4.
+        assert_eq!(log.latest.len(), 5);
+        let (restored, failures) = log.restore(&cfg);
+        assert!(failures.is_empty());
+        assert_eq!(restored.instruments, p.instruments);
+
+        // A lost delta (slot 2) is a gap: the instrument holds no state and its base is named.
+        let mut gap = Changelog {
+            latest: log.latest.clone(),
+            ..Default::default()
+        };
+        gap.latest.remove(&ChangelogKey::delta("A00001", 2));
+        let (restored, failures) = gap.restore(&cfg);
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].changelog_key, "A00001");
+        assert!(restored.instruments.is_empty());
+
+        // Deltas of an older base (a base written since, here one taken outside the changelog)
+        // are ignored rather than folded in twice.
+        let mut stale = Changelog {
+            latest: log.latest.clone(),
+            ..Default::default()
+        };
+        stale
+            .latest
+            .insert("A00001".into(), p.snapshot("A00001").unwrap().unwrap());
+        let (restored, failures) = stale.restore(&cfg);
+        assert!(failures.is_empty());
+        assert_eq!(restored.instruments, p.instruments);
+
+        // A delta under another slot's key, or bytes that are not a state, are refused.
+        let mut q = FeatureExtractor::new(cfg);
+        let d1 = log.latest[&ChangelogKey::delta("A00001", 1)].clone();
+        assert!(q.restore(&ChangelogKey::delta("A00001", 3), &d1).is_err());
+        assert!(q.restore("A00001", b"\xc3\x01garbage").is_err());
+        assert!(q.restore("A00001\u{1f}zz", &d1).is_err());
+        assert!(q.instruments.is_empty());
     }
 
     #[test]

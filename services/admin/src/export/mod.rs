@@ -110,6 +110,7 @@ pub const EVENT_TIME_FIELDS: &[(&str, Option<&str>)] = &[
     // When the stage wrote it: the Kafka timestamp.
     ("dead_letter", None),
     ("state_snapshot", None),
+    ("feature_extractor_state", None),
 ];
 
 /// The event-time field of a record type (see [`EVENT_TIME_FIELDS`]); record types not in

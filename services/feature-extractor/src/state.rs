@@ -1,0 +1,135 @@
+//! How the feature extractor's state reaches its changelog: a base and deltas, in Avro.
+//!
+//! An instrument's open windows change with every sample (16 sums move at once), so writing its
+//! whole state after every transaction (as the JSON snapshots of state format 1 did, ~4 kB per
+//! input record) cost more bytes than the telemetry itself. Here what changed is written
+//! instead: a **delta** holds the input records folded in since the last write, as read
+//! (changelog key `<serial>\u{1f}d<slot>`), and every [`MAX_DELTAS`] deltas, or when the deltas
+//! outgrow [`DELTA_BYTES_PER_BASE_BYTE`] times the base, a **base** holds the whole state (key
+//! `<serial>`). Both are records of `schemas/feature_extractor_state/v1.avsc` inside the usual
+//! `StateSnapshot` envelope (state format 2). A restore decodes the base and runs its deltas'
+//! inputs through the extractor again in order, discarding what they emit: the extractor is a
+//! pure function of its input (event time, never the clock), so the state is the same bits.
+//!
+//! Guarantees: the changelog's compacted view always holds, per instrument, one base and the
+//! slots 1..=n of the deltas written after it (a delta is written only after its base, in the
+//! same or a later transaction; each slot key's latest record is the newest delta of that slot);
+//! slots above n are an older base's, recognised by their `base_offset` and ignored. A base's
+//! identity is the input offset of the last record it folds in, so a new base never takes an old
+//! one's. Failure: a base or delta that does not decode, or deltas with a gap, leave the
+//! instrument without state (it starts afresh) and the base is quarantined by the runtime.
+//! State format 1 (JSON, one record per instrument) still restores, as a base without deltas.
+
+use std::collections::BTreeMap;
+
+use seqmon_model::FoldedInput;
+
+/// Deltas an instrument may have after its base before the next write is a base: bounds the
+/// records a restore reads and replays per instrument (at one input per delta, 16 inputs).
+pub(crate) const MAX_DELTAS: u32 = 16;
+/// Delta bytes, relative to the base's size, after which the next write is a base: with large
+/// transactions (many inputs per delta) this bounds what a restore reads to 5 bases' worth.
+pub(crate) const DELTA_BYTES_PER_BASE_BYTE: usize = 4;
+/// Separates the serial from the delta slot in a changelog key (a serial never holds it).
+const DELTA_KEY_SEPARATOR: char = '\u{1f}';
+
+/// An input's size on the changelog, roughly (the value dominates).
+fn weight(input: &FoldedInput) -> usize {
+    input.value.len() + 16
+}
+
+/// What the changelog holds for one instrument, as far as this instance wrote or restored it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Journal {
+    /// Identity of the base on the changelog; `None` when there is none this build wrote (a new
+    /// instrument, or state restored from format 1), so the next write is a base.
+    pub base_offset: Option<i64>,
+    /// Its encoded size.
+    pub base_bytes: usize,
+    /// Deltas written after it, and their bytes.
+    pub deltas: u32,
+    pub delta_bytes: usize,
+    /// Inputs folded in since the last write.
+    pub pending: Vec<FoldedInput>,
+}
+
+impl Journal {
+    /// Whether the pending inputs go out as a base rather than as one more delta.
+    pub fn next_is_base(&self) -> bool {
+        let pending: usize = self.pending.iter().map(weight).sum();
+        self.base_offset.is_none()
+            || self.deltas >= MAX_DELTAS
+            || self.delta_bytes + pending > self.base_bytes * DELTA_BYTES_PER_BASE_BYTE
+    }
+}
+
+/// A changelog key of the feature extractor: an instrument's base or one of its delta slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ChangelogKey<'a> {
+    Base(&'a str),
+    Delta(&'a str, u32),
+}
+
+impl<'a> ChangelogKey<'a> {
+    /// Reads a changelog key; `None` for one this build never writes.
+    pub fn parse(key: &'a str) -> Option<Self> {
+        match key.split_once(DELTA_KEY_SEPARATOR) {
+            None => Some(ChangelogKey::Base(key)),
+            Some((serial, slot)) => {
+                let slot: u32 = slot.strip_prefix('d')?.parse().ok()?;
+                (1..=MAX_DELTAS)
+                    .contains(&slot)
+                    .then_some(ChangelogKey::Delta(serial, slot))
+            }
+        }
+    }
+
+    /// The changelog key of a delta slot.
+    pub fn delta(serial: &str, slot: u32) -> String {
+        format!("{serial}{DELTA_KEY_SEPARATOR}d{slot}")
+    }
+}
+
+/// The deltas a restore collected for one instrument (its base is restored at once).
+#[derive(Debug, Default)]
+pub(crate) struct Restoring {
+    /// Deltas by slot.
+    pub deltas: BTreeMap<u32, RestoredDelta>,
+}
+
+/// One delta as a restore read it.
+#[derive(Debug)]
+pub(crate) struct RestoredDelta {
+    /// The base it follows.
+    pub base_offset: i64,
+    pub inputs: Vec<FoldedInput>,
+    /// Its encoded size.
+    pub bytes: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changelog_keys_read_back() {
+        assert_eq!(
+            ChangelogKey::parse("A00001"),
+            Some(ChangelogKey::Base("A00001"))
+        );
+        let d = ChangelogKey::delta("A00001", 7);
+        assert_eq!(
+            ChangelogKey::parse(&d),
+            Some(ChangelogKey::Delta("A00001", 7))
+        );
+        for bad in [
+            "A\u{1f}x1",
+            "A\u{1f}d0",
+            "A\u{1f}d17",
+            "A\u{1f}d-1",
+            "A\u{1f}",
+        ] {
+            assert_eq!(ChangelogKey::parse(bad), None, "{bad:?}");
+        }
+    }
+}
