@@ -31,6 +31,38 @@ pub const STAGES: [&str; 6] = [
     "notifier",
 ];
 
+/// What processes the fleet's records go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Chain {
+    /// The six services.
+    Services,
+    /// Five hops of `seqmon-passthrough` (raw → validated → sanitized → features → anomalies →
+    /// alerts), forwarding every record unchanged: the limit of the broker and the runtime.
+    Passthrough,
+}
+
+impl Chain {
+    /// (process label, executable, its stage name for group and transactional ids, extra args).
+    fn processes(self) -> Vec<(String, &'static str, String, Vec<String>)> {
+        match self {
+            Chain::Services => STAGES
+                .iter()
+                .map(|s| (s.to_string(), *s, s.to_string(), Vec::new()))
+                .collect(),
+            Chain::Passthrough => (1..=5)
+                .map(|hop| {
+                    (
+                        format!("passthrough-{hop}"),
+                        "seqmon-passthrough",
+                        format!("passthrough-{hop}"),
+                        vec!["--hop".to_string(), hop.to_string()],
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Settings of one end-to-end run.
 #[derive(Debug, Clone)]
 pub struct E2eSettings {
@@ -51,6 +83,10 @@ pub struct E2eSettings {
     /// The validator's de-duplication horizon for the run, when not its default (1 h).
     pub dedup_horizon_ms: Option<i64>,
     pub broker_pid: Option<u32>,
+    /// Services, or the passthrough chain.
+    pub chain: Chain,
+    /// Instances of each stage (same group, own transactional ids).
+    pub instances: usize,
 }
 
 /// Latency percentiles of one result type, ms.
@@ -82,6 +118,8 @@ pub struct Usage {
 /// One end-to-end run.
 #[derive(Debug, Clone, Serialize)]
 pub struct E2eRun {
+    pub chain: Chain,
+    pub instances: usize,
     pub instruments: usize,
     pub raw_records: f64,
     pub raw_records_per_s: f64,
@@ -229,15 +267,25 @@ pub fn slope(points: &[(f64, f64)]) -> f64 {
     }
 }
 
-fn start_service(s: &E2eSettings, stage: &str, prefix: &str) -> (Child, u16) {
+/// Starts instance `instance` of one process of the chain.
+fn start_service(
+    s: &E2eSettings,
+    (exe, stage, extra): (&str, &str, &[String]),
+    instance: usize,
+    prefix: &str,
+) -> (Child, u16) {
     let port = free_port();
-    let mut cmd = Command::new(sibling(stage));
+    let mut cmd = Command::new(sibling(exe));
     cmd.args(seqmon_testkit::stage_args(
         stage,
         &s.bootstrap_servers,
         prefix,
         port,
     ));
+    if instance > 0 {
+        cmd.args(["--transactional-id", &format!("{prefix}{stage}-{instance}")]);
+    }
+    cmd.args(extra);
     cmd.args([
         "--batch-max-records",
         &s.batch.to_string(),
@@ -315,13 +363,20 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
     );
     create_topics(&s.bootstrap_servers, &prefix, s.partitions);
 
-    let mut services: Vec<(&str, Child, u16)> = STAGES
-        .iter()
-        .map(|stage| {
-            let (c, p) = start_service(s, stage, &prefix);
-            (*stage, c, p)
-        })
-        .collect();
+    let processes = s.chain.processes();
+    let first_stage = processes[0].0.clone();
+    let mut services: Vec<(String, Child, u16)> = Vec::new();
+    for (label, exe, stage, extra) in &processes {
+        for instance in 0..s.instances.max(1) {
+            let (c, p) = start_service(s, (exe, stage, extra), instance, &prefix);
+            let name = if s.instances > 1 {
+                format!("{label}-{instance}")
+            } else {
+                label.clone()
+            };
+            services.push((name, c, p));
+        }
+    }
     // Every service has joined its group and holds partitions before the fleet starts.
     let ready_by = Instant::now() + Duration::from_secs(90);
     for (_, _, port) in &services {
@@ -352,7 +407,10 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
                 .expect("probe consumer");
             let mut tpl = TopicPartitionList::new();
             // Per-hop probes read the full record stream twice more: extra load, so optional.
-            let roles: &[TopicRole] = if s.probe_hops {
+            let roles: &[TopicRole] = if s.chain == Chain::Passthrough {
+                // Every record reaches every hop: the third hop's output stands for features.
+                &[TopicRole::Features]
+            } else if s.probe_hops {
                 &[
                     TopicRole::Validated,
                     TopicRole::Sanitized,
@@ -417,7 +475,7 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
     let ticks_per_s = clock_ticks_per_s();
     let mut pids: Vec<(String, u32)> = services
         .iter()
-        .map(|(stage, c, _)| (stage.to_string(), c.id()))
+        .map(|(name, c, _)| (name.clone(), c.id()))
         .collect();
     pids.push(("fleet-simulator".into(), sim.id()));
     if let Some(b) = s.broker_pid {
@@ -454,7 +512,13 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
     let mut drained = false;
     let mut seen = 0.0;
     while Instant::now() < drain_by {
-        seen = scrape(services[0].2, "seqmon_input_records_total").unwrap_or(seen);
+        // Over every instance of the first stage.
+        let now: Option<f64> = services
+            .iter()
+            .filter(|(name, _, _)| name.starts_with(first_stage.as_str()))
+            .map(|(_, _, port)| scrape(*port, "seqmon_input_records_total"))
+            .sum();
+        seen = now.unwrap_or(seen);
         if seen >= raw_produced as f64 {
             drained = true;
             break;
@@ -508,6 +572,8 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
     let measured_from_s = (s.warmup_s as f64).min(sim_end_s);
     let mut lat = lat;
     E2eRun {
+        chain: s.chain,
+        instances: s.instances.max(1),
         instruments,
         raw_records: raw_produced as f64,
         raw_records_per_s: raw_produced as f64 / s.duration_s.max(1) as f64,

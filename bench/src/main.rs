@@ -24,9 +24,82 @@ use seqmon_model::{
     decode, encode, store, Alert, Anomaly, DeadLetter, Feature, MaintenanceEntry, PrivacyAudit,
     SanitizedTelemetry, Telemetry,
 };
-use seqmon_runtime::{Driver, Emitted, Envelope, Processor};
+use seqmon_runtime::{Driver, Emitted, Emitter, Envelope, Processor};
 use seqmon_simulator::{simulate, FleetConfig};
 use serde::Serialize;
+
+/// The validator's de-duplication state at its default horizon, held in memory.
+#[derive(Debug, Serialize)]
+struct DedupMemory {
+    instruments: usize,
+    sample_interval_s: u32,
+    /// Event time fed, s (longer than the horizon, so expiry runs as in production).
+    event_time_s: f64,
+    horizon_ms: i64,
+    ids_held: usize,
+    /// Growth of the bench process's resident memory while the validator filled its state.
+    resident_bytes: usize,
+    bytes_per_id: f64,
+    bytes_per_instrument: f64,
+}
+
+/// Feeds a fleet sampling every second for longer than the validator's default horizon through
+/// a default validator and measures how much the process's resident memory grew (the records
+/// are in memory before; what the validator emits is dropped as it goes).
+fn dedup_memory() -> DedupMemory {
+    let instruments = 60;
+    let hours = 1.25;
+    let sim = simulate(&FleetConfig {
+        instruments,
+        duration_hours: hours,
+        sample_interval_s: 1,
+        bad_record_share: 0.0,
+        faults: false,
+        ..Default::default()
+    });
+    let before = resident_bytes();
+    let mut validator = seqmon_validator::Validator::default();
+    let mut out = Emitter::default();
+    for (i, r) in sim.records.iter().enumerate() {
+        let env = Envelope {
+            key: Some(r.key.as_bytes()),
+            value: &r.bytes,
+            topic: "bench",
+            partition: 0,
+            offset: i as i64,
+            timestamp_ms: None,
+            arrival_time_ms: None,
+        };
+        validator.process(&env, &mut out).expect("validates");
+        black_box(out.take());
+    }
+    let heap = resident_bytes().saturating_sub(before);
+    let ids = validator.state_keys().len();
+    let horizon_ms = seqmon_validator::ValidatorConfig::default().dedup_horizon_ms;
+    drop(validator);
+    DedupMemory {
+        instruments,
+        sample_interval_s: 1,
+        event_time_s: hours * 3600.0,
+        horizon_ms,
+        ids_held: ids,
+        resident_bytes: heap,
+        bytes_per_id: heap as f64 / ids.max(1) as f64,
+        bytes_per_instrument: heap as f64 / instruments as f64,
+    }
+}
+
+/// Resident memory of this process (VmRSS), bytes.
+fn resident_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
 
 /// Keyed encoded records.
 type Keyed = Vec<(String, Vec<u8>)>;
@@ -74,6 +147,18 @@ struct Cli {
     /// Fleet sizes replayed live at 1 Hz end to end (comma-separated; 0: none).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,25000")]
     e2e_instruments: Vec<usize>,
+    /// The capacity ratio: after the services' search, the same search for a chain of five
+    /// passthrough hops (`seqmon-passthrough`) from these fleet sizes; the ratio of the largest
+    /// fleets holding the p99 target is reported. Empty: not measured.
+    #[arg(long, value_delimiter = ',', default_value = "3000,12000")]
+    e2e_passthrough_instruments: Vec<usize>,
+    /// Scale-out: the services with each of these instance counts per stage, at
+    /// `--e2e-scale-instruments`; throughput, p99 and resources per count. Empty: not measured.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    e2e_instances: Vec<usize>,
+    /// Fleet size of the scale-out runs.
+    #[arg(long, default_value_t = 1000)]
+    e2e_scale_instruments: usize,
     /// After the listed sizes, this many bisection steps for the largest fleet holding the
     /// feature latency p99 at or under --e2e-p99-target-ms.
     #[arg(long, default_value_t = 3)]
@@ -811,9 +896,11 @@ fn main() -> ExitCode {
     );
     let mut rows = Vec::new();
     let mut state = Vec::new();
+    let mut dedup = None;
     if !cli.only_e2e {
         codec_rows(&cli, &raw, &by_role, &mut rows);
         processor_rows(&cli, &raw, &by_role, &mut rows);
+        dedup = Some(dedup_memory());
         if !cli.no_kafka {
             kafka_rows(&cli, &raw, &by_role, &mut rows, &mut state);
         }
@@ -836,6 +923,13 @@ fn main() -> ExitCode {
             r.records,
             r.records_per_s,
             r.ratio.map(|x| format!("{x:.2}")).unwrap_or_default()
+        );
+    }
+    if let Some(d) = &dedup {
+        println!();
+        println!(
+            "validator de-duplication state: {} instruments at 1 sample/s for {:.0} s, horizon {} ms: {} ids held, resident memory +{} bytes = {:.1} B per id, {:.0} B per instrument",
+            d.instruments, d.event_time_s, d.horizon_ms, d.ids_held, d.resident_bytes, d.bytes_per_id, d.bytes_per_instrument
         );
     }
     if !state.is_empty() {
@@ -869,6 +963,26 @@ fn main() -> ExitCode {
         }
     }
     print_e2e(&e2e_runs, cli.e2e_p99_target_ms);
+    let services_largest = largest_held(&cli, &e2e_runs, e2e::Chain::Services);
+    let passthrough_largest = largest_held(&cli, &e2e_runs, e2e::Chain::Passthrough);
+    let capacity_ratio = services_largest
+        .zip(passthrough_largest)
+        .map(|(s, p)| s as f64 / p as f64);
+    if passthrough_largest.is_some() || services_largest.is_some() {
+        println!();
+        println!(
+            "capacity at feature p99 <= {} ms: services {:?} instruments, passthrough chain {:?}; ratio {}",
+            cli.e2e_p99_target_ms,
+            services_largest,
+            passthrough_largest,
+            capacity_ratio.map_or("-".to_string(), |r| format!("{r:.2}"))
+        );
+    }
+    let capacity = serde_json::json!({
+        "services_largest_instruments": services_largest,
+        "passthrough_largest_instruments": passthrough_largest,
+        "ratio": capacity_ratio,
+    });
     if let Some(r) = &soak_run {
         println!();
         println!(
@@ -883,7 +997,7 @@ fn main() -> ExitCode {
         }
     }
     let machine = serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
-    let doc = serde_json::json!({ "machine": machine, "instruments": cli.instruments, "duration_hours": cli.duration_hours, "rounds": cli.rounds, "partitions": cli.partitions, "batch": cli.batch, "rows": rows, "state": state, "e2e": { "duration_s": cli.e2e_duration_s, "batch": cli.e2e_batch, "warmup_s": cli.e2e_warmup_s, "batch_wait_ms": cli.e2e_batch_wait_ms, "batch_linger_ms": cli.e2e_batch_linger_ms, "window_ms": cli.e2e_window_ms, "window_alignment": cli.e2e_window_alignment, "lateness_ms": cli.e2e_lateness_ms, "p99_target_ms": cli.e2e_p99_target_ms, "runs": e2e_runs, "soak": soak_run, "soak_dedup_horizon_ms": cli.e2e_soak_dedup_horizon_ms } });
+    let doc = serde_json::json!({ "machine": machine, "instruments": cli.instruments, "duration_hours": cli.duration_hours, "rounds": cli.rounds, "partitions": cli.partitions, "batch": cli.batch, "rows": rows, "state": state, "dedup_memory": dedup, "capacity": capacity, "e2e": { "duration_s": cli.e2e_duration_s, "batch": cli.e2e_batch, "warmup_s": cli.e2e_warmup_s, "batch_wait_ms": cli.e2e_batch_wait_ms, "batch_linger_ms": cli.e2e_batch_linger_ms, "window_ms": cli.e2e_window_ms, "window_alignment": cli.e2e_window_alignment, "lateness_ms": cli.e2e_lateness_ms, "p99_target_ms": cli.e2e_p99_target_ms, "runs": e2e_runs, "soak": soak_run, "soak_dedup_horizon_ms": cli.e2e_soak_dedup_horizon_ms } });
     if let Some(dir) = std::path::Path::new(&cli.json).parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -919,26 +1033,8 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
         probe_hops: cli.e2e_probe_hops,
         dedup_horizon_ms: None,
         broker_pid: cli.broker_pid,
-    };
-    let holds = |r: &e2e::E2eRun| {
-        r.drained
-            && r.features
-                .as_ref()
-                .is_some_and(|l| l.p99_ms <= cli.e2e_p99_target_ms)
-    };
-    let mut runs: Vec<e2e::E2eRun> = Vec::new();
-    let one = |n: usize, runs: &mut Vec<e2e::E2eRun>| {
-        eprintln!(
-            "end to end: {n} instruments at 1 Hz for {} s",
-            cli.e2e_duration_s
-        );
-        let r = e2e::run(&settings, n);
-        eprintln!(
-            "  features p99 {:?} ms, drained {}",
-            r.features.as_ref().map(|l| l.p99_ms),
-            r.drained
-        );
-        runs.push(r);
+        chain: e2e::Chain::Services,
+        instances: 1,
     };
     let sizes: Vec<usize> = cli
         .e2e_instruments
@@ -946,23 +1042,91 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
         .copied()
         .filter(|n| *n > 0)
         .collect();
-    if sizes.is_empty() {
+    let first = sizes
+        .first()
+        .or(cli.e2e_passthrough_instruments.first())
+        .copied()
+        .or((!cli.e2e_instances.is_empty()).then_some(cli.e2e_scale_instruments));
+    let Some(first) = first else {
         return Vec::new();
-    }
+    };
     // A short run first, not reported: a freshly started broker's JVM is still compiling its
     // hot paths and burns up to a core more for the first minute or so.
-    if let Some(first) = sizes.first() {
-        eprintln!("end to end: warm-up run, not reported");
-        let _ = e2e::run(
+    eprintln!("end to end: warm-up run, not reported");
+    let _ = e2e::run(
+        &e2e::E2eSettings {
+            duration_s: 45,
+            warmup_s: 0,
+            ..settings.clone()
+        },
+        first,
+    );
+    let mut runs = search(cli, &settings, &sizes);
+    let passthrough: Vec<usize> = cli
+        .e2e_passthrough_instruments
+        .iter()
+        .copied()
+        .filter(|n| *n > 0)
+        .collect();
+    runs.extend(search(
+        cli,
+        &e2e::E2eSettings {
+            chain: e2e::Chain::Passthrough,
+            ..settings.clone()
+        },
+        &passthrough,
+    ));
+    for k in cli.e2e_instances.iter().copied().filter(|k| *k > 0) {
+        eprintln!(
+            "end to end: {} instruments, {k} instance(s) per stage",
+            cli.e2e_scale_instruments
+        );
+        let r = e2e::run(
             &e2e::E2eSettings {
-                duration_s: 45,
-                warmup_s: 0,
+                instances: k,
                 ..settings.clone()
             },
-            *first,
+            cli.e2e_scale_instruments,
         );
+        runs.push(r);
     }
-    for n in &sizes {
+    runs
+}
+
+/// Whether a run held the p99 target for features and kept up.
+fn holds(cli: &Cli, r: &e2e::E2eRun) -> bool {
+    r.drained
+        && r.features
+            .as_ref()
+            .is_some_and(|l| l.p99_ms <= cli.e2e_p99_target_ms)
+}
+
+/// The largest fleet of one chain that held the target, among its runs of one instance.
+fn largest_held(cli: &Cli, runs: &[e2e::E2eRun], chain: e2e::Chain) -> Option<usize> {
+    runs.iter()
+        .filter(|r| r.chain == chain && r.instances == 1 && holds(cli, r))
+        .map(|r| r.instruments)
+        .max()
+}
+
+/// Runs the given fleet sizes, then bisects for the largest fleet holding the p99 target.
+fn search(cli: &Cli, settings: &e2e::E2eSettings, sizes: &[usize]) -> Vec<e2e::E2eRun> {
+    let holds = |r: &e2e::E2eRun| holds(cli, r);
+    let mut runs: Vec<e2e::E2eRun> = Vec::new();
+    let one = |n: usize, runs: &mut Vec<e2e::E2eRun>| {
+        eprintln!(
+            "end to end ({:?}): {n} instruments at 1 Hz for {} s",
+            settings.chain, cli.e2e_duration_s
+        );
+        let r = e2e::run(settings, n);
+        eprintln!(
+            "  features p99 {:?} ms, drained {}",
+            r.features.as_ref().map(|l| l.p99_ms),
+            r.drained
+        );
+        runs.push(r);
+    };
+    for n in sizes {
         one(*n, &mut runs);
     }
     for _ in 0..cli.e2e_search_steps {
@@ -983,6 +1147,8 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
                     .clamp(lo + 1, hi - 1)
             }
             (None, Some(hi)) if hi > 100 => hi / 4,
+            // Every size held: double until one does not.
+            (Some(lo), None) => lo * 2,
             _ => break,
         };
         one(next, &mut runs);
@@ -1012,6 +1178,8 @@ fn soak(cli: &Cli) -> Option<e2e::E2eRun> {
         probe_hops: false,
         dedup_horizon_ms: Some(cli.e2e_soak_dedup_horizon_ms),
         broker_pid: cli.broker_pid,
+        chain: e2e::Chain::Services,
+        instances: 1,
     };
     eprintln!(
         "soak: {} instruments at 1 Hz for {} s",
@@ -1032,7 +1200,9 @@ fn print_e2e(runs: &[e2e::E2eRun], target: f64) {
     }
     println!();
     println!(
-        "{:>11} {:>9} {:>9} {:>18} {:>18} {:>14} {:>7}",
+        "{:<12} {:>4} {:>11} {:>9} {:>9} {:>18} {:>18} {:>14} {:>7}",
+        "chain",
+        "inst",
         "instruments",
         "raw/s",
         "features",
@@ -1043,7 +1213,9 @@ fn print_e2e(runs: &[e2e::E2eRun], target: f64) {
     );
     for r in runs {
         println!(
-            "{:>11} {:>9.0} {:>9} {:>18} {:>18} {:>14} {:>7}",
+            "{:<12} {:>4} {:>11} {:>9.0} {:>9} {:>18} {:>18} {:>14} {:>7}",
+            format!("{:?}", r.chain),
+            r.instances,
             r.instruments,
             r.raw_records_per_s,
             r.features.as_ref().map(|l| l.results).unwrap_or(0),

@@ -1089,6 +1089,7 @@ pub struct FeatureExtractorBase {
     pub run_id: Option<String>,
     pub max_event_time_ms: i64,
     pub closed_until_ms: i64,
+    pub active_since_ms: Option<i64>,
     pub windows: Vec<WindowSums>,
     pub repeats: Vec<SensorRepeat>,
     pub repeat_phases: Vec<SensorPhase>,

@@ -46,6 +46,9 @@ const RUN_METRICS: &[&str] = &[
 ];
 /// Unchanged repeats after which a sensor reading counts as stuck (three identical values).
 const STUCK_REPEATS: u32 = 2;
+/// A window the instrument began sending in is emitted only when that was within the first
+/// 1/PARTIAL_WINDOW_DIVISOR of it.
+const PARTIAL_WINDOW_DIVISOR: i64 = 10;
 /// The derived software metric.
 const ERROR_EVENTS: &str = "error_events_per_window";
 /// Samples a phase's part of a window needs to go out: fewer are too few to judge the phase by
@@ -67,15 +70,16 @@ pub struct FeatureConfig {
     /// How late a record may arrive after its window ended, ms of event time.
     #[arg(long, env = "FEATURES_ALLOWED_LATENESS_MS", default_value_t = 60_000)]
     pub allowed_lateness_ms: i64,
-    /// Where window boundaries fall: `epoch` puts every instrument's boundaries at multiples of
-    /// the window length, so the whole fleet's windows close in the same second (a burst of
-    /// instruments × metrics features); `instrument` shifts each instrument's windows by a fixed
-    /// offset (a hash of its serial) so features flow evenly. `make bench` measures both.
+    /// Where window boundaries fall: `instrument` shifts each instrument's windows by a fixed
+    /// offset (a hash of its serial) so features flow evenly; `epoch` puts every instrument's
+    /// boundaries at multiples of the window length, so the whole fleet's windows close in the
+    /// same second (a burst of instruments × metrics features). Either way the window an
+    /// instrument starts sending in is not emitted unless it started in its first tenth.
     #[arg(
         long,
         env = "FEATURES_WINDOW_ALIGNMENT",
         value_enum,
-        default_value = "epoch"
+        default_value = "instrument"
     )]
     pub window_alignment: WindowAlignment,
     /// Most an event time may run ahead of its record's arrival (broker receive time carried
@@ -180,6 +184,9 @@ struct InstrumentState {
     max_event_time_ms: i64,
     /// Windows ending at or before this are closed.
     closed_until_ms: i64,
+    /// Event time of the first record after the instrument began sending, or after a silence
+    /// of a window or more; `None` in state restored from builds that did not keep it.
+    active_since_ms: Option<i64>,
     /// (window start, metric) → sums.
     windows: BTreeMap<(i64, String), Acc>,
     /// Per sensor: the last reading and how many times in a row it came back unchanged.
@@ -230,6 +237,7 @@ impl InstrumentState {
             run_id: self.run_id.clone(),
             max_event_time_ms: self.max_event_time_ms,
             closed_until_ms: self.closed_until_ms,
+            active_since_ms: self.active_since_ms,
             windows: self
                 .windows
                 .iter()
@@ -264,6 +272,7 @@ impl InstrumentState {
             run_id: b.run_id,
             max_event_time_ms: b.max_event_time_ms,
             closed_until_ms: b.closed_until_ms,
+            active_since_ms: b.active_since_ms,
             windows: b
                 .windows
                 .iter()
@@ -365,6 +374,7 @@ impl FeatureExtractor {
                 run_id: stored.run_id,
                 max_event_time_ms: stored.max_event_time_ms,
                 closed_until_ms: stored.closed_until_ms,
+                active_since_ms: None,
                 windows: stored.windows.into_iter().collect(),
                 repeats: stored.repeats.into_iter().collect(),
                 repeat_phases: stored.repeat_phases.into_iter().collect(),
@@ -478,7 +488,15 @@ impl FeatureExtractor {
                 .unwrap_or((1, 0));
             let too_few =
                 acc.n < MIN_PHASE_SAMPLES && (phase.is_some() || (count > 1 && acc.n < largest));
-            if too_few {
+            // The window the instrument started (or came back from a silence) in, when it
+            // started more than a tenth of a window in: a partial window, whose level and
+            // spread would bias the baseline the detector learns first (with staggered windows
+            // almost every instrument's first window is one).
+            let partial = st.active_since_ms.is_some_and(|since| {
+                (start..start + window).contains(&since)
+                    && since - start > window / PARTIAL_WINDOW_DIVISOR
+            });
+            if too_few || partial {
                 continue;
             }
             let model = st.model.unwrap_or(InstrumentModel::UNKNOWN);
@@ -558,6 +576,7 @@ impl Processor for FeatureExtractor {
         }
         let serial = t.instrument_serial.clone();
         let start = self.window_start(&serial, t.event_time_ms);
+        let new_instrument = !self.instruments.contains_key(&serial);
         let st = self.instruments.entry(serial.clone()).or_default();
         if t.event_time_ms < st.closed_until_ms {
             out.reject(
@@ -568,6 +587,10 @@ impl Processor for FeatureExtractor {
                 ),
             );
             return Ok(());
+        }
+        // A new instrument, or one back after a silence of a window or more.
+        if new_instrument || t.event_time_ms - st.max_event_time_ms > self.cfg.window_ms {
+            st.active_since_ms = Some(t.event_time_ms);
         }
         st.model = Some(t.instrument_model);
         let hours = (t.event_time_ms - start) as f64 / 3_600_000.0;
@@ -1143,6 +1166,45 @@ mod tests {
     }
 
     #[test]
+    fn the_window_an_instrument_starts_or_resumes_in_goes_out_only_when_nearly_whole() {
+        let laser_windows = |p: &mut FeatureExtractor, times: &[i64]| -> Vec<(i64, i32)> {
+            let out: Vec<Emitted> = times
+                .iter()
+                .flat_map(|t| feed(p, &reading(*t, 500.0 + (*t / 1_000 % 7) as f64)).0)
+                .collect();
+            features(&out)
+                .into_iter()
+                .filter(|f| f.metric == "laser_power_mw")
+                .map(|f| (f.window_start_ms, f.sample_count))
+                .collect()
+        };
+        let t0 = 1_800_000_000_000; // a multiple of the 5-minute window
+        let every_10s = |from: i64, to: i64| (from..to).step_by(10_000).collect::<Vec<_>>();
+        // Starts 2 minutes into a window: that window is partial and stays out; the next ones
+        // are whole.
+        let mut p = epoch();
+        let got = laser_windows(&mut p, &every_10s(t0 + 120_000, t0 + 1_000_000));
+        assert_eq!(got, [(t0 + 300_000, 30), (t0 + 600_000, 30)]);
+        // Starts 20 s in (within the first tenth): kept, with the samples it has.
+        let mut p = epoch();
+        let got = laser_windows(&mut p, &every_10s(t0 + 20_000, t0 + 700_000));
+        assert_eq!(got, [(t0, 28), (t0 + 300_000, 30)]);
+        // Back after a silence of more than a window, 3 minutes into a window: that window
+        // stays out; the one before the silence went out.
+        let mut p = epoch();
+        let mut times = every_10s(t0, t0 + 300_000);
+        times.extend(every_10s(t0 + 1_080_000, t0 + 1_600_000));
+        let got = laser_windows(&mut p, &times);
+        assert_eq!(got, [(t0, 30), (t0 + 1_200_000, 30)]);
+        // Staggered windows (the default): an instrument's first window is almost never whole,
+        // and never goes out partial.
+        let mut p = FeatureExtractor::default();
+        let got = laser_windows(&mut p, &every_10s(t0, t0 + 1_200_000));
+        assert!(got.len() >= 2, "{got:?}");
+        assert!(got.iter().all(|(_, n)| *n == 30), "{got:?}");
+    }
+
+    #[test]
     fn staggered_windows_have_a_fixed_offset_per_instrument() {
         let p = FeatureExtractor::new(FeatureConfig {
             window_alignment: WindowAlignment::Instrument,
@@ -1230,7 +1292,12 @@ mod tests {
         let mut from_json = FeatureExtractor::default();
         from_json.restore(&key, &v1).unwrap();
         assert!(from_json.finish_restore().is_empty());
-        assert_eq!(from_json.instruments, p.instruments);
+        // Format 1 did not keep when the instrument became active.
+        let mut without_since = p.instruments.clone();
+        without_since
+            .values_mut()
+            .for_each(|st| st.active_since_ms = None);
+        assert_eq!(from_json.instruments, without_since);
         // So does the positional layout that earlier builds of format 1 wrote.
         let named: serde_json::Value = serde_json::from_slice(&v1).unwrap();
         let positional = serde_json::Value::Array(
@@ -1255,6 +1322,7 @@ mod tests {
         without_repeats.values_mut().for_each(|st| {
             st.repeats.clear();
             st.repeat_phases.clear();
+            st.active_since_ms = None;
         });
         assert_eq!(r.instruments, without_repeats);
         assert_eq!(p.instruments, q.instruments);
