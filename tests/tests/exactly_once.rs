@@ -4,6 +4,7 @@
 //! stateful one (feature-extractor, whose open windows must be restored from its changelog).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use seqmon_feature_extractor::FeatureExtractor;
@@ -261,9 +262,17 @@ fn feature_extractor_scales_1_2_3_2_1_over_12_partitions_without_loss_or_duplica
     let group = format!("{prefix}{stage}");
     let small = ["--batch-max-records", "20", "--batch-max-wait-ms", "20"];
     let ts = now_ms();
-    let mut running: Vec<Service> = Vec::new();
+    let mut running: Vec<(usize, Service)> = Vec::new();
     let mut started = 0;
     let mut inputs_by_instance_count: Vec<(usize, f64)> = Vec::new();
+    // Each instance's input count, as last read (it goes with the process).
+    let mut taken: BTreeMap<usize, f64> = BTreeMap::new();
+    let read_counts = |running: &[(usize, Service)], taken: &mut BTreeMap<usize, f64>| {
+        for (id, s) in running {
+            taken.insert(*id, metric_sum(&s.metrics(), "seqmon_input_records_total"));
+        }
+        taken.values().sum::<f64>()
+    };
     for (phase, want) in instances_per_phase.iter().enumerate() {
         let slice =
             &inputs[(phase * chunk).min(inputs.len())..((phase + 1) * chunk).min(inputs.len())];
@@ -271,20 +280,23 @@ fn feature_extractor_scales_1_2_3_2_1_over_12_partitions_without_loss_or_duplica
             &input_topic,
             slice.iter().map(|(k, v)| (k.clone(), v.clone(), Some(ts))),
         );
-        let before: f64 = running
-            .iter()
-            .map(|s| metric_sum(&s.metrics(), "seqmon_input_records_total"))
-            .sum();
+        let before = read_counts(&running, &mut taken);
         // Scale while the slice waits, so partitions move with input in flight.
         while running.len() < *want {
             let txn = format!("{prefix}{stage}-{started}");
             let mut args: Vec<&str> = small.to_vec();
             args.extend(["--transactional-id", txn.as_str()]);
-            running.push(Service::start(stage, &prefix, &args));
+            running.push((started, Service::start(stage, &prefix, &args)));
             started += 1;
         }
         while running.len() > *want {
-            let mut leaving = running.remove(0);
+            let (id, mut leaving) = running.remove(0);
+            // Its count goes with the process: the last read before it stops stands (the batch
+            // it finishes on SIGTERM is not counted in the figures, only in the output check).
+            taken.insert(
+                id,
+                metric_sum(&leaving.metrics(), "seqmon_input_records_total"),
+            );
             assert!(leaving.terminate().success(), "{stage} stops cleanly");
         }
         assert!(
@@ -292,19 +304,16 @@ fn feature_extractor_scales_1_2_3_2_1_over_12_partitions_without_loss_or_duplica
                 == Some(0)),
             "{stage} with {want} instances did not catch up"
         );
-        let after: f64 = running
-            .iter()
-            .map(|s| metric_sum(&s.metrics(), "seqmon_input_records_total"))
-            .sum();
+        let after = read_counts(&running, &mut taken);
         inputs_by_instance_count.push((*want, after - before));
     }
     // Every instance that joined a running group restored state moved to it.
     let restored: f64 = running
         .iter()
-        .map(|s| metric_sum(&s.metrics(), "seqmon_restored_state_keys_total"))
+        .map(|(_, s)| metric_sum(&s.metrics(), "seqmon_restored_state_keys_total"))
         .sum();
     assert!(restored > 0.0, "the last instance restored moved state");
-    for mut s in running {
+    for (_, mut s) in running {
         assert!(s.terminate().success());
     }
     let committed_input = read_committed(&input_topic);
