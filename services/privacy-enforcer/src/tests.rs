@@ -486,3 +486,5 @@ fn settings_need_a_key_and_name_it() {
     cfg.validate().unwrap();
     assert!(!format!("{cfg:?}").contains(&"00".repeat(32)));
 }
+
+mod digest;
