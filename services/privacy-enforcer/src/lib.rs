@@ -27,6 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use clap::Args;
 use seqmon_model::topics::TopicRole;
@@ -40,6 +41,10 @@ use seqmon_privacy::template::{ParamValue, TemplateCatalogue};
 use seqmon_privacy::{catalogue, grammar};
 use seqmon_processor::config::Secret;
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
+
+use crate::encode::SanitizedWriter;
+
+mod encode;
 
 /// Version of the privacy policy, stamped on every sanitized record: 3 is grammars, catalogues,
 /// templates and keyed pseudonyms (1 and 2 were allowlist filters).
@@ -137,6 +142,10 @@ pub struct PrivacyEnforcer {
     cfg: PrivacyConfig,
     key: PseudonymKey,
     templates: TemplateCatalogue,
+    /// The direct writer of sanitized records, when it agrees with the generic encoder.
+    writer: Option<&'static SanitizedWriter>,
+    /// The sanitized record being encoded (reused, so encoding does not allocate).
+    encoded: Vec<u8>,
 }
 
 impl Default for PrivacyEnforcer {
@@ -200,10 +209,15 @@ impl AuditLog {
 impl PrivacyEnforcer {
     /// An enforcer with its settings, pseudonym key and template catalogue.
     pub fn new(cfg: PrivacyConfig, key: PseudonymKey, templates: TemplateCatalogue) -> Self {
+        static WRITER: OnceLock<Option<SanitizedWriter>> = OnceLock::new();
         PrivacyEnforcer {
             cfg,
             key,
             templates,
+            writer: WRITER
+                .get_or_init(SanitizedWriter::for_latest_schema)
+                .as_ref(),
+            encoded: Vec::with_capacity(512),
         }
     }
 
@@ -606,7 +620,14 @@ impl Processor for PrivacyEnforcer {
             run_configuration,
             attributes,
         };
-        out.emit(TopicRole::Sanitized, &serial, &sanitized)
+        match self.writer {
+            Some(writer) => {
+                writer.write(&sanitized, &mut self.encoded);
+                out.emit_bytes(TopicRole::Sanitized, &serial, &self.encoded);
+                Ok(())
+            }
+            None => out.emit(TopicRole::Sanitized, &serial, &sanitized),
+        }
     }
 }
 

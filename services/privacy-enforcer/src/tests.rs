@@ -488,3 +488,26 @@ fn settings_need_a_key_and_name_it() {
 }
 
 mod digest;
+
+/// The direct writer of sanitized records is on with the current schema (a new schema version
+/// turns it off: then update `encode.rs`), and it writes the generic encoder's bytes for every
+/// probe and every record kind.
+#[test]
+fn the_direct_writer_is_in_use_and_writes_the_generic_encoders_bytes() {
+    let writer = encode::SanitizedWriter::for_latest_schema()
+        .expect("the direct writer agrees with the newest sanitized_telemetry schema");
+    assert!(PrivacyEnforcer::default().writer.is_some());
+    let mut buf = Vec::new();
+    let probes = encode::probes();
+    assert!(probes.len() > 10);
+    for p in &probes {
+        writer.write(p, &mut buf);
+        assert_eq!(buf, encode(p).unwrap());
+    }
+    for t in full_records() {
+        let (out, _) = run(&t);
+        let s = sanitized(&out);
+        writer.write(&s, &mut buf);
+        assert_eq!(buf, encode(&s).unwrap(), "{:?}", t.kind);
+    }
+}
