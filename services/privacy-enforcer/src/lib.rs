@@ -42,8 +42,10 @@ use seqmon_privacy::{catalogue, grammar};
 use seqmon_processor::config::Secret;
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 
+use crate::decode::TelemetryReader;
 use crate::encode::SanitizedWriter;
 
+mod decode;
 mod encode;
 
 /// Version of the privacy policy, stamped on every sanitized record: 3 is grammars, catalogues,
@@ -142,6 +144,8 @@ pub struct PrivacyEnforcer {
     cfg: PrivacyConfig,
     key: PseudonymKey,
     templates: TemplateCatalogue,
+    /// The direct reader of telemetry, when it agrees with the generic decoder.
+    reader: Option<&'static TelemetryReader>,
     /// The direct writer of sanitized records, when it agrees with the generic encoder.
     writer: Option<&'static SanitizedWriter>,
     /// The sanitized record being encoded (reused, so encoding does not allocate).
@@ -209,11 +213,15 @@ impl AuditLog {
 impl PrivacyEnforcer {
     /// An enforcer with its settings, pseudonym key and template catalogue.
     pub fn new(cfg: PrivacyConfig, key: PseudonymKey, templates: TemplateCatalogue) -> Self {
+        static READER: OnceLock<Option<TelemetryReader>> = OnceLock::new();
         static WRITER: OnceLock<Option<SanitizedWriter>> = OnceLock::new();
         PrivacyEnforcer {
             cfg,
             key,
             templates,
+            reader: READER
+                .get_or_init(TelemetryReader::for_latest_schema)
+                .as_ref(),
             writer: WRITER
                 .get_or_init(SanitizedWriter::for_latest_schema)
                 .as_ref(),
@@ -516,7 +524,9 @@ impl Processor for PrivacyEnforcer {
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
-        let Some(t) = out.decode_or_reject::<Telemetry>(input) else {
+        // The direct reader, else the generic decoder (which also says why bytes are bad).
+        let direct = self.reader.and_then(|r| r.read(input.value));
+        let Some(t) = direct.or_else(|| out.decode_or_reject::<Telemetry>(input)) else {
             return Ok(());
         };
         // The validator refuses these; a record that reached this topic otherwise is still bad.
