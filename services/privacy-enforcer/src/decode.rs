@@ -1,59 +1,134 @@
-//! A direct Avro reader for the enforcer's input, `Telemetry` written with the newest schema:
-//! the generic serde reader moved each nested record through serde's visitors and was half of
-//! the enforcer's time per record once the writer was direct ([`crate::encode`]).
+//! A direct Avro reader for the enforcer's input, `Telemetry`: the generic serde reader moved
+//! each nested record through serde's visitors and was half of the enforcer's time per record
+//! once the writer was direct ([`crate::encode`]). It reads every telemetry schema version
+//! (1 to 4 differ only by fields added with a default: `attributes` in 2, three run-performance
+//! values in 3, the run phase in 4), as the generic decoder resolves them to the newest.
 //!
 //! Guarantee: it returns a record only where the generic decoder ([`seqmon_model::decode`])
-//! returns the same record. It reads only the single-object encoding with the fingerprint of the
+//! returns the same record. It reads only the single-object encoding with the fingerprint of a
 //! schema it was written for, and makes every check the generic decoder makes (bounded varints,
 //! `int` range, lengths within the input, UTF-8, enum and union indices, plausible block counts,
 //! no trailing bytes). On anything else, malformed input included, it returns `None` and the
 //! caller decodes with the generic decoder, which gives the record or the typed error (so dead
-//! letters keep their exact reason and detail). It is used only when the newest `telemetry`
-//! schema is the one it was written for and it reads probe records as the generic decoder does;
-//! a unit test fails while it is off, and a differential test over mutated records checks that
-//! it never accepts what the generic decoder refuses or reads it differently.
+//! letters keep their exact reason and detail). A version is read only when the store's schema of
+//! that version is the one it was written for and it reads probe records of that version as the
+//! generic decoder does; a unit test fails while any version is off, and a differential test over
+//! mutated records checks that it never accepts what the generic decoder refuses or reads it
+//! differently.
 
 use std::collections::BTreeMap;
 
 use seqmon_model::{
-    codec, encode, store, InstrumentConfiguration, InstrumentModel, OperationLogEvent,
-    RunConfiguration, RunPerformance, RunPhase, SensorReadings, Severity, Subsystem, Telemetry,
-    TelemetryKind,
+    codec, store, InstrumentConfiguration, InstrumentModel, OperationLogEvent, RunConfiguration,
+    RunPerformance, RunPhase, SensorReadings, Severity, Subsystem, Telemetry, TelemetryKind,
 };
 
-/// Fingerprint (as in the wire header) of `schemas/telemetry/v4.avsc`, the schema this reader
-/// follows field by field.
-const WRITTEN_FOR: [u8; 8] = [0x94, 0xc9, 0x57, 0x86, 0xc3, 0x25, 0x06, 0xca];
+/// The telemetry schema versions this reader follows: version, fingerprint (as in the wire
+/// header) of `schemas/telemetry/v<N>.avsc`, and which of the later fields it has.
+const WRITTEN_FOR: [(u32, [u8; 8], Layout); 4] = [
+    (
+        4,
+        [0x94, 0xc9, 0x57, 0x86, 0xc3, 0x25, 0x06, 0xca],
+        Layout {
+            attributes: true,
+            performance_extras: true,
+            run_phase: true,
+        },
+    ),
+    (
+        3,
+        [0xb3, 0x59, 0x78, 0x31, 0xb1, 0x09, 0x88, 0x39],
+        Layout {
+            attributes: true,
+            performance_extras: true,
+            run_phase: false,
+        },
+    ),
+    (
+        2,
+        [0x34, 0x31, 0x97, 0x59, 0x70, 0x30, 0x9c, 0xb5],
+        Layout {
+            attributes: true,
+            performance_extras: false,
+            run_phase: false,
+        },
+    ),
+    (
+        1,
+        [0x08, 0xb3, 0x47, 0x5b, 0x23, 0x5a, 0x68, 0xab],
+        Layout {
+            attributes: false,
+            performance_extras: false,
+            run_phase: false,
+        },
+    ),
+];
 
-/// Reads `Telemetry` records written with the newest schema.
+/// Which fields added after version 1 a writer schema has (each with a null or empty default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    /// `attributes` (version 2).
+    attributes: bool,
+    /// `run_performance.pct_aligned`, `signal_to_noise`, `yield_gbp` (version 3).
+    performance_extras: bool,
+    /// `sensors.run_phase` (version 4).
+    run_phase: bool,
+}
+
+/// Reads `Telemetry` records written with any schema version it follows.
 #[derive(Debug, Clone)]
 pub(crate) struct TelemetryReader {
-    header: [u8; codec::HEADER_LEN],
+    /// Header and layout of each version read, the newest first.
+    versions: Vec<([u8; codec::HEADER_LEN], Layout)>,
 }
 
 impl TelemetryReader {
-    /// The reader, if the newest schema is the one it follows and it reads every probe record as
-    /// the generic decoder does.
+    /// The reader of the versions whose schema is the one it follows and whose probe records it
+    /// reads as the generic decoder does; `None` if that leaves out the newest version (the
+    /// records the enforcer sees most).
     pub(crate) fn for_latest_schema() -> Option<TelemetryReader> {
-        let entry = store().latest("telemetry");
-        if entry.fingerprint != WRITTEN_FOR {
-            return None;
+        let latest = store().latest("telemetry").version;
+        let mut versions = Vec::new();
+        for (version, fingerprint, layout) in WRITTEN_FOR {
+            let Some(entry) = store().version("telemetry", version) else {
+                continue;
+            };
+            if entry.fingerprint != fingerprint {
+                continue;
+            }
+            let one = TelemetryReader {
+                versions: vec![(codec::header(entry), layout)],
+            };
+            let agrees = probes().iter().all(|p| {
+                encode_as(p, version).is_some_and(|bytes| {
+                    let direct = one.read(&bytes);
+                    direct.is_some() && direct == seqmon_model::decode::<Telemetry>(&bytes).ok()
+                })
+            });
+            if agrees {
+                versions.extend(one.versions);
+            } else if version == latest {
+                return None;
+            }
         }
-        let reader = TelemetryReader {
-            header: codec::header(entry),
-        };
-        let agrees = probes().iter().all(|p| {
-            encode(p).is_ok_and(|bytes| {
-                let direct = reader.read(&bytes);
-                direct.is_some() && direct == seqmon_model::decode::<Telemetry>(&bytes).ok()
-            })
-        });
-        agrees.then_some(reader)
+        let has_latest = WRITTEN_FOR
+            .iter()
+            .any(|(v, f, _)| *v == latest && store().latest("telemetry").fingerprint == *f);
+        (has_latest && !versions.is_empty()).then_some(TelemetryReader { versions })
+    }
+
+    /// The versions read.
+    #[cfg(test)]
+    pub(crate) fn versions(&self) -> usize {
+        self.versions.len()
     }
 
     /// The record, or `None` where the generic decoder must decide.
     pub(crate) fn read(&self, bytes: &[u8]) -> Option<Telemetry> {
-        let body = bytes.strip_prefix(&self.header[..])?;
+        let (body, layout) = self
+            .versions
+            .iter()
+            .find_map(|(header, layout)| Some((bytes.strip_prefix(&header[..])?, *layout)))?;
         let mut c = Cursor { input: body };
         let t = Telemetry {
             message_id: c.string()?,
@@ -63,15 +138,48 @@ impl TelemetryReader {
             sent_time_ms: c.long()?,
             kind: kind(c.long()?)?,
             run_id: c.option(Cursor::string)?,
-            sensors: c.option(sensors)?,
+            sensors: c.option(|c| sensors(c, layout))?,
             log_event: c.option(log_event)?,
-            run_performance: c.option(run_performance)?,
+            run_performance: c.option(|c| run_performance(c, layout))?,
             instrument_configuration: c.option(instrument_configuration)?,
             run_configuration: c.option(run_configuration)?,
-            attributes: c.map()?,
+            attributes: if layout.attributes {
+                c.map()?
+            } else {
+                BTreeMap::new()
+            },
         };
         c.input.is_empty().then_some(t)
     }
+}
+
+/// `t` encoded with telemetry schema `version`, the way the simulator writes old versions (JSON
+/// without the later fields, then the generic encoder): independent of this reader.
+pub(crate) fn encode_as(t: &Telemetry, version: u32) -> Option<Vec<u8>> {
+    let entry = store().version("telemetry", version)?;
+    let mut json = serde_json::to_value(t).ok()?;
+    let layout = WRITTEN_FOR.iter().find(|(v, ..)| *v == version)?.2;
+    let object = json.as_object_mut()?;
+    if !layout.attributes {
+        object.remove("attributes");
+    }
+    if !layout.performance_extras {
+        if let Some(p) = object
+            .get_mut("run_performance")
+            .and_then(|p| p.as_object_mut())
+        {
+            for added in ["pct_aligned", "signal_to_noise", "yield_gbp"] {
+                p.remove(added);
+            }
+        }
+    }
+    if !layout.run_phase {
+        if let Some(s) = object.get_mut("sensors").and_then(|s| s.as_object_mut()) {
+            s.remove("run_phase");
+        }
+    }
+    let value = seqmon_model::json::json_to_avro(&entry.schema, &json).ok()?;
+    codec::encode_value(entry, value).ok()
 }
 
 /// The bytes not read yet. Every read is bounds-checked; `None` is "not for this reader".
@@ -121,7 +229,7 @@ impl<'b> Cursor<'b> {
     }
 
     /// A `["null", T]` union: `Some(None)` for null, `Some(Some(t))` for a value.
-    fn option<T>(&mut self, read: fn(&mut Self) -> Option<T>) -> Option<Option<T>> {
+    fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
         match self.long()? {
             0 => Some(None),
             1 => read(self).map(Some),
@@ -221,7 +329,7 @@ fn subsystem(i: i64) -> Option<Subsystem> {
     })
 }
 
-fn sensors(c: &mut Cursor<'_>) -> Option<SensorReadings> {
+fn sensors(c: &mut Cursor<'_>, layout: Layout) -> Option<SensorReadings> {
     Some(SensorReadings {
         laser_power_mw: c.opt_double()?,
         focus_fwhm_px: c.opt_double()?,
@@ -234,7 +342,11 @@ fn sensors(c: &mut Cursor<'_>) -> Option<SensorReadings> {
         ambient_temp_c: c.opt_double()?,
         fluidics_pressure_kpa: c.opt_double()?,
         flow_rate_ul_min: c.opt_double()?,
-        run_phase: c.option(run_phase)?,
+        run_phase: if layout.run_phase {
+            c.option(run_phase)?
+        } else {
+            None
+        },
     })
 }
 
@@ -247,8 +359,8 @@ fn log_event(c: &mut Cursor<'_>) -> Option<OperationLogEvent> {
     })
 }
 
-fn run_performance(c: &mut Cursor<'_>) -> Option<RunPerformance> {
-    Some(RunPerformance {
+fn run_performance(c: &mut Cursor<'_>, layout: Layout) -> Option<RunPerformance> {
+    let mut p = RunPerformance {
         lane: c.int()?,
         read_number: c.int()?,
         cycle: c.int()?,
@@ -264,10 +376,16 @@ fn run_performance(c: &mut Cursor<'_>) -> Option<RunPerformance> {
         intensity_c: c.opt_double()?,
         intensity_g: c.opt_double()?,
         intensity_t: c.opt_double()?,
-        pct_aligned: c.opt_double()?,
-        signal_to_noise: c.opt_double()?,
-        yield_gbp: c.opt_double()?,
-    })
+        pct_aligned: None,
+        signal_to_noise: None,
+        yield_gbp: None,
+    };
+    if layout.performance_extras {
+        p.pct_aligned = c.opt_double()?;
+        p.signal_to_noise = c.opt_double()?;
+        p.yield_gbp = c.opt_double()?;
+    }
+    Some(p)
 }
 
 fn instrument_configuration(c: &mut Cursor<'_>) -> Option<InstrumentConfiguration> {

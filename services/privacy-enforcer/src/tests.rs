@@ -520,11 +520,16 @@ fn the_direct_writer_is_in_use_and_writes_the_generic_encoders_bytes() {
 fn the_direct_reader_is_in_use_and_never_disagrees_with_the_generic_decoder() {
     let reader = decode::TelemetryReader::for_latest_schema()
         .expect("the direct reader agrees with the newest telemetry schema");
+    assert_eq!(
+        reader.versions(),
+        4,
+        "every telemetry version is read directly"
+    );
     assert!(PrivacyEnforcer::default().reader.is_some());
     let mut seeds: Vec<Vec<u8>> = decode::probes()
         .iter()
         .filter(|p| p.attributes.len() < 100)
-        .map(|p| encode(p).unwrap())
+        .flat_map(|p| (1..=4).map(|v| decode::encode_as(p, v).unwrap()))
         .collect();
     seeds.extend(full_records().iter().map(|t| encode(t).unwrap()));
     let mut t = full_records().remove(2);
