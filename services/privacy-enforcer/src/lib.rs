@@ -25,7 +25,7 @@
 //!
 //! Stateless: a restart needs no state. Exactly-once comes from the runtime's transactions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -148,6 +148,8 @@ pub struct PrivacyEnforcer {
     reader: Option<&'static TelemetryReader>,
     /// The direct writer of sanitized records, when it agrees with the generic encoder.
     writer: Option<&'static SanitizedWriter>,
+    /// Run ids seen lately and what they became.
+    run_ids: RunIdCache,
     /// The sanitized record being encoded (reused, so encoding does not allocate).
     encoded: Vec<u8>,
 }
@@ -178,6 +180,32 @@ pub fn is_demo_key(hex: &str) -> bool {
 pub fn demo_key() -> PseudonymKey {
     let hex: String = DEMO_PSEUDONYM_KEY_HEX.split_whitespace().collect();
     PseudonymKey::from_hex(&hex).expect("the demo key is valid hex of 32 bytes")
+}
+
+/// Sanitized run ids by input run id, with whether the run id was pseudonymized as a whole (an
+/// audited grammar mismatch). Every record of a run carries its id and a run lasts days, so this
+/// saves a keyed hash and an allocation per record. A pure function's results, so a restart or
+/// a clear changes no output; bounded: cleared when full. It lives in the enforcer's memory only
+/// (like the record being processed) and is never written, logged or printed.
+#[derive(Default)]
+struct RunIdCache {
+    entries: HashMap<String, (String, bool)>,
+}
+
+/// Run ids kept at most (a few MB at most; a fleet has one run per instrument at a time).
+const RUN_ID_CACHE_ENTRIES: usize = 16_384;
+
+impl RunIdCache {
+    fn get(&self, run_id: &str) -> Option<&(String, bool)> {
+        self.entries.get(run_id)
+    }
+
+    fn insert(&mut self, run_id: String, result: (String, bool)) {
+        if self.entries.len() >= RUN_ID_CACHE_ENTRIES {
+            self.entries.clear();
+        }
+        self.entries.insert(run_id, result);
+    }
 }
 
 /// What the enforcer did to one field: rule and action, counted per input record.
@@ -226,6 +254,7 @@ impl PrivacyEnforcer {
                 .get_or_init(SanitizedWriter::for_latest_schema)
                 .as_ref(),
             encoded: Vec::with_capacity(512),
+            run_ids: RunIdCache::default(),
         }
     }
 
@@ -234,13 +263,13 @@ impl PrivacyEnforcer {
     fn identifier(
         &self,
         field: &'static str,
-        value: &str,
+        value: String,
         parses: fn(&str) -> bool,
         domain: Domain,
         audit: &mut AuditLog,
     ) -> String {
-        if value.is_empty() || value == NOT_REPORTED || parses(value) {
-            value.to_string()
+        if value.is_empty() || value == NOT_REPORTED || parses(&value) {
+            value
         } else {
             audit.note(
                 field,
@@ -248,7 +277,7 @@ impl PrivacyEnforcer {
                 PrivacyAction::PSEUDONYMIZED,
                 1,
             );
-            self.key.pseudonym(domain, value)
+            self.key.pseudonym(domain, &value)
         }
     }
 
@@ -288,12 +317,35 @@ impl PrivacyEnforcer {
     }
 
     /// A run id that parses crosses with its flow-cell part pseudonymized; one that does not is
-    /// a pseudonym as a whole (audited).
-    fn run_id(&self, run_id: &str, audit: &mut AuditLog) -> String {
-        match grammar::run_id_parts(run_id) {
-            Some((head, flowcell)) => format!("{head}{}", self.flowcell(flowcell)),
-            None => self.identifier("run_id", run_id, |_| false, Domain::RunId, audit),
+    /// a pseudonym as a whole (audited). Every record of a run carries its id, so the result is
+    /// kept ([`RunIdCache`]): the same input gives the same output and the same audit.
+    fn run_id(&mut self, run_id: String, audit: &mut AuditLog) -> String {
+        if let Some((sanitized, pseudonymized)) = self.run_ids.get(&run_id) {
+            if *pseudonymized {
+                Self::note_run_id_pseudonymized(audit);
+            }
+            return sanitized.clone();
         }
+        let (sanitized, pseudonymized) = match grammar::run_id_parts(&run_id) {
+            Some((head, flowcell)) => (format!("{head}{}", self.flowcell(flowcell)), false),
+            None if run_id.is_empty() || run_id == NOT_REPORTED => (run_id.clone(), false),
+            None => (self.key.pseudonym(Domain::RunId, &run_id), true),
+        };
+        if pseudonymized {
+            Self::note_run_id_pseudonymized(audit);
+        }
+        self.run_ids
+            .insert(run_id, (sanitized.clone(), pseudonymized));
+        sanitized
+    }
+
+    fn note_run_id_pseudonymized(audit: &mut AuditLog) {
+        audit.note(
+            "run_id",
+            PrivacyRule::GRAMMAR_MISMATCH,
+            PrivacyAction::PSEUDONYMIZED,
+            1,
+        );
     }
 
     fn log_event(
@@ -392,13 +444,15 @@ impl PrivacyEnforcer {
                 }
                 _ => self.identifier(
                     attribute_field(key),
-                    &v,
+                    v,
                     grammar::version,
                     Domain::Version,
                     audit,
                 ),
             };
-            out.insert(key.to_string(), value);
+            // The input's own key when it is spelled as the catalogue's (no allocation).
+            let key = if k == key { k } else { key.to_string() };
+            out.insert(key, value);
         }
         if unknown > 0 {
             audit.note(
@@ -416,30 +470,26 @@ impl PrivacyEnforcer {
         c: InstrumentConfiguration,
         audit: &mut AuditLog,
     ) -> InstrumentConfiguration {
-        let v = |field, value: &str, audit: &mut AuditLog| {
+        let v = |field, value: String, audit: &mut AuditLog| {
             self.identifier(field, value, grammar::version, Domain::Version, audit)
         };
         InstrumentConfiguration {
             control_software_version: v(
                 "instrument_configuration.control_software_version",
-                &c.control_software_version,
+                c.control_software_version,
                 audit,
             ),
-            rta_version: v(
-                "instrument_configuration.rta_version",
-                &c.rta_version,
-                audit,
-            ),
+            rta_version: v("instrument_configuration.rta_version", c.rta_version, audit),
             firmware_version: v(
                 "instrument_configuration.firmware_version",
-                &c.firmware_version,
+                c.firmware_version,
                 audit,
             ),
         }
     }
 
     fn run_configuration(&self, c: RunConfiguration, audit: &mut AuditLog) -> RunConfiguration {
-        let lot = |field, value: &str, audit: &mut AuditLog| {
+        let lot = |field, value: String, audit: &mut AuditLog| {
             self.identifier(field, value, grammar::lot_number, Domain::Lot, audit)
         };
         RunConfiguration {
@@ -455,14 +505,14 @@ impl PrivacyEnforcer {
             ),
             // Always a pseudonym: a flow-cell id's free characters can spell a name.
             flowcell_serial: self.flowcell(&c.flowcell_serial),
-            flowcell_lot: lot("run_configuration.flowcell_lot", &c.flowcell_lot, audit),
+            flowcell_lot: lot("run_configuration.flowcell_lot", c.flowcell_lot, audit),
             reagent_kit_lot: lot(
                 "run_configuration.reagent_kit_lot",
-                &c.reagent_kit_lot,
+                c.reagent_kit_lot,
                 audit,
             ),
             reagent_kit_expiry_date: c.reagent_kit_expiry_date,
-            buffer_lot: lot("run_configuration.buffer_lot", &c.buffer_lot, audit),
+            buffer_lot: lot("run_configuration.buffer_lot", c.buffer_lot, audit),
             buffer_expiry_date: c.buffer_expiry_date,
         }
     }
@@ -557,7 +607,7 @@ impl Processor for PrivacyEnforcer {
         let message_id = self.key.pseudonym(Domain::MessageId, &message_id);
         let serial = self.identifier(
             "instrument_serial",
-            &instrument_serial,
+            instrument_serial,
             |s| grammar::instrument_serial(s).is_some(),
             Domain::InstrumentSerial,
             &mut audit,
@@ -597,7 +647,7 @@ impl Processor for PrivacyEnforcer {
             );
             return Ok(());
         }
-        let run_id = run_id.map(|r| self.run_id(&r, &mut audit));
+        let run_id = run_id.map(|r| self.run_id(r, &mut audit));
         let log_event = log_event.map(|l| self.log_event(l, &mut audit));
         let instrument_configuration =
             instrument_configuration.map(|c| self.instrument_configuration(c, &mut audit));
@@ -614,8 +664,8 @@ impl Processor for PrivacyEnforcer {
             )?;
         }
         let sanitized = SanitizedTelemetry {
-            message_id: message_id.clone(),
-            instrument_serial: serial.clone(),
+            message_id,
+            instrument_serial: serial,
             instrument_model,
             event_time_ms,
             sent_time_ms,
@@ -633,10 +683,18 @@ impl Processor for PrivacyEnforcer {
         match self.writer {
             Some(writer) => {
                 writer.write(&sanitized, &mut self.encoded);
-                out.emit_bytes(TopicRole::Sanitized, &serial, &self.encoded);
+                out.emit_bytes(
+                    TopicRole::Sanitized,
+                    &sanitized.instrument_serial,
+                    &self.encoded,
+                );
                 Ok(())
             }
-            None => out.emit(TopicRole::Sanitized, &serial, &sanitized),
+            None => out.emit(
+                TopicRole::Sanitized,
+                &sanitized.instrument_serial,
+                &sanitized,
+            ),
         }
     }
 }

@@ -584,3 +584,45 @@ fn the_direct_reader_is_in_use_and_never_disagrees_with_the_generic_decoder() {
     eprintln!("{read} mutated records read alike, {refused} left to the generic decoder");
     assert!(read > 1000 && refused > 1000);
 }
+
+/// The run-id cache changes no output: a run id gives the same sanitized record and the same
+/// audit record on a miss, on a hit and after the cache was cleared for being full.
+#[test]
+fn run_ids_give_the_same_output_from_the_cache_and_after_it_is_cleared() {
+    let mut enforcer = PrivacyEnforcer::default();
+    let mut parsing = full_records().remove(0);
+    parsing.run_id = Some("200619_A00123_0042_AH5NTFDSXX".into());
+    let mut pseudonymized = parsing.clone();
+    pseudonymized.run_id = Some("123_A00100_0001_FC12345".into());
+    let first: Vec<_> = [&parsing, &pseudonymized]
+        .map(|t| run_with(&mut enforcer, t).0)
+        .into();
+    assert_eq!(
+        audits(&first[1]).len(),
+        1,
+        "a run id that does not parse is audited"
+    );
+    let hit: Vec<_> = [&parsing, &pseudonymized]
+        .map(|t| run_with(&mut enforcer, t).0)
+        .into();
+    let mut other = parsing.clone();
+    for i in 0..RUN_ID_CACHE_ENTRIES + 10 {
+        other.run_id = Some(format!("{i}_A00100_0001_FC12345"));
+        run_with(&mut enforcer, &other);
+    }
+    assert!(enforcer.run_ids.entries.len() <= RUN_ID_CACHE_ENTRIES);
+    let after: Vec<_> = [&parsing, &pseudonymized]
+        .map(|t| run_with(&mut enforcer, t).0)
+        .into();
+    let fresh: Vec<_> = [&parsing, &pseudonymized].map(|t| run(t).0).into();
+    for outputs in [&hit, &after, &first] {
+        for (a, b) in outputs.iter().zip(&fresh) {
+            let bytes = |o: &Vec<Emitted>| -> Vec<(TopicRole, String, Vec<u8>)> {
+                o.iter()
+                    .map(|e| (e.role, e.key.clone(), e.value.clone()))
+                    .collect()
+            };
+            assert_eq!(bytes(a), bytes(b));
+        }
+    }
+}
