@@ -24,9 +24,16 @@
 //! `TOO_LARGE` on the sensitive dead-letter topic, plus its audit record).
 //!
 //! Stateless: a restart needs no state. Exactly-once comes from the runtime's transactions.
+//!
+//! Speed without a second policy: telemetry is read and sanitized records are written by direct
+//! Avro code (`decode.rs`, `encode.rs`) that is used only while it agrees byte for byte with the
+//! generic codec (checked at start-up; anything it does not read goes to the generic decoder),
+//! and what each run id became is kept in a bounded cache of a pure function's results. A test
+//! pins a SHA-256 digest of every output for a large fixed corpus (`tests/digest.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use clap::Args;
 use seqmon_model::topics::TopicRole;
@@ -40,6 +47,12 @@ use seqmon_privacy::template::{ParamValue, TemplateCatalogue};
 use seqmon_privacy::{catalogue, grammar};
 use seqmon_processor::config::Secret;
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
+
+use crate::decode::TelemetryReader;
+use crate::encode::SanitizedWriter;
+
+mod decode;
+mod encode;
 
 /// Version of the privacy policy, stamped on every sanitized record: 3 is grammars, catalogues,
 /// templates and keyed pseudonyms (1 and 2 were allowlist filters).
@@ -137,6 +150,14 @@ pub struct PrivacyEnforcer {
     cfg: PrivacyConfig,
     key: PseudonymKey,
     templates: TemplateCatalogue,
+    /// The direct reader of telemetry, when it agrees with the generic decoder.
+    reader: Option<&'static TelemetryReader>,
+    /// The direct writer of sanitized records, when it agrees with the generic encoder.
+    writer: Option<&'static SanitizedWriter>,
+    /// Run ids seen lately and what they became.
+    run_ids: RunIdCache,
+    /// The sanitized record being encoded (reused, so encoding does not allocate).
+    encoded: Vec<u8>,
 }
 
 impl Default for PrivacyEnforcer {
@@ -165,6 +186,32 @@ pub fn is_demo_key(hex: &str) -> bool {
 pub fn demo_key() -> PseudonymKey {
     let hex: String = DEMO_PSEUDONYM_KEY_HEX.split_whitespace().collect();
     PseudonymKey::from_hex(&hex).expect("the demo key is valid hex of 32 bytes")
+}
+
+/// Sanitized run ids by input run id, with whether the run id was pseudonymized as a whole (an
+/// audited grammar mismatch). Every record of a run carries its id and a run lasts days, so this
+/// saves a keyed hash and an allocation per record. A pure function's results, so a restart or
+/// a clear changes no output; bounded: cleared when full. It lives in the enforcer's memory only
+/// (like the record being processed) and is never written, logged or printed.
+#[derive(Default)]
+struct RunIdCache {
+    entries: HashMap<String, (String, bool)>,
+}
+
+/// Run ids kept at most (a few MB at most; a fleet has one run per instrument at a time).
+const RUN_ID_CACHE_ENTRIES: usize = 16_384;
+
+impl RunIdCache {
+    fn get(&self, run_id: &str) -> Option<&(String, bool)> {
+        self.entries.get(run_id)
+    }
+
+    fn insert(&mut self, run_id: String, result: (String, bool)) {
+        if self.entries.len() >= RUN_ID_CACHE_ENTRIES {
+            self.entries.clear();
+        }
+        self.entries.insert(run_id, result);
+    }
 }
 
 /// What the enforcer did to one field: rule and action, counted per input record.
@@ -200,10 +247,20 @@ impl AuditLog {
 impl PrivacyEnforcer {
     /// An enforcer with its settings, pseudonym key and template catalogue.
     pub fn new(cfg: PrivacyConfig, key: PseudonymKey, templates: TemplateCatalogue) -> Self {
+        static READER: OnceLock<Option<TelemetryReader>> = OnceLock::new();
+        static WRITER: OnceLock<Option<SanitizedWriter>> = OnceLock::new();
         PrivacyEnforcer {
             cfg,
             key,
             templates,
+            reader: READER
+                .get_or_init(TelemetryReader::for_latest_schema)
+                .as_ref(),
+            writer: WRITER
+                .get_or_init(SanitizedWriter::for_latest_schema)
+                .as_ref(),
+            encoded: Vec::with_capacity(512),
+            run_ids: RunIdCache::default(),
         }
     }
 
@@ -212,13 +269,13 @@ impl PrivacyEnforcer {
     fn identifier(
         &self,
         field: &'static str,
-        value: &str,
+        value: String,
         parses: fn(&str) -> bool,
         domain: Domain,
         audit: &mut AuditLog,
     ) -> String {
-        if value.is_empty() || value == NOT_REPORTED || parses(value) {
-            value.to_string()
+        if value.is_empty() || value == NOT_REPORTED || parses(&value) {
+            value
         } else {
             audit.note(
                 field,
@@ -226,7 +283,7 @@ impl PrivacyEnforcer {
                 PrivacyAction::PSEUDONYMIZED,
                 1,
             );
-            self.key.pseudonym(domain, value)
+            self.key.pseudonym(domain, &value)
         }
     }
 
@@ -266,12 +323,35 @@ impl PrivacyEnforcer {
     }
 
     /// A run id that parses crosses with its flow-cell part pseudonymized; one that does not is
-    /// a pseudonym as a whole (audited).
-    fn run_id(&self, run_id: &str, audit: &mut AuditLog) -> String {
-        match grammar::run_id_parts(run_id) {
-            Some((head, flowcell)) => format!("{head}{}", self.flowcell(flowcell)),
-            None => self.identifier("run_id", run_id, |_| false, Domain::RunId, audit),
+    /// a pseudonym as a whole (audited). Every record of a run carries its id, so the result is
+    /// kept ([`RunIdCache`]): the same input gives the same output and the same audit.
+    fn run_id(&mut self, run_id: String, audit: &mut AuditLog) -> String {
+        if let Some((sanitized, pseudonymized)) = self.run_ids.get(&run_id) {
+            if *pseudonymized {
+                Self::note_run_id_pseudonymized(audit);
+            }
+            return sanitized.clone();
         }
+        let (sanitized, pseudonymized) = match grammar::run_id_parts(&run_id) {
+            Some((head, flowcell)) => (format!("{head}{}", self.flowcell(flowcell)), false),
+            None if run_id.is_empty() || run_id == NOT_REPORTED => (run_id.clone(), false),
+            None => (self.key.pseudonym(Domain::RunId, &run_id), true),
+        };
+        if pseudonymized {
+            Self::note_run_id_pseudonymized(audit);
+        }
+        self.run_ids
+            .insert(run_id, (sanitized.clone(), pseudonymized));
+        sanitized
+    }
+
+    fn note_run_id_pseudonymized(audit: &mut AuditLog) {
+        audit.note(
+            "run_id",
+            PrivacyRule::GRAMMAR_MISMATCH,
+            PrivacyAction::PSEUDONYMIZED,
+            1,
+        );
     }
 
     fn log_event(
@@ -370,13 +450,15 @@ impl PrivacyEnforcer {
                 }
                 _ => self.identifier(
                     attribute_field(key),
-                    &v,
+                    v,
                     grammar::version,
                     Domain::Version,
                     audit,
                 ),
             };
-            out.insert(key.to_string(), value);
+            // The input's own key when it is spelled as the catalogue's (no allocation).
+            let key = if k == key { k } else { key.to_string() };
+            out.insert(key, value);
         }
         if unknown > 0 {
             audit.note(
@@ -394,30 +476,26 @@ impl PrivacyEnforcer {
         c: InstrumentConfiguration,
         audit: &mut AuditLog,
     ) -> InstrumentConfiguration {
-        let v = |field, value: &str, audit: &mut AuditLog| {
+        let v = |field, value: String, audit: &mut AuditLog| {
             self.identifier(field, value, grammar::version, Domain::Version, audit)
         };
         InstrumentConfiguration {
             control_software_version: v(
                 "instrument_configuration.control_software_version",
-                &c.control_software_version,
+                c.control_software_version,
                 audit,
             ),
-            rta_version: v(
-                "instrument_configuration.rta_version",
-                &c.rta_version,
-                audit,
-            ),
+            rta_version: v("instrument_configuration.rta_version", c.rta_version, audit),
             firmware_version: v(
                 "instrument_configuration.firmware_version",
-                &c.firmware_version,
+                c.firmware_version,
                 audit,
             ),
         }
     }
 
     fn run_configuration(&self, c: RunConfiguration, audit: &mut AuditLog) -> RunConfiguration {
-        let lot = |field, value: &str, audit: &mut AuditLog| {
+        let lot = |field, value: String, audit: &mut AuditLog| {
             self.identifier(field, value, grammar::lot_number, Domain::Lot, audit)
         };
         RunConfiguration {
@@ -433,14 +511,14 @@ impl PrivacyEnforcer {
             ),
             // Always a pseudonym: a flow-cell id's free characters can spell a name.
             flowcell_serial: self.flowcell(&c.flowcell_serial),
-            flowcell_lot: lot("run_configuration.flowcell_lot", &c.flowcell_lot, audit),
+            flowcell_lot: lot("run_configuration.flowcell_lot", c.flowcell_lot, audit),
             reagent_kit_lot: lot(
                 "run_configuration.reagent_kit_lot",
-                &c.reagent_kit_lot,
+                c.reagent_kit_lot,
                 audit,
             ),
             reagent_kit_expiry_date: c.reagent_kit_expiry_date,
-            buffer_lot: lot("run_configuration.buffer_lot", &c.buffer_lot, audit),
+            buffer_lot: lot("run_configuration.buffer_lot", c.buffer_lot, audit),
             buffer_expiry_date: c.buffer_expiry_date,
         }
     }
@@ -502,7 +580,9 @@ impl Processor for PrivacyEnforcer {
     }
 
     fn process(&mut self, input: &Envelope<'_>, out: &mut Emitter) -> Result<(), StageError> {
-        let Some(t) = out.decode_or_reject::<Telemetry>(input) else {
+        // The direct reader, else the generic decoder (which also says why bytes are bad).
+        let direct = self.reader.and_then(|r| r.read(input.value));
+        let Some(t) = direct.or_else(|| out.decode_or_reject::<Telemetry>(input)) else {
             return Ok(());
         };
         // The validator refuses these; a record that reached this topic otherwise is still bad.
@@ -533,7 +613,7 @@ impl Processor for PrivacyEnforcer {
         let message_id = self.key.pseudonym(Domain::MessageId, &message_id);
         let serial = self.identifier(
             "instrument_serial",
-            &instrument_serial,
+            instrument_serial,
             |s| grammar::instrument_serial(s).is_some(),
             Domain::InstrumentSerial,
             &mut audit,
@@ -573,7 +653,7 @@ impl Processor for PrivacyEnforcer {
             );
             return Ok(());
         }
-        let run_id = run_id.map(|r| self.run_id(&r, &mut audit));
+        let run_id = run_id.map(|r| self.run_id(r, &mut audit));
         let log_event = log_event.map(|l| self.log_event(l, &mut audit));
         let instrument_configuration =
             instrument_configuration.map(|c| self.instrument_configuration(c, &mut audit));
@@ -590,8 +670,8 @@ impl Processor for PrivacyEnforcer {
             )?;
         }
         let sanitized = SanitizedTelemetry {
-            message_id: message_id.clone(),
-            instrument_serial: serial.clone(),
+            message_id,
+            instrument_serial: serial,
             instrument_model,
             event_time_ms,
             sent_time_ms,
@@ -606,7 +686,22 @@ impl Processor for PrivacyEnforcer {
             run_configuration,
             attributes,
         };
-        out.emit(TopicRole::Sanitized, &serial, &sanitized)
+        match self.writer {
+            Some(writer) => {
+                writer.write(&sanitized, &mut self.encoded);
+                out.emit_bytes(
+                    TopicRole::Sanitized,
+                    &sanitized.instrument_serial,
+                    &self.encoded,
+                );
+                Ok(())
+            }
+            None => out.emit(
+                TopicRole::Sanitized,
+                &sanitized.instrument_serial,
+                &sanitized,
+            ),
+        }
     }
 }
 

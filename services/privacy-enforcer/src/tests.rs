@@ -486,3 +486,143 @@ fn settings_need_a_key_and_name_it() {
     cfg.validate().unwrap();
     assert!(!format!("{cfg:?}").contains(&"00".repeat(32)));
 }
+
+mod digest;
+
+/// The direct writer of sanitized records is on with the current schema (a new schema version
+/// turns it off: then update `encode.rs`), and it writes the generic encoder's bytes for every
+/// probe and every record kind.
+#[test]
+fn the_direct_writer_is_in_use_and_writes_the_generic_encoders_bytes() {
+    let writer = encode::SanitizedWriter::for_latest_schema()
+        .expect("the direct writer agrees with the newest sanitized_telemetry schema");
+    assert!(PrivacyEnforcer::default().writer.is_some());
+    let mut buf = Vec::new();
+    let probes = encode::probes();
+    assert!(probes.len() > 10);
+    for p in &probes {
+        writer.write(p, &mut buf);
+        assert_eq!(buf, encode(p).unwrap());
+    }
+    for t in full_records() {
+        let (out, _) = run(&t);
+        let s = sanitized(&out);
+        writer.write(&s, &mut buf);
+        assert_eq!(buf, encode(&s).unwrap(), "{:?}", t.kind);
+    }
+}
+
+/// The direct reader of telemetry is on with the current schema (a new schema version turns it
+/// off: then update `decode.rs`). It reads what the generic decoder reads, and of bytes mutated
+/// every way (bits flipped, bytes changed, cut, inserted, removed), it never accepts what the
+/// generic decoder refuses nor reads anything differently.
+#[test]
+fn the_direct_reader_is_in_use_and_never_disagrees_with_the_generic_decoder() {
+    let reader = decode::TelemetryReader::for_latest_schema()
+        .expect("the direct reader agrees with the newest telemetry schema");
+    assert_eq!(
+        reader.versions(),
+        4,
+        "every telemetry version is read directly"
+    );
+    assert!(PrivacyEnforcer::default().reader.is_some());
+    let mut seeds: Vec<Vec<u8>> = decode::probes()
+        .iter()
+        .filter(|p| p.attributes.len() < 100)
+        .flat_map(|p| (1..=4).map(|v| decode::encode_as(p, v).unwrap()))
+        .collect();
+    seeds.extend(full_records().iter().map(|t| encode(t).unwrap()));
+    let mut t = full_records().remove(2);
+    t.attributes.insert("Müller".into(), "µ".into());
+    seeds.push(encode(&t).unwrap());
+    let same = |direct: &Telemetry, generic: &Telemetry| {
+        encode(direct).unwrap() == encode(generic).unwrap()
+    };
+    let (mut read, mut refused) = (0usize, 0usize);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    for seed in &seeds {
+        let direct = reader
+            .read(seed)
+            .expect("reads what the current schema wrote");
+        assert!(same(&direct, &decode::<Telemetry>(seed).unwrap()));
+        for _ in 0..3000 {
+            let mut b = seed.clone();
+            for _ in 0..1 + next(3) {
+                let i = 10 + next(b.len() - 10);
+                match next(6) {
+                    0 => b[i] ^= 1 << next(8),
+                    1 => b[i] = next(256) as u8,
+                    2 => b.truncate(i),
+                    3 => b.insert(i, next(256) as u8),
+                    4 if b.len() > 11 => {
+                        b.remove(i);
+                    }
+                    _ => b[i] = [0x00, 0x01, 0x02, 0x7f, 0x80, 0xff][next(6)],
+                }
+                if b.len() <= 11 {
+                    break;
+                }
+            }
+            match (reader.read(&b), decode::<Telemetry>(&b)) {
+                (Some(direct), Ok(generic)) => {
+                    assert!(same(&direct, &generic), "{b:02x?}");
+                    read += 1;
+                }
+                (Some(_), Err(e)) => {
+                    panic!("the direct reader accepts what the generic refuses ({e}): {b:02x?}")
+                }
+                (None, _) => refused += 1,
+            }
+        }
+    }
+    eprintln!("{read} mutated records read alike, {refused} left to the generic decoder");
+    assert!(read > 1000 && refused > 1000);
+}
+
+/// The run-id cache changes no output: a run id gives the same sanitized record and the same
+/// audit record on a miss, on a hit and after the cache was cleared for being full.
+#[test]
+fn run_ids_give_the_same_output_from_the_cache_and_after_it_is_cleared() {
+    let mut enforcer = PrivacyEnforcer::default();
+    let mut parsing = full_records().remove(0);
+    parsing.run_id = Some("200619_A00123_0042_AH5NTFDSXX".into());
+    let mut pseudonymized = parsing.clone();
+    pseudonymized.run_id = Some("123_A00100_0001_FC12345".into());
+    let first: Vec<_> = [&parsing, &pseudonymized]
+        .map(|t| run_with(&mut enforcer, t).0)
+        .into();
+    assert_eq!(
+        audits(&first[1]).len(),
+        1,
+        "a run id that does not parse is audited"
+    );
+    let hit: Vec<_> = [&parsing, &pseudonymized]
+        .map(|t| run_with(&mut enforcer, t).0)
+        .into();
+    let mut other = parsing.clone();
+    for i in 0..RUN_ID_CACHE_ENTRIES + 10 {
+        other.run_id = Some(format!("{i}_A00100_0001_FC12345"));
+        run_with(&mut enforcer, &other);
+    }
+    assert!(enforcer.run_ids.entries.len() <= RUN_ID_CACHE_ENTRIES);
+    let after: Vec<_> = [&parsing, &pseudonymized]
+        .map(|t| run_with(&mut enforcer, t).0)
+        .into();
+    let fresh: Vec<_> = [&parsing, &pseudonymized].map(|t| run(t).0).into();
+    for outputs in [&hit, &after, &first] {
+        for (a, b) in outputs.iter().zip(&fresh) {
+            let bytes = |o: &Vec<Emitted>| -> Vec<(TopicRole, String, Vec<u8>)> {
+                o.iter()
+                    .map(|e| (e.role, e.key.clone(), e.value.clone()))
+                    .collect()
+            };
+            assert_eq!(bytes(a), bytes(b));
+        }
+    }
+}
