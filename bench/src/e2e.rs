@@ -276,15 +276,12 @@ fn start_service(
 ) -> (Child, u16) {
     let port = free_port();
     let mut cmd = Command::new(sibling(exe));
-    cmd.args(seqmon_testkit::stage_args(
-        stage,
-        &s.bootstrap_servers,
-        prefix,
-        port,
-    ));
-    if instance > 0 {
-        cmd.args(["--transactional-id", &format!("{prefix}{stage}-{instance}")]);
+    let mut args = seqmon_testkit::stage_args(stage, &s.bootstrap_servers, prefix, port);
+    // Each instance its own transactional id (the group is shared).
+    if let Some(i) = args.iter().position(|a| a == "--transactional-id") {
+        args[i + 1] = format!("{prefix}{stage}-{instance}");
     }
+    cmd.args(args);
     cmd.args(extra);
     cmd.args([
         "--batch-max-records",

@@ -1044,9 +1044,10 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
         .collect();
     let first = sizes
         .first()
-        .or(cli.e2e_passthrough_instruments.first())
+        .or(cli.e2e_passthrough_instruments.iter().find(|n| **n > 0))
         .copied()
-        .or((!cli.e2e_instances.is_empty()).then_some(cli.e2e_scale_instruments));
+        .filter(|n| *n > 0)
+        .or((cli.e2e_instances.iter().any(|k| *k > 0)).then_some(cli.e2e_scale_instruments));
     let Some(first) = first else {
         return Vec::new();
     };

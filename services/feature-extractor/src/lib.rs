@@ -726,8 +726,7 @@ impl Processor for FeatureExtractor {
             self.journals
                 .entry(serial.clone())
                 .or_default()
-                .pending
-                .push(FoldedInput {
+                .fold(FoldedInput {
                     offset: input.offset,
                     timestamp_ms: input.timestamp_ms,
                     arrival_time_ms: input.arrival_time_ms,
@@ -771,7 +770,7 @@ impl Processor for FeatureExtractor {
             }]);
         }
         let journal = self.journals.entry(key.to_string()).or_default();
-        let Some(last) = journal.pending.last().map(|i| i.offset) else {
+        let Some(last) = journal.last_input_offset else {
             // Nothing folded in since the last write: the changelog is current.
             return Ok(Vec::new());
         };
@@ -805,6 +804,7 @@ impl Processor for FeatureExtractor {
         })?;
         journal.deltas = slot;
         journal.delta_bytes += value.len();
+        journal.last_input_offset = None;
         Ok(vec![StateRecord {
             key: ChangelogKey::delta(key, slot),
             value: Some(value),
@@ -1485,6 +1485,45 @@ mod tests {
         assert!(log.bytes_written * 3 < json_bytes);
         // Never more than a base and MAX_DELTAS deltas per instrument.
         assert!(log.latest.len() <= serials.len() * (1 + state::MAX_DELTAS as usize));
+    }
+
+    #[test]
+    fn without_a_changelog_the_journal_stays_bounded_and_the_next_write_is_a_base() {
+        let cfg = FeatureConfig::default();
+        let t0 = 1_800_000_000_000;
+        let mut p = FeatureExtractor::new(cfg.clone());
+        let mut unused = 0;
+        let mut log = Changelog::default();
+        batch(
+            &mut p,
+            &[("A00001".into(), sample("A00001", t0, 1.0, None), 0)],
+            &mut log,
+            &mut unused,
+        );
+        // A file or embedded run never asks for state records: 1,000 more inputs.
+        for i in 1..1_000i64 {
+            let value = sample("A00001", t0 + i * 1_000, 1.0 + i as f64, None);
+            let env = Envelope {
+                key: Some(b"A00001"),
+                value: &value,
+                topic: "telemetry.sanitized",
+                partition: 0,
+                offset: i,
+                timestamp_ms: None,
+                arrival_time_ms: None,
+            };
+            p.process(&env, &mut Emitter::default()).unwrap();
+        }
+        assert!(p.journals["A00001"].pending.len() <= state::MAX_PENDING_INPUTS);
+        let records = p.state_records("A00001").unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].key, "A00001", "a base, not a delta");
+        log.write(records);
+        let (restored, failures) = log.restore(&cfg);
+        assert!(failures.is_empty());
+        assert_eq!(restored.instruments, p.instruments);
+        // Nothing new since: nothing to write.
+        assert!(p.state_records("A00001").unwrap().is_empty());
     }
 
     #[test]

@@ -49,15 +49,39 @@ pub(crate) struct Journal {
     /// Deltas written after it, and their bytes.
     pub deltas: u32,
     pub delta_bytes: usize,
-    /// Inputs folded in since the last write.
+    /// Inputs folded in since the last write (none kept once there were too many for a delta).
     pub pending: Vec<FoldedInput>,
+    /// Offset of the last input folded in since the last write: `None` when nothing changed.
+    pub last_input_offset: Option<i64>,
+    /// More inputs came than a delta holds ([`MAX_PENDING_INPUTS`]), or no changelog takes them
+    /// (file and embedded runs): they were not kept, so the next write is a base.
+    pub overflowed: bool,
 }
 
+/// Most inputs one instrument's delta holds: beyond, the next write is a base instead, so memory
+/// stays bounded where no changelog drains the journal (file mode, embedded runs, replays).
+pub(crate) const MAX_PENDING_INPUTS: usize = 64;
+
 impl Journal {
+    /// Notes an input folded into the state.
+    pub fn fold(&mut self, input: FoldedInput) {
+        self.last_input_offset = Some(input.offset);
+        if self.overflowed {
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING_INPUTS {
+            self.pending = Vec::new();
+            self.overflowed = true;
+        } else {
+            self.pending.push(input);
+        }
+    }
+
     /// Whether the pending inputs go out as a base rather than as one more delta.
     pub fn next_is_base(&self) -> bool {
         let pending: usize = self.pending.iter().map(weight).sum();
         self.base_offset.is_none()
+            || self.overflowed
             || self.deltas >= MAX_DELTAS
             || self.delta_bytes + pending > self.base_bytes * DELTA_BYTES_PER_BASE_BYTE
     }
