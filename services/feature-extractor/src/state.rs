@@ -58,9 +58,10 @@ pub(crate) struct Journal {
     pub overflowed: bool,
 }
 
-/// Most inputs one instrument's delta holds: beyond, the next write is a base instead, so memory
-/// stays bounded where no changelog drains the journal (file mode, embedded runs, replays).
-pub(crate) const MAX_PENDING_INPUTS: usize = 64;
+/// Most inputs one instrument's delta holds (a transaction rarely brings more of one
+/// instrument): beyond, the next write is a base instead, so memory stays bounded where no
+/// changelog drains the journal (file mode, embedded runs, replays): ~5 kB per instrument.
+pub(crate) const MAX_PENDING_INPUTS: usize = 16;
 
 impl Journal {
     /// Notes an input folded into the state.
