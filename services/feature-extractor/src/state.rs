@@ -62,6 +62,9 @@ pub(crate) struct Journal {
 /// instrument): beyond, the next write is a base instead, so memory stays bounded where no
 /// changelog drains the journal (file mode, embedded runs, replays): ~5 kB per instrument.
 pub(crate) const MAX_PENDING_INPUTS: usize = 16;
+/// Most bytes of inputs one delta holds: a delta stays far below the broker's record limit
+/// (1 MiB by default) even when its inputs are large log records; beyond, the next write is a base.
+pub(crate) const MAX_PENDING_BYTES: usize = 256 * 1024;
 
 impl Journal {
     /// Notes an input folded into the state.
@@ -70,7 +73,8 @@ impl Journal {
         if self.overflowed {
             return;
         }
-        if self.pending.len() >= MAX_PENDING_INPUTS {
+        let bytes: usize = self.pending.iter().map(weight).sum::<usize>() + weight(&input);
+        if self.pending.len() >= MAX_PENDING_INPUTS || bytes > MAX_PENDING_BYTES {
             self.pending = Vec::new();
             self.overflowed = true;
         } else {
@@ -135,6 +139,37 @@ pub(crate) struct RestoredDelta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_journal_keeps_at_most_a_delta_s_worth_of_inputs() {
+        let input = |offset: i64, size: usize| FoldedInput {
+            offset,
+            timestamp_ms: None,
+            arrival_time_ms: None,
+            value: vec![0; size],
+        };
+        let mut j = Journal {
+            base_offset: Some(0),
+            base_bytes: 1 << 30,
+            ..Journal::default()
+        };
+        j.fold(input(1, 100_000));
+        j.fold(input(2, 100_000));
+        assert!(!j.overflowed && !j.next_is_base());
+        // A third large log record would take the delta past its byte bound.
+        j.fold(input(3, 100_000));
+        assert!(j.overflowed && j.pending.is_empty() && j.next_is_base());
+        assert_eq!(j.last_input_offset, Some(3));
+        let mut j = Journal {
+            base_offset: Some(0),
+            base_bytes: 1 << 30,
+            ..Journal::default()
+        };
+        for i in 0..=MAX_PENDING_INPUTS as i64 {
+            j.fold(input(i, 10));
+        }
+        assert!(j.overflowed && j.next_is_base());
+    }
 
     #[test]
     fn changelog_keys_read_back() {
