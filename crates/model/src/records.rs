@@ -1062,6 +1062,9 @@ pub struct StateSnapshot {
     pub stage: String,
     pub key: String,
     pub format_version: i32,
+    /// The bytes the stage's state format defines. Despite the schema's field name (released, so
+    /// kept), not always JSON: the feature extractor's format 2 is a single-object encoded
+    /// [`FeatureExtractorState`].
     #[serde(with = "apache_avro::serde_avro_bytes")]
     pub state_json: Vec<u8>,
 }
