@@ -27,8 +27,8 @@ use seqmon_model::specs::operating_spec;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     specs, DeadLetterReason, DeltaInputs, Feature, FeatureExtractorBase, FeatureExtractorState,
-    FoldedInput, InstrumentModel, RunPhase, SanitizedTelemetry, SensorPhase, SensorRepeat,
-    Severity, TelemetryKind, WindowSums,
+    InstrumentModel, RunPhase, SanitizedTelemetry, SensorPhase, SensorRepeat, Severity,
+    TelemetryKind, WindowSums,
 };
 use seqmon_processor::{
     ConfigError, Emitter, Envelope, Processor, RestoreFailure, StageError, StateRecord,
@@ -723,15 +723,7 @@ impl Processor for FeatureExtractor {
             self.close_windows(&serial, watermark, out)?;
         }
         if !self.replaying {
-            self.journals
-                .entry(serial.clone())
-                .or_default()
-                .fold(FoldedInput {
-                    offset: input.offset,
-                    timestamp_ms: input.timestamp_ms,
-                    arrival_time_ms: input.arrival_time_ms,
-                    value: input.value.to_vec(),
-                });
+            self.journals.entry(serial.clone()).or_default().fold(input);
             out.state_changed(&serial);
         }
         Ok(())

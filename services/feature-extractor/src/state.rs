@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 
 use seqmon_model::FoldedInput;
+use seqmon_processor::Envelope;
 
 /// Deltas an instrument may have after its base before the next write is a base: bounds the
 /// records a restore reads and replays per instrument (at one input per delta, 16 inputs).
@@ -33,9 +34,12 @@ pub(crate) const DELTA_BYTES_PER_BASE_BYTE: usize = 4;
 /// Separates the serial from the delta slot in a changelog key (a serial never holds it).
 const DELTA_KEY_SEPARATOR: char = '\u{1f}';
 
+/// What an input adds to a delta besides its value (offset, timestamps), roughly.
+const INPUT_OVERHEAD: usize = 16;
+
 /// An input's size on the changelog, roughly (the value dominates).
 fn weight(input: &FoldedInput) -> usize {
-    input.value.len() + 16
+    input.value.len() + INPUT_OVERHEAD
 }
 
 /// What the changelog holds for one instrument, as far as this instance wrote or restored it.
@@ -67,18 +71,25 @@ pub(crate) const MAX_PENDING_INPUTS: usize = 16;
 pub(crate) const MAX_PENDING_BYTES: usize = 256 * 1024;
 
 impl Journal {
-    /// Notes an input folded into the state.
-    pub fn fold(&mut self, input: FoldedInput) {
+    /// Notes an input folded into the state; its bytes are copied only while a delta can hold
+    /// them.
+    pub fn fold(&mut self, input: &Envelope<'_>) {
         self.last_input_offset = Some(input.offset);
         if self.overflowed {
             return;
         }
-        let bytes: usize = self.pending.iter().map(weight).sum::<usize>() + weight(&input);
+        let bytes: usize =
+            self.pending.iter().map(weight).sum::<usize>() + input.value.len() + INPUT_OVERHEAD;
         if self.pending.len() >= MAX_PENDING_INPUTS || bytes > MAX_PENDING_BYTES {
             self.pending = Vec::new();
             self.overflowed = true;
         } else {
-            self.pending.push(input);
+            self.pending.push(FoldedInput {
+                offset: input.offset,
+                timestamp_ms: input.timestamp_ms,
+                arrival_time_ms: input.arrival_time_ms,
+                value: input.value.to_vec(),
+            });
         }
     }
 
@@ -142,22 +153,29 @@ mod tests {
 
     #[test]
     fn a_journal_keeps_at_most_a_delta_s_worth_of_inputs() {
-        let input = |offset: i64, size: usize| FoldedInput {
-            offset,
-            timestamp_ms: None,
-            arrival_time_ms: None,
-            value: vec![0; size],
-        };
+        let large = vec![0; 100_000];
+        let small = vec![0; 10];
+        fn input(offset: i64, value: &[u8]) -> Envelope<'_> {
+            Envelope {
+                key: None,
+                value,
+                topic: "",
+                partition: 0,
+                offset,
+                timestamp_ms: None,
+                arrival_time_ms: None,
+            }
+        }
         let mut j = Journal {
             base_offset: Some(0),
             base_bytes: 1 << 30,
             ..Journal::default()
         };
-        j.fold(input(1, 100_000));
-        j.fold(input(2, 100_000));
+        j.fold(&input(1, &large));
+        j.fold(&input(2, &large));
         assert!(!j.overflowed && !j.next_is_base());
         // A third large log record would take the delta past its byte bound.
-        j.fold(input(3, 100_000));
+        j.fold(&input(3, &large));
         assert!(j.overflowed && j.pending.is_empty() && j.next_is_base());
         assert_eq!(j.last_input_offset, Some(3));
         let mut j = Journal {
@@ -166,7 +184,7 @@ mod tests {
             ..Journal::default()
         };
         for i in 0..=MAX_PENDING_INPUTS as i64 {
-            j.fold(input(i, 10));
+            j.fold(&input(i, &small));
         }
         assert!(j.overflowed && j.next_is_base());
     }
