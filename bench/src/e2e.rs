@@ -310,10 +310,20 @@ fn start_service(
     (child, port)
 }
 
-/// Reads a topic from the start to its end (read_committed) and returns, per key, the size of
-/// its latest record (0 once tombstoned).
-fn latest_sizes(s: &E2eSettings, topic: &str) -> HashMap<Vec<u8>, usize> {
-    let c: BaseConsumer = client(s)
+/// What a changelog holds, read from its start to its end (read_committed).
+pub struct ChangelogSizes {
+    /// Records (tombstones included) and their bytes (key + value): what was written.
+    pub records: u64,
+    pub bytes: u64,
+    /// Bytes (key + value) of the latest record of every live key: what compaction keeps.
+    pub kept: u64,
+}
+
+/// Reads a changelog from its start to its end (read_committed): what was written, and what
+/// compaction keeps.
+pub fn changelog_sizes(bootstrap_servers: &str, partitions: i32, topic: &str) -> ChangelogSizes {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
         .set("group.id", "seqmon-bench-state")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -321,20 +331,26 @@ fn latest_sizes(s: &E2eSettings, topic: &str) -> HashMap<Vec<u8>, usize> {
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    for p in 0..s.partitions {
+    for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .expect("partition");
     }
     c.assign(&tpl).expect("assign");
-    let mut sizes = HashMap::new();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut latest: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut eof = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while eof.len() < s.partitions as usize && Instant::now() < deadline {
+    while eof.len() < partitions as usize && Instant::now() < deadline {
         match c.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 let key = m.key().unwrap_or_default().to_vec();
-                let size = m.payload().map(|v| v.len() + key.len()).unwrap_or(0);
-                sizes.insert(key, size);
+                let size = key.len() + m.payload().map_or(0, <[u8]>::len);
+                records += 1;
+                bytes += size as u64;
+                match m.payload() {
+                    Some(_) => latest.insert(key, size),
+                    None => latest.remove(&key),
+                };
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 eof.insert(p);
@@ -342,7 +358,11 @@ fn latest_sizes(s: &E2eSettings, topic: &str) -> HashMap<Vec<u8>, usize> {
             _ => {}
         }
     }
-    sizes
+    ChangelogSizes {
+        records,
+        bytes,
+        kept: latest.values().sum::<usize>() as u64,
+    }
 }
 
 fn scrape(port: u16, name: &str) -> Option<f64> {
@@ -539,7 +559,7 @@ pub fn run(s: &E2eSettings, instruments: usize) -> E2eRun {
         ("cohort-analyzer", TopicRole::ChangelogCohortAnalyzer),
         ("notifier", TopicRole::ChangelogNotifier),
     ] {
-        let bytes: usize = latest_sizes(s, &role.topic(&prefix)).values().sum();
+        let bytes = changelog_sizes(&s.bootstrap_servers, s.partitions, &role.topic(&prefix)).kept;
         state.insert(
             stage.to_string(),
             bytes as f64 * 1000.0 / instruments as f64,

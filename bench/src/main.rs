@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -597,25 +597,12 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
 /// its first input record to its n-th, read from its own /metrics (start-up and group join
 /// excluded, as for the passthrough).
 fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
-    let exe = seqmon_testkit::workspace_bin(stage);
-    let port = seqmon_testkit::free_port();
-    let mut child = Command::new(exe)
-        .args(seqmon_testkit::stage_args(
-            stage,
-            &cli.bootstrap_servers,
-            prefix,
-            port,
-        ))
-        .args(["--batch-max-records", &cli.batch.to_string()])
-        .args(if stage == "validator" {
-            vec!["--max-age-ms", "9000000000000"]
-        } else {
-            vec![]
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("service starts");
+    let batch = cli.batch.to_string();
+    let mut extra = vec!["--batch-max-records", batch.as_str()];
+    if stage == "validator" {
+        extra.extend(["--max-age-ms", "9000000000000"]);
+    }
+    let (child, port) = spawn_stage(cli, stage, prefix, &extra);
     let counter = "seqmon_input_records_total";
     let mut started: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -634,11 +621,34 @@ fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    stop(child);
+    rate
+}
+
+/// One stage as a separate process on the bench's topics, with its metrics port.
+fn spawn_stage(cli: &Cli, stage: &str, prefix: &str, extra: &[&str]) -> (Child, u16) {
+    let port = seqmon_testkit::free_port();
+    let child = Command::new(seqmon_testkit::workspace_bin(stage))
+        .args(seqmon_testkit::stage_args(
+            stage,
+            &cli.bootstrap_servers,
+            prefix,
+            port,
+        ))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("service starts");
+    (child, port)
+}
+
+/// Stops a stage as an orchestrator would (SIGTERM: it finishes its batch) and waits for it.
+fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    rate
 }
 
 /// The fleet's anomalies played `target / len` times over, each repetition shifted past the end
@@ -701,57 +711,14 @@ fn stateful(stage: &str) -> Option<TopicRole> {
 /// what compaction keeps), then starts a fresh instance of the stage on it and reads how long
 /// its restore took from its own metrics.
 fn state_row(cli: &Cli, stage: &str, prefix: &str, changelog: TopicRole, n: usize) -> StateRow {
-    let topic = changelog.topic(prefix);
-    let consumer: BaseConsumer = client(cli)
-        .set("group.id", format!("{prefix}state-reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..cli.partitions {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let (mut records, mut bytes) = (0u64, 0u64);
-    let mut latest: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
-    let mut eof = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while eof.len() < cli.partitions as usize && Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                let key = m.key().unwrap_or_default().to_vec();
-                let size = key.len() + m.payload().map_or(0, <[u8]>::len);
-                records += 1;
-                bytes += size as u64;
-                match m.payload() {
-                    Some(_) => latest.insert(key, size),
-                    None => latest.remove(&key),
-                };
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                eof.insert(p);
-            }
-            _ => {}
-        }
-    }
-    let kept: usize = latest.values().sum();
+    let sizes = e2e::changelog_sizes(
+        &cli.bootstrap_servers,
+        cli.partitions,
+        &changelog.topic(prefix),
+    );
     // A fresh instance in the same group: it restores the whole changelog, then finds nothing
     // left to read.
-    let port = seqmon_testkit::free_port();
-    let mut child = Command::new(seqmon_testkit::workspace_bin(stage))
-        .args(seqmon_testkit::stage_args(
-            stage,
-            &cli.bootstrap_servers,
-            prefix,
-            port,
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("service starts");
+    let (child, port) = spawn_stage(cli, stage, prefix, &[]);
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut restore_s = f64::NAN;
     let mut restored_keys = f64::NAN;
@@ -770,18 +737,15 @@ fn state_row(cli: &Cli, stage: &str, prefix: &str, changelog: TopicRole, n: usiz
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    stop(child);
     let per_1000 = 1000.0 / cli.instruments.max(1) as f64;
     StateRow {
         stage: stage.to_string(),
         input_records: n,
         instruments: cli.instruments,
-        changelog_records: records,
-        changelog_bytes: bytes,
-        kept_bytes_per_1000: kept as f64 * per_1000,
+        changelog_records: sizes.records,
+        changelog_bytes: sizes.bytes,
+        kept_bytes_per_1000: sizes.kept as f64 * per_1000,
         restore_s_per_1000: restore_s * per_1000,
         restored_keys,
     }
