@@ -1112,7 +1112,9 @@ pub fn default_transactional_id(prefix: &str, service: &str) -> String {
     format!("{prefix}{service}-{host}")
 }
 
-/// The partitions of a topic, from the cluster's metadata.
+/// The partitions of a topic, from the cluster's metadata. A topic created a moment ago may
+/// not be in a broker's metadata yet (KRaft applies it asynchronously), so a missing topic is
+/// asked for again until `timeout` has passed before it is an error.
 pub fn topic_partitions(
     kafka: &crate::config::KafkaConnection,
     topic: &str,
@@ -1122,21 +1124,76 @@ pub fn topic_partitions(
         .client_config()
         .create()
         .map_err(RuntimeError::kafka("create metadata client"))?;
-    let md = client
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(RuntimeError::kafka("fetch metadata"))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(RuntimeError::Internal(format!(
-            "topic {topic} does not exist or is not visible to this principal (seqmon-admin create-topics, seqmon-admin acls)"
-        )));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let md = client
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(RuntimeError::kafka("fetch metadata"))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if !partitions.is_empty() {
+            return Ok(partitions);
+        }
+        if Instant::now() >= deadline {
+            return Err(RuntimeError::Internal(format!(
+                "topic {topic} does not exist or is not visible to this principal (seqmon-admin create-topics, seqmon-admin acls)"
+            )));
+        }
+        std::thread::sleep(METADATA_RETRY_INTERVAL);
     }
-    Ok(partitions)
+}
+
+/// How often a topic that is not in the metadata yet is asked for again.
+const METADATA_RETRY_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Waits until every one of `topics` is in the cluster's metadata with a leader for each of its
+/// partitions: `create-topics` returns only when a service started next can use them. The
+/// topics still missing or leaderless at `timeout` are the error.
+pub fn wait_topics_ready(
+    kafka: &crate::config::KafkaConnection,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    let client: BaseConsumer = kafka
+        .client_config()
+        .create()
+        .map_err(RuntimeError::kafka("create metadata client"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let md = client
+            .fetch_metadata(None, timeout)
+            .map_err(RuntimeError::kafka("fetch metadata"))?;
+        let ready: HashSet<&str> = md
+            .topics()
+            .iter()
+            .filter(|t| {
+                t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            })
+            .map(|t| t.name())
+            .collect();
+        let missing: Vec<&str> = topics
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !ready.contains(t))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(RuntimeError::Internal(format!(
+                "topics not ready (not in the metadata, or a partition without a leader) after {} ms: {}",
+                timeout.as_millis(),
+                missing.join(", ")
+            )));
+        }
+        std::thread::sleep(METADATA_RETRY_INTERVAL);
+    }
 }
 
 /// A key whose snapshot the processor refused at restore: it starts afresh, and the next

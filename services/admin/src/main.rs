@@ -280,9 +280,20 @@ async fn main() -> ExitCode {
                         }
                     }
                     if failed {
-                        ExitCode::FAILURE
-                    } else {
-                        ExitCode::SUCCESS
+                        return ExitCode::FAILURE;
+                    }
+                    // Created is not yet usable: a service started right after this command
+                    // must find every topic and a leader for every partition.
+                    match seqmon_runtime::kafka::wait_topics_ready(
+                        &kafka,
+                        &names,
+                        Duration::from_secs(30),
+                    ) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            ExitCode::FAILURE
+                        }
                     }
                 }
                 Err(e) => {
