@@ -16,9 +16,9 @@ use seqmon_model::codec::{decode_via_value, writer_schema};
 use seqmon_model::partitioning::partition_for_key;
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
-    decode, encode, store, Alert, Anomaly, AvroRecord, CohortSignal, DeadLetter, Feature,
-    FeatureExtractorState, MaintenanceEntry, PrivacyAudit, SanitizedTelemetry, StateSnapshot,
-    Telemetry,
+    decode, encode, store, Alert, Anomaly, AnomalyDetectorState, AvroRecord, CohortSignal,
+    DeadLetter, Feature, FeatureExtractorState, MaintenanceEntry, PrivacyAudit, SanitizedTelemetry,
+    StateSnapshot, Telemetry,
 };
 use seqmon_runtime::{Emitter, Envelope, Processor};
 use seqmon_simulator::{simulate, FleetConfig};
@@ -68,6 +68,10 @@ fn realistic_records() -> Vec<Vec<u8>> {
         };
         detector.process(&env, &mut out).unwrap();
         all.extend(out.take().0.into_iter().map(|e| e.value));
+    }
+    // The detector's changelog records: every series, fleet spread and membership it holds.
+    for key in detector.state_keys() {
+        all.extend(detector.snapshot(&key).unwrap());
     }
     // The feature extractor's changelog records (bases and deltas), written after every
     // 5 records as the Kafka runtime would after a transaction.
@@ -152,6 +156,7 @@ fn check(bytes: &[u8]) -> Result<serde_json::Value, String> {
         "privacy_audit" => both::<PrivacyAudit>(bytes),
         "state_snapshot" => both::<StateSnapshot>(bytes),
         "feature_extractor_state" => both::<FeatureExtractorState>(bytes),
+        "anomaly_detector_state" => both::<AnomalyDetectorState>(bytes),
         "cohort_signal" => both::<CohortSignal>(bytes),
         other => panic!("no Rust type for schema {other}"),
     }
@@ -175,6 +180,7 @@ fn reencode(bytes: &[u8]) -> Vec<u8> {
         "privacy_audit" => again!(PrivacyAudit),
         "state_snapshot" => again!(StateSnapshot),
         "feature_extractor_state" => again!(FeatureExtractorState),
+        "anomaly_detector_state" => again!(AnomalyDetectorState),
         "cohort_signal" => again!(CohortSignal),
         other => panic!("no Rust type for schema {other}"),
     }
@@ -227,6 +233,7 @@ fn direct_decoder_equals_apache_avro_and_reencodes_to_the_same_bytes() {
         "state_snapshot",
         "cohort_signal",
         "feature_extractor_state",
+        "anomaly_detector_state",
     ] {
         let latest = store().latest(name).version;
         assert!(

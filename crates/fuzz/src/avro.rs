@@ -16,8 +16,8 @@ use seqmon_model::codec::{
     decode, decode_via_value, header, writer_schema, CodecError, HEADER_LEN,
 };
 use seqmon_model::{
-    encode, store, Alert, AlertCommand, Anomaly, AvroRecord, CohortSignal, DeadLetter,
-    DeadLetterReason, Feature, FeatureExtractorState, MaintenanceEntry, PrivacyAudit,
+    encode, store, Alert, AlertCommand, Anomaly, AnomalyDetectorState, AvroRecord, CohortSignal,
+    DeadLetter, DeadLetterReason, Feature, FeatureExtractorState, MaintenanceEntry, PrivacyAudit,
     SanitizedTelemetry, StateSnapshot, Telemetry,
 };
 
@@ -72,6 +72,7 @@ fn by_name(name: &str, bytes: &[u8]) {
         "privacy_audit" => both::<PrivacyAudit>(bytes),
         "state_snapshot" => both::<StateSnapshot>(bytes),
         "feature_extractor_state" => both::<FeatureExtractorState>(bytes),
+        "anomaly_detector_state" => both::<AnomalyDetectorState>(bytes),
         other => panic!("schema {other} has no Rust type in the fuzz target: add it"),
     }
 }

@@ -1145,3 +1145,109 @@ pub struct FoldedInput {
     #[serde(with = "apache_avro::serde_avro_bytes")]
     pub value: Vec<u8>,
 }
+
+/// The anomaly detector's state on its changelog (schema `anomaly_detector_state`, inside a
+/// [`StateSnapshot`] of state format 2): one record per changed piece, exactly one of the three
+/// set; the detector's `state` module says which changelog key holds which.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyDetectorState {
+    pub series: Option<DetectorSeries>,
+    pub fleet: Option<DetectorFleetSpread>,
+    pub cohorts: Option<Vec<CohortMembership>>,
+}
+
+avro_record!(AnomalyDetectorState, "anomaly_detector_state");
+
+/// One series of one instrument and its open episode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorSeries {
+    pub n: i64,
+    pub primed: bool,
+    pub mean: f64,
+    pub var: f64,
+    pub spread: f64,
+    pub cusum_hi: f64,
+    pub cusum_lo: f64,
+    pub bin: DetectorHourBin,
+    pub upper: DetectorSideTrend,
+    pub lower: DetectorSideTrend,
+    pub hits: i64,
+    pub misses: i64,
+    pub drifting: bool,
+    pub hour_spread: f64,
+    pub hours: i64,
+    pub hour_alarm: bool,
+    pub prediction: Option<DetectorPrediction>,
+    pub episode: Option<DetectorEpisode>,
+}
+
+/// Windows gathered into the current hour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorHourBin {
+    pub hour: i64,
+    pub n: i64,
+    pub sum: f64,
+    pub sum_sq: f64,
+    pub sum_var: f64,
+}
+
+/// The trend towards one spec limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorSideTrend {
+    pub line: DetectorLine,
+    pub jumps: i64,
+    pub first_h: f64,
+    pub last_error: f64,
+    pub error_sq: f64,
+    pub error_lag: f64,
+}
+
+/// Discounted least-squares sums of a line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorLine {
+    pub at_h: f64,
+    pub s0: f64,
+    pub st: f64,
+    pub stt: f64,
+    pub sy: f64,
+    pub sty: f64,
+    pub syy: f64,
+    pub points: i64,
+}
+
+/// A forecast spec crossing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorPrediction {
+    pub at_ms: i64,
+    pub crossing_ms: i64,
+    pub earliest_ms: i64,
+    pub latest_ms: Option<i64>,
+    pub t_stat: f64,
+    pub upper: bool,
+}
+
+/// An open anomaly episode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorEpisode {
+    pub severity: AnomalySeverity,
+    pub predicted_only: bool,
+    pub earliest_ms: Option<i64>,
+    pub normal_in_a_row: i64,
+    pub cohorts: Vec<String>,
+}
+
+/// The typical window spread of one metric on one model on one input partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorFleetSpread {
+    pub log_mean: f64,
+    pub windows: i64,
+    pub contributors: i64,
+}
+
+/// A cohort an instrument last signalled it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CohortMembership {
+    pub kind: CohortKind,
+    pub value: String,
+    pub at_ms: i64,
+}

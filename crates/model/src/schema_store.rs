@@ -160,6 +160,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         1,
         include_str!("../../../schemas/feature_extractor_state/v1.avsc"),
     ),
+    (
+        "anomaly_detector_state",
+        1,
+        include_str!("../../../schemas/anomaly_detector_state/v1.avsc"),
+    ),
 ];
 
 /// One parsed schema version.

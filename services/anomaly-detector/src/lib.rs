@@ -17,8 +17,11 @@
 //! (see [`score`]).
 //!
 //! Delivery: a pure processor; the runtime gives it exactly-once input and output. State:
-//! series per instrument, persisted to `anomaly-detector.changelog` with every batch and restored
+//! series per instrument, persisted to `anomaly-detector.changelog` with every batch (one Avro
+//! record per changed series, fleet spread or membership set: see [`state`]) and restored
 //! before the first record after a restart or rebalance, so output does not depend on restarts.
+//! A changelog record that does not restore is quarantined by the runtime (that piece starts
+//! afresh); one of a state format this build does not read stops the stage.
 //! A feature that does not decode is a dead letter (the runtime's `decode_or_reject`).
 //!
 //! Cohort signals: besides each instrument's MEMBER and DEVIATION signals (keyed by cohort),
@@ -30,6 +33,7 @@
 
 pub mod model;
 pub mod score;
+pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,13 +42,15 @@ use seqmon_model::partitioning;
 use seqmon_model::specs::{self, nominal, MetricKind};
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
-    encode, Anomaly, AnomalySeverity, AnomalyState, CohortKind, CohortSignal, CohortSignalKind,
-    Feature, InstrumentModel, RunPhase, Subsystem,
+    encode, Anomaly, AnomalyDetectorState, AnomalySeverity, AnomalyState, CohortKind,
+    CohortMembership, CohortSignal, CohortSignalKind, DetectorEpisode, DetectorFleetSpread,
+    DetectorSeries, Feature, InstrumentModel, RunPhase, Subsystem,
 };
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Observation, Prediction, SeriesState, Verdict};
+use crate::state::{StateKey, COHORTS_KEY_PREFIX};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -225,7 +231,6 @@ struct Episode {
 /// The cohorts an instrument last told it belongs to: kind → (value, event time of the last
 /// membership signal). State key `~cohorts/<serial>`, on the instrument's partition.
 type Memberships = BTreeMap<CohortKind, (String, i64)>;
-const COHORTS_KEY_PREFIX: &str = "~cohorts/";
 
 /// The latest window end of each instrument of one input partition, for the partition's low
 /// watermark on cohort signals: features of an instrument that was silent or is catching up
@@ -353,7 +358,6 @@ struct FleetSpread {
 
 /// Series that must have contributed before the fleet's spread is used.
 const FLEET_MIN_CONTRIBUTORS: u32 = 3;
-const FLEET_KEY_PREFIX: &str = "~fleet/";
 
 /// The anomaly-detector processor.
 #[derive(Debug, Default)]
@@ -364,6 +368,10 @@ pub struct AnomalyDetector {
     fleet: BTreeMap<i32, BTreeMap<String, FleetSpread>>,
     /// Per instrument, the cohorts it last signalled.
     memberships: BTreeMap<String, Memberships>,
+    /// Instruments and partitions restored from state format 1 records: their next change
+    /// rewrites them as format 2 pieces and deletes the format 1 record (see [`state`]).
+    legacy_instruments: BTreeSet<String>,
+    legacy_fleet: BTreeSet<i32>,
     /// Per input partition, its instruments' progress (not persisted; see [`Progress`]).
     progress: BTreeMap<i32, Progress>,
     /// Partitions of `cohort.signals`, taken to be those of the input (`seqmon-admin
@@ -411,6 +419,68 @@ fn predicted_severity(p: &Prediction, now_ms: i64) -> AnomalySeverity {
 }
 
 impl AnomalyDetector {
+    /// Restores a state format 1 record (JSON). Pieces already restored from format 2 records
+    /// win (they are newer: format 1 records are deleted when their pieces are first written).
+    fn restore_json(&mut self, key: StateKey<'_>, state: &[u8]) -> Result<(), String> {
+        match key {
+            StateKey::LegacyInstrument { serial } => {
+                let all: BTreeMap<String, MetricState> =
+                    serde_json::from_slice(state).map_err(|e| e.to_string())?;
+                let held = self.instruments.entry(serial.to_string()).or_default();
+                for (series, m) in all {
+                    held.entry(series).or_insert(m);
+                }
+                self.legacy_instruments.insert(serial.to_string());
+            }
+            StateKey::LegacyFleet { partition } => {
+                let all: BTreeMap<String, FleetSpread> =
+                    serde_json::from_slice(state).map_err(|e| e.to_string())?;
+                let held = self.fleet.entry(partition).or_default();
+                for (entry, f) in all {
+                    held.entry(entry).or_insert(f);
+                }
+                self.legacy_fleet.insert(partition);
+            }
+            StateKey::Cohorts { serial } => {
+                let m: Memberships = serde_json::from_slice(state).map_err(|e| e.to_string())?;
+                self.memberships.insert(serial.to_string(), m);
+            }
+            StateKey::Series { .. } | StateKey::Fleet { .. } => {
+                return Err("a JSON state under a format 2 key".into())
+            }
+        }
+        Ok(())
+    }
+
+    /// After a change to an instrument (and to its partition's fleet spreads): if either was
+    /// restored from a format 1 record, every piece of it is written under its own key and the
+    /// format 1 record deleted, in this same transaction.
+    fn migrate_legacy(&mut self, serial: &str, fleet_partition: Option<i32>, out: &mut Emitter) {
+        if self.legacy_instruments.remove(serial) {
+            for series in self
+                .instruments
+                .get(serial)
+                .into_iter()
+                .flat_map(|m| m.keys())
+            {
+                out.state_changed(&StateKey::Series { serial, series }.render());
+            }
+            out.state_changed(&StateKey::LegacyInstrument { serial }.render());
+        }
+        let Some(partition) = fleet_partition.filter(|p| self.legacy_fleet.remove(p)) else {
+            return;
+        };
+        for entry in self
+            .fleet
+            .get(&partition)
+            .into_iter()
+            .flat_map(|f| f.keys())
+        {
+            out.state_changed(&StateKey::Fleet { partition, entry }.render());
+        }
+        out.state_changed(&StateKey::LegacyFleet { partition }.render());
+    }
+
     /// A detector with the given settings.
     pub fn new(cfg: AnomalyConfig) -> Self {
         AnomalyDetector {
@@ -418,6 +488,8 @@ impl AnomalyDetector {
             instruments: BTreeMap::new(),
             fleet: BTreeMap::new(),
             memberships: BTreeMap::new(),
+            legacy_instruments: BTreeSet::new(),
+            legacy_fleet: BTreeSet::new(),
             progress: BTreeMap::new(),
             signal_partitions: 0,
         }
@@ -584,13 +656,15 @@ impl Processor for AnomalyDetector {
         let continuous =
             kind == Some(MetricKind::Sensor) && (f.spec_low.is_some() || f.spec_high.is_some());
         // Only continuous readings have a fleet spread worth keeping.
+        let fleet_entry = format!("{:?}/{}", f.instrument_model, f.metric);
         let mut fleet = continuous.then(|| {
             self.fleet
                 .entry(input.partition)
                 .or_default()
-                .entry(format!("{:?}/{}", f.instrument_model, f.metric))
+                .entry(fleet_entry.clone())
                 .or_default()
         });
+        let mut fleet_changed = false;
         let m = self
             .instruments
             .entry(f.instrument_serial.clone())
@@ -635,7 +709,14 @@ impl Processor for AnomalyDetector {
             fleet.windows += 1;
             let a = (1.0 / fleet.windows as f64).max(0.002);
             fleet.log_mean += a * (f.variability.ln() - fleet.log_mean);
-            out.state_changed(&format!("{FLEET_KEY_PREFIX}{}", input.partition));
+            out.state_changed(
+                &StateKey::Fleet {
+                    partition: input.partition,
+                    entry: &fleet_entry,
+                }
+                .render(),
+            );
+            fleet_changed = true;
         }
         let record = |state: AnomalyState,
                       rule: &str,
@@ -773,40 +854,85 @@ impl Processor for AnomalyDetector {
                 }
             }
         }
-        out.state_changed(&f.instrument_serial);
+        out.state_changed(
+            &StateKey::Series {
+                serial: &f.instrument_serial,
+                series: &series,
+            }
+            .render(),
+        );
+        self.migrate_legacy(
+            &f.instrument_serial,
+            fleet_changed.then_some(input.partition),
+            out,
+        );
         Ok(())
     }
 
+    fn state_format_version(&self) -> i32 {
+        2
+    }
+
+    fn reads_state_format(&self, version: i32) -> bool {
+        // 1: JSON, every series of an instrument in one record; 2: Avro pieces (see `state`).
+        matches!(version, 1 | 2)
+    }
+
     fn snapshot(&self, key: &str) -> Result<Option<Vec<u8>>, StageError> {
-        let fail = |e: serde_json::Error| StageError::Snapshot {
-            key: key.into(),
-            message: e.to_string(),
-        };
-        if let Some(p) = key.strip_prefix(FLEET_KEY_PREFIX) {
-            let p: i32 = p.parse().map_err(|_| StageError::Snapshot {
-                key: key.into(),
-                message: "fleet key without a partition".into(),
-            })?;
-            return self
-                .fleet
-                .get(&p)
-                .map(serde_json::to_vec)
-                .transpose()
-                .map_err(fail);
-        }
-        if let Some(serial) = key.strip_prefix(COHORTS_KEY_PREFIX) {
-            return self
-                .memberships
+        let record = match StateKey::parse(key) {
+            Some(StateKey::Series { serial, series }) => self
+                .instruments
                 .get(serial)
-                .map(serde_json::to_vec)
-                .transpose()
-                .map_err(fail);
-        }
-        self.instruments
-            .get(key)
-            .map(serde_json::to_vec)
+                .and_then(|m| m.get(series))
+                .map(|m| AnomalyDetectorState {
+                    series: Some(m.to_stored()),
+                    fleet: None,
+                    cohorts: None,
+                }),
+            Some(StateKey::Fleet { partition, entry }) => self
+                .fleet
+                .get(&partition)
+                .and_then(|f| f.get(entry))
+                .map(|f| AnomalyDetectorState {
+                    series: None,
+                    fleet: Some(DetectorFleetSpread {
+                        log_mean: f.log_mean,
+                        windows: i64::try_from(f.windows).unwrap_or(i64::MAX),
+                        contributors: i64::from(f.contributors),
+                    }),
+                    cohorts: None,
+                }),
+            Some(StateKey::Cohorts { serial }) => {
+                self.memberships.get(serial).map(|m| AnomalyDetectorState {
+                    series: None,
+                    fleet: None,
+                    cohorts: Some(
+                        m.iter()
+                            .map(|(kind, (value, at_ms))| CohortMembership {
+                                kind: *kind,
+                                value: value.clone(),
+                                at_ms: *at_ms,
+                            })
+                            .collect(),
+                    ),
+                })
+            }
+            // Format 1 keys are only ever deleted (their pieces have keys of their own).
+            Some(StateKey::LegacyInstrument { .. } | StateKey::LegacyFleet { .. }) => None,
+            None => {
+                return Err(StageError::Snapshot {
+                    key: key.into(),
+                    message: "not a key this stage writes".into(),
+                })
+            }
+        };
+        record
+            .map(|r| seqmon_model::encode(&r))
             .transpose()
-            .map_err(fail)
+            .map_err(|e| StageError::Snapshot {
+                key: key.into(),
+                message: e.to_string(),
+            })
     }
 
     fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), StageError> {
@@ -814,21 +940,48 @@ impl Processor for AnomalyDetector {
             key: key.into(),
             message,
         };
-        if let Some(p) = key.strip_prefix(FLEET_KEY_PREFIX) {
-            let p: i32 = p
-                .parse()
-                .map_err(|_| fail("fleet key without a partition".into()))?;
-            let s = serde_json::from_slice(state).map_err(|e| fail(e.to_string()))?;
-            self.fleet.insert(p, s);
-            return Ok(());
+        let parsed =
+            StateKey::parse(key).ok_or_else(|| fail("not a key this stage writes".into()))?;
+        // State format 1 wrote JSON (never starting like the Avro single-object marker C3 01).
+        if state.first() == Some(&b'{') {
+            return self.restore_json(parsed, state).map_err(fail);
         }
-        if let Some(serial) = key.strip_prefix(COHORTS_KEY_PREFIX) {
-            let s = serde_json::from_slice(state).map_err(|e| fail(e.to_string()))?;
-            self.memberships.insert(serial.to_string(), s);
-            return Ok(());
+        let record: AnomalyDetectorState =
+            seqmon_model::decode(state).map_err(|e| fail(e.to_string()))?;
+        match (parsed, record.series, record.fleet, record.cohorts) {
+            (StateKey::Series { serial, series }, Some(stored), None, None) => {
+                let m = MetricState::from_stored(&stored).map_err(fail)?;
+                self.instruments
+                    .entry(serial.to_string())
+                    .or_default()
+                    .insert(series.to_string(), m);
+            }
+            (StateKey::Fleet { partition, entry }, None, Some(f), None) => {
+                let spread = FleetSpread {
+                    log_mean: f.log_mean,
+                    windows: u64::try_from(f.windows)
+                        .map_err(|_| fail(format!("fleet windows {}", f.windows)))?,
+                    contributors: u32::try_from(f.contributors)
+                        .map_err(|_| fail(format!("fleet contributors {}", f.contributors)))?,
+                };
+                self.fleet
+                    .entry(partition)
+                    .or_default()
+                    .insert(entry.to_string(), spread);
+            }
+            (StateKey::Cohorts { serial }, None, None, Some(list)) => {
+                let m: Memberships = list
+                    .into_iter()
+                    .map(|c| (c.kind, (c.value, c.at_ms)))
+                    .collect();
+                self.memberships.insert(serial.to_string(), m);
+            }
+            _ => {
+                return Err(fail(
+                    "the record's piece is not the one its key names".into(),
+                ))
+            }
         }
-        let s = serde_json::from_slice(state).map_err(|e| fail(e.to_string()))?;
-        self.instruments.insert(key.to_string(), s);
         Ok(())
     }
 
@@ -836,20 +989,64 @@ impl Processor for AnomalyDetector {
         self.instruments.clear();
         self.fleet.clear();
         self.memberships.clear();
+        self.legacy_instruments.clear();
+        self.legacy_fleet.clear();
         self.progress.clear();
     }
 
     fn state_keys(&self) -> Vec<String> {
-        self.instruments
+        let series = self.instruments.iter().flat_map(|(serial, m)| {
+            m.keys()
+                .map(move |series| StateKey::Series { serial, series }.render())
+        });
+        let fleet = self.fleet.iter().flat_map(|(partition, f)| {
+            f.keys().map(move |entry| {
+                StateKey::Fleet {
+                    partition: *partition,
+                    entry,
+                }
+                .render()
+            })
+        });
+        let cohorts = self
+            .memberships
             .keys()
-            .cloned()
-            .chain(self.fleet.keys().map(|p| format!("{FLEET_KEY_PREFIX}{p}")))
-            .chain(
-                self.memberships
-                    .keys()
-                    .map(|k| format!("{COHORTS_KEY_PREFIX}{k}")),
-            )
-            .collect()
+            .map(|serial| StateKey::Cohorts { serial }.render());
+        series.chain(fleet).chain(cohorts).collect()
+    }
+}
+
+impl MetricState {
+    fn to_stored(&self) -> DetectorSeries {
+        let mut s = self.series.to_stored();
+        s.episode = self.episode.as_ref().map(|e| DetectorEpisode {
+            severity: e.severity,
+            predicted_only: e.predicted_only,
+            earliest_ms: e.earliest_ms,
+            normal_in_a_row: i64::from(e.normal_in_a_row),
+            cohorts: e.cohorts.clone(),
+        });
+        s
+    }
+
+    fn from_stored(s: &DetectorSeries) -> Result<Self, String> {
+        Ok(MetricState {
+            series: SeriesState::from_stored(s)?,
+            episode: s
+                .episode
+                .as_ref()
+                .map(|e| -> Result<Episode, String> {
+                    Ok(Episode {
+                        severity: e.severity,
+                        predicted_only: e.predicted_only,
+                        earliest_ms: e.earliest_ms,
+                        normal_in_a_row: u32::try_from(e.normal_in_a_row)
+                            .map_err(|_| format!("normal_in_a_row {}", e.normal_in_a_row))?,
+                        cohorts: e.cohorts.clone(),
+                    })
+                })
+                .transpose()?,
+        })
     }
 }
 
@@ -1186,5 +1383,290 @@ mod tests {
         got.extend(inputs[22..].iter().flat_map(|b| feed(&mut second, b)));
         assert_eq!(expected.len(), 1);
         assert_eq!(got, expected);
+    }
+
+    /// A fleet of `n` instruments, 4 metrics each (laser with a slow decay on the first, %Q30
+    /// with lots for the cohorts, FWHM, chiller temperature), `windows` windows long.
+    fn mixed_fleet(n: usize, windows: i64) -> Vec<(String, i32, Vec<u8>)> {
+        let mut inputs = Vec::new();
+        for i in 0..windows {
+            for k in 0..n {
+                let serial = format!("A{k:05}");
+                let partition = (k % 3) as i32;
+                for (metric, subsystem, level, spec) in [
+                    (
+                        "laser_power_mw",
+                        Subsystem::OPTICAL,
+                        500.0 - if k == 0 { i as f64 * 0.4 } else { 0.0 },
+                        (Some(425.0), Some(575.0)),
+                    ),
+                    (
+                        "pct_q30",
+                        Subsystem::CHEMISTRY,
+                        90.0 + (i % 3) as f64,
+                        (Some(75.0), None),
+                    ),
+                    (
+                        "focus_fwhm_px",
+                        Subsystem::OPTICAL,
+                        2.6 + (i % 5) as f64 * 0.01,
+                        (None, Some(3.5)),
+                    ),
+                    (
+                        "chiller_temp_c",
+                        Subsystem::THERMAL,
+                        4.0 + (i % 7) as f64 * 0.05,
+                        (Some(2.0), Some(6.0)),
+                    ),
+                ] {
+                    let mut f: Feature = decode(&feature(i, level, 0.0)).unwrap();
+                    f.instrument_serial = serial.clone();
+                    f.metric = metric.into();
+                    f.subsystem = subsystem;
+                    (f.spec_low, f.spec_high) = spec;
+                    f.variability = 0.5 + (i % 4) as f64 * 0.1;
+                    if metric == "pct_q30" {
+                        f.reagent_kit_lot = Some(format!("RK-{}", 1000 + k % 2));
+                        f.flowcell_lot = Some("FC-30001".into());
+                        f.software_version = Some("1.7.5".into());
+                    }
+                    inputs.push((serial.clone(), partition, encode(&f).unwrap()));
+                }
+            }
+        }
+        inputs
+    }
+
+    fn process_at(
+        d: &mut AnomalyDetector,
+        (serial, partition, bytes): &(String, i32, Vec<u8>),
+    ) -> (Vec<seqmon_processor::Emitted>, BTreeSet<String>) {
+        let env = Envelope {
+            key: Some(serial.as_bytes()),
+            value: bytes,
+            topic: TopicRole::Features.spec().name,
+            partition: *partition,
+            offset: 0,
+            timestamp_ms: None,
+            arrival_time_ms: None,
+        };
+        let mut out = Emitter::default();
+        d.process(&env, &mut out).unwrap();
+        let (emitted, _, changed) = out.take();
+        (emitted, changed)
+    }
+
+    /// Output with the cohort signals' low watermark left out: it comes from in-memory progress
+    /// that a restart refills (see [`Progress`]), not from the changelog.
+    fn normalized(out: &[seqmon_processor::Emitted]) -> Vec<(TopicRole, String, Vec<u8>)> {
+        out.iter()
+            .map(|e| {
+                let value = if e.role == TopicRole::CohortSignals {
+                    let mut s: CohortSignal = decode(&e.value).unwrap();
+                    s.source_watermark_ms = 0;
+                    encode(&s).unwrap()
+                } else {
+                    e.value.clone()
+                };
+                (e.role, e.key.clone(), value)
+            })
+            .collect()
+    }
+
+    fn assert_same(got: &[seqmon_processor::Emitted], expected: &[seqmon_processor::Emitted]) {
+        let (got, expected) = (normalized(got), normalized(expected));
+        assert_eq!(got.len(), expected.len(), "output count");
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != expected[i]) {
+            panic!(
+                "output {i} differs: {:?} {} vs {:?} {}",
+                got[i].0, got[i].1, expected[i].0, expected[i].1
+            );
+        }
+    }
+
+    /// A changelog as compaction keeps it: the latest value of each key.
+    type Changelog = BTreeMap<String, Vec<u8>>;
+
+    /// Writes what the runtime writes after a batch; returns the bytes written.
+    fn commit(d: &mut AnomalyDetector, changed: &BTreeSet<String>, log: &mut Changelog) -> usize {
+        let mut bytes = 0;
+        for key in changed {
+            for r in d.state_records(key).unwrap() {
+                bytes += r.key.len() + r.value.as_ref().map_or(0, Vec::len);
+                match r.value {
+                    Some(v) => log.insert(r.key, v),
+                    None => log.remove(&r.key),
+                };
+            }
+        }
+        bytes
+    }
+
+    fn restored(log: &Changelog) -> AnomalyDetector {
+        let mut d = AnomalyDetector::default();
+        for (key, value) in log {
+            d.restore(key, value).unwrap();
+        }
+        assert!(d.finish_restore().is_empty());
+        d
+    }
+
+    #[test]
+    fn the_changelog_holds_one_record_per_changed_piece_and_restores_to_the_same_output() {
+        let inputs = mixed_fleet(6, 60);
+        let mut straight = AnomalyDetector::default();
+        let expected: Vec<_> = inputs
+            .iter()
+            .flat_map(|x| process_at(&mut straight, x).0)
+            .collect();
+        assert!(
+            expected.iter().any(|e| e.role == TopicRole::Anomalies),
+            "the fleet must give anomalies for the test to mean something"
+        );
+
+        let mut d = AnomalyDetector::default();
+        let mut log = Changelog::new();
+        let (mut got, mut written, mut format1, mut restores) = (Vec::new(), 0, 0, 0);
+        for (n, batch) in inputs.chunks(7).enumerate() {
+            let mut changed = BTreeSet::new();
+            for x in batch {
+                let (emitted, keys) = process_at(&mut d, x);
+                got.extend(emitted);
+                changed.extend(keys);
+            }
+            written += commit(&mut d, &changed, &mut log);
+            // What state format 1 wrote for the same batch: every changed instrument whole, and
+            // every changed partition's spreads whole, as JSON.
+            let serials: BTreeSet<&str> = changed
+                .iter()
+                .filter_map(|k| match StateKey::parse(k) {
+                    Some(StateKey::Series { serial, .. }) => Some(serial),
+                    _ => None,
+                })
+                .collect();
+            let partitions: BTreeSet<i32> = changed
+                .iter()
+                .filter_map(|k| match StateKey::parse(k) {
+                    Some(StateKey::Fleet { partition, .. }) => Some(partition),
+                    _ => None,
+                })
+                .collect();
+            format1 += serials
+                .iter()
+                .map(|s| s.len() + serde_json::to_vec(&d.instruments[*s]).unwrap().len())
+                .sum::<usize>()
+                + partitions
+                    .iter()
+                    .map(|p| 8 + serde_json::to_vec(&d.fleet[p]).unwrap().len())
+                    .sum::<usize>();
+            // A crash after every fifth commit: a fresh instance from the changelog.
+            if n % 5 == 4 {
+                d = restored(&log);
+                restores += 1;
+            }
+        }
+        assert_same(&got, &expected);
+        assert!(restores > 10);
+        let per_input = |b: usize| b as f64 / inputs.len() as f64;
+        eprintln!(
+            "{} inputs: {:.0} B written per input (format 1: {:.0} B), {} keys kept",
+            inputs.len(),
+            per_input(written),
+            per_input(format1),
+            log.len()
+        );
+        assert!(
+            written * 3 < format1,
+            "{} B per input is not well under format 1's {} B",
+            per_input(written),
+            per_input(format1)
+        );
+        // Every piece of state is on the changelog, and nothing else.
+        let mut keys = restored(&log).state_keys();
+        keys.sort();
+        assert_eq!(keys, log.keys().cloned().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_format_1_state_restores_and_its_next_change_rewrites_it_as_pieces() {
+        let inputs = mixed_fleet(3, 40);
+        let mut straight = AnomalyDetector::default();
+        let expected: Vec<_> = inputs
+            .iter()
+            .flat_map(|x| process_at(&mut straight, x).0)
+            .collect();
+        let half = inputs.len() / 2;
+        let mut first = AnomalyDetector::default();
+        let mut got: Vec<_> = inputs[..half]
+            .iter()
+            .flat_map(|x| process_at(&mut first, x).0)
+            .collect();
+        // The changelog as state format 1 wrote it.
+        let mut log = Changelog::new();
+        for (serial, m) in &first.instruments {
+            log.insert(serial.clone(), serde_json::to_vec(m).unwrap());
+        }
+        for (p, f) in &first.fleet {
+            log.insert(format!("~fleet/{p}"), serde_json::to_vec(f).unwrap());
+        }
+        for (serial, m) in &first.memberships {
+            log.insert(format!("~cohorts/{serial}"), serde_json::to_vec(m).unwrap());
+        }
+        let mut second = restored(&log);
+        for x in &inputs[half..] {
+            let (emitted, changed) = process_at(&mut second, x);
+            got.extend(emitted);
+            commit(&mut second, &changed, &mut log);
+        }
+        assert_same(&got, &expected);
+        // Every format 1 record was replaced by its pieces (the fleet's partitions learnt again).
+        let legacy: Vec<&String> = log
+            .keys()
+            .filter(|k| {
+                matches!(
+                    StateKey::parse(k),
+                    Some(StateKey::LegacyInstrument { .. } | StateKey::LegacyFleet { .. })
+                )
+            })
+            .collect();
+        assert!(legacy.is_empty(), "{legacy:?}");
+        // The memberships were signalled again within the hour, so they are Avro too.
+        let json: Vec<&String> = log
+            .iter()
+            .filter(|(_, v)| v.first() == Some(&b'{'))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(json.is_empty(), "{json:?}");
+        let mut keys = restored(&log).state_keys();
+        keys.sort();
+        assert_eq!(keys, log.keys().cloned().collect::<Vec<_>>());
+        // And the restored pieces give what the straight run holds.
+        let again = restored(&log);
+        assert_eq!(again.instruments, straight.instruments);
+        assert_eq!(again.fleet, straight.fleet);
+    }
+
+    #[test]
+    fn a_record_whose_piece_is_not_its_keys_is_refused_and_leaves_no_state() {
+        let mut d = AnomalyDetector::default();
+        for x in &mixed_fleet(1, 3) {
+            process_at(&mut d, x);
+        }
+        let series_key = d.state_keys().into_iter().next().unwrap();
+        let value = d.snapshot(&series_key).unwrap().unwrap();
+        let mut fresh = AnomalyDetector::default();
+        let fleet_key = StateKey::Fleet {
+            partition: 0,
+            entry: "NOVASEQ_6000/laser_power_mw",
+        }
+        .render();
+        assert!(fresh.restore(&fleet_key, &value).is_err());
+        assert!(fresh.restore("", &value).is_err());
+        assert!(fresh
+            .restore(&series_key, &value[..value.len() / 2])
+            .is_err());
+        assert!(fresh.state_keys().is_empty());
+        fresh.restore(&series_key, &value).unwrap();
+        assert_eq!(fresh.state_keys(), vec![series_key]);
     }
 }

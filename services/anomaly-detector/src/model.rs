@@ -674,6 +674,123 @@ impl SeriesState {
     }
 }
 
+/// A stored count back to its type: a negative or oversized count is a corrupted state.
+fn stored_count(value: i64, field: &str) -> Result<u32, String> {
+    u32::try_from(value).map_err(|_| format!("{field} {value} is not a count"))
+}
+
+impl SeriesState {
+    /// The series as the changelog stores it (schema `anomaly_detector_state`), without an
+    /// episode (the caller's).
+    pub fn to_stored(&self) -> seqmon_model::DetectorSeries {
+        let side = |s: &SideTrend| seqmon_model::DetectorSideTrend {
+            line: seqmon_model::DetectorLine {
+                at_h: s.line.at_h,
+                s0: s.line.s0,
+                st: s.line.st,
+                stt: s.line.stt,
+                sy: s.line.sy,
+                sty: s.line.sty,
+                syy: s.line.syy,
+                points: i64::from(s.line.points),
+            },
+            jumps: i64::from(s.jumps),
+            first_h: s.first_h,
+            last_error: s.last_error,
+            error_sq: s.error_sq,
+            error_lag: s.error_lag,
+        };
+        seqmon_model::DetectorSeries {
+            n: i64::from(self.n),
+            primed: self.primed,
+            mean: self.mean,
+            var: self.var,
+            spread: self.spread,
+            cusum_hi: self.cusum_hi,
+            cusum_lo: self.cusum_lo,
+            bin: seqmon_model::DetectorHourBin {
+                hour: self.bin.hour,
+                n: i64::from(self.bin.n),
+                sum: self.bin.sum,
+                sum_sq: self.bin.sum_sq,
+                sum_var: self.bin.sum_var,
+            },
+            upper: side(&self.upper),
+            lower: side(&self.lower),
+            hits: i64::from(self.hits),
+            misses: i64::from(self.misses),
+            drifting: self.drifting,
+            hour_spread: self.hour_spread,
+            hours: i64::from(self.hours),
+            hour_alarm: self.hour_alarm,
+            prediction: self.prediction.map(|p| seqmon_model::DetectorPrediction {
+                at_ms: p.at_ms,
+                crossing_ms: p.crossing_ms,
+                earliest_ms: p.earliest_ms,
+                latest_ms: p.latest_ms,
+                t_stat: p.t_stat,
+                upper: p.upper,
+            }),
+            episode: None,
+        }
+    }
+
+    /// The series a stored record holds (its episode is the caller's).
+    pub fn from_stored(s: &seqmon_model::DetectorSeries) -> Result<Self, String> {
+        let side = |t: &seqmon_model::DetectorSideTrend| -> Result<SideTrend, String> {
+            Ok(SideTrend {
+                line: DiscountedLine {
+                    at_h: t.line.at_h,
+                    s0: t.line.s0,
+                    st: t.line.st,
+                    stt: t.line.stt,
+                    sy: t.line.sy,
+                    sty: t.line.sty,
+                    syy: t.line.syy,
+                    points: stored_count(t.line.points, "line points")?,
+                },
+                jumps: stored_count(t.jumps, "jumps")?,
+                first_h: t.first_h,
+                last_error: t.last_error,
+                error_sq: t.error_sq,
+                error_lag: t.error_lag,
+            })
+        };
+        Ok(SeriesState {
+            n: stored_count(s.n, "n")?,
+            primed: s.primed,
+            mean: s.mean,
+            var: s.var,
+            spread: s.spread,
+            cusum_hi: s.cusum_hi,
+            cusum_lo: s.cusum_lo,
+            bin: HourBin {
+                hour: s.bin.hour,
+                n: stored_count(s.bin.n, "hour windows")?,
+                sum: s.bin.sum,
+                sum_sq: s.bin.sum_sq,
+                sum_var: s.bin.sum_var,
+            },
+            upper: side(&s.upper)?,
+            lower: side(&s.lower)?,
+            hits: stored_count(s.hits, "hits")?,
+            misses: stored_count(s.misses, "misses")?,
+            drifting: s.drifting,
+            hour_spread: s.hour_spread,
+            hours: stored_count(s.hours, "hours")?,
+            hour_alarm: s.hour_alarm,
+            prediction: s.prediction.as_ref().map(|p| Prediction {
+                at_ms: p.at_ms,
+                crossing_ms: p.crossing_ms,
+                earliest_ms: p.earliest_ms,
+                latest_ms: p.latest_ms,
+                t_stat: p.t_stat,
+                upper: p.upper,
+            }),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,6 +111,7 @@ pub const EVENT_TIME_FIELDS: &[(&str, Option<&str>)] = &[
     ("dead_letter", None),
     ("state_snapshot", None),
     ("feature_extractor_state", None),
+    ("anomaly_detector_state", None),
 ];
 
 /// The event-time field of a record type (see [`EVENT_TIME_FIELDS`]); record types not in

@@ -244,7 +244,7 @@ fn decoded_samples(rows_per_version: usize) -> Vec<(&'static str, Vec<Row>)> {
 fn every_record_type_and_version_maps_cell_for_cell() {
     let samples = decoded_samples(12);
     let types: Vec<&str> = samples.iter().map(|(n, _)| *n).collect();
-    assert_eq!(types.len(), 12, "every record type of the store: {types:?}");
+    assert_eq!(types.len(), 13, "every record type of the store: {types:?}");
     for (name, rows) in &samples {
         let mapping = RecordMapping::new(&store().latest(name).schema)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
