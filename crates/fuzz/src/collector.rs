@@ -130,6 +130,7 @@ fn sample_run() -> RunInfo {
         ],
         lane_count: 1,
         tiles_per_lane: Some(28),
+        image_channels: Vec::new(),
     }
 }
 
@@ -144,6 +145,8 @@ pub fn runinfo(data: &[u8]) {
     };
     assert!(!info.reads.is_empty());
     assert!(info.reads.windows(2).all(|w| w[0].number <= w[1].number));
+    let channel = info.intensity_channel();
+    assert!(channel == 0 || channel < info.image_channels.len());
     let file = Path::new("InterOp/QMetricsOut.bin");
     let keys = vec![(1, 1, 1), (1, 1, 2), (1, 2, 1)];
     let per_cycle: Vec<CycleKeys<'_>> = [
@@ -173,7 +176,7 @@ pub fn runparameters(data: &[u8]) {
     if p.consent_settings.is_empty() {
         assert!(!consent.allows_sending(), "consent without a setting");
     }
-    let _ = model_of(p.application_name.as_deref());
+    let _ = model_of(p.application_name.as_deref(), p.instrument_type.as_deref());
     for d in [&p.reagent_kit_expiry, &p.flowcell_expiry, &p.buffer_expiry]
         .into_iter()
         .flatten()

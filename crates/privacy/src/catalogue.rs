@@ -14,7 +14,9 @@
 //! the independent test); **[sim]** `services/simulator/src/lib.rs`; **[product]** Illumina
 //! product / reagent kit names as sold, not yet seen in a real RunParameters.xml;
 //! **[policy]** `services/privacy-enforcer/src/policy.rs` `ATTRIBUTE_ALLOWLIST`;
-//! **[consent]** `services/collector/src/consent.rs` and `runfolder.rs` `CONSENT_ELEMENTS`.
+//! **[consent]** `services/collector/src/consent.rs` and `runfolder.rs` `CONSENT_ELEMENTS`;
+//! **[runscanner]** `miso-lims/runscanner` `scanner/src/test/resources/illumina/` (real NovaSeq X
+//! Plus and NextSeq 2000 run folders).
 
 /// Whether `input` equals `canonical`, ignoring ASCII case and collapsing whitespace.
 fn same(input: &str, canonical: &str) -> bool {
@@ -49,10 +51,12 @@ fn lookup(list: &[&'static str], input: &str) -> Option<&'static str> {
 /// | `NovaSeqXp`, `NovaSeqStandard` | NovaSeq 6000 `WorkflowType` | [fcinfo] (`NovaSeqXp`); the standard workflow's spelling by analogy |
 /// | `NovaSeq Standard`, `NovaSeq Xp` | NovaSeq 6000 workflow names | [product] |
 /// | `SP`, `S1`, `S2`, `S4` | NovaSeq 6000 `FlowCellMode` | [fcinfo] (`S4`), [product] |
-/// | `10B Sequencing` | NovaSeq X `RecipeName` | [taca] |
+/// | `10B Sequencing` | NovaSeq X `RecipeName` | [taca], [runscanner] |
+/// | `25B Sequencing` | NovaSeq X `RecipeName` | [runscanner] |
+/// | `1.5B Sequencing` | NovaSeq X `RecipeName` (1.5B kit) | by analogy with the two above |
 /// | `10B`, `10B 300c` | NovaSeq X consumable names | [taca] |
 /// | `1.5B`, `25B` | NovaSeq X flow-cell kits | [product] |
-/// | `P1`, `P2`, `P3`, `P4` | NextSeq 1000/2000 reagent kits | [product] |
+/// | `P1`, `P2`, `P3`, `P4` | NextSeq 1000/2000 reagent kits (the collector takes it from `CartridgeMode`) | [product], [runscanner] (`P4`) |
 /// | `iSeq 100 i1 Reagent v2` | iSeq 100 reagent kit | [product] |
 /// | `MiniSeq High Output`, `MiniSeq Mid Output` | MiniSeq kits | [product] |
 /// | `SBS v1.5 300 cycles` | simulator | [sim] |
@@ -72,6 +76,8 @@ pub fn chemistry(s: &str) -> Option<&'static str> {
         "S2",
         "S4",
         "10B Sequencing",
+        "25B Sequencing",
+        "1.5B Sequencing",
         "10B",
         "10B 300c",
         "1.5B",

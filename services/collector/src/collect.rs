@@ -130,6 +130,30 @@ pub const SKIPPED_FILES: &[(&str, &str)] = &[
         "SummaryRunMetricsOut.bin",
         "NovaSeq X run totals the tile and cycle files already give",
     ),
+    (
+        "ClusterStatsMetricsOut.bin",
+        "NovaSeq X cluster statistics per tile, not read by Illumina's interop library (cluster figures come from TileMetricsOut.bin)",
+    ),
+    (
+        "DiversityMetricsOut.bin",
+        "NovaSeq X library-diversity estimate: a property of the sample library, not of the instrument, and not read by Illumina's interop library",
+    ),
+    (
+        "ImageQualityMetricsOut.bin",
+        "NovaSeq X image-quality internals, not read by Illumina's interop library (focus and intensity come from ExtractionMetricsOut.bin)",
+    ),
+    (
+        "RunInfoMetricsOut.bin",
+        "NovaSeq X run set-up record, not read by Illumina's interop library (the run's configuration comes from RunInfo.xml and RunParameters.xml)",
+    ),
+    (
+        "BandEdgeXGridMetricsOut.bin",
+        "sub-tile grid of band edges, image-analysis detail not read by Illumina's interop library",
+    ),
+    (
+        "BandEdgeYGridMetricsOut.bin",
+        "sub-tile grid of band edges, image-analysis detail not read by Illumina's interop library",
+    ),
 ];
 
 /// Why a per-cycle folder's copy (`InterOp/C<cycle>.1/`) of a file read is not read: the
@@ -148,10 +172,21 @@ pub enum Release {
     AtRunEnd,
 }
 
-/// The sequencer model from the control software's name.
-pub fn model_of(application: Option<&str>) -> InstrumentModel {
+/// The sequencer model from RunParameters' `InstrumentType` (NextSeq 1000/2000, NovaSeq X),
+/// else from the control software's name. NovaSeq X has no model of its own in the records yet:
+/// it is UNKNOWN, never a NovaSeq 6000 (its software is "NovaSeqXSeries Control Software", or
+/// "control-software" in its first releases).
+pub fn model_of(application: Option<&str>, instrument_type: Option<&str>) -> InstrumentModel {
+    let t = instrument_type
+        .unwrap_or("")
+        .to_ascii_lowercase()
+        .replace(' ', "");
     let a = application.unwrap_or("").to_ascii_lowercase();
-    if a.contains("miseq") {
+    if t.starts_with("novaseqx") || a.replace(' ', "").contains("novaseqx") {
+        InstrumentModel::UNKNOWN
+    } else if t == "nextseq1000" || t == "nextseq2000" {
+        InstrumentModel::NEXTSEQ_2000
+    } else if a.contains("miseq") {
         InstrumentModel::MISEQ
     } else if a.contains("nextseq 1000") || a.contains("nextseq 2000") || a.contains("nextseq1k2k")
     {
@@ -454,7 +489,7 @@ pub fn collect_run_with(
     )
     .map(|p| {
         checked(
-            &f("QMetricsOut.bin"),
+            &metric_label(&dir, "QMetricsOut.bin"),
             &info,
             p,
             |r| (r.lane, r.cycle),
@@ -472,7 +507,7 @@ pub fn collect_run_with(
     )
     .map(|p| {
         checked(
-            &f("ErrorMetricsOut.bin"),
+            &metric_label(&dir, "ErrorMetricsOut.bin"),
             &info,
             p,
             |r| (r.lane, r.cycle),
@@ -490,7 +525,7 @@ pub fn collect_run_with(
     )
     .map(|p| {
         checked(
-            &f("ExtractionMetricsOut.bin"),
+            &metric_label(&dir, "ExtractionMetricsOut.bin"),
             &info,
             p,
             |r| (r.lane, r.cycle),
@@ -509,7 +544,7 @@ pub fn collect_run_with(
     )
     .map(|p| {
         checked(
-            &f("EmpiricalPhasingMetricsOut.bin"),
+            &metric_label(&dir, "EmpiricalPhasingMetricsOut.bin"),
             &info,
             p,
             |r| (r.lane, r.cycle),
@@ -527,7 +562,7 @@ pub fn collect_run_with(
     )
     .map(|p| {
         checked(
-            &f("CorrectedIntMetricsOut.bin"),
+            &metric_label(&dir, "CorrectedIntMetricsOut.bin"),
             &info,
             p,
             |r| (r.lane, r.cycle),
@@ -545,7 +580,7 @@ pub fn collect_run_with(
     )
     .map(|p| {
         checked(
-            &f("ImageMetricsOut.bin"),
+            &metric_label(&dir, "ImageMetricsOut.bin"),
             &info,
             p,
             |r| (r.lane, r.cycle),
@@ -642,13 +677,14 @@ pub fn collect_run_with(
         }
     }
     let keys = |v: &mut dyn Iterator<Item = (u16, u16, u16)>| v.collect::<Vec<_>>();
+    let label = |name: &str| metric_label(&dir, name);
     let (q_file, err_file, ext_file, ph_file, ci_file, im_file) = (
-        f("QMetricsOut.bin"),
-        f("ErrorMetricsOut.bin"),
-        f("ExtractionMetricsOut.bin"),
-        f("EmpiricalPhasingMetricsOut.bin"),
-        f("CorrectedIntMetricsOut.bin"),
-        f("ImageMetricsOut.bin"),
+        label("QMetricsOut.bin"),
+        label("ErrorMetricsOut.bin"),
+        label("ExtractionMetricsOut.bin"),
+        label("EmpiricalPhasingMetricsOut.bin"),
+        label("CorrectedIntMetricsOut.bin"),
+        label("ImageMetricsOut.bin"),
     );
     let per_cycle = [
         CycleKeys {
@@ -727,7 +763,7 @@ fn cycle_of_folder(name: &str) -> Option<u16> {
 }
 
 /// The copies of `name` in the per-cycle folders of `dir`, by cycle.
-fn cycle_files(dir: &Path, name: &str) -> Vec<(u16, std::path::PathBuf)> {
+pub(crate) fn cycle_files(dir: &Path, name: &str) -> Vec<(u16, std::path::PathBuf)> {
     let mut v: Vec<(u16, std::path::PathBuf)> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -743,12 +779,23 @@ fn cycle_files(dir: &Path, name: &str) -> Vec<(u16, std::path::PathBuf)> {
     v
 }
 
+/// How warnings name a per-cycle metric: `InterOp/<name>` when the run has the run-level file,
+/// `InterOp/C*.1/<name>` when it was read from the per-cycle folders.
+pub(crate) fn metric_label(dir: &Path, name: &str) -> std::path::PathBuf {
+    let top = dir.join(name);
+    if top.symlink_metadata().is_err() && !cycle_files(dir, name).is_empty() {
+        dir.join("C*.1").join(name)
+    } else {
+        top
+    }
+}
+
 /// A per-cycle metric file: `InterOp/<name>` when the run has it (the run-level file), else
 /// its copies in the per-cycle folders `InterOp/C<cycle>.1/` merged, as RTA 3 writes them
 /// while the run goes on. A per-cycle copy holding a record of another cycle makes the whole
 /// file inconsistent; an unreadable copy refuses it (a typed error naming that copy). Copies
 /// used are added to `merged`. `None` when the run has neither.
-fn per_cycle_metric<T>(
+pub(crate) fn per_cycle_metric<T>(
     dir: &Path,
     name: &str,
     cap: u64,
@@ -829,7 +876,10 @@ fn build_records(
     corrected: &[interop::CorrectedIntMetric],
     now_ms: i64,
 ) -> Vec<(Telemetry, Release)> {
-    let model = model_of(params.application_name.as_deref());
+    let model = model_of(
+        params.application_name.as_deref(),
+        params.instrument_type.as_deref(),
+    );
     let serial = info.instrument.clone();
     let total_cycles: u32 = info.reads.iter().map(|r| r.cycles).sum();
     // Run start: the first extraction, else the run date at midnight UTC.
@@ -1145,6 +1195,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_model_comes_from_the_instrument_type_and_novaseq_x_is_never_a_novaseq_6000() {
+        use InstrumentModel as M;
+        for (app, kind, model) in [
+            (
+                Some("NovaSeqXSeries Control Software"),
+                Some("NovaSeqXPlus"),
+                M::UNKNOWN,
+            ),
+            (Some("NovaSeqXSeries Control Software"), None, M::UNKNOWN),
+            (Some("control-software"), Some("NovaSeqXPlus"), M::UNKNOWN),
+            (Some("NovaSeq Control Software"), None, M::NOVASEQ_6000),
+            (
+                Some("NextSeq 1000/2000 Control Software"),
+                Some("NextSeq 2000"),
+                M::NEXTSEQ_2000,
+            ),
+            (None, Some("NextSeq 1000"), M::NEXTSEQ_2000),
+            (Some("NextSeq Control Software"), None, M::UNKNOWN),
+            (Some("MiSeq Control Software"), None, M::MISEQ),
+            (Some("iSeq Control Software"), None, M::ISEQ_100),
+        ] {
+            assert_eq!(model_of(app, kind), model, "{app:?} {kind:?}");
+        }
+    }
+
+    #[test]
     fn run_dates_of_every_runinfo_version() {
         // 2023-09-12 is day 19612.
         for s in [
@@ -1174,6 +1250,7 @@ mod tests {
             reads: Vec::new(),
             lane_count: 1,
             tiles_per_lane: None,
+            image_channels: Vec::new(),
         };
         // The run id wins over an ambiguous locale date.
         assert_eq!(

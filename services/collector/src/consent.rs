@@ -209,6 +209,9 @@ pub fn verdict(label: &str, value: &str) -> Verdict {
             ("IlluminaHealthOnly", PerfOnly),
             // AnaCore NextSeq 1.3.0.23; interop ParseXML_iSeq.
             ("UserAndIlluminaHealth", Monitoring),
+            // The same choice as NextSeq 550 software spells it in a real run
+            // (miso-lims/runscanner test resources, run 170609_NB551051_0017_AHLFFJBGX2).
+            ("UserHealthAndIlluminaHealth", Monitoring),
         ]),
         "RunMode" => mode(&[
             // AnaCore, NextSeq 550 NCS 4.0.1.41.
@@ -229,6 +232,10 @@ pub fn verdict(label: &str, value: &str) -> Verdict {
         "CloudUploadMode" => mode(&[
             // TACA tests, NovaSeqXSeries Control Software 1.2.0.
             ("InstrumentPerformance", PerfOnly),
+            // A real NovaSeq X Plus run, NovaSeqXSeries Control Software 1.3.1
+            // (miso-lims/runscanner test resources, run 20251210_LH00224_0271_B23FF7CLT4): the
+            // value NextSeq 1000/2000 writes under BsshMode, with the same meaning.
+            ("RunMonitoringAndStorage", Monitoring),
         ]),
         _ => Verdict::Silent,
     }
@@ -407,6 +414,14 @@ mod tests {
             ),
             (
                 vec![("BaseSpaceParameters/Mode", "UserAndIlluminaHealth")],
+                CloudRunMonitoring,
+            ),
+            (
+                vec![("BaseSpaceRunMode", "UserHealthAndIlluminaHealth")],
+                CloudRunMonitoring,
+            ),
+            (
+                vec![("CloudUploadMode", "RunMonitoringAndStorage")],
                 CloudRunMonitoring,
             ),
             (

@@ -53,11 +53,40 @@ pub struct RunInfo {
     pub lane_count: u32,
     /// Tiles imaged per lane (surfaces × swaths × tiles × sections), when the layout says.
     pub tiles_per_lane: Option<u32>,
+    /// `ImageChannels/Name`, in the order the InterOp files store the channels (RunInfo v4 and
+    /// later; empty for older runs).
+    pub image_channels: Vec<String>,
+}
+
+impl RunInfo {
+    /// The channel first-cycle intensity is reported for, as Illumina's interop chooses it
+    /// (`logic/utils/channel.h`, `expected2actual_map(...)[0]` in its summary): the channel
+    /// first in the expected order, which is the names sorted, except that red comes before
+    /// green; index 0 for runs that do not name their channels (their expected order is their
+    /// stored one: A,C,G,T or red,green).
+    pub fn intensity_channel(&self) -> usize {
+        let names: Vec<String> = self
+            .image_channels
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        let mut expected = names.clone();
+        expected.sort();
+        if expected == ["green", "red"] {
+            expected.swap(0, 1);
+        }
+        expected
+            .first()
+            .and_then(|first| names.iter().position(|n| n == first))
+            .unwrap_or(0)
+    }
 }
 
 /// The allowlisted parts of RunParameters.xml.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunParameters {
+    /// `InstrumentType` (NextSeq 1000/2000, NovaSeq X), a model name.
+    pub instrument_type: Option<String>,
     pub application_name: Option<String>,
     pub application_version: Option<String>,
     pub rta_version: Option<String>,
@@ -198,6 +227,16 @@ pub fn run_info_from_str(file: &Path, body: &str) -> Result<RunInfo, RunFolderEr
         .and_then(|n| n.attribute("LaneCount"))
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    let image_channels = doc
+        .descendants()
+        .filter(|n| {
+            n.has_tag_name("Name")
+                && n.parent_element()
+                    .is_some_and(|p| p.has_tag_name("ImageChannels"))
+        })
+        .filter_map(|n| n.text())
+        .map(|t| t.trim().to_string())
+        .collect();
     Ok(RunInfo {
         run_id,
         instrument,
@@ -206,6 +245,7 @@ pub fn run_info_from_str(file: &Path, body: &str) -> Result<RunInfo, RunFolderEr
         reads,
         lane_count,
         tiles_per_lane,
+        image_channels,
     })
 }
 
@@ -272,7 +312,10 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
     };
     let or_consumable =
         |v: Option<String>, kind: &str, field: &str| v.or_else(|| consumable(kind, field));
+    let is_novaseq_x = text(&doc, None, "InstrumentType")
+        .is_some_and(|t| t.to_ascii_lowercase().starts_with("novaseqx"));
     Ok(RunParameters {
+        instrument_type: any(&[(None, "InstrumentType")]),
         application_name: any(&[
             (Some("Setup"), "ApplicationName"),
             (None, "ApplicationName"),
@@ -290,7 +333,23 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
             (None, "SystemSuiteVersion"),
             (None, "FirmwareVersion"),
         ]),
-        chemistry: any(&[(None, "Chemistry")]),
+        chemistry: any(&[(None, "Chemistry")])
+            // NovaSeq X: the recipe names the flow-cell kit ("10B Sequencing").
+            .or_else(|| {
+                is_novaseq_x
+                    .then(|| text(&doc, None, "RecipeName"))
+                    .flatten()
+            })
+            // NovaSeq 6000: the flow-cell mode is the kit (SP, S1, S2, S4).
+            .or_else(|| text(&doc, Some("RfidsInfo"), "FlowCellMode"))
+            // NextSeq 1000/2000: the reagent cartridge names its kit (P1 to P4, XLEAP-SBS too).
+            .or_else(|| {
+                text(&doc, None, "CartridgeMode").and_then(|m| {
+                    m.split_whitespace()
+                        .find(|w| matches!(*w, "P1" | "P2" | "P3" | "P4"))
+                        .map(str::to_string)
+                })
+            }),
         reagent_kit: or_consumable(
             any(&[
                 (Some("ReagentKitRFIDTag"), "LotNumber"),
@@ -301,6 +360,8 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
                 (Some("ReagentKitRfidTag"), "SerialNumber"),
                 // NovaSeq 6000 (RfidsInfo): the SBS cartridge is the reagent kit.
                 (Some("RfidsInfo"), "SbsLotNumber"),
+                // NextSeq 1000/2000: the reagent cartridge.
+                (None, "CartridgeLotNumber"),
             ]),
             "Reagent",
             "LotNumber",
@@ -310,6 +371,7 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
                 (Some("ReagentKitRFIDTag"), "ExpirationDate"),
                 (Some("ReagentKitRfidTag"), "ExpirationDate"),
                 (Some("RfidsInfo"), "SbsExpirationdate"),
+                (None, "CartridgeExpirationDate"),
             ]),
             "Reagent",
             "ExpirationDate",
@@ -321,6 +383,10 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
                 (Some("FlowcellRFIDTag"), "PartNumber"),
                 (Some("FlowCellRfidTag"), "PartNumber"),
                 (Some("RfidsInfo"), "FlowCellLotNumber"),
+                // iSeq 100.
+                (Some("FlowcellEEPROMTag"), "LotNumber"),
+                // NextSeq 1000/2000 (flat, under the root).
+                (Some("RunParameters"), "FlowCellLotNumber"),
             ]),
             "FlowCell",
             "LotNumber",
@@ -330,6 +396,8 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
                 (Some("FlowcellRFIDTag"), "ExpirationDate"),
                 (Some("FlowCellRfidTag"), "ExpirationDate"),
                 (Some("RfidsInfo"), "FlowCellExpirationdate"),
+                (Some("FlowcellEEPROMTag"), "ExpirationDate"),
+                (Some("RunParameters"), "FlowCellExpirationDate"),
             ]),
             "FlowCell",
             "ExpirationDate",
@@ -500,5 +568,68 @@ mod tests {
         assert_eq!(iso_date_days("1/2/2013"), None);
         let e = run_info(Path::new("/nonexistent")).unwrap_err();
         assert!(e.to_string().contains("RunInfo.xml"));
+    }
+
+    #[test]
+    fn the_intensity_channel_is_the_one_interop_reports() {
+        let info = |names: &[&str]| {
+            let xml = format!(
+                "<RunInfo><Run Id=\"200101_X_1_F\"><Instrument>X</Instrument><Flowcell>F</Flowcell>\
+                 <Reads><Read Number=\"1\" NumCycles=\"10\" IsIndexedRead=\"N\"/></Reads>\
+                 <ImageChannels>{}</ImageChannels></Run></RunInfo>",
+                names
+                    .iter()
+                    .map(|n| format!("<Name>{n}</Name>"))
+                    .collect::<String>()
+            );
+            run_info_from_str(Path::new("RunInfo.xml"), &xml).unwrap()
+        };
+        // NextSeq 1000/2000 names green then blue; interop reports blue (checked on a real run).
+        assert_eq!(info(&["green", "blue"]).intensity_channel(), 1);
+        // Red before green, whatever the stored order.
+        assert_eq!(info(&["Red", "Green"]).intensity_channel(), 0);
+        assert_eq!(info(&["green", "red"]).intensity_channel(), 1);
+        assert_eq!(info(&["T", "G", "C", "A"]).intensity_channel(), 3);
+        // Runs that do not name their channels keep the stored order.
+        assert_eq!(info(&[]).intensity_channel(), 0);
+    }
+
+    #[test]
+    fn consumables_and_kits_of_the_newer_instruments_are_read() {
+        let p = |xml: &str| run_parameters_from_str(Path::new("RunParameters.xml"), xml).unwrap();
+        // NextSeq 1000/2000: flat elements under the root, the kit in CartridgeMode.
+        let n2k = p(
+            "<RunParameters><InstrumentType>NextSeq 2000</InstrumentType>\
+             <FlowCellLotNumber>20815851</FlowCellLotNumber>\
+             <FlowCellExpirationDate>2025-02-06</FlowCellExpirationDate>\
+             <CartridgeLotNumber>20828764</CartridgeLotNumber>\
+             <CartridgeExpirationDate>2025-01-01</CartridgeExpirationDate>\
+             <CartridgeMode>NextSeq 2000 P4 Reagent Cartridge (338 Cycles)</CartridgeMode>\
+             <RecipeName>XO-XLEAP-Seq</RecipeName></RunParameters>",
+        );
+        assert_eq!(n2k.instrument_type.as_deref(), Some("NextSeq 2000"));
+        assert_eq!(n2k.flowcell_lot.as_deref(), Some("20815851"));
+        assert_eq!(n2k.reagent_kit.as_deref(), Some("20828764"));
+        assert_eq!(n2k.reagent_kit_expiry.as_deref(), Some("2025-01-01"));
+        assert_eq!(n2k.chemistry.as_deref(), Some("P4"));
+        // iSeq 100: the flow cell's EEPROM tag; no chemistry named.
+        let iseq = p(
+            "<RunParameters><FlowcellEEPROMTag><SerialNumber>BPG80712-1010</SerialNumber>\
+             <LotNumber>20382760</LotNumber><ExpirationDate>2020-07-14T00:00:00</ExpirationDate>\
+             </FlowcellEEPROMTag><RecipeName>2Read1Index</RecipeName></RunParameters>",
+        );
+        assert_eq!(iseq.flowcell_lot.as_deref(), Some("20382760"));
+        assert_eq!(iseq.chemistry, None);
+        // NovaSeq X: the recipe names the kit; NovaSeq 6000: the flow-cell mode.
+        let nx = p(
+            "<RunParameters><InstrumentType>NovaSeqXPlus</InstrumentType>\
+             <RecipeName>25B Sequencing</RecipeName></RunParameters>",
+        );
+        assert_eq!(nx.chemistry.as_deref(), Some("25B Sequencing"));
+        let n6 = p(
+            "<RunParameters><RfidsInfo><FlowCellMode>S1</FlowCellMode></RfidsInfo>\
+             <RecipeName>x</RecipeName></RunParameters>",
+        );
+        assert_eq!(n6.chemistry.as_deref(), Some("S1"));
     }
 }

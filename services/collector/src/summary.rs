@@ -3,12 +3,16 @@
 //! is not usable; yield is the base calls of usable cycles; %>=Q30 is over usable cycles; the
 //! error rate is the mean over tiles of each tile's mean error over the usable cycles of the
 //! non-index reads; density and %PF are means over tiles; first-cycle intensity is, for each read,
-//! the mean over tiles of the first channel at the read's first cycle, averaged over the reads.
+//! the mean over tiles of one channel at the read's first cycle (the channel interop reports:
+//! [`crate::runfolder::RunInfo::intensity_channel`]), averaged over the reads.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::collect::{coverage_warnings, CycleKeys, CycleSpan};
+use crate::collect::{
+    coverage_warnings, cycle_files, metric_label, per_cycle_metric, CycleKeys, CycleSpan,
+};
+use crate::files::Limits;
 use crate::interop;
 use crate::runfolder::{run_info, RunInfo};
 
@@ -60,13 +64,23 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
     let mut warnings = Vec::new();
     let mut per_cycle = Vec::new();
     let (q_file, err_file, ext_file) = (
-        dir.join("QMetricsOut.bin"),
-        dir.join("ErrorMetricsOut.bin"),
-        dir.join("ExtractionMetricsOut.bin"),
+        metric_label(&dir, "QMetricsOut.bin"),
+        metric_label(&dir, "ErrorMetricsOut.bin"),
+        metric_label(&dir, "ExtractionMetricsOut.bin"),
     );
+    // Each file as the collector reads it: the run-level file, else the per-cycle copies.
+    let cap = Limits::default().interop_max_bytes;
+    let mut merged = Vec::new();
     let (mut yield_bases, mut q30) = (None, None);
-    if q_file.exists() {
-        let q = interop::q_metrics(&q_file).map_err(|e| e.to_string())?;
+    if let Some(q) = per_cycle_metric(
+        &dir,
+        "QMetricsOut.bin",
+        cap,
+        interop::q_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    ) {
+        let q = q.map_err(|e| e.to_string())?;
         warnings.extend(q.warnings.iter().map(|w| w.to_string()));
         per_cycle.push(CycleKeys {
             file: &q_file,
@@ -90,8 +104,15 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
         q30 = (all > 0).then(|| hi as f64 / all as f64 * 100.0);
     }
     let mut error = None;
-    if err_file.exists() {
-        let e = interop::error_metrics(&err_file).map_err(|e| e.to_string())?;
+    if let Some(e) = per_cycle_metric(
+        &dir,
+        "ErrorMetricsOut.bin",
+        cap,
+        interop::error_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    ) {
+        let e = e.map_err(|e| e.to_string())?;
         warnings.extend(e.warnings.iter().map(|w| w.to_string()));
         per_cycle.push(CycleKeys {
             file: &err_file,
@@ -123,8 +144,15 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
         }
     }
     let mut intensity = None;
-    if ext_file.exists() {
-        let x = interop::extraction_metrics(&ext_file).map_err(|e| e.to_string())?;
+    if let Some(x) = per_cycle_metric(
+        &dir,
+        "ExtractionMetricsOut.bin",
+        cap,
+        interop::extraction_metrics_capped,
+        |r| r.cycle,
+        &mut merged,
+    ) {
+        let x = x.map_err(|e| e.to_string())?;
         warnings.extend(x.warnings.iter().map(|w| w.to_string()));
         per_cycle.push(CycleKeys {
             file: &ext_file,
@@ -135,6 +163,7 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
                 .map(|r| (r.lane, r.tile, r.cycle))
                 .collect(),
         });
+        let channel = info.intensity_channel();
         let mut first = 1u32;
         let mut per_read = Vec::new();
         for r in &info.reads {
@@ -142,7 +171,7 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
                 .records
                 .iter()
                 .filter(|e| u32::from(e.cycle) == first)
-                .map(|e| f64::from(e.intensity[0]))
+                .filter_map(|e| e.intensity.get(channel).copied().map(f64::from))
                 .collect();
             if !c1.is_empty() {
                 per_read.push(c1.iter().sum::<f64>() / c1.len() as f64);
@@ -152,8 +181,28 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
         intensity =
             (!per_read.is_empty()).then(|| per_read.iter().sum::<f64>() / per_read.len() as f64);
     }
-    let tiles_file = dir.join("TileMetricsOut.bin");
-    let tiles = interop::tile_metrics(&tiles_file).map_err(|e| e.to_string())?;
+    // Tile metrics are a snapshot of the whole run: the run-level file, else the latest
+    // per-cycle copy. A run that wrote none (an iSeq 100 run folder may hold index metrics
+    // only) has no lane figures; its other figures are still summarized.
+    let tiles_file = match dir.join("TileMetricsOut.bin") {
+        top if top.exists() => top,
+        top => cycle_files(&dir, "TileMetricsOut.bin")
+            .pop()
+            .map_or(top, |(_, latest)| latest),
+    };
+    let tiles = if tiles_file.exists() {
+        interop::tile_metrics(&tiles_file).map_err(|e| e.to_string())?
+    } else {
+        warnings.push(format!("{}: absent: no lane figures", tiles_file.display()));
+        interop::Parsed {
+            records: Vec::new(),
+            trailing_bytes: 0,
+            warnings: Vec::new(),
+            header_bytes: 0,
+            record_size: 0,
+            file_records: 0,
+        }
+    };
     let ext_tiles_file = dir.join("ExtendedTileMetricsOut.bin");
     let occupancy = if ext_tiles_file.exists() {
         let x = interop::extended_tile_metrics(&ext_tiles_file).map_err(|e| e.to_string())?;
@@ -167,7 +216,7 @@ pub fn summarize(folder: &Path) -> Result<RunSummary, String> {
         coverage_warnings(
             &info,
             &per_cycle,
-            Some((tiles_file.as_path(), tiles.records.as_slice())),
+            (!tiles.records.is_empty()).then_some((tiles_file.as_path(), tiles.records.as_slice())),
         )
         .iter()
         .map(|w| w.to_string()),
