@@ -43,8 +43,8 @@ use seqmon_model::specs::{self, nominal, MetricKind};
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{
     encode, Anomaly, AnomalyDetectorState, AnomalySeverity, AnomalyState, CohortKind,
-    CohortMembership, CohortSignal, CohortSignalKind, DetectorEpisode, DetectorFleetSpread,
-    DetectorSeries, Feature, InstrumentModel, RunPhase, Subsystem,
+    CohortMembership, CohortSignal, CohortSignalKind, DeadLetterReason, DetectorEpisode,
+    DetectorFleetSpread, DetectorSeries, Feature, InstrumentModel, RunPhase, Subsystem,
 };
 use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
 use serde::{Deserialize, Serialize};
@@ -590,6 +590,16 @@ impl Processor for AnomalyDetector {
         {
             return Ok(());
         }
+        // State is keyed by serial and series: one that cannot name its key is refused before
+        // it touches any state (only a record written to `features` by other means has one).
+        let series = RunPhase::series(&f.metric, RunPhase::own_baseline(f.run_phase));
+        let Some(series_key) = state::series_key(&f.instrument_serial, &series) else {
+            out.reject(
+                DeadLetterReason::INCONSISTENT_PAYLOAD,
+                "the instrument serial cannot name a state key (it reads as a fleet or membership key, or holds U+001F)",
+            );
+            return Ok(());
+        };
         let cfg = &self.cfg;
         let source = {
             let progress = self.progress.entry(input.partition).or_default();
@@ -649,7 +659,6 @@ impl Processor for AnomalyDetector {
         // the metric's name with the fleet prior and spec; idle, priming and wash under their
         // own, learnt from the instrument alone.
         let phase = RunPhase::own_baseline(f.run_phase);
-        let series = RunPhase::series(&f.metric, phase);
         // (Cohort-caused metrics, run quality and error counts, have no phase: a cohort's
         // deviations are keyed by metric alone.)
         debug_assert!(phase.is_none() || cohort_kinds(kind, f.subsystem).is_empty());
@@ -854,13 +863,7 @@ impl Processor for AnomalyDetector {
                 }
             }
         }
-        out.state_changed(
-            &StateKey::Series {
-                serial: &f.instrument_serial,
-                series: &series,
-            }
-            .render(),
-        );
+        out.state_changed(&series_key);
         self.migrate_legacy(
             &f.instrument_serial,
             fleet_changed.then_some(input.partition),
@@ -1668,5 +1671,31 @@ mod tests {
         assert!(fresh.state_keys().is_empty());
         fresh.restore(&series_key, &value).unwrap();
         assert_eq!(fresh.state_keys(), vec![series_key]);
+    }
+
+    #[test]
+    fn a_serial_that_would_read_back_as_another_piece_is_refused_before_any_state() {
+        for serial in ["~fleet/1", "~cohorts/A00001", "A00001\u{1f}sx", "~fleet/x"] {
+            let mut f: Feature = decode(&feature(0, 500.0, 0.0)).unwrap();
+            f.instrument_serial = serial.into();
+            let bytes = encode(&f).unwrap();
+            let mut d = AnomalyDetector::default();
+            let env = Envelope {
+                key: Some(serial.as_bytes()),
+                value: &bytes,
+                topic: TopicRole::Features.spec().name,
+                partition: 1,
+                offset: 0,
+                timestamp_ms: None,
+                arrival_time_ms: None,
+            };
+            let mut out = Emitter::default();
+            d.process(&env, &mut out).unwrap();
+            let (emitted, rejection, changed) = out.take();
+            let rejection = rejection.unwrap_or_else(|| panic!("{serial:?} accepted"));
+            assert_eq!(rejection.reason, DeadLetterReason::INCONSISTENT_PAYLOAD);
+            assert!(emitted.is_empty() && changed.is_empty(), "{serial:?}");
+            assert!(d.state_keys().is_empty(), "{serial:?}");
+        }
     }
 }

@@ -12,8 +12,10 @@
 //! under their own keys and its format-1 key is deleted in the same transaction, so a restore
 //! never has both; if it had, the format-2 pieces would win.
 
-/// Separates an instrument's or a partition's part of a key from the piece's name; serials and
-/// metric names never hold it (control characters do not pass the validator).
+/// Separates an instrument's or a partition's part of a key from the piece's name. Serials that
+/// crossed the privacy enforcer are grammar serials or `ps-` pseudonyms, and metric names are
+/// the extractor's own, so none holds it; a feature written to `features` by other means that
+/// would give a key reading back as another piece is refused ([`series_key`]).
 pub const PIECE_SEPARATOR: char = '\u{1f}';
 pub const FLEET_KEY_PREFIX: &str = "~fleet/";
 pub const COHORTS_KEY_PREFIX: &str = "~cohorts/";
@@ -31,6 +33,16 @@ pub enum StateKey<'a> {
     LegacyInstrument { serial: &'a str },
     /// Every fleet spread of a partition, as state format 1 wrote them.
     LegacyFleet { partition: i32 },
+}
+
+/// The changelog key of one series of one instrument, or `None` when the serial or the series
+/// name cannot be one: a serial starting like the fleet's or the memberships' keys, or holding a
+/// U+001F, would read back as another piece (or as none) at restore. (A series name may hold
+/// one: the serial ends at the first.)
+pub fn series_key(serial: &str, series: &str) -> Option<String> {
+    let key = StateKey::Series { serial, series };
+    let rendered = key.render();
+    (StateKey::parse(&rendered) == Some(key)).then_some(rendered)
 }
 
 impl<'a> StateKey<'a> {
@@ -102,5 +114,16 @@ mod tests {
         for never in ["", "A1\u{1f}x", "~fleet/x", "~fleet/x\u{1f}m"] {
             assert_eq!(StateKey::parse(never), None, "{never:?}");
         }
+        // Serials and series that would read back as another piece have no series key.
+        for (serial, series) in [
+            ("~fleet/1", "laser_power_mw"),
+            ("~cohorts/A", "laser_power_mw"),
+            ("A00001\u{1f}sB", "laser_power_mw"),
+            ("~fleet/x", "m"),
+        ] {
+            assert_eq!(series_key(serial, series), None, "{serial:?} {series:?}");
+        }
+        assert!(series_key("a~b@c/d", "chiller_temp_c@IDLE").is_some());
+        assert!(series_key("ps-0123456789abcdef0123", "m").is_some());
     }
 }
