@@ -182,7 +182,7 @@ pub fn model_of(application: Option<&str>, instrument_type: Option<&str>) -> Ins
         .to_ascii_lowercase()
         .replace(' ', "");
     let a = application.unwrap_or("").to_ascii_lowercase();
-    if t.starts_with("novaseqx") || a.replace(' ', "").contains("novaseqx") {
+    if crate::runfolder::is_novaseq_x(application, instrument_type) {
         InstrumentModel::UNKNOWN
     } else if t == "nextseq1000" || t == "nextseq2000" {
         InstrumentModel::NEXTSEQ_2000
@@ -882,6 +882,8 @@ fn build_records(
     );
     let serial = info.instrument.clone();
     let total_cycles: u32 = info.reads.iter().map(|r| r.cycles).sum();
+    // A four-channel run's records store the bases in the order its RunInfo names them.
+    let bases = info.base_channels();
     // Run start: the first extraction, else the run date at midnight UTC.
     let date_ms = run_start_day(info)
         .map(|d| d as i64 * 86_400_000)
@@ -1056,7 +1058,8 @@ fn build_records(
         cum.2 += a.qsum;
         let read = read_of_cycle(u32::from(*cycle));
         let four_channel = a.intensity.iter().all(|v| *v > 0.0);
-        let intensity = |i: usize| {
+        let intensity = |base: usize| {
+            let i = bases[base];
             (four_channel && a.intensity_n > 0).then(|| a.intensity[i] / f64::from(a.intensity_n))
         };
         let mut r = base(

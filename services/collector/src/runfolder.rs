@@ -80,6 +80,24 @@ impl RunInfo {
             .and_then(|first| names.iter().position(|n| n == first))
             .unwrap_or(0)
     }
+
+    /// Where the A, C, G and T channels are stored in a four-channel run's records: as its
+    /// `ImageChannels` name them when they are those four in some order, else in that order.
+    pub fn base_channels(&self) -> [usize; 4] {
+        let names: Vec<String> = self
+            .image_channels
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        let mut at = [0, 1, 2, 3];
+        for (slot, base) in ["a", "c", "g", "t"].iter().enumerate() {
+            match names.iter().position(|n| n == base) {
+                Some(i) if names.len() == 4 => at[slot] = i,
+                _ => return [0, 1, 2, 3],
+            }
+        }
+        at
+    }
 }
 
 /// The allowlisted parts of RunParameters.xml.
@@ -254,6 +272,14 @@ pub fn run_parameters(folder: &Path) -> Result<RunParameters, RunFolderError> {
     run_parameters_with(folder, &Limits::default())
 }
 
+/// Whether RunParameters describe a NovaSeq X: its `InstrumentType` (NovaSeqXPlus, "NovaSeq X
+/// Plus", any spacing) or its control software ("NovaSeqXSeries Control Software"; the first
+/// releases' "control-software" says nothing without the type).
+pub fn is_novaseq_x(application: Option<&str>, instrument_type: Option<&str>) -> bool {
+    let squeezed = |s: Option<&str>| s.unwrap_or("").to_ascii_lowercase().replace(' ', "");
+    squeezed(instrument_type).starts_with("novaseqx") || squeezed(application).contains("novaseqx")
+}
+
 /// Reads `<folder>/RunParameters.xml` or `<folder>/runParameters.xml`.
 pub fn run_parameters_with(
     folder: &Path,
@@ -312,8 +338,10 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
     };
     let or_consumable =
         |v: Option<String>, kind: &str, field: &str| v.or_else(|| consumable(kind, field));
-    let is_novaseq_x = text(&doc, None, "InstrumentType")
-        .is_some_and(|t| t.to_ascii_lowercase().starts_with("novaseqx"));
+    let is_novaseq_x = is_novaseq_x(
+        any(&[(None, "Application"), (None, "ApplicationName")]).as_deref(),
+        text(&doc, None, "InstrumentType").as_deref(),
+    );
     Ok(RunParameters {
         instrument_type: any(&[(None, "InstrumentType")]),
         application_name: any(&[
@@ -346,8 +374,8 @@ pub fn run_parameters_from_str(file: &Path, body: &str) -> Result<RunParameters,
             .or_else(|| {
                 text(&doc, None, "CartridgeMode").and_then(|m| {
                     m.split_whitespace()
-                        .find(|w| matches!(*w, "P1" | "P2" | "P3" | "P4"))
-                        .map(str::to_string)
+                        .map(str::to_ascii_uppercase)
+                        .find(|w| matches!(w.as_str(), "P1" | "P2" | "P3" | "P4"))
                 })
             }),
         reagent_kit: or_consumable(
@@ -592,6 +620,11 @@ mod tests {
         assert_eq!(info(&["T", "G", "C", "A"]).intensity_channel(), 3);
         // Runs that do not name their channels keep the stored order.
         assert_eq!(info(&[]).intensity_channel(), 0);
+        // Four-channel runs: each base where its name says, else the stored A, C, G, T order.
+        assert_eq!(info(&["T", "G", "C", "A"]).base_channels(), [3, 2, 1, 0]);
+        assert_eq!(info(&["A", "C", "G", "T"]).base_channels(), [0, 1, 2, 3]);
+        assert_eq!(info(&[]).base_channels(), [0, 1, 2, 3]);
+        assert_eq!(info(&["red", "green"]).base_channels(), [0, 1, 2, 3]);
     }
 
     #[test]
@@ -626,6 +659,21 @@ mod tests {
              <RecipeName>25B Sequencing</RecipeName></RunParameters>",
         );
         assert_eq!(nx.chemistry.as_deref(), Some("25B Sequencing"));
+        for head in [
+            "<InstrumentType>NovaSeq X Plus</InstrumentType>",
+            "<Application>NovaSeqXSeries Control Software</Application>",
+        ] {
+            let nx = p(&format!(
+                "<RunParameters>{head}<RecipeName>10B Sequencing</RecipeName></RunParameters>"
+            ));
+            assert_eq!(nx.chemistry.as_deref(), Some("10B Sequencing"), "{head}");
+        }
+        // The kit token in any case.
+        let n1k = p(
+            "<RunParameters><CartridgeMode>NextSeq 1000 p2 Reagent Cartridge</CartridgeMode>\
+             </RunParameters>",
+        );
+        assert_eq!(n1k.chemistry.as_deref(), Some("P2"));
         let n6 = p(
             "<RunParameters><RfidsInfo><FlowCellMode>S1</FlowCellMode></RfidsInfo>\
              <RecipeName>x</RecipeName></RunParameters>",
