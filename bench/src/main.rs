@@ -132,6 +132,12 @@ struct Cli {
     /// Rounds of each in-process measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Rounds of each Kafka stage measurement: each round runs the raw passthrough and then the
+    /// stage on a fresh copy of the input (own topics, group and changelog); the stage's ratio is
+    /// the median of the rounds' ratios, so a broker that slows down between two measurements
+    /// moves one round, not the figure.
+    #[arg(long, default_value_t = 3)]
+    kafka_rounds: usize,
     /// Partitions of the benchmark topics.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
@@ -220,8 +226,12 @@ struct Row {
     name: String,
     records: usize,
     records_per_s: f64,
-    /// Ratio to the section's baseline (passthrough for Kafka stages), when there is one.
+    /// Ratio to the section's baseline (passthrough for Kafka stages), when there is one; for
+    /// a Kafka stage, the median of its rounds' ratios.
     ratio: Option<f64>,
+    /// A Kafka stage's ratio in each round (passthrough and stage on the same fresh input).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    round_ratios: Vec<f64>,
 }
 
 /// What a stateful stage wrote to its changelog over a Kafka run, and what restoring it costs.
@@ -325,6 +335,7 @@ fn codec_rows(
             records: n,
             records_per_s: enc,
             ratio: None,
+            round_ratios: Vec::new(),
         });
         let via_value = rate(cli.rounds, n, || {
             bytes.iter().for_each(|b| {
@@ -337,6 +348,7 @@ fn codec_rows(
             records: n,
             records_per_s: via_value,
             ratio: None,
+            round_ratios: Vec::new(),
         });
         rows.push(Row {
             section: "codec",
@@ -344,6 +356,7 @@ fn codec_rows(
             records: n,
             records_per_s: dec,
             ratio: Some(dec / via_value),
+            round_ratios: Vec::new(),
         });
     }
     let get = |role: TopicRole| {
@@ -409,6 +422,7 @@ fn codec_rows(
         records: n,
         records_per_s: r,
         ratio: None,
+        round_ratios: Vec::new(),
     });
     let _ = (decode_value, encode_with::<Telemetry>);
 }
@@ -489,6 +503,7 @@ fn processor_rows(
             records: n,
             records_per_s: r,
             ratio: None,
+            round_ratios: Vec::new(),
         });
     }
 }
@@ -811,34 +826,57 @@ fn kafka_rows(
             eprintln!("kafka {stage}: only {n} input records in this fleet; not measured (raise --instruments or --duration-hours)");
             continue;
         }
-        let input = role.topic(&prefix);
-        produce(cli, &input, &records);
-        // The limit on the same input: raw passthrough to a scratch topic (the dead-letter topic of
-        // the analysis side, unused otherwise in this run), timed like the services.
-        let base = passthrough(
-            cli,
-            &input,
-            &TopicRole::DeadLetters.topic(&prefix),
-            &format!("{prefix}passthrough-{stage}"),
-            n,
-        );
-        let svc = service(cli, stage, &prefix, n);
-        if let Some(changelog) = stateful(stage) {
-            state.push(state_row(cli, stage, &prefix, changelog, n));
+        let (mut bases, mut services, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..cli.kafka_rounds.max(1) {
+            // Round 0 on the section's topics; later rounds on fresh ones, so no stage restores
+            // or de-duplicates against an earlier round's state.
+            let prefix = if round == 0 {
+                prefix.clone()
+            } else {
+                let p = format!("{prefix}r{round}-{stage}.");
+                e2e::create_topics(&cli.bootstrap_servers, &p, cli.partitions);
+                p
+            };
+            let input = role.topic(&prefix);
+            produce(cli, &input, &records);
+            // The limit on the same input: raw passthrough to a scratch topic (the dead-letter
+            // topic of the analysis side, unused otherwise in this run), timed like the services.
+            let base = passthrough(
+                cli,
+                &input,
+                &TopicRole::DeadLetters.topic(&prefix),
+                &format!("{prefix}passthrough-{stage}"),
+                n,
+            );
+            let svc = service(cli, stage, &prefix, n);
+            if round == 0 {
+                if let Some(changelog) = stateful(stage) {
+                    state.push(state_row(cli, stage, &prefix, changelog, n));
+                }
+            }
+            eprintln!(
+                "kafka {stage} round {round}: passthrough {base:.0}/s, stage {svc:.0}/s, ratio {:.2}",
+                svc / base
+            );
+            bases.push(base);
+            services.push(svc);
+            ratios.push(svc / base);
         }
         rows.push(Row {
             section: "kafka",
             name: format!("passthrough on {role}"),
             records: n,
-            records_per_s: base,
+            records_per_s: median(bases),
             ratio: None,
+            round_ratios: Vec::new(),
         });
         rows.push(Row {
             section: "kafka",
             name: label,
             records: n,
-            records_per_s: svc,
-            ratio: Some(svc / base),
+            records_per_s: median(services),
+            ratio: Some(median(ratios.clone())),
+            round_ratios: ratios,
         });
     }
 }
