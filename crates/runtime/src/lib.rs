@@ -3,6 +3,11 @@
 //! All I/O lives here; stage crates hold pure logic only, against the contract in
 //! [`seqmon_processor`] (re-exported here for the runtimes' callers).
 
+/// Every binary that links the runtime (the services, the admin tool, the passthrough and the
+/// benchmark) allocates with mimalloc: see the runtime's Cargo.toml for why and the figures.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod config;
 pub mod config_file;
 pub mod driver;
