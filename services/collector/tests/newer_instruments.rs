@@ -561,3 +561,198 @@ fn every_tile_and_extended_tile_record_matches_illuminas_interop() {
         "record-level cross-check: {files} files, {values} values, largest relative difference {largest:e}"
     );
 }
+
+/// Illumina's records of one file, as `tests/interop_records.py` prints them.
+fn interop_records(python: &Path, file: &Path, kind: &str) -> serde_json::Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop_records.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(file)
+        .arg(kind)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+type Key = (u64, u64, u64);
+
+fn key_of(r: &serde_json::Value, third: &str) -> Key {
+    (
+        r["lane"].as_u64().unwrap(),
+        r["tile"].as_u64().unwrap(),
+        r[third].as_u64().unwrap(),
+    )
+}
+
+/// The per-cycle readers (and index counts), record by record against Illumina's interop on
+/// every real file of the newer folders: extraction intensity and focus per channel, Q-score
+/// counts per bin, base calls per base (CorrectedInt v4), contrast per channel (Image v3) and
+/// clusters per tile and read (Index). Values equal within 1e-5 relative; the same records.
+#[test]
+fn every_per_cycle_and_index_record_matches_illuminas_interop() {
+    let folders = folders();
+    let Some(python) = interop_python().filter(|_| !folders.is_empty()) else {
+        return;
+    };
+    let mut per_kind: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    let mut largest = 0f64;
+    let mut check = |what: &str, file: &Path, ours: f64, theirs: &serde_json::Value| {
+        let b = theirs.as_f64().unwrap_or(f64::NAN);
+        // interop's NaN prints as null.
+        let d = if ours == b || (ours.is_nan() && b.is_nan()) {
+            0.0
+        } else {
+            (ours - b).abs() / b.abs().max(1e-12)
+        };
+        assert!(
+            d <= 1e-5,
+            "{} {what}: ours {ours}, interop {theirs}",
+            file.display()
+        );
+        largest = largest.max(d);
+    };
+    for folder in &folders {
+        for file in bins(&folder.join("InterOp")) {
+            let name = file.file_name().unwrap().to_str().unwrap();
+            let version = std::fs::read(&file).unwrap()[0];
+            let kind = match name {
+                "ExtractionMetricsOut.bin" => "extraction",
+                "QMetricsOut.bin" => "q",
+                "CorrectedIntMetricsOut.bin" if version == 4 => "corrected",
+                "ImageMetricsOut.bin" => "image",
+                "IndexMetricsOut.bin" => "index",
+                _ => continue,
+            };
+            let t = interop_records(&python, &file, kind);
+            let records = t["records"].as_array().unwrap();
+            let mut values = 0;
+            match kind {
+                "extraction" => {
+                    let ours: std::collections::BTreeMap<Key, interop::ExtractionMetric> =
+                        interop::extraction_metrics(&file)
+                            .unwrap()
+                            .records
+                            .into_iter()
+                            .map(|r| ((r.lane.into(), r.tile.into(), r.cycle.into()), r))
+                            .collect();
+                    assert_eq!(ours.len(), records.len(), "{}", file.display());
+                    for r in records {
+                        let o = &ours[&key_of(r, "cycle")];
+                        for (c, v) in r["intensity"].as_array().unwrap().iter().enumerate() {
+                            check("intensity", &file, f64::from(o.intensity[c]), v);
+                            check("focus", &file, f64::from(o.fwhm[c]), &r["focus"][c]);
+                            values += 2;
+                        }
+                    }
+                }
+                "q" => {
+                    let ours: std::collections::BTreeMap<Key, interop::QMetric> =
+                        interop::q_metrics(&file)
+                            .unwrap()
+                            .records
+                            .into_iter()
+                            .map(|r| ((r.lane.into(), r.tile.into(), r.cycle.into()), r))
+                            .collect();
+                    assert_eq!(ours.len(), records.len(), "{}", file.display());
+                    for r in records {
+                        let o = &ours[&key_of(r, "cycle")];
+                        let hist = r["hist"].as_array().unwrap();
+                        for pair in hist {
+                            let q = pair[0].as_u64().unwrap() as usize;
+                            check("count", &file, f64::from(o.histogram[q - 1]), &pair[1]);
+                            values += 1;
+                        }
+                        // Nothing of ours outside interop's bins.
+                        let total: u64 = o.histogram.iter().map(|n| u64::from(*n)).sum();
+                        let theirs: u64 = hist.iter().map(|p| p[1].as_u64().unwrap()).sum();
+                        assert_eq!(total, theirs, "{}", file.display());
+                    }
+                }
+                "corrected" => {
+                    let ours: std::collections::BTreeMap<Key, interop::CorrectedIntMetric> =
+                        interop::corrected_intensity_metrics(&file)
+                            .unwrap()
+                            .records
+                            .into_iter()
+                            .map(|r| ((r.lane.into(), r.tile.into(), r.cycle.into()), r))
+                            .collect();
+                    assert_eq!(ours.len(), records.len(), "{}", file.display());
+                    for r in records {
+                        let o = &ours[&key_of(r, "cycle")];
+                        for (i, v) in r["calls"].as_array().unwrap().iter().enumerate() {
+                            check("base calls", &file, f64::from(o.base_calls[i]), v);
+                            values += 1;
+                        }
+                    }
+                }
+                "image" => {
+                    let ours: std::collections::BTreeMap<
+                        (u64, u64, u64, usize),
+                        interop::ImageMetric,
+                    > = interop::image_metrics(&file)
+                        .unwrap()
+                        .records
+                        .into_iter()
+                        .map(|r| {
+                            (
+                                (
+                                    r.lane.into(),
+                                    r.tile.into(),
+                                    r.cycle.into(),
+                                    r.channel.into(),
+                                ),
+                                r,
+                            )
+                        })
+                        .collect();
+                    let mut seen = 0;
+                    for r in records {
+                        let (l, t, c) = key_of(r, "cycle");
+                        for (ch, v) in r["min"].as_array().unwrap().iter().enumerate() {
+                            let o = &ours[&(l, t, c, ch)];
+                            check("min contrast", &file, f64::from(o.min_contrast), v);
+                            check(
+                                "max contrast",
+                                &file,
+                                f64::from(o.max_contrast),
+                                &r["max"][ch],
+                            );
+                            values += 2;
+                            seen += 1;
+                        }
+                    }
+                    assert_eq!(ours.len(), seen, "{}", file.display());
+                }
+                _ => {
+                    let mut ours: std::collections::BTreeMap<Key, u64> = Default::default();
+                    for r in interop::index_metrics(&file).unwrap().records {
+                        *ours
+                            .entry((r.lane.into(), r.tile.into(), r.read.into()))
+                            .or_default() += u64::from(r.clusters);
+                    }
+                    for r in records {
+                        let o = ours.remove(&key_of(r, "read")).unwrap_or(0);
+                        check("clusters", &file, o as f64, &r["clusters"]);
+                        values += 1;
+                    }
+                    assert!(
+                        ours.values().all(|n| *n == 0),
+                        "{}: counts interop does not have",
+                        file.display()
+                    );
+                }
+            }
+            let e = per_kind.entry(kind).or_default();
+            e.0 += 1;
+            e.1 += values;
+        }
+    }
+    eprintln!(
+        "record-level cross-check of the per-cycle and index readers (files, values): {per_kind:?}; largest relative difference {largest:e}"
+    );
+}
