@@ -462,11 +462,9 @@ impl FeatureExtractor {
                     .unwrap_or(usize::MAX),
             )
         };
-        closing.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then(rank(&a.1).cmp(&rank(&b.1)))
-                .then(a.1.cmp(&b.1))
-        });
+        // Each series' rank once (a comparator computing it scanned the catalogue by name twice
+        // per comparison: a third of the extractor's time in a profile).
+        closing.sort_by_cached_key(|(start, series)| (*start, rank(series), series.clone()));
         // A phase's window goes out only with MIN_PHASE_SAMPLES samples (an idle spell caught
         // by one or two samples is too little to judge the idle series by); the sequencing part
         // of a window split by a phase change goes out with fewer only when it is the window's
