@@ -1,6 +1,6 @@
 //! The Rust toolchain the project claims is one that builds it, and the image's bases are pinned
 //! by digest: the workspace's `rust-version` and the Dockerfile's build image are at least the
-//! newest `rust-version` among the crates Cargo.lock pins (a lock file that moved on to crates
+//! newest `rust-version` among the crates Cargo.lock pins for this platform (a lock file that moved on to crates
 //! needing a newer compiler would otherwise break the image, as uuid 1.29 once did). Reads `cargo metadata --locked --offline`, so the
 //! lock file itself must be current. clippy's `incompatible_msrv` lint (on in `make lint`)
 //! checks the other half: our own code uses no std API newer than the workspace's rust-version.
@@ -27,8 +27,24 @@ fn root() -> PathBuf {
 #[test]
 fn the_declared_toolchains_build_every_locked_crate() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The crates built for this machine's platform (the image builds for Linux too): without the
+    // filter, cargo needs every platform's crates (android_system_properties, ...) downloaded,
+    // which a fresh machine's `cargo build` never does, and `--offline` then fails.
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let host = String::from_utf8(
+        Command::new(rustc)
+            .arg("-vV")
+            .output()
+            .expect("rustc runs")
+            .stdout,
+    )
+    .expect("rustc -vV is text")
+    .lines()
+    .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+    .expect("rustc -vV names the host");
     let out = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", &host])
         .current_dir(root())
         .output()
         .expect("cargo metadata runs");
