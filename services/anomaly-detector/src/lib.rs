@@ -1514,14 +1514,29 @@ mod tests {
         d
     }
 
+    /// One detector over all the inputs, uninterrupted: its state and output.
+    fn straight_run(
+        inputs: &[(String, i32, Vec<u8>)],
+    ) -> (AnomalyDetector, Vec<seqmon_processor::Emitted>) {
+        let mut d = AnomalyDetector::default();
+        let out = inputs
+            .iter()
+            .flat_map(|x| process_at(&mut d, x).0)
+            .collect();
+        (d, out)
+    }
+
+    /// Every piece of state of a detector restored from `log` is on it, and nothing else.
+    fn assert_log_holds_exactly_the_state(log: &Changelog) {
+        let mut keys = restored(log).state_keys();
+        keys.sort();
+        assert_eq!(keys, log.keys().cloned().collect::<Vec<_>>());
+    }
+
     #[test]
     fn the_changelog_holds_one_record_per_changed_piece_and_restores_to_the_same_output() {
         let inputs = mixed_fleet(6, 60);
-        let mut straight = AnomalyDetector::default();
-        let expected: Vec<_> = inputs
-            .iter()
-            .flat_map(|x| process_at(&mut straight, x).0)
-            .collect();
+        let (_, expected) = straight_run(&inputs);
         assert!(
             expected.iter().any(|e| e.role == TopicRole::Anomalies),
             "the fleet must give anomalies for the test to mean something"
@@ -1585,19 +1600,13 @@ mod tests {
             per_input(format1)
         );
         // Every piece of state is on the changelog, and nothing else.
-        let mut keys = restored(&log).state_keys();
-        keys.sort();
-        assert_eq!(keys, log.keys().cloned().collect::<Vec<_>>());
+        assert_log_holds_exactly_the_state(&log);
     }
 
     #[test]
     fn a_format_1_state_restores_and_its_next_change_rewrites_it_as_pieces() {
         let inputs = mixed_fleet(3, 40);
-        let mut straight = AnomalyDetector::default();
-        let expected: Vec<_> = inputs
-            .iter()
-            .flat_map(|x| process_at(&mut straight, x).0)
-            .collect();
+        let (straight, expected) = straight_run(&inputs);
         let half = inputs.len() / 2;
         let mut first = AnomalyDetector::default();
         let mut got: Vec<_> = inputs[..half]
@@ -1640,9 +1649,7 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert!(json.is_empty(), "{json:?}");
-        let mut keys = restored(&log).state_keys();
-        keys.sort();
-        assert_eq!(keys, log.keys().cloned().collect::<Vec<_>>());
+        assert_log_holds_exactly_the_state(&log);
         // And the restored pieces give what the straight run holds.
         let again = restored(&log);
         assert_eq!(again.instruments, straight.instruments);

@@ -581,6 +581,20 @@ fn interop_records(python: &Path, file: &Path, kind: &str) -> serde_json::Value 
 
 type Key = (u64, u64, u64);
 
+/// Records of ours by (lane, tile, cycle).
+fn by_cycle<T>(
+    records: Vec<T>,
+    key: impl Fn(&T) -> (u16, u16, u16),
+) -> std::collections::BTreeMap<Key, T> {
+    records
+        .into_iter()
+        .map(|r| {
+            let (lane, tile, cycle) = key(&r);
+            ((lane.into(), tile.into(), cycle.into()), r)
+        })
+        .collect()
+}
+
 fn key_of(r: &serde_json::Value, third: &str) -> Key {
     (
         r["lane"].as_u64().unwrap(),
@@ -633,13 +647,9 @@ fn every_per_cycle_and_index_record_matches_illuminas_interop() {
             let mut values = 0;
             match kind {
                 "extraction" => {
-                    let ours: std::collections::BTreeMap<Key, interop::ExtractionMetric> =
-                        interop::extraction_metrics(&file)
-                            .unwrap()
-                            .records
-                            .into_iter()
-                            .map(|r| ((r.lane.into(), r.tile.into(), r.cycle.into()), r))
-                            .collect();
+                    let ours = by_cycle(interop::extraction_metrics(&file).unwrap().records, |r| {
+                        (r.lane, r.tile, r.cycle)
+                    });
                     assert_eq!(ours.len(), records.len(), "{}", file.display());
                     for r in records {
                         let o = &ours[&key_of(r, "cycle")];
@@ -651,13 +661,9 @@ fn every_per_cycle_and_index_record_matches_illuminas_interop() {
                     }
                 }
                 "q" => {
-                    let ours: std::collections::BTreeMap<Key, interop::QMetric> =
-                        interop::q_metrics(&file)
-                            .unwrap()
-                            .records
-                            .into_iter()
-                            .map(|r| ((r.lane.into(), r.tile.into(), r.cycle.into()), r))
-                            .collect();
+                    let ours = by_cycle(interop::q_metrics(&file).unwrap().records, |r| {
+                        (r.lane, r.tile, r.cycle)
+                    });
                     assert_eq!(ours.len(), records.len(), "{}", file.display());
                     for r in records {
                         let o = &ours[&key_of(r, "cycle")];
@@ -674,13 +680,10 @@ fn every_per_cycle_and_index_record_matches_illuminas_interop() {
                     }
                 }
                 "corrected" => {
-                    let ours: std::collections::BTreeMap<Key, interop::CorrectedIntMetric> =
-                        interop::corrected_intensity_metrics(&file)
-                            .unwrap()
-                            .records
-                            .into_iter()
-                            .map(|r| ((r.lane.into(), r.tile.into(), r.cycle.into()), r))
-                            .collect();
+                    let ours = by_cycle(
+                        interop::corrected_intensity_metrics(&file).unwrap().records,
+                        |r| (r.lane, r.tile, r.cycle),
+                    );
                     assert_eq!(ours.len(), records.len(), "{}", file.display());
                     for r in records {
                         let o = &ours[&key_of(r, "cycle")];
