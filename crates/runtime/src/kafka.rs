@@ -1120,35 +1120,22 @@ pub fn topic_partitions(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<i32>, RuntimeError> {
-    let client: BaseConsumer = kafka
-        .client_config()
-        .create()
-        .map_err(RuntimeError::kafka("create metadata client"))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let md = client
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(RuntimeError::kafka("fetch metadata"))?;
+    poll_metadata(kafka, Some(topic), timeout, |md| {
         let partitions: Vec<i32> = md
             .topics()
             .iter()
             .filter(|t| t.name() == topic && t.error().is_none())
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
-        if !partitions.is_empty() {
-            return Ok(partitions);
-        }
-        if Instant::now() >= deadline {
-            return Err(RuntimeError::Internal(format!(
+        if partitions.is_empty() {
+            Err(format!(
                 "topic {topic} does not exist or is not visible to this principal (seqmon-admin create-topics, seqmon-admin acls)"
-            )));
+            ))
+        } else {
+            Ok(partitions)
         }
-        std::thread::sleep(METADATA_RETRY_INTERVAL);
-    }
+    })
 }
-
-/// How often a topic that is not in the metadata yet is asked for again.
-const METADATA_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Waits until every one of `topics` is in the cluster's metadata with a leader for each of its
 /// partitions: `create-topics` returns only when a service started next can use them. The
@@ -1158,15 +1145,7 @@ pub fn wait_topics_ready(
     topics: &[String],
     timeout: Duration,
 ) -> Result<(), RuntimeError> {
-    let client: BaseConsumer = kafka
-        .client_config()
-        .create()
-        .map_err(RuntimeError::kafka("create metadata client"))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let md = client
-            .fetch_metadata(None, timeout)
-            .map_err(RuntimeError::kafka("fetch metadata"))?;
+    poll_metadata(kafka, None, timeout, |md| {
         let ready: HashSet<&str> = md
             .topics()
             .iter()
@@ -1183,16 +1162,42 @@ pub fn wait_topics_ready(
             .filter(|t| !ready.contains(t))
             .collect();
         if missing.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(RuntimeError::Internal(format!(
+            Ok(())
+        } else {
+            Err(format!(
                 "topics not ready (not in the metadata, or a partition without a leader) after {} ms: {}",
                 timeout.as_millis(),
                 missing.join(", ")
-            )));
+            ))
         }
-        std::thread::sleep(METADATA_RETRY_INTERVAL);
+    })
+}
+
+/// How often metadata that does not show what is waited for yet is asked for again.
+const METADATA_RETRY_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Fetches the cluster's metadata (of `topic`, or of every topic) until `ready` accepts it, at
+/// most until `timeout`; then `ready`'s last refusal is the error.
+fn poll_metadata<T>(
+    kafka: &crate::config::KafkaConnection,
+    topic: Option<&str>,
+    timeout: Duration,
+    ready: impl Fn(&rdkafka::metadata::Metadata) -> Result<T, String>,
+) -> Result<T, RuntimeError> {
+    let client: BaseConsumer = kafka
+        .client_config()
+        .create()
+        .map_err(RuntimeError::kafka("create metadata client"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let md = client
+            .fetch_metadata(topic, timeout)
+            .map_err(RuntimeError::kafka("fetch metadata"))?;
+        match ready(&md) {
+            Ok(v) => return Ok(v),
+            Err(why) if Instant::now() >= deadline => return Err(RuntimeError::Internal(why)),
+            Err(_) => std::thread::sleep(METADATA_RETRY_INTERVAL),
+        }
     }
 }
 

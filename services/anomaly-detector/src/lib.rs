@@ -664,13 +664,14 @@ impl Processor for AnomalyDetector {
         debug_assert!(phase.is_none() || cohort_kinds(kind, f.subsystem).is_empty());
         let continuous =
             kind == Some(MetricKind::Sensor) && (f.spec_low.is_some() || f.spec_high.is_some());
-        // Only continuous readings have a fleet spread worth keeping.
-        let fleet_entry = format!("{:?}/{}", f.instrument_model, f.metric);
-        let mut fleet = continuous.then(|| {
+        // Only continuous readings have a fleet spread worth keeping (its name is built only
+        // for them: this runs for every feature).
+        let fleet_entry = continuous.then(|| format!("{:?}/{}", f.instrument_model, f.metric));
+        let mut fleet = fleet_entry.as_ref().map(|entry| {
             self.fleet
                 .entry(input.partition)
                 .or_default()
-                .entry(fleet_entry.clone())
+                .entry(entry.clone())
                 .or_default()
         });
         let mut fleet_changed = false;
@@ -711,7 +712,8 @@ impl Processor for AnomalyDetector {
             cfg,
             m.episode.as_ref().is_some_and(|e| !e.predicted_only),
         );
-        if let Some(fleet) = fleet.as_mut().filter(|_| v.learned && f.variability > 0.0) {
+        let learned_spread = v.learned && f.variability > 0.0;
+        if let (Some(fleet), Some(entry), true) = (fleet.as_mut(), &fleet_entry, learned_spread) {
             if m.series.learnt_windows() == cfg.warmup_windows + 1 {
                 fleet.contributors += 1;
             }
@@ -721,7 +723,7 @@ impl Processor for AnomalyDetector {
             out.state_changed(
                 &StateKey::Fleet {
                     partition: input.partition,
-                    entry: &fleet_entry,
+                    entry,
                 }
                 .render(),
             );

@@ -479,6 +479,16 @@ pub fn collect_run_with(
         })
         .unwrap_or_default();
     let tiles_file = tiles_file.unwrap_or_else(|| f("TileMetricsOut.bin"));
+    // How warnings name each per-cycle metric (one look at the per-cycle folders per file).
+    let label = |name: &str| metric_label(&dir, name);
+    let (q_file, err_file, ext_file, ph_file, ci_file, im_file) = (
+        label("QMetricsOut.bin"),
+        label("ErrorMetricsOut.bin"),
+        label("ExtractionMetricsOut.bin"),
+        label("EmpiricalPhasingMetricsOut.bin"),
+        label("CorrectedIntMetricsOut.bin"),
+        label("ImageMetricsOut.bin"),
+    );
     let q = per_cycle_metric(
         &dir,
         "QMetricsOut.bin",
@@ -487,15 +497,7 @@ pub fn collect_run_with(
         |r| r.cycle,
         &mut merged,
     )
-    .map(|p| {
-        checked(
-            &metric_label(&dir, "QMetricsOut.bin"),
-            &info,
-            p,
-            |r| (r.lane, r.cycle),
-            &mut report,
-        )
-    })
+    .map(|p| checked(&q_file, &info, p, |r| (r.lane, r.cycle), &mut report))
     .unwrap_or_default();
     let err = per_cycle_metric(
         &dir,
@@ -505,15 +507,7 @@ pub fn collect_run_with(
         |r| r.cycle,
         &mut merged,
     )
-    .map(|p| {
-        checked(
-            &metric_label(&dir, "ErrorMetricsOut.bin"),
-            &info,
-            p,
-            |r| (r.lane, r.cycle),
-            &mut report,
-        )
-    })
+    .map(|p| checked(&err_file, &info, p, |r| (r.lane, r.cycle), &mut report))
     .unwrap_or_default();
     let ext = per_cycle_metric(
         &dir,
@@ -523,15 +517,7 @@ pub fn collect_run_with(
         |r| r.cycle,
         &mut merged,
     )
-    .map(|p| {
-        checked(
-            &metric_label(&dir, "ExtractionMetricsOut.bin"),
-            &info,
-            p,
-            |r| (r.lane, r.cycle),
-            &mut report,
-        )
-    })
+    .map(|p| checked(&ext_file, &info, p, |r| (r.lane, r.cycle), &mut report))
     .unwrap_or_default();
     // Read and checked for consistency; nothing from them is sent yet.
     let phasing = per_cycle_metric(
@@ -542,15 +528,7 @@ pub fn collect_run_with(
         |r| r.cycle,
         &mut merged,
     )
-    .map(|p| {
-        checked(
-            &metric_label(&dir, "EmpiricalPhasingMetricsOut.bin"),
-            &info,
-            p,
-            |r| (r.lane, r.cycle),
-            &mut report,
-        )
-    })
+    .map(|p| checked(&ph_file, &info, p, |r| (r.lane, r.cycle), &mut report))
     .unwrap_or_default();
     let corrected = per_cycle_metric(
         &dir,
@@ -560,15 +538,7 @@ pub fn collect_run_with(
         |r| r.cycle,
         &mut merged,
     )
-    .map(|p| {
-        checked(
-            &metric_label(&dir, "CorrectedIntMetricsOut.bin"),
-            &info,
-            p,
-            |r| (r.lane, r.cycle),
-            &mut report,
-        )
-    })
+    .map(|p| checked(&ci_file, &info, p, |r| (r.lane, r.cycle), &mut report))
     .unwrap_or_default();
     let image = per_cycle_metric(
         &dir,
@@ -578,15 +548,7 @@ pub fn collect_run_with(
         |r| r.cycle,
         &mut merged,
     )
-    .map(|p| {
-        checked(
-            &metric_label(&dir, "ImageMetricsOut.bin"),
-            &info,
-            p,
-            |r| (r.lane, r.cycle),
-            &mut report,
-        )
-    })
+    .map(|p| checked(&im_file, &info, p, |r| (r.lane, r.cycle), &mut report))
     .unwrap_or_default();
     if exists("IndexMetricsOut.bin") {
         checked(
@@ -677,15 +639,6 @@ pub fn collect_run_with(
         }
     }
     let keys = |v: &mut dyn Iterator<Item = (u16, u16, u16)>| v.collect::<Vec<_>>();
-    let label = |name: &str| metric_label(&dir, name);
-    let (q_file, err_file, ext_file, ph_file, ci_file, im_file) = (
-        label("QMetricsOut.bin"),
-        label("ErrorMetricsOut.bin"),
-        label("ExtractionMetricsOut.bin"),
-        label("EmpiricalPhasingMetricsOut.bin"),
-        label("CorrectedIntMetricsOut.bin"),
-        label("ImageMetricsOut.bin"),
-    );
     let per_cycle = [
         CycleKeys {
             file: &q_file,

@@ -462,21 +462,7 @@ fn every_tile_and_extended_tile_record_matches_illuminas_interop() {
     let Some(python) = interop_python().filter(|_| !folders.is_empty()) else {
         return;
     };
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop_records.py");
-    let theirs = |file: &Path, kind: &str| -> serde_json::Value {
-        let out = Command::new(&python)
-            .arg(&script)
-            .arg(file)
-            .arg(kind)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let theirs = |file: &Path, kind: &str| interop_records(&python, file, kind);
     let (mut files, mut values, mut largest) = (0, 0, 0f64);
     for folder in &folders {
         for file in bins(&folder.join("InterOp")) {
