@@ -902,9 +902,14 @@ impl Generator {
         let rec = match kind {
             0 => {
                 let len = 8 + self.rng.below(40);
-                let bytes: Vec<u8> = (0..len)
+                let mut bytes: Vec<u8> = (0..len)
                     .map(|_| (self.rng.next_u64() & 0xff) as u8)
                     .collect();
+                // Garbage in neither framing: a leading 00 would read as the Confluent framing
+                // with an unknown id (UNKNOWN_SCHEMA, rightly), and C3 as the single-object one.
+                if matches!(bytes[0], seqmon_model::codec::CONFLUENT_MAGIC | 0xC3) {
+                    bytes[0] = 0xFF;
+                }
                 let line: String = (0..len)
                     .map(|_| (b'!' + (self.rng.below(90) as u8)) as char)
                     .collect();
@@ -1201,6 +1206,41 @@ mod tests {
         };
         assert_eq!(count_gaps(false), 0);
         assert!(count_gaps(true) > 0);
+    }
+
+    #[test]
+    fn undecodable_records_decode_as_undecodable() {
+        // Random bytes that began with 00 read as the Confluent framing with an unknown id:
+        // the chaos run's oracle then found UNKNOWN_SCHEMA where it expected UNDECODABLE.
+        let sim = simulate(&FleetConfig {
+            duration_hours: 12.0,
+            bad_record_share: 0.3,
+            ..Default::default()
+        });
+        let undecodable: Vec<&SimRecord> = sim
+            .records
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.expect,
+                    Expect::DeadLetter {
+                        reason: DeadLetterReason::UNDECODABLE,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        // Enough that a 1-in-256 leading byte is all but sure to appear.
+        assert!(undecodable.len() > 1000, "{}", undecodable.len());
+        for r in undecodable {
+            let e = seqmon_model::decode::<Telemetry>(&r.bytes).expect_err("garbage");
+            assert_eq!(
+                e.reason(),
+                DeadLetterReason::UNDECODABLE,
+                "{:02x?}",
+                r.bytes
+            );
+        }
     }
 
     #[test]
