@@ -147,6 +147,10 @@ struct Cli {
     /// Skip the Kafka measurements (stage throughput and end to end).
     #[arg(long)]
     no_kafka: bool,
+    /// Measure only these stages in the processor and Kafka sections (comma-separated service
+    /// names, e.g. `feature-extractor`; empty: all five), to compare two builds of one stage.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(STAGES))]
+    stages: Vec<String>,
     /// Run only the end-to-end measurement.
     #[arg(long)]
     only_e2e: bool,
@@ -218,6 +222,22 @@ struct Cli {
     /// Where to write the JSON figures.
     #[arg(long, default_value = "out/bench/latest.json")]
     json: String,
+}
+
+/// The five services, as `--stages` names them.
+const STAGES: [&str; 5] = [
+    "validator",
+    "privacy-enforcer",
+    "feature-extractor",
+    "anomaly-detector",
+    "notifier",
+];
+
+impl Cli {
+    /// Whether `stage` is measured in this run (`--stages`).
+    fn measures(&self, stage: &str) -> bool {
+        self.stages.is_empty() || self.stages.iter().any(|s| s == stage)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -473,7 +493,7 @@ fn processor_rows(
         ),
     ];
     for (name, make, input) in stages {
-        if input.is_empty() {
+        if input.is_empty() || !cli.measures(name) {
             continue;
         }
         // Repeat small inputs (anomalies are rare) so the timing is not dominated by noise.
@@ -543,74 +563,87 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
         .init_transactions(Duration::from_secs(30))
         .expect("init");
     consumer.subscribe(&[input]).expect("subscribe");
-    let mut done = 0;
+    let mut taken = 0;
     let mut started: Option<Instant> = None;
-    while done < n {
-        let mut batch = Vec::with_capacity(cli.batch);
-        let t = Instant::now();
-        // The runtime's batching rule with its defaults: wait up to 100 ms for a first record,
-        // then take what has been fetched, up to `batch` records.
-        while batch.len() < cli.batch && t.elapsed() < Duration::from_millis(100) {
-            let timeout = if batch.is_empty() {
-                Duration::from_millis(100).saturating_sub(t.elapsed())
-            } else {
-                Duration::ZERO
-            };
-            match consumer.poll(timeout) {
-                Some(Ok(m)) => batch.push((
-                    m.partition(),
-                    m.offset(),
-                    m.key().map(<[u8]>::to_vec),
-                    m.payload().map(<[u8]>::to_vec),
-                )),
-                _ if !batch.is_empty() => break,
-                _ => {}
+    // As the runtime does: a batch's commit runs on a thread of its own while the next batch is
+    // collected, and the next transaction begins once it returned.
+    std::thread::scope(|scope| {
+        let mut pending: Option<std::thread::ScopedJoinHandle<'_, ()>> = None;
+        let settle = |pending: &mut Option<std::thread::ScopedJoinHandle<'_, ()>>| {
+            if let Some(commit) = pending.take() {
+                commit.join().expect("commit thread");
             }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        started.get_or_insert_with(Instant::now);
-        producer.begin_transaction().expect("begin");
-        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-        for (p, o, k, v) in &batch {
-            let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
-            if let Some(k) = k {
-                r = r.key(k.as_slice());
+        };
+        while taken < n {
+            let mut batch = Vec::with_capacity(cli.batch);
+            let t = Instant::now();
+            // The runtime's batching rule with its defaults: wait up to 100 ms for a first
+            // record, then take what has been fetched, up to `batch` records.
+            while batch.len() < cli.batch && t.elapsed() < Duration::from_millis(100) {
+                let timeout = if batch.is_empty() {
+                    Duration::from_millis(100).saturating_sub(t.elapsed())
+                } else {
+                    Duration::ZERO
+                };
+                match consumer.poll(timeout) {
+                    Some(Ok(m)) => batch.push((
+                        m.partition(),
+                        m.offset(),
+                        m.key().map(<[u8]>::to_vec),
+                        m.payload().map(<[u8]>::to_vec),
+                    )),
+                    _ if !batch.is_empty() => break,
+                    _ => {}
+                }
             }
-            if let Some(v) = v {
-                r = r.payload(v.as_slice());
+            if batch.is_empty() {
+                settle(&mut pending);
+                continue;
             }
-            seqmon_runtime::kafka::send(&producer, r).expect("produce");
-            offsets.insert(*p, o + 1);
+            started.get_or_insert_with(Instant::now);
+            settle(&mut pending);
+            producer.begin_transaction().expect("begin");
+            let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+            for (p, o, k, v) in &batch {
+                let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
+                if let Some(k) = k {
+                    r = r.key(k.as_slice());
+                }
+                if let Some(v) = v {
+                    r = r.payload(v.as_slice());
+                }
+                seqmon_runtime::kafka::send(&producer, r).expect("produce");
+                offsets.insert(*p, o + 1);
+            }
+            taken += batch.len();
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in offsets {
+                tpl.add_partition_offset(input, p, Offset::Offset(o))
+                    .expect("offset");
+            }
+            let group = consumer.group_metadata().expect("group");
+            let producer = &producer;
+            // Wait for the deliveries, then send the offsets, then commit (see
+            // seqmon_runtime::kafka::wait_delivered).
+            pending = Some(scope.spawn(move || {
+                seqmon_runtime::kafka::wait_delivered(producer, Duration::from_secs(30))
+                    .expect("delivered");
+                producer
+                    .send_offsets_to_transaction(&tpl, &group, Duration::from_secs(30))
+                    .expect("offsets");
+                producer
+                    .commit_transaction(Duration::from_secs(30))
+                    .expect("commit");
+            }));
         }
-        // As the runtime does: wait for the deliveries, then send the offsets, then commit
-        // (see seqmon_runtime::kafka::wait_delivered).
-        seqmon_runtime::kafka::wait_delivered(&producer, Duration::from_secs(30))
-            .expect("delivered");
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in offsets {
-            tpl.add_partition_offset(input, p, Offset::Offset(o))
-                .expect("offset");
-        }
-        producer
-            .send_offsets_to_transaction(
-                &tpl,
-                &consumer.group_metadata().expect("group"),
-                Duration::from_secs(30),
-            )
-            .expect("offsets");
-        producer
-            .commit_transaction(Duration::from_secs(30))
-            .expect("commit");
-        done += batch.len();
-    }
+        settle(&mut pending);
+    });
     n as f64 / started.expect("consumed").elapsed().as_secs_f64()
 }
 
 /// One stage as a separate process over `n` records already on its input topic: records/s from
-/// its first input record to its n-th, read from its own /metrics (start-up and group join
-/// excluded, as for the passthrough).
+/// its first input record taken to its n-th committed, read from its own /metrics (start-up
+/// and group join excluded, as for the passthrough).
 fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
     let batch = cli.batch.to_string();
     let mut extra = vec!["--batch-max-records", batch.as_str()];
@@ -618,16 +651,23 @@ fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
         extra.extend(["--max-age-ms", "9000000000000"]);
     }
     let (child, port) = spawn_stage(cli, stage, prefix, &extra);
-    let counter = "seqmon_input_records_total";
     let mut started: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut rate = f64::NAN;
     while Instant::now() < deadline {
-        let seen = seqmon_testkit::scrape_counter(port, counter).unwrap_or(0.0);
-        if seen > 0.0 {
+        let scraped = seqmon_testkit::scrape(port).unwrap_or_default();
+        if scraped
+            .get("seqmon_input_records_total")
+            .is_some_and(|taken| *taken > 0.0)
+        {
             started.get_or_insert_with(Instant::now);
         }
-        if seen >= n as f64 {
+        // Every input record has a timestamp: the latency histogram counts them as they commit.
+        let committed = scraped
+            .get("seqmon_event_to_commit_seconds_count")
+            .copied()
+            .unwrap_or(0.0);
+        if committed >= n as f64 {
             rate = n as f64
                 / started
                     .map(|s| s.elapsed().as_secs_f64())
@@ -811,6 +851,9 @@ fn kafka_rows(
         ),
     ];
     for (stage, role, mut records) in inputs {
+        if !cli.measures(stage) {
+            continue;
+        }
         // Anomalies are rare in a healthy fleet: the notifier's input is the fleet's anomaly
         // history played again and again, each time later (after the last one ended) and with
         // its own anomaly ids, until it is as long as the other stages' inputs: the alerts open,

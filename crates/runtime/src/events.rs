@@ -43,20 +43,24 @@ impl RecordDeadLettered<'_> {
 pub struct TransactionCommitted<T> {
     pub records: usize,
     pub outputs: usize,
+    /// From the transaction's begin to its commit's return.
     pub elapsed: Duration,
+    /// When the commit returned (the event is emitted later, once the loop takes the outcome).
+    pub committed_at: std::time::SystemTime,
     /// Kafka timestamps of the inputs it consumed, for the event-to-commit latency.
     pub input_timestamps_ms: T,
 }
 
 impl<T: Iterator<Item = i64>> TransactionCommitted<T> {
     pub fn emit(self, metrics: &StageMetrics) {
-        let now_ms = std::time::SystemTime::now()
+        let committed_ms = self
+            .committed_at
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         for ts in self.input_timestamps_ms {
             // A producer's clock ahead of ours would give a negative latency: count it as none.
-            let seconds = (now_ms - ts).max(0) as f64 / 1e3;
+            let seconds = (committed_ms - ts).max(0) as f64 / 1e3;
             metrics.event_to_commit_seconds.observe(seconds);
         }
         metrics

@@ -9,6 +9,15 @@
 //! `read_committed` therefore sees every input's effects exactly once, and the state on the
 //! changelog always matches the committed offsets.
 //!
+//! Pipelining. A transaction's commit (waiting for its deliveries, sending the offsets, ending
+//! it) runs on a thread of its own while the loop collects and processes the next batch in
+//! memory; that batch is written only after the commit returned, in the next transaction, so one
+//! transaction is open at a time and the broker sees the same sequence as without the overlap.
+//! If the commit failed, the batch processed meanwhile is dropped with the state (restored from
+//! the changelog) and fetched again. A revocation waits for the commit in flight, so offsets are
+//! committed by the generation that fetched them, and state is never restored while a commit
+//! is in flight.
+//!
 //! On failure. A transaction error that requires an abort aborts it, drops the in-memory state,
 //! restores it from the changelog and rewinds the consumer to the committed offsets, so the batch
 //! is redone from a consistent point. Retriable commit errors are retried with backoff; fatal
@@ -35,10 +44,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, Timestamp};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -64,6 +75,45 @@ use crate::processor::{Emitted, Envelope};
 struct RebalanceLog {
     generation: AtomicU64,
     assigned: Mutex<Option<Vec<i32>>>,
+    /// The commit in flight, which a revocation waits for.
+    commit: CommitGate,
+}
+
+/// Whether a transaction's commit is in flight on its commit thread. A revocation waits until
+/// it is not (`pre_rebalance`), so a batch's offsets are committed under the generation that
+/// fetched it, before its partitions can move to another member, as when the commit ran on the
+/// loop's own thread.
+#[derive(Default)]
+struct CommitGate {
+    busy: Mutex<bool>,
+    idle: Condvar,
+}
+
+impl CommitGate {
+    fn enter(&self) {
+        *self.busy.lock().expect("lock") = true;
+    }
+
+    fn leave(&self) {
+        *self.busy.lock().expect("lock") = false;
+        self.idle.notify_all();
+    }
+
+    fn wait_idle(&self) {
+        let mut busy = self.busy.lock().expect("lock");
+        while *busy {
+            busy = self.idle.wait(busy).expect("lock");
+        }
+    }
+}
+
+/// Marks the gate idle when the commit thread ends, however it ends.
+struct LeaveOnDrop(Arc<RebalanceLog>);
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        self.0.commit.leave();
+    }
 }
 
 struct StageConsumerContext {
@@ -168,6 +218,9 @@ impl StageConsumerContext {
 impl ConsumerContext for StageConsumerContext {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            // The partitions stay ours until this returns: the transaction committing their
+            // offsets finishes first (its outcome is taken by the loop after the poll).
+            self.log.commit.wait_idle();
             self.rebalanced(RebalanceKind::Revoked, tpl, false);
         }
     }
@@ -358,6 +411,39 @@ struct BatchOutput {
     next_offsets: BTreeMap<(usize, i32), i64>,
 }
 
+/// A transaction's figures for the events emitted when its outcome is known.
+struct TxnStats {
+    records: usize,
+    started: Instant,
+    input_timestamps_ms: Vec<i64>,
+}
+
+/// A transaction whose records are produced and whose commit (wait for the deliveries, send
+/// the offsets, commit) runs on its own thread while the loop collects and processes the next
+/// batch.
+struct PendingCommit {
+    commit: std::thread::JoinHandle<Result<Committed, TxnFailure>>,
+    outputs: usize,
+    stats: TxnStats,
+}
+
+/// When a commit returned, by the monotonic clock (transaction time) and the wall clock
+/// (event-to-commit latency).
+struct Committed {
+    at: Instant,
+    wall: std::time::SystemTime,
+}
+
+/// The outcome of the transaction in flight, as the loop takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Committed, or none was in flight: the next batch may be written.
+    Clean,
+    /// Aborted: state was restored and the input rewound, so a batch processed meanwhile is
+    /// dropped and fetched again.
+    Redone,
+}
+
 /// One key's state to write to the changelog: bytes, or `None` for a tombstone.
 struct StateWrite {
     key: String,
@@ -370,7 +456,7 @@ struct StageLoop<'a> {
     driver: Driver,
     cfg: &'a RunnerConfig,
     topics: Topics,
-    producer: ThreadedProducer<QuietClientContext>,
+    producer: Arc<ThreadedProducer<QuietClientContext>>,
     consumer: BaseConsumer<StageConsumerContext>,
     rebalances: Arc<RebalanceLog>,
     assigned: Vec<i32>,
@@ -382,6 +468,8 @@ struct StageLoop<'a> {
     restore_retry: Option<RestoreRetry>,
     consumer_errors: ConsumerErrorLog,
     last_txn: Instant,
+    /// The transaction committing on its thread, if any.
+    pending: Option<PendingCommit>,
 }
 
 /// Runs `driver` until `shutdown` is set or a fatal error occurs.
@@ -396,9 +484,9 @@ pub fn run_kafka(
         stage.driver.metrics.beat();
         let step = stage.collect_batch(&mut batch, &shutdown).and_then(|()| {
             if batch.is_empty() {
-                Ok(())
+                stage.settle().map(drop)
             } else {
-                stage.commit_batch(&batch)
+                stage.process_and_produce(&batch)
             }
         });
         if let Err(e) = step {
@@ -416,6 +504,7 @@ pub fn run_kafka(
             batch.clear();
         }
     }
+    stage.settle()?;
     stage.leave_group();
     Ok(())
 }
@@ -445,7 +534,7 @@ impl<'a> StageLoop<'a> {
             .transactional_id
             .clone()
             .unwrap_or_else(|| default_transactional_id(&cfg.kafka.topic_prefix, stage));
-        let producer: ThreadedProducer<QuietClientContext> = cfg
+        let producer: Arc<ThreadedProducer<QuietClientContext>> = cfg
             .kafka
             .producer_config()
             .set("transactional.id", &transactional_id)
@@ -459,6 +548,7 @@ impl<'a> StageLoop<'a> {
             .set("linger.ms", "0")
             .set("queue.buffering.max.messages", "200000")
             .create_with_context(QuietClientContext)
+            .map(Arc::new)
             .map_err(RuntimeError::kafka("create producer"))?;
         // Fences any earlier instance with this transactional id and aborts its open
         // transaction, so the changelog's last stable offset is final before we restore from it.
@@ -591,11 +681,14 @@ impl<'a> StageLoop<'a> {
             restore_retry: None,
             consumer_errors: ConsumerErrorLog::default(),
             last_txn: Instant::now(),
+            pending: None,
         })
     }
 
-    /// Restores state for the current assignment (see [`restore_or_wait`]).
+    /// Restores state for the current assignment (see [`restore_or_wait`]). Never while a
+    /// commit is in flight: the changelog would not hold its state yet.
     fn restore(&mut self) {
+        debug_assert!(self.pending.is_none(), "restore with a commit in flight");
         restore_or_wait(
             &mut self.driver,
             &mut self.quarantined,
@@ -633,47 +726,18 @@ impl<'a> StageLoop<'a> {
             }
             let generation = self.rebalances.generation.load(Ordering::SeqCst);
             let remaining = max_wait.saturating_sub(started.elapsed());
-            let polled = self.consumer.poll(if batch.is_empty() {
-                remaining
-            } else {
-                remaining.min(linger.saturating_sub(self.last_txn.elapsed()))
-            });
-            if self.rebalances.generation.load(Ordering::SeqCst) != generation {
-                batch.clear();
-                let new_assignment = self.rebalances.assigned.lock().expect("lock").take();
-                if let Some(parts) = new_assignment {
-                    self.assigned = parts;
-                    // Disjoint fields: the polled message still borrows the consumer.
-                    restore_or_wait(
-                        &mut self.driver,
-                        &mut self.quarantined,
-                        &mut self.restore_retry,
-                        &Inputs {
-                            consumer: &self.consumer,
-                            topics: &self.topics,
-                            assigned: &self.assigned,
-                            cfg: self.cfg,
-                        },
-                    );
-                }
-            }
-            match polled {
-                None => {
-                    self.consumer_alive()?;
-                    let spaced = self.last_txn.elapsed() >= linger;
-                    if shutdown.load(Ordering::SeqCst) || (!batch.is_empty() && spaced) {
-                        break;
-                    }
-                }
-                Some(Ok(m)) => {
-                    let input = self.topics.input_index(m.topic());
-                    // Nothing is taken while state is missing (records fetched before the
-                    // pause are fetched again after the rewind that ends it).
-                    let restored = self.restore_retry.is_none();
-                    if let Some(input) =
-                        input.filter(|_| restored && self.assigned.contains(&m.partition()))
-                    {
-                        batch.push(Owned {
+            // Copied out at once: a rebalance below settles the commit in flight and restores
+            // state, which the consumer's borrowed message would hold up.
+            let polled = self
+                .consumer
+                .poll(if batch.is_empty() {
+                    remaining
+                } else {
+                    remaining.min(linger.saturating_sub(self.last_txn.elapsed()))
+                })
+                .map(|r| {
+                    r.map(|m| {
+                        self.topics.input_index(m.topic()).map(|input| Owned {
                             input,
                             key: m.key().map(<[u8]>::to_vec),
                             value: m.payload().unwrap_or_default().to_vec(),
@@ -685,7 +749,36 @@ impl<'a> StageLoop<'a> {
                                 _ => None,
                             },
                             sealed_with: envelope_header(&m),
-                        });
+                        })
+                    })
+                });
+            if self.rebalances.generation.load(Ordering::SeqCst) != generation {
+                batch.clear();
+                let new_assignment = self.rebalances.assigned.lock().expect("lock").take();
+                if let Some(parts) = new_assignment {
+                    self.assigned = parts;
+                    // The commit in flight ended before the revocation (`pre_rebalance` waits
+                    // for it); its outcome is taken before state is rebuilt from the changelog.
+                    self.settle()?;
+                    self.restore();
+                }
+            }
+            match polled {
+                None => {
+                    self.consumer_alive()?;
+                    let spaced = self.last_txn.elapsed() >= linger;
+                    if shutdown.load(Ordering::SeqCst) || (!batch.is_empty() && spaced) {
+                        break;
+                    }
+                }
+                Some(Ok(record)) => {
+                    // Nothing is taken while state is missing (records fetched before the
+                    // pause are fetched again after the rewind that ends it).
+                    let restored = self.restore_retry.is_none();
+                    if let Some(record) =
+                        record.filter(|r| restored && self.assigned.contains(&r.partition))
+                    {
+                        batch.push(record);
                     }
                 }
                 Some(Err(e)) => {
@@ -699,33 +792,104 @@ impl<'a> StageLoop<'a> {
         Ok(())
     }
 
-    /// Processes a batch and commits it in one transaction; on an abortable failure, aborts,
-    /// restores state and rewinds so the batch is redone.
-    fn commit_batch(&mut self, batch: &[Owned]) -> Result<(), RuntimeError> {
+    /// Processes a batch, takes the outcome of the transaction in flight, then (if it
+    /// committed) writes the batch's records and state in a new transaction and starts its
+    /// commit on a thread of its own. Processing overlaps the previous commit; writing never
+    /// does (one transaction at a time).
+    fn process_and_produce(&mut self, batch: &[Owned]) -> Result<(), RuntimeError> {
         tracing::debug!(records = batch.len(), "batch collected");
+        let processed = self.process(batch);
+        if self.settle()? == Settled::Redone {
+            // State and input went back to the last commit: this batch is fetched again.
+            return Ok(());
+        }
         self.driver
             .metrics
             .batch_records
             .observe(batch.len() as f64);
         let started = Instant::now();
         self.last_txn = started;
-        match self.transact(batch) {
-            Ok(outputs) => {
+        let stats = TxnStats {
+            records: batch.len(),
+            started,
+            input_timestamps_ms: batch.iter().filter_map(|r| r.timestamp_ms).collect(),
+        };
+        let written = processed.and_then(|output| self.produce_batch(&output));
+        match written {
+            Ok((outputs, offsets, group)) => {
+                self.rebalances.commit.enter();
+                let gate = LeaveOnDrop(Arc::clone(&self.rebalances));
+                let producer = Arc::clone(&self.producer);
+                let timeout = self.cfg.request_timeout();
+                let spawned = std::thread::Builder::new()
+                    .name("commit".into())
+                    .spawn(move || {
+                        let _gate = gate;
+                        commit(&producer, &offsets, &group, timeout)
+                    });
+                match spawned {
+                    Ok(commit) => {
+                        self.pending = Some(PendingCommit {
+                            commit,
+                            outputs,
+                            stats,
+                        });
+                        Ok(())
+                    }
+                    // The closure (and its gate) was dropped with the error.
+                    Err(e) => self
+                        .finish(
+                            Err(TxnFailure::AbortThenStop(RuntimeError::Internal(format!(
+                                "cannot start the commit thread: {e}"
+                            )))),
+                            stats,
+                        )
+                        .map(drop),
+                }
+            }
+            Err(f) => self.finish(Err(f), stats).map(drop),
+        }
+    }
+
+    /// Waits for the transaction in flight, if any, and acts on its outcome (see
+    /// [`StageLoop::finish`]).
+    fn settle(&mut self) -> Result<Settled, RuntimeError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(Settled::Clean);
+        };
+        let outcome = pending.commit.join().unwrap_or_else(|_| {
+            Err(TxnFailure::AbortThenStop(RuntimeError::Internal(
+                "the commit thread panicked".into(),
+            )))
+        });
+        self.finish(outcome.map(|at| (pending.outputs, at)), pending.stats)
+    }
+
+    /// Acts on a transaction's outcome: on commit, emits it; on an abortable failure, aborts,
+    /// restores state and rewinds the input so the batch is redone; otherwise stops.
+    fn finish(
+        &mut self,
+        outcome: Result<(usize, Committed), TxnFailure>,
+        stats: TxnStats,
+    ) -> Result<Settled, RuntimeError> {
+        match outcome {
+            Ok((outputs, committed_at)) => {
                 self.quarantined.clear();
                 self.consecutive_aborts = 0;
                 TransactionCommitted {
-                    records: batch.len(),
+                    records: stats.records,
                     outputs,
-                    elapsed: started.elapsed(),
-                    input_timestamps_ms: batch.iter().filter_map(|r| r.timestamp_ms),
+                    elapsed: committed_at.at.saturating_duration_since(stats.started),
+                    committed_at: committed_at.wall,
+                    input_timestamps_ms: stats.input_timestamps_ms.into_iter(),
                 }
                 .emit(&self.driver.metrics);
-                Ok(())
+                Ok(Settled::Clean)
             }
             Err(TxnFailure::Abortable(e)) => {
                 TransactionAborted {
                     error: &e,
-                    records: batch.len(),
+                    records: stats.records,
                 }
                 .emit(&self.driver.metrics);
                 self.producer
@@ -742,13 +906,14 @@ impl<'a> StageLoop<'a> {
                     )));
                 }
                 self.restore();
-                self.rewind()
+                self.rewind()?;
+                Ok(Settled::Redone)
             }
             Err(TxnFailure::Fatal(e)) => Err(e),
             Err(TxnFailure::AbortThenStop(e)) => {
                 TransactionAborted {
                     error: &e,
-                    records: batch.len(),
+                    records: stats.records,
                 }
                 .emit(&self.driver.metrics);
                 if let Err(abort) = self.producer.abort_transaction(self.cfg.request_timeout()) {
@@ -759,10 +924,13 @@ impl<'a> StageLoop<'a> {
         }
     }
 
-    /// One transaction: process, produce outputs and changed state, send offsets, commit.
-    /// Returns the number of records produced.
-    fn transact(&mut self, batch: &[Owned]) -> Result<usize, TxnFailure> {
-        let output = self.process(batch)?;
+    /// Begins a transaction and writes a processed batch into it: dead letters and tombstones
+    /// of quarantined state, the outputs, the changed state. Returns the number of records
+    /// produced and what commits the transaction (the input offsets and the group's metadata).
+    fn produce_batch(
+        &mut self,
+        output: &BatchOutput,
+    ) -> Result<(usize, TopicPartitionList, ConsumerGroupMetadata), TxnFailure> {
         self.producer
             .begin_transaction()
             .map_err(|e| classify("begin_transaction", e))?;
@@ -802,8 +970,12 @@ impl<'a> StageLoop<'a> {
             }
         }
         self.produce_state(&writes)?;
-        self.commit(&output.next_offsets)?;
-        Ok(letters.len() + tombstones.len() + produced + writes.len())
+        let (offsets, group) = self.offsets(&output.next_offsets)?;
+        Ok((
+            letters.len() + tombstones.len() + produced + writes.len(),
+            offsets,
+            group,
+        ))
     }
 
     /// The dead letters (reason UNDECODABLE, the refused state as the original bytes, the
@@ -1019,9 +1191,11 @@ impl<'a> StageLoop<'a> {
         Ok(())
     }
 
-    /// Waits for every delivery, adds the input offsets to the transaction and commits it.
-    fn commit(&self, next_offsets: &BTreeMap<(usize, i32), i64>) -> Result<(), TxnFailure> {
-        let timeout = self.cfg.request_timeout();
+    /// The input offsets that the transaction commits, and the group metadata they commit under.
+    fn offsets(
+        &self,
+        next_offsets: &BTreeMap<(usize, i32), i64>,
+    ) -> Result<(TopicPartitionList, ConsumerGroupMetadata), TxnFailure> {
         let mut tpl = TopicPartitionList::new();
         for ((input, p), o) in next_offsets {
             tpl.add_partition_offset(&self.topics.inputs[*input].1, *p, Offset::Offset(*o))
@@ -1037,24 +1211,7 @@ impl<'a> StageLoop<'a> {
                 "consumer has no group metadata".into(),
             ))
         })?;
-        wait_delivered(&self.producer, timeout).map_err(|e| classify("flush", e))?;
-        self.producer
-            .send_offsets_to_transaction(&tpl, &group, timeout)
-            .map_err(|e| classify("send_offsets_to_transaction", e))?;
-        let mut attempt = 0;
-        loop {
-            match self.producer.commit_transaction(timeout) {
-                Ok(()) => return Ok(()),
-                Err(KafkaError::Transaction(t)) if t.is_retriable() && attempt < 5 => {
-                    attempt += 1;
-                    if let Some(occurrences) = LogLimiter::global().admit("commit retry") {
-                        tracing::warn!(error = %t, attempt, occurrences, "commit_transaction retriable error; retrying");
-                    }
-                    std::thread::sleep(Duration::from_millis(200 << attempt));
-                }
-                Err(e) => return Err(classify("commit_transaction", e)),
-            }
-        }
+        Ok((tpl, group))
     }
 
     /// Seeks every assigned partition of every input back to its committed offset (or the
@@ -1081,8 +1238,12 @@ impl<'a> StageLoop<'a> {
         }
     }
 
-    /// The processor and its metrics, the clients dropped.
-    fn into_driver(self) -> Driver {
+    /// The processor and its metrics, the clients dropped (after the commit in flight ends:
+    /// its outcome no longer matters, the next producer fences this one).
+    fn into_driver(mut self) -> Driver {
+        if let Some(pending) = self.pending.take() {
+            let _ = pending.commit.join();
+        }
         self.driver
     }
 
@@ -1093,6 +1254,39 @@ impl<'a> StageLoop<'a> {
             "shutting down: last transaction committed, leaving the group"
         );
         self.consumer.unsubscribe();
+    }
+}
+
+/// On the commit thread: waits for every delivery, adds the input offsets to the transaction
+/// and commits it; returns when the commit did.
+fn commit(
+    producer: &ThreadedProducer<QuietClientContext>,
+    offsets: &TopicPartitionList,
+    group: &ConsumerGroupMetadata,
+    timeout: Duration,
+) -> Result<Committed, TxnFailure> {
+    wait_delivered(producer, timeout).map_err(|e| classify("flush", e))?;
+    producer
+        .send_offsets_to_transaction(offsets, group, timeout)
+        .map_err(|e| classify("send_offsets_to_transaction", e))?;
+    let mut attempt = 0;
+    loop {
+        match producer.commit_transaction(timeout) {
+            Ok(()) => {
+                return Ok(Committed {
+                    at: Instant::now(),
+                    wall: std::time::SystemTime::now(),
+                })
+            }
+            Err(KafkaError::Transaction(t)) if t.is_retriable() && attempt < 5 => {
+                attempt += 1;
+                if let Some(occurrences) = LogLimiter::global().admit("commit retry") {
+                    tracing::warn!(error = %t, attempt, occurrences, "commit_transaction retriable error; retrying");
+                }
+                std::thread::sleep(Duration::from_millis(200 << attempt));
+            }
+            Err(e) => return Err(classify("commit_transaction", e)),
+        }
     }
 }
 
