@@ -275,6 +275,7 @@ pub fn decode_via_value<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
 pub(crate) mod tests {
     use super::*;
     use crate::records::*;
+    use crate::schema_store::SCHEMA_FILES;
 
     pub(crate) fn sample_telemetry() -> Telemetry {
         Telemetry {
@@ -301,7 +302,10 @@ pub(crate) mod tests {
 
     #[test]
     fn round_trips_every_record_type() {
-        let t = sample_telemetry();
+        let t = Telemetry {
+            instrument_model: InstrumentModel::NOVASEQ_X,
+            ..sample_telemetry()
+        };
         let bytes = encode(&t).expect("encode");
         assert_eq!(&bytes[..2], &MAGIC);
         assert_eq!(&bytes[2..10], &store().latest("telemetry").fingerprint);
@@ -449,6 +453,87 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_record_of_a_model_added_in_2026_12_needs_the_new_version_and_no_other_does() {
+        let version = |bytes: &[u8]| writer_schema(bytes).expect("header").0.version;
+        let all = [
+            InstrumentModel::UNKNOWN,
+            InstrumentModel::NOVASEQ_6000,
+            InstrumentModel::NEXTSEQ_2000,
+            InstrumentModel::MISEQ,
+            InstrumentModel::ISEQ_100,
+            InstrumentModel::NOVASEQ_X,
+            InstrumentModel::NEXTSEQ_550,
+            InstrumentModel::MINISEQ,
+            InstrumentModel::HISEQ,
+        ];
+        for model in all {
+            let t = Telemetry {
+                instrument_model: model,
+                ..sample_telemetry()
+            };
+            let bytes = encode(&t).expect("encode");
+            let expected = if model.in_first_symbols() { 4 } else { 5 };
+            assert_eq!(version(&bytes), expected, "{model:?}");
+            assert_eq!(decode::<Telemetry>(&bytes).expect("decode"), t);
+            // The previous version's schema reads the other models' records unchanged: what a
+            // reader not yet upgraded does.
+            let previous = store().version("telemetry", 4).expect("v4");
+            let body = &bytes[HEADER_LEN..];
+            let read = from_avro_datum(&previous.schema, &mut Cursor::new(body), None);
+            assert_eq!(read.is_ok(), model.in_first_symbols(), "{model:?}");
+
+            let state = FeatureExtractorState {
+                base_offset: 0,
+                base: Some(FeatureExtractorBase {
+                    instrument_model: Some(model),
+                    software_version: None,
+                    reagent_kit_lot: None,
+                    flowcell_lot: None,
+                    run_id: None,
+                    max_event_time_ms: 1,
+                    closed_until_ms: 0,
+                    active_since_ms: None,
+                    windows: Vec::new(),
+                    repeats: Vec::new(),
+                    repeat_phases: Vec::new(),
+                }),
+                delta: None,
+            };
+            let bytes = encode(&state).expect("encode");
+            let expected = if model.in_first_symbols() { 1 } else { 2 };
+            assert_eq!(version(&bytes), expected, "{model:?}");
+            assert_eq!(
+                decode::<FeatureExtractorState>(&bytes).expect("decode"),
+                state
+            );
+        }
+        // Every schema carrying the model lists the same symbols as the Rust type, in order.
+        for (name, version) in [
+            ("telemetry", 5),
+            ("sanitized_telemetry", 5),
+            ("feature", 4),
+            ("anomaly", 5),
+            ("alert", 4),
+            ("maintenance_entry", 4),
+            ("cohort_signal", 3),
+            ("feature_extractor_state", 2),
+        ] {
+            let text = SCHEMA_FILES
+                .iter()
+                .find(|f| f.0 == name && f.1 == version)
+                .map(|f| f.2)
+                .expect("schema file");
+            let symbols: Vec<String> = all.iter().map(|m| format!("\"{m:?}\"")).collect();
+            assert!(
+                text.replace([' ', '\n'], "")
+                    .contains(&format!("\"symbols\":[{}]", symbols.join(","))),
+                "{name} v{version}"
+            );
+            assert_eq!(store().latest(name).version, version, "{name}");
+        }
+    }
+
+    #[test]
     fn reads_a_v1_record_with_the_v2_schema() {
         let v1 = store().version("telemetry", 1).expect("v1");
         let mut t = sample_telemetry();
@@ -510,7 +595,11 @@ pub(crate) mod tests {
     #[test]
     fn confluent_framing_reads_like_the_single_object_encoding() {
         let ids = sample_registry_ids();
-        let t = sample_telemetry();
+        // A model only the newest version has: written with it.
+        let t = Telemetry {
+            instrument_model: InstrumentModel::HISEQ,
+            ..sample_telemetry()
+        };
         let single = encode(&t).expect("encode");
         let latest = store().latest("telemetry");
         let index = store()
@@ -542,7 +631,7 @@ pub(crate) mod tests {
             .position(|e| std::ptr::eq(e, v1))
             .expect("in store") as u32;
         let mut old = confluent_header(1000 + v1_index).to_vec();
-        let mut json = serde_json::to_value(&t).expect("json");
+        let mut json = serde_json::to_value(sample_telemetry()).expect("json");
         json.as_object_mut().expect("object").remove("attributes");
         json["sensors"]
             .as_object_mut()

@@ -29,9 +29,21 @@ macro_rules! avro_record {
             const SCHEMA_NAME: &'static str = $name;
         }
     };
+    // A record type whose `instrument_model` gained symbols in version `$v`: written with the
+    // version before unless its model is one of them.
+    ($t:ty, $name:literal, models_added_in: $v:literal) => {
+        impl AvroRecord for $t {
+            const SCHEMA_NAME: &'static str = $name;
+
+            fn write_version(&self) -> Option<u32> {
+                self.instrument_model.in_first_symbols().then_some($v - 1)
+            }
+        }
+    };
 }
 
-/// Sequencer model.
+/// Sequencer model. `NEXTSEQ_2000` is the NextSeq 1000 and 2000, `NEXTSEQ_550` the NextSeq 500
+/// and 550, `NOVASEQ_X` the NovaSeq X and X Plus, `HISEQ` every HiSeq.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum InstrumentModel {
@@ -40,6 +52,30 @@ pub enum InstrumentModel {
     NEXTSEQ_2000,
     MISEQ,
     ISEQ_100,
+    NOVASEQ_X,
+    NEXTSEQ_550,
+    MINISEQ,
+    HISEQ,
+}
+
+impl InstrumentModel {
+    /// Whether the schemas' versions before 2026-12 have this symbol. A record of such a model
+    /// is written with the version before the one that added the others, so a reader of that
+    /// version, still running during a rolling upgrade, reads it (see
+    /// [`AvroRecord::write_version`]); only records of the new models need the new version.
+    pub fn in_first_symbols(self) -> bool {
+        match self {
+            InstrumentModel::UNKNOWN
+            | InstrumentModel::NOVASEQ_6000
+            | InstrumentModel::NEXTSEQ_2000
+            | InstrumentModel::MISEQ
+            | InstrumentModel::ISEQ_100 => true,
+            InstrumentModel::NOVASEQ_X
+            | InstrumentModel::NEXTSEQ_550
+            | InstrumentModel::MINISEQ
+            | InstrumentModel::HISEQ => false,
+        }
+    }
 }
 
 /// Instrument subsystem.
@@ -288,7 +324,7 @@ pub struct Telemetry {
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
 }
-avro_record!(Telemetry, "telemetry");
+avro_record!(Telemetry, "telemetry", models_added_in: 5);
 
 /// One typed parameter of a templated log message (schema `sanitized_telemetry` v3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,7 +378,7 @@ pub struct SanitizedTelemetry {
     pub run_configuration: Option<RunConfiguration>,
     pub attributes: BTreeMap<String, String>,
 }
-avro_record!(SanitizedTelemetry, "sanitized_telemetry");
+avro_record!(SanitizedTelemetry, "sanitized_telemetry", models_added_in: 5);
 
 /// Window statistics of one metric (schema `feature`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -369,7 +405,7 @@ pub struct Feature {
     pub flowcell_lot: Option<String>,
     pub run_phase: Option<RunPhase>,
 }
-avro_record!(Feature, "feature");
+avro_record!(Feature, "feature", models_added_in: 4);
 
 /// The first measurement of a record that is not a finite number, by field: measurements must be
 /// finite wherever the schema has one (a NaN or an infinity would poison every sum, baseline and
@@ -493,7 +529,7 @@ pub struct Anomaly {
     pub cohort: Option<CohortEvidence>,
     pub run_phase: Option<RunPhase>,
 }
-avro_record!(Anomaly, "anomaly");
+avro_record!(Anomaly, "anomaly", models_added_in: 5);
 
 /// What the instruments of a cohort share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -588,11 +624,17 @@ pub struct CohortSignal {
 impl AvroRecord for CohortSignal {
     const SCHEMA_NAME: &'static str = "cohort_signal";
 
-    /// Version 1 but for WATERMARK (v2's only addition): a cohort analyzer older than v2,
-    /// still running during a rolling upgrade, reads every MEMBER and DEVIATION and dead-letters
-    /// only the watermarks it would not use.
+    /// Version 1 but for WATERMARK (v2's only addition) and the models v3 added: a cohort
+    /// analyzer older than v2, still running during a rolling upgrade, reads every MEMBER and
+    /// DEVIATION of the older models and dead-letters only what it would not use.
     fn write_version(&self) -> Option<u32> {
-        (self.signal != CohortSignalKind::WATERMARK).then_some(1)
+        if !self.instrument_model.in_first_symbols() {
+            None
+        } else if self.signal == CohortSignalKind::WATERMARK {
+            Some(2)
+        } else {
+            Some(1)
+        }
     }
 }
 
@@ -637,7 +679,7 @@ pub struct Alert {
     pub reopen_count: i32,
     pub evidence: Option<Evidence>,
 }
-avro_record!(Alert, "alert");
+avro_record!(Alert, "alert", models_added_in: 4);
 
 /// Where an alert stands (schema `alert` v3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -883,7 +925,7 @@ pub struct MaintenanceEntry {
     pub predicted_limit_latest_ms: Option<i64>,
     pub evidence: Option<Evidence>,
 }
-avro_record!(MaintenanceEntry, "maintenance_entry");
+avro_record!(MaintenanceEntry, "maintenance_entry", models_added_in: 4);
 
 /// Whether a maintenance entry's work is still to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -1080,7 +1122,19 @@ pub struct FeatureExtractorState {
     pub delta: Option<DeltaInputs>,
 }
 
-avro_record!(FeatureExtractorState, "feature_extractor_state");
+impl AvroRecord for FeatureExtractorState {
+    const SCHEMA_NAME: &'static str = "feature_extractor_state";
+
+    /// Version 1 unless the base names a model version 2 added, so a feature extractor of
+    /// version 1, still restoring during a rolling upgrade, reads every other instrument's state.
+    fn write_version(&self) -> Option<u32> {
+        self.base
+            .as_ref()
+            .and_then(|b| b.instrument_model)
+            .is_none_or(InstrumentModel::in_first_symbols)
+            .then_some(1)
+    }
+}
 
 /// Everything held for one instrument.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

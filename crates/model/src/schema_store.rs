@@ -33,6 +33,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/telemetry/v4.avsc"),
     ),
     (
+        "telemetry",
+        5,
+        include_str!("../../../schemas/telemetry/v5.avsc"),
+    ),
+    (
         "sanitized_telemetry",
         1,
         include_str!("../../../schemas/sanitized_telemetry/v1.avsc"),
@@ -53,6 +58,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/sanitized_telemetry/v4.avsc"),
     ),
     (
+        "sanitized_telemetry",
+        5,
+        include_str!("../../../schemas/sanitized_telemetry/v5.avsc"),
+    ),
+    (
         "feature",
         1,
         include_str!("../../../schemas/feature/v1.avsc"),
@@ -66,6 +76,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         "feature",
         3,
         include_str!("../../../schemas/feature/v3.avsc"),
+    ),
+    (
+        "feature",
+        4,
+        include_str!("../../../schemas/feature/v4.avsc"),
     ),
     (
         "anomaly",
@@ -87,9 +102,15 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         4,
         include_str!("../../../schemas/anomaly/v4.avsc"),
     ),
+    (
+        "anomaly",
+        5,
+        include_str!("../../../schemas/anomaly/v5.avsc"),
+    ),
     ("alert", 1, include_str!("../../../schemas/alert/v1.avsc")),
     ("alert", 2, include_str!("../../../schemas/alert/v2.avsc")),
     ("alert", 3, include_str!("../../../schemas/alert/v3.avsc")),
+    ("alert", 4, include_str!("../../../schemas/alert/v4.avsc")),
     (
         "alert_command",
         1,
@@ -111,6 +132,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/cohort_signal/v2.avsc"),
     ),
     (
+        "cohort_signal",
+        3,
+        include_str!("../../../schemas/cohort_signal/v3.avsc"),
+    ),
+    (
         "maintenance_entry",
         1,
         include_str!("../../../schemas/maintenance_entry/v1.avsc"),
@@ -124,6 +150,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         "maintenance_entry",
         3,
         include_str!("../../../schemas/maintenance_entry/v3.avsc"),
+    ),
+    (
+        "maintenance_entry",
+        4,
+        include_str!("../../../schemas/maintenance_entry/v4.avsc"),
     ),
     (
         "dead_letter",
@@ -159,6 +190,11 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
         "feature_extractor_state",
         1,
         include_str!("../../../schemas/feature_extractor_state/v1.avsc"),
+    ),
+    (
+        "feature_extractor_state",
+        2,
+        include_str!("../../../schemas/feature_extractor_state/v2.avsc"),
     ),
     (
         "anomaly_detector_state",

@@ -214,7 +214,9 @@ pub fn nominal(model: InstrumentModel, metric: &str) -> Option<f64> {
         ("laser_power_mw", NOVASEQ_6000) => 500.0,
         ("laser_power_mw", NEXTSEQ_2000) => 350.0,
         ("laser_power_mw", MISEQ) => 150.0,
-        ("laser_power_mw", ISEQ_100 | UNKNOWN) => 100.0,
+        // The models added in 2026-12 keep UNKNOWN's prior (what they were sent as before)
+        // until figures of their own are sourced.
+        ("laser_power_mw", ISEQ_100 | UNKNOWN | NOVASEQ_X | NEXTSEQ_550 | MINISEQ | HISEQ) => 100.0,
         ("focus_fwhm_px", _) => 2.4,
         ("focus_z_offset_um", _) => 0.0,
         ("stage_position_error_um", _) => 0.8,
@@ -274,6 +276,10 @@ mod tests {
             InstrumentModel::NEXTSEQ_2000,
             InstrumentModel::MISEQ,
             InstrumentModel::ISEQ_100,
+            InstrumentModel::NOVASEQ_X,
+            InstrumentModel::NEXTSEQ_550,
+            InstrumentModel::MINISEQ,
+            InstrumentModel::HISEQ,
         ] {
             for m in METRICS {
                 if let Some(n) = nominal(model, m.name) {

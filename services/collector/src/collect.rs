@@ -183,16 +183,23 @@ pub fn model_of(application: Option<&str>, instrument_type: Option<&str>) -> Ins
         .replace(' ', "");
     let a = application.unwrap_or("").to_ascii_lowercase();
     if crate::runfolder::is_novaseq_x(application, instrument_type) {
-        InstrumentModel::UNKNOWN
+        InstrumentModel::NOVASEQ_X
     } else if t == "nextseq1000" || t == "nextseq2000" {
         InstrumentModel::NEXTSEQ_2000
+    } else if a.contains("miniseq") {
+        InstrumentModel::MINISEQ
     } else if a.contains("miseq") {
         InstrumentModel::MISEQ
     } else if a.contains("nextseq 1000") || a.contains("nextseq 2000") || a.contains("nextseq1k2k")
     {
         InstrumentModel::NEXTSEQ_2000
+    } else if a.contains("nextseq") {
+        // "NextSeq Control Software": the NextSeq 500 and 550 (the 1000/2000 name themselves).
+        InstrumentModel::NEXTSEQ_550
     } else if a.contains("novaseq") {
         InstrumentModel::NOVASEQ_6000
+    } else if a.contains("hiseq") {
+        InstrumentModel::HISEQ
     } else if a.contains("iseq") {
         InstrumentModel::ISEQ_100
     } else {
@@ -1157,10 +1164,11 @@ mod tests {
             (
                 Some("NovaSeqXSeries Control Software"),
                 Some("NovaSeqXPlus"),
-                M::UNKNOWN,
+                M::NOVASEQ_X,
             ),
-            (Some("NovaSeqXSeries Control Software"), None, M::UNKNOWN),
-            (Some("control-software"), Some("NovaSeqXPlus"), M::UNKNOWN),
+            (Some("NovaSeqXSeries Control Software"), None, M::NOVASEQ_X),
+            (Some("control-software"), Some("NovaSeqXPlus"), M::NOVASEQ_X),
+            (Some("control-software"), Some("NovaSeqX"), M::NOVASEQ_X),
             (Some("NovaSeq Control Software"), None, M::NOVASEQ_6000),
             (
                 Some("NextSeq 1000/2000 Control Software"),
@@ -1168,9 +1176,14 @@ mod tests {
                 M::NEXTSEQ_2000,
             ),
             (None, Some("NextSeq 1000"), M::NEXTSEQ_2000),
-            (Some("NextSeq Control Software"), None, M::UNKNOWN),
+            (Some("NextSeq Control Software"), None, M::NEXTSEQ_550),
             (Some("MiSeq Control Software"), None, M::MISEQ),
+            (Some("MiniSeq Control Software"), None, M::MINISEQ),
+            (Some("HiSeq Control Software"), None, M::HISEQ),
+            (Some("HiSeq X Control Software"), None, M::HISEQ),
             (Some("iSeq Control Software"), None, M::ISEQ_100),
+            (Some("control-software"), None, M::UNKNOWN),
+            (None, None, M::UNKNOWN),
         ] {
             assert_eq!(model_of(app, kind), model, "{app:?} {kind:?}");
         }

@@ -2,7 +2,8 @@
 //! each nested record through serde's visitors and was half of the enforcer's time per record
 //! once the writer was direct ([`crate::encode`]). It reads every telemetry schema version
 //! (1 to 4 differ only by fields added with a default: `attributes` in 2, three run-performance
-//! values in 3, the run phase in 4), as the generic decoder resolves them to the newest.
+//! values in 3, the run phase in 4; 5 adds four instrument models), as the generic decoder
+//! resolves them to the newest.
 //!
 //! Guarantee: it returns a record only where the generic decoder ([`seqmon_model::decode`])
 //! returns the same record. It reads only the single-object encoding with the fingerprint of a
@@ -25,7 +26,17 @@ use seqmon_model::{
 
 /// The telemetry schema versions this reader follows: version, fingerprint (as in the wire
 /// header) of `schemas/telemetry/v<N>.avsc`, and which of the later fields it has.
-const WRITTEN_FOR: [(u32, [u8; 8], Layout); 4] = [
+const WRITTEN_FOR: [(u32, [u8; 8], Layout); 5] = [
+    (
+        5,
+        [0xe4, 0x89, 0x14, 0x8d, 0x3b, 0xd1, 0x7d, 0xd7],
+        Layout {
+            attributes: true,
+            performance_extras: true,
+            run_phase: true,
+            later_models: true,
+        },
+    ),
     (
         4,
         [0x94, 0xc9, 0x57, 0x86, 0xc3, 0x25, 0x06, 0xca],
@@ -33,6 +44,7 @@ const WRITTEN_FOR: [(u32, [u8; 8], Layout); 4] = [
             attributes: true,
             performance_extras: true,
             run_phase: true,
+            later_models: false,
         },
     ),
     (
@@ -42,6 +54,7 @@ const WRITTEN_FOR: [(u32, [u8; 8], Layout); 4] = [
             attributes: true,
             performance_extras: true,
             run_phase: false,
+            later_models: false,
         },
     ),
     (
@@ -51,6 +64,7 @@ const WRITTEN_FOR: [(u32, [u8; 8], Layout); 4] = [
             attributes: true,
             performance_extras: false,
             run_phase: false,
+            later_models: false,
         },
     ),
     (
@@ -60,6 +74,7 @@ const WRITTEN_FOR: [(u32, [u8; 8], Layout); 4] = [
             attributes: false,
             performance_extras: false,
             run_phase: false,
+            later_models: false,
         },
     ),
 ];
@@ -73,6 +88,8 @@ struct Layout {
     performance_extras: bool,
     /// `sensors.run_phase` (version 4).
     run_phase: bool,
+    /// The instrument models after `ISEQ_100` (version 5).
+    later_models: bool,
 }
 
 /// Reads `Telemetry` records written with any schema version it follows.
@@ -99,12 +116,15 @@ impl TelemetryReader {
             let one = TelemetryReader {
                 versions: vec![(codec::header(entry), layout)],
             };
-            let agrees = probes().iter().all(|p| {
-                encode_as(p, version).is_some_and(|bytes| {
-                    let direct = one.read(&bytes);
-                    direct.is_some() && direct == seqmon_model::decode::<Telemetry>(&bytes).ok()
-                })
-            });
+            let agrees = probes()
+                .iter()
+                .filter(|p| layout.later_models || p.instrument_model.in_first_symbols())
+                .all(|p| {
+                    encode_as(p, version).is_some_and(|bytes| {
+                        let direct = one.read(&bytes);
+                        direct.is_some() && direct == seqmon_model::decode::<Telemetry>(&bytes).ok()
+                    })
+                });
             if agrees {
                 versions.extend(one.versions);
             } else if version == latest {
@@ -133,7 +153,7 @@ impl TelemetryReader {
         let t = Telemetry {
             message_id: c.string()?,
             instrument_serial: c.string()?,
-            instrument_model: instrument_model(c.long()?)?,
+            instrument_model: instrument_model(c.long()?, layout)?,
             event_time_ms: c.long()?,
             sent_time_ms: c.long()?,
             kind: kind(c.long()?)?,
@@ -272,13 +292,17 @@ impl<'b> Cursor<'b> {
     }
 }
 
-fn instrument_model(i: i64) -> Option<InstrumentModel> {
+fn instrument_model(i: i64, layout: Layout) -> Option<InstrumentModel> {
     Some(match i {
         0 => InstrumentModel::UNKNOWN,
         1 => InstrumentModel::NOVASEQ_6000,
         2 => InstrumentModel::NEXTSEQ_2000,
         3 => InstrumentModel::MISEQ,
         4 => InstrumentModel::ISEQ_100,
+        5 if layout.later_models => InstrumentModel::NOVASEQ_X,
+        6 if layout.later_models => InstrumentModel::NEXTSEQ_550,
+        7 if layout.later_models => InstrumentModel::MINISEQ,
+        8 if layout.later_models => InstrumentModel::HISEQ,
         _ => return None,
     })
 }

@@ -18,9 +18,14 @@ use seqmon_model::{
     Subsystem, TelemetryKind,
 };
 
-/// Fingerprint (as in the wire header) of `schemas/sanitized_telemetry/v4.avsc`, the schema this
+/// Fingerprint (as in the wire header) of `schemas/sanitized_telemetry/v5.avsc`, the schema this
 /// writer follows field by field.
-const WRITTEN_FOR: [u8; 8] = [0x2f, 0x66, 0x53, 0xc5, 0x82, 0xc8, 0x2b, 0xe2];
+const WRITTEN_FOR: [u8; 8] = [0x47, 0xaa, 0x13, 0x74, 0x9e, 0x8d, 0xc0, 0xcb];
+
+/// Fingerprint of `schemas/sanitized_telemetry/v4.avsc`: v5 but for the instrument models v5
+/// added, so a record of the other models is written with it (as the generic encoder does, see
+/// `AvroRecord::write_version`), in the same bytes.
+const FIRST_MODELS: [u8; 8] = [0x2f, 0x66, 0x53, 0xc5, 0x82, 0xc8, 0x2b, 0xe2];
 
 /// Items per array or map block, as the generic encoder writes them (apache-avro flushes a block
 /// when it holds more than 1024 items).
@@ -30,6 +35,8 @@ const BLOCK_ITEMS: usize = 1025;
 #[derive(Debug, Clone)]
 pub(crate) struct SanitizedWriter {
     header: [u8; codec::HEADER_LEN],
+    /// The header of records whose model the version before the newest has.
+    first_models_header: [u8; codec::HEADER_LEN],
 }
 
 impl SanitizedWriter {
@@ -40,8 +47,13 @@ impl SanitizedWriter {
         if entry.fingerprint != WRITTEN_FOR {
             return None;
         }
+        let previous = store().version("sanitized_telemetry", entry.version - 1)?;
+        if previous.fingerprint != FIRST_MODELS {
+            return None;
+        }
         let writer = SanitizedWriter {
             header: codec::header(entry),
+            first_models_header: codec::header(previous),
         };
         let mut buf = Vec::new();
         let agrees = probes().iter().all(|p| {
@@ -54,7 +66,11 @@ impl SanitizedWriter {
     /// Replaces `out` with the encoded record.
     pub(crate) fn write(&self, t: &SanitizedTelemetry, out: &mut Vec<u8>) {
         out.clear();
-        out.extend_from_slice(&self.header);
+        out.extend_from_slice(if t.instrument_model.in_first_symbols() {
+            &self.first_models_header
+        } else {
+            &self.header
+        });
         string(out, &t.message_id);
         string(out, &t.instrument_serial);
         long(out, instrument_model(t.instrument_model));
@@ -149,6 +165,10 @@ fn instrument_model(m: InstrumentModel) -> i64 {
         InstrumentModel::NEXTSEQ_2000 => 2,
         InstrumentModel::MISEQ => 3,
         InstrumentModel::ISEQ_100 => 4,
+        InstrumentModel::NOVASEQ_X => 5,
+        InstrumentModel::NEXTSEQ_550 => 6,
+        InstrumentModel::MINISEQ => 7,
+        InstrumentModel::HISEQ => 8,
     }
 }
 
@@ -350,6 +370,10 @@ pub(crate) fn probes() -> Vec<SanitizedTelemetry> {
         InstrumentModel::NEXTSEQ_2000,
         InstrumentModel::MISEQ,
         InstrumentModel::ISEQ_100,
+        InstrumentModel::NOVASEQ_X,
+        InstrumentModel::NEXTSEQ_550,
+        InstrumentModel::MINISEQ,
+        InstrumentModel::HISEQ,
     ];
     let kinds = [
         TelemetryKind::SENSOR_READINGS,
