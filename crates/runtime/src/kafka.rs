@@ -178,6 +178,8 @@ impl ClientContext for StageConsumerContext {
 
 /// How often librdkafka reports statistics (consumer lag, readiness).
 const STATISTICS_INTERVAL_MS: u32 = 5_000;
+/// Longest consumer poll while a commit is in flight (see `collect_batch`).
+const PENDING_COMMIT_POLL: Duration = Duration::from_millis(5);
 
 /// Records between what the stage has taken from a partition and its last stable offset (the
 /// end a read_committed consumer can reach), or `None` before both are known.
@@ -728,30 +730,33 @@ impl<'a> StageLoop<'a> {
             let remaining = max_wait.saturating_sub(started.elapsed());
             // Copied out at once: a rebalance below settles the commit in flight and restores
             // state, which the consumer's borrowed message would hold up.
-            let polled = self
-                .consumer
-                .poll(if batch.is_empty() {
-                    remaining
-                } else {
-                    remaining.min(linger.saturating_sub(self.last_txn.elapsed()))
-                })
-                .map(|r| {
-                    r.map(|m| {
-                        self.topics.input_index(m.topic()).map(|input| Owned {
-                            input,
-                            key: m.key().map(<[u8]>::to_vec),
-                            value: m.payload().unwrap_or_default().to_vec(),
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            timestamp_ms: m.timestamp().to_millis(),
-                            arrival_time_ms: match m.timestamp() {
-                                Timestamp::LogAppendTime(ms) => Some(ms),
-                                _ => None,
-                            },
-                            sealed_with: envelope_header(&m),
-                        })
+            let mut timeout = if batch.is_empty() {
+                remaining
+            } else {
+                remaining.min(linger.saturating_sub(self.last_txn.elapsed()))
+            };
+            if self.pending.is_some() {
+                // In short waits while a commit is in flight, so its outcome is taken soon
+                // after it returned even when no input comes (below).
+                timeout = timeout.min(PENDING_COMMIT_POLL);
+            }
+            let polled = self.consumer.poll(timeout).map(|r| {
+                r.map(|m| {
+                    self.topics.input_index(m.topic()).map(|input| Owned {
+                        input,
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().unwrap_or_default().to_vec(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                        arrival_time_ms: match m.timestamp() {
+                            Timestamp::LogAppendTime(ms) => Some(ms),
+                            _ => None,
+                        },
+                        sealed_with: envelope_header(&m),
                     })
-                });
+                })
+            });
             if self.rebalances.generation.load(Ordering::SeqCst) != generation {
                 batch.clear();
                 let new_assignment = self.rebalances.assigned.lock().expect("lock").take();
@@ -766,6 +771,18 @@ impl<'a> StageLoop<'a> {
             match polled {
                 None => {
                     self.consumer_alive()?;
+                    // A commit that returned is acted on now, not when the next batch is full:
+                    // a failed one is aborted at once (its open transaction holds back
+                    // read_committed readers) and a committed one counted.
+                    if self
+                        .pending
+                        .as_ref()
+                        .is_some_and(|p| p.commit.is_finished())
+                        && self.settle()? == Settled::Redone
+                    {
+                        // Input was rewound to the last commit: what was taken is fetched again.
+                        batch.clear();
+                    }
                     let spaced = self.last_txn.elapsed() >= linger;
                     if shutdown.load(Ordering::SeqCst) || (!batch.is_empty() && spaced) {
                         break;
@@ -1141,12 +1158,13 @@ impl<'a> StageLoop<'a> {
         let mut writes = Vec::with_capacity(changed.len());
         for (key, partition) in changed {
             for record in p.state_records(key)? {
+                let format_version = p.state_record_format(&record);
                 let snapshot = match record.value {
                     None => None,
                     Some(state) => Some(encode(&StateSnapshot {
                         stage: p.stage().to_string(),
                         key: record.key.clone(),
-                        format_version: p.state_format_version(),
+                        format_version,
                         state_json: state,
                     })?),
                 };
