@@ -133,7 +133,13 @@ fn a_changelog_that_cannot_be_read_holds_the_input_and_is_retried_not_a_crash_lo
     let newer = encode(&StateSnapshot {
         stage: "feature-extractor".into(),
         key: "A00077".into(),
-        format_version: FeatureExtractor::default().state_format_version() + 1,
+        // The first format after this build's own that it does not read.
+        format_version: {
+            let fe = FeatureExtractor::default();
+            (fe.state_format_version()..)
+                .find(|v| !fe.reads_state_format(*v))
+                .unwrap()
+        },
         state_json: b"{}".to_vec(),
     })
     .unwrap();

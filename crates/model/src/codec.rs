@@ -129,6 +129,33 @@ pub fn encode_value(entry: &SchemaEntry, value: Value) -> Result<Vec<u8>, CodecE
     Ok(out)
 }
 
+/// Encodes a generic value in the newest version's shape with the version before the newest
+/// when that version writes the same body (a record its readers, still running during a rolling
+/// upgrade, read unchanged: the rule [`AvroRecord::write_version`] follows for typed records),
+/// else with the newest.
+pub fn encode_value_for_readers(name: &str, value: Value) -> Result<Vec<u8>, CodecError> {
+    let newest = store().latest(name);
+    let written = encode_value(newest, value.clone())?;
+    let previous = newest
+        .version
+        .checked_sub(1)
+        .and_then(|v| store().version(name, v));
+    // Same body, and the previous version reads it back: apache-avro writes an enum's index
+    // without checking it against the schema's symbols, so equal bytes alone do not say a
+    // reader of that version can read them.
+    let readable = |p: &SchemaEntry, older: &[u8]| {
+        from_avro_datum(&p.schema, &mut Cursor::new(&older[HEADER_LEN..]), None).is_ok()
+    };
+    Ok(match previous.map(|p| (p, encode_value(p, value))) {
+        Some((p, Ok(older)))
+            if older[HEADER_LEN..] == written[HEADER_LEN..] && readable(p, &older) =>
+        {
+            older
+        }
+        _ => written,
+    })
+}
+
 /// Splits the header off and finds the writer schema: the single-object header (fingerprint)
 /// or the Confluent one (registry id, resolved through the ids installed at start-up).
 #[inline]
@@ -475,6 +502,12 @@ pub(crate) mod tests {
             let expected = if model.in_first_symbols() { 4 } else { 5 };
             assert_eq!(version(&bytes), expected, "{model:?}");
             assert_eq!(decode::<Telemetry>(&bytes).expect("decode"), t);
+            // A generic value (file mode, backfill) is written the same way.
+            let json = serde_json::to_value(&t).expect("json");
+            let value = crate::json::json_to_avro(&store().latest("telemetry").schema, &json)
+                .expect("fits the newest");
+            let generic = encode_value_for_readers("telemetry", value).expect("encode");
+            assert_eq!(generic, bytes, "{model:?}");
             // The previous version's schema reads the other models' records unchanged: what a
             // reader not yet upgraded does.
             let previous = store().version("telemetry", 4).expect("v4");

@@ -298,6 +298,15 @@ pub trait Processor: Send {
         1
     }
 
+    /// The layout version one record of [`Processor::state_records`] is written with: by default
+    /// [`Processor::state_format_version`]. A stage returns a later version for a record an
+    /// older build must not read (state naming a value that build's types lack), and accepts it
+    /// in [`Processor::reads_state_format`]: after a rollback the older build then stops its
+    /// restore, instead of quarantining the record as corrupt and losing the state.
+    fn state_record_format(&self, _record: &StateRecord) -> i32 {
+        self.state_format_version()
+    }
+
     /// Whether [`Processor::restore`] reads snapshots of this layout version: by default only
     /// the version it writes. A stage that migrates an older layout says so here; the runtime
     /// refuses to restore any other.

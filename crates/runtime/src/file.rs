@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use seqmon_model::codec::{decode_value, encode_value};
+use seqmon_model::codec::{decode_value, encode_value_for_readers};
 use seqmon_model::json::{avro_to_json, json_to_avro};
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{store, DeadLetterReason};
@@ -125,8 +125,8 @@ pub fn json_line_to_avro(
     let entry = store().latest(schema_name);
     let value =
         json_to_avro(&entry.schema, &json).map_err(|e| (DeadLetterReason::WRONG_SCHEMA, e))?;
-    let bytes =
-        encode_value(entry, value).map_err(|e| (DeadLetterReason::WRONG_SCHEMA, e.to_string()))?;
+    let bytes = encode_value_for_readers(schema_name, value)
+        .map_err(|e| (DeadLetterReason::WRONG_SCHEMA, e.to_string()))?;
     Ok(ConvertedLine { key, bytes })
 }
 

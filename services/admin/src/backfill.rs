@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use seqmon_model::codec::{encode_value, writer_schema};
+use seqmon_model::codec::{encode_value_for_readers, writer_schema};
 use seqmon_model::topics::TopicRole;
 use seqmon_model::{decode, store, Telemetry};
 use seqmon_runtime::config::KafkaConnection;
@@ -475,7 +475,9 @@ pub fn read_file(
                         Some(&latest.schema),
                     )
                     .map_err(|e| e.to_string())
-                    .and_then(|v| encode_value(latest, v).map_err(|e| e.to_string()))
+                    .and_then(|v| {
+                        encode_value_for_readers("telemetry", v).map_err(|e| e.to_string())
+                    })
                     .and_then(|v| loaded(v, &location, now_ms));
                     match result {
                         Ok(l) => {

@@ -68,7 +68,7 @@ use seqmon_model::{
     decode, Anomaly, AnomalySeverity, AnomalyState, CohortEvidence, CohortKind, CohortSignal,
     CohortSignalKind, DeadLetterReason, InstrumentModel, Subsystem,
 };
-use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError};
+use seqmon_processor::{ConfigError, Emitter, Envelope, Processor, StageError, StateRecord};
 use serde::{Deserialize, Serialize};
 
 const MINUTE_MS: i64 = 60_000;
@@ -690,6 +690,24 @@ impl Processor for CohortAnalyzer {
         Some(TopicRole::ChangelogCohortAnalyzer)
     }
 
+    /// 2: format 1 of a cohort with a member of a model added in 2026-12, which a build before
+    /// it cannot read (so its restore stops rather than quarantine the whole cohort).
+    fn state_record_format(&self, record: &StateRecord) -> i32 {
+        let added_model = self
+            .cohorts
+            .get(&record.key)
+            .is_some_and(|c| c.members.values().any(|m| !m.model.in_first_symbols()));
+        if added_model {
+            2
+        } else {
+            self.state_format_version()
+        }
+    }
+
+    fn reads_state_format(&self, version: i32) -> bool {
+        matches!(version, 1 | 2)
+    }
+
     fn on_input_partitions(&mut self, count: usize) {
         self.input_partitions = count;
     }
@@ -1079,6 +1097,27 @@ mod tests {
             .filter(|e| e.role == TopicRole::Anomalies)
             .map(|e| decode(&e.value).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn a_cohort_with_a_member_of_a_model_added_in_2026_12_is_written_as_format_2() {
+        let mut c = CohortAnalyzer::default();
+        feed(&mut c, &signal("A0", 0, None, &[]));
+        let key = CohortKind::REAGENT_KIT_LOT.key(LOT);
+        let record = |c: &CohortAnalyzer| StateRecord {
+            key: key.clone(),
+            value: c.snapshot(&key).unwrap(),
+        };
+        assert_eq!(c.state_record_format(&record(&c)), 1);
+        let mut s = signal("B0", 1, None, &[]);
+        s.instrument_model = InstrumentModel::MINISEQ;
+        feed(&mut c, &s);
+        // A build before 2026-12 stops its restore at it instead of quarantining the cohort.
+        assert_eq!(c.state_record_format(&record(&c)), 2);
+        assert!(c.reads_state_format(2) && !c.reads_state_format(3));
+        let mut d = CohortAnalyzer::default();
+        seqmon_processor::transplant_state(&c, &mut d).unwrap();
+        assert_eq!(d.snapshot(&key).unwrap(), c.snapshot(&key).unwrap());
     }
 
     /// Five members, of which `deviating` deviate at minute 10.

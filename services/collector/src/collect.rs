@@ -154,6 +154,10 @@ pub const SKIPPED_FILES: &[(&str, &str)] = &[
         "BandEdgeYGridMetricsOut.bin",
         "sub-tile grid of band edges, image-analysis detail not read by Illumina's interop library",
     ),
+    (
+        "DynamicPhasingMetricsOut.bin",
+        "phasing slopes and offsets per tile and read that Illumina's interop library computes from EmpiricalPhasingMetricsOut.bin, which is read (instruments do not write it)",
+    ),
 ];
 
 /// Why a per-cycle folder's copy (`InterOp/C<cycle>.1/`) of a file read is not read: the
@@ -172,10 +176,9 @@ pub enum Release {
     AtRunEnd,
 }
 
-/// The sequencer model from RunParameters' `InstrumentType` (NextSeq 1000/2000, NovaSeq X),
-/// else from the control software's name. NovaSeq X has no model of its own in the records yet:
-/// it is UNKNOWN, never a NovaSeq 6000 (its software is "NovaSeqXSeries Control Software", or
-/// "control-software" in its first releases).
+/// The sequencer model from RunParameters' `InstrumentType` (NextSeq, NovaSeq X), else from
+/// the control software's name. NovaSeq X is never a NovaSeq 6000 (its software is
+/// "NovaSeqXSeries Control Software", or "control-software" in its first releases).
 pub fn model_of(application: Option<&str>, instrument_type: Option<&str>) -> InstrumentModel {
     let t = instrument_type
         .unwrap_or("")
@@ -186,6 +189,8 @@ pub fn model_of(application: Option<&str>, instrument_type: Option<&str>) -> Ins
         InstrumentModel::NOVASEQ_X
     } else if t == "nextseq1000" || t == "nextseq2000" {
         InstrumentModel::NEXTSEQ_2000
+    } else if t.starts_with("nextseq500") || t.starts_with("nextseq550") {
+        InstrumentModel::NEXTSEQ_550
     } else if a.contains("miniseq") {
         InstrumentModel::MINISEQ
     } else if a.contains("miseq") {
@@ -1176,6 +1181,8 @@ mod tests {
                 M::NEXTSEQ_2000,
             ),
             (None, Some("NextSeq 1000"), M::NEXTSEQ_2000),
+            (None, Some("NextSeq 550"), M::NEXTSEQ_550),
+            (None, Some("NextSeq 550Dx"), M::NEXTSEQ_550),
             (Some("NextSeq Control Software"), None, M::NEXTSEQ_550),
             (Some("MiSeq Control Software"), None, M::MISEQ),
             (Some("MiniSeq Control Software"), None, M::MINISEQ),

@@ -739,9 +739,30 @@ impl Processor for FeatureExtractor {
         2
     }
 
+    /// 3: format 2 of an instrument whose model was added in 2026-12 (its base is
+    /// `feature_extractor_state` v2, which a build before it cannot read: its restore stops
+    /// rather than quarantine the instrument's records).
+    fn state_record_format(&self, record: &StateRecord) -> i32 {
+        let serial = match ChangelogKey::parse(&record.key) {
+            Some(ChangelogKey::Base(serial) | ChangelogKey::Delta(serial, _)) => serial,
+            None => record.key.as_str(),
+        };
+        let added_model = self
+            .instruments
+            .get(serial)
+            .and_then(|st| st.model)
+            .is_some_and(|m| !m.in_first_symbols());
+        if added_model {
+            3
+        } else {
+            self.state_format_version()
+        }
+    }
+
     fn reads_state_format(&self, version: i32) -> bool {
-        // 1: one JSON record per instrument; 2: Avro bases and deltas.
-        matches!(version, 1 | 2)
+        // 1: one JSON record per instrument; 2: Avro bases and deltas; 3: 2 naming a model
+        // added in 2026-12.
+        matches!(version, 1..=3)
     }
 
     /// The whole state of one instrument as a base record (what a restore of it needs alone).
@@ -1256,6 +1277,35 @@ mod tests {
                 .collect(),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn an_instrument_of_a_model_added_in_2026_12_writes_format_3_records() {
+        let mut p = FeatureExtractor::default();
+        feed(&mut p, &reading(1_000, 100.0));
+        let base = |p: &mut FeatureExtractor| {
+            let records = p.state_records("A00001").unwrap();
+            records
+                .iter()
+                .map(|r| p.state_record_format(r))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(base(&mut p), vec![2]);
+        let mut t = decode::<SanitizedTelemetry>(&reading(2_000, 100.0)).unwrap();
+        t.instrument_model = InstrumentModel::HISEQ;
+        feed(&mut p, &encode(&t).unwrap());
+        // Its base and deltas: a build before 2026-12 stops its restore at them instead of
+        // quarantining the instrument (it cannot read feature_extractor_state v2).
+        for n in 3..6 {
+            t.event_time_ms = n * 1_000;
+            t.message_id = format!("h{n}");
+            feed(&mut p, &encode(&t).unwrap());
+            assert_eq!(base(&mut p), vec![3]);
+        }
+        assert!(p.reads_state_format(3) && !p.reads_state_format(4));
+        let mut q = FeatureExtractor::default();
+        transplant_state(&p, &mut q).unwrap();
+        assert_eq!(q.snapshot("A00001").unwrap(), p.snapshot("A00001").unwrap());
     }
 
     #[test]

@@ -65,7 +65,9 @@ use seqmon_model::{
     InstrumentModel, MaintenanceEntry, MaintenancePriority, MaintenanceStatus, Resolution,
     RunPhase, SeriesPoint, Subsystem, TransitionCause, Visit, VisitBasis,
 };
-use seqmon_processor::{key_str, ConfigError, Emitter, Envelope, Processor, StageError};
+use seqmon_processor::{
+    key_str, ConfigError, Emitter, Envelope, Processor, StageError, StateRecord,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::runs::{RunHistory, Slot};
@@ -1749,8 +1751,22 @@ impl Processor for Notifier {
         2
     }
 
+    /// 3: format 2 naming an instrument model added in 2026-12, which a build before it
+    /// cannot read (so its restore stops rather than quarantine the book).
+    fn state_record_format(&self, record: &StateRecord) -> i32 {
+        let added_model = self.books.get(&record.key).is_some_and(|b| {
+            b.alerts.values().any(|a| !a.model.in_first_symbols())
+                || b.entries.values().any(|e| !e.model.in_first_symbols())
+        });
+        if added_model {
+            3
+        } else {
+            self.state_format_version()
+        }
+    }
+
     fn reads_state_format(&self, version: i32) -> bool {
-        version == 1 || version == 2
+        matches!(version, 1..=3)
     }
 
     fn snapshot(&self, key: &str) -> Result<Option<Vec<u8>>, StageError> {

@@ -854,10 +854,33 @@ fn state_survives_a_restore_with_its_timers() {
 }
 
 #[test]
+fn a_book_naming_a_model_added_in_2026_12_is_written_as_format_3_and_read_back() {
+    let t0 = 100 * HOUR_MS;
+    let record = |n: &Notifier| StateRecord {
+        key: SERIAL.into(),
+        value: n.snapshot(SERIAL).unwrap(),
+    };
+    let mut old = Notifier::new(immediate());
+    feed(&mut old, &active(t0, AnomalySeverity::HIGH));
+    assert_eq!(old.state_record_format(&record(&old)), 2);
+    let mut n = Notifier::new(immediate());
+    let mut a = active(t0, AnomalySeverity::HIGH);
+    a.instrument_model = InstrumentModel::NOVASEQ_X;
+    feed(&mut n, &a);
+    // A build before 2026-12 (formats 1 and 2) stops its restore at this record instead of
+    // quarantining the book; this build reads it.
+    assert_eq!(n.state_record_format(&record(&n)), 3);
+    assert!(n.reads_state_format(3));
+    let mut m = Notifier::new(n.cfg.clone());
+    transplant_state(&n, &mut m).unwrap();
+    assert_eq!(m.snapshot(SERIAL).unwrap(), n.snapshot(SERIAL).unwrap());
+}
+
+#[test]
 fn layout_one_state_is_still_read() {
     let legacy = br#"[["FLUIDICS",{"alert_id":"VH00042:fluidics:10","opened_at_ms":10,"severity":"HIGH","score":6.0,"anomaly_count":2,"active_metrics":["fluidics_pressure_kpa"],"suspected_part":"pump seal or fluidics fitting (leak)","priority":"P2","due_by_ms":99}]]"#;
     let mut n = Notifier::new(immediate());
-    assert!(n.reads_state_format(1) && n.reads_state_format(2) && !n.reads_state_format(3));
+    assert!(n.reads_state_format(1) && n.reads_state_format(2) && !n.reads_state_format(4));
     n.restore(SERIAL, legacy).unwrap();
     let o = feed(&mut n, &cleared("fluidics_pressure_kpa", 20));
     assert_eq!(o.alerts[0].alert_id, "VH00042:fluidics:10");
