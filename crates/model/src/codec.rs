@@ -482,17 +482,7 @@ pub(crate) mod tests {
     #[test]
     fn a_record_of_a_model_added_in_2026_12_needs_the_new_version_and_no_other_does() {
         let version = |bytes: &[u8]| writer_schema(bytes).expect("header").0.version;
-        let all = [
-            InstrumentModel::UNKNOWN,
-            InstrumentModel::NOVASEQ_6000,
-            InstrumentModel::NEXTSEQ_2000,
-            InstrumentModel::MISEQ,
-            InstrumentModel::ISEQ_100,
-            InstrumentModel::NOVASEQ_X,
-            InstrumentModel::NEXTSEQ_550,
-            InstrumentModel::MINISEQ,
-            InstrumentModel::HISEQ,
-        ];
+        let all = InstrumentModel::ALL;
         for model in all {
             let t = Telemetry {
                 instrument_model: model,

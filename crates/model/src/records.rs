@@ -59,6 +59,19 @@ pub enum InstrumentModel {
 }
 
 impl InstrumentModel {
+    /// Every model, in the schemas' symbol order.
+    pub const ALL: [InstrumentModel; 9] = [
+        InstrumentModel::UNKNOWN,
+        InstrumentModel::NOVASEQ_6000,
+        InstrumentModel::NEXTSEQ_2000,
+        InstrumentModel::MISEQ,
+        InstrumentModel::ISEQ_100,
+        InstrumentModel::NOVASEQ_X,
+        InstrumentModel::NEXTSEQ_550,
+        InstrumentModel::MINISEQ,
+        InstrumentModel::HISEQ,
+    ];
+
     /// Whether the schemas' versions before 2026-12 have this symbol. A record of such a model
     /// is written with the version before the one that added the others, so a reader of that
     /// version, still running during a rolling upgrade, reads it (see

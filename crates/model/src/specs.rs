@@ -271,16 +271,10 @@ mod tests {
 
     #[test]
     fn nominal_levels_are_plausible_and_in_spec() {
-        for model in [
-            InstrumentModel::NOVASEQ_6000,
-            InstrumentModel::NEXTSEQ_2000,
-            InstrumentModel::MISEQ,
-            InstrumentModel::ISEQ_100,
-            InstrumentModel::NOVASEQ_X,
-            InstrumentModel::NEXTSEQ_550,
-            InstrumentModel::MINISEQ,
-            InstrumentModel::HISEQ,
-        ] {
+        for model in InstrumentModel::ALL
+            .into_iter()
+            .filter(|m| *m != InstrumentModel::UNKNOWN)
+        {
             for m in METRICS {
                 if let Some(n) = nominal(model, m.name) {
                     assert!(

@@ -364,17 +364,7 @@ fn run_configuration(out: &mut Vec<u8>, c: &RunConfiguration) {
 /// extreme integers and doubles, non-ASCII text, and maps and arrays of 0, 1, 2 and more than one
 /// block of items.
 pub(crate) fn probes() -> Vec<SanitizedTelemetry> {
-    let models = [
-        InstrumentModel::UNKNOWN,
-        InstrumentModel::NOVASEQ_6000,
-        InstrumentModel::NEXTSEQ_2000,
-        InstrumentModel::MISEQ,
-        InstrumentModel::ISEQ_100,
-        InstrumentModel::NOVASEQ_X,
-        InstrumentModel::NEXTSEQ_550,
-        InstrumentModel::MINISEQ,
-        InstrumentModel::HISEQ,
-    ];
+    let models = InstrumentModel::ALL;
     let kinds = [
         TelemetryKind::SENSOR_READINGS,
         TelemetryKind::OPERATION_LOG,
