@@ -763,9 +763,11 @@ impl<'a> StageLoop<'a> {
                 if let Some(parts) = new_assignment {
                     self.assigned = parts;
                     // The commit in flight ended before the revocation (`pre_rebalance` waits
-                    // for it); its outcome is taken before state is rebuilt from the changelog.
-                    self.settle()?;
-                    self.restore();
+                    // for it); its outcome is taken before state is rebuilt from the changelog
+                    // (an abort already rebuilt it, for the new assignment).
+                    if self.settle()? == Settled::Clean {
+                        self.restore();
+                    }
                 }
             }
             match polled {

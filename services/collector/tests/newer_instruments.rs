@@ -361,17 +361,7 @@ fn lane_figures_of_the_newer_real_folders_match_illuminas_interop() {
     let mut compared = 0;
     let mut largest: std::collections::BTreeMap<&str, f64> = Default::default();
     for folder in folders.iter().filter(|f| f.join("InterOp").is_dir()) {
-        let out = Command::new(&python)
-            .arg(&script)
-            .arg(folder)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let theirs = python_json(&python, &script, &[folder.as_os_str()]);
         if let Some(err) = theirs.get("error") {
             // interop refuses Picard's cut-down folder (no channel names, no RunParameters).
             eprintln!("{}: interop: {err}", folder.display());
@@ -557,10 +547,14 @@ fn every_tile_and_extended_tile_record_matches_illuminas_interop() {
 /// Illumina's records of one file, as `tests/interop_records.py` prints them.
 fn interop_records(python: &Path, file: &Path, kind: &str) -> serde_json::Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop_records.py");
+    python_json(python, &script, &[file.as_os_str(), kind.as_ref()])
+}
+
+/// What a Python script of ours prints as JSON; the test fails with its stderr if it fails.
+fn python_json(python: &Path, script: &Path, args: &[&std::ffi::OsStr]) -> serde_json::Value {
     let out = Command::new(python)
-        .arg(&script)
-        .arg(file)
-        .arg(kind)
+        .arg(script)
+        .args(args)
         .output()
         .unwrap();
     assert!(
