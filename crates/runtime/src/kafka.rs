@@ -11,8 +11,9 @@
 //!
 //! Pipelining. A transaction's commit (waiting for its deliveries, sending the offsets, ending
 //! it) runs on a thread of its own while the loop collects and processes the next batch in
-//! memory; that batch is written only after the commit returned, in the next transaction, so one
-//! transaction is open at a time and the broker sees the same sequence as without the overlap.
+//! memory and encodes its changed state; that batch is written only after the commit returned,
+//! in the next transaction, so one transaction is open at a time and the broker sees the same
+//! sequence as without the overlap.
 //! If the commit failed, the batch processed meanwhile is dropped with the state (restored from
 //! the changelog) and fetched again. A revocation waits for the commit in flight, so offsets are
 //! committed by the generation that fetched them, and state is never restored while a commit
@@ -817,7 +818,12 @@ impl<'a> StageLoop<'a> {
     /// does (one transaction at a time).
     fn process_and_produce(&mut self, batch: &[Owned]) -> Result<(), RuntimeError> {
         tracing::debug!(records = batch.len(), "batch collected");
-        let processed = self.process(batch);
+        // The batch's state records are encoded here too, while the previous commit is in
+        // flight: only what follows the commit (writing, then the next commit) is serial.
+        let processed = self.process(batch).map(|output| {
+            let writes = self.snapshots(&output.changed);
+            (output, writes)
+        });
         if self.settle()? == Settled::Redone {
             // State and input went back to the last commit: this batch is fetched again.
             return Ok(());
@@ -833,7 +839,7 @@ impl<'a> StageLoop<'a> {
             started,
             input_timestamps_ms: batch.iter().filter_map(|r| r.timestamp_ms).collect(),
         };
-        let written = processed.and_then(|output| self.produce_batch(&output));
+        let written = processed.and_then(|(output, writes)| self.produce_batch(&output, writes));
         match written {
             Ok((outputs, offsets, group)) => {
                 self.rebalances.commit.enter();
@@ -949,6 +955,7 @@ impl<'a> StageLoop<'a> {
     fn produce_batch(
         &mut self,
         output: &BatchOutput,
+        writes: Result<Vec<StateWrite>, StageError>,
     ) -> Result<(usize, TopicPartitionList, ConsumerGroupMetadata), TxnFailure> {
         self.producer
             .begin_transaction()
@@ -961,9 +968,7 @@ impl<'a> StageLoop<'a> {
         let produced = self.produce_outputs(&output.records)?;
         // A snapshot that fails aborts the transaction: nothing of the batch commits and the
         // changelog keeps the key's previous state. Retrying cannot help, so the stage stops.
-        let writes = self
-            .snapshots(&output.changed)
-            .map_err(|e| TxnFailure::AbortThenStop(e.into()))?;
+        let writes = writes.map_err(|e| TxnFailure::AbortThenStop(e.into()))?;
         // A key's state over the record limit could never be written: every redo would abort
         // the same way, so stop at once and say so (state is bounded by design; see the stage).
         if let (Some(limit), Some(role)) = (
