@@ -544,7 +544,7 @@ fn produce(cli: &Cli, topic: &str, records: &[(String, Vec<u8>)]) {
 
 /// Raw rdkafka exactly-once passthrough: consume read_committed, produce unchanged, commit offsets
 /// in the same transaction, `batch` records per transaction, until `n` records are done.
-fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f64 {
+fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> Timed {
     let consumer: BaseConsumer = client(cli)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -564,6 +564,7 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
         .expect("init");
     consumer.subscribe(&[input]).expect("subscribe");
     let mut taken = 0;
+    let mut transactions = 0u64;
     let mut started: Option<Instant> = None;
     // As the runtime does: a batch's commit runs on a thread of its own while the next batch is
     // collected, and the next transaction begins once it returned.
@@ -616,6 +617,7 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
                 offsets.insert(*p, o + 1);
             }
             taken += batch.len();
+            transactions += 1;
             let mut tpl = TopicPartitionList::new();
             for (p, o) in offsets {
                 tpl.add_partition_offset(input, p, Offset::Offset(o))
@@ -638,13 +640,22 @@ fn passthrough(cli: &Cli, input: &str, output: &str, group: &str, n: usize) -> f
         }
         settle(&mut pending);
     });
-    n as f64 / started.expect("consumed").elapsed().as_secs_f64()
+    Timed {
+        records_per_s: n as f64 / started.expect("consumed").elapsed().as_secs_f64(),
+        transactions: transactions as f64,
+    }
+}
+
+/// One timed run over a topic's records: its rate and the transactions it took.
+struct Timed {
+    records_per_s: f64,
+    transactions: f64,
 }
 
 /// One stage as a separate process over `n` records already on its input topic: records/s from
 /// its first input record taken to its n-th committed, read from its own /metrics (start-up
 /// and group join excluded, as for the passthrough).
-fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
+fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> Timed {
     let batch = cli.batch.to_string();
     let mut extra = vec!["--batch-max-records", batch.as_str()];
     if stage == "validator" {
@@ -654,6 +665,7 @@ fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
     let mut started: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut rate = f64::NAN;
+    let mut transactions = f64::NAN;
     while Instant::now() < deadline {
         let scraped = seqmon_testkit::scrape(port).unwrap_or_default();
         if scraped
@@ -672,12 +684,19 @@ fn service(cli: &Cli, stage: &str, prefix: &str, n: usize) -> f64 {
                 / started
                     .map(|s| s.elapsed().as_secs_f64())
                     .unwrap_or(f64::NAN);
+            transactions = scraped
+                .get("seqmon_transactions_total{outcome=\"committed\"}")
+                .copied()
+                .unwrap_or(f64::NAN);
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     stop(child);
-    rate
+    Timed {
+        records_per_s: rate,
+        transactions,
+    }
 }
 
 /// One stage as a separate process on the bench's topics, with its metrics port.
@@ -898,9 +917,14 @@ fn kafka_rows(
                 }
             }
             eprintln!(
-                "kafka {stage} round {round}: passthrough {base:.0}/s, stage {svc:.0}/s, ratio {:.2}",
-                svc / base
+                "kafka {stage} round {round}: passthrough {:.0}/s in {:.0} transactions, stage {:.0}/s in {:.0}, ratio {:.2}",
+                base.records_per_s,
+                base.transactions,
+                svc.records_per_s,
+                svc.transactions,
+                svc.records_per_s / base.records_per_s
             );
+            let (base, svc) = (base.records_per_s, svc.records_per_s);
             bases.push(base);
             services.push(svc);
             ratios.push(svc / base);
