@@ -833,7 +833,6 @@ fn kafka_rows(
     state: &mut Vec<StateRow>,
 ) {
     let prefix = format!("bench-{}.", std::process::id());
-    e2e::create_topics(&cli.bootstrap_servers, &prefix, cli.partitions);
     let inputs: Vec<(&str, TopicRole, Keyed)> = vec![
         ("validator", TopicRole::Raw, raw.to_vec()),
         (
@@ -890,15 +889,11 @@ fn kafka_rows(
         }
         let (mut bases, mut services, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..cli.kafka_rounds.max(1) {
-            // Round 0 on the section's topics; later rounds on fresh ones, so no stage restores
-            // or de-duplicates against an earlier round's state.
-            let prefix = if round == 0 {
-                prefix.clone()
-            } else {
-                let p = format!("{prefix}r{round}-{stage}.");
-                e2e::create_topics(&cli.bootstrap_servers, &p, cli.partitions);
-                p
-            };
+            // Every round on topics of its own, so no stage restores or de-duplicates against
+            // an earlier round's state, and no side input holds another stage's records (the
+            // notifier's side input is the detector's input topic).
+            let prefix = format!("{prefix}r{round}-{stage}.");
+            e2e::create_topics(&cli.bootstrap_servers, &prefix, cli.partitions);
             let input = role.topic(&prefix);
             produce(cli, &input, &records);
             // The limit on the same input: raw passthrough to a scratch topic (the dead-letter
@@ -1032,25 +1027,29 @@ fn main() -> ExitCode {
         }
     }
     print_e2e(&e2e_runs, cli.e2e_p99_target_ms);
-    let services_largest = largest_held(&cli, &e2e_runs, e2e::Chain::Services);
-    let passthrough_largest = largest_held(&cli, &e2e_runs, e2e::Chain::Passthrough);
-    let capacity_ratio = services_largest
-        .zip(passthrough_largest)
-        .map(|(s, p)| s as f64 / p as f64);
-    if passthrough_largest.is_some() || services_largest.is_some() {
+    let by_target = capacity(&cli, &e2e_runs);
+    let held = |v: &serde_json::Value, k: &str| v[k].as_u64();
+    if by_target.iter().any(|c| {
+        held(c, "services_largest_instruments").is_some()
+            || held(c, "passthrough_largest_instruments").is_some()
+    }) {
         println!();
-        println!(
-            "capacity at feature p99 <= {} ms: services {:?} instruments, passthrough chain {:?}; ratio {}",
-            cli.e2e_p99_target_ms,
-            services_largest,
-            passthrough_largest,
-            capacity_ratio.map_or("-".to_string(), |r| format!("{r:.2}"))
-        );
+        for c in &by_target {
+            println!(
+                "capacity at feature p99 <= {} ms: services {:?} instruments, passthrough chain {:?}; ratio {}",
+                c["p99_target_ms"],
+                held(c, "services_largest_instruments"),
+                held(c, "passthrough_largest_instruments"),
+                c["ratio"].as_f64().map_or("-".to_string(), |r| format!("{r:.2}"))
+            );
+        }
     }
+    // The target's figures at the top, as before; every target's under `by_target`.
     let capacity = serde_json::json!({
-        "services_largest_instruments": services_largest,
-        "passthrough_largest_instruments": passthrough_largest,
-        "ratio": capacity_ratio,
+        "services_largest_instruments": by_target[0]["services_largest_instruments"],
+        "passthrough_largest_instruments": by_target[0]["passthrough_largest_instruments"],
+        "ratio": by_target[0]["ratio"],
+        "by_target": by_target,
     });
     if let Some(r) = &soak_run {
         println!();
@@ -1165,18 +1164,49 @@ fn end_to_end(cli: &Cli) -> Vec<e2e::E2eRun> {
 
 /// Whether a run held the p99 target for features and kept up.
 fn holds(cli: &Cli, r: &e2e::E2eRun) -> bool {
-    r.drained
-        && r.features
-            .as_ref()
-            .is_some_and(|l| l.p99_ms <= cli.e2e_p99_target_ms)
+    holds_within(r, cli.e2e_p99_target_ms)
 }
 
-/// The largest fleet of one chain that held the target, among its runs of one instance.
-fn largest_held(cli: &Cli, runs: &[e2e::E2eRun], chain: e2e::Chain) -> Option<usize> {
-    runs.iter()
-        .filter(|r| r.chain == chain && r.instances == 1 && holds(cli, r))
-        .map(|r| r.instruments)
-        .max()
+/// Whether a run kept up with feature p99 at most `target_ms`.
+fn holds_within(r: &e2e::E2eRun, target_ms: f64) -> bool {
+    r.drained && r.features.as_ref().is_some_and(|l| l.p99_ms <= target_ms)
+}
+
+/// The largest fleet of one chain that held `target_ms`, among its runs of one instance, with
+/// every smaller fleet run holding too: a fleet held only beyond one that failed is the noise of
+/// this machine, not capacity.
+fn largest_held(runs: &[e2e::E2eRun], chain: e2e::Chain, target_ms: f64) -> Option<usize> {
+    let mut sizes: Vec<(usize, bool)> = runs
+        .iter()
+        .filter(|r| r.chain == chain && r.instances == 1)
+        .map(|r| (r.instruments, holds_within(r, target_ms)))
+        .collect();
+    sizes.sort_unstable();
+    sizes
+        .iter()
+        .take_while(|(_, held)| *held)
+        .map(|(n, _)| *n)
+        .last()
+}
+
+/// The capacity ratio at the target and at looser ones, from the same runs: where the target
+/// sits in this machine's run-to-run noise, the looser lines show whether the ratio holds.
+fn capacity(cli: &Cli, runs: &[e2e::E2eRun]) -> Vec<serde_json::Value> {
+    [1.0, 2.0, 5.0]
+        .iter()
+        .map(|factor| {
+            let target = cli.e2e_p99_target_ms * factor;
+            let services = largest_held(runs, e2e::Chain::Services, target);
+            let passthrough = largest_held(runs, e2e::Chain::Passthrough, target);
+            let ratio = services.zip(passthrough).map(|(s, p)| s as f64 / p as f64);
+            serde_json::json!({
+                "p99_target_ms": target,
+                "services_largest_instruments": services,
+                "passthrough_largest_instruments": passthrough,
+                "ratio": ratio,
+            })
+        })
+        .collect()
 }
 
 /// Runs the given fleet sizes, then bisects for the largest fleet holding the p99 target.
@@ -1363,5 +1393,60 @@ fn print_e2e(runs: &[e2e::E2eRun], target: f64) {
             println!("largest fleet measured with feature p99 <= {target} ms: {n} instruments")
         }
         None => println!("no measured fleet held feature p99 <= {target} ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chain: e2e::Chain, instruments: usize, p99_ms: f64) -> e2e::E2eRun {
+        e2e::E2eRun {
+            chain,
+            instances: 1,
+            instruments,
+            raw_records: 0.0,
+            raw_records_per_s: 0.0,
+            validated: None,
+            sanitized: None,
+            features: Some(e2e::Latency {
+                results: 1000,
+                p50_ms: p99_ms / 2.0,
+                p99_ms,
+                p999_ms: p99_ms,
+                max_ms: p99_ms,
+            }),
+            anomalies: None,
+            alerts: None,
+            usage: Vec::new(),
+            state_bytes_per_1000: BTreeMap::new(),
+            transactions: BTreeMap::new(),
+            drained: true,
+        }
+    }
+
+    #[test]
+    fn a_fleet_held_only_beyond_one_that_failed_is_not_capacity() {
+        use e2e::Chain::{Passthrough, Services};
+        let runs = vec![
+            run(Services, 250, 80.0),
+            run(Services, 500, 130.0),
+            run(Services, 1000, 95.0),
+            run(Services, 4000, 300.0),
+            run(Passthrough, 250, 90.0),
+            run(Passthrough, 1000, 150.0),
+            run(Passthrough, 4000, 180.0),
+        ];
+        assert_eq!(largest_held(&runs, Services, 100.0), Some(250));
+        assert_eq!(largest_held(&runs, Services, 200.0), Some(1000));
+        assert_eq!(largest_held(&runs, Services, 500.0), Some(4000));
+        assert_eq!(largest_held(&runs, Passthrough, 100.0), Some(250));
+        assert_eq!(largest_held(&runs, Passthrough, 200.0), Some(4000));
+        assert_eq!(largest_held(&runs, Passthrough, 50.0), None);
+        // A fleet that fell behind holds no target, however low its latency.
+        let mut behind = run(Services, 8000, 60.0);
+        behind.drained = false;
+        let runs = vec![run(Services, 250, 80.0), behind];
+        assert_eq!(largest_held(&runs, Services, 500.0), Some(250));
     }
 }
