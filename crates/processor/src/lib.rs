@@ -323,8 +323,10 @@ pub trait Processor: Send {
     /// The changelog records to write for a key whose state changed in this batch. By default
     /// one record under the key itself holding [`Processor::snapshot`]; a stage may instead write
     /// what changed (deltas) under sub-keys of its own. Called once per changed key per
-    /// transaction; when the transaction aborts, the runtime clears and restores state, so
-    /// whatever the stage noted as written is rebuilt from what the changelog really holds.
+    /// transaction, right after the batch is processed and possibly before the previous
+    /// transaction's outcome is known; when either transaction aborts, the runtime clears and
+    /// restores state, so whatever the stage noted as written is rebuilt from what the
+    /// changelog really holds.
     fn state_records(&mut self, key: &str) -> Result<Vec<StateRecord>, StageError> {
         Ok(vec![StateRecord {
             key: key.to_string(),
