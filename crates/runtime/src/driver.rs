@@ -1,12 +1,24 @@
 //! The part every runtime shares: hand a record to the processor, count it, and turn a
 //! rejection into a dead letter with the record's provenance and original bytes.
 
-use seqmon_model::{encode, DeadLetter, DeadLetterReason};
+use std::collections::BTreeMap;
+
+use seqmon_model::{encode, DeadLetter, DeadLetterReason, StateSnapshot};
 
 use seqmon_processor::{Emitted, Emitter, Envelope, Processor, StageError};
 
 use crate::events::RecordDeadLettered;
 use crate::metrics::StageMetrics;
+
+/// One key's state as it goes to the changelog, on the partition of the input it belongs to.
+pub struct StateWrite {
+    /// The changelog key (the processor's state record key).
+    pub key: String,
+    /// The input partition the key belongs to: the changelog partition it is written to.
+    pub partition: i32,
+    /// An encoded [`StateSnapshot`], or `None` for a tombstone.
+    pub snapshot: Option<Vec<u8>>,
+}
 
 /// A processor with its metrics.
 pub struct Driver {
@@ -138,6 +150,37 @@ impl Driver {
         self.metrics.input_records.inc();
         out.push(self.dead_letter(input, reason, detail)?);
         Ok(())
+    }
+
+    /// The changelog records for every key whose state changed (`changed`: key → input
+    /// partition): each of the processor's state records wrapped in a [`StateSnapshot`] that
+    /// names the stage and the record's format.
+    pub fn state_writes(
+        &mut self,
+        changed: &BTreeMap<String, i32>,
+    ) -> Result<Vec<StateWrite>, StageError> {
+        let p = &mut self.processor;
+        let mut writes = Vec::with_capacity(changed.len());
+        for (key, partition) in changed {
+            for record in p.state_records(key)? {
+                let format_version = p.state_record_format(&record);
+                let snapshot = match record.value {
+                    None => None,
+                    Some(state) => Some(encode(&StateSnapshot {
+                        stage: p.stage().to_string(),
+                        key: record.key.clone(),
+                        format_version,
+                        state_json: state,
+                    })?),
+                };
+                writes.push(StateWrite {
+                    key: record.key,
+                    partition: *partition,
+                    snapshot,
+                });
+            }
+        }
+        Ok(writes)
     }
 
     /// Input ended: flush what the processor holds back.

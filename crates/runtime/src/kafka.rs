@@ -61,7 +61,7 @@ use seqmon_model::{decode, encode, DeadLetter, DeadLetterReason, StateSnapshot};
 use seqmon_processor::StageError;
 
 use crate::config::{RunnerConfig, JAVA_COMPATIBLE_PARTITIONER};
-use crate::driver::{Driver, OutputLimit};
+use crate::driver::{Driver, OutputLimit, StateWrite};
 use crate::envelope::{self, KeyRing};
 use crate::error::RuntimeError;
 use crate::events::{
@@ -445,13 +445,6 @@ enum Settled {
     /// Aborted: state was restored and the input rewound, so a batch processed meanwhile is
     /// dropped and fetched again.
     Redone,
-}
-
-/// One key's state to write to the changelog: bytes, or `None` for a tombstone.
-struct StateWrite {
-    key: String,
-    partition: i32,
-    snapshot: Option<Vec<u8>>,
 }
 
 /// A running Kafka stage: the processor, its clients and its assignment.
@@ -1153,7 +1146,8 @@ impl<'a> StageLoop<'a> {
         Ok(records.len())
     }
 
-    /// The state to write for every changed key, wrapped in [`StateSnapshot`]s.
+    /// The state to write for every changed key (see [`Driver::state_writes`]); none without
+    /// a changelog.
     fn snapshots(
         &mut self,
         changed: &BTreeMap<String, i32>,
@@ -1161,28 +1155,7 @@ impl<'a> StageLoop<'a> {
         if self.topics.changelog.is_none() {
             return Ok(Vec::new());
         }
-        let p = self.driver.processor_mut();
-        let mut writes = Vec::with_capacity(changed.len());
-        for (key, partition) in changed {
-            for record in p.state_records(key)? {
-                let format_version = p.state_record_format(&record);
-                let snapshot = match record.value {
-                    None => None,
-                    Some(state) => Some(encode(&StateSnapshot {
-                        stage: p.stage().to_string(),
-                        key: record.key.clone(),
-                        format_version,
-                        state_json: state,
-                    })?),
-                };
-                writes.push(StateWrite {
-                    key: record.key,
-                    partition: *partition,
-                    snapshot,
-                });
-            }
-        }
-        Ok(writes)
+        self.driver.state_writes(changed)
     }
 
     fn produce_state(&self, writes: &[StateWrite]) -> Result<(), TxnFailure> {
