@@ -20,6 +20,7 @@
 
 mod state;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use clap::Args;
@@ -51,6 +52,10 @@ const STUCK_REPEATS: u32 = 2;
 const PARTIAL_WINDOW_DIVISOR: i64 = 10;
 /// The derived software metric.
 const ERROR_EVENTS: &str = "error_events_per_window";
+
+/// A series' name: a metric of the catalogue (borrowed, so the per-sample lookups allocate
+/// nothing) or `metric@phase` (owned). Orders and compares as the string it holds.
+type Series = Cow<'static, str>;
 /// Samples a phase's part of a window needs to go out: fewer are too few to judge the phase by
 /// (a part split off by a phase change is kept with fewer only when it is the window's largest).
 const MIN_PHASE_SAMPLES: u32 = 3;
@@ -188,11 +193,11 @@ struct InstrumentState {
     /// of a window or more; `None` in state restored from builds that did not keep it.
     active_since_ms: Option<i64>,
     /// (window start, metric) → sums.
-    windows: BTreeMap<(i64, String), Acc>,
+    windows: BTreeMap<(i64, Series), Acc>,
     /// Per sensor: the last reading and how many times in a row it came back unchanged.
-    repeats: BTreeMap<String, (f64, u32)>,
+    repeats: BTreeMap<Series, (f64, u32)>,
     /// Per sensor: the run phase its last new reading came in.
-    repeat_phases: BTreeMap<String, Option<RunPhase>>,
+    repeat_phases: BTreeMap<Series, Option<RunPhase>>,
 }
 
 impl Acc {
@@ -247,7 +252,7 @@ impl InstrumentState {
                 .repeats
                 .iter()
                 .map(|(sensor, (last, repeats))| SensorRepeat {
-                    sensor: sensor.clone(),
+                    sensor: sensor.to_string(),
                     last: *last,
                     repeats: (*repeats).min(i32::MAX as u32) as i32,
                 })
@@ -256,7 +261,7 @@ impl InstrumentState {
                 .repeat_phases
                 .iter()
                 .map(|(sensor, phase)| SensorPhase {
-                    sensor: sensor.clone(),
+                    sensor: sensor.to_string(),
                     phase: *phase,
                 })
                 .collect(),
@@ -276,17 +281,22 @@ impl InstrumentState {
             windows: b
                 .windows
                 .iter()
-                .map(|w| ((w.start_ms, w.series.clone()), Acc::from_stored(w)))
+                .map(|w| {
+                    (
+                        (w.start_ms, Cow::Owned(w.series.clone())),
+                        Acc::from_stored(w),
+                    )
+                })
                 .collect(),
             repeats: b
                 .repeats
                 .into_iter()
-                .map(|r| (r.sensor, (r.last, r.repeats.max(0) as u32)))
+                .map(|r| (Cow::Owned(r.sensor), (r.last, r.repeats.max(0) as u32)))
                 .collect(),
             repeat_phases: b
                 .repeat_phases
                 .into_iter()
-                .map(|p| (p.sensor, p.phase))
+                .map(|p| (Cow::Owned(p.sensor), p.phase))
                 .collect(),
         }
     }
@@ -375,9 +385,21 @@ impl FeatureExtractor {
                 max_event_time_ms: stored.max_event_time_ms,
                 closed_until_ms: stored.closed_until_ms,
                 active_since_ms: None,
-                windows: stored.windows.into_iter().collect(),
-                repeats: stored.repeats.into_iter().collect(),
-                repeat_phases: stored.repeat_phases.into_iter().collect(),
+                windows: stored
+                    .windows
+                    .into_iter()
+                    .map(|((start, series), acc)| ((start, Cow::Owned(series)), acc))
+                    .collect(),
+                repeats: stored
+                    .repeats
+                    .into_iter()
+                    .map(|(sensor, r)| (Cow::Owned(sensor), r))
+                    .collect(),
+                repeat_phases: stored
+                    .repeat_phases
+                    .into_iter()
+                    .map(|(sensor, p)| (Cow::Owned(sensor), p))
+                    .collect(),
             },
         );
         self.journals.insert(key.to_string(), Journal::default());
@@ -443,7 +465,7 @@ impl FeatureExtractor {
         let Some(st) = self.instruments.get_mut(serial) else {
             return Ok(());
         };
-        let mut closing: Vec<(i64, String)> = st
+        let mut closing: Vec<(i64, Series)> = st
             .windows
             .keys()
             .filter(|(start, _)| start + window <= until_ms)
@@ -575,7 +597,14 @@ impl Processor for FeatureExtractor {
         let serial = t.instrument_serial.clone();
         let start = self.window_start(&serial, t.event_time_ms);
         let new_instrument = !self.instruments.contains_key(&serial);
-        let st = self.instruments.entry(serial.clone()).or_default();
+        if new_instrument {
+            self.instruments
+                .insert(serial.clone(), InstrumentState::default());
+        }
+        let st = self
+            .instruments
+            .get_mut(&serial)
+            .expect("inserted above when new");
         if t.event_time_ms < st.closed_until_ms {
             out.reject(
                 DeadLetterReason::LATE_EVENT,
@@ -593,9 +622,9 @@ impl Processor for FeatureExtractor {
         st.model = Some(t.instrument_model);
         let hours = (t.event_time_ms - start) as f64 / 3_600_000.0;
         let model = t.instrument_model;
-        let add = |st: &mut InstrumentState, metric: &str, v: f64| {
+        let add = |st: &mut InstrumentState, metric: &'static str, v: f64| {
             st.windows
-                .entry((start, metric.to_string()))
+                .entry((start, Cow::Borrowed(metric)))
                 .or_default()
                 .add(hours, v, operating_spec(model, metric));
         };
@@ -605,11 +634,11 @@ impl Processor for FeatureExtractor {
             .sensors
             .as_ref()
             .and_then(|s| RunPhase::own_baseline(s.run_phase));
-        let add_sensor = |st: &mut InstrumentState, metric: &str, v: f64| match phase {
+        let add_sensor = |st: &mut InstrumentState, metric: &'static str, v: f64| match phase {
             None => add(st, metric, v),
             Some(p) => st
                 .windows
-                .entry((start, RunPhase::series(metric, Some(p))))
+                .entry((start, Cow::Owned(RunPhase::series(metric, Some(p)))))
                 .or_default()
                 .add(hours, v, (None, None)),
         };
@@ -621,11 +650,11 @@ impl Processor for FeatureExtractor {
                     // neither hides a fault nor fakes one (a stuck temperature against a changing
                     // setpoint would look like a failing heater).
                     let sample_phase = RunPhase::own_baseline(s.run_phase);
-                    let live = |st: &mut InstrumentState, name: &str, v: f64| {
-                        let r = st.repeats.entry(name.to_string()).or_insert((v, 0));
+                    let live = |st: &mut InstrumentState, name: &'static str, v: f64| {
+                        let r = st.repeats.entry(Cow::Borrowed(name)).or_insert((v, 0));
                         let was = st
                             .repeat_phases
-                            .entry(name.to_string())
+                            .entry(Cow::Borrowed(name))
                             .or_insert(sample_phase);
                         if r.0.to_bits() == v.to_bits() {
                             r.1 = r.1.saturating_add(1);
@@ -664,7 +693,7 @@ impl Processor for FeatureExtractor {
                 // Every window with data gets an error count, zero included, so the baseline of
                 // the software metric sees quiet windows too.
                 st.windows
-                    .entry((start, ERROR_EVENTS.to_string()))
+                    .entry((start, Cow::Borrowed(ERROR_EVENTS)))
                     .or_insert_with(|| Acc {
                         n: 1,
                         ..Default::default()
@@ -683,7 +712,7 @@ impl Processor for FeatureExtractor {
                 if let Some(l) = &t.log_event {
                     let acc = st
                         .windows
-                        .entry((start, ERROR_EVENTS.to_string()))
+                        .entry((start, Cow::Borrowed(ERROR_EVENTS)))
                         .or_insert_with(|| Acc {
                             n: 1,
                             ..Default::default()
@@ -721,7 +750,14 @@ impl Processor for FeatureExtractor {
             self.close_windows(&serial, watermark, out)?;
         }
         if !self.replaying {
-            self.journals.entry(serial.clone()).or_default().fold(input);
+            match self.journals.get_mut(&serial) {
+                Some(journal) => journal.fold(input),
+                None => {
+                    let mut journal = Journal::default();
+                    journal.fold(input);
+                    self.journals.insert(serial.clone(), journal);
+                }
+            }
             out.state_changed(&serial);
         }
         Ok(())
@@ -1108,7 +1144,7 @@ mod tests {
         assert_eq!(lasers, [(0, None, 2)]);
         assert!(p.instruments["A00001"]
             .windows
-            .contains_key(&(300_000, "laser_power_mw@unknown".to_string())));
+            .contains_key(&(300_000, Cow::Borrowed("laser_power_mw@unknown"))));
     }
 
     #[test]
@@ -1266,14 +1302,18 @@ mod tests {
             windows: st
                 .windows
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|((start, series), v)| ((*start, series.to_string()), v.clone()))
                 .collect(),
-            repeats: st.repeats.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            repeats: st
+                .repeats
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             flowcell_lot: st.flowcell_lot.as_deref(),
             repeat_phases: st
                 .repeat_phases
                 .iter()
-                .map(|(k, v)| (k.clone(), *v))
+                .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
         })
         .unwrap()
