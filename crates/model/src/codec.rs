@@ -102,13 +102,53 @@ pub fn encode<T: AvroRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
     encode_with(entry, record)
 }
 
-/// Encodes `record` with a given schema version (the simulator writes old versions this way).
+/// Encodes `record` with a given schema version (the simulator writes old versions this way):
+/// with the direct writer ([`crate::fast_write`]) where it knows the record's shape, with
+/// apache-avro otherwise; the bytes are the same either way.
 pub fn encode_with<T: serde::Serialize>(
     entry: &SchemaEntry,
     record: &T,
 ) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&header(entry));
+    if let Some(plan) = &entry.plan {
+        match crate::fast_write::to_writer(plan, record, &mut out) {
+            Ok(()) => {
+                // Every encode of a debug build (every test) checks the direct encoder against
+                // apache-avro, byte for byte.
+                #[cfg(debug_assertions)]
+                {
+                    let mut reference = header(entry).to_vec();
+                    write_avro_datum_ref(&entry.schema, record, &mut reference).unwrap_or_else(
+                        |e| {
+                            panic!(
+                                "{}: apache-avro refuses what fast_write wrote: {e}",
+                                entry.name
+                            )
+                        },
+                    );
+                    if out != reference {
+                        let at = out
+                            .iter()
+                            .zip(&reference)
+                            .take_while(|(a, b)| a == b)
+                            .count();
+                        panic!(
+                            "{}: fast_write differs from apache-avro at byte {at} of {} / {}: {:?} against {:?}",
+                            entry.name,
+                            out.len(),
+                            reference.len(),
+                            &out[at.saturating_sub(8)..(at + 8).min(out.len())],
+                            &reference[at.saturating_sub(8)..(at + 8).min(reference.len())],
+                        );
+                    }
+                }
+                return Ok(out);
+            }
+            // A shape the direct writer does not know: apache-avro writes it (slower, same bytes).
+            Err(_) => out.truncate(HEADER_LEN),
+        }
+    }
     write_avro_datum_ref(&entry.schema, record, &mut out).map_err(|e| CodecError::Encode {
         schema: entry.name,
         message: e.to_string(),
@@ -324,6 +364,62 @@ pub(crate) mod tests {
             instrument_configuration: None,
             run_configuration: None,
             attributes: [("application_version".to_string(), "1.7.5".to_string())].into(),
+        }
+    }
+
+    /// The direct writer takes the record (no fallback) and writes apache-avro's bytes.
+    fn direct<T: AvroRecord>(record: &T) {
+        let entry = store().latest(T::SCHEMA_NAME);
+        let plan = entry.plan.as_ref().expect("the schema compiles");
+        let mut fast = Vec::new();
+        crate::fast_write::to_writer(plan, record, &mut fast)
+            .unwrap_or_else(|e| panic!("{}: the direct writer refuses it: {e}", T::SCHEMA_NAME));
+        let mut reference = Vec::new();
+        write_avro_datum_ref(&entry.schema, record, &mut reference).expect("apache-avro writes it");
+        assert_eq!(fast, reference, "{}", T::SCHEMA_NAME);
+    }
+
+    #[test]
+    fn the_direct_writer_takes_every_shape_and_writes_apache_avros_bytes() {
+        direct(&sample_telemetry());
+        // Maps and arrays past apache-avro's block of 1,025 items: the same blocks.
+        for n in [0, 1, 1024, 1025, 1026, 2051] {
+            let t = Telemetry {
+                attributes: (0..n).map(|i| (format!("k{i}"), format!("v{i}"))).collect(),
+                ..sample_telemetry()
+            };
+            direct(&t);
+            let state = FeatureExtractorState {
+                base_offset: 7,
+                base: None,
+                delta: Some(DeltaInputs {
+                    slot: 1,
+                    inputs: (0..n)
+                        .map(|i| FoldedInput {
+                            offset: i as i64,
+                            timestamp_ms: (i % 2 == 0).then_some(-(i as i64)),
+                            arrival_time_ms: None,
+                            value: vec![i as u8; i % 5],
+                        })
+                        .collect(),
+                }),
+            };
+            direct(&state);
+        }
+        direct(&StateSnapshot {
+            stage: "feature-extractor".into(),
+            key: "A00123".into(),
+            format_version: 2,
+            state_json: vec![0xC3, 0x01, 0, 255],
+        });
+        for kind in [TelemetryKind::SENSOR_READINGS, TelemetryKind::OPERATION_LOG] {
+            direct(&Telemetry {
+                kind,
+                instrument_model: InstrumentModel::NOVASEQ_X,
+                event_time_ms: i64::MIN,
+                sent_time_ms: i64::MAX,
+                ..sample_telemetry()
+            });
         }
     }
 

@@ -18,6 +18,7 @@ pub mod acl;
 pub mod civil;
 pub mod codec;
 pub mod fast;
+pub mod fast_write;
 pub mod ingest;
 pub mod json;
 pub mod partitioning;
