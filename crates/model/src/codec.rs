@@ -111,7 +111,7 @@ pub fn encode_with<T: serde::Serialize>(
 ) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&header(entry));
-    if let Some(plan) = &entry.plan {
+    if let Some(plan) = entry.plan.as_ref().filter(|_| entry.writes_directly) {
         match crate::fast_write::to_writer(plan, record, &mut out) {
             Ok(()) => {
                 // Every encode of a debug build (every test) checks the direct encoder against
@@ -371,6 +371,7 @@ pub(crate) mod tests {
     fn direct<T: AvroRecord>(record: &T) {
         let entry = store().latest(T::SCHEMA_NAME);
         let plan = entry.plan.as_ref().expect("the schema compiles");
+        assert!(entry.writes_directly, "{}", T::SCHEMA_NAME);
         let mut fast = Vec::new();
         crate::fast_write::to_writer(plan, record, &mut fast)
             .unwrap_or_else(|e| panic!("{}: the direct writer refuses it: {e}", T::SCHEMA_NAME));

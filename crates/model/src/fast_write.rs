@@ -9,10 +9,12 @@
 //! Guarantee: what this writes is byte for byte what apache-avro writes for the same value and
 //! schema (debug builds check every encode against it; see `codec::encode_with`). It covers the
 //! shapes our records use: records whose Rust fields follow the schema's order, `[null, T]`
-//! unions as `Option`, enums as unit variants or strings, arrays and maps of known length,
-//! `bytes` and `fixed` through `serialize_bytes`. Anything else is [`Unsupported`] and the
-//! caller encodes with apache-avro instead, so a shape this does not know costs time, never a
-//! different encoding or a failure.
+//! unions as `Option`, enums as unit variants named as the schema's symbol at serde's index,
+//! arrays and maps of known length, `bytes` and `fixed` through `serialize_bytes`; schemas with
+//! references to named types get no direct writer (apache-avro's writer cannot follow them
+//! either). Anything else is [`Unsupported`] and the caller encodes with apache-avro instead,
+//! so a shape this does not know costs time, never a different encoding, and never a record
+//! written that apache-avro would refuse.
 
 use serde::ser::{self, Impossible, Serialize};
 
@@ -129,13 +131,14 @@ fn bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// Index of `symbol` among an enum's symbols (`hint` first: serde's variant index, which is
-/// the symbol's index whenever the Rust enum lists the schema's symbols in order).
-fn symbol_index(symbols: &[String], hint: usize, symbol: &str) -> Option<usize> {
-    if symbols.get(hint).is_some_and(|s| s == symbol) {
-        return Some(hint);
-    }
-    symbols.iter().position(|s| s == symbol)
+/// The index apache-avro writes for a unit variant, which is serde's variant index, never the
+/// name's: written only when the schema's symbol at that index is the variant's name (so a Rust
+/// enum out of step with its schema is apache-avro's to write or refuse, as before).
+fn symbol_index(symbols: &[String], variant_index: usize, variant: &str) -> Option<usize> {
+    symbols
+        .get(variant_index)
+        .is_some_and(|s| s == variant)
+        .then_some(variant_index)
 }
 
 struct Encoder<'p, 'o> {
@@ -164,6 +167,11 @@ impl<'p, 'o> ser::Serializer for Encoder<'p, 'o> {
     type SerializeMap = Entries<'p, 'o>;
     type SerializeStruct = Fields<'p, 'o>;
     type SerializeStructVariant = Impossible<(), Unsupported>;
+
+    /// As apache-avro: types with a compact form (a UUID's 16 bytes) give that, not their text.
+    fn is_human_readable(&self) -> bool {
+        false
+    }
 
     fn serialize_bool(self, v: bool) -> Result<(), Unsupported> {
         match self.plan {
@@ -237,14 +245,13 @@ impl<'p, 'o> ser::Serializer for Encoder<'p, 'o> {
 
     fn serialize_str(self, v: &str) -> Result<(), Unsupported> {
         match self.plan {
-            Plan::String => bytes(self.out, v.as_bytes()),
-            Plan::Enum(symbols) => match symbols.iter().position(|s| s == v) {
-                Some(i) => long(self.out, i as i64),
-                None => return unsupported("a string that is no symbol", self.plan),
-            },
-            p => return unsupported("a string", p),
+            Plan::String => {
+                bytes(self.out, v.as_bytes());
+                Ok(())
+            }
+            // apache-avro refuses a string for an enum; so does this.
+            p => unsupported("a string", p),
         }
-        Ok(())
     }
 
     fn serialize_bytes(self, v: &[u8]) -> Result<(), Unsupported> {
@@ -560,6 +567,28 @@ mod tests {
         }
         let int = plan(r#"{"name":"a","type":"int"}"#);
         assert!(to_writer(&int, &Narrow { a: 1 }, &mut Vec::new()).is_err());
+
+        // apache-avro writes serde's variant index: a Rust enum out of step with the symbols
+        // (reordered, or a symbol the version lacks) is left to it; so is a string for an enum.
+        #[derive(serde::Serialize)]
+        enum Letter {
+            B,
+            A,
+        }
+        #[derive(serde::Serialize)]
+        struct Lettered {
+            e: Letter,
+        }
+        #[derive(serde::Serialize)]
+        struct Named {
+            e: &'static str,
+        }
+        let symbols = plan(r#"{"name":"e","type":{"type":"enum","name":"L","symbols":["B","X"]}}"#);
+        let mut out = Vec::new();
+        to_writer(&symbols, &Lettered { e: Letter::B }, &mut out).expect("in step");
+        assert_eq!(out, [0]);
+        assert!(to_writer(&symbols, &Lettered { e: Letter::A }, &mut Vec::new()).is_err());
+        assert!(to_writer(&symbols, &Named { e: "B" }, &mut Vec::new()).is_err());
     }
 
     #[test]

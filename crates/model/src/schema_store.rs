@@ -216,9 +216,25 @@ pub struct SchemaEntry {
     pub fingerprint: [u8; 8],
     /// The schema compiled for the direct decoder ([`crate::fast`]), when it supports it.
     pub plan: Option<crate::fast::Plan>,
+    /// Whether the direct writer ([`crate::fast_write`]) may write this version with `plan`:
+    /// not when the schema refers to a named type (apache-avro's writer, handed no names,
+    /// refuses those, and the direct writer must not write what apache-avro refuses).
+    pub writes_directly: bool,
     /// The plan that reads this version straight into the newest version's shape, when no
     /// value needs converting (see [`crate::fast::Plan::resolving`]).
     pub to_latest: Option<crate::fast::Plan>,
+}
+
+/// Whether `schema` refers to a named type anywhere (a `Schema::Ref`).
+fn names_a_type(schema: &Schema) -> bool {
+    match schema {
+        Schema::Ref { .. } => true,
+        Schema::Record(r) => r.fields.iter().any(|f| names_a_type(&f.schema)),
+        Schema::Array(a) => names_a_type(&a.items),
+        Schema::Map(m) => names_a_type(&m.types),
+        Schema::Union(u) => u.variants().iter().any(names_a_type),
+        _ => false,
+    }
 }
 
 /// All schema versions, by fingerprint and by name.
@@ -252,6 +268,7 @@ impl SchemaStore {
                 version: *version,
                 fingerprint: fingerprint(&schema),
                 plan: crate::fast::Plan::compile(&schema),
+                writes_directly: !names_a_type(&schema),
                 to_latest: None,
                 schema,
             });
