@@ -504,69 +504,50 @@ fn processor_rows(
         let copies = MIN_PROCESSOR_RECORDS.div_ceil(input.len()).max(1);
         let input: Keyed = std::iter::repeat_n(input, copies).flatten().collect();
         let n = input.len();
-        let r = rate(cli.rounds, n, || {
-            let mut d = Driver::new(make());
-            let mut out = Vec::new();
-            for (i, (k, v)) in input.iter().enumerate() {
-                let env = Envelope {
-                    key: Some(k.as_bytes()),
-                    value: v,
-                    topic: "bench",
-                    partition: 0,
-                    offset: i as i64,
-                    timestamp_ms: None,
-                    arrival_time_ms: None,
-                };
-                d.handle(&env, &mut out, |_| {}).expect("processes");
-                out.clear();
-            }
-        });
-        rows.push(Row {
-            section: "processor",
-            name: name.to_string(),
-            records: n,
-            records_per_s: r,
-            ratio: None,
-            round_ratios: Vec::new(),
-        });
-        if make().changelog_role().is_none() {
-            continue;
-        }
-        // What the Kafka runtime adds per transaction: the changelog records of every key the
-        // batch changed, encoded as it encodes them.
-        let r = rate(cli.rounds, n, || {
-            let mut d = Driver::new(make());
-            let mut out = Vec::new();
-            let mut changed = BTreeMap::new();
-            for (i, (k, v)) in input.iter().enumerate() {
-                let env = Envelope {
-                    key: Some(k.as_bytes()),
-                    value: v,
-                    topic: "bench",
-                    partition: 0,
-                    offset: i as i64,
-                    timestamp_ms: None,
-                    arrival_time_ms: None,
-                };
-                d.handle(&env, &mut out, |key| {
-                    changed.insert(key, 0);
-                })
-                .expect("processes");
-                out.clear();
-                if (i + 1) % STATE_BATCH_RECORDS == 0 || i + 1 == n {
-                    black_box(d.state_writes(&changed).expect("state records"));
-                    changed.clear();
+        // Alone, then (stateful stages) with what the Kafka runtime adds per transaction: the
+        // changelog records of every key the batch changed, encoded as it encodes them.
+        let stateful = make().changelog_role().is_some();
+        for with_state in [false, true].into_iter().filter(|s| !s || stateful) {
+            let r = rate(cli.rounds, n, || {
+                let mut d = Driver::new(make());
+                let mut out = Vec::new();
+                let mut changed = BTreeMap::new();
+                for (i, (k, v)) in input.iter().enumerate() {
+                    let env = Envelope {
+                        key: Some(k.as_bytes()),
+                        value: v,
+                        topic: "bench",
+                        partition: 0,
+                        offset: i as i64,
+                        timestamp_ms: None,
+                        arrival_time_ms: None,
+                    };
+                    d.handle(&env, &mut out, |key| {
+                        if with_state {
+                            changed.insert(key, 0);
+                        }
+                    })
+                    .expect("processes");
+                    out.clear();
+                    if with_state && ((i + 1) % STATE_BATCH_RECORDS == 0 || i + 1 == n) {
+                        black_box(d.state_writes(&changed).expect("state records"));
+                        changed.clear();
+                    }
                 }
-            }
-        });
-        rows.push(Row {
-            section: "processor",
-            name: format!("{name}, state every {STATE_BATCH_RECORDS} records"),
-            records: n,
-            records_per_s: r,
-            ratio: None,
-            round_ratios: Vec::new(),
-        });
+            });
+            rows.push(Row {
+                section: "processor",
+                name: if with_state {
+                    format!("{name}, state every {STATE_BATCH_RECORDS} records")
+                } else {
+                    name.to_string()
+                },
+                records: n,
+                records_per_s: r,
+                ratio: None,
+                round_ratios: Vec::new(),
+            });
+        }
     }
 }
 

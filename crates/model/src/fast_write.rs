@@ -72,8 +72,8 @@ pub fn to_writer<T: Serialize + ?Sized>(
     value.serialize(Encoder { plan, out })
 }
 
-/// Zig-zag varint, as Avro writes `int` and `long`.
-fn long(out: &mut Vec<u8>, v: i64) {
+/// Avro `int` and `long`: zig-zag, then 7 bits a byte, least significant first.
+pub fn long(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use seqmon_model::fast_write::long;
 use seqmon_model::{
     codec, encode, store, InstrumentConfiguration, InstrumentModel, LogParameter, RunConfiguration,
     RunPerformance, RunPhase, SanitizedLogEvent, SanitizedTelemetry, SensorReadings, Severity,
@@ -90,16 +91,6 @@ impl SanitizedWriter {
         option(out, t.run_configuration.as_ref(), run_configuration);
         map(out, &t.attributes);
     }
-}
-
-/// Avro `int` and `long`: zig-zag, then 7 bits a byte, least significant first.
-fn long(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {
