@@ -154,7 +154,9 @@ impl Driver {
 
     /// The changelog records for every key whose state changed (`changed`: key → input
     /// partition): each of the processor's state records wrapped in a [`StateSnapshot`] that
-    /// names the stage and the record's format.
+    /// names the stage and the record's format. Call it only for records that will be
+    /// written (or dropped with the state they describe, as an aborted transaction does): a
+    /// processor may note what it wrote (the feature extractor's journal of deltas).
     pub fn state_writes(
         &mut self,
         changed: &BTreeMap<String, i32>,

@@ -280,12 +280,10 @@ impl InstrumentState {
             active_since_ms: b.active_since_ms,
             windows: b
                 .windows
-                .iter()
+                .into_iter()
                 .map(|w| {
-                    (
-                        (w.start_ms, Cow::Owned(w.series.clone())),
-                        Acc::from_stored(w),
-                    )
+                    let acc = Acc::from_stored(&w);
+                    ((w.start_ms, Cow::Owned(w.series)), acc)
                 })
                 .collect(),
             repeats: b
