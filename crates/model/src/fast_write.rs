@@ -147,13 +147,16 @@ struct Encoder<'p, 'o> {
 }
 
 impl<'p, 'o> Encoder<'p, 'o> {
-    fn int(self, v: i64) -> Result<(), Unsupported> {
+    /// An i8, i16, i32, u8 or u16: every one fits an `int`, and apache-avro writes any of them
+    /// to an `int` or a `long`.
+    fn int(self, v: i32) -> Result<(), Unsupported> {
         match self.plan {
-            Plan::Int if i32::try_from(v).is_ok() => long(self.out, v),
-            Plan::Long => long(self.out, v),
-            p => return unsupported("an integer", p),
+            Plan::Int | Plan::Long => {
+                long(self.out, v.into());
+                Ok(())
+            }
+            p => unsupported("an integer", p),
         }
-        Ok(())
     }
 }
 
@@ -190,7 +193,7 @@ impl<'p, 'o> ser::Serializer for Encoder<'p, 'o> {
         self.int(v.into())
     }
     fn serialize_i32(self, v: i32) -> Result<(), Unsupported> {
-        self.int(v.into())
+        self.int(v)
     }
     fn serialize_i64(self, v: i64) -> Result<(), Unsupported> {
         match self.plan {
@@ -280,19 +283,14 @@ impl<'p, 'o> ser::Serializer for Encoder<'p, 'o> {
         let Plan::Union(variants) = self.plan else {
             return unsupported("Some", self.plan);
         };
-        // `[null, T]` (either order): the one branch that is not null. A union of several
-        // types would need the value's type to pick one: apache-avro's job.
-        let mut others = variants
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| **v != Plan::Null);
-        let (Some((i, branch)), None) = (others.next(), others.next()) else {
-            return unsupported("Some of a union of several types", self.plan);
+        // `[null, T]` (either order): the branch that is not null. Any other union would need
+        // the value's type to pick a branch: apache-avro's job.
+        let (i, branch) = match variants.as_slice() {
+            [Plan::Null, b] if *b != Plan::Null => (1, b),
+            [a, Plan::Null] if *a != Plan::Null => (0, a),
+            _ => return unsupported("Some of a union other than [null, T]", self.plan),
         };
-        if variants.len() != 2 {
-            return unsupported("Some of a union without null", self.plan);
-        }
-        long(self.out, i as i64);
+        long(self.out, i);
         value.serialize(Encoder {
             plan: branch,
             out: self.out,
